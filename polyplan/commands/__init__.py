@@ -1,0 +1,1 @@
+"""Command-line subcommands, one module per group; polyplan.cli assembles them."""

@@ -1,0 +1,26 @@
+"""Versioned JSON documents that connect the pipeline: profile.json -> plan.json -> results.json.
+
+Pure Python (no torch): the planner reads profiles without loading a model."""
+
+from polyplan.documents.files import DocumentError, atomic_write_bytes, atomic_write_json, read_json
+from polyplan.documents.profile import (
+    AcceptancePair,
+    Candidate,
+    LatencyCurve,
+    Profile,
+    PROFILE_SCHEMA,
+    PROFILE_VERSION,
+)
+
+__all__ = [
+    "AcceptancePair",
+    "Candidate",
+    "DocumentError",
+    "LatencyCurve",
+    "Profile",
+    "PROFILE_SCHEMA",
+    "PROFILE_VERSION",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "read_json",
+]

@@ -1,0 +1,196 @@
+"""The profile document: what the profiler measured on one machine for one pool.
+
+JSON layout (version 1)::
+
+    {"schema": "polyplan.profile", "version": 1, "created": "<iso time>",
+     "machine": {...free-form facts: cpu, cores, torch_threads, gpu, torch, transformers, python...},
+     "pool": "<pool name>", "target": "<candidate name>",
+     "settings": {...free-form: prompts, max_new_tokens, temperature, budget...},
+     "candidates": [{"name", "source", "derivation", "dtype", "device", "params",
+                     "point_mass", "random_weights"}],
+     "latency": {"<name>": {"new_tokens": [1, 2, 4, ...], "context": [64, 256, ...],
+                            "median_s": [[...per new_tokens...] per context],
+                            "spread_s": [[...]] (interquartile range), "repeats": int}},
+     "acceptance": {"temperature": float,
+                    "pairs": [{"verifier", "drafter", "greedy", "sampling", "positions",
+                               "by_category": {"<cat>": {"greedy", "sampling", "positions"}}}]},
+     "traces": "<sidecar file name, relative to the profile>" or null}
+
+Acceptance values are per-token acceptance probabilities (``alpha`` in staged-decoding.md):
+greedy = argmax agreement; sampling = sum_x min(p, q) at ``temperature``. The sidecar (.npz)
+holds per-position traces under keys ``greedy/<verifier>/<drafter>`` and
+``sampling/<verifier>/<drafter>`` (float32, concatenated over references) and ``segments``
+(int64 start offsets of each reference, plus the total at the end) and ``categories``.
+A candidate whose latency was measured with random weights is marked ``random_weights``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polyplan.documents.files import DocumentError, atomic_write_json, read_json
+
+PROFILE_SCHEMA = "polyplan.profile"
+PROFILE_VERSION = 1
+
+
+@dataclass
+class Candidate:
+    name: str
+    source: str = ""
+    derivation: str = ""
+    dtype: str = ""
+    device: str = "cpu"
+    params: int | None = None
+    point_mass: bool = False
+    random_weights: bool = False
+
+
+@dataclass
+class LatencyCurve:
+    """Median forward time T(n, c) on a grid of new-token counts n and cached contexts c."""
+
+    new_tokens: list[int]
+    context: list[int]
+    median_s: list[list[float]]  # [context index][new_tokens index]
+    spread_s: list[list[float]] = field(default_factory=list)
+    repeats: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.new_tokens or not self.context:
+            raise DocumentError("a latency curve needs at least one new-token count and one context")
+        if len(self.median_s) != len(self.context) or any(len(r) != len(self.new_tokens) for r in self.median_s):
+            raise DocumentError("latency median_s must have one row per context and one entry per new-token count")
+
+    def __call__(self, n: float, c: float | None = None) -> float:
+        """T(n, c) by piecewise-linear interpolation (constant beyond the measured grid)."""
+        c = self.context[0] if c is None else c
+        row = [_interp(self.context, [r[j] for r in self.median_s], c) for j in range(len(self.new_tokens))]
+        return _interp(self.new_tokens, row, n)
+
+
+def _interp(xs: list[int], ys: list[float], x: float) -> float:
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    i = bisect.bisect_right(xs, x)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+@dataclass
+class AcceptancePair:
+    verifier: str
+    drafter: str
+    greedy: float
+    sampling: float
+    positions: int
+    by_category: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def alpha(self, mode: str) -> float:
+        if mode not in ("greedy", "sampling"):
+            raise ValueError(f"acceptance mode must be 'greedy' or 'sampling', not {mode!r}")
+        return self.greedy if mode == "greedy" else self.sampling
+
+
+@dataclass
+class Profile:
+    pool: str
+    target: str
+    candidates: list[Candidate]
+    latency: dict[str, LatencyCurve]
+    pairs: list[AcceptancePair]
+    temperature: float = 1.0
+    machine: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    traces: str | None = None
+    version: int = PROFILE_VERSION
+
+    # ---- queries the planner uses -------------------------------------------------------
+    def candidate(self, name: str) -> Candidate:
+        for c in self.candidates:
+            if c.name == name:
+                return c
+        known = ", ".join(c.name for c in self.candidates)
+        raise DocumentError(f"profile has no candidate {name!r} (it has: {known})")
+
+    def pair(self, verifier: str, drafter: str) -> AcceptancePair:
+        for p in self.pairs:
+            if p.verifier == verifier and p.drafter == drafter:
+                return p
+        raise DocumentError(f"profile has no acceptance measurement for {drafter!r} drafting for {verifier!r}")
+
+    def validate(self) -> None:
+        names = [c.name for c in self.candidates]
+        if len(set(names)) != len(names):
+            raise DocumentError("profile lists a candidate twice")
+        if self.target not in names:
+            raise DocumentError(f"profile target {self.target!r} is not among its candidates")
+        for name in self.latency:
+            if name not in names:
+                raise DocumentError(f"latency for unknown candidate {name!r}")
+        for p in self.pairs:
+            if p.verifier not in names or p.drafter not in names:
+                raise DocumentError(f"acceptance pair {p.drafter}->{p.verifier} names an unknown candidate")
+            for v in (p.greedy, p.sampling):
+                if not (0.0 <= v <= 1.0) or math.isnan(v):
+                    raise DocumentError(f"acceptance {v} of {p.drafter}->{p.verifier} is not a probability")
+
+    # ---- (de)serialisation ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": PROFILE_SCHEMA,
+            "version": self.version,
+            "created": self.created,
+            "machine": self.machine,
+            "pool": self.pool,
+            "target": self.target,
+            "settings": self.settings,
+            "candidates": [asdict(c) for c in self.candidates],
+            "latency": {k: asdict(v) for k, v in self.latency.items()},
+            "acceptance": {"temperature": self.temperature, "pairs": [asdict(p) for p in self.pairs]},
+            "traces": self.traces,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], origin: str = "profile") -> "Profile":
+        try:
+            prof = cls(
+                pool=doc["pool"],
+                target=doc["target"],
+                candidates=[Candidate(**c) for c in doc["candidates"]],
+                latency={k: LatencyCurve(**v) for k, v in doc.get("latency", {}).items()},
+                pairs=[AcceptancePair(**p) for p in doc.get("acceptance", {}).get("pairs", [])],
+                temperature=float(doc.get("acceptance", {}).get("temperature", 1.0)),
+                machine=doc.get("machine", {}),
+                settings=doc.get("settings", {}),
+                created=doc.get("created", ""),
+                traces=doc.get("traces"),
+                version=doc["version"],
+            )
+        except DocumentError as e:
+            raise DocumentError(f"{origin}: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise DocumentError(f"{origin}: malformed profile ({type(e).__name__}: {e})") from None
+        try:
+            prof.validate()
+        except DocumentError as e:
+            raise DocumentError(f"{origin}: {e}") from None
+        return prof
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Profile":
+        return cls.from_dict(read_json(path, schema=PROFILE_SCHEMA, max_version=PROFILE_VERSION), str(path))
+
+    def save(self, path: str | Path) -> None:
+        self.validate()
+        atomic_write_json(path, self.to_dict())
+
+    def traces_path(self, profile_path: str | Path) -> Path | None:
+        return None if not self.traces else Path(profile_path).parent / self.traces

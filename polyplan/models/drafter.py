@@ -1,0 +1,89 @@
+"""The one interface every chain member implements: model, derived copy or model-free.
+
+Semantics follow ../shared/docs/staged-decoding.md. A drafter holds the state of ONE sequence
+(batch size 1). The executor and the profiler drive it through three calls:
+
+* ``score(new_ids)`` -- feed tokens that follow what the drafter has already processed and get
+  the raw next-token logits at every fed position (one forward pass; the KV cache grows by
+  ``len(new_ids)``). ``logits[i]`` is the distribution of the token AFTER ``new_ids[i]``.
+* ``rollback(length)`` -- forget everything after the first ``length`` processed tokens
+  (rejected drafts). ``length <= processed`` always.
+* ``propose(context, n)`` -- only for point-mass (model-free) drafters: up to ``n`` next tokens
+  for the token list ``context``. Model drafters draft by ``score`` + sampling in the executor,
+  so the logits processing stays in one place.
+
+``processed`` is the number of tokens the drafter's state covers (its KV-cache length).
+Logits come back as float32 on the drafter's device; the caller moves what it needs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import torch
+
+from polyplan.errors import UserError
+
+
+class VocabularyMismatch(UserError):
+    """Two chain members do not share a vocabulary: verification would be meaningless."""
+
+
+class Drafter(ABC):
+    """A chain member. Subclasses: ``ModelDrafter`` (transformers causal LM with a KV cache),
+    the derived copies built from it, and the model-free drafters (prompt lookup, n-gram)."""
+
+    #: human-readable name used in stats, profiles and plans (e.g. "smollm2-135m:int8")
+    name: str
+    #: size of the logits dimension; all members of a chain must agree
+    vocab_size: int
+    #: True for model-free drafters: proposals are point masses, they cannot ``score`` and
+    #: may only sit at the bottom of a chain
+    point_mass: bool = False
+    #: where ``score`` inputs must live and where logits come back
+    device: torch.device = torch.device("cpu")
+
+    @property
+    @abstractmethod
+    def processed(self) -> int:
+        """Tokens covered by this drafter's state (KV-cache length); 0 after ``reset``."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Drop all state: the next ``score`` starts a new sequence."""
+
+    def score(self, new_ids: torch.Tensor) -> torch.Tensor:
+        """Process ``new_ids`` (1-D LongTensor) after the processed prefix in ONE forward pass.
+
+        Returns float32 logits of shape ``(len(new_ids), vocab_size)``."""
+        raise NotImplementedError(f"{self.name} is a point-mass drafter and cannot score tokens")
+
+    @abstractmethod
+    def rollback(self, length: int) -> None:
+        """Keep only the first ``length`` processed tokens."""
+
+    def propose(self, context: Sequence[int], n: int) -> list[int]:
+        """Point-mass drafters only: up to ``n`` proposed next tokens after ``context``."""
+        raise NotImplementedError(f"{self.name} drafts by scoring; use score() and sample")
+
+    @property
+    def max_context(self) -> int | None:
+        """Longest sequence this drafter can hold, or None when unbounded."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+def check_same_vocabulary(drafters: Sequence[Drafter]) -> None:
+    """Refuse a chain whose members disagree on the vocabulary, naming the offenders."""
+    if not drafters:
+        return
+    ref = drafters[0]
+    for d in drafters[1:]:
+        if d.vocab_size != ref.vocab_size:
+            raise VocabularyMismatch(
+                f"{d.name} has a vocabulary of {d.vocab_size} tokens but {ref.name} has "
+                f"{ref.vocab_size}: every chain member must share the target's tokenizer"
+            )
