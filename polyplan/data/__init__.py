@@ -1,0 +1,76 @@
+"""The built-in prompt set polyplan ships: short, original prompts in Spec-Bench-like categories.
+
+Each line of ``prompts.jsonl`` is ``{"id", "category", "split", "text"}``. ``split`` is
+``"fit"`` (material for model-free drafters' n-gram tables) or ``"eval"`` (profiling and
+benchmarks); the two never overlap, so an n-gram drafter is never scored on its own training text.
+The texts are plain user messages; callers wrap them in the model's chat template.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Iterable
+
+from polyplan.errors import UserError
+
+SPLITS = ("fit", "eval")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    category: str
+    split: str
+    text: str
+
+
+def _read_all() -> list[Prompt]:
+    text = resources.files(__package__).joinpath("prompts.jsonl").read_text(encoding="utf-8")
+    return [Prompt(**json.loads(line)) for line in text.splitlines() if line.strip()]
+
+
+def categories() -> list[str]:
+    """Category names in file order."""
+    seen: dict[str, None] = {}
+    for p in _read_all():
+        seen.setdefault(p.category, None)
+    return list(seen)
+
+
+def load_prompts(
+    split: str | None = None,
+    categories: Iterable[str] | None = None,
+    limit: int | None = None,
+) -> list[Prompt]:
+    """Prompts of one ``split`` ("fit", "eval" or None for both) and the given categories.
+
+    With ``limit``, take prompts round-robin over categories (first of each category, then the
+    second of each, ...) so that a small sample still covers every category."""
+    if split is not None and split not in SPLITS:
+        raise UserError(f"unknown prompt split {split!r}: use one of {', '.join(SPLITS)}")
+    prompts = _read_all()
+    known = {p.category for p in prompts}
+    wanted = None
+    if categories is not None:
+        wanted = list(dict.fromkeys(categories))
+        unknown = [c for c in wanted if c not in known]
+        if unknown:
+            raise UserError(f"unknown prompt categories {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    selected = [p for p in prompts if (split is None or p.split == split) and (wanted is None or p.category in wanted)]
+    if limit is None:
+        return selected
+    if limit < 0:
+        raise UserError("the number of prompts must be >= 0")
+    by_cat: dict[str, list[Prompt]] = {}
+    for p in selected:
+        by_cat.setdefault(p.category, []).append(p)
+    ordered: list[Prompt] = []
+    depth = 0
+    while len(ordered) < min(limit, len(selected)):
+        for cat_prompts in by_cat.values():
+            if depth < len(cat_prompts) and len(ordered) < limit:
+                ordered.append(cat_prompts[depth])
+        depth += 1
+    return ordered
