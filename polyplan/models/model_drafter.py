@@ -1,0 +1,85 @@
+"""``ModelDrafter``: any transformers causal LM with a KV cache as a chain member."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from polyplan.errors import UserError
+from polyplan.models.drafter import Drafter
+from polyplan.models.kv_cache import (
+    cache_kwarg_name,
+    check_rollbackable,
+    new_rollbackable_cache,
+    rollback_cache,
+)
+
+
+class ContextTooLong(UserError):
+    """The sequence would exceed the model's context window."""
+
+
+class ModelDrafter(Drafter):
+    """Wraps a transformers causal LM (batch size 1) behind the :class:`Drafter` interface.
+
+    Device and dtype are the model's; ``score`` is one forward pass under ``torch.inference_mode``
+    and returns float32 logits on the model's device. The KV cache is a ``DynamicCache`` whose
+    length is tracked here (no device sync), rolled back with :func:`rollback_cache`."""
+
+    point_mass = False
+
+    def __init__(self, model: Any, name: str, tokenizer: Any = None) -> None:
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+            raise UserError(f"{name}: expected a transformers causal LM, got {type(model).__name__}")
+        self.model = model.eval()
+        self.name = name
+        self.tokenizer = tokenizer
+        first_param = next(model.parameters())
+        self.device = first_param.device
+        self.dtype = first_param.dtype
+        text_config = model.config.get_text_config(decoder=True)
+        out_embeddings = model.get_output_embeddings()
+        self.vocab_size = int(
+            out_embeddings.weight.shape[0] if out_embeddings is not None else text_config.vocab_size
+        )
+        self._max_context = getattr(text_config, "max_position_embeddings", None)
+        self._cache_kwarg = cache_kwarg_name(model)
+        self._cache = new_rollbackable_cache(model, name)
+        self._processed = 0
+        self._checked_after_first_pass = False
+
+    @property
+    def processed(self) -> int:
+        return self._processed
+
+    @property
+    def max_context(self) -> int | None:
+        return self._max_context
+
+    def reset(self) -> None:
+        self._cache = new_rollbackable_cache(self.model, self.name)
+        self._processed = 0
+
+    def score(self, new_ids: torch.Tensor) -> torch.Tensor:
+        n = int(new_ids.shape[0])
+        if n == 0:
+            return torch.empty((0, self.vocab_size), dtype=torch.float32, device=self.device)
+        if self._max_context is not None and self._processed + n > self._max_context:
+            raise ContextTooLong(
+                f"{self.name} holds at most {self._max_context} tokens; this step would need "
+                f"{self._processed + n}: shorten the prompt or lower --max-new-tokens"
+            )
+        ids = new_ids.to(self.device, non_blocking=True).view(1, n)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, use_cache=True, **{self._cache_kwarg: self._cache})
+        self._processed += n
+        if not self._checked_after_first_pass:
+            # layers of a config-less DynamicCache appear lazily: check again once they exist
+            check_rollbackable(self._cache, self.name)
+            self._checked_after_first_pass = True
+        return out.logits[0].float()
+
+    def rollback(self, length: int) -> None:
+        rollback_cache(self._cache, self._processed, length)
+        self._processed = length
