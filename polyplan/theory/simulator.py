@@ -1,0 +1,168 @@
+"""A Monte-Carlo simulator of the staged algorithm itself, independent of the exact model.
+
+It runs the loop of staged-decoding.md step by step — the bottom drafts ``g_k`` tokens one pass
+each, an intermediate level fills a buffer from blocks it verifies one pass each until it holds
+``>= g_j`` tokens, the target verifies and emits accepted + 1, everything unverified is discarded —
+drawing each acceptance as a Bernoulli variable. Pass costs follow polyplan.theory.latency.
+
+Acceptance per verifier level j is either a scalar rate (i.i.d.) or a 1-D array ``p`` indexed by
+*output position*: the draft token that would become the t-th generated token (t = 0, 1, ...) is
+accepted by level j with probability ``p[t]``. Measured per-position traces (0/1 greedy agreements
+or per-position sampling rates) therefore replay through the very same loop — the optimizer's
+trace-replay predictor uses this function; there is no second staged simulator. Positions past
+the end of an array use the array's mean (only drafts beyond the last output token reach them
+when ``n_tokens <= len(p)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from polyplan.errors import UserError
+from polyplan.theory.latency import Latency, pass_cost, validate_latencies
+
+
+@dataclass
+class SimulationResult:
+    """Counts from one simulated run (levels 1..k as list indices 0..k-1)."""
+
+    output_tokens: int
+    passes: list[int]  # forward passes per level
+    total_time: float
+    round_tokens: np.ndarray  # tokens emitted per target round (the target's acceptance lengths)
+    round_times: np.ndarray  # wall time per target round
+    verification_lengths: list[list[int]] = field(default_factory=list)  # per verifier level: accepted + 1
+    level_times: list[float] = field(default_factory=list)  # wall time spent in each level's passes
+
+    @property
+    def rounds(self) -> int:
+        return int(self.round_tokens.size)
+
+    @property
+    def tokens_per_pass(self) -> list[float]:
+        return [self.output_tokens / p if p else float("inf") for p in self.passes]
+
+    @property
+    def time_per_token(self) -> float:
+        return self.total_time / self.output_tokens
+
+    @property
+    def mean_acceptance_length(self) -> float:
+        return float(self.round_tokens.mean()) if self.rounds else 1.0
+
+    @property
+    def speedup_over(self) -> float:  # pragma: no cover - convenience
+        raise AttributeError("use T_1(1) / time_per_token")
+
+    @property
+    def time_per_token_stderr(self) -> float:
+        """Delta-method standard error of the ratio estimator sum(time) / sum(tokens) over rounds."""
+        n = self.rounds
+        if n < 2:
+            return float("inf")
+        ratio = self.round_times.sum() / self.round_tokens.sum()
+        residual = self.round_times - ratio * self.round_tokens
+        return float(np.sqrt(residual.var(ddof=1) / n) / self.round_tokens.mean())
+
+
+def simulate_chain(alpha_or_traces: Sequence[float | np.ndarray], gamma: Sequence[int],
+                   latency: Sequence[Latency], n_tokens: int,
+                   rng: np.random.Generator | int | None = None) -> SimulationResult:
+    """Simulate the staged loop until at least ``n_tokens`` tokens are emitted (the last round may
+    overshoot; all emitted tokens are counted, so the accounting identity holds exactly).
+
+    ``alpha_or_traces[j-1]`` is level j's acceptance of level j+1's drafts: a float, or an array
+    of per-output-position probabilities (see module doc). ``rng``: a Generator or a seed."""
+    k = len(latency)
+    if len(alpha_or_traces) != k - 1 or len(gamma) != k - 1:
+        raise UserError(f"a chain of {k} models needs {k - 1} acceptance entries and {k - 1} gammas")
+    if any(int(g) < 1 for g in gamma):
+        raise UserError("every gamma must be >= 1")
+    validate_latencies(latency, k)
+    if n_tokens < 1:
+        raise UserError("n_tokens must be >= 1")
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    acceptance = [_AcceptanceSource(x) for x in alpha_or_traces]
+    gammas = [int(g) for g in gamma]
+    passes = [0] * k
+    level_times = [0.0] * k
+    verification_lengths: list[list[int]] = [[] for _ in range(k - 1)]
+
+    def charge(level: int, new_tokens: int) -> float:
+        cost = float(pass_cost(latency[level], new_tokens))
+        passes[level] += 1
+        level_times[level] += cost
+        return cost
+
+    def verify(level: int, start: int, block: int) -> int:
+        """Accepted prefix length when ``level`` verifies ``block`` drafts at output positions start.."""
+        if block == 0:
+            return 0
+        probs = acceptance[level].at(start, block)
+        rejected = np.flatnonzero(rng.random(block) >= probs)
+        return int(rejected[0]) if rejected.size else block
+
+    def draft(level: int, start: int) -> tuple[int, float]:
+        """One call of ``level`` (>= 1, 0-based): returns (block length handed up, time spent)."""
+        if level == k - 1:  # bottom: g_k autoregressive passes
+            return gammas[level - 1], sum(charge(level, 1) for _ in range(gammas[level - 1]))
+        buffer, spent = 0, 0.0
+        while buffer < gammas[level - 1]:
+            block, t = draft(level + 1, start + buffer)
+            spent += t + charge(level, block + 1)
+            accepted = verify(level, start + buffer, block)
+            verification_lengths[level].append(accepted + 1)
+            buffer += accepted + 1
+        return buffer, spent
+
+    produced = 0
+    round_tokens: list[int] = []
+    round_times: list[float] = []
+    while produced < n_tokens:
+        if k == 1:
+            spent, emitted = charge(0, 1), 1
+        else:
+            block, spent = draft(1, produced)
+            spent += charge(0, block + 1)
+            emitted = verify(0, produced, block) + 1
+            verification_lengths[0].append(emitted)
+        produced += emitted
+        round_tokens.append(emitted)
+        round_times.append(spent)
+    return SimulationResult(output_tokens=produced, passes=passes, total_time=float(sum(round_times)),
+                            round_tokens=np.asarray(round_tokens), round_times=np.asarray(round_times),
+                            verification_lengths=verification_lengths, level_times=level_times)
+
+
+class _AcceptanceSource:
+    """A scalar rate or a per-position array, read as probabilities for a block of positions."""
+
+    def __init__(self, value: float | np.ndarray) -> None:
+        if np.ndim(value) == 0:
+            rate = float(value)
+            if not 0 <= rate <= 1:
+                raise UserError(f"acceptance rate must lie in [0, 1], got {value!r}")
+            self.rate: float | None = rate
+            self.trace = None
+        else:
+            trace = np.asarray(value, dtype=np.float64)
+            if trace.ndim != 1 or trace.size == 0:
+                raise UserError("an acceptance trace must be a non-empty 1-D array")
+            if np.any((trace < 0) | (trace > 1)) or not np.all(np.isfinite(trace)):
+                raise UserError("acceptance trace values must lie in [0, 1]")
+            self.rate = None
+            self.trace = trace
+            self.fill = float(trace.mean())
+
+    def at(self, start: int, block: int) -> Any:
+        if self.trace is None:
+            return self.rate
+        end = start + block
+        if end <= self.trace.size:
+            return self.trace[start:end]
+        inside = self.trace[start:] if start < self.trace.size else self.trace[:0]
+        return np.concatenate([inside, np.full(block - inside.size, self.fill)])
