@@ -14,7 +14,8 @@ JSON layout (version 1)::
      "acceptance": {"temperature": float,
                     "pairs": [{"verifier", "drafter", "greedy", "sampling", "positions",
                                "by_category": {"<cat>": {"greedy", "sampling", "positions"}}}]},
-     "traces": "<sidecar file name, relative to the profile>" or null}
+     "traces": "<sidecar file name, relative to the profile>" or null,
+     "complete": bool (optional, default true; false while a measurement is unfinished)}
 
 Acceptance values are per-token acceptance probabilities (``alpha`` in staged-decoding.md):
 greedy = argmax agreement; sampling = sum_x min(p, q) at ``temperature``. The sidecar (.npz)
@@ -111,6 +112,8 @@ class Profile:
     created: str = ""
     traces: str | None = None
     version: int = PROFILE_VERSION
+    #: False while the profiler is still measuring (interrupted or out of budget): rerun to resume
+    complete: bool = True
 
     # ---- queries the planner uses -------------------------------------------------------
     def candidate(self, name: str) -> Candidate:
@@ -156,6 +159,7 @@ class Profile:
             "latency": {k: asdict(v) for k, v in self.latency.items()},
             "acceptance": {"temperature": self.temperature, "pairs": [asdict(p) for p in self.pairs]},
             "traces": self.traces,
+            "complete": self.complete,
         }
 
     @classmethod
@@ -173,6 +177,7 @@ class Profile:
                 created=doc.get("created", ""),
                 traces=doc.get("traces"),
                 version=doc["version"],
+                complete=bool(doc.get("complete", True)),
             )
         except DocumentError as e:
             raise DocumentError(f"{origin}: {e}") from None

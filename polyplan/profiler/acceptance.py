@@ -1,0 +1,171 @@
+"""Teacher-forced acceptance: one scoring pass per candidate over the target's own text.
+
+For a reference continuation ``r`` of a prompt, every model candidate is fed ``prompt + r`` and
+its next-token logits at the ``len(r)`` positions that predict ``r`` are kept. For an ordered pair
+(verifier ``V``, drafter ``D``) and position ``t`` with processed distributions ``p = P_V(.|r<t)``
+and ``q = P_D(.|r<t)``:
+
+* greedy acceptance   ``a_t = [argmax p == argmax q]``
+* sampling acceptance ``a_t = sum_x min(p(x), q(x))``  (= 1 - total variation; staged-decoding.md)
+
+A point-mass drafter proposes ``x_t = propose(prompt + r<t, 1)``: greedy ``[x_t == argmax p]``,
+sampling ``p(x_t)`` (the probability that speculative sampling accepts a point mass), and 0 when it
+has nothing to propose. Every pair reuses the same logits, so k candidates cost k passes per
+reference, not k^2 generations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from polyplan.models.drafter import Drafter
+
+
+def processed_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The distribution a sampler draws from: temperature, then top-k, then top-p (nucleus).
+
+    ``temperature == 0`` is greedy: a point mass on the argmax. Rows are float32 probabilities.
+    (Local copy of the executor's processing order; keep the two in step.)"""
+    logits = logits.float()
+    if temperature <= 0:
+        out = torch.zeros_like(logits)
+        out.scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+        return out
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(-1)
+        # drop a token once the mass of the tokens strictly before it already reaches top_p
+        drop_sorted = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.softmax(-1)
+
+
+def greedy_reference(
+    target: Drafter, prompt_ids: Sequence[int], max_new_tokens: int, eos_ids: Sequence[int] = ()
+) -> list[int]:
+    """The target's greedy continuation (prompt prefilled in one pass, then one token per pass),
+    ending with an end-of-sequence token if it produced one."""
+    limit = target.max_context
+    if limit is not None:
+        max_new_tokens = min(max_new_tokens, limit - len(prompt_ids))
+    eos = set(int(e) for e in eos_ids)
+    target.reset()
+    logits = target.score(torch.tensor(list(prompt_ids), dtype=torch.long))
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        token = int(logits[-1].argmax())
+        out.append(token)
+        if token in eos or len(out) == max_new_tokens:
+            break
+        logits = target.score(torch.tensor([token], dtype=torch.long))
+    target.reset()
+    return out
+
+
+def teacher_force(drafter: Drafter, prompt_ids: Sequence[int], reference: Sequence[int], block: int = 0) -> torch.Tensor:
+    """Logits ``[len(reference), V]``: row ``t`` is the drafter's prediction of ``reference[t]``.
+
+    ``block == 0`` feeds ``prompt + reference[:-1]`` in one pass; ``block > 0`` prefills the prompt
+    and then feeds the reference in blocks of ``block`` tokens, the shapes a verifier sees at run
+    time (this matters for bf16/fp16 models, see staged-decoding.md "Numerics")."""
+    drafter.reset()
+    prompt = torch.tensor(list(prompt_ids), dtype=torch.long)
+    body = torch.tensor(list(reference[:-1]), dtype=torch.long)
+    n = len(reference)
+    if block <= 0:
+        logits = drafter.score(torch.cat([prompt, body]))[len(prompt) - 1 :]
+    else:
+        parts = [drafter.score(prompt)[-1:]]
+        for start in range(0, len(body), block):
+            parts.append(drafter.score(body[start : start + block]))
+        logits = torch.cat(parts)
+    drafter.reset()
+    assert logits.shape[0] == n
+    return logits
+
+
+def point_mass_proposals(drafter: Drafter, prompt_ids: Sequence[int], reference: Sequence[int]) -> list[int]:
+    """The drafter's first proposed token at every reference position (-1: no proposal)."""
+    context = list(prompt_ids)
+    out = []
+    for token in reference:
+        proposal = drafter.propose(context, 1)
+        out.append(int(proposal[0]) if proposal else -1)
+        context.append(int(token))
+    return out
+
+
+@dataclass
+class ScoredReference:
+    """What one reference contributes: per-position acceptance for every ordered pair."""
+
+    greedy: dict[tuple[str, str], np.ndarray]
+    sampling: dict[tuple[str, str], np.ndarray]
+
+
+def score_reference(
+    drafters: Sequence[Drafter],
+    prompt_ids: Sequence[int],
+    reference: Sequence[int],
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    block: int = 0,
+    on_candidate: Any = None,
+) -> ScoredReference:
+    """Teacher-force every candidate once on ``reference`` and derive every ordered pair's traces.
+
+    Verifiers are the model candidates; drafters are all candidates other than the verifier."""
+    argmax: dict[str, torch.Tensor] = {}
+    probs: dict[str, torch.Tensor] = {}
+    proposals: dict[str, torch.Tensor] = {}
+    for d in drafters:
+        if d.point_mass:
+            proposals[d.name] = torch.tensor(point_mass_proposals(d, prompt_ids, reference), dtype=torch.long)
+        else:
+            logits = teacher_force(d, prompt_ids, reference, block)
+            argmax[d.name] = logits.argmax(-1).cpu()
+            if temperature > 0:
+                probs[d.name] = processed_probs(logits, temperature, top_k, top_p)
+            del logits
+        if on_candidate is not None:
+            on_candidate()
+
+    greedy: dict[tuple[str, str], np.ndarray] = {}
+    sampling: dict[tuple[str, str], np.ndarray] = {}
+    for v in drafters:
+        if v.point_mass:
+            continue
+        for d in drafters:
+            if d is v:
+                continue
+            key = (v.name, d.name)
+            if d.point_mass:
+                prop = proposals[d.name]
+                has = prop >= 0
+                greedy[key] = ((prop == argmax[v.name]) & has).float().numpy()
+                if temperature > 0:
+                    p_v = probs[v.name]
+                    picked = p_v.gather(-1, prop.clamp(min=0).to(p_v.device).unsqueeze(-1)).squeeze(-1).cpu()
+                    sampling[key] = torch.where(has, picked, torch.zeros_like(picked)).numpy()
+            else:
+                greedy[key] = (argmax[d.name] == argmax[v.name]).float().numpy()
+                if temperature > 0:
+                    p_v, q_d = probs[v.name], probs[d.name].to(probs[v.name].device)
+                    sampling[key] = torch.minimum(p_v, q_d).sum(-1).clamp(0.0, 1.0).cpu().numpy()
+            if temperature <= 0:
+                # at temperature 0 sampling is greedy decoding
+                sampling[key] = greedy[key].copy()
+    return ScoredReference(
+        greedy={k: v.astype(np.float32) for k, v in greedy.items()},
+        sampling={k: v.astype(np.float32) for k, v in sampling.items()},
+    )

@@ -1,0 +1,116 @@
+"""Latency curves T_i(n, c): one forward pass of ``n`` new tokens over ``c`` cached tokens.
+
+All candidates are measured at one context length together, their repeats interleaved
+(A B C A B C ...), so that load from other processes drifts over all of them alike
+(staged-decoding.md, "Measuring on a noisy machine"). On CUDA every pass is bracketed by events
+and the host synchronises once per context; on CPU ``score`` returns finished logits, so a
+``perf_counter`` pair is exact.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from polyplan.models.drafter import Drafter
+
+
+@dataclass
+class LatencyRow:
+    """Median and interquartile range (seconds) per new-token count, at one context length."""
+
+    median_s: list[float]
+    spread_s: list[float]
+    samples_s: list[list[float]]
+
+
+def fits_context(drafter: Drafter, context: int, max_new: int) -> bool:
+    limit = drafter.max_context
+    return limit is None or context + max_new <= limit
+
+
+def _context_ids(vocab_size: int, length: int, seed: int, device: torch.device) -> torch.Tensor:
+    # Latency does not depend on which tokens are cached: random ids, fixed seed.
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (length,), generator=gen).to(device)
+
+
+def measure_context(
+    drafters: Sequence[Drafter],
+    context: int,
+    new_tokens: Sequence[int],
+    repeats: int,
+    warmup: int,
+    seed: int = 0,
+    on_pass: Callable[[], None] | None = None,
+) -> dict[str, LatencyRow]:
+    """T(n, context) for every drafter and every n in ``new_tokens``.
+
+    Model drafters: build ``context`` tokens of KV cache, then time ``score`` of ``n`` tokens and
+    roll back to ``context`` after each pass. Point-mass drafters: time ``propose(ctx, n)``."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError("need repeats >= 1 and warmup >= 0")
+    samples: dict[str, list[list[float]]] = {d.name: [[] for _ in new_tokens] for d in drafters}
+    cuda_events: list[tuple[str, int, torch.cuda.Event, torch.cuda.Event]] = []
+    inputs: dict[str, tuple[list[int], torch.Tensor]] = {}
+
+    for d in drafters:
+        ids = _context_ids(d.vocab_size, context + max(new_tokens), seed, d.device)
+        inputs[d.name] = (ids.tolist(), ids)
+        if not d.point_mass:
+            d.reset()
+            if context:
+                d.score(ids[:context])
+
+    def one_pass(d: Drafter, j: int, n: int, record: bool) -> None:
+        ids_list, ids = inputs[d.name]
+        if d.point_mass:
+            t0 = time.perf_counter()
+            d.propose(ids_list[:context], n)
+            if record:
+                samples[d.name][j].append(time.perf_counter() - t0)
+        else:
+            new = ids[context : context + n]
+            if d.device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                d.score(new)
+                end.record()
+                if record:
+                    cuda_events.append((d.name, j, start, end))
+            else:
+                t0 = time.perf_counter()
+                d.score(new)
+                if record:
+                    samples[d.name][j].append(time.perf_counter() - t0)
+            d.rollback(context)
+        if on_pass is not None and record:
+            on_pass()
+
+    for rep in range(warmup + repeats):
+        record = rep >= warmup
+        for d in drafters:
+            for j, n in enumerate(new_tokens):
+                one_pass(d, j, n, record)
+
+    if cuda_events:
+        torch.cuda.synchronize()
+        for name, j, start, end in cuda_events:
+            samples[name][j].append(start.elapsed_time(end) / 1000.0)
+    for d in drafters:
+        if not d.point_mass:
+            d.reset()
+
+    rows = {}
+    for name, per_n in samples.items():
+        arr = [np.asarray(s, dtype=np.float64) for s in per_n]
+        rows[name] = LatencyRow(
+            median_s=[float(np.median(a)) for a in arr],
+            spread_s=[float(np.percentile(a, 75) - np.percentile(a, 25)) for a in arr],
+            samples_s=[a.tolist() for a in arr],
+        )
+    return rows

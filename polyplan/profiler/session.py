@@ -1,0 +1,433 @@
+"""One profiling run: latency units, then acceptance units, each saved atomically when done.
+
+A *unit* is one context length (all candidates' latency rows, repeats interleaved) or one eval
+prompt (the target's reference continuation, every candidate teacher-forced on it). After each
+unit the sidecar (.npz, traces) and then the profile (.json, ``complete: false``) are rewritten
+atomically, so Ctrl-C, a crash or an exhausted ``budget_s`` loses at most the unit in progress;
+rerunning with the same settings resumes where the files stop. A file measured with other
+settings or on another machine is refused unless ``force`` (which starts over).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from polyplan.data import Prompt, load_prompts
+from polyplan.documents.files import DocumentError, atomic_write_bytes
+from polyplan.documents.profile import AcceptancePair, Candidate, LatencyCurve, Profile
+from polyplan.errors import UserError
+from polyplan.models.drafter import Drafter, check_same_vocabulary
+from polyplan.profiler.acceptance import greedy_reference, score_reference
+from polyplan.profiler.latency import fits_context, measure_context
+from polyplan.profiler.machine import machine_facts, machine_fingerprint
+
+# settings that may differ between a run and the run that resumes it
+_VOLATILE_SETTINGS = ("budget_s", "elapsed_s")
+
+
+def new_token_grid(max_new: int) -> list[int]:
+    """1, 2, 4, ... up to ``max_new`` (``max_new`` itself included)."""
+    if max_new < 1:
+        raise UserError("the largest new-token count must be >= 1")
+    grid = [1 << i for i in range(int(math.log2(max_new)) + 1)]
+    return grid if grid[-1] == max_new else grid + [max_new]
+
+
+@dataclass
+class ProfileSettings:
+    """What is measured; two runs with equal settings may be merged (resumed)."""
+
+    prompts: int = 8
+    max_new_tokens: int = 64
+    new_tokens: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    contexts: list[int] = field(default_factory=lambda: [64, 256, 512])
+    repeats: int = 5
+    warmup: int = 2
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    #: teacher-forcing block (0: the whole reference in one pass); run-time verifier shapes
+    block: int = 8
+    categories: list[str] | None = None
+    random_weights: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.prompts < 0:
+            raise UserError("--prompts must be >= 0")
+        if self.max_new_tokens < 1:
+            raise UserError("--max-new-tokens must be >= 1")
+        if not self.new_tokens or min(self.new_tokens) < 1:
+            raise UserError("new-token counts must be >= 1")
+        if not self.contexts or min(self.contexts) < 0:
+            raise UserError("context lengths must be >= 0")
+        if self.repeats < 1 or self.warmup < 0:
+            raise UserError("--repeats must be >= 1 and --warmup >= 0")
+        if self.temperature < 0 or not (0 < self.top_p <= 1) or self.top_k < 0:
+            raise UserError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+        if self.block < 0:
+            raise UserError("--block must be >= 0")
+        self.new_tokens = sorted(set(int(n) for n in self.new_tokens))
+        self.contexts = sorted(set(int(c) for c in self.contexts))
+
+
+@dataclass
+class ProfileInputs:
+    """The candidates to profile, the target first, and how to turn prompt text into token ids."""
+
+    pool: str
+    target: str
+    drafters: list[Drafter]
+    candidates: list[Candidate]
+    encode: Callable[[str], list[int]]
+    eos_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [d.name for d in self.drafters]
+        if self.target not in names:
+            raise UserError(f"the target {self.target!r} must be among the profiled candidates")
+        if self.drafters[names.index(self.target)].point_mass:
+            raise UserError(f"the target {self.target!r} must be a model, not a point-mass drafter")
+        check_same_vocabulary(self.drafters)
+
+    @property
+    def target_drafter(self) -> Drafter:
+        return next(d for d in self.drafters if d.name == self.target)
+
+
+class ProgressHooks:
+    """Progress callbacks (no-ops here; the CLI draws rich progress bars)."""
+
+    def begin(self, stage: str, total: int) -> None: ...
+
+    def advance(self, stage: str, amount: int = 1) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+
+@dataclass
+class ProfileOutcome:
+    profile: Profile
+    path: Path
+    complete: bool
+    units_done: int
+    units_skipped: int
+    stopped_by_budget: bool
+    elapsed_s: float
+
+
+# --------------------------------------------------------------------------- traces
+
+@dataclass
+class _Traces:
+    prompt_ids: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    prompt_lengths: list[int] = field(default_factory=list)
+    tokens: list[np.ndarray] = field(default_factory=list)
+    greedy: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
+    sampling: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
+
+    def segments(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum([len(t) for t in self.tokens])]).astype(np.int64)
+
+    def to_npz(self, identity: dict[str, Any]) -> bytes:
+        arrays: dict[str, np.ndarray] = {
+            "segments": self.segments(),
+            "categories": np.array(self.categories, dtype=str),
+            "prompt_ids": np.array(self.prompt_ids, dtype=str),
+            "prompt_lengths": np.array(self.prompt_lengths, dtype=np.int64),
+            "tokens": np.concatenate(self.tokens).astype(np.int64) if self.tokens else np.zeros(0, np.int64),
+            "identity": np.array(json.dumps(identity, sort_keys=True)),
+        }
+        for mode, table in (("greedy", self.greedy), ("sampling", self.sampling)):
+            for (v, d), parts in table.items():
+                arrays[f"{mode}/{v}/{d}"] = np.concatenate(parts).astype(np.float32)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_npz(cls, path: Path, identity: dict[str, Any]) -> "_Traces | None":
+        """The traces saved by an interrupted run with the same identity, or None."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if json.loads(str(z["identity"])) != json.loads(json.dumps(identity, sort_keys=True)):
+                    return None
+                seg = z["segments"]
+                tr = cls(
+                    prompt_ids=[str(x) for x in z["prompt_ids"]],
+                    categories=[str(x) for x in z["categories"]],
+                    prompt_lengths=[int(x) for x in z["prompt_lengths"]],
+                )
+                toks = z["tokens"]
+                tr.tokens = [toks[seg[i] : seg[i + 1]] for i in range(len(seg) - 1)]
+                for key in z.files:
+                    mode, _, rest = key.partition("/")
+                    if mode in ("greedy", "sampling") and rest:
+                        v, d = rest.split("/", 1)
+                        arr = z[key]
+                        getattr(tr, mode)[(v, d)] = [arr[seg[i] : seg[i + 1]] for i in range(len(seg) - 1)]
+                return tr
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            return None  # missing or truncated: re-measure the acceptance part
+
+    def pairs(self) -> list[AcceptancePair]:
+        out = []
+        cats = sorted(set(self.categories))
+        for key, parts in self.greedy.items():
+            g = np.concatenate(parts)
+            s = np.concatenate(self.sampling.get(key, parts))
+            by_cat = {}
+            for cat in cats:
+                idx = [i for i, c in enumerate(self.categories) if c == cat]
+                gc = np.concatenate([parts[i] for i in idx])
+                sc = np.concatenate([self.sampling.get(key, parts)[i] for i in idx])
+                if len(gc):
+                    by_cat[cat] = {"greedy": float(gc.mean()), "sampling": float(sc.mean()), "positions": int(len(gc))}
+            out.append(
+                AcceptancePair(
+                    verifier=key[0],
+                    drafter=key[1],
+                    greedy=float(g.mean()) if len(g) else 0.0,
+                    sampling=float(s.mean()) if len(s) else 0.0,
+                    positions=int(len(g)),
+                    by_category=by_cat,
+                )
+            )
+        return out
+
+
+# --------------------------------------------------------------------------- the run
+
+def sidecar_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".traces.npz")
+
+
+def _settings_doc(settings: ProfileSettings, inputs: ProfileInputs) -> dict[str, Any]:
+    doc = asdict(settings)
+    doc["members"] = [d.name for d in inputs.drafters]
+    return doc
+
+
+def _check_resumable(prev: Profile, inputs: ProfileInputs, settings_doc: dict, fingerprint: dict) -> None:
+    problems = []
+    if prev.pool != inputs.pool or prev.target != inputs.target:
+        problems.append(f"pool/target {prev.pool}/{prev.target} vs {inputs.pool}/{inputs.target}")
+    old = {k: v for k, v in prev.settings.items() if k not in _VOLATILE_SETTINGS}
+    new = {k: v for k, v in settings_doc.items() if k not in _VOLATILE_SETTINGS}
+    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) != new.get(k):
+            problems.append(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now")
+    old_fp = machine_fingerprint(prev.machine)
+    if old_fp != fingerprint:
+        diff = [k for k in fingerprint if old_fp.get(k) != fingerprint.get(k)]
+        problems.append("machine differs (" + ", ".join(diff) + ")")
+    if [asdict(c) for c in prev.candidates] != [asdict(c) for c in inputs.candidates]:
+        problems.append("candidates differ (dtype, device, derivation or weights)")
+    if problems:
+        raise UserError(
+            "the existing profile was measured differently, so it cannot be resumed: "
+            + "; ".join(problems)
+            + ". Use --force to measure from scratch (overwrites it) or choose another -o"
+        )
+
+
+def run_profile(
+    inputs: ProfileInputs,
+    output: str | Path,
+    settings: ProfileSettings | None = None,
+    budget_s: float | None = None,
+    force: bool = False,
+    progress: ProgressHooks | None = None,
+    started_at: float | None = None,
+) -> ProfileOutcome:
+    """Measure (or resume measuring) ``inputs`` into the profile at ``output``."""
+    settings = settings or ProfileSettings()
+    settings.validate()
+    progress = progress or ProgressHooks()
+    clock = time.monotonic
+    t_start = started_at if started_at is not None else clock()
+    output = Path(output)
+    if output.suffix != ".json":
+        raise UserError(f"{output}: the profile file name must end in .json")
+    traces_file = sidecar_path(output)
+
+    machine = machine_facts(inputs.target_drafter.device)
+    settings_doc = _settings_doc(settings, inputs)
+    identity = {"pool": inputs.pool, "settings": settings_doc, "machine": machine_fingerprint(machine)}
+
+    prev: Profile | None = None
+    if output.exists() and not force:
+        prev = Profile.load(output)  # a truncated or newer file raises here: nothing is overwritten
+        _check_resumable(prev, inputs, settings_doc, machine_fingerprint(machine))
+        machine = prev.machine  # keep the facts of the first run (thread count, date)
+
+    latency: dict[str, LatencyCurve] = dict(prev.latency) if prev else {}
+    traces = _Traces()
+    if prev and prev.traces and traces_file.exists():
+        loaded = _Traces.from_npz(traces_file, identity)
+        if loaded is None:
+            progress.note(f"{traces_file.name} is unreadable or from other settings: acceptance is re-measured")
+        else:
+            traces = loaded
+    created = prev.created if prev else datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    units_done = 0
+    units_skipped = 0
+    unit_durations: dict[str, list[float]] = {"latency": [], "acceptance": []}
+    stopped_by_budget = False
+
+    def over_budget(kind: str) -> bool:
+        if budget_s is None:
+            return False
+        past = unit_durations[kind]
+        expected = sum(past) / len(past) if past else 0.0
+        return clock() - t_start + expected > budget_s
+
+    def save(complete: bool) -> Profile:
+        prof = Profile(
+            pool=inputs.pool,
+            target=inputs.target,
+            candidates=inputs.candidates,
+            latency=latency,
+            pairs=traces.pairs(),
+            temperature=settings.temperature,
+            machine=machine,
+            settings={**settings_doc, "budget_s": budget_s, "elapsed_s": round(clock() - t_start, 1)},
+            created=created,
+            traces=traces_file.name if traces.prompt_ids else None,
+            complete=complete,
+        )
+        if traces.prompt_ids:
+            atomic_write_bytes(traces_file, traces.to_npz(identity))
+        prof.save(output)
+        return prof
+
+    # ---- latency: one unit per context length ------------------------------------------
+    max_new = max(settings.new_tokens)
+
+    def missing(c: int) -> list[Drafter]:
+        return [
+            d
+            for d in inputs.drafters
+            if fits_context(d, c, max_new) and (d.name not in latency or c not in latency[d.name].context)
+        ]
+
+    todo_contexts = [c for c in settings.contexts if missing(c)]
+    units_skipped += len(settings.contexts) - len(todo_contexts)
+    passes_per_context = settings.repeats * len(settings.new_tokens)
+    progress.begin("latency", sum(len(missing(c)) for c in todo_contexts) * passes_per_context)
+    for c in todo_contexts:
+        if over_budget("latency"):
+            stopped_by_budget = True
+            break
+        t0 = clock()
+        measured = measure_context(
+            missing(c),
+            c,
+            settings.new_tokens,
+            settings.repeats,
+            settings.warmup,
+            seed=settings.seed,
+            on_pass=lambda: progress.advance("latency"),
+        )
+        for name, row in measured.items():
+            curve = latency.get(name)
+            rows = {} if curve is None else {
+                cc: (m, s) for cc, m, s in zip(curve.context, curve.median_s, curve.spread_s or [[]] * len(curve.context))
+            }
+            rows[c] = (row.median_s, row.spread_s)
+            ctxs = sorted(rows)
+            latency[name] = LatencyCurve(
+                new_tokens=list(settings.new_tokens),
+                context=ctxs,
+                median_s=[rows[x][0] for x in ctxs],
+                spread_s=[rows[x][1] for x in ctxs],
+                repeats=settings.repeats,
+            )
+        unit_durations["latency"].append(clock() - t0)
+        units_done += 1
+        save(complete=False)
+
+    # ---- acceptance: one unit per eval prompt ------------------------------------------
+    prompts: list[Prompt] = []
+    if not settings.random_weights and not stopped_by_budget:
+        prompts = load_prompts("eval", settings.categories, limit=settings.prompts)
+    done = set(traces.prompt_ids)
+    todo_prompts = [p for p in prompts if p.id not in done]
+    units_skipped += len(prompts) - len(todo_prompts)
+    progress.begin("acceptance", len(todo_prompts) * (len(inputs.drafters) + 1))
+    for prompt in todo_prompts:
+        if over_budget("acceptance"):
+            stopped_by_budget = True
+            break
+        t0 = clock()
+        prompt_ids = inputs.encode(prompt.text)
+        reference = greedy_reference(inputs.target_drafter, prompt_ids, settings.max_new_tokens, inputs.eos_ids)
+        progress.advance("acceptance")
+        if not reference:
+            progress.note(f"prompt {prompt.id} leaves no room for a continuation: skipped")
+            continue
+        scored = score_reference(
+            inputs.drafters,
+            prompt_ids,
+            reference,
+            settings.temperature,
+            settings.top_k,
+            settings.top_p,
+            settings.block,
+            on_candidate=lambda: progress.advance("acceptance"),
+        )
+        traces.prompt_ids.append(prompt.id)
+        traces.categories.append(prompt.category)
+        traces.prompt_lengths.append(len(prompt_ids))
+        traces.tokens.append(np.asarray(reference, dtype=np.int64))
+        for key, arr in scored.greedy.items():
+            traces.greedy.setdefault(key, []).append(arr)
+        for key, arr in scored.sampling.items():
+            traces.sampling.setdefault(key, []).append(arr)
+        unit_durations["acceptance"].append(clock() - t0)
+        units_done += 1
+        save(complete=False)
+
+    complete = not stopped_by_budget
+    profile = save(complete=complete)
+    return ProfileOutcome(
+        profile=profile,
+        path=output,
+        complete=complete,
+        units_done=units_done,
+        units_skipped=units_skipped,
+        stopped_by_budget=stopped_by_budget,
+        elapsed_s=clock() - t_start,
+    )
+
+
+def load_traces(profile_path: str | Path) -> dict[str, np.ndarray]:
+    """The sidecar of a profile as a dict of arrays (keys as in the profile docstring)."""
+    profile_path = Path(profile_path)
+    prof = Profile.load(profile_path)
+    path = prof.traces_path(profile_path)
+    if path is None:
+        raise DocumentError(f"{profile_path}: this profile has no acceptance traces")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise DocumentError(f"{path}: traces sidecar is missing") from None
+    except (OSError, ValueError) as e:
+        raise DocumentError(f"{path}: traces sidecar is unreadable (truncated?): {e}") from None
+
+
+def selected_prompts(settings: ProfileSettings) -> Sequence[Prompt]:
+    return load_prompts("eval", settings.categories, limit=settings.prompts)
