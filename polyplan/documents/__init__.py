@@ -3,6 +3,7 @@
 Pure Python (no torch): the planner reads profiles without loading a model."""
 
 from polyplan.documents.files import DocumentError, atomic_write_bytes, atomic_write_json, read_json
+from polyplan.documents.plan import PLAN_SCHEMA, PLAN_VERSION, Plan, file_sha256
 from polyplan.documents.profile import (
     AcceptancePair,
     Candidate,
@@ -17,10 +18,14 @@ __all__ = [
     "Candidate",
     "DocumentError",
     "LatencyCurve",
+    "PLAN_SCHEMA",
+    "PLAN_VERSION",
+    "Plan",
     "Profile",
     "PROFILE_SCHEMA",
     "PROFILE_VERSION",
     "atomic_write_bytes",
     "atomic_write_json",
+    "file_sha256",
     "read_json",
 ]

@@ -1,0 +1,1 @@
+"""polyplan.bench: side-by-side benchmarks of a plan against autoregressive decoding and transformers assisted generation (torch side lives in polyplan.bench.runner)."""

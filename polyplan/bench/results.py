@@ -1,0 +1,213 @@
+"""The bench results document and its Markdown table (pure Python: plots read it without torch).
+
+JSON layout (version 1)::
+
+    {"schema": "polyplan.bench", "version": 1, "created", "machine": {...},
+     "plan": {"path", "sha256", "chain", "gammas", "mode", "predictor"},
+     "settings": {"prompts", "repeats", "max_new_tokens", "temperature", "seed", "grid"},
+     "methods": [{"name", "label", "engine", "chain", "gammas",
+                  "measured": {"time_per_token_s", "tokens_per_s", "speedup", "time_per_token_by_repeat_s",
+                               "new_tokens", "mean_acceptance_length": [per verifying level] | null,
+                               "tokens_per_pass": [L_1..L_k] | null, "matches_autoregressive": fraction | null},
+                  "predicted": {"iid": s/token, "replay": s/token},
+                  "error": {"iid": |p - m| / m, "replay": ...}}],
+     "regret": {"chosen", "best_measured", "regret"} | null,
+     "runs": [{"method", "prompt", "repeat", "new_tokens", "seconds", "levels": [...] | null}]}
+
+Aggregation: per repeat, time per token = total seconds / total new tokens over the prompts
+(the ratio of expectations the theory predicts); reported values are medians over repeats, and
+the speedup is the median over repeats of the paired ratio autoregressive / method."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polyplan.documents.files import DocumentError, atomic_write_bytes, atomic_write_json, read_json
+
+BENCH_SCHEMA = "polyplan.bench"
+BENCH_VERSION = 1
+AUTOREGRESSIVE = "autoregressive"
+
+
+@dataclass
+class RunRecord:
+    method: str
+    prompt: str
+    repeat: int
+    new_tokens: int
+    seconds: float
+    levels: list[dict[str, Any]] | None = None  # executor per-level statistics
+    tokens: list[int] = field(default_factory=list)  # kept in memory for the lossless check, not saved
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("tokens")
+        return d
+
+
+@dataclass
+class MethodSpec:
+    name: str  # unique key, e.g. "polyplan-plan"
+    label: str  # what a reader sees
+    engine: str  # "transformers" | "polyplan"
+    chain: list[str]
+    gammas: list[int | None]
+    predicted: dict[str, float] = field(default_factory=dict)  # predictor -> seconds per token
+
+
+def summarize(specs: list[MethodSpec], records: list[RunRecord]) -> list[dict[str, Any]]:
+    """Per method: medians over repeats, paired speedups, per-level acceptance, prediction errors."""
+    repeats = sorted({r.repeat for r in records})
+    by = {(r.method, r.repeat): [] for r in records}
+    for r in records:
+        by[(r.method, r.repeat)].append(r)
+
+    def tpt(method: str, rep: int) -> float | None:
+        rs = by.get((method, rep), [])
+        tokens = sum(r.new_tokens for r in rs)
+        return sum(r.seconds for r in rs) / tokens if tokens else None
+
+    reference = {
+        (r.prompt, r.repeat): r.tokens for r in records if r.method == AUTOREGRESSIVE
+    }
+    out = []
+    for spec in specs:
+        per_rep = [tpt(spec.name, rep) for rep in repeats]
+        per_rep = [x for x in per_rep if x is not None]
+        measured: dict[str, Any] = {"time_per_token_by_repeat_s": per_rep}
+        if per_rep:
+            m = statistics.median(per_rep)
+            measured["time_per_token_s"] = m
+            measured["tokens_per_s"] = 1.0 / m if m > 0 else None
+            ratios = []
+            for rep in repeats:
+                a, b = tpt(AUTOREGRESSIVE, rep), tpt(spec.name, rep)
+                if a and b:
+                    ratios.append(a / b)
+            measured["speedup"] = statistics.median(ratios) if ratios else None
+        mine = [r for r in records if r.method == spec.name]
+        measured["new_tokens"] = sum(r.new_tokens for r in mine)
+        measured.update(_level_stats(mine))
+        if reference and spec.name != AUTOREGRESSIVE:
+            same = [r.tokens == reference[(r.prompt, r.repeat)] for r in mine if (r.prompt, r.repeat) in reference]
+            measured["matches_autoregressive"] = sum(same) / len(same) if same else None
+        else:
+            measured["matches_autoregressive"] = None
+        error = {}
+        mt = measured.get("time_per_token_s")
+        for k, p in spec.predicted.items():
+            if mt and p:
+                error[k] = abs(p - mt) / mt
+        out.append(
+            {
+                "name": spec.name,
+                "label": spec.label,
+                "engine": spec.engine,
+                "chain": spec.chain,
+                "gammas": spec.gammas,
+                "measured": measured,
+                "predicted": dict(spec.predicted),
+                "error": error,
+            }
+        )
+    return out
+
+
+def _level_stats(records: list[RunRecord]) -> dict[str, Any]:
+    """Pool the executor's per-level counters over runs: acceptance length = (accepted + passes
+    that verify) / verifying passes; L_i = output tokens / passes of level i."""
+    with_levels = [r for r in records if r.levels]
+    if not with_levels:
+        return {"mean_acceptance_length": None, "tokens_per_pass": None}
+    depth = len(with_levels[0].levels)
+    tokens = sum(r.new_tokens for r in with_levels)
+    passes = [sum(r.levels[i].get("passes", 0) for r in with_levels) for i in range(depth)]
+    mal = []
+    for i in range(depth - 1):  # verifying levels
+        verifs = sum(r.levels[i].get("verifications", r.levels[i].get("passes", 0)) for r in with_levels)
+        acc = sum(r.levels[i].get("accepted", 0) for r in with_levels)
+        mal.append((acc + verifs) / verifs if verifs else None)
+    return {
+        "mean_acceptance_length": mal,
+        "tokens_per_pass": [tokens / p if p else None for p in passes],
+    }
+
+
+def regret(methods: list[dict[str, Any]], chosen: str) -> dict[str, Any] | None:
+    timed = [m for m in methods if m["measured"].get("time_per_token_s") and m["engine"] == "polyplan"]
+    if not timed or not any(m["name"] == chosen for m in timed):
+        return None
+    best = min(timed, key=lambda m: m["measured"]["time_per_token_s"])
+    c = next(m for m in timed if m["name"] == chosen)
+    return {
+        "chosen": chosen,
+        "best_measured": best["name"],
+        "best_chain": best["chain"],
+        "best_gammas": best["gammas"],
+        "regret": c["measured"]["time_per_token_s"] / best["measured"]["time_per_token_s"] - 1.0,
+    }
+
+
+def save_results(path: str | Path, doc: dict[str, Any]) -> None:
+    doc = {"schema": BENCH_SCHEMA, "version": BENCH_VERSION, **doc}
+    atomic_write_json(path, doc)
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    doc = read_json(path, schema=BENCH_SCHEMA, max_version=BENCH_VERSION)
+    if not isinstance(doc.get("methods"), list):
+        raise DocumentError(f"{path}: bench results without a methods list")
+    return doc
+
+
+def _fmt(x: Any, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def markdown_table(doc: dict[str, Any]) -> str:
+    s = doc.get("settings", {})
+    lines = [
+        f"Bench of `{doc.get('plan', {}).get('path', '?')}`: {s.get('prompts')} prompts x {s.get('repeats')} repeats, "
+        f"{s.get('max_new_tokens')} new tokens, {s.get('mode', 'greedy')} (temperature {s.get('temperature')}); "
+        f"machine: {doc.get('machine', {}).get('summary', '?')}; {doc.get('created', '')}",
+        "",
+        "| method | chain | gammas | tokens/s | speedup | accept len per level | L_i | measured ms/token "
+        "| predicted iid | predicted replay | error iid | error replay | = AR |",
+        "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in doc["methods"]:
+        me, pr, er = m["measured"], m["predicted"], m["error"]
+        mal = me.get("mean_acceptance_length")
+        L = me.get("tokens_per_pass")
+        lines.append(
+            "| {label} | {chain} | {gam} | {tps} | {sp} | {mal} | {L} | {mt} | {pi} | {pr_} | {ei} | {er_} | {eq} |".format(
+                label=m["label"],
+                chain=" > ".join(m["chain"]),
+                gam=",".join("default" if g is None else str(g) for g in m["gammas"]) or "-",
+                tps=_fmt(me.get("tokens_per_s"), ".1f"),
+                sp=_fmt(me.get("speedup"), ".2f") + ("x" if me.get("speedup") else ""),
+                mal=" / ".join(_fmt(x, ".2f") for x in mal) if mal else "-",
+                L=" / ".join(_fmt(x, ".2f") for x in L) if L else "-",
+                mt=_fmt(me.get("time_per_token_s") and me["time_per_token_s"] * 1e3, ".2f"),
+                pi=_fmt(pr.get("iid") and pr["iid"] * 1e3, ".2f"),
+                pr_=_fmt(pr.get("replay") and pr["replay"] * 1e3, ".2f"),
+                ei=_fmt(er.get("iid") and er["iid"] * 100, ".1f") + ("%" if "iid" in er else ""),
+                er_=_fmt(er.get("replay") and er["replay"] * 100, ".1f") + ("%" if "replay" in er else ""),
+                eq=_fmt(me.get("matches_autoregressive"), ".2f"),
+            )
+        )
+    r = doc.get("regret")
+    if r:
+        lines += [
+            "",
+            f"Regret: chosen `{r['chosen']}` vs best measured `{r['best_measured']}` "
+            f"({' > '.join(r['best_chain'])}, gammas {r['best_gammas']}): {r['regret'] * 100:.1f}%",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def save_markdown(path: str | Path, doc: dict[str, Any]) -> None:
+    atomic_write_bytes(path, markdown_table(doc).encode())

@@ -1,0 +1,85 @@
+"""``polyplan optimize profile.json -o plan.json``: thin wrapper over polyplan.planner.optimize."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from polyplan.errors import UserError
+
+
+def register(root: typer.Typer) -> None:
+    root.command("optimize")(optimize_command)
+
+
+def optimize_command(
+    profile: Path = typer.Argument(..., help="profile.json written by `polyplan profile`"),
+    output: Path = typer.Option(Path("plan.json"), "-o", "--output", help="where to write the plan"),
+    top: int = typer.Option(5, "--top", help="runners-up to keep and show"),
+    mode: str = typer.Option("greedy", "--mode", help="acceptance to plan for: greedy | sampling"),
+    predictor: str = typer.Option("iid", "--predictor", help="iid (exact i.i.d. model) | replay (trace replay)"),
+    max_gamma: int = typer.Option(16, "--max-gamma", help="largest gamma tried per level"),
+    context: Optional[float] = typer.Option(
+        None, "--context", help="KV-cache length to read latency curves at (default: from the profile)"
+    ),
+    all_orders: bool = typer.Option(False, "--all-orders", help="try every chain order (small pools)"),
+    export: Optional[str] = typer.Option(
+        None, "--export", help="also print the best two-level sub-plan for: hf | vllm"
+    ),
+    json_out: bool = typer.Option(False, "--json", help="print the plan as JSON instead of tables"),
+) -> None:
+    """Pick the fastest lossless chain (subset, order, gammas) from a profile and write plan.json."""
+    from polyplan.planner import optimize
+
+    if export not in (None, "hf", "vllm"):
+        raise UserError(f"--export must be 'hf' or 'vllm', not {export!r}")
+    plan, result = optimize(
+        profile, mode=mode, predictor=predictor, max_gamma=max_gamma, context=context,
+        all_orders=all_orders, top=top,
+    )
+    plan.save(output)
+    if json_out:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return
+    console = Console()
+    table = Table(
+        title=f"polyplan plans for pool {plan.profile.get('pool')!r} "
+        f"({plan.settings['mode']}, {plan.settings['predictor']} predictor, context {plan.settings['context']:g})"
+    )
+    for col in ("#", "chain (target first)", "gammas", "ms/token", "speedup", "accept len", "L_i"):
+        table.add_column(col, justify="right" if col not in ("chain (target first)",) else "left")
+    rows = [plan.prediction] + plan.runners_up
+    for i, r in enumerate(rows, start=1):
+        table.add_row(
+            str(i),
+            " > ".join(r["chain"]),
+            ",".join(map(str, r["gammas"])) or "-",
+            f"{r['time_per_token_s'] * 1e3:.2f}",
+            f"{r['speedup']:.2f}x",
+            f"{r['mean_acceptance_length']:.2f}",
+            " ".join(f"{x:.2f}" for x in r["tokens_per_pass"]),
+            style="bold green" if i == 1 else None,
+        )
+    console.print(table)
+    ins = Table(title="why each model is in or out (insertion condition)")
+    for col in ("model", "in?", "gain", "reason"):
+        ins.add_column(col)
+    for v in plan.insertion:
+        gain = "-" if v["gain"] is None else f"{v['gain']:.3f}x"
+        ins.add_row(v["model"], "yes" if v["included"] else "no", gain, v["reason"])
+    console.print(ins)
+    for other, p in plan.predictions.items():
+        if other != plan.settings["predictor"]:
+            console.print(f"{other} predictor for the same plan: {p['time_per_token_s'] * 1e3:.2f} ms/token")
+    if export:
+        key = "transformers" if export == "hf" else "vllm"
+        if key in plan.exports:
+            print(json.dumps(plan.exports[key], indent=2))
+        else:
+            console.print(plan.exports.get("note", "nothing to export"))
+    console.print(f"wrote {output}")

@@ -1,0 +1,118 @@
+"""``optimize``: profile in, plan document out."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import asdict
+from pathlib import Path
+
+from polyplan.documents.plan import Plan, file_sha256
+from polyplan.documents.profile import Profile
+from polyplan.errors import UserError
+from polyplan.planner.chains import Chain, chain_problem, unit_cost
+from polyplan.planner.exports import transformers_export, vllm_export
+from polyplan.planner.predictors import Estimate, Predictor, load_traces, make_predictor
+from polyplan.planner.search import SearchResult, search
+
+
+def optimize(
+    profile_path: str | Path,
+    *,
+    mode: str = "greedy",
+    predictor: str = "iid",
+    max_gamma: int = 16,
+    context: float | None = None,
+    all_orders: bool = False,
+    top: int = 5,
+    profile: Profile | None = None,
+) -> tuple[Plan, SearchResult]:
+    """Search the profile's pool and return the plan document (not yet saved) and the search."""
+    profile_path = Path(profile_path)
+    profile = profile or Profile.load(profile_path)
+    if top < 0:
+        raise UserError(f"--top must be >= 0, got {top}")
+    traces = None
+    if predictor == "replay" or profile.traces_path(profile_path) is not None:
+        try:
+            traces = load_traces(profile, profile_path)
+        except UserError:
+            if predictor == "replay":
+                raise
+    pred = make_predictor(predictor, profile, mode=mode, context=context, traces=traces)
+    result = search(profile, pred, max_gamma=max_gamma, all_orders=all_orders)
+
+    # Both predictors' views of the chosen plan, so bench can say which one was right.
+    predictions = {pred.name: _prediction(profile, pred, result.best)}
+    for other in ("iid", "replay"):
+        if other != pred.name and (other == "iid" or traces is not None):
+            alt = make_predictor(other, profile, mode=mode, context=pred.context, traces=traces)
+            predictions[other] = _prediction(profile, alt, alt.predict(result.best.chain, result.best.gammas))
+            if result.best_two_level is not None:
+                two = result.best_two_level
+                predictions[other]["two_level"] = _prediction(profile, alt, alt.predict(two.chain, two.gammas))
+
+    members = [_member(profile, n) for n in result.best.chain]
+    exports = _exports(profile, pred, result.best, max_gamma, mode)
+    plan = Plan(
+        chain=members,
+        gammas=list(result.best.gammas),
+        prediction=_prediction(profile, pred, result.best),
+        settings={
+            "mode": mode,
+            "predictor": pred.name,
+            "max_gamma": max_gamma,
+            "context": pred.context,
+            "all_orders": all_orders,
+            "temperature": profile.temperature,
+        },
+        profile={
+            "path": str(profile_path),
+            "sha256": file_sha256(profile_path) if profile_path.exists() else "",
+            "pool": profile.pool,
+            "target": profile.target,
+            "machine": profile.machine,
+            "created": profile.created,
+        },
+        predictions=predictions,
+        insertion=[v.as_dict() for v in result.insertion],
+        runners_up=[e.as_dict() for e in result.ranked[1 : 1 + top]],
+        two_level=result.best_two_level.as_dict() if result.best_two_level else None,
+        exports=exports,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    plan.validate()
+    return plan, result
+
+
+def _member(profile: Profile, name: str) -> dict:
+    c = asdict(profile.candidate(name))
+    return {k: c[k] for k in ("name", "source", "derivation", "dtype", "device", "point_mass", "random_weights")}
+
+
+def _prediction(profile: Profile, pred: Predictor, e: Estimate) -> dict:
+    return {
+        **e.as_dict(),
+        "autoregressive_time_per_token_s": pred.autoregressive_time(),
+        "alphas": pred.alphas(e.chain),
+        "unit_latency_s": [unit_cost(profile, n, pred.context) for n in e.chain],
+    }
+
+
+def _exports(profile: Profile, pred: Predictor, best: Estimate, max_gamma: int, mode: str) -> dict:
+    """The best two-level sub-plan of the chosen chain, for engines that run only two levels."""
+    subs: list[Estimate] = []
+    for drafter in best.chain[1:]:
+        sub: Chain = (best.chain[0], drafter)
+        if chain_problem(profile, sub) is None:
+            subs.append(pred.best(sub, max_gamma))
+    if not subs:
+        return {"note": "the chosen plan is autoregressive decoding: nothing to export"}
+    sub = min(subs, key=lambda e: e.time_per_token)
+    target, drafter = _member(profile, sub.chain[0]), _member(profile, sub.chain[1])
+    return {
+        "sub_plan": sub.as_dict(),
+        "transformers": transformers_export(
+            target, drafter, sub.gammas[0], mode=mode, temperature=profile.temperature
+        ),
+        "vllm": vllm_export(target, drafter, sub.gammas[0]),
+    }

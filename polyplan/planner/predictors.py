@@ -1,0 +1,311 @@
+"""The two ways the planner predicts a chain's time per token from a profile.
+
+* ``IidPredictor`` -- the theory's exact model under i.i.d. Bernoulli acceptance with the
+  profile's mean rate for each adjacent pair (``polyplan.theory.predict_chain``).
+* ``ReplayPredictor`` -- trace replay: the theory's staged-algorithm simulator driven by the
+  measured per-position acceptance probabilities of every pair, aligned on the same reference
+  text. It keeps what the i.i.d. model throws away: acceptance varies along the text and is
+  correlated between levels and positions (a prompt-lookup drafter is right in bursts, not i.i.d.).
+
+Both use the profile's latency curves T_i(n, c) at one context ``c``. Pure Python + numpy."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from polyplan.theory.chain_model import predict_chain
+from polyplan.theory.simulator import simulate_chain
+from polyplan.documents.profile import Profile
+from polyplan.errors import UserError
+from polyplan.planner.chains import Chain
+
+PREDICTORS = ("iid", "replay")
+MODES = ("greedy", "sampling")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One predicted operating point: a chain with its gammas."""
+
+    chain: Chain
+    gammas: tuple[int, ...]
+    time_per_token: float  # seconds per output token
+    speedup: float  # over autoregressive decoding with the target alone
+    mean_acceptance_length: float  # of the target's verifications, including the +1
+    tokens_per_pass: tuple[float, ...]  # L_1..L_k
+    predictor: str
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def as_dict(self) -> dict:
+        return {
+            "chain": list(self.chain),
+            "gammas": list(self.gammas),
+            "time_per_token_s": self.time_per_token,
+            "speedup": self.speedup,
+            "mean_acceptance_length": self.mean_acceptance_length,
+            "tokens_per_pass": list(self.tokens_per_pass),
+            "predictor": self.predictor,
+        }
+
+
+class _MemoCurve:
+    """T_i(n) at a fixed context; memoised because the exact model asks for the same n often."""
+
+    def __init__(self, curve: Callable[[float, float], float], context: float) -> None:
+        self._curve, self._context, self._memo = curve, context, {}
+
+    def __call__(self, n: float) -> float:
+        v = self._memo.get(n)
+        if v is None:
+            v = self._memo[n] = float(self._curve(n, self._context))
+        return v
+
+
+class Predictor(ABC):
+    name: str
+
+    def __init__(self, profile: Profile, *, mode: str = "greedy", context: float | None = None) -> None:
+        if mode not in MODES:
+            raise UserError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        self.profile, self.mode = profile, mode
+        self.context = float(default_context(profile) if context is None else context)
+        if self.context < 0:
+            raise UserError(f"context must be >= 0, got {context}")
+        self._curves = {n: _MemoCurve(c, self.context) for n, c in profile.latency.items()}
+        self._best: dict[tuple[Chain, int], Estimate] = {}
+
+    # ---- inputs of the theory --------------------------------------------------------------
+    def alphas(self, chain: Chain) -> list[float]:
+        return [self.profile.pair(u, d).alpha(self.mode) for u, d in zip(chain, chain[1:])]
+
+    def latencies(self, chain: Chain) -> list[Callable[[float], float]]:
+        return [self._curves[name] for name in chain]
+
+    def autoregressive_time(self) -> float:
+        return self._curves[self.profile.target](1)
+
+    # ---- predictions --------------------------------------------------------------------------
+    @abstractmethod
+    def predict(self, chain: Chain, gammas: Sequence[int]) -> Estimate:
+        """Predicted operating point of ``chain`` at ``gammas``."""
+
+    @abstractmethod
+    def _search(self, chain: Chain, max_gamma: int) -> Estimate:
+        """The best gammas for ``chain`` (each in 1..max_gamma)."""
+
+    def best(self, chain: Chain, max_gamma: int = 16) -> Estimate:
+        """The chain at its best gammas (memoised: the insertion analysis asks again)."""
+        key = (tuple(chain), max_gamma)
+        if key not in self._best:
+            if len(chain) == 1:
+                self._best[key] = self.predict(chain, ())
+            else:
+                self._best[key] = self._search(tuple(chain), max_gamma)
+        return self._best[key]
+
+    def _estimate(self, chain: Chain, gammas: Sequence[int], pred) -> Estimate:
+        tpt = float(pred.time_per_token)
+        return Estimate(
+            chain=tuple(chain),
+            gammas=tuple(int(g) for g in gammas),
+            time_per_token=tpt,
+            speedup=self.autoregressive_time() / tpt if tpt > 0 else math.inf,
+            mean_acceptance_length=float(pred.mean_acceptance_length),
+            tokens_per_pass=tuple(float(x) for x in pred.tokens_per_pass),
+            predictor=self.name,
+        )
+
+
+def default_context(profile: Profile) -> float:
+    """The context the latency curves are read at when the user does not say: the profile's
+    recorded mean decoding context if it has one, else the target's smallest measured context."""
+    for key in ("mean_context", "context"):
+        v = profile.settings.get(key)
+        if isinstance(v, (int, float)) and v >= 0:
+            return float(v)
+    return float(profile.latency[profile.target].context[0]) if profile.target in profile.latency else 0.0
+
+
+class IidPredictor(Predictor):
+    name = "iid"
+
+    def predict(self, chain: Chain, gammas: Sequence[int]) -> Estimate:
+        pred = predict_chain(self.alphas(chain), list(gammas), self.latencies(chain))
+        return self._estimate(chain, gammas, pred)
+
+    def _search(self, chain: Chain, max_gamma: int) -> Estimate:
+        alphas, latencies = self.alphas(chain), self.latencies(chain)
+        memo: dict[tuple[int, ...], float] = {}
+
+        def cost(gammas: tuple[int, ...]) -> float:
+            if gammas not in memo:
+                memo[gammas] = float(predict_chain(alphas, list(gammas), latencies).time_per_token)
+            return memo[gammas]
+
+        gammas = search_gammas_over(cost, len(chain) - 1, max_gamma)
+        return self.predict(chain, gammas)
+
+
+#: exhaustive search up to this many gamma vectors; coordinate descent beyond
+EXHAUSTIVE_LIMIT = 300
+
+
+def search_gammas_over(cost: Callable[[tuple[int, ...]], float], levels: int, max_gamma: int) -> tuple[int, ...]:
+    """The gamma vector (each in 1..max_gamma) minimising ``cost``.
+
+    Exhaustive while max_gamma^levels is small (two- and three-level chains); deeper chains use
+    cyclic coordinate descent with a full line search per level from a few starting points (the
+    exact model costs ~1 ms per evaluation, and 16^4 vectors would take a minute). The tests
+    compare it with exhaustive search on random deep chains."""
+    if max_gamma ** levels <= EXHAUSTIVE_LIMIT:
+        return min(product(range(1, max_gamma + 1), repeat=levels), key=lambda g: (cost(g), g))
+    best: tuple[int, ...] | None = None
+    starts = {tuple([min(s, max_gamma)] * levels) for s in (1, 3, 8)}
+    for start in sorted(starts):
+        g = list(start)
+        while True:
+            before = tuple(g)
+            for level in range(levels):
+                g[level] = min(
+                    range(1, max_gamma + 1),
+                    key=lambda x: (cost(tuple(g[:level] + [x] + g[level + 1 :])), x),
+                )
+            if tuple(g) == before:
+                break
+        if best is None or cost(tuple(g)) < cost(best):
+            best = tuple(g)
+    assert best is not None
+    return best
+
+
+class ReplayPredictor(Predictor):
+    """Trace replay through ``polyplan.theory.simulate_chain``.
+
+    Per level j the simulator gets the array of per-position acceptance probabilities of the pair
+    (chain[j], chain[j+1]); all arrays come from teacher forcing on the same reference text, so
+    position t is the same token at every level. Each reference segment is replayed separately
+    (a drafter's luck does not carry from one prompt to the next) with common random numbers, so
+    two gamma settings are compared on the same draws."""
+
+    name = "replay"
+
+    def __init__(
+        self,
+        profile: Profile,
+        traces: dict[str, np.ndarray],
+        *,
+        mode: str = "greedy",
+        context: float | None = None,
+        seed: int = 0,
+        passes: int = 4,
+    ) -> None:
+        super().__init__(profile, mode=mode, context=context)
+        self.traces, self.seed, self.passes = traces, seed, passes
+        seg = traces.get("segments")
+        first = next((v for k, v in traces.items() if k.startswith(f"{mode}/")), None)
+        if first is None:
+            raise UserError(f"the traces hold no {mode} acceptance traces; re-run `polyplan profile`")
+        total = len(first)
+        self.segments = [int(x) for x in seg] if seg is not None and len(seg) >= 2 else [0, total]
+        self._iid = IidPredictor(profile, mode=mode, context=self.context)
+
+    @classmethod
+    def from_profile_path(cls, profile: Profile, profile_path: str | Path, **kw) -> "ReplayPredictor":
+        return cls(profile, load_traces(profile, profile_path), **kw)
+
+    def level_traces(self, chain: Chain) -> list[np.ndarray]:
+        out = []
+        for u, d in zip(chain, chain[1:]):
+            key = f"{self.mode}/{u}/{d}"
+            if key not in self.traces:
+                raise UserError(f"the traces have no {key!r}; re-run `polyplan profile` with these candidates")
+            out.append(np.asarray(self.traces[key], dtype=np.float64))
+        return out
+
+    def predict(self, chain: Chain, gammas: Sequence[int]) -> Estimate:
+        if len(chain) == 1:
+            return self._iid.predict(chain, ())
+        levels = self.level_traces(chain)
+        latency = self.latencies(chain)
+        rng = np.random.default_rng(self.seed)  # common random numbers across gamma settings
+        time = 0.0
+        tokens = rounds = 0
+        passes = np.zeros(len(chain))
+        for _ in range(self.passes):
+            for a, b in zip(self.segments, self.segments[1:]):
+                if b - a < 2:
+                    continue
+                sim = simulate_chain([lv[a:b] for lv in levels], list(gammas), latency, b - a, rng)
+                time += sim.total_time
+                tokens += sim.output_tokens
+                rounds += sim.rounds
+                passes += np.asarray(sim.passes, dtype=float)
+        if tokens == 0:
+            raise UserError("the traces are too short to replay")
+        return Estimate(
+            chain=tuple(chain),
+            gammas=tuple(int(g) for g in gammas),
+            time_per_token=time / tokens,
+            speedup=self.autoregressive_time() / (time / tokens),
+            mean_acceptance_length=tokens / rounds,
+            tokens_per_pass=tuple(tokens / p if p else math.inf for p in passes),
+            predictor=self.name,
+        )
+
+    def _search(self, chain: Chain, max_gamma: int) -> Estimate:
+        """Start from the i.i.d. optimum and descend coordinate-wise on the replayed time."""
+        start = self._iid.best(chain, max_gamma)
+        best = self.predict(chain, start.gammas)
+        improved = True
+        while improved:
+            improved = False
+            for level in range(len(chain) - 1):
+                for step in (-2, -1, 1, 2):
+                    g = list(best.gammas)
+                    g[level] += step
+                    if not 1 <= g[level] <= max_gamma:
+                        continue
+                    cand = self.predict(chain, g)
+                    if cand.time_per_token < best.time_per_token * (1 - 1e-9):
+                        best, improved = cand, True
+        return best
+
+
+def load_traces(profile: Profile, profile_path: str | Path) -> dict[str, np.ndarray]:
+    path = profile.traces_path(profile_path)
+    if path is None:
+        raise UserError(f"{profile_path}: the profile has no traces sidecar; use --predictor iid")
+    if not path.exists():
+        raise UserError(f"{path}: traces sidecar named by the profile is missing")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read traces ({e})") from None
+
+
+def make_predictor(
+    name: str,
+    profile: Profile,
+    *,
+    profile_path: str | Path | None = None,
+    mode: str = "greedy",
+    context: float | None = None,
+    traces: dict[str, np.ndarray] | None = None,
+) -> Predictor:
+    if name == "iid":
+        return IidPredictor(profile, mode=mode, context=context)
+    if name == "replay":
+        if traces is None:
+            if profile_path is None:
+                raise UserError("the replay predictor needs the profile's traces")
+            traces = load_traces(profile, profile_path)
+        return ReplayPredictor(profile, traces, mode=mode, context=context)
+    raise UserError(f"predictor must be one of {', '.join(PREDICTORS)}, not {name!r}")

@@ -1,0 +1,302 @@
+"""The planner on synthetic profiles: it picks the obviously best chain, respects the chain rules,
+explains every model's place, and its gamma search finds the exhaustive optimum."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from polyplan.documents import AcceptancePair, Candidate, LatencyCurve, Profile
+from polyplan.planner import (
+    IidPredictor,
+    ReplayPredictor,
+    chain_problem,
+    enumerate_chains,
+    optimize,
+    search,
+)
+from polyplan.planner.predictors import search_gammas_over
+from polyplan.theory.chain_model import predict_chain
+
+NEW = [1, 2, 4, 8, 16, 32]
+
+
+def curve(t1: float, slope: float = 0.0) -> LatencyCurve:
+    """Nearly flat in n (memory bound), like the measured curves: T(n) = t1 * (1 + slope * (n - 1))."""
+    return LatencyCurve(new_tokens=NEW, context=[64, 512], median_s=[[t1 * (1 + slope * (n - 1)) for n in NEW]] * 2)
+
+
+def make_profile(
+    costs: dict[str, float],
+    alphas: dict[tuple[str, str], float],
+    *,
+    target: str = "target",
+    point_mass: tuple[str, ...] = (),
+    sampling_factor: float = 0.9,
+) -> Profile:
+    """``costs``: T(1) per candidate (target included); ``alphas[(verifier, drafter)]`` greedy rates."""
+    return Profile(
+        pool="synthetic",
+        target=target,
+        candidates=[
+            Candidate(name=n, source=f"org/{n}", point_mass=n in point_mass, dtype="bfloat16") for n in costs
+        ],
+        latency={n: curve(t, 0.01) for n, t in costs.items()},
+        pairs=[
+            AcceptancePair(verifier=v, drafter=d, greedy=a, sampling=a * sampling_factor, positions=1000)
+            for (v, d), a in alphas.items()
+        ],
+        temperature=1.0,
+        machine={"summary": "synthetic"},
+    )
+
+
+def all_pairs(costs: dict[str, float], rate) -> dict[tuple[str, str], float]:
+    """Every (more expensive verifier, cheaper drafter) pair, with ``rate(verifier, drafter)``."""
+    names = sorted(costs, key=lambda n: -costs[n])
+    return {(v, d): rate(v, d) for v, d in itertools.combinations(names, 2)}
+
+
+# A pool where a middle model clearly helps (target slow, mid accurate, tiny cheap but weak vs target).
+THREE_LEVEL_COSTS = {"target": 1.0, "mid": 0.25, "tiny": 0.01}
+THREE_LEVEL_ALPHAS = {("target", "mid"): 0.92, ("target", "tiny"): 0.55, ("mid", "tiny"): 0.85}
+
+
+def save(tmp_path, profile: Profile, name: str = "profile.json"):
+    path = tmp_path / name
+    profile.save(path)
+    return path
+
+
+def exhaustive_best(predictor: IidPredictor, chain, max_gamma: int):
+    best = None
+    for g in itertools.product(range(1, max_gamma + 1), repeat=len(chain) - 1):
+        t = predict_chain(predictor.alphas(chain), list(g), predictor.latencies(chain)).time_per_token
+        if best is None or t < best[0]:
+            best = (t, g)
+    return best
+
+
+def test_picks_obviously_best_two_level_chain():
+    costs = {"target": 1.0, "good": 0.05, "bad": 0.5}
+    alphas = {("target", "good"): 0.9, ("target", "bad"): 0.3, ("bad", "good"): 0.5}
+    prof = make_profile(costs, alphas)
+    pred = IidPredictor(prof)
+    res = search(prof, pred, max_gamma=16)
+    assert res.best.chain == ("target", "good")
+    t, g = exhaustive_best(pred, ("target", "good"), 16)
+    assert res.best.gammas == g
+    assert res.best.time_per_token == pytest.approx(t)
+    assert res.best.speedup == pytest.approx(1.0 / t, rel=1e-9)
+    # Ranked list is sorted and contains autoregressive with speedup 1.
+    times = [e.time_per_token for e in res.ranked]
+    assert times == sorted(times)
+    ar = next(e for e in res.ranked if e.chain == ("target",))
+    assert ar.speedup == pytest.approx(1.0)
+
+
+def test_useful_middle_model_is_included_and_explained():
+    prof = make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS)
+    res = search(prof, IidPredictor(prof), max_gamma=16)
+    assert res.best.chain == ("target", "mid", "tiny")
+    assert res.best_two_level is not None and len(res.best_two_level.chain) == 2
+    assert res.best.time_per_token < res.best_two_level.time_per_token
+    verdict = {v.model: v for v in res.insertion}
+    assert verdict["mid"].included and verdict["mid"].gain > 1
+    # "time without mid" is exactly the best chain without it.
+    assert verdict["mid"].chain_compared == ("target", "tiny")
+    assert verdict["mid"].time_compared == pytest.approx(
+        next(e for e in res.ranked if e.chain == ("target", "tiny")).time_per_token
+    )
+
+
+def test_useless_middle_model_is_excluded_and_the_reason_says_why():
+    costs = {"target": 1.0, "mid": 0.6, "draft": 0.03}
+    alphas = {("target", "mid"): 0.8, ("target", "draft"): 0.8, ("mid", "draft"): 0.8}
+    prof = make_profile(costs, alphas)
+    res = search(prof, IidPredictor(prof), max_gamma=16)
+    assert res.best.chain == ("target", "draft")
+    v = next(v for v in res.insertion if v.model == "mid")
+    assert not v.included
+    assert v.gain is not None and v.gain < 1
+    assert v.level == 2 and v.chain_compared == ("target", "mid", "draft")
+    assert "stays out" in v.reason and "gain" in v.reason
+    # The stated time with it matches an independent evaluation at its gammas.
+    pred = IidPredictor(prof)
+    t = predict_chain(pred.alphas(v.chain_compared), list(v.gammas_compared), pred.latencies(v.chain_compared))
+    assert v.time_compared == pytest.approx(t.time_per_token)
+
+
+def test_point_mass_drafter_only_at_the_bottom_in_every_order():
+    costs = {"target": 1.0, "mid": 0.2, "small": 0.05, "ngram": 0.001}
+    prof = make_profile(costs, all_pairs(costs, lambda v, d: 0.7) | {("ngram", "small"): 0.5, ("ngram", "mid"): 0.5},
+                        point_mass=("ngram",))
+    for all_orders in (False, True):
+        chains = list(enumerate_chains(prof, context=64, all_orders=all_orders))
+        assert chains, "no chains enumerated"
+        for chain in chains:
+            assert "ngram" not in chain[:-1], chain
+    assert chain_problem(prof, ("target", "ngram", "small")) is not None
+    res = search(prof, IidPredictor(prof), max_gamma=8, all_orders=True)
+    assert "ngram" not in res.best.chain[:-1]
+
+
+def test_default_order_puts_cheaper_models_lower():
+    costs = {"target": 1.0, "b": 0.3, "a": 0.1, "c": 0.02}  # names not in cost order on purpose
+    reverse = {(d, v): 0.8 for (v, d) in all_pairs(costs, lambda v, d: 0) if v != "target"}
+    prof = make_profile(costs, all_pairs(costs, lambda v, d: 0.8) | reverse)
+    chains = list(enumerate_chains(prof, context=64))
+    assert len(chains) == 8  # every subset of the 3 non-targets, one order each
+    for chain in chains:
+        t1 = [costs[n] for n in chain]
+        assert t1 == sorted(t1, reverse=True), chain
+    assert len(list(enumerate_chains(prof, context=64, all_orders=True))) == 1 + 3 + 6 + 6
+
+
+def test_chains_without_measured_pairs_are_skipped():
+    costs = {"target": 1.0, "mid": 0.2, "tiny": 0.01}
+    prof = make_profile(costs, {("target", "mid"): 0.9, ("target", "tiny"): 0.6})  # no (mid, tiny)
+    chains = set(enumerate_chains(prof, context=64))
+    assert chains == {("target",), ("target", "mid"), ("target", "tiny")}
+
+
+def test_coordinate_search_matches_exhaustive_on_random_deep_chains():
+    rnd = random.Random(1)
+    for _ in range(4):
+        costs = {"target": 1.0, "m2": rnd.uniform(0.2, 0.5), "m3": rnd.uniform(0.03, 0.15), "m4": rnd.uniform(0.001, 0.02)}
+        alphas = all_pairs(costs, lambda v, d: rnd.uniform(0.5, 0.95))
+        prof = make_profile(costs, alphas)
+        pred = IidPredictor(prof)
+        chain = ("target", "m2", "m3", "m4")
+        est = pred.best(chain, max_gamma=8)
+        t, _ = exhaustive_best(pred, chain, 8)
+        assert est.time_per_token <= t * 1.005
+
+
+def test_search_gammas_over_is_exhaustive_for_small_spaces():
+    cost = lambda g: (g[0] - 3) ** 2 + (g[1] - 7) ** 2  # noqa: E731
+    assert search_gammas_over(cost, 2, 16) == (3, 7)
+
+
+def bernoulli_traces(prof: Profile, mode: str, *, segments: int, length: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    out = {"segments": np.arange(segments + 1, dtype=np.int64) * length}
+    for p in prof.pairs:
+        a = p.alpha(mode)
+        out[f"{mode}/{p.verifier}/{p.drafter}"] = (rng.random(segments * length) < a).astype(np.float32)
+    return out
+
+
+def test_replay_agrees_with_iid_on_iid_bernoulli_traces():
+    prof = make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS)
+    traces = bernoulli_traces(prof, "greedy", segments=20, length=400)
+    iid = IidPredictor(prof)
+    replay = ReplayPredictor(prof, traces, passes=2)
+    for chain, gammas in [(("target", "mid"), (5,)), (("target", "mid", "tiny"), (6, 3)), (("target", "tiny"), (3,))]:
+        a, b = iid.predict(chain, gammas), replay.predict(chain, gammas)
+        assert b.time_per_token == pytest.approx(a.time_per_token, rel=0.04), chain
+        assert b.mean_acceptance_length == pytest.approx(a.mean_acceptance_length, rel=0.05), chain
+
+
+def test_replay_follows_the_trace_position_by_position():
+    """Acceptance in runs (like a prompt-lookup drafter): 50 accepted positions, then 50 rejected.
+    With gamma 8 a period of 100 tokens takes exactly 6 rounds in the run (9+9+9+9+9+6 tokens)
+    and 49 one-token rounds after it, so the acceptance length is 100/55 -- not the i.i.d. value
+    for the same mean rate 0.5."""
+    costs = {"target": 1.0, "ngram": 0.001}
+    prof = make_profile(costs, {("target", "ngram"): 0.5}, point_mass=("ngram",))
+    runs = np.concatenate([np.ones(50), np.zeros(50)] * 40).astype(np.float32)
+    traces = {"greedy/target/ngram": runs, "segments": np.array([0, len(runs)])}
+    iid, replay = IidPredictor(prof), ReplayPredictor(prof, traces, passes=1)
+    a, b = iid.predict(("target", "ngram"), (8,)), replay.predict(("target", "ngram"), (8,))
+    assert b.mean_acceptance_length == pytest.approx(100 / 55, rel=1e-3)
+    assert a.mean_acceptance_length == pytest.approx((1 - 0.5**9) / 0.5)
+    # The best gamma differs too: in runs of rejections long drafts are wasted only on the cheap drafter.
+    assert b.time_per_token != pytest.approx(a.time_per_token, rel=0.02)
+
+
+def test_optimize_writes_a_complete_plan(tmp_path):
+    prof = make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS)
+    path = save(tmp_path, prof)
+    plan, res = optimize(path, top=3)
+    assert plan.names == ["target", "mid", "tiny"]
+    assert plan.gammas == list(res.best.gammas)
+    p = plan.prediction
+    assert p["speedup"] == pytest.approx(1.0 / p["time_per_token_s"])  # T_target(1) = 1.0
+    assert len(p["tokens_per_pass"]) == 3 and p["tokens_per_pass"][0] == pytest.approx(p["mean_acceptance_length"])
+    assert p["alphas"] == [0.92, 0.85]
+    assert len(plan.runners_up) == 3
+    assert plan.runners_up[0]["time_per_token_s"] >= p["time_per_token_s"]
+    assert {v["model"] for v in plan.insertion} == {"mid", "tiny"}
+    assert plan.two_level["chain"] == ["target", "mid"] or plan.two_level["chain"] == ["target", "tiny"]
+    assert "iid" in plan.predictions and "replay" not in plan.predictions  # no traces in this profile
+    assert plan.profile["sha256"] and plan.check_profile(path)
+
+
+def test_optimize_with_replay_records_both_predictors(tmp_path):
+    prof = make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS)
+    prof.traces = "profile.traces.npz"
+    np.savez(tmp_path / "profile.traces.npz", **bernoulli_traces(prof, "greedy", segments=4, length=200))
+    path = save(tmp_path, prof)
+    plan, _ = optimize(path, predictor="replay", top=2)
+    assert plan.settings["predictor"] == "replay"
+    assert set(plan.predictions) == {"iid", "replay"}
+    assert plan.predictions["replay"]["time_per_token_s"] == pytest.approx(plan.time_per_token)
+
+
+def test_replay_without_traces_is_a_user_error(tmp_path):
+    from polyplan.errors import UserError
+
+    path = save(tmp_path, make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS))
+    with pytest.raises(UserError, match="traces"):
+        optimize(path, predictor="replay")
+
+
+def test_planner_and_plan_document_never_import_torch():
+    code = (
+        "import sys; import polyplan.planner, polyplan.documents.plan, polyplan.bench.results; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_optimize_prints_table_and_writes_plan(tmp_path):
+    path = save(tmp_path, make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS))
+    out = tmp_path / "plan.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "polyplan.cli", "optimize", str(path), "-o", str(out), "--top", "2", "--export", "vllm"],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "target > mid > tiny" in r.stdout
+    assert '"speculative_config"' in r.stdout
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "polyplan.plan" and len(doc["runners_up"]) == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.json"], "no such file"),
+        (["{profile}", "--mode", "beam"], "mode"),
+        (["{profile}", "--predictor", "oracle"], "predictor"),
+        (["{profile}", "--max-gamma", "0"], "max-gamma"),
+        (["{profile}", "--export", "onnx"], "export"),
+    ],
+)
+def test_cli_optimize_bad_input_is_one_line(tmp_path, args, message):
+    path = save(tmp_path, make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS))
+    args = [a.format(profile=path) for a in args]
+    r = subprocess.run(
+        [sys.executable, "-m", "polyplan.cli", "optimize", *args, "-o", str(tmp_path / "p.json")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
