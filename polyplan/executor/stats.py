@@ -1,0 +1,97 @@
+"""Per-level statistics of one generation (plain dataclasses, vLLM spec-decode names).
+
+A chain ``[M1, ..., Mk]``: level i's row counts the forward passes and model time of ``M_i``;
+the verification counters of row i describe the drafts ``M_i`` received from ``M_(i+1)``
+(they stay zero for the bottom). ``mean_acceptance_length`` includes the +1 token the verifier
+adds, so it is 1.0 for autoregressive decoding; ``tokens_per_pass`` is ``L_i`` of
+staged-decoding.md (final output tokens per forward pass of ``M_i``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class LevelStats:
+    name: str
+    #: speculation length (threshold) of this level as a drafter; None for the target
+    gamma: int | None
+    forward_passes: int = 0
+    #: tokens fed through this model (prefill included)
+    tokens_processed: int = 0
+    #: wall time inside this model's forward passes (seconds)
+    model_time_s: float = 0.0
+    #: verifications this level ran on blocks from the level below
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    #: accepted_per_pos[i]: verifications that accepted the draft token at position i
+    accepted_per_pos: list[int] = field(default_factory=list)
+    #: acceptance_length_histogram[n]: verifications whose acceptance length (accepted + 1) was n
+    acceptance_length_histogram: dict[int, int] = field(default_factory=dict)
+    #: filled in at the end: final output tokens per forward pass (L_i)
+    tokens_per_pass: float = 0.0
+
+    @property
+    def draft_acceptance_rate(self) -> float | None:
+        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else None
+
+    @property
+    def mean_acceptance_length(self) -> float | None:
+        return (self.num_accepted_tokens + self.num_drafts) / self.num_drafts if self.num_drafts else None
+
+    def record_verification(self, drafted: int, accepted: int) -> None:
+        self.num_drafts += 1
+        self.num_draft_tokens += drafted
+        self.num_accepted_tokens += accepted
+        if len(self.accepted_per_pos) < accepted:
+            self.accepted_per_pos.extend([0] * (accepted - len(self.accepted_per_pos)))
+        for i in range(accepted):
+            self.accepted_per_pos[i] += 1
+        n = accepted + 1
+        self.acceptance_length_histogram[n] = self.acceptance_length_histogram.get(n, 0) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["acceptance_length_histogram"] = {str(k): v for k, v in sorted(self.acceptance_length_histogram.items())}
+        d["draft_acceptance_rate"] = self.draft_acceptance_rate
+        d["mean_acceptance_length"] = self.mean_acceptance_length
+        return d
+
+
+@dataclass
+class GenerationStats:
+    levels: list[LevelStats]
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    wall_time_s: float = 0.0
+
+    @property
+    def model_time_s(self) -> float:
+        return sum(level.model_time_s for level in self.levels)
+
+    @property
+    def overhead_s(self) -> float:
+        """Wall time outside model forwards: sampling, verification, bookkeeping, host syncs."""
+        return max(0.0, self.wall_time_s - self.model_time_s)
+
+    @property
+    def overhead_fraction(self) -> float:
+        return self.overhead_s / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "wall_time_s": self.wall_time_s,
+            "model_time_s": self.model_time_s,
+            "overhead_s": self.overhead_s,
+            "overhead_fraction": self.overhead_fraction,
+            "tokens_per_second": self.tokens_per_second,
+            "levels": [level.to_dict() for level in self.levels],
+        }
