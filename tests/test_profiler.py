@@ -1,0 +1,318 @@
+"""Profiler on tiny random models: latency grid, teacher-forced acceptance, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from polyplan.documents.files import DocumentError
+from polyplan.documents.profile import Candidate, Profile
+from polyplan.errors import UserError
+from polyplan.models.drafter import Drafter
+from polyplan.models.model_drafter import ModelDrafter
+from polyplan.profiler import (
+    ProfileInputs,
+    ProfileSettings,
+    ProgressHooks,
+    acceptance_matrix,
+    greedy_reference,
+    latency_table,
+    load_traces,
+    measure_context,
+    new_token_grid,
+    processed_probs,
+    run_profile,
+    score_reference,
+    sidecar_path,
+)
+from tiny_models import tiny_llama
+
+VOCAB = 64
+
+
+def encode(text: str) -> list[int]:
+    return [b % VOCAB for b in text.encode()[:24]]
+
+
+@pytest.fixture(scope="module")
+def models():
+    target = tiny_llama(vocab_size=VOCAB, seed=0, logit_scale=4.0, max_position_embeddings=512)
+    other = tiny_llama(vocab_size=VOCAB, seed=1, logit_scale=4.0, max_position_embeddings=512)
+    return target, other
+
+
+class OracleDrafter(Drafter):
+    """Point-mass drafter that proposes a model's argmax (or nothing when ``silent``)."""
+
+    point_mass = True
+
+    def __init__(self, model, name: str, silent: bool = False) -> None:
+        self.model, self.name, self.silent, self.vocab_size = model, name, silent, VOCAB
+
+    @property
+    def processed(self) -> int:
+        return 0
+
+    def reset(self) -> None: ...
+
+    def rollback(self, length: int) -> None: ...
+
+    def propose(self, context, n):
+        if self.silent:
+            return []
+        with torch.no_grad():
+            logits = self.model(input_ids=torch.tensor([list(context)])).logits[0, -1]
+        return [int(logits.argmax())][:n]
+
+
+def make_inputs(models, extra: list[Drafter] = ()) -> ProfileInputs:
+    target, other = models
+    drafters = [ModelDrafter(target, "target"), ModelDrafter(target, "copy"), ModelDrafter(other, "other"), *extra]
+    return ProfileInputs(
+        pool="tiny", target="target", drafters=drafters,
+        candidates=[Candidate(d.name, point_mass=d.point_mass) for d in drafters], encode=encode, eos_ids=[],
+    )
+
+
+SMALL = dict(prompts=3, max_new_tokens=12, contexts=[0, 32], new_tokens=[1, 4], repeats=2, warmup=1)
+
+
+# ---------------------------------------------------------------------------------- latency
+
+class SleepyDrafter(Drafter):
+    """Scoring n tokens takes at least n milliseconds; records rollbacks."""
+
+    def __init__(self) -> None:
+        self.name, self.vocab_size, self._n, self.rollbacks = "sleepy", VOCAB, 0, []
+
+    @property
+    def processed(self) -> int:
+        return self._n
+
+    def reset(self) -> None:
+        self._n = 0
+
+    def score(self, new_ids):
+        time.sleep(0.001 * len(new_ids))
+        self._n += len(new_ids)
+        return torch.zeros(len(new_ids), VOCAB)
+
+    def rollback(self, length: int) -> None:
+        self.rollbacks.append(length)
+        self._n = length
+
+
+def test_latency_grid_times_each_pass_and_rolls_back(models):
+    sleepy = SleepyDrafter()
+    model = ModelDrafter(models[0], "m")
+    rows = measure_context([sleepy, model], context=40, new_tokens=[1, 2, 8], repeats=3, warmup=1)
+    assert set(rows) == {"sleepy", "m"}
+    for row in rows.values():
+        assert len(row.median_s) == len(row.spread_s) == 3
+        assert all(len(s) == 3 for s in row.samples_s)
+        for med, spread, samples in zip(row.median_s, row.spread_s, row.samples_s):
+            assert min(samples) <= med <= max(samples) and spread >= 0
+    # a pass of n tokens cannot take less than the n ms it sleeps: the timer brackets score()
+    for n, med in zip([1, 2, 8], rows["sleepy"].median_s):
+        assert med >= 0.001 * n
+    assert rows["sleepy"].median_s[2] > rows["sleepy"].median_s[0]
+    # every timed or warm-up pass is rolled back to the cached context, and state is dropped after
+    assert sleepy.rollbacks == [40] * (4 * 3) and sleepy.processed == 0 and model.processed == 0
+
+
+def test_new_token_grid():
+    assert new_token_grid(16) == [1, 2, 4, 8, 16]
+    assert new_token_grid(12) == [1, 2, 4, 8, 12]
+    with pytest.raises(UserError):
+        new_token_grid(0)
+
+
+# -------------------------------------------------------------------------------- acceptance
+
+def test_teacher_forced_greedy_equals_direct_comparison(models):
+    target, other = models
+    t, o = ModelDrafter(target, "target"), ModelDrafter(other, "other")
+    prompt = encode("Why is the sky blue?")
+    reference = greedy_reference(t, prompt, 20)
+    assert len(reference) == 20
+    scored = score_reference([t, o], prompt, reference, temperature=1.0, block=3)
+    # direct: the drafter's own greedy choice after every reference prefix, one fresh pass each
+    direct = []
+    for k in range(len(reference)):
+        with torch.no_grad():
+            logits = other(input_ids=torch.tensor([prompt + reference[:k]])).logits[0, -1]
+        direct.append(float(int(logits.argmax()) == reference[k]))
+    np.testing.assert_array_equal(scored.greedy[("target", "other")], np.array(direct, dtype=np.float32))
+    assert 0.0 <= scored.greedy[("target", "other")].mean() < 0.6
+
+
+def test_sampling_acceptance_is_sum_of_min_by_hand(models):
+    target, other = models
+    t, o = ModelDrafter(target, "target"), ModelDrafter(other, "other")
+    prompt = encode("Translate into German: good morning")
+    reference = greedy_reference(t, prompt, 10)
+    temperature = 0.7
+    scored = score_reference([t, o], prompt, reference, temperature=temperature, block=0)
+    ids = torch.tensor([prompt + reference])
+    with torch.no_grad():
+        p = (target(input_ids=ids).logits[0] / temperature).softmax(-1)
+        q = (other(input_ids=ids).logits[0] / temperature).softmax(-1)
+    rows = slice(len(prompt) - 1, len(prompt) - 1 + len(reference))
+    by_hand = torch.minimum(p[rows], q[rows]).sum(-1).numpy()
+    np.testing.assert_allclose(scored.sampling[("target", "other")], by_hand, atol=1e-5)
+    np.testing.assert_allclose(scored.sampling[("other", "target")], by_hand, atol=1e-5)  # symmetric
+    assert by_hand.mean() < 0.9
+
+
+def test_identical_drafter_accepts_everything_and_point_mass_rules(models):
+    target, _ = models
+    t, copy = ModelDrafter(target, "target"), ModelDrafter(target, "copy")
+    oracle, silent = OracleDrafter(target, "oracle"), OracleDrafter(target, "silent", silent=True)
+    prompt = encode("Write a Python function")
+    reference = greedy_reference(t, prompt, 12)
+    scored = score_reference([t, copy, oracle, silent], prompt, reference, temperature=1.0, block=4)
+    assert scored.greedy[("target", "copy")].tolist() == [1.0] * 12
+    np.testing.assert_allclose(scored.sampling[("target", "copy")], 1.0, atol=1e-5)
+    # point mass on the verifier's argmax: greedy always accepted, sampling accepts with p(argmax)
+    assert scored.greedy[("target", "oracle")].tolist() == [1.0] * 12
+    with torch.no_grad():
+        p = target(input_ids=torch.tensor([prompt + reference])).logits[0].softmax(-1)
+    p_max = p[len(prompt) - 1 : len(prompt) - 1 + 12].max(-1).values.numpy()
+    np.testing.assert_allclose(scored.sampling[("target", "oracle")], p_max, atol=1e-5)
+    assert scored.greedy[("target", "silent")].sum() == 0 and scored.sampling[("target", "silent")].sum() == 0
+    assert ("oracle", "target") not in scored.greedy  # a point mass never verifies
+
+
+def test_processed_probs_temperature_top_k_top_p():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    greedy = processed_probs(logits, 0.0)
+    assert greedy.tolist() == [[1.0, 0.0, 0.0, 0.0]]
+    top2 = processed_probs(logits, 1.0, top_k=2)
+    assert top2[0, 2:].sum() == 0 and abs(float(top2.sum()) - 1) < 1e-6
+    full = logits.softmax(-1)
+    nucleus = processed_probs(logits, 1.0, top_p=float(full[0, 0]) + 1e-4)  # needs the top two
+    assert (nucleus[0] > 0).tolist() == [True, True, False, False]
+    hot = processed_probs(logits, 2.0)
+    torch.testing.assert_close(hot, (logits / 2).softmax(-1))
+
+
+# ---------------------------------------------------------------------------- the whole run
+
+def test_profile_run_writes_valid_profile_and_traces(models, tmp_path):
+    out = tmp_path / "tiny.json"
+    outcome = run_profile(make_inputs(models), out, ProfileSettings(**SMALL))
+    assert outcome.complete
+    prof = Profile.load(out)
+    assert prof.complete and prof.machine["cores"] and prof.machine["torch"]
+    assert set(prof.latency) == {"target", "copy", "other"}
+    curve = prof.latency["target"]
+    assert curve.context == [0, 32] and curve.new_tokens == [1, 4]
+    assert len(latency_table(prof)) == 3 * 2 * 2
+    matrix = acceptance_matrix(prof)
+    assert matrix.loc["target", "copy"] == 1.0 and matrix.loc["target", "other"] < 0.6
+    assert np.isnan(matrix.loc["target", "target"])
+    pair = prof.pair("target", "other")
+    assert pair.positions == 3 * 12 and len(pair.by_category) == 3
+    total = sum(c["positions"] for c in pair.by_category.values())
+    assert total == pair.positions
+    traces = load_traces(out)
+    assert traces["segments"].tolist() == [0, 12, 24, 36]
+    assert len(traces["categories"]) == 3
+    assert traces["greedy/target/other"].mean() == pytest.approx(pair.greedy)
+
+
+class Crash(ProgressHooks):
+    def __init__(self, stage: str, after: int) -> None:
+        self.stage, self.after, self.count = stage, after, 0
+
+    def advance(self, stage: str, amount: int = 1) -> None:
+        if stage == self.stage:
+            self.count += 1
+            if self.count > self.after:
+                raise KeyboardInterrupt
+
+
+def test_interrupted_run_keeps_measured_units_and_resumes(models, tmp_path):
+    out = tmp_path / "resume.json"
+    inputs = make_inputs(models)
+    per_prompt = len(inputs.drafters) + 1
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C during the second prompt
+        run_profile(inputs, out, ProfileSettings(**SMALL), progress=Crash("acceptance", per_prompt + 2))
+    partial = Profile.load(out)
+    assert not partial.complete
+    assert set(partial.latency) == {"target", "copy", "other"}
+    assert partial.pair("target", "other").positions == 12  # exactly the first prompt
+    resumed = run_profile(inputs, out, ProfileSettings(**SMALL))
+    assert resumed.complete and resumed.units_skipped == 2 + 1 and resumed.units_done == 2
+    fresh = run_profile(inputs, tmp_path / "fresh.json", ProfileSettings(**SMALL))
+    assert resumed.profile.pair("target", "other") == fresh.profile.pair("target", "other")
+    np.testing.assert_array_equal(load_traces(out)["tokens"], load_traces(tmp_path / "fresh.json")["tokens"])
+    # the latency measured before the interruption was kept, not re-measured
+    assert resumed.profile.latency["other"] == partial.latency["other"]
+
+
+def test_budget_stops_between_units_and_rerun_completes(models, tmp_path):
+    out = tmp_path / "budget.json"
+    inputs = make_inputs(models)
+    first = run_profile(inputs, out, ProfileSettings(**SMALL), budget_s=0.0)
+    assert first.stopped_by_budget and not first.complete and not Profile.load(out).complete
+    again = run_profile(inputs, out, ProfileSettings(**SMALL), budget_s=None)
+    assert again.complete and Profile.load(out).pair("target", "copy").greedy == 1.0
+
+
+# ------------------------------------------------------------------------------- bad input
+
+def test_refuses_to_resume_other_settings_without_force(models, tmp_path):
+    out = tmp_path / "p.json"
+    inputs = make_inputs(models)
+    run_profile(inputs, out, ProfileSettings(**SMALL), budget_s=0.0)
+    before = out.read_bytes()
+    with pytest.raises(UserError, match="max_new_tokens"):
+        run_profile(inputs, out, ProfileSettings(**{**SMALL, "max_new_tokens": 5}))
+    assert out.read_bytes() == before
+    forced = run_profile(inputs, out, ProfileSettings(**{**SMALL, "max_new_tokens": 5}), force=True)
+    assert forced.complete and Profile.load(out).settings["max_new_tokens"] == 5
+
+
+def test_truncated_or_newer_profile_is_refused_and_untouched(models, tmp_path):
+    out = tmp_path / "p.json"
+    run_profile(make_inputs(models), out, ProfileSettings(**{**SMALL, "prompts": 1}))
+    text = out.read_text()
+    out.write_text(text[: len(text) // 2])
+    with pytest.raises(DocumentError, match="truncated"):
+        run_profile(make_inputs(models), out, ProfileSettings(**{**SMALL, "prompts": 1}))
+    assert out.read_text() == text[: len(text) // 2]
+    doc = json.loads(text)
+    doc["version"] = 99
+    out.write_text(json.dumps(doc))
+    with pytest.raises(DocumentError, match="newer"):
+        run_profile(make_inputs(models), out, ProfileSettings(**{**SMALL, "prompts": 1}))
+    assert json.loads(out.read_text())["version"] == 99
+
+
+def test_vocabulary_mismatch_and_point_mass_target(models):
+    target, _ = models
+    small = tiny_llama(vocab_size=VOCAB // 2, seed=3)
+    drafters = [ModelDrafter(target, "target"), ModelDrafter(small, "small")]
+    with pytest.raises(UserError, match="vocabulary"):
+        ProfileInputs("tiny", "target", drafters, [Candidate("target"), Candidate("small")], encode)
+    oracle = OracleDrafter(target, "oracle")
+    with pytest.raises(UserError, match="point-mass"):
+        ProfileInputs("tiny", "oracle", [oracle], [Candidate("oracle", point_mass=True)], encode)
+
+
+def test_bad_settings_are_user_errors(models, tmp_path):
+    with pytest.raises(UserError):
+        run_profile(make_inputs(models), tmp_path / "x.json", ProfileSettings(repeats=0))
+    with pytest.raises(UserError, match=".json"):
+        run_profile(make_inputs(models), tmp_path / "x.txt", ProfileSettings(**SMALL))
+    assert not any(tmp_path.iterdir())
+
+
+def test_sidecar_name(tmp_path):
+    assert sidecar_path(Path("profiles/smollm2-cpu.json")).name == "smollm2-cpu.traces.npz"
