@@ -22,31 +22,20 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from polyplan.executor.sampling import SamplingParams
 from polyplan.models.drafter import Drafter
 
 
 def processed_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """The distribution a sampler draws from: temperature, then top-k, then top-p (nucleus).
-
-    ``temperature == 0`` is greedy: a point mass on the argmax. Rows are float32 probabilities.
-    (Local copy of the executor's processing order; keep the two in step.)"""
-    logits = logits.float()
+    """The distribution a sampler draws from, as the executor defines it (temperature, top-k,
+    top-p: :class:`polyplan.executor.sampling.SamplingParams`), so profiled acceptance is the
+    acceptance the chain will see. ``temperature == 0`` is a point mass on the argmax."""
     if temperature <= 0:
-        out = torch.zeros_like(logits)
+        out = torch.zeros_like(logits, dtype=torch.float32)
         out.scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
         return out
-    logits = logits / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        sorted_probs = sorted_logits.softmax(-1)
-        # drop a token once the mass of the tokens strictly before it already reaches top_p
-        drop_sorted = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits.softmax(-1)
+    params = SamplingParams(temperature=float(temperature), top_k=top_k or None, top_p=top_p if top_p < 1.0 else None)
+    return params.probs(logits)
 
 
 def greedy_reference(
