@@ -204,10 +204,16 @@ class ReplayPredictor(Predictor):
         mode: str = "greedy",
         context: float | None = None,
         seed: int = 0,
-        passes: int = 4,
+        passes: int | None = None,
     ) -> None:
         super().__init__(profile, mode=mode, context=context)
-        self.traces, self.seed, self.passes = traces, seed, passes
+        self.traces, self.seed = traces, seed
+        # 0/1 traces (greedy agreement) replay deterministically: one pass says it all.
+        # Per-position probabilities (sampling) are drawn, so average a few passes.
+        binary = all(
+            np.isin(v, (0.0, 1.0)).all() for k, v in traces.items() if k.startswith(f"{mode}/")
+        )
+        self.passes = passes if passes is not None else (1 if binary else 4)
         seg = traces.get("segments")
         first = next((v for k, v in traces.items() if k.startswith(f"{mode}/")), None)
         if first is None:
