@@ -1,0 +1,157 @@
+"""``polyplan profile``: measure a pool's latency curves and acceptance matrix into a profile."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from polyplan.errors import UserError
+
+DEFAULTS_NOTE = "Defaults profile the embedded SmolLM2 pool in under 2 minutes on a 2-core CPU."
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise UserError(f"{what} needs at least one value")
+    return values
+
+
+def _print_summary(profile, path: Path, elapsed: float | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from polyplan.profiler.views import acceptance_matrix, latency_grid
+
+    console = Console()
+    state = "complete" if profile.complete else "INCOMPLETE (rerun the same command to resume)"
+    took = f" in {elapsed:.0f} s" if elapsed is not None else ""
+    console.print(f"[bold]{path}[/bold]: {state}{took}; pool {profile.pool}, target {profile.target}, "
+                  f"{profile.machine.get('cpu')} / {profile.machine.get('gpu') or 'no GPU'}, "
+                  f"{profile.machine.get('torch_threads')} torch threads")
+    if profile.latency:
+        ctx = min(min(c.context) for c in profile.latency.values())
+        grid = latency_grid(profile, ctx)
+        table = Table(title=f"forward time, ms (median), {ctx} cached tokens")
+        table.add_column("candidate")
+        for n in grid.columns:
+            table.add_column(f"n={n}", justify="right")
+        for name, row in grid.iterrows():
+            table.add_row(str(name), *[f"{v:.1f}" for v in row])
+        console.print(table)
+    if profile.pairs:
+        for mode in ("greedy", "sampling"):
+            m = acceptance_matrix(profile, mode)
+            title = f"{mode} acceptance (rows verify, columns draft)" + (
+                f", T={profile.temperature:g}" if mode == "sampling" else "")
+            table = Table(title=title)
+            table.add_column("verifier \\ drafter")
+            for c in m.columns:
+                table.add_column(str(c), justify="right")
+            for name, row in m.iterrows():
+                table.add_row(str(name), *["-" if v != v else f"{v:.2f}" for v in row])
+            console.print(table)
+        positions = max(p.positions for p in profile.pairs)
+        console.print(f"{positions} teacher-forced positions per pair; traces: {profile.traces}")
+
+
+def register(root: typer.Typer) -> None:
+    @root.command("profile", epilog=DEFAULTS_NOTE)
+    def profile(
+        pool: str = typer.Option("smollm2", "--pool", "-p", help="Built-in pool name or pool file."),
+        output: Optional[Path] = typer.Option(
+            None, "--output", "-o", help="Profile to write (default profiles/<pool>-<device>.json). "
+            "An unfinished one with the same settings is resumed."),
+        members: Optional[str] = typer.Option(None, "--members", help="Comma-separated subset of members "
+                                              "(the target is always included)."),
+        prompts: int = typer.Option(8, "--prompts", help="Eval prompts for acceptance (round-robin over categories)."),
+        max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Length of each reference continuation."),
+        new_tokens: str = typer.Option("1,2,4,8,16", "--new-tokens", help="Latency grid: new tokens per pass."),
+        contexts: str = typer.Option("64,256,512", "--contexts", help="Latency grid: cached tokens."),
+        repeats: int = typer.Option(5, "--repeats", help="Timed passes per grid point (median and IQR)."),
+        warmup: int = typer.Option(2, "--warmup", help="Untimed passes per grid point first."),
+        temperature: float = typer.Option(1.0, "--temperature", help="Sampling acceptance temperature (0: greedy)."),
+        top_k: int = typer.Option(0, "--top-k", help="Top-k of the processed distributions (0: off)."),
+        top_p: float = typer.Option(1.0, "--top-p", help="Top-p of the processed distributions (1: off)."),
+        block: int = typer.Option(8, "--block", help="Teacher-force in blocks of this many tokens, the "
+                                  "verifier's run-time shape (0: one pass per reference)."),
+        categories: Optional[str] = typer.Option(None, "--categories", help="Comma-separated prompt categories."),
+        budget: Optional[float] = typer.Option(None, "--budget", help="Stop after about this many seconds "
+                                               "(between units); rerun to resume."),
+        random_weights: bool = typer.Option(False, "--random-weights", help="Latency only, of each "
+                                            "architecture with random weights (marked in the profile)."),
+        force: bool = typer.Option(False, "--force", help="Start over even if the output was measured "
+                                   "with other settings (overwrites it)."),
+        show: bool = typer.Option(False, "--show", help="Only print the summary of an existing profile -o."),
+    ) -> None:
+        """Measure latency curves T(n, c) and the teacher-forced acceptance matrix of a pool."""
+        started = time.monotonic()
+        from polyplan.documents.profile import Profile
+
+        if show:
+            if output is None:
+                raise UserError("--show needs the profile to print: -o FILE")
+            _print_summary(Profile.load(output), output, None)
+            return
+        if output is not None and output.exists() and not force:
+            Profile.load(output)  # a truncated/newer file is refused before any model loads
+
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from polyplan.models.pools import load_pool
+        from polyplan.profiler.pool_inputs import inputs_from_pool
+        from polyplan.profiler.session import ProfileSettings, ProgressHooks, run_profile
+
+        console = Console(stderr=True)
+        settings = ProfileSettings(
+            prompts=prompts, max_new_tokens=max_new_tokens, new_tokens=_int_list(new_tokens, "--new-tokens"),
+            contexts=_int_list(contexts, "--contexts"), repeats=repeats, warmup=warmup,
+            temperature=temperature, top_k=top_k, top_p=top_p, block=block,
+            categories=[c.strip() for c in categories.split(",")] if categories else None,
+            random_weights=random_weights,
+        )
+        settings.validate()
+        the_pool = load_pool(pool)
+        member_list = [m.strip() for m in members.split(",") if m.strip()] if members else None
+        with console.status("loading models...") as status:
+            inputs = inputs_from_pool(the_pool, member_list, random_weights=random_weights,
+                                      log=lambda msg: status.update(msg))
+        if output is None:
+            device = "cuda" if inputs.target_drafter.device.type == "cuda" else "cpu"
+            output = Path("profiles") / f"{inputs.pool}-{device}{'-random' if random_weights else ''}.json"
+
+        class RichHooks(ProgressHooks):
+            def __init__(self, bar: Progress) -> None:
+                self.bar, self.tasks = bar, {}
+
+            def begin(self, stage: str, total: int) -> None:
+                if total:
+                    self.tasks[stage] = self.bar.add_task(stage, total=total)
+
+            def advance(self, stage: str, amount: int = 1) -> None:
+                if stage in self.tasks:
+                    self.bar.advance(self.tasks[stage], amount)
+
+            def note(self, message: str) -> None:
+                self.bar.console.print(f"[yellow]{message}")
+
+        columns = [TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        try:
+            with Progress(*columns, console=console, transient=False) as bar:
+                outcome = run_profile(inputs, output, settings, budget_s=budget, force=force,
+                                      progress=RichHooks(bar), started_at=started)
+        except KeyboardInterrupt:
+            print(f"polyplan: interrupted; measured units are saved in {output}: rerun the same command to resume",
+                  file=sys.stderr)
+            raise typer.Exit(130)
+        _print_summary(outcome.profile, output, time.monotonic() - started)
+        if outcome.stopped_by_budget:
+            console.print(f"[yellow]time budget of {budget:g} s reached: rerun the same command to continue")

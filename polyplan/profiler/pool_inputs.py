@@ -1,0 +1,124 @@
+"""Turn a loaded pool (``polyplan.models.load_pool``) into the profiler's inputs."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from polyplan.documents.profile import Candidate
+from polyplan.errors import UserError
+from polyplan.models.drafter import Drafter
+from polyplan.profiler.session import ProfileInputs
+
+
+def chat_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
+    """Prompt text -> token ids, wrapped in the tokenizer's chat template when it has one
+    (instruct models answer a bare string poorly, and the references should be real answers)."""
+    if tokenizer is None:
+        raise UserError("profiling needs the target's tokenizer to encode the built-in prompts")
+
+    def encode(text: str) -> list[int]:
+        if getattr(tokenizer, "chat_template", None):
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+            return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        return list(tokenizer(text)["input_ids"])
+
+    return encode
+
+
+def eos_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """Every id that ends a generation: the tokenizer's EOS and the model's generation config."""
+    ids: list[int] = []
+    for value in (
+        getattr(tokenizer, "eos_token_id", None),
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+    ):
+        if value is None:
+            continue
+        ids.extend(value if isinstance(value, (list, tuple)) else [value])
+    return sorted(set(int(i) for i in ids))
+
+
+def _param_count(drafter: Drafter) -> int | None:
+    model = getattr(drafter, "model", None)
+    if model is None:
+        return None
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _random_weight_drafter(pool: Any, name: str) -> Drafter:
+    """The member's architecture (its config) with freshly initialised weights: same shapes,
+    dtype, derivation and device, so the same latency; acceptance would be meaningless."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from polyplan.models import sources as src
+    from polyplan.models.derive import apply_derivation
+    from polyplan.models.model_drafter import ModelDrafter
+
+    spec = pool.member(name)
+    config = AutoConfig.from_pretrained(src.require_prepared(pool.source(name)))
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=src.DTYPES[spec.dtype])
+    device = "cuda" if spec.device == "auto" and torch.cuda.is_available() else spec.device
+    if device == "auto":
+        device = "cpu"
+    model = model.to(device).eval()
+    apply_derivation(model, spec.derivation)
+    return ModelDrafter(model, name)
+
+
+def inputs_from_pool(
+    pool: Any,
+    members: Sequence[str] | None = None,
+    random_weights: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> ProfileInputs:
+    """Load the chosen members (all by default; the target is always included, first)."""
+    log = log or (lambda msg: None)
+    names = list(dict.fromkeys(members)) if members else list(pool.names)
+    for n in names:
+        pool.member(n)  # unknown names fail before any weights load
+    if pool.target not in names:
+        log(f"adding the target {pool.target} (references and verification need it)")
+    names = [pool.target] + [n for n in names if n != pool.target]
+
+    drafters: list[Drafter] = []
+    for n in names:
+        log(f"loading {n}")
+        spec = pool.member(n)
+        if random_weights and not spec.model_free:
+            drafters.append(_random_weight_drafter(pool, n))
+        else:
+            drafters.append(pool.drafter(n))
+
+    candidates = []
+    for n, d in zip(names, drafters):
+        spec = pool.member(n)
+        derivation = "" if spec.model_free or spec.derivation == "none" else spec.derivation
+        candidates.append(
+            Candidate(
+                name=n,
+                source=spec.describe() if hasattr(spec, "describe") else str(spec.source),
+                derivation=derivation,
+                dtype="" if d.point_mass else str(getattr(d, "dtype", "")).removeprefix("torch."),
+                device=str(d.device),
+                params=_param_count(d),
+                point_mass=bool(d.point_mass),
+                random_weights=bool(random_weights and not d.point_mass),
+            )
+        )
+    tokenizer = pool.tokenizer
+    target = drafters[0]
+    return ProfileInputs(
+        pool=pool.name,
+        target=pool.target,
+        drafters=drafters,
+        candidates=candidates,
+        encode=chat_encoder(tokenizer),
+        eos_ids=eos_token_ids(tokenizer, getattr(target, "model", None)),
+    )
