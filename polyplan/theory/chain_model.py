@@ -84,8 +84,8 @@ class ChainPrediction:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: floats (exact values are converted, and also given as strings under ``exact``)."""
         raw = asdict(self)
-        exact = any(isinstance(v, Fraction) for v in _flatten(raw))
-        out = {key: _to_float(value) for key, value in raw.items()}
+        exact = any(isinstance(v, Fraction) for v in _flatten(list(raw.values())))
+        out = {key: (value if key == "gamma" else _to_float(value)) for key, value in raw.items()}
         out["depth"] = self.depth
         out["mean_target_block_length"] = _to_float(self.mean_target_block_length)
         if exact:
@@ -103,8 +103,6 @@ def _flatten(value: Any) -> list[Any]:
 def _to_float(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_to_float(v) for v in value]
-    if isinstance(value, (int, bool)) and not isinstance(value, bool):
-        return value
     try:
         return float(value)
     except (TypeError, ValueError):
