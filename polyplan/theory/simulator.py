@@ -37,6 +37,7 @@ class SimulationResult:
     round_times: np.ndarray  # wall time per target round
     verification_lengths: list[list[int]] = field(default_factory=list)  # per verifier level: accepted + 1
     level_times: list[float] = field(default_factory=list)  # wall time spent in each level's passes
+    round_passes: np.ndarray | None = None  # [round, level] forward passes per target round
 
     @property
     def rounds(self) -> int:
@@ -55,18 +56,33 @@ class SimulationResult:
         return float(self.round_tokens.mean()) if self.rounds else 1.0
 
     @property
-    def speedup_over(self) -> float:  # pragma: no cover - convenience
-        raise AttributeError("use T_1(1) / time_per_token")
+    def time_per_token_stderr(self) -> float:
+        """Standard error of time per token (rounds are i.i.d. renewals under i.i.d. acceptance)."""
+        return ratio_stderr(self.round_times, self.round_tokens)
 
     @property
-    def time_per_token_stderr(self) -> float:
-        """Delta-method standard error of the ratio estimator sum(time) / sum(tokens) over rounds."""
+    def mean_acceptance_length_stderr(self) -> float:
         n = self.rounds
-        if n < 2:
-            return float("inf")
-        ratio = self.round_times.sum() / self.round_tokens.sum()
-        residual = self.round_times - ratio * self.round_tokens
-        return float(np.sqrt(residual.var(ddof=1) / n) / self.round_tokens.mean())
+        return float(self.round_tokens.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+
+    @property
+    def passes_per_token(self) -> list[float]:
+        return [p / self.output_tokens for p in self.passes]
+
+    @property
+    def passes_per_token_stderr(self) -> list[float]:
+        assert self.round_passes is not None
+        return [ratio_stderr(self.round_passes[:, i], self.round_tokens) for i in range(self.round_passes.shape[1])]
+
+
+def ratio_stderr(numerator: np.ndarray, denominator: np.ndarray) -> float:
+    """Delta-method standard error of sum(numerator) / sum(denominator) over i.i.d. pairs."""
+    n = numerator.size
+    if n < 2:
+        return float("inf")
+    ratio = numerator.sum() / denominator.sum()
+    residual = numerator - ratio * denominator
+    return float(np.sqrt(residual.var(ddof=1) / n) / denominator.mean())
 
 
 def simulate_chain(alpha_or_traces: Sequence[float | np.ndarray], gamma: Sequence[int],
@@ -122,7 +138,9 @@ def simulate_chain(alpha_or_traces: Sequence[float | np.ndarray], gamma: Sequenc
     produced = 0
     round_tokens: list[int] = []
     round_times: list[float] = []
+    round_passes: list[list[int]] = []
     while produced < n_tokens:
+        passes_before = list(passes)
         if k == 1:
             spent, emitted = charge(0, 1), 1
         else:
@@ -133,9 +151,11 @@ def simulate_chain(alpha_or_traces: Sequence[float | np.ndarray], gamma: Sequenc
         produced += emitted
         round_tokens.append(emitted)
         round_times.append(spent)
+        round_passes.append([after - before for after, before in zip(passes, passes_before)])
     return SimulationResult(output_tokens=produced, passes=passes, total_time=float(sum(round_times)),
                             round_tokens=np.asarray(round_tokens), round_times=np.asarray(round_times),
-                            verification_lengths=verification_lengths, level_times=level_times)
+                            verification_lengths=verification_lengths, level_times=level_times,
+                            round_passes=np.asarray(round_passes, dtype=np.int64).reshape(-1, k))
 
 
 class _AcceptanceSource:

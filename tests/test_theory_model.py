@@ -1,0 +1,189 @@
+"""The exact chain model against the staged simulator, the exact path, closed forms and accounting."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import sympy as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from polyplan.errors import UserError
+from polyplan.theory import (
+    predict_chain,
+    predict_chain_exact,
+    predict_chain_symbolic,
+    simulate_chain,
+    time_per_token,
+    total_time,
+)
+from polyplan.theory.acceptance import capped_geometric_pmf, pmf_expression
+from polyplan.theory.acceptance import a as a_sym
+from polyplan.theory.acceptance import g as g_sym
+from polyplan.theory.acceptance import i as i_sym
+
+DETERMINISTIC = settings(derandomize=True, deadline=None, database=None,
+                         suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def chains(draw, min_depth: int = 1, max_depth: int = 4, curves: bool = True):
+    k = draw(st.integers(min_depth, max_depth))
+    alpha = [draw(st.sampled_from([0.0, 0.2, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])) for _ in range(k - 1)]
+    gamma = [draw(st.integers(1, 6)) for _ in range(k - 1)]
+    latency: list = [1.0] + [draw(st.sampled_from([0.5, 0.2, 0.1, 0.05, 0.01, 0.0])) for _ in range(k - 1)]
+    if curves and draw(st.booleans()):  # T_i(n) = T_i (1 + n / 8): rising with the new tokens
+        latency = [lambda n, t=t: t * (1 + n / 8) for t in latency]
+    return alpha, gamma, latency
+
+
+def _agree(estimate: float, stderr: float, expected: float, z: float = 5.0) -> bool:
+    return abs(estimate - expected) <= z * stderr + 1e-9 * max(1.0, abs(expected))
+
+
+@settings(DETERMINISTIC, max_examples=40)
+@given(chains(), st.integers(0, 2**32 - 1))
+def test_exact_model_agrees_with_simulator(chain, seed):
+    alpha, gamma, latency = chain
+    prediction = predict_chain(alpha, gamma, latency)
+    sim = simulate_chain(alpha, gamma, latency, 4000, rng=seed)
+    assert _agree(sim.time_per_token, sim.time_per_token_stderr, prediction.time_per_token)
+    assert _agree(sim.mean_acceptance_length, sim.mean_acceptance_length_stderr,
+                  prediction.mean_acceptance_length)
+    for measured, stderr, expected in zip(sim.passes_per_token, sim.passes_per_token_stderr,
+                                          prediction.passes_per_token):
+        assert _agree(measured, stderr, expected)
+
+
+def test_three_levels_long_simulation():
+    """The k = 3 reference case against a long run (tight: 1.5e5 tokens)."""
+    alpha, gamma, latency = [0.9, 0.6], [6, 3], [1.0, 0.3, 0.02]
+    prediction = predict_chain(alpha, gamma, latency)
+    sim = simulate_chain(alpha, gamma, latency, 150_000, rng=12345)
+    assert sim.time_per_token_stderr < 0.005 * prediction.time_per_token
+    assert _agree(sim.time_per_token, sim.time_per_token_stderr, prediction.time_per_token, z=4)
+    for measured, stderr, expected in zip(sim.passes_per_token, sim.passes_per_token_stderr,
+                                          prediction.passes_per_token):
+        assert _agree(measured, stderr, expected, z=4)
+    # The handed-up block length distribution: M2 hands up 6..9 tokens.
+    np.testing.assert_allclose(prediction.target_block_length[6:],
+                               [0.45184, 0.271104, 0.17945856, 0.09759744], rtol=1e-12)
+    assert sum(prediction.target_block_length[:6]) == 0
+
+
+def test_reference_question_two_levels_by_hand():
+    """Leviathan: alpha 0.8, gamma 4, T = (1, 0.1) -> 3.3616 tokens per target pass, 1.4 per round."""
+    p = predict_chain([0.8], [4], [1.0, 0.1])
+    assert p.mean_acceptance_length == pytest.approx(1 + 0.8 + 0.64 + 0.512 + 0.4096, rel=1e-14)
+    assert p.time_per_token == pytest.approx(1.4 / 3.3616, rel=1e-14)
+    assert p.speedup == pytest.approx(3.3616 / 1.4, rel=1e-14)
+    assert p.tokens_per_pass == pytest.approx([3.3616, 3.3616 / 4], rel=1e-14)
+    exact = predict_chain_exact([0.8], [4], [1, Fraction(1, 10)])
+    assert exact.time_per_token == Fraction(875, 2101)
+
+
+def test_autoregressive_chain():
+    p = predict_chain([], [], [0.7])
+    assert (p.time_per_token, p.speedup, p.mean_acceptance_length, p.tokens_per_pass) == (0.7, 1.0, 1.0, [1.0])
+    sim = simulate_chain([], [], [0.7], 50, rng=0)
+    assert sim.output_tokens == 50 and sim.passes == [50]
+
+
+@DETERMINISTIC
+@given(chains(curves=False), st.lists(st.integers(1, 99), min_size=3, max_size=3))
+def test_exact_rational_path_equals_float_path(chain, hundredths):
+    alpha, gamma, latency = chain
+    alpha = [h / 100 for h in hundredths[: len(alpha)]]
+    exact = predict_chain_exact(alpha, gamma, latency)
+    floats = predict_chain(alpha, gamma, latency)
+    assert isinstance(exact.time_per_token, Fraction)
+    assert float(exact.time_per_token) == pytest.approx(floats.time_per_token, rel=1e-12)
+    assert [float(x) for x in exact.tokens_per_pass] == pytest.approx(floats.tokens_per_pass, rel=1e-12)
+    assert sum(exact.target_block_length) == (1 if len(latency) > 1 else 0)
+    # accounting theorem in expectation, exactly: time per token = sum_i T_i / L_i
+    exact_latency = [Fraction(str(t)) for t in latency]
+    assert exact.time_per_token == time_per_token(exact.tokens_per_pass, exact_latency)
+
+
+@settings(DETERMINISTIC, max_examples=50)
+@given(chains(), st.integers(0, 2**32 - 1))
+def test_accounting_identity_holds_exactly_on_simulated_counts(chain, seed):
+    alpha, gamma, latency = chain
+    sim = simulate_chain(alpha, gamma, latency, 300, rng=seed)
+    n = sim.output_tokens
+    tokens_per_pass = [Fraction(n, p) if p else None for p in sim.passes]
+    used = [i for i, p in enumerate(sim.passes) if p]
+    # Mean pass time of each level over the run (= T_i for constant latencies), exactly.
+    mean_pass = [Fraction(sim.level_times[i]) / sim.passes[i] for i in used]
+    lhs = sum(Fraction(sim.level_times[i]) for i in used)
+    assert total_time(n, [tokens_per_pass[i] for i in used], mean_pass) == lhs
+    assert float(lhs) == pytest.approx(sim.total_time, rel=1e-12, abs=1e-12)
+    if not any(callable(t) for t in latency):
+        exact_t = [Fraction(t) for t in latency]
+        assert total_time(n, [tokens_per_pass[i] for i in used], [exact_t[i] for i in used]) == \
+            sum(p * t for p, t in zip(sim.passes, exact_t))
+    assert int(sim.round_tokens.sum()) == n and sim.round_passes.sum(axis=0).tolist() == sim.passes
+
+
+@pytest.mark.parametrize("gamma", [1, 2, 3, 5])
+def test_two_level_general_model_is_leviathan_symbolically(gamma):
+    a, t1, t2 = sp.symbols("a T_1 T_2", positive=True)
+    p = predict_chain_symbolic([a], [gamma], [t1, t2])
+    assert sp.simplify(p.mean_acceptance_length - (1 - a ** (gamma + 1)) / (1 - a)) == 0
+    assert sp.simplify(p.time_per_token - (gamma * t2 + t1) * (1 - a) / (1 - a ** (gamma + 1))) == 0
+
+
+def test_numeric_pmf_is_the_sympy_pmf():
+    for gamma in range(1, 6):
+        for rate in (Fraction(0), Fraction(1, 3), Fraction(9, 10)):
+            numeric = capped_geometric_pmf(rate, gamma)
+            symbolic = [pmf_expression().subs({a_sym: sp.Rational(rate.numerator, rate.denominator),
+                                               g_sym: gamma, i_sym: n}) for n in range(gamma + 1)]
+            assert [sp.Rational(x.numerator, x.denominator) for x in numeric] == symbolic
+            assert sum(numeric) == 1
+
+
+def test_block_length_support_grows_with_thresholds():
+    p = predict_chain([0.9, 0.8, 0.7], [3, 4, 5], [1, 0.5, 0.2, 0.1])
+    support = [d for d, q in enumerate(p.target_block_length) if q > 0]
+    assert support[0] == 3 and support[-1] == 3 + 4 + 5
+    assert sum(p.target_block_length) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_perfect_acceptance_is_deterministic():
+    """alpha = 1 everywhere: the target takes exactly the block plus a bonus every round."""
+    p = predict_chain([1.0, 1.0], [5, 2], [1.0, 0.1, 0.01])
+    # M2 fills from blocks of 2 (+1 bonus each = 3 per verification) until >= 5: 6 tokens, 2 verifications.
+    assert p.target_block_length[6] == 1.0 and p.mean_acceptance_length == 7.0
+    assert p.passes_per_token == pytest.approx([1 / 7, 2 / 7, 4 / 7])
+    sim = simulate_chain([1.0, 1.0], [5, 2], [1.0, 0.1, 0.01], 70, rng=0)
+    assert sim.passes == [10, 20, 40] and sim.output_tokens == 70
+
+
+def test_trace_replay_with_per_position_arrays():
+    """0/1 traces replay deterministically; a constant array behaves like the scalar."""
+    trace = np.ones(200)
+    trace[[3, 10]] = 0.0  # the drafts at output positions 3 and 10 are rejected by the target
+    sim = simulate_chain([trace], [4], [1.0, 0.1], 20, rng=0)
+    # round 1: positions 0..3 drafted, 3 rejected -> emits 4 (0,1,2 + correction at 3)
+    # round 2: positions 4..7 all accepted -> 5 (bonus at 8); round 3: 9..12, 10 rejected -> 2;
+    # round 4: 11..14 -> 5; round 5: 16..19 -> 5
+    assert sim.round_tokens.tolist() == [4, 5, 2, 5, 5]
+    constant = simulate_chain([np.full(30_000, 0.7), 0.5], [4, 3], [1.0, 0.2, 0.05], 20_000, rng=3)
+    expected = predict_chain([0.7, 0.5], [4, 3], [1.0, 0.2, 0.05])
+    assert _agree(constant.time_per_token, constant.time_per_token_stderr, expected.time_per_token)
+
+
+def test_bad_input_is_a_user_error():
+    with pytest.raises(UserError):
+        predict_chain([0.5], [2, 3], [1, 0.1])
+    with pytest.raises(UserError):
+        predict_chain([1.5], [2], [1, 0.1])
+    with pytest.raises(UserError):
+        predict_chain([0.5], [0], [1, 0.1])
+    with pytest.raises(UserError):
+        predict_chain([0.5], [2], [1, -0.1])
+    with pytest.raises(UserError):
+        simulate_chain([np.array([0.5, 2.0])], [2], [1, 0.1], 10)
