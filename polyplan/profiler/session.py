@@ -31,7 +31,7 @@ from polyplan.profiler.latency import fits_context, measure_context
 from polyplan.profiler.machine import machine_facts, machine_fingerprint
 
 # settings that may differ between a run and the run that resumes it
-_VOLATILE_SETTINGS = ("budget_s", "elapsed_s")
+_VOLATILE_SETTINGS = ("budget_s", "elapsed_s", "phase_s")
 
 
 def new_token_grid(max_new: int) -> list[int]:
@@ -303,7 +303,12 @@ def run_profile(
             pairs=traces.pairs(),
             temperature=settings.temperature,
             machine=machine,
-            settings={**settings_doc, "budget_s": budget_s, "elapsed_s": round(clock() - t_start, 1)},
+            settings={
+                **settings_doc,
+                "budget_s": budget_s,
+                "elapsed_s": round(clock() - t_start, 1),  # this run only (a resumed run restarts it)
+                "phase_s": {k: round(sum(v), 1) for k, v in unit_durations.items()},
+            },
             created=created,
             traces=traces_file.name if traces.prompt_ids else None,
             complete=complete,
