@@ -56,3 +56,100 @@ def tiny_sliding_mistral(vocab_size: int = 16, seed: int = 0) -> MistralForCausa
     )
     torch.manual_seed(seed)
     return MistralForCausalLM(config).eval()
+
+
+def perturbed_copy(model: LlamaForCausalLM, noise: float, seed: int) -> LlamaForCausalLM:
+    """A drafter that mostly agrees with ``model``: its weights plus Gaussian noise."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * noise)
+    return clone.eval()
+
+
+class TableLM:
+    """A tiny context-dependent language model with exact, cheap logits: the next-token logits
+    after ``... a b`` are ``table[a, b]`` (``a`` = V for "no token"). Used where thousands of
+    generations are needed (distribution tests): an HF forward costs milliseconds, this microseconds.
+
+    ``mixed_with`` builds a drafter close to another TableLM (its table plus noise), so acceptance
+    rates are high enough for multi-token blocks to be accepted."""
+
+    def __init__(self, vocab_size: int, seed: int, scale: float = 2.0, table: torch.Tensor | None = None) -> None:
+        self.vocab_size = vocab_size
+        if table is None:
+            g = torch.Generator().manual_seed(seed)
+            table = torch.randn(vocab_size + 1, vocab_size, vocab_size, generator=g) * scale
+        self.table = table
+
+    def mixed_with_noise(self, noise: float, seed: int) -> "TableLM":
+        g = torch.Generator().manual_seed(seed)
+        return TableLM(self.vocab_size, seed, table=self.table + noise * torch.randn(self.table.shape, generator=g))
+
+    def logits_after(self, context: list[int]) -> torch.Tensor:
+        a = context[-2] if len(context) >= 2 else self.vocab_size
+        return self.table[a, context[-1]]
+
+    def drafter(self, name: str) -> "TableDrafter":
+        return TableDrafter(self, name)
+
+
+from polyplan.models.drafter import Drafter  # noqa: E402  (kept next to its only user)
+
+
+class TableDrafter(Drafter):
+    def __init__(self, lm: TableLM, name: str) -> None:
+        self.lm = lm
+        self.name = name
+        self.vocab_size = lm.vocab_size
+        self.history: list[int] = []
+
+    @property
+    def processed(self) -> int:
+        return len(self.history)
+
+    def reset(self) -> None:
+        self.history = []
+
+    def score(self, new_ids: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for t in new_ids.tolist():
+            self.history.append(t)
+            rows.append(self.lm.logits_after(self.history))
+        return torch.stack(rows)
+
+    def rollback(self, length: int) -> None:
+        assert 0 <= length <= len(self.history), (length, len(self.history))
+        del self.history[length:]
+
+
+class CountingPointMass(Drafter):
+    """A point-mass drafter proposing a fixed cycle of tokens (may return fewer than asked)."""
+
+    point_mass = True
+
+    def __init__(self, vocab_size: int, cycle: list[int], name: str = "cycle", max_len: int | None = None) -> None:
+        self.name = name
+        self.vocab_size = vocab_size
+        self.cycle = cycle
+        self.max_len = max_len
+        self._processed = 0
+
+    @property
+    def processed(self) -> int:
+        return self._processed
+
+    def reset(self) -> None:
+        self._processed = 0
+
+    def rollback(self, length: int) -> None:
+        assert 0 <= length <= self._processed
+        self._processed = length
+
+    def propose(self, context, n):
+        self._processed = len(context)
+        k = n if self.max_len is None else min(n, self.max_len)
+        return [self.cycle[(len(context) + i) % len(self.cycle)] for i in range(k)]
