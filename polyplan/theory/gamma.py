@@ -68,18 +68,20 @@ def optimal_gamma_two_level(alpha: float, cost_ratio: float, max_gamma: int = 64
 
 
 def search_gammas(alpha: Sequence[float], latency: Sequence[Latency], max_gamma: int = 16, *,
-                  min_gamma: int = 1, exhaustive_limit: int = 4096,
+                  min_gamma: int = 1, exhaustive_limit: int = 1024,
                   objective: Callable[[ChainPrediction], float] | None = None,
                   ) -> tuple[list[int], ChainPrediction]:
     """The speculation lengths ``[g_2..g_k]`` in ``[min_gamma, max_gamma]`` that minimise expected
     time per token (or ``objective``, lower is better) under the exact model.
 
-    Exhaustive when ``(max_gamma - min_gamma + 1)^(k-1) <= exhaustive_limit`` (depth <= 4 with
-    gammas up to 16, ~1 s at depth 4); otherwise coordinate descent: from several starting points
+    Exhaustive when ``(max_gamma - min_gamma + 1)^(k-1) <= exhaustive_limit`` (by default depth <= 3
+    with gammas up to 16: 256 evaluations, ~70 ms); otherwise coordinate descent: from several starting points
     (all min, all max, all middle, the two-level optimum of each pair repeated) repeatedly
     re-optimise one level's gamma over its whole range with the others fixed until no single change
-    improves; the best local optimum wins. Coordinate descent is a heuristic (tested against the
-    exhaustive answer on small chains); every evaluation is memoised."""
+    improves; the best local optimum wins (~50 ms at depth 4, gammas up to 16). Coordinate descent is a
+    heuristic: it matched the exhaustive optimum (4096 evaluations, ~1 s) on 15 of 15 random depth-4
+    chains and is tested against it on small chains; every evaluation is memoised. Pass
+    ``exhaustive_limit=16**3`` to force the exhaustive search at depth 4."""
     k = len(latency)
     if len(alpha) != k - 1:
         raise UserError(f"a chain of {k} models needs {k - 1} acceptance rates, got {len(alpha)}")
