@@ -1,0 +1,122 @@
+"""``polyplan plot theory|profile|plan|bench|all``: write the notebooks' figures as PNG files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from polyplan.errors import UserError
+
+app = typer.Typer(help="Write figures (PNG) of the theory, a profile, a plan or bench results.",
+                  no_args_is_help=True)
+
+#: what ``polyplan plot all`` reads when not told otherwise (the committed documents)
+DEFAULT_PROFILE = Path("profiles/smollm2-cpu.json")
+DEFAULT_PLAN = Path("profiles/smollm2-cpu.plan.json")
+DEFAULT_BENCH = Path("benchmarks/results/smollm2-cpu.json")
+README_FIGURES_DIR = Path("docs/figures")
+
+OUT_HELP = "folder to write the PNG files into (created if needed)"
+DPI_HELP = "resolution of the PNG files"
+
+
+def _report(paths: list[Path]) -> None:
+    console = Console()
+    for p in paths:
+        console.print(f"wrote {p}")
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+
+
+def _check_output(out: Path, dpi: int) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if not 20 <= dpi <= 600:
+        raise UserError(f"--dpi must be between 20 and 600, got {dpi}")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("greedy", "sampling"):
+        raise UserError(f"--mode must be 'greedy' or 'sampling', not {mode!r}")
+
+
+@app.command("theory")
+def theory_command(out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
+                   dpi: int = typer.Option(100, "--dpi", help=DPI_HELP)) -> None:
+    """Speedup surfaces (2 and 3 levels), where a third model pays, acceptance stability, model vs simulation."""
+    _check_output(out, dpi)
+    from polyplan.plots.writers import write_theory_figures
+
+    _report(write_theory_figures(out, dpi=dpi))
+
+
+@app.command("profile")
+def profile_command(profile: Path = typer.Argument(..., help="profile.json written by `polyplan profile`"),
+                    out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
+                    mode: str = typer.Option("greedy", "--mode", help="acceptance to show: greedy | sampling"),
+                    dpi: int = typer.Option(100, "--dpi", help=DPI_HELP)) -> None:
+    """Latency curves T(n, c) and the acceptance heatmaps (verifier x drafter, pair x category)."""
+    _check_output(out, dpi)
+    from polyplan.plots.writers import write_profile_figures
+
+    _check_mode(mode)
+    _check_file(profile, "profile")
+    _report(write_profile_figures(profile, out, mode=mode, dpi=dpi))
+
+
+@app.command("plan")
+def plan_command(plan: Path = typer.Argument(..., help="plan.json written by `polyplan optimize`"),
+                 out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
+                 profile: Optional[Path] = typer.Option(
+                     None, "--profile", help="the plan's profile (default: the path the plan records)"),
+                 dpi: int = typer.Option(100, "--dpi", help=DPI_HELP)) -> None:
+    """The Pareto front of chains (time per token vs models used) and the chosen plan's breakdown."""
+    _check_output(out, dpi)
+    from polyplan.plots.writers import write_plan_figures
+
+    _check_file(plan, "plan")
+    if profile is not None:
+        _check_file(profile, "profile")
+    _report(write_plan_figures(plan, out, profile_path=profile, dpi=dpi))
+
+
+@app.command("bench")
+def bench_command(results: Path = typer.Argument(..., help="results .json written by `polyplan bench`"),
+                  out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
+                  dpi: int = typer.Option(100, "--dpi", help=DPI_HELP)) -> None:
+    """Predicted against measured time per token, and measured speedups."""
+    _check_output(out, dpi)
+    from polyplan.plots.writers import write_bench_figures
+
+    _check_file(results, "bench results")
+    _report(write_bench_figures(results, out, dpi=dpi))
+
+
+@app.command("all")
+def all_command(out: Path = typer.Option(README_FIGURES_DIR, "--out", help=OUT_HELP),
+                profile: Path = typer.Option(DEFAULT_PROFILE, "--profile", help="profile to plot"),
+                plan: Path = typer.Option(DEFAULT_PLAN, "--plan", help="plan to plot"),
+                bench: Path = typer.Option(DEFAULT_BENCH, "--bench", help="bench results to plot"),
+                dpi: int = typer.Option(100, "--dpi", help=DPI_HELP)) -> None:
+    """Regenerate every README figure (run from the repository root: reads the committed files)."""
+    _check_output(out, dpi)
+    from polyplan.plots.writers import (
+        write_bench_figures,
+        write_plan_figures,
+        write_profile_figures,
+        write_theory_figures,
+    )
+
+    for path, what in ((profile, "profile"), (plan, "plan"), (bench, "bench results")):
+        _check_file(path, what)
+    written = write_theory_figures(out, dpi=dpi)
+    written += write_profile_figures(profile, out, dpi=dpi)
+    written += write_plan_figures(plan, out, profile_path=profile, dpi=dpi)
+    written += write_bench_figures(bench, out, dpi=dpi)
+    _report(written)

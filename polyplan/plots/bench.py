@@ -1,0 +1,117 @@
+"""Figures of bench results: predicted against measured time per token, and where the theory misses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from polyplan.errors import UserError
+from polyplan.plots.canvas import new_figure
+
+PREDICTOR_MARKERS = {"iid": "o", "replay": "s"}
+
+
+@dataclass(frozen=True)
+class PredictionPoint:
+    method: str  # the method's label
+    predictor: str  # "iid" | "replay"
+    predicted: float  # seconds per token
+    measured: float  # seconds per token (median over repeats)
+
+    @property
+    def relative_error(self) -> float:
+        """(predicted - measured) / measured: > 0 means the theory was pessimistic."""
+        return (self.predicted - self.measured) / self.measured
+
+
+def prediction_points(results: dict[str, Any]) -> list[PredictionPoint]:
+    """Every (method, predictor) pair of a bench results document with both numbers."""
+    points = []
+    for method in results.get("methods", []):
+        measured = method.get("measured", {}).get("time_per_token_s")
+        if not measured:
+            continue
+        for predictor, predicted in sorted(method.get("predicted", {}).items()):
+            if predicted:
+                points.append(PredictionPoint(method.get("label") or method["name"], predictor,
+                                              float(predicted), float(measured)))
+    return points
+
+
+def predicted_vs_measured(results: dict[str, Any]) -> Figure:
+    """Left: predicted against measured ms/token per method and predictor, with the y = x line and
+    a +-20% band. Right: the signed relative error of each prediction (where the theory misses)."""
+    points = prediction_points(results)
+    if not points:
+        raise UserError("bench results have no method with both a prediction and a measurement")
+    labels = list(dict.fromkeys(p.method for p in points))
+    fig, (left, right) = new_figure(11.5, 4.6, ncols=2)
+    measured = np.array([p.measured for p in points]) * 1e3
+    predicted = np.array([p.predicted for p in points]) * 1e3
+    low, high = min(measured.min(), predicted.min()) * 0.8, max(measured.max(), predicted.max()) * 1.2
+    line = np.array([low, high])
+    left.plot(line, line, color="0.3", lw=1, label="prediction = measurement")
+    left.fill_between(line, line * 0.8, line * 1.2, color="0.85", label="$\\pm$20%")
+    for p in points:
+        color = f"C{labels.index(p.method) % 10}"
+        left.scatter(p.measured * 1e3, p.predicted * 1e3, marker=PREDICTOR_MARKERS.get(p.predictor, "^"),
+                     color=color, s=40, zorder=3)
+    for predictor, marker in PREDICTOR_MARKERS.items():
+        if any(p.predictor == predictor for p in points):
+            left.scatter([], [], marker=marker, color="0.3", label=f"{predictor} prediction")
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlim(low, high)
+    left.set_ylim(low, high)
+    left.set_xlabel("measured time per token [ms]")
+    left.set_ylabel("predicted time per token [ms]")
+    left.legend(fontsize=7, loc="upper left")
+    machine = results.get("machine", {}).get("summary", "")
+    left.set_title(f"Predicted vs measured ({machine}, {results.get('created', '')[:10]})", fontsize=9)
+
+    rows = [(p.method, p.predictor) for p in points]
+    y = np.arange(len(rows))
+    errors = np.array([p.relative_error for p in points]) * 100
+    colors = [f"C{labels.index(p.method) % 10}" for p in points]
+    right.barh(y, errors, color=colors, alpha=0.85)
+    right.set_yticks(y, [f"{m} ({k})" for m, k in rows], fontsize=7)
+    right.invert_yaxis()
+    right.axvline(0, color="0.3", lw=1)
+    for yy, e in zip(y, errors):
+        right.text(e, yy, f" {e:+.0f}% ", va="center", ha="left" if e >= 0 else "right", fontsize=7)
+    span = max(abs(errors).max() * 1.35, 10)
+    right.set_xlim(-span, span)
+    right.set_xlabel("(predicted - measured) / measured [%]")
+    right.set_title("Where the theory misses (< 0: reality slower than predicted)", fontsize=9)
+    return fig
+
+
+def speedups(results: dict[str, Any]) -> Figure:
+    """Measured speedup over autoregressive decoding per method, with the predicted (iid) speedup
+    where the results carry the autoregressive prediction too."""
+    methods = [m for m in results.get("methods", []) if m.get("measured", {}).get("speedup")]
+    if not methods:
+        raise UserError("bench results have no measured speedups")
+    autoregressive = next((m for m in results["methods"] if m["name"] == "autoregressive"), None)
+    predicted_ar = (autoregressive or {}).get("predicted", {}).get("iid")
+    fig, (ax,) = new_figure(7.0, 0.45 * len(methods) + 1.8)
+    y = np.arange(len(methods))
+    measured = [m["measured"]["speedup"] for m in methods]
+    ax.barh(y, measured, color="C0", alpha=0.8, label="measured (median of paired ratios)")
+    if predicted_ar:
+        for yy, m in zip(y, methods):
+            p = m.get("predicted", {}).get("iid")
+            if p:
+                ax.scatter(predicted_ar / p, yy, marker="D", color="C3", zorder=3)
+        ax.scatter([], [], marker="D", color="C3", label="predicted (iid)")
+    for yy, s in zip(y, measured):
+        ax.text(s, yy, f" {s:.2f}x", va="center", fontsize=7)
+    ax.axvline(1.0, color="0.4", ls=":", lw=1)
+    ax.set_yticks(y, [m.get("label") or m["name"] for m in methods], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup over autoregressive decoding")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig

@@ -1,0 +1,96 @@
+"""Write the figures of one document (or of the theory) as PNG files: what ``polyplan plot`` runs.
+
+Each ``write_*`` returns the paths it wrote. File names are stable (the README links them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from polyplan.bench.results import load_results
+from polyplan.documents.plan import Plan
+from polyplan.documents.profile import Profile
+from polyplan.errors import UserError
+from polyplan.plots import bench as bench_plots
+from polyplan.plots import plan as plan_plots
+from polyplan.plots import profile as profile_plots
+from polyplan.plots import theory as theory_plots
+from polyplan.plots.canvas import DEFAULT_DPI, save_figure
+
+#: the figures the README shows, in the order it shows them
+README_FIGURES = ("speedup-surfaces.png", "insertion-region.png", "acceptance-stability.png",
+                  "model-vs-simulation.png", "latency-curves.png", "acceptance-heatmap.png",
+                  "pareto-front.png", "plan-breakdown.png", "predicted-vs-measured.png")
+
+
+def _save(fig, out: Path, name: str, dpi: int) -> Path:
+    return save_figure(fig, Path(out) / name, dpi=dpi)
+
+
+def write_theory_figures(out: str | Path, *, dpi: int = DEFAULT_DPI) -> list[Path]:
+    return [
+        _save(theory_plots.speedup_surfaces(), out, "speedup-surfaces.png", dpi),
+        _save(theory_plots.insertion_region(), out, "insertion-region.png", dpi),
+        _save(theory_plots.acceptance_stability(), out, "acceptance-stability.png", dpi),
+        _save(theory_plots.model_vs_simulation(), out, "model-vs-simulation.png", dpi),
+    ]
+
+
+def write_profile_figures(profile_path: str | Path, out: str | Path, *, mode: str = "greedy",
+                          dpi: int = DEFAULT_DPI) -> list[Path]:
+    profile = Profile.load(profile_path)
+    return [
+        _save(profile_plots.latency_curves(profile), out, "latency-curves.png", dpi),
+        _save(profile_plots.acceptance_heatmap(profile, mode), out, "acceptance-heatmap.png", dpi),
+    ]
+
+
+def find_plan_profile(plan: Plan, plan_path: str | Path) -> Path | None:
+    """The profile a plan was made from, if it is still on disk: its recorded path as given
+    (relative to the working directory), else the same file name beside the plan."""
+    recorded = plan.profile.get("path")
+    if not recorded:
+        return None
+    for candidate in (Path(recorded), Path(plan_path).parent / Path(recorded).name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def plan_options_from_profile(plan: Plan, profile: Profile) -> list[plan_plots.PlanOption]:
+    """Every plannable chain of the profile at its best gammas (i.i.d. predictor, the plan's mode,
+    context and max gamma): the full picture behind the plan's short list of runners-up."""
+    from polyplan.planner import make_predictor, search
+
+    predictor = make_predictor("iid", profile, mode=plan.mode, context=plan.settings.get("context"))
+    result = search(profile, predictor, max_gamma=int(plan.settings.get("max_gamma", 16)),
+                    all_orders=bool(plan.settings.get("all_orders", False)))
+    return plan_plots.options_from_estimates(result.ranked)
+
+
+def write_plan_figures(plan_path: str | Path, out: str | Path, *, profile_path: str | Path | None = None,
+                       dpi: int = DEFAULT_DPI) -> list[Path]:
+    """The Pareto front (every chain of the profile when the profile is found, else the plan's own
+    short list) and, with the profile, the chosen plan's per-level time breakdown."""
+    plan = Plan.load(plan_path)
+    found = Path(profile_path) if profile_path is not None else find_plan_profile(plan, plan_path)
+    profile = Profile.load(found) if found is not None else None
+    if profile is not None and profile.target != plan.target:
+        raise UserError(f"profile {found} has target {profile.target!r} but the plan's target is {plan.target!r}")
+    if profile is not None:
+        options = plan_options_from_profile(plan, profile)
+        title = f"Every chain of pool {profile.pool!r} at its best gammas ({plan.mode}, iid model)"
+    else:
+        options = plan_plots.options_from_plan(plan)
+        title = "The plan's chain and runners-up (profile not found: short list only)"
+    written = [_save(plan_plots.pareto_front(options, chosen=plan.names, title=title), out, "pareto-front.png", dpi)]
+    if profile is not None:
+        written.append(_save(plan_plots.plan_breakdown(plan, profile), out, "plan-breakdown.png", dpi))
+    return written
+
+
+def write_bench_figures(results_path: str | Path, out: str | Path, *, dpi: int = DEFAULT_DPI) -> list[Path]:
+    results = load_results(results_path)
+    return [
+        _save(bench_plots.predicted_vs_measured(results), out, "predicted-vs-measured.png", dpi),
+        _save(bench_plots.speedups(results), out, "bench-speedups.png", dpi),
+    ]
