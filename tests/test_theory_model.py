@@ -55,6 +55,15 @@ def test_exact_model_agrees_with_simulator(chain, seed):
     for measured, stderr, expected in zip(sim.passes_per_token, sim.passes_per_token_stderr,
                                           prediction.passes_per_token):
         assert _agree(measured, stderr, expected)
+    assert sum(prediction.level_time_per_token) == pytest.approx(prediction.time_per_token, rel=1e-12)
+
+
+def test_level_time_split_with_latency_curves():
+    curves = [lambda n: 1.0 + 0.1 * n, lambda n: 0.2 + 0.05 * n, lambda n: 0.02]
+    prediction = predict_chain([0.85, 0.6], [5, 3], curves)
+    sim = simulate_chain([0.85, 0.6], [5, 3], curves, 60_000, rng=7)
+    measured = [t / sim.output_tokens for t in sim.level_times]
+    assert measured == pytest.approx(prediction.level_time_per_token, rel=0.02)
 
 
 def test_three_levels_long_simulation():
@@ -105,6 +114,8 @@ def test_exact_rational_path_equals_float_path(chain, hundredths):
     # accounting theorem in expectation, exactly: time per token = sum_i T_i / L_i
     exact_latency = [Fraction(str(t)) for t in latency]
     assert exact.time_per_token == time_per_token(exact.tokens_per_pass, exact_latency)
+    assert sum(exact.level_time_per_token) == exact.time_per_token
+    assert exact.level_time_per_token == [t / l for t, l in zip(exact_latency, exact.tokens_per_pass)]
 
 
 @settings(DETERMINISTIC, max_examples=50)
@@ -187,3 +198,8 @@ def test_bad_input_is_a_user_error():
         predict_chain([0.5], [2], [1, -0.1])
     with pytest.raises(UserError):
         simulate_chain([np.array([0.5, 2.0])], [2], [1, 0.1], 10)
+    with pytest.raises(UserError):
+        predict_chain([0.5], [2], [0.0, 0.1])  # speedup is relative to the target's pass time
+    with pytest.raises(UserError):
+        predict_chain([0.5], [2], [lambda n: 0.0, 0.1])
+    assert predict_chain([0.5], [2], [1.0, 0.0]).time_per_token == pytest.approx(1 / 1.75)  # a free drafter

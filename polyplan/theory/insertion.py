@@ -28,7 +28,7 @@ import sympy as sp
 
 from polyplan.errors import UserError
 from polyplan.theory.chain_model import ChainPrediction, predict_chain, predict_chain_exact
-from polyplan.theory.latency import Latency, pass_cost, validate_chain
+from polyplan.theory.latency import Latency, validate_chain
 
 
 @dataclass
@@ -85,16 +85,16 @@ def insertion_gain(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence
                    *, exact: bool = False) -> InsertionResult:
     """Evaluate inserting a candidate at ``position`` (see module doc). ``exact=True`` uses Fractions.
 
-    With latency curves ``T_i(n)`` the per-level terms use each level's mean pass time
-    (time per token of level i times L_i), so the decomposition stays an identity."""
+    The per-level terms ``T_i / L_i`` are ``ChainPrediction.level_time_per_token`` (with latency curves:
+    each level's expected pass time per output token), so the decomposition is an identity."""
     validate_chain(alpha, gamma, latency)
     predict = predict_chain_exact if exact else predict_chain
     after_chain = inserted_chain(alpha, gamma, latency, position, new_alpha_above, new_alpha_below,
                                  new_latency, new_gamma)
     before = predict(alpha, gamma, latency)
     after = predict(*after_chain)
-    before_terms = level_time_per_token(alpha, gamma, latency, before)
-    after_terms = level_time_per_token(*after_chain, after)
+    before_terms = list(before.level_time_per_token)
+    after_terms = list(after.level_time_per_token)
     j = position
     new_model_cost = after_terms[j - 1]
     old_after = after_terms[: j - 1] + after_terms[j:]  # drop the new level; old levels in order
@@ -108,24 +108,6 @@ def insertion_gain(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence
                            new_model_cost=new_model_cost, verifier_saving=verifier_saving,
                            other_levels_change=other_change, paper_condition=bool(paper),
                            sufficient_condition=bool(paper and others_do_not_grow), improves=bool(change < 0))
-
-
-def level_time_per_token(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence[Latency],
-                         prediction: ChainPrediction) -> list[Any]:
-    """``T_i / L_i`` per level; they sum to ``time_per_token`` (accounting theorem).
-
-    For constant latencies this is ``T_i * passes_per_token_i``. For curves it is level i's own
-    expected time per output token, computed by running the model with every other level free."""
-    if not any(callable(t) for t in latency):
-        return [t * p for t, p in zip(latency, prediction.passes_per_token)]
-    zero = prediction.time_per_token * 0
-    terms = []
-    exact = not isinstance(prediction.time_per_token, float)
-    predict = predict_chain_exact if exact else predict_chain
-    for level in range(len(latency)):
-        only = [t if i == level else zero for i, t in enumerate(latency)]
-        terms.append(predict(alpha, gamma, only).time_per_token)
-    return terms
 
 
 def insertion_condition_expression(depth: int, verifier: int) -> tuple[sp.Expr, sp.Expr]:

@@ -45,6 +45,8 @@ def validate_latencies(latency: Sequence[Latency], depth: int) -> None:
             raise UserError(f"latency of M{i} must be a number or a callable T(n), got {t!r}") from None
         if not math.isfinite(value) or value < 0:
             raise UserError(f"latency of M{i} must be a finite number >= 0, got {t!r}")
+        if i == 1 and value == 0:
+            raise UserError("latency of the target M1 must be > 0 (speedup is measured against it)")
 
 
 def validate_chain(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence[Latency],
