@@ -1,0 +1,406 @@
+"""The torch side of ``polyplan bench``: build the compared methods, run them interleaved per
+prompt (A B C D A B C D ...), time them, and summarise.
+
+Compared, in one run on the same prompts:
+  A. autoregressive decoding with the target (transformers ``generate``),
+  B. transformers assisted generation with its defaults (the plan's best two-level drafter),
+  C. transformers assisted generation at the plan's gamma for that pair (constant schedule),
+  D. polyplan's best two-level plan (the executor),
+  E. polyplan's chosen plan (skipped when it is D).
+With ``grid``: also the runners-up and gamma neighbours of the chosen plan (regret).
+
+Time per token is measured end to end (prefill included) and, for the prediction error, per
+decoded token with the prefill of each chain member subtracted (the theory models steady-state
+decoding; the prefill pass of each member on each prompt is timed separately, once per prompt)."""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from polyplan.bench.results import AUTOREGRESSIVE, MethodSpec, RunRecord, regret, summarize
+from polyplan.documents.plan import Plan, file_sha256
+from polyplan.documents.profile import Profile
+from polyplan.errors import UserError
+from polyplan.models.drafter import Drafter
+
+#: HF documents prompt_lookup_num_tokens=10 in its examples; it has no default of its own
+HF_PROMPT_LOOKUP_DEFAULT = 10
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class BenchMethod:
+    spec: MethodSpec
+    members: list[str]  # pool members it needs (prefill accounting)
+    generate: Callable[[list[int], int, int], tuple[list[int], list[dict[str, Any]] | None]]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def polyplan_method(
+    spec: MethodSpec, drafters: Sequence[Drafter], gammas: Sequence[int], *, temperature: float, eos: list[int]
+) -> BenchMethod:
+    from polyplan.executor.chain import Chain
+
+    chain = Chain(list(drafters), gammas=list(gammas))
+
+    def generate(prompt: list[int], max_new_tokens: int, seed: int):
+        result = chain.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                eos_token_id=eos)
+        levels = [
+            {
+                "name": lv.name,
+                "gamma": lv.gamma,
+                "passes": lv.forward_passes,
+                "verifications": lv.num_drafts,
+                "accepted": lv.num_accepted_tokens,
+                "model_time_s": lv.model_time_s,
+            }
+            for lv in result.stats.levels
+        ]
+        return list(result.tokens), levels
+
+    return BenchMethod(spec, list(spec.chain), generate)
+
+
+def hf_method(
+    spec: MethodSpec,
+    target: Any,
+    *,
+    temperature: float,
+    eos: list[int],
+    assistant: Any = None,
+    assistant_config: dict[str, Any] | None = None,
+    prompt_lookup: tuple[int, int] | None = None,
+) -> BenchMethod:
+    """transformers ``generate`` on the target's HF model, optionally assisted.
+
+    The assistant's generation_config is restored to its pristine copy before every call: the
+    "heuristic" schedules adapt it in place and would leak state between prompts and methods."""
+    pristine = copy.deepcopy(assistant.generation_config) if assistant is not None else None
+    device = next(target.parameters()).device
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {
+        "do_sample": False
+    }
+
+    def generate(prompt: list[int], max_new_tokens: int, seed: int):
+        ids = torch.tensor([prompt], device=device)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            attention_mask=torch.ones_like(ids),
+            eos_token_id=eos or None,
+            pad_token_id=(eos or [0])[0],
+            **sampling,
+        )
+        if assistant is not None:
+            assistant.generation_config = copy.deepcopy(pristine)
+            for k, v in (assistant_config or {}).items():
+                setattr(assistant.generation_config, k, v)
+            kwargs["assistant_model"] = assistant
+        if prompt_lookup is not None:
+            kwargs["prompt_lookup_num_tokens"], kwargs["max_matching_ngram_size"] = prompt_lookup
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = target.generate(ids, **kwargs)
+        return out[0, len(prompt) :].tolist(), None
+
+    return BenchMethod(spec, list(spec.chain), generate)
+
+
+def time_prefill(drafter: Drafter, prompt: list[int]) -> float:
+    """One forward pass over the prompt from an empty cache: what each chain member pays once."""
+    if drafter.point_mass:
+        return 0.0
+    drafter.reset()
+    ids = torch.tensor(prompt, device=drafter.device)
+    _sync(drafter.device)
+    t0 = time.perf_counter()
+    drafter.score(ids)
+    _sync(drafter.device)
+    dt = time.perf_counter() - t0
+    drafter.reset()
+    return dt
+
+
+def run_interleaved(
+    methods: Sequence[BenchMethod],
+    prompts: Sequence[tuple[str, list[int]]],
+    *,
+    drafters: dict[str, Drafter],
+    repeats: int,
+    max_new_tokens: int,
+    seed: int = 0,
+    warmup: bool = True,
+    log: Log | None = None,
+) -> tuple[list[RunRecord], dict[tuple[str, str], float]]:
+    """Run every method on every prompt, interleaved, ``repeats`` times. Returns the run records
+    and the median prefill time of each (prompt, member)."""
+    log = log or (lambda msg: None)
+    if warmup and prompts:
+        for m in methods:  # first-call costs (allocations, lazy init) stay out of the figures
+            m.generate(prompts[0][1], min(8, max_new_tokens), seed)
+    prefill_runs: dict[tuple[str, str], list[float]] = {}
+    records: list[RunRecord] = []
+    for rep in range(repeats):
+        for pid, prompt in prompts:
+            for name in sorted({n for m in methods for n in m.members}):
+                prefill_runs.setdefault((pid, name), []).append(time_prefill(drafters[name], prompt))
+            for m in methods:
+                dev = getattr(drafters.get(m.members[0]), "device", torch.device("cpu"))
+                _sync(dev)
+                t0 = time.perf_counter()
+                tokens, levels = m.generate(prompt, max_new_tokens, seed + rep)
+                _sync(dev)
+                dt = time.perf_counter() - t0
+                records.append(RunRecord(m.spec.name, pid, rep, len(tokens), dt, levels, tokens))
+            log(f"repeat {rep + 1}/{repeats}, prompt {pid}: done")
+    prefill = {k: statistics.median(v) for k, v in prefill_runs.items()}
+    return records, prefill
+
+
+def decode_records(records: list[RunRecord], methods: Sequence[BenchMethod],
+                   prefill: dict[tuple[str, str], float]) -> list[RunRecord]:
+    """The same runs with each chain member's prefill pass subtracted (decode time only)."""
+    members = {m.spec.name: m.members for m in methods}
+    out = []
+    for r in records:
+        pre = sum(prefill.get((r.prompt, n), 0.0) for n in members[r.method])
+        out.append(RunRecord(r.method, r.prompt, r.repeat, r.new_tokens, max(r.seconds - pre, 1e-9), r.levels, r.tokens))
+    return out
+
+
+def encode_prompts(tokenizer: Any, n: int) -> list[tuple[str, list[int]]]:
+    """The first ``n`` eval prompts (round-robin over categories), chat-templated like the profiler."""
+    from polyplan.data import load_prompts
+    from polyplan.profiler.pool_inputs import chat_encoder
+
+    encode = chat_encoder(tokenizer)
+    return [(p.id, encode(p.text)) for p in load_prompts(split="eval", limit=n)]
+
+
+# ---- building the comparison from a plan --------------------------------------------------------
+
+def plan_methods(
+    plan: Plan,
+    drafters: Callable[[str], Drafter],
+    *,
+    temperature: float,
+    eos: list[int],
+    grid: bool = False,
+    hf: bool = True,
+) -> list[BenchMethod]:
+    """The methods compared for ``plan`` (see the module doc)."""
+    target = drafters(plan.target)
+    methods = [
+        hf_method(MethodSpec(AUTOREGRESSIVE, "autoregressive (transformers generate)", "transformers", [plan.target], []),
+                  target.model, temperature=temperature, eos=eos)
+    ]
+    two = plan.two_level
+    if two is not None:
+        d_name, g = two["chain"][1], int(two["gammas"][0])
+        d = drafters(d_name)
+        if hf:
+            methods += _hf_assisted(plan.target, target, d_name, d, g, temperature, eos)
+        methods.append(polyplan_method(
+            MethodSpec("polyplan-two-level", "polyplan best two-level plan", "polyplan", list(two["chain"]), [g]),
+            [target, d], [g], temperature=temperature, eos=eos))
+    if two is None or list(two["chain"]) != plan.names or list(two["gammas"]) != plan.gammas:
+        methods.append(_polyplan_chain("polyplan-plan", "polyplan chosen plan", plan.names, plan.gammas,
+                                       drafters, temperature, eos))
+    if grid:
+        seen = {(tuple(m.spec.chain), tuple(m.spec.gammas)) for m in methods if m.spec.engine == "polyplan"}
+        for i, r in enumerate(plan.runners_up, start=2):
+            key = (tuple(r["chain"]), tuple(r["gammas"]))
+            if key not in seen and len(r["chain"]) > 1:
+                seen.add(key)
+                methods.append(_polyplan_chain(f"grid-rank{i}", f"runner-up #{i}", r["chain"], r["gammas"],
+                                               drafters, temperature, eos))
+        for level in range(len(plan.gammas)):
+            for step in (-1, 1):
+                g = list(plan.gammas)
+                g[level] += step
+                key = (tuple(plan.names), tuple(g))
+                if g[level] >= 1 and key not in seen:
+                    seen.add(key)
+                    methods.append(_polyplan_chain(f"grid-gamma{level + 2}{step:+d}", f"chosen chain, gammas {g}",
+                                                   plan.names, g, drafters, temperature, eos))
+    return methods
+
+
+def _polyplan_chain(name, label, chain, gammas, drafters, temperature, eos) -> BenchMethod:
+    return polyplan_method(MethodSpec(name, label, "polyplan", list(chain), list(gammas)),
+                           [drafters(n) for n in chain], list(gammas), temperature=temperature, eos=eos)
+
+
+def _hf_assisted(target_name, target, d_name, d, g, temperature, eos) -> list[BenchMethod]:
+    from polyplan.models.model_free import PromptLookupDrafter
+
+    if d.point_mass:
+        if not isinstance(d, PromptLookupDrafter):
+            return []  # transformers has no equivalent of a fitted n-gram table
+        max_n = int(getattr(getattr(d, "_index", None), "max_n", 2))
+        return [
+            hf_method(MethodSpec("hf-assisted-default", f"transformers prompt lookup ({HF_PROMPT_LOOKUP_DEFAULT} tokens)",
+                                 "transformers", [target_name, d_name], [None]),
+                      target.model, temperature=temperature, eos=eos, prompt_lookup=(HF_PROMPT_LOOKUP_DEFAULT, max_n)),
+            hf_method(MethodSpec("hf-assisted-gamma", f"transformers prompt lookup, gamma {g}", "transformers",
+                                 [target_name, d_name], [g]),
+                      target.model, temperature=temperature, eos=eos, prompt_lookup=(g, max_n)),
+        ]
+    if getattr(d, "model", None) is None:
+        return []
+    return [
+        hf_method(MethodSpec("hf-assisted-default", "transformers assisted generation (defaults)", "transformers",
+                             [target_name, d_name], [None]),
+                  target.model, temperature=temperature, eos=eos, assistant=d.model),
+        hf_method(MethodSpec("hf-assisted-gamma", f"transformers assisted generation, gamma {g}", "transformers",
+                             [target_name, d_name], [g]),
+                  target.model, temperature=temperature, eos=eos, assistant=d.model,
+                  assistant_config={"num_assistant_tokens": g, "num_assistant_tokens_schedule": "constant",
+                                    "assistant_confidence_threshold": 0.0}),
+    ]
+
+
+def attach_predictions(
+    methods: Sequence[BenchMethod], plan: Plan, profile: Profile | None, profile_path: Path | None, context: float
+) -> dict[str, Any]:
+    """Both predictors' time per token for every polyplan method, re-predicted at the bench's
+    actual mean context when the profile is at hand (else the plan's stored predictions)."""
+    note: dict[str, Any] = {"context": context, "source": "plan"}
+    predictors = {}
+    if profile is not None:
+        from polyplan.planner.predictors import load_traces, make_predictor
+
+        note["source"] = "profile"
+        try:
+            traces = load_traces(profile, profile_path) if profile.traces else None
+        except UserError:
+            traces = None
+        for name in ("iid", "replay"):
+            if name == "replay" and traces is None:
+                continue
+            predictors[name] = make_predictor(name, profile, mode=plan.mode, context=context, traces=traces)
+    for m in methods:
+        s = m.spec
+        if s.engine == "transformers" and s.name != AUTOREGRESSIVE and None in s.gammas:
+            continue  # adaptive schedule: no fixed-gamma prediction
+        chain, gammas = tuple(s.chain), tuple(g for g in s.gammas if g is not None)
+        if predictors:
+            for name, p in predictors.items():
+                s.predicted[name] = p.predict(chain, gammas).time_per_token
+        else:
+            if s.name == "polyplan-plan":
+                s.predicted = {k: v["time_per_token_s"] for k, v in plan.predictions.items()}
+            elif s.name == AUTOREGRESSIVE:
+                s.predicted = {k: v["autoregressive_time_per_token_s"] for k, v in plan.predictions.items()}
+    return note
+
+
+def run_bench(
+    plan: Plan,
+    plan_path: str | Path,
+    *,
+    pool: Any,
+    prompts: int = 8,
+    repeats: int = 3,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    grid: bool = False,
+    hf: bool = True,
+    encoded_prompts: list[tuple[str, list[int]]] | None = None,
+    eos: list[int] | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """Run the comparison and return the results document (not yet saved)."""
+    log = log or (lambda msg: None)
+    if repeats < 1 or prompts < 1 or max_new_tokens < 1:
+        raise UserError("--repeats, --prompts and --max-new-tokens must all be >= 1")
+    temperature = float(plan.settings.get("temperature", 1.0)) if plan.mode == "sampling" else 0.0
+    loaded: dict[str, Drafter] = {}
+
+    def drafter(name: str) -> Drafter:
+        if name not in loaded:
+            log(f"loading {name}")
+            loaded[name] = pool.drafter(name)
+        return loaded[name]
+
+    target = drafter(plan.target)
+    if encoded_prompts is None:
+        encoded_prompts = encode_prompts(pool.tokenizer, prompts)
+    encoded_prompts = list(encoded_prompts)[:prompts]
+    if eos is None:
+        from polyplan.profiler.pool_inputs import eos_token_ids
+
+        eos = eos_token_ids(pool.tokenizer, getattr(target, "model", None))
+    methods = plan_methods(plan, drafter, temperature=temperature, eos=eos, grid=grid, hf=hf)
+
+    profile = profile_path = None
+    pp = Path(plan.profile.get("path", ""))
+    if not pp.is_absolute():
+        pp = Path(plan_path).parent / pp if not pp.exists() else pp
+    if plan.profile.get("path") and pp.exists():
+        profile_path = pp
+        profile = Profile.load(pp)
+        if not plan.check_profile(pp):
+            log(f"warning: {pp} changed since the plan was made; predictions use the current profile")
+    context = statistics.mean(len(p) for _, p in encoded_prompts) + max_new_tokens / 2
+    prediction_note = attach_predictions(methods, plan, profile, profile_path, context)
+
+    log(f"{len(methods)} methods x {len(encoded_prompts)} prompts x {repeats} repeats")
+    records, prefill = run_interleaved(methods, encoded_prompts, drafters=loaded, repeats=repeats,
+                                       max_new_tokens=max_new_tokens, seed=seed, log=log)
+    specs = [m.spec for m in methods]
+    end_to_end = summarize(specs, records)
+    decode = summarize(specs, decode_records(records, methods, prefill))
+    for e2e, dec in zip(end_to_end, decode):
+        e2e["measured"]["end_to_end_time_per_token_s"] = e2e["measured"].get("time_per_token_s")
+        e2e["measured"]["end_to_end_speedup"] = e2e["measured"].get("speedup")
+        # The headline figures are decode-only, like the prediction they are compared with.
+        for k in ("time_per_token_s", "tokens_per_s", "speedup", "time_per_token_by_repeat_s"):
+            e2e["measured"][k] = dec["measured"].get(k)
+        e2e["error"] = dec["error"]
+    chosen = "polyplan-plan" if any(m.spec.name == "polyplan-plan" for m in methods) else "polyplan-two-level"
+    from polyplan.profiler.machine import machine_facts
+
+    machine = machine_facts(target.device)
+    machine["summary"] = f"{machine.get('gpu') or machine.get('cpu')}, {machine.get('cores')} cores, torch {machine.get('torch')}"
+    return {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "plan": {
+            "path": str(plan_path),
+            "sha256": file_sha256(plan_path) if Path(plan_path).exists() else "",
+            "chain": plan.names,
+            "gammas": plan.gammas,
+            "mode": plan.mode,
+            "predictor": plan.settings.get("predictor"),
+        },
+        "settings": {
+            "prompts": len(encoded_prompts),
+            "repeats": repeats,
+            "max_new_tokens": max_new_tokens,
+            "mode": plan.mode,
+            "temperature": temperature,
+            "seed": seed,
+            "grid": grid,
+            "prediction": prediction_note,
+            "timing": "decode-only (each member's prefill pass timed separately and subtracted); "
+                      "end-to-end figures under end_to_end_*",
+        },
+        "methods": end_to_end,
+        "regret": regret(end_to_end, chosen) if grid else None,
+        "prefill_s": {f"{p}/{n}": v for (p, n), v in prefill.items()},
+        "runs": [r.as_dict() for r in records],
+    }

@@ -1,0 +1,169 @@
+"""polyplan bench end to end on tiny random models (fast), and a SmolLM2 smoke test (weights)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from polyplan.bench.results import load_results, markdown_table, save_results  # noqa: E402
+from polyplan.bench.runner import run_bench  # noqa: E402
+from polyplan.documents import Plan  # noqa: E402
+from polyplan.models.model_drafter import ModelDrafter  # noqa: E402
+from polyplan.models.model_free import PromptLookupDrafter  # noqa: E402
+from polyplan.planner import optimize  # noqa: E402
+from test_planner import make_profile, save  # noqa: E402
+from tiny_models import tiny_llama  # noqa: E402
+
+VOCAB = 16
+
+
+class TinyPool:
+    """What run_bench needs of a pool: drafters by name (float32 tiny llamas + prompt lookup)."""
+
+    def __init__(self) -> None:
+        self.made = {
+            "target": ModelDrafter(tiny_llama(VOCAB, num_layers=2, seed=0, logit_scale=4.0), "target"),
+            # a perturbed copy of the target: agrees often, not always
+            "mid": ModelDrafter(_perturbed(tiny_llama(VOCAB, num_layers=2, seed=0, logit_scale=4.0), 0.02), "mid"),
+            "tiny": ModelDrafter(_perturbed(tiny_llama(VOCAB, num_layers=2, seed=0, logit_scale=4.0), 0.08), "tiny"),
+            "lookup": PromptLookupDrafter(VOCAB, name="lookup"),
+        }
+        self.tokenizer = None
+
+    def drafter(self, name: str):
+        return self.made[name]
+
+
+def _perturbed(model, scale: float):
+    g = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+PROMPTS = [("p0", [0, 3, 5, 7, 3, 5, 7, 3, 5]), ("p1", [0, 2, 4, 6, 8, 10, 2, 4])]
+
+
+@pytest.fixture
+def tiny_plan(tmp_path):
+    costs = {"target": 1.0, "mid": 0.25, "tiny": 0.01, "lookup": 0.0001}
+    alphas = {("target", "mid"): 0.92, ("target", "tiny"): 0.55, ("mid", "tiny"): 0.85,
+              ("target", "lookup"): 0.3, ("mid", "lookup"): 0.3, ("tiny", "lookup"): 0.3}
+    prof = make_profile(costs, alphas, point_mass=("lookup",))
+    plan, _ = optimize(save(tmp_path, prof), top=2, max_gamma=3)  # small gammas keep the tiny runs fast
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    return plan, path
+
+
+def test_bench_end_to_end_on_tiny_models(tiny_plan, tmp_path):
+    plan, path = tiny_plan
+    assert len(plan.names) >= 3  # the synthetic profile makes a polybasic plan
+    doc = run_bench(plan, path, pool=TinyPool(), prompts=2, repeats=2, max_new_tokens=8,
+                    encoded_prompts=PROMPTS, eos=[])
+    names = [m["name"] for m in doc["methods"]]
+    assert names == ["autoregressive", "hf-assisted-default", "hf-assisted-gamma", "polyplan-two-level",
+                     "polyplan-plan"]
+    # Interleaved: A B C D ... per prompt, per repeat.
+    runs = doc["runs"]
+    k = len(names)
+    assert [r["method"] for r in runs[:k]] == names and [r["method"] for r in runs[k : 2 * k]] == names
+    assert {r["prompt"] for r in runs[:k]} == {"p0"}
+    assert len(runs) == k * 2 * 2
+    for m in doc["methods"]:
+        me = m["measured"]
+        assert me["new_tokens"] == 8 * 2 * 2  # eos disabled: every run makes all its tokens
+        assert me["time_per_token_s"] > 0 and me["tokens_per_s"] > 0 and me["speedup"] > 0
+        if m["name"] != "autoregressive":
+            assert me["matches_autoregressive"] == 1.0, m["name"]  # greedy, float32: lossless
+        if m["engine"] == "polyplan":
+            assert len(me["tokens_per_pass"]) == len(m["chain"])
+            assert len(me["mean_acceptance_length"]) == len(m["chain"]) - 1
+            assert all(x >= 1.0 for x in me["mean_acceptance_length"])
+            assert set(m["predicted"]) == {"iid"} and m["error"]["iid"] >= 0
+    ar = doc["methods"][0]
+    assert ar["measured"]["speedup"] == pytest.approx(1.0)
+    assert doc["regret"] is None
+    out = tmp_path / "bench.json"
+    save_results(out, doc)
+    again = load_results(out)
+    assert again["methods"] == json.loads(json.dumps(doc["methods"]))
+    md = markdown_table(again)
+    assert md.count("\n| ") >= len(names) + 1
+
+
+def test_bench_grid_measures_the_regret(tiny_plan):
+    plan, path = tiny_plan
+    doc = run_bench(plan, path, pool=TinyPool(), prompts=1, repeats=1, max_new_tokens=6, grid=True, hf=False,
+                    encoded_prompts=PROMPTS, eos=[])
+    grid = [m for m in doc["methods"] if m["name"].startswith("grid-")]
+    assert grid, "no grid points"
+    ranked = [m for m in grid if m["name"].startswith("grid-rank")]
+    assert [m["chain"] for m in ranked] == [r["chain"] for r in plan.runners_up if len(r["chain"]) > 1][: len(ranked)]
+    r = doc["regret"]
+    polyplan_times = [m["measured"]["time_per_token_s"] for m in doc["methods"] if m["engine"] == "polyplan"]
+    chosen = next(m for m in doc["methods"] if m["name"] == r["chosen"])
+    assert r["regret"] == pytest.approx(chosen["measured"]["time_per_token_s"] / min(polyplan_times) - 1)
+    assert "Regret" in markdown_table(doc)
+
+
+def test_bench_sampling_plan_runs_and_is_seeded(tiny_plan, tmp_path):
+    plan, path = tiny_plan
+    doc = json.loads(path.read_text())
+    doc["settings"]["mode"] = "sampling"
+    path.write_text(json.dumps(doc))
+    plan = Plan.load(path)
+    res = run_bench(plan, path, pool=TinyPool(), prompts=1, repeats=1, max_new_tokens=6, hf=False,
+                    encoded_prompts=PROMPTS, eos=[])
+    assert res["settings"]["temperature"] == 1.0
+    assert [m["name"] for m in res["methods"]] == ["autoregressive", "polyplan-two-level", "polyplan-plan"]
+
+
+def test_bench_refuses_bad_settings(tiny_plan):
+    from polyplan.errors import UserError
+
+    plan, path = tiny_plan
+    with pytest.raises(UserError):
+        run_bench(plan, path, pool=TinyPool(), prompts=1, repeats=0, encoded_prompts=PROMPTS, eos=[])
+
+
+def test_cli_bench_missing_plan_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "polyplan.cli", "bench", str(tmp_path / "nope.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no such file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.weights
+def test_bench_smollm2_smoke(tmp_path):
+    """Real weights, tiny settings: profile -> optimize -> bench through the CLI."""
+    from polyplan.models import load_pool
+
+    pool = load_pool("smollm2")
+    if not all(pool.installed().values()):
+        pytest.skip("smollm2 pool not installed (polyplan models install smollm2)")
+    env = {**os.environ, "COLUMNS": "200"}
+    prof = tmp_path / "profile.json"
+    cmd = [sys.executable, "-m", "polyplan.cli"]
+    r = subprocess.run(cmd + ["profile", "smollm2", "-o", str(prof), "--prompts", "2", "--max-new-tokens", "16",
+                              "--repeats", "1"], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        pytest.skip(f"profiling unavailable here: {r.stderr.strip()[-200:]}")
+    plan = tmp_path / "plan.json"
+    r = subprocess.run(cmd + ["optimize", str(prof), "-o", str(plan)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "bench.json"
+    r = subprocess.run(cmd + ["bench", str(plan), "-o", str(out), "--prompts", "1", "--repeats", "1",
+                              "--max-new-tokens", "16"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    doc = load_results(out)
+    assert doc["methods"][0]["name"] == "autoregressive"
+    for m in doc["methods"]:
+        assert m["measured"]["time_per_token_s"] > 0
+    assert (tmp_path / "bench.md").exists()
