@@ -203,3 +203,17 @@ def test_bad_input_is_a_user_error():
     with pytest.raises(UserError):
         predict_chain([0.5], [2], [lambda n: 0.0, 0.1])
     assert predict_chain([0.5], [2], [1.0, 0.0]).time_per_token == pytest.approx(1 / 1.75)  # a free drafter
+
+
+def test_three_levels_by_hand():
+    """a = (1/2, 1/2), g = (2, 1), T = (1, 1/2, 1/10). M3 drafts 1 token; M2 gains 1 or 2 tokens per
+    verification (prob 1/2 each) and hands up at >= 2: D = 2 w.p. 3/4, D = 3 w.p. 1/4, after 3/2
+    verifications on average. Target: E[tokens] = 3/4 * 7/4 + 1/4 * 15/8 = 57/32; round time
+    1 + 3/2 * 1/2 + 3/2 * 1/10 = 19/10; time per token = (19/10) / (57/32) = 16/15."""
+    p = predict_chain_exact([Fraction(1, 2), Fraction(1, 2)], [2, 1], [1, Fraction(1, 2), Fraction(1, 10)])
+    assert p.target_block_length == [0, 0, Fraction(3, 4), Fraction(1, 4)]
+    assert p.mean_acceptance_length == Fraction(57, 32)
+    assert p.round_time == Fraction(19, 10)
+    assert p.time_per_token == Fraction(16, 15)
+    assert p.passes_per_token == [Fraction(32, 57), Fraction(3, 2) / Fraction(57, 32), Fraction(3, 2) / Fraction(57, 32)]
+    assert p.level_acceptance_length == [Fraction(57, 32), Fraction(3, 2)]
