@@ -22,7 +22,6 @@ from polyplan.planner import (
     optimize,
     search,
 )
-from polyplan.planner.predictors import search_gammas_over
 from polyplan.theory.chain_model import predict_chain
 
 NEW = [1, 2, 4, 8, 16, 32]
@@ -178,11 +177,6 @@ def test_coordinate_search_matches_exhaustive_on_random_deep_chains():
         est = pred.best(chain, max_gamma=8)
         t, _ = exhaustive_best(pred, chain, 8)
         assert est.time_per_token <= t * 1.005
-
-
-def test_search_gammas_over_is_exhaustive_for_small_spaces():
-    cost = lambda g: (g[0] - 3) ** 2 + (g[1] - 7) ** 2  # noqa: E731
-    assert search_gammas_over(cost, 2, 16) == (3, 7)
 
 
 def bernoulli_traces(prof: Profile, mode: str, *, segments: int, length: int, seed: int = 0) -> dict:

@@ -14,14 +14,12 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from itertools import product
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from polyplan.theory.chain_model import predict_chain
-from polyplan.theory.simulator import simulate_chain
+from polyplan.theory import predict_chain, search_gammas, simulate_chain
 from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
 from polyplan.planner.chains import Chain
@@ -141,48 +139,9 @@ class IidPredictor(Predictor):
         return self._estimate(chain, gammas, pred)
 
     def _search(self, chain: Chain, max_gamma: int) -> Estimate:
-        alphas, latencies = self.alphas(chain), self.latencies(chain)
-        memo: dict[tuple[int, ...], float] = {}
-
-        def cost(gammas: tuple[int, ...]) -> float:
-            if gammas not in memo:
-                memo[gammas] = float(predict_chain(alphas, list(gammas), latencies).time_per_token)
-            return memo[gammas]
-
-        gammas = search_gammas_over(cost, len(chain) - 1, max_gamma)
-        return self.predict(chain, gammas)
-
-
-#: exhaustive search up to this many gamma vectors; coordinate descent beyond
-EXHAUSTIVE_LIMIT = 300
-
-
-def search_gammas_over(cost: Callable[[tuple[int, ...]], float], levels: int, max_gamma: int) -> tuple[int, ...]:
-    """The gamma vector (each in 1..max_gamma) minimising ``cost``.
-
-    Exhaustive while max_gamma^levels is small (two- and three-level chains); deeper chains use
-    cyclic coordinate descent with a full line search per level from a few starting points (the
-    exact model costs ~1 ms per evaluation, and 16^4 vectors would take a minute). The tests
-    compare it with exhaustive search on random deep chains."""
-    if max_gamma ** levels <= EXHAUSTIVE_LIMIT:
-        return min(product(range(1, max_gamma + 1), repeat=levels), key=lambda g: (cost(g), g))
-    best: tuple[int, ...] | None = None
-    starts = {tuple([min(s, max_gamma)] * levels) for s in (1, 3, 8)}
-    for start in sorted(starts):
-        g = list(start)
-        while True:
-            before = tuple(g)
-            for level in range(levels):
-                g[level] = min(
-                    range(1, max_gamma + 1),
-                    key=lambda x: (cost(tuple(g[:level] + [x] + g[level + 1 :])), x),
-                )
-            if tuple(g) == before:
-                break
-        if best is None or cost(tuple(g)) < cost(best):
-            best = tuple(g)
-    assert best is not None
-    return best
+        # The theory's search: exhaustive to depth 3, coordinate descent with memoisation beyond.
+        gammas, pred = search_gammas(self.alphas(chain), self.latencies(chain), max_gamma=max_gamma)
+        return self._estimate(chain, gammas, pred)
 
 
 class ReplayPredictor(Predictor):
