@@ -25,7 +25,7 @@ Leviathan's closed form). It never compares or divides by a probability.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Any, Generic, TypeVar
@@ -209,7 +209,7 @@ def chain_moments(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence[
 
 
 def predict_chain(alpha: Sequence[float], gamma: Sequence[int],
-                  latency: Sequence[float | Any]) -> ChainPrediction:
+                  latency: Sequence[float | Callable[[int], float]]) -> ChainPrediction:
     """Exact expected behaviour of the chain, in floating point (the optimizer's fast path).
 
     ``alpha = [a_1..a_(k-1)]`` (a_1: target vs M2), ``gamma = [g_2..g_k]``, ``latency = [T_1..T_k]``

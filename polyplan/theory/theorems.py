@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import sympy as sp
 
@@ -163,7 +162,3 @@ def find_theorem(name: str) -> Theorem:
 
     raise UserError(f"no theorem named {name!r}; choose one of: {', '.join(theorem_names())}")
 
-
-def proofs_directory() -> Path:
-    """proofs/ beside the package (a source checkout)."""
-    return Path(__file__).resolve().parents[2] / "proofs"
