@@ -56,6 +56,12 @@ def test_exact_model_agrees_with_simulator(chain, seed):
                                           prediction.passes_per_token):
         assert _agree(measured, stderr, expected)
     assert sum(prediction.level_time_per_token) == pytest.approx(prediction.time_per_token, rel=1e-12)
+    # the whole distribution of the target's acceptance length, bin by bin
+    histogram = np.bincount(sim.round_tokens, minlength=len(prediction.acceptance_length_distribution))
+    assert histogram.size == len(prediction.acceptance_length_distribution)
+    for count, prob in zip(histogram, prediction.acceptance_length_distribution):
+        stderr = np.sqrt(max(prob * (1 - prob), 1e-12) / sim.rounds)
+        assert abs(count / sim.rounds - prob) <= 5 * stderr + 1e-9
 
 
 def test_level_time_split_with_latency_curves():
@@ -217,3 +223,6 @@ def test_three_levels_by_hand():
     assert p.time_per_token == Fraction(16, 15)
     assert p.passes_per_token == [Fraction(32, 57), Fraction(3, 2) / Fraction(57, 32), Fraction(3, 2) / Fraction(57, 32)]
     assert p.level_acceptance_length == [Fraction(57, 32), Fraction(3, 2)]
+    # X = A + 1 on D = 2 (3/4) or D = 3 (1/4): P(X=1) = 1/2, P(X=2) = 1/4, P(X=3) = 3/4*1/4 + 1/4*1/8, ...
+    assert p.acceptance_length_distribution == [0, Fraction(1, 2), Fraction(1, 4), Fraction(7, 32), Fraction(1, 32)]
+    assert sum(x * q for x, q in enumerate(p.acceptance_length_distribution)) == p.mean_acceptance_length

@@ -61,6 +61,8 @@ class ChainPrediction:
     - ``target_block_length``: ``P(D = d)`` of the block level 2 hands to the target (index d).
     - ``round_time``: expected wall time of one target round (one target pass and all drafting).
     - ``latency_at_one``: ``T_1(1)``, the autoregressive time per token.
+    - ``acceptance_length_distribution``: ``P(X = x)`` of the target's acceptance length per round
+      (index x = accepted + 1; index 0 unused), to compare with a measured histogram.
     - ``level_time_per_token``: expected time of each level's passes per output token; they sum to
       ``time_per_token`` (= ``T_i / L_i`` for constant latencies: the accounting theorem's terms).
     """
@@ -75,6 +77,7 @@ class ChainPrediction:
     round_time: Any
     latency_at_one: Any
     level_time_per_token: list[Any] = field(default_factory=list)
+    acceptance_length_distribution: list[Any] = field(default_factory=list)
     alpha: list[Any] = field(default_factory=list)
     gamma: list[int] = field(default_factory=list)
 
@@ -174,7 +177,8 @@ def chain_moments(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence[
         return ChainPrediction(time_per_token=t_one, speedup=one, mean_acceptance_length=one,
                                tokens_per_pass=[one], passes_per_token=[one], level_acceptance_length=[],
                                target_block_length=[], round_time=t_one, latency_at_one=t_one,
-                               level_time_per_token=[t_one], alpha=list(alpha), gamma=list(gamma))
+                               level_time_per_token=[t_one], acceptance_length_distribution=[0 * one, one],
+                               alpha=list(alpha), gamma=list(gamma))
     call = bottom_call(int(gamma[-1]), latency[-1])
     level_lengths: list[Any] = []
     for j in range(k - 1, 1, -1):  # intermediate levels, bottom-up
@@ -184,11 +188,16 @@ def chain_moments(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence[
     rate = alpha[0]
     tokens: Any = 0
     target_time: Any = 0
+    max_block = len(call.block_length) - 1
+    powers = [rate**n for n in range(max_block + 1)]
+    emitted: list[Any] = [0] * (max_block + 2)
     for d, p_d in enumerate(call.block_length):
         if p_d == 0:
             continue
         tokens = tokens + p_d * mean_acceptance_length(rate, d)
         target_time = target_time + p_d * pass_cost(latency[0], d + 1)
+        for accepted, p_a in enumerate(capped_geometric_pmf(rate, d, powers)):
+            emitted[accepted + 1] = emitted[accepted + 1] + p_d * p_a
     round_time = call.time + target_time
     passes = [1] + list(call.passes)
     time_per_token = round_time / tokens
@@ -203,6 +212,7 @@ def chain_moments(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence[
         round_time=round_time,
         latency_at_one=t_one,
         level_time_per_token=[target_time / tokens] + [t / tokens for t in call.level_times],
+        acceptance_length_distribution=emitted,
         alpha=list(alpha),
         gamma=[int(x) for x in gamma],
     )
