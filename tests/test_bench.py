@@ -151,7 +151,7 @@ def test_bench_smollm2_smoke(tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
     prof = tmp_path / "profile.json"
     cmd = [sys.executable, "-m", "polyplan.cli"]
-    r = subprocess.run(cmd + ["profile", "smollm2", "-o", str(prof), "--prompts", "2", "--max-new-tokens", "16",
+    r = subprocess.run(cmd + ["profile", "--pool", "smollm2", "--members", "smollm2-135m:bf16,prompt-lookup", "-o", str(prof), "--prompts", "2", "--max-new-tokens", "16",
                               "--repeats", "1"], capture_output=True, text=True, env=env)
     if r.returncode != 0:
         pytest.skip(f"profiling unavailable here: {r.stderr.strip()[-200:]}")

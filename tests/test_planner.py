@@ -294,3 +294,16 @@ def test_cli_optimize_bad_input_is_one_line(tmp_path, args, message):
     )
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_insertion_verdicts_carry_the_papers_condition():
+    prof = make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS)
+    res = search(prof, IidPredictor(prof), max_gamma=16)
+    mid = next(v for v in res.insertion if v.model == "mid")
+    c = mid.condition
+    # Inserting mid into (target, tiny) at the chosen gammas gives back exactly the chosen chain.
+    assert c["time_per_token_after"] == pytest.approx(res.best.time_per_token)
+    assert c["improves"] and c["time_per_token_before"] > c["time_per_token_after"]
+    # The accounting decomposition: change = new model's cost - verifier saving + other levels.
+    change = c["time_per_token_after"] - c["time_per_token_before"]
+    assert change == pytest.approx(c["new_model_cost"] - c["verifier_saving"] + c["other_levels_change"])

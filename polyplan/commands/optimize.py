@@ -67,11 +67,15 @@ def optimize_command(
         )
     console.print(table)
     ins = Table(title="why each model is in or out (insertion condition)")
-    for col in ("model", "in?", "gain", "reason"):
+    for col in ("model", "in?", "gain", "paper: T/L cost < verifier saving (ms/token)", "reason"):
         ins.add_column(col)
     for v in plan.insertion:
         gain = "-" if v["gain"] is None else f"{v['gain']:.3f}x"
-        ins.add_row(v["model"], "yes" if v["included"] else "no", gain, v["reason"])
+        c = v.get("condition")
+        paper = "-" if not c else (
+            f"{c['new_model_cost'] * 1e3:.2f} {'<' if c['paper_condition'] else '>='} {c['verifier_saving'] * 1e3:.2f}"
+        )
+        ins.add_row(v["model"], "yes" if v["included"] else "no", gain, paper, v["reason"])
     console.print(ins)
     for other, p in plan.predictions.items():
         if other != plan.settings["predictor"]:

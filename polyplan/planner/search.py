@@ -11,6 +11,26 @@ from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
 from polyplan.planner.chains import Chain, chain_problem, enumerate_chains
 from polyplan.planner.predictors import Estimate, Predictor
+from polyplan.theory import insertion_gain
+
+CONDITION_KEYS = ("new_model_cost", "verifier_saving", "other_levels_change", "paper_condition",
+                  "sufficient_condition", "improves", "time_per_token_before", "time_per_token_after")
+
+
+def _condition(predictor: Predictor, before: Chain, gammas_before: list[int], model: str, position: int,
+               new_gamma: int) -> dict | None:
+    """The theory's insertion condition for putting ``model`` at ``position`` into ``before``."""
+    above = before[position - 2]
+    below = before[position - 1] if position - 1 < len(before) else None
+    try:
+        pa = predictor.profile.pair(above, model).alpha(predictor.mode)
+        pb = predictor.profile.pair(model, below).alpha(predictor.mode) if below else None
+        res = insertion_gain(predictor.alphas(before), gammas_before, predictor.latencies(before), position,
+                             pa, pb, predictor.latencies((model,))[0], new_gamma)
+    except UserError:
+        return None
+    d = res.to_dict()
+    return {k: d[k] for k in CONDITION_KEYS}
 
 
 @dataclass
@@ -30,6 +50,9 @@ class InsertionVerdict:
     time_compared: float | None  # without it (included) / with it (excluded)
     gain: float | None
     reason: str
+    #: the paper's insertion condition at the chosen gammas (i.i.d. model, polyplan.theory.insertion_gain):
+    #: new_model_cost = T_new / L_new, verifier_saving, other_levels_change, paper_condition, improves
+    condition: dict | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -41,6 +64,7 @@ class InsertionVerdict:
             "compared_time_per_token_s": self.time_compared,
             "gain": self.gain,
             "reason": self.reason,
+            "condition": self.condition,
         }
 
 
@@ -109,11 +133,13 @@ def _insertion(profile: Profile, predictor: Predictor, best: Estimate, max_gamma
             continue
         e = predictor.best(without, max_gamma)
         gain = e.time_per_token / t
+        g_without = [g for i, g in enumerate(best.gammas) if i != level - 2]
         verdicts.append(
             InsertionVerdict(
                 name, True, level, without, e.gammas, e.time_per_token, gain,
                 f"without it: {_ms(e.time_per_token)}/token vs {_ms(t)} "
                 f"({(gain - 1) * 100:+.1f}% slower), so it stays",
+                _condition(predictor, without, g_without, name, level, best.gammas[level - 2]),
             )
         )
     for cand in profile.candidates:
@@ -141,6 +167,7 @@ def _insertion(profile: Profile, predictor: Predictor, best: Estimate, max_gamma
                 f"best insertion (level {lvl}): {_ms(e.time_per_token)}/token vs {_ms(t)} "
                 f"(gain {gain:.3f}x {'< 1' if gain < 1 else '>= 1'}), so it stays out"
                 + ("" if gain < 1 else " (no better chain in the searched orders; try --all-orders)"),
+                _condition(predictor, chain, list(best.gammas), cand.name, lvl, e.gammas[lvl - 2]),
             )
         )
     return verdicts
