@@ -47,6 +47,12 @@ def optimize_command(
         print(json.dumps(plan.to_dict(), indent=2))
         return
     console = Console()
+    if not plan.profile.get("complete", True):
+        console.print("[yellow]warning: the profile is unfinished (rerun `polyplan profile` to complete it); "
+                      "this plan uses what was measured so far[/yellow]")
+    if plan.profile.get("random_weights"):
+        console.print(f"[yellow]warning: latency of {', '.join(plan.profile['random_weights'])} was measured with "
+                      "random weights[/yellow]")
     table = Table(
         title=f"polyplan plans for pool {plan.profile.get('pool')!r} "
         f"({plan.settings['mode']}, {plan.settings['predictor']} predictor, context {plan.settings['context']:g})"

@@ -72,6 +72,8 @@ def optimize(
             "target": profile.target,
             "machine": profile.machine,
             "created": profile.created,
+            "complete": profile.complete,
+            "random_weights": [c.name for c in profile.candidates if c.random_weights],
         },
         predictions=predictions,
         insertion=[v.as_dict() for v in result.insertion],
