@@ -1,0 +1,207 @@
+"""Pool files: parsing, refusals, lazy drafters, vocabulary checks, CLI errors. Tiny random
+models stand in for real ones (weights don't matter here)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from polyplan.errors import UserError
+from polyplan.models import MemberSpec, Pool, builtin_pools, load_pool
+from polyplan.models.drafter import VocabularyMismatch
+from polyplan.models.pools import PoolFileError, UnknownMember, UnknownPool
+from tiny_models import tiny_llama
+
+
+def save_tiny(folder: Path, vocab: list[str] | None = None, vocab_size: int = 16, seed: int = 0) -> Path:
+    """A tiny llama checkpoint directory, with a word-level tokenizer when ``vocab`` is given."""
+    model = tiny_llama(vocab_size=vocab_size, seed=seed)
+    model.save_pretrained(folder)
+    if vocab is not None:
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token=vocab[0]))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=vocab[0], eos_token=vocab[1]).save_pretrained(folder)
+    return folder
+
+
+WORDS = ["<unk>", "</s>"] + [f"w{i}" for i in range(14)]
+
+POOL = """
+[pool]
+name = "tiny"
+target = "big"
+
+[sources.big-weights]
+dir = "big"
+
+[[member]]
+name = "big"
+source = "big-weights"
+
+[[member]]
+name = "big:bf16"
+source = "big-weights"
+dtype = "bf16"
+
+[[member]]
+name = "small"
+source = "dir:small"
+
+[[member]]
+name = "pl"
+source = "prompt-lookup"
+max_ngram = 2
+"""
+
+
+@pytest.fixture
+def tiny_pool_file(tmp_path) -> Path:
+    save_tiny(tmp_path / "big", WORDS, seed=0)
+    save_tiny(tmp_path / "small", WORDS, seed=1)
+    path = tmp_path / "pool.toml"
+    path.write_text(POOL)
+    return path
+
+
+def test_builtin_pools_parse():
+    assert {"smollm2", "qwen-coder"} <= set(builtin_pools())
+    p = load_pool("smollm2")
+    assert isinstance(p, Pool) and p.name == "smollm2" and p.target == "smollm2-135m"
+    assert p.names == ["smollm2-135m", "smollm2-135m:bf16", "smollm2-135m:int8", "prompt-lookup", "ngram"]
+    assert all(isinstance(m, MemberSpec) for m in p.members)
+    assert p.member("smollm2-135m:int8").derivation == "int8"
+    q = load_pool("qwen-coder")
+    assert q.target == "qwen2.5-coder-1.5b" and q.member("qwen2.5-coder-0.5b").dtype == "bfloat16"
+    assert {m.kind for m in q.members} == {"model", "prompt-lookup", "ngram"}
+
+
+def test_user_pool_file_builds_drafters_lazily(tiny_pool_file):
+    pool = load_pool(str(tiny_pool_file))
+    assert pool.names == ["big", "big:bf16", "small", "pl"] and pool.target == "big"
+    assert pool._drafters == {}  # nothing loaded by parsing
+    big, bf16, small, pl = pool.drafters(["big", "big:bf16", "small", "pl"])
+    assert pool.drafter("big") is big  # cached
+    assert bf16.dtype == torch.bfloat16 and big.dtype == torch.float32
+    assert pl.point_mass and pl.vocab_size == big.vocab_size == small.vocab_size == 16
+    ids = torch.tensor(pool.tokenizer("w3 w4 w5 w3 w4")["input_ids"])
+    assert ids.tolist() == [5, 6, 7, 5, 6]
+    logits = big.score(ids)
+    assert logits.shape == (5, 16) and logits.dtype == torch.float32
+    assert pl.propose(ids.tolist(), 3) == [7, 5, 6]
+    # the bf16 copy is the same weights: its greedy choices mostly agree with the float32 target
+    agree = (bf16.score(ids).argmax(-1) == logits.argmax(-1)).float().mean()
+    assert agree >= 0.6
+
+
+def test_unknown_pool_and_member(tiny_pool_file):
+    with pytest.raises(UnknownPool, match=r"unknown pool 'nope'.*built-in pools: .*smollm2"):
+        load_pool("nope")
+    with pytest.raises(UnknownPool, match="not a pool file"):
+        load_pool(str(tiny_pool_file.parent))
+    pool = load_pool(str(tiny_pool_file))
+    with pytest.raises(UnknownMember, match=r"pool tiny has no member 'huge' \(members: big, big:bf16, small, pl\)"):
+        pool.drafter("huge")
+    with pytest.raises(UnknownMember):
+        pool.drafters(["big", "huge"])
+    assert pool._drafters == {}  # refused before loading anything
+
+
+def test_vocabulary_size_mismatch_refused(tmp_path):
+    save_tiny(tmp_path / "big", vocab_size=16)
+    save_tiny(tmp_path / "other", vocab_size=24)
+    path = tmp_path / "p.toml"
+    path.write_text('[pool]\ntarget = "big"\n[[member]]\nname = "big"\nsource = "dir:big"\n[[member]]\nname = "other"\nsource = "dir:other"\n')
+    pool = load_pool(path)
+    with pytest.raises(VocabularyMismatch, match="other has a vocabulary of 24 tokens but big has 16"):
+        pool.drafter("other")
+
+
+def test_tokenizer_mismatch_refused_even_with_equal_sizes(tmp_path):
+    save_tiny(tmp_path / "big", WORDS)
+    save_tiny(tmp_path / "other", WORDS[:2] + [f"v{i}" for i in range(14)])
+    path = tmp_path / "p.toml"
+    path.write_text('[pool]\ntarget = "big"\n[[member]]\nname = "big"\nsource = "dir:big"\n[[member]]\nname = "other"\nsource = "dir:other"\n')
+    with pytest.raises(VocabularyMismatch, match="other .* uses a different tokenizer than the target big"):
+        load_pool(path).drafter("other")
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('[pool]\ntarget = "a"\n', "needs at least one"),
+        ('[[member]]\nname = "a"\nsource = "dir:x"\n', "missing \\[pool\\]"),
+        ('[pool]\ntarget = "b"\n[[member]]\nname = "a"\nsource = "dir:x"\n', "target 'b' is not a member"),
+        ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "ngram"\n', "must be a model"),
+        ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\n[[member]]\nname = "a"\nsource = "dir:y"\n', "duplicate member names"),
+        ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\ndtyp = "bf16"\n', "unknown keys \\['dtyp'\\]"),
+        ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\ndtype = "int4"\n', "unknown dtype 'int4'"),
+        ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\nderivation = "int2"\n', "unknown derivation 'int2'"),
+        ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\n[[member]]\nname = "p"\nsource = "prompt-lookup"\norder = 3\n', "unknown keys \\['order'\\] for prompt-lookup"),
+        ('[pool\n', "not valid TOML"),
+        ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "whatever"\n', "unknown model source 'whatever'"),
+    ],
+)
+def test_bad_pool_files_give_one_clear_error(tmp_path, body, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(UserError, match=message) as info:
+        load_pool(path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_weights_name_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "empty-cache"))
+    pool = load_pool("smollm2")
+    assert pool.installed() == {"smollm2-135m": False, "smollm2-135m:bf16": False, "smollm2-135m:int8": False}
+    with pytest.raises(UserError, match=r"not installed; run `polyplan models install smollm2`"):
+        pool.drafter("smollm2-135m:bf16")
+    with pytest.raises(UserError, match=r"not installed; run `polyplan models install smollm2`"):
+        pool.drafter("prompt-lookup")  # needs the target's vocabulary size
+    assert not (tmp_path / "empty-cache" / "models").exists()
+
+
+def test_cuda_member_without_cuda_is_refused(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    save_tiny(tmp_path / "big")
+    path = tmp_path / "p.toml"
+    path.write_text('[pool]\ntarget = "big"\n[[member]]\nname = "big"\nsource = "dir:big"\ndevice = "cuda"\n')
+    with pytest.raises(UserError, match="wants device cuda but torch sees no CUDA device"):
+        load_pool(path).drafter("big")
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    from polyplan import cli
+
+    monkeypatch.setattr(sys, "argv", ["polyplan", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_cli_errors_are_one_line(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "models", "install", "no-such-pool")
+    assert code == 2 and err.count("\n") == 1 and "unknown pool 'no-such-pool'" in err
+    monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "empty"))
+    code, _, err = run_cli(monkeypatch, capsys, "models", "check", "smollm2")
+    assert code == 2 and err.strip() == "polyplan: error: model smollm2-135m is not installed; run `polyplan models install smollm2`"
+
+
+def test_cli_list_shows_members_and_install_state(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("COLUMNS", "200")
+    from typer.testing import CliRunner
+
+    from polyplan.cli import root
+
+    result = CliRunner().invoke(root, ["models", "list", "smollm2"])
+    assert result.exit_code == 0, result.output
+    assert "smollm2-135m:int8" in result.output and "prompt-lookup" in result.output
+    assert "install with: polyplan models install smollm2" in result.output
