@@ -239,7 +239,7 @@ def test_cli_plot_all_writes_every_readme_figure(documents, tmp_path):
     profile_path, plan_path, bench_path = documents
     out = tmp_path / "figures"
     run = polyplan("plot", "all", "--out", str(out), "--profile", str(profile_path), "--plan", str(plan_path),
-                   "--bench", str(bench_path), "--dpi", "40")
+                   "--bench", str(bench_path), "--dpi", "40", "--grid", "6")
     assert run.returncode == 0, run.stderr
     from polyplan.plots.writers import README_FIGURES
 
@@ -265,6 +265,7 @@ def test_cli_plot_plan_finds_its_profile_and_profile_plot_runs(documents, tmp_pa
     (["profile", "{profile}", "--mode", "argmax"], "--mode"),
     (["profile", "{profile}", "--out", "{profile}"], "not a folder"),
     (["bench", "{bench}", "--dpi", "0"], "--dpi"),
+    (["theory", "--grid", "1"], "--grid"),
     (["all", "--profile", "nowhere.json"], "does not exist"),
 ])
 def test_cli_plot_bad_input_is_one_line(documents, tmp_path, args, message):

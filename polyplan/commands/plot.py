@@ -21,6 +21,7 @@ README_FIGURES_DIR = Path("docs/figures")
 
 OUT_HELP = "folder to write the PNG files into (created if needed)"
 DPI_HELP = "resolution of the PNG files"
+GRID_HELP = "points per axis of the theory maps (time grows with its square)"
 
 
 def _report(paths: list[Path]) -> None:
@@ -48,12 +49,13 @@ def _check_mode(mode: str) -> None:
 
 @app.command("theory")
 def theory_command(out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
-                   dpi: int = typer.Option(100, "--dpi", help=DPI_HELP)) -> None:
+                   dpi: int = typer.Option(100, "--dpi", help=DPI_HELP),
+                   grid: int = typer.Option(40, "--grid", help=GRID_HELP)) -> None:
     """Speedup surfaces (2 and 3 levels), where a third model pays, acceptance stability, model vs simulation."""
     _check_output(out, dpi)
     from polyplan.plots.writers import write_theory_figures
 
-    _report(write_theory_figures(out, dpi=dpi))
+    _report(write_theory_figures(out, dpi=dpi, grid=grid))
 
 
 @app.command("profile")
@@ -103,7 +105,8 @@ def all_command(out: Path = typer.Option(README_FIGURES_DIR, "--out", help=OUT_H
                 profile: Path = typer.Option(DEFAULT_PROFILE, "--profile", help="profile to plot"),
                 plan: Path = typer.Option(DEFAULT_PLAN, "--plan", help="plan to plot"),
                 bench: Path = typer.Option(DEFAULT_BENCH, "--bench", help="bench results to plot"),
-                dpi: int = typer.Option(100, "--dpi", help=DPI_HELP)) -> None:
+                dpi: int = typer.Option(100, "--dpi", help=DPI_HELP),
+                grid: int = typer.Option(40, "--grid", help=GRID_HELP)) -> None:
     """Regenerate every README figure (run from the repository root: reads the committed files)."""
     _check_output(out, dpi)
     from polyplan.plots.writers import (
@@ -115,7 +118,7 @@ def all_command(out: Path = typer.Option(README_FIGURES_DIR, "--out", help=OUT_H
 
     for path, what in ((profile, "profile"), (plan, "plan"), (bench, "bench results")):
         _check_file(path, what)
-    written = write_theory_figures(out, dpi=dpi)
+    written = write_theory_figures(out, dpi=dpi, grid=grid)
     written += write_profile_figures(profile, out, dpi=dpi)
     written += write_plan_figures(plan, out, profile_path=profile, dpi=dpi)
     written += write_bench_figures(bench, out, dpi=dpi)

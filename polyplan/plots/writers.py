@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from polyplan.bench.results import load_results
 from polyplan.documents.plan import Plan
 from polyplan.documents.profile import Profile
@@ -26,10 +28,15 @@ def _save(fig, out: Path, name: str, dpi: int) -> Path:
     return save_figure(fig, Path(out) / name, dpi=dpi)
 
 
-def write_theory_figures(out: str | Path, *, dpi: int = DEFAULT_DPI) -> list[Path]:
+def write_theory_figures(out: str | Path, *, dpi: int = DEFAULT_DPI, grid: int = 40) -> list[Path]:
+    """``grid``: points per axis of the speedup and insertion maps (time grows with its square)."""
+    if not 4 <= grid <= 200:
+        raise UserError(f"--grid must be between 4 and 200 points per axis, got {grid}")
+    alphas, costs = np.linspace(0.02, 0.98, grid + grid // 4), np.linspace(0.01, 0.6, grid)
+    insertion = theory_plots.insertion_grid(np.linspace(0.3, 0.99, grid), np.linspace(0.02, 0.6, grid))
     return [
-        _save(theory_plots.speedup_surfaces(), out, "speedup-surfaces.png", dpi),
-        _save(theory_plots.insertion_region(), out, "insertion-region.png", dpi),
+        _save(theory_plots.speedup_surfaces(alphas, costs), out, "speedup-surfaces.png", dpi),
+        _save(theory_plots.insertion_region(insertion), out, "insertion-region.png", dpi),
         _save(theory_plots.acceptance_stability(), out, "acceptance-stability.png", dpi),
         _save(theory_plots.model_vs_simulation(), out, "model-vs-simulation.png", dpi),
     ]
