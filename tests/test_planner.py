@@ -307,3 +307,15 @@ def test_insertion_verdicts_carry_the_papers_condition():
     # The accounting decomposition: change = new model's cost - verifier saving + other levels.
     change = c["time_per_token_after"] - c["time_per_token_before"]
     assert change == pytest.approx(c["new_model_cost"] - c["verifier_saving"] + c["other_levels_change"])
+
+
+def test_default_context_comes_from_the_profiled_references(tmp_path):
+    prof = make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS)
+    prof.traces = "profile.traces.npz"
+    traces = bernoulli_traces(prof, "greedy", segments=2, length=40)
+    traces["prompt_lengths"] = np.array([100, 60])
+    np.savez(tmp_path / "profile.traces.npz", **traces)
+    plan, _ = optimize(save(tmp_path, prof))
+    assert plan.settings["context"] == pytest.approx(80 + 20)
+    plan, _ = optimize(save(tmp_path, prof), context=300)
+    assert plan.settings["context"] == 300

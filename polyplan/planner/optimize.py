@@ -38,6 +38,8 @@ def optimize(
         except UserError:
             if predictor == "replay":
                 raise
+    if context is None and traces is not None:
+        context = decoding_context(traces)
     pred = make_predictor(predictor, profile, mode=mode, context=context, traces=traces)
     result = search(profile, pred, max_gamma=max_gamma, all_orders=all_orders)
 
@@ -118,3 +120,13 @@ def _exports(profile: Profile, pred: Predictor, best: Estimate, max_gamma: int, 
         ),
         "vllm": vllm_export(target, drafter, sub.gammas[0]),
     }
+
+
+def decoding_context(traces: dict) -> float | None:
+    """The mean KV-cache length while decoding the profiled references: mean prompt length plus
+    half the mean reference length (None when the traces do not record prompt lengths)."""
+    lengths, seg = traces.get("prompt_lengths"), traces.get("segments")
+    if lengths is None or seg is None or len(lengths) == 0 or len(seg) != len(lengths) + 1:
+        return None
+    refs = [int(b) - int(a) for a, b in zip(seg, seg[1:])]
+    return float(sum(int(x) for x in lengths) / len(lengths) + sum(refs) / len(refs) / 2)
