@@ -345,6 +345,17 @@ def run_bench(
 
         eos = eos_token_ids(pool.tokenizer, getattr(target, "model", None))
     methods = plan_methods(plan, drafter, temperature=temperature, eos=eos, grid=grid, hf=hf)
+    skipped = {}
+    for m in list(methods):
+        if m.spec.engine == "transformers" and m.spec.name != AUTOREGRESSIVE:
+            # transformers may not support every derived drafter (e.g. a quantized assistant):
+            # say so in the results instead of failing the whole comparison
+            try:
+                m.generate(encoded_prompts[0][1], 4, seed)
+            except Exception as e:  # noqa: BLE001 - any library failure means "not comparable here"
+                log(f"skipping {m.spec.label}: {type(e).__name__}: {e}")
+                skipped[m.spec.name] = f"{type(e).__name__}: {e}"
+                methods.remove(m)
 
     profile = profile_path = None
     pp = Path(plan.profile.get("path", ""))
@@ -401,6 +412,7 @@ def run_bench(
         },
         "methods": end_to_end,
         "regret": regret(end_to_end, chosen) if grid else None,
+        "skipped": skipped,
         "prefill_s": {f"{p}/{n}": v for (p, n), v in prefill.items()},
         "runs": [r.as_dict() for r in records],
     }
