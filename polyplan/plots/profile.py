@@ -47,7 +47,10 @@ def latency_curves(profile: Profile, *, names: Sequence[str] | None = None) -> F
     ax.set_ylabel("median forward time $T(n, c)$ [ms]")
     contexts = sorted({c for name in names for c in profile.latency[name].context})
     machine = profile.machine.get("summary") or profile.machine.get("cpu") or ""
-    ax.set_title(f"Latency curves, pool {profile.pool!r} ({machine}); contexts {contexts} "
+    status = "" if profile.complete else " [INCOMPLETE profile]"
+    random = [n for n in names if profile.candidate(n).random_weights]
+    status += f" [random weights: {', '.join(random)}]" if random else ""
+    ax.set_title(f"Latency curves, pool {profile.pool!r} ({machine}){status}\ncontexts {contexts} "
                  f"(darker = longer)", fontsize=9)
     ax.legend(fontsize=8, title="candidate", title_fontsize=8)
     ax.grid(True, which="both", alpha=0.25)

@@ -160,7 +160,8 @@ def insertion_region(grid: InsertionGrid | None = None) -> Figure:
     ax.plot([], [], color="black", lw=1.2, ls="--", label="Wang et al. condition ($T_M/L_M < \\Delta(T_1/L_1)$)")
     ax.legend(loc="upper left", fontsize=8, framealpha=0.8)
     bar = fig.colorbar(image, ax=ax)
-    ticks = [t for t in (-1, -0.5, 0, 0.5, 1) if abs(t) <= spread]
+    step = 0.5 if spread <= 2 else 1.0
+    ticks = list(np.arange(-np.floor(spread / step), np.floor(spread / step) + 1) * step)
     bar.set_ticks(ticks)
     bar.set_ticklabels([f"{2 ** t:.2g}x" for t in ticks])
     bar.set_label("gain: best 2-level time / best 3-level time")
