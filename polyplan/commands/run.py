@@ -1,0 +1,166 @@
+"""``polyplan run``: generate with a chain, streaming text as the target accepts it.
+
+    polyplan run "Once upon a time" --pool smollm2 --chain smollm2-135m,smollm2-135m:int8,prompt-lookup --gammas 6,3
+    polyplan run plan.json "Once upon a time"          # chain and gammas from `polyplan optimize`
+    echo "def fib(n):" | polyplan run --chain ./my-target,./my-draft --gammas 5 --stats
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from polyplan.errors import UserError
+
+
+def register(root: typer.Typer) -> None:
+    root.command("run")(run_command)
+
+
+def run_command(
+    args: Optional[list[str]] = typer.Argument(
+        None, metavar="[PLAN.json] [PROMPT]", help="an optional plan file, then the prompt (else --prompt-file or stdin)"
+    ),
+    pool: Optional[str] = typer.Option(None, "--pool", help="pool name or pool file (default: smollm2)"),
+    chain: Optional[str] = typer.Option(
+        None, "--chain", help="comma-separated members, target first: pool member names or model directories"
+    ),
+    gammas: Optional[str] = typer.Option(None, "--gammas", help="one speculation length per drafter, e.g. 6,3"),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="plan.json from `polyplan optimize` (chain + gammas)"),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="read the prompt from this file"),
+    chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the tokenizer's chat template"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 = greedy (default, or the plan's)"),
+    top_k: Optional[int] = typer.Option(None, "--top-k"),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    seed: int = typer.Option(0, "--seed"),
+    stats: bool = typer.Option(False, "--stats", help="print the per-level statistics table (stderr)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (text, tokens, stats) instead of streaming"),
+) -> None:
+    """Generate text with a chain of drafters (lossless staged speculative decoding)."""
+    from polyplan.executor.build import ChainSpec, build_chain, default_members, members_from_option, parse_gammas
+
+    args = list(args or [])
+    if args and plan is None and args[0].endswith(".json") and Path(args[0]).is_file():
+        plan = Path(args.pop(0))
+    if len(args) > 1:
+        raise UserError(f"expected at most one prompt argument, got {len(args)} (quote the prompt)")
+    prompt = _read_prompt(args[0] if args else None, prompt_file)
+
+    if plan is not None:
+        if chain or gammas:
+            raise UserError("give either a plan file or --chain/--gammas, not both")
+        spec = ChainSpec.from_plan(plan)
+        if pool:
+            spec.pool = pool
+    else:
+        members = members_from_option(chain) or list(default_members(pool))
+        spec = ChainSpec(members, parse_gammas(gammas), pool)
+    if temperature is None:
+        temperature = spec.temperature if spec.temperature is not None else 0.0
+
+    the_chain = build_chain(spec)
+    tokenizer = the_chain.tokenizer
+    if tokenizer is None:
+        raise UserError("no tokenizer for this chain: the target must come from a pool or a model directory with one")
+    input_ids = _encode(tokenizer, prompt, chat)
+
+    streamer = None if as_json else _TextStreamer(tokenizer)
+    result = the_chain.generate(
+        input_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        seed=seed, stream=streamer,
+    )
+    if as_json:
+        print(json.dumps({
+            "chain": the_chain.names, "gammas": the_chain.gammas, "text": result.text, "tokens": result.tokens,
+            "finish_reason": result.finish_reason, "stats": result.stats.to_dict(),
+        }, indent=2))
+    else:
+        streamer.finish()
+    if stats:
+        print_stats(result.stats, the_chain.gammas)
+
+
+def _read_prompt(argument: str | None, prompt_file: Path | None) -> str:
+    if argument is not None and prompt_file is not None:
+        raise UserError("give the prompt as an argument or with --prompt-file, not both")
+    if prompt_file is not None:
+        try:
+            return prompt_file.read_text()
+        except OSError as e:
+            raise UserError(f"cannot read the prompt file {prompt_file}: {e.strerror}") from None
+    if argument is not None:
+        return argument
+    if sys.stdin is not None and not sys.stdin.isatty():
+        return sys.stdin.read()
+    raise UserError("no prompt: pass it as an argument, with --prompt-file, or on stdin")
+
+
+def _encode(tokenizer, prompt: str, chat: bool) -> list[int]:
+    if chat:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    else:
+        ids = tokenizer(prompt)["input_ids"]
+    if not ids and getattr(tokenizer, "bos_token_id", None) is not None:
+        ids = [tokenizer.bos_token_id]  # an empty prompt still has a beginning
+    return list(ids)
+
+
+class _TextStreamer:
+    """Prints the text of accepted tokens as they arrive. Decodes the whole output each time and
+    prints the new suffix, holding back an incomplete UTF-8 sequence (shown as U+FFFD)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.printed = 0
+
+    def __call__(self, new_tokens: list[int]) -> None:
+        self.tokens.extend(new_tokens)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        sys.stdout.write(text[self.printed :])
+        sys.stdout.flush()
+        self.printed = len(text)
+
+    def finish(self) -> None:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        sys.stdout.write(text[self.printed :] + "\n")
+        sys.stdout.flush()
+
+
+def print_stats(stats, gammas: list[int]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{stats.new_tokens} tokens in {stats.wall_time_s:.2f} s "
+                        f"({stats.tokens_per_second:.1f} tok/s), overhead {100 * stats.overhead_fraction:.1f}%")
+    for col in ("lvl", "model", "gamma", "passes", "L_i", "drafts", "drafted", "accepted",
+                "rate", "accept len", "model s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+
+    def f(x, spec):
+        return "-" if x is None else format(x, spec)
+
+    for i, lv in enumerate(stats.levels):
+        table.add_row(
+            str(i + 1), lv.name, "-" if lv.gamma is None else str(lv.gamma), str(lv.forward_passes),
+            f(lv.tokens_per_pass, ".2f"), str(lv.num_drafts), str(lv.num_draft_tokens), str(lv.num_accepted_tokens),
+            f(lv.draft_acceptance_rate, ".3f"), f(lv.mean_acceptance_length, ".2f"), f(lv.model_time_s, ".3f"),
+        )
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+    console.print(table)
+    console.print("L_i = output tokens per forward pass; accept len = mean acceptance length incl. the +1 token")
+    hist = stats.levels[0].acceptance_length_histogram
+    if hist:
+        console.print(
+            "target acceptance-length histogram: " + ", ".join(f"{k}:{v}" for k, v in sorted(hist.items()))
+        )
