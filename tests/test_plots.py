@@ -45,20 +45,22 @@ def bench_document(plan: Plan) -> dict:
     """Bench results with known errors: the plan runs 30% slower than predicted, two-level 20%."""
     ar = plan.prediction["autoregressive_time_per_token_s"]
 
-    def method(name, chain, gammas, measured, predicted):
+    def method(name, chain, gammas, measured, predicted, tokens_per_pass=None):
         return {"name": name, "label": name, "engine": "polyplan", "chain": chain, "gammas": gammas,
                 "measured": {"time_per_token_s": measured, "speedup": ar / measured,
-                             "mean_acceptance_length": None, "tokens_per_pass": None},
+                             "mean_acceptance_length": None, "tokens_per_pass": tokens_per_pass},
                 "predicted": predicted, "error": {k: abs(v - measured) / measured for k, v in predicted.items()}}
 
     two = plan.two_level
-    return {"created": "2026-11-25T18:00:00+00:00", "machine": {"summary": "synthetic"}, "plan": {},
+    return {"created": "2026-11-25T18:00:00+00:00", "machine": {"summary": "synthetic"},
+            "plan": {"path": "plan.json"},
             "settings": {}, "regret": None, "runs": [],
             "methods": [method("autoregressive", ["target"], [], ar, {"iid": ar}),
                         method("two-level", two["chain"], two["gammas"], two["time_per_token_s"] * 1.2,
                                {"iid": two["time_per_token_s"]}),
                         method("plan", plan.names, plan.gammas, plan.time_per_token * 1.3,
-                               {"iid": plan.time_per_token, "replay": plan.time_per_token * 1.25})]}
+                               {"iid": plan.time_per_token, "replay": plan.time_per_token * 1.25},
+                               [0.8 * x for x in plan.prediction["tokens_per_pass"]])]}
 
 
 def write_documents(folder: Path) -> tuple[Path, Path, Path]:
@@ -228,6 +230,21 @@ def test_predicted_vs_measured_shows_each_prediction(documents):
         plots.predicted_vs_measured({"methods": []})
 
 
+def test_levels_measured_against_the_plans_prediction(documents):
+    from polyplan.bench.results import load_results
+
+    results, plan = load_results(documents[2]), Plan.load(documents[1])
+    comparisons = plots.level_comparisons(results, plan)
+    assert [c.method for c in comparisons] == ["plan"]  # the only method with per-level statistics
+    (plan_levels,) = comparisons
+    assert plan_levels.chain == tuple(plan.names)
+    np.testing.assert_allclose(plan_levels.measured, 0.8 * np.array(plan.predictions["iid"]["tokens_per_pass"]))
+    fig = plots.levels_measured_vs_predicted(comparisons)
+    np.testing.assert_allclose([p.get_height() for p in fig.axes[0].patches], plan_levels.measured)
+    with pytest.raises(plots.bench.UserError):
+        plots.levels_measured_vs_predicted([])
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 def polyplan(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -243,7 +260,7 @@ def test_cli_plot_all_writes_every_readme_figure(documents, tmp_path):
     assert run.returncode == 0, run.stderr
     from polyplan.plots.writers import README_FIGURES
 
-    for name in README_FIGURES:
+    for name in (*README_FIGURES, "bench-speedups.png", "levels-measured-vs-predicted.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
 

@@ -91,13 +91,17 @@ def plan_command(plan: Path = typer.Argument(..., help="plan.json written by `po
 @app.command("bench")
 def bench_command(results: Path = typer.Argument(..., help="results .json written by `polyplan bench`"),
                   out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
+                  plan: Optional[Path] = typer.Option(
+                      None, "--plan", help="the plan bench ran (default: the path the results record)"),
                   dpi: int = typer.Option(100, "--dpi", help=DPI_HELP)) -> None:
-    """Predicted against measured time per token, and measured speedups."""
+    """Predicted against measured time per token, measured speedups, per-level L_i against the plan."""
     _check_output(out, dpi)
     from polyplan.plots.writers import write_bench_figures
 
     _check_file(results, "bench results")
-    _report(write_bench_figures(results, out, dpi=dpi))
+    if plan is not None:
+        _check_file(plan, "plan")
+    _report(write_bench_figures(results, out, plan_path=plan, dpi=dpi))
 
 
 @app.command("all")
@@ -121,5 +125,5 @@ def all_command(out: Path = typer.Option(README_FIGURES_DIR, "--out", help=OUT_H
     written = write_theory_figures(out, dpi=dpi, grid=grid)
     written += write_profile_figures(profile, out, dpi=dpi)
     written += write_plan_figures(plan, out, profile_path=profile, dpi=dpi)
-    written += write_bench_figures(bench, out, dpi=dpi)
+    written += write_bench_figures(bench, out, plan_path=plan, dpi=dpi)
     _report(written)

@@ -7,11 +7,19 @@ show the same figures and ``polyplan plot`` writes them.
 Theory (no input): ``speedup_surfaces``, ``insertion_region``, ``acceptance_stability``,
 ``model_vs_simulation``. Profile: ``latency_curves``, ``acceptance_heatmap``. Plan:
 ``pareto_front`` (with ``options_from_plan`` / ``options_from_estimates``), ``plan_breakdown``.
-Bench: ``predicted_vs_measured``, ``speedups``. Each figure's numbers come from a data function
+Bench: ``predicted_vs_measured``, ``speedups``, ``levels_measured_vs_predicted`` (with the plan). Each figure's numbers come from a data function
 beside it (``two_level_speedup_grid``, ``insertion_grid``, ``acceptance_matrix``,
 ``pareto_options``, ``level_breakdown``, ``prediction_points``, ...)."""
 
-from polyplan.plots.bench import PredictionPoint, predicted_vs_measured, prediction_points, speedups
+from polyplan.plots.bench import (
+    LevelComparison,
+    PredictionPoint,
+    level_comparisons,
+    levels_measured_vs_predicted,
+    predicted_vs_measured,
+    prediction_points,
+    speedups,
+)
 from polyplan.plots.canvas import DEFAULT_DPI, new_figure, save_figure
 from polyplan.plots.plan import (
     PlanOption,
@@ -41,6 +49,7 @@ from polyplan.plots.theory import (
 __all__ = [
     "DEFAULT_DPI",
     "InsertionGrid",
+    "LevelComparison",
     "ModelCheck",
     "PlanOption",
     "PredictionPoint",
@@ -53,6 +62,8 @@ __all__ = [
     "insertion_region",
     "latency_curves",
     "level_breakdown",
+    "level_comparisons",
+    "levels_measured_vs_predicted",
     "model_vs_simulation",
     "model_vs_simulation_data",
     "new_figure",

@@ -115,3 +115,58 @@ def speedups(results: dict[str, Any]) -> Figure:
     ax.set_xlabel("speedup over autoregressive decoding")
     ax.legend(fontsize=7, loc="lower right")
     return fig
+
+
+@dataclass(frozen=True)
+class LevelComparison:
+    """Output tokens per forward pass of each level (L_i): measured by bench, predicted by the plan."""
+
+    method: str
+    chain: tuple[str, ...]
+    measured: tuple[float, ...]
+    predicted: dict[str, tuple[float, ...]]  # predictor -> L_1..L_k
+
+
+def level_comparisons(results: dict[str, Any], plan: Any) -> list[LevelComparison]:
+    """Methods of ``results`` that ran the plan's chain (or its best two-level chain) at the planned
+    gammas, with measured per-level L_i, against the plan's predictions of the same chain."""
+    planned: list[tuple[tuple[str, ...], tuple[int, ...], dict[str, tuple[float, ...]]]] = []
+    chosen = {name: tuple(p["tokens_per_pass"]) for name, p in plan.predictions.items() if "tokens_per_pass" in p}
+    chosen.setdefault(plan.settings.get("predictor", "iid"), tuple(plan.prediction["tokens_per_pass"]))
+    planned.append((tuple(plan.names), tuple(plan.gammas), chosen))
+    if plan.two_level:
+        two = {plan.two_level.get("predictor", "iid"): tuple(plan.two_level["tokens_per_pass"])}
+        for name, p in plan.predictions.items():
+            if isinstance(p.get("two_level"), dict) and "tokens_per_pass" in p["two_level"]:
+                two[name] = tuple(p["two_level"]["tokens_per_pass"])
+        planned.append((tuple(plan.two_level["chain"]), tuple(plan.two_level["gammas"]), two))
+    out = []
+    for method in results.get("methods", []):
+        measured = method.get("measured", {}).get("tokens_per_pass")
+        if not measured or any(x is None for x in measured):
+            continue
+        for chain, gammas, predicted in planned:
+            if tuple(method.get("chain", ())) == chain and tuple(method.get("gammas", ())) == gammas:
+                out.append(LevelComparison(method.get("label") or method["name"], chain,
+                                           tuple(float(x) for x in measured), predicted))
+    return out
+
+
+def levels_measured_vs_predicted(comparisons: list[LevelComparison]) -> Figure:
+    """Per method, L_i measured (bars) against predicted (markers, per predictor), log scale: when
+    the L_i agree but the time does not, the latency model missed; otherwise acceptance did."""
+    if not comparisons:
+        raise UserError("no bench method ran the plan's chain with per-level statistics")
+    fig, axes = new_figure(4.2 * len(comparisons) + 0.8, 4.0, ncols=len(comparisons), sharey=True)
+    for ax, comparison in zip(axes, comparisons):
+        x = np.arange(len(comparison.chain))
+        ax.bar(x, comparison.measured, color="C0", alpha=0.8, width=0.6, label="measured")
+        for offset, (predictor, values) in zip((-0.12, 0.12), sorted(comparison.predicted.items())):
+            ax.scatter(x + offset, values, marker=PREDICTOR_MARKERS.get(predictor, "^"), color="C3", s=36,
+                       zorder=3, label=f"predicted ({predictor})")
+        ax.set_xticks(x, [f"$M_{i + 1}$\n{name}" for i, name in enumerate(comparison.chain)], fontsize=7)
+        ax.set_yscale("log")
+        ax.set_title(comparison.method, fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("output tokens per forward pass $L_i$")
+    return fig

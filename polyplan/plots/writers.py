@@ -95,9 +95,30 @@ def write_plan_figures(plan_path: str | Path, out: str | Path, *, profile_path: 
     return written
 
 
-def write_bench_figures(results_path: str | Path, out: str | Path, *, dpi: int = DEFAULT_DPI) -> list[Path]:
+def find_results_plan(results: dict, results_path: str | Path) -> Path | None:
+    """The plan a bench run measured, if still on disk (its recorded path, else beside the results)."""
+    recorded = results.get("plan", {}).get("path")
+    if not recorded:
+        return None
+    for candidate in (Path(recorded), Path(results_path).parent / Path(recorded).name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def write_bench_figures(results_path: str | Path, out: str | Path, *, plan_path: str | Path | None = None,
+                        dpi: int = DEFAULT_DPI) -> list[Path]:
+    """Predicted vs measured time per token, measured speedups and, when the plan is found and a
+    method recorded per-level statistics, measured against predicted L_i."""
     results = load_results(results_path)
-    return [
+    written = [
         _save(bench_plots.predicted_vs_measured(results), out, "predicted-vs-measured.png", dpi),
         _save(bench_plots.speedups(results), out, "bench-speedups.png", dpi),
     ]
+    found = Path(plan_path) if plan_path is not None else find_results_plan(results, results_path)
+    if found is not None:
+        comparisons = bench_plots.level_comparisons(results, Plan.load(found))
+        if comparisons:
+            written.append(_save(bench_plots.levels_measured_vs_predicted(comparisons), out,
+                                 "levels-measured-vs-predicted.png", dpi))
+    return written
