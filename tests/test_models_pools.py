@@ -205,3 +205,55 @@ def test_cli_list_shows_members_and_install_state(monkeypatch, capsys, tmp_path)
     assert result.exit_code == 0, result.output
     assert "smollm2-135m:int8" in result.output and "prompt-lookup" in result.output
     assert "install with: polyplan models install smollm2" in result.output
+
+
+@pytest.mark.parametrize("derivation, min_agreement", [("int8", 0.9), ("int8-dynamic", 0.6)])
+def test_torchao_derivations_quantize_linear_layers(derivation, min_agreement):
+    from polyplan.models.derive import apply_derivation
+
+    model = tiny_llama(vocab_size=64, hidden_size=64)
+    ids = torch.arange(20).view(1, -1) % 64
+    ref = model(ids).logits
+    apply_derivation(model, derivation)
+    weight = model.model.layers[0].self_attn.q_proj.weight
+    assert "Int8" in type(weight).__name__
+    out = model(ids).logits
+    assert out.shape == ref.shape
+    assert (out.argmax(-1) == ref.argmax(-1)).float().mean() >= min_agreement
+
+
+def test_gguf_source_cache_reuse_and_corruption(tmp_path, monkeypatch):
+    """A gguf: member is converted once into the cache; a cache whose weights file is damaged
+    (same size) fails to load with the fix named, and `check` catches it by hash."""
+    from polyplan.models import sources as src
+
+    monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
+    conversions = []
+
+    def fake_convert(gguf, out_dir, dtype):  # no tiny GGUF writer here: the conversion is faked
+        conversions.append(gguf.name)
+        save_tiny(out_dir, WORDS)
+
+    monkeypatch.setattr(src, "convert_gguf", fake_convert)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF fake")
+    path = tmp_path / "p.toml"
+    path.write_text('[pool]\ntarget = "m"\n[[member]]\nname = "m"\nsource = "gguf:m.gguf"\n')
+    pool = load_pool(path)
+    with pytest.raises(UserError, match=rf"not installed; run `polyplan models install {path}`"):
+        pool.drafter("m")
+    pool.install()
+    pool.install()
+    assert conversions == ["m.gguf"]
+    assert pool.drafter("m").vocab_size == 16
+
+    entry = next((tmp_path / "cache" / "models").iterdir())
+    weights = entry / "model.safetensors"
+    weights.write_bytes(b"\xff" * weights.stat().st_size)
+    fresh = load_pool(path)
+    with pytest.raises(UserError, match=r"model cache .* cannot be loaded .*--force"):
+        fresh.drafter("m")
+    with pytest.raises(UserError, match=r"fails its sha256 check.*polyplan models install .*--force"):
+        fresh.check()
+    fresh.install(force=True)
+    assert conversions == ["m.gguf", "m.gguf"]
+    assert load_pool(path).drafter("m").vocab_size == 16

@@ -498,14 +498,18 @@ def load_model(location: Path | str, dtype: str, device: str, fix: str = "polypl
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
+    is_cache_entry = isinstance(location, Path) and (location / model_cache.MANIFEST).exists()
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[dtype])
-    except (OSError, ValueError, RuntimeError) as e:
-        if isinstance(location, Path) and (location / model_cache.MANIFEST).exists():
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        if is_cache_entry:
+            # our entry passed its size check, so its bytes were changed: name the rebuild
             raise model_cache.CorruptCache(
                 f"model cache {location} cannot be loaded ({str(e).splitlines()[0][:120]}); "
                 f"run `{fix}` to rebuild it"
             ) from None
+        if not isinstance(e, (OSError, ValueError, RuntimeError)):
+            raise
         raise SourceError(f"cannot load a model from {location}: {str(e).splitlines()[0][:200]}") from None
     return model.to(device).eval()
 
