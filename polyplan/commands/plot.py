@@ -24,10 +24,12 @@ DPI_HELP = "resolution of the PNG files"
 GRID_HELP = "points per axis of the theory maps (time grows with its square)"
 
 
-def _report(paths: list[Path]) -> None:
-    console = Console()
-    for p in paths:
-        console.print(f"wrote {p}")
+def _report(written) -> None:
+    console = Console(highlight=False)
+    for path in written.paths:
+        console.print(f"wrote {path}", soft_wrap=True)
+    for reason in written.skipped:
+        console.print(f"[yellow]skipped[/yellow] {reason}", soft_wrap=True)
 
 
 def _check_file(path: Path, what: str) -> None:
@@ -114,6 +116,7 @@ def all_command(out: Path = typer.Option(README_FIGURES_DIR, "--out", help=OUT_H
     """Regenerate every README figure (run from the repository root: reads the committed files)."""
     _check_output(out, dpi)
     from polyplan.plots.writers import (
+        README_FIGURES,
         write_bench_figures,
         write_plan_figures,
         write_profile_figures,
@@ -127,3 +130,6 @@ def all_command(out: Path = typer.Option(README_FIGURES_DIR, "--out", help=OUT_H
     written += write_plan_figures(plan, out, profile_path=profile, dpi=dpi)
     written += write_bench_figures(bench, out, plan_path=plan, dpi=dpi)
     _report(written)
+    stale = [reason for reason in written.skipped if reason.split(":")[0] in README_FIGURES]
+    if stale:
+        raise UserError(f"{len(stale)} README figure(s) not regenerated: {'; '.join(stale)}")

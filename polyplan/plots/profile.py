@@ -39,7 +39,8 @@ def latency_curves(profile: Profile, *, names: Sequence[str] | None = None) -> F
             ax.plot(n, median, marker="o", ms=3, color=color, alpha=shade, label=label)
             if curve.spread_s and len(curve.spread_s) == len(curve.context):
                 spread = np.asarray(curve.spread_s[row], dtype=float) * 1e3
-                ax.fill_between(n, np.maximum(median - spread / 2, 1e-6), median + spread / 2,
+                # median +- IQR/2 approximates the quartiles; on a log axis keep the band above median/4
+                ax.fill_between(n, np.maximum(median - spread / 2, median / 4), median + spread / 2,
                                 color=color, alpha=0.12 * shade, lw=0)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

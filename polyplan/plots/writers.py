@@ -1,9 +1,12 @@
 """Write the figures of one document (or of the theory) as PNG files: what ``polyplan plot`` runs.
 
-Each ``write_*`` returns the paths it wrote. File names are stable (the README links them)."""
+Each ``write_*`` returns a ``WrittenFigures``: the paths it wrote and, for figures a document cannot
+support yet (an unfinished profile without acceptance pairs, bench results without per-level
+statistics), why each was skipped. File names are stable (the README links them)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,31 +27,43 @@ README_FIGURES = ("speedup-surfaces.png", "insertion-region.png", "acceptance-st
                   "pareto-front.png", "plan-breakdown.png", "predicted-vs-measured.png")
 
 
+@dataclass
+class WrittenFigures:
+    paths: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "<file name>: <why>"
+
+    def __add__(self, other: "WrittenFigures") -> "WrittenFigures":
+        return WrittenFigures(self.paths + other.paths, self.skipped + other.skipped)
+
+
 def _save(fig, out: Path, name: str, dpi: int) -> Path:
     return save_figure(fig, Path(out) / name, dpi=dpi)
 
 
-def write_theory_figures(out: str | Path, *, dpi: int = DEFAULT_DPI, grid: int = 40) -> list[Path]:
+def write_theory_figures(out: str | Path, *, dpi: int = DEFAULT_DPI, grid: int = 40) -> WrittenFigures:
     """``grid``: points per axis of the speedup and insertion maps (time grows with its square)."""
     if not 4 <= grid <= 200:
         raise UserError(f"--grid must be between 4 and 200 points per axis, got {grid}")
     alphas, costs = np.linspace(0.02, 0.98, grid + grid // 4), np.linspace(0.01, 0.6, grid)
     insertion = theory_plots.insertion_grid(np.linspace(0.3, 0.99, grid), np.linspace(0.02, 0.6, grid))
-    return [
+    return WrittenFigures([
         _save(theory_plots.speedup_surfaces(alphas, costs), out, "speedup-surfaces.png", dpi),
         _save(theory_plots.insertion_region(insertion), out, "insertion-region.png", dpi),
         _save(theory_plots.acceptance_stability(), out, "acceptance-stability.png", dpi),
         _save(theory_plots.model_vs_simulation(), out, "model-vs-simulation.png", dpi),
-    ]
+    ])
 
 
 def write_profile_figures(profile_path: str | Path, out: str | Path, *, mode: str = "greedy",
-                          dpi: int = DEFAULT_DPI) -> list[Path]:
+                          dpi: int = DEFAULT_DPI) -> WrittenFigures:
     profile = Profile.load(profile_path)
-    return [
-        _save(profile_plots.latency_curves(profile), out, "latency-curves.png", dpi),
-        _save(profile_plots.acceptance_heatmap(profile, mode), out, "acceptance-heatmap.png", dpi),
-    ]
+    written = WrittenFigures([_save(profile_plots.latency_curves(profile), out, "latency-curves.png", dpi)])
+    if profile.pairs:
+        written.paths.append(_save(profile_plots.acceptance_heatmap(profile, mode), out, "acceptance-heatmap.png", dpi))
+    else:
+        unfinished = "" if profile.complete else " (unfinished: rerun `polyplan profile` to resume)"
+        written.skipped.append(f"acceptance-heatmap.png: {profile_path} has no acceptance measurements{unfinished}")
+    return written
 
 
 def find_plan_profile(plan: Plan, plan_path: str | Path) -> Path | None:
@@ -75,7 +90,7 @@ def plan_options_from_profile(plan: Plan, profile: Profile) -> list[plan_plots.P
 
 
 def write_plan_figures(plan_path: str | Path, out: str | Path, *, profile_path: str | Path | None = None,
-                       dpi: int = DEFAULT_DPI) -> list[Path]:
+                       dpi: int = DEFAULT_DPI) -> WrittenFigures:
     """The Pareto front (every chain of the profile when the profile is found, else the plan's own
     short list) and, with the profile, the chosen plan's per-level time breakdown."""
     plan = Plan.load(plan_path)
@@ -89,9 +104,12 @@ def write_plan_figures(plan_path: str | Path, out: str | Path, *, profile_path: 
     else:
         options = plan_plots.options_from_plan(plan)
         title = "The plan's chain and runners-up (profile not found: short list only)"
-    written = [_save(plan_plots.pareto_front(options, chosen=plan.names, title=title), out, "pareto-front.png", dpi)]
+    written = WrittenFigures([_save(plan_plots.pareto_front(options, chosen=plan.names, title=title), out,
+                                    "pareto-front.png", dpi)])
     if profile is not None:
-        written.append(_save(plan_plots.plan_breakdown(plan, profile), out, "plan-breakdown.png", dpi))
+        written.paths.append(_save(plan_plots.plan_breakdown(plan, profile), out, "plan-breakdown.png", dpi))
+    else:
+        written.skipped.append("plan-breakdown.png: the plan's profile was not found (give --profile)")
     return written
 
 
@@ -107,18 +125,21 @@ def find_results_plan(results: dict, results_path: str | Path) -> Path | None:
 
 
 def write_bench_figures(results_path: str | Path, out: str | Path, *, plan_path: str | Path | None = None,
-                        dpi: int = DEFAULT_DPI) -> list[Path]:
+                        dpi: int = DEFAULT_DPI) -> WrittenFigures:
     """Predicted vs measured time per token, measured speedups and, when the plan is found and a
     method recorded per-level statistics, measured against predicted L_i."""
     results = load_results(results_path)
-    written = [
+    written = WrittenFigures([
         _save(bench_plots.predicted_vs_measured(results), out, "predicted-vs-measured.png", dpi),
         _save(bench_plots.speedups(results), out, "bench-speedups.png", dpi),
-    ]
+    ])
+    name = "levels-measured-vs-predicted.png"
     found = Path(plan_path) if plan_path is not None else find_results_plan(results, results_path)
-    if found is not None:
-        comparisons = bench_plots.level_comparisons(results, Plan.load(found))
-        if comparisons:
-            written.append(_save(bench_plots.levels_measured_vs_predicted(comparisons), out,
-                                 "levels-measured-vs-predicted.png", dpi))
+    comparisons = bench_plots.level_comparisons(results, Plan.load(found)) if found is not None else []
+    if comparisons:
+        written.paths.append(_save(bench_plots.levels_measured_vs_predicted(comparisons), out, name, dpi))
+    elif found is None:
+        written.skipped.append(f"{name}: the plan the bench ran was not found (give --plan)")
+    else:
+        written.skipped.append(f"{name}: no method with per-level statistics ran the plan's chain")
     return written
