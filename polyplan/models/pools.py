@@ -269,7 +269,13 @@ class Pool:
             apply_derivation(model, spec.derivation)
             drafter = ModelDrafter(model, name, tokenizer=self._maybe_tokenizer(self.source(name)))
             if name != self.target:
-                check_same_vocabulary([self.drafter(self.target), drafter])
+                # against the target's config: no need to load the target's weights for this
+                target_vocab = self.vocab_size
+                if drafter.vocab_size != target_vocab:
+                    raise VocabularyMismatch(
+                        f"{name} has a vocabulary of {drafter.vocab_size} tokens but {self.target} has "
+                        f"{target_vocab}: every chain member must share the target's tokenizer"
+                    )
         self._drafters[name] = drafter
         return drafter
 
