@@ -229,3 +229,14 @@ def test_dtype_names():
     assert src.dtype_name("bf16") == "bfloat16" and src.dtype_name("float32") == "float32"
     with pytest.raises(UserError, match="unknown dtype 'int3'"):
         src.dtype_name("int3")
+
+
+def test_sweep_removes_only_dead_installs_work(cache_dir):
+    tmp = cache_dir / "tmp"
+    tmp.mkdir(parents=True)
+    mine = tmp / f"{os.getpid()}-live"
+    dead = tmp / "999999999-dead"
+    mine.mkdir()
+    dead.mkdir()
+    model_cache.sweep_stale_tmp()
+    assert mine.exists() and not dead.exists()

@@ -75,15 +75,17 @@ def staging_dir(root: Path | None = None) -> Iterator[Path]:
 
 
 def sweep_stale_tmp(root: Path | None = None, older_than_s: float = 3600.0) -> None:
-    """Remove work directories of dead installs (by pid) or older than ``older_than_s``."""
+    """Remove work directories of installs whose process is gone (other entries: older than
+    ``older_than_s``)."""
     tmp_root = (root or cache_root()) / "tmp"
     if not tmp_root.is_dir():
         return
     now = time.time()
     for p in tmp_root.iterdir():
         pid_text = p.name.split("-", 1)[0]
-        alive = pid_text.isdigit() and _pid_alive(int(pid_text))
-        if not alive or now - p.stat().st_mtime > older_than_s:
+        # a live install may run for long (the 1.5B model): only its pid being gone frees its work
+        stale = not _pid_alive(int(pid_text)) if pid_text.isdigit() else now - p.stat().st_mtime > older_than_s
+        if stale:
             shutil.rmtree(p, ignore_errors=True)
 
 

@@ -35,7 +35,9 @@ def chat_prompt_ids(tokenizer: Any, text: str) -> list[int]:
     return [int(t) for t in tokenizer(text)["input_ids"]]
 
 
-def greedy_generations(model: torch.nn.Module, tokenizer: Any, texts: list[str], max_new_tokens: int) -> list[list[int]]:
+def greedy_generations(
+    model: torch.nn.Module, tokenizer: Any, texts: list[str], max_new_tokens: int, log: Callable[[str], None] | None = None
+) -> list[list[int]]:
     """Prompt + greedy continuation (up to EOS) for each text, batched with left padding."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = model.generation_config.eos_token_id
@@ -59,6 +61,8 @@ def greedy_generations(model: torch.nn.Module, tokenizer: Any, texts: list[str],
             gen = out[i, width:].tolist()
             cut = next((j + 1 for j, t in enumerate(gen) if t in eos_set), len(gen))
             sequences.append(p + gen[:cut])
+        if log:
+            log(f"  generated {len(sequences)}/{len(texts)}")
     return sequences
 
 
@@ -87,7 +91,7 @@ def load_or_fit_table(pool: "Pool", spec: "MemberSpec", *, force: bool = False, 
         log(f"n-gram table {path} is unreadable; fitting it again")
     log(f"{spec.name}: fitting an order-{spec.options['order']} table on {pool.target}'s greedy generations for {len(texts)} fit prompts")
     target = pool.drafter(pool.target)
-    sequences = greedy_generations(target.model, pool.tokenizer, texts, spec.options["max_new_tokens"])
+    sequences = greedy_generations(target.model, pool.tokenizer, texts, spec.options["max_new_tokens"], log=log)
     table = NgramTable.fit(sequences, spec.options["order"])
     atomic_write_json(path, {
         "schema": TABLE_SCHEMA, "version": TABLE_VERSION, "target": pool.target,
