@@ -285,13 +285,19 @@ def test_cli_plot_plan_finds_its_profile_and_profile_plot_runs(documents, tmp_pa
     (["theory", "--grid", "1"], "--grid"),
     (["all", "--profile", "nowhere.json"], "does not exist"),
 ])
-def test_cli_plot_bad_input_is_one_line(documents, tmp_path, args, message):
+def test_cli_plot_bad_input_is_one_line(documents, tmp_path, args, message, monkeypatch, capsys):
+    """In-process through the console entry point (a subprocess per case would cost seconds each)."""
+    from polyplan.cli import main
+
     profile_path, plan_path, bench_path = documents
     names = {"profile": str(profile_path), "plan": str(plan_path), "bench": str(bench_path)}
-    run = polyplan("plot", *[a.format(**names) for a in args], cwd=tmp_path)
-    assert run.returncode == 2
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], run.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["polyplan", "plot", *[a.format(**names) for a in args]])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
 
 
 def test_plots_never_import_torch():
@@ -299,3 +305,15 @@ def test_plots_never_import_torch():
             "assert 'torch' not in sys.modules, 'torch imported'; assert 'matplotlib.pyplot' not in sys.modules")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_unfinished_profile_writes_latency_and_says_why_the_heatmap_is_missing(tmp_path):
+    from polyplan.plots.writers import write_profile_figures
+
+    partial = synthetic_profile()
+    partial.pairs, partial.complete = [], False
+    partial.save(tmp_path / "partial.json")
+    written = write_profile_figures(tmp_path / "partial.json", tmp_path / "out")
+    assert [p.name for p in written.paths] == ["latency-curves.png"]
+    assert len(written.skipped) == 1 and "no acceptance measurements" in written.skipped[0]
+    assert "rerun `polyplan profile`" in written.skipped[0]
