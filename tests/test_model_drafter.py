@@ -83,3 +83,15 @@ def test_sliding_window_cache_is_refused():
 def test_bf16_model_returns_float32_logits():
     d = ModelDrafter(tiny_llama(vocab_size=16, dtype=torch.bfloat16), "tiny-bf16")
     assert d.score(torch.tensor([1, 2])).dtype == torch.float32
+
+
+def test_last_positions_only():
+    model = tiny_llama(vocab_size=16, num_layers=2, seed=4)
+    ids = torch.arange(10) % 16
+    full = ModelDrafter(model, "a").score(ids)
+    d = ModelDrafter(model, "b")
+    part = d.score(ids, last=3)
+    assert part.shape == (3, 16) and d.processed == 10
+    torch.testing.assert_close(part, full[-3:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(d.score(ids[:2], last=5), ModelDrafter(model, "c").score(torch.cat([ids, ids[:2]]))[-2:],
+                               atol=1e-5, rtol=1e-5)

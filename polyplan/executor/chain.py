@@ -34,6 +34,7 @@ from polyplan.errors import UserError
 from polyplan.executor.sampling import SamplingParams, sample, verify_greedy, verify_sampled
 from polyplan.executor.stats import GenerationStats, LevelStats
 from polyplan.models.drafter import Drafter, check_same_vocabulary
+from polyplan.models.model_drafter import ModelDrafter
 
 
 @dataclass
@@ -52,8 +53,6 @@ def as_drafter(member: Any, position: int) -> Drafter:
     if isinstance(member, Drafter):
         return member
     if isinstance(member, torch.nn.Module) and hasattr(member, "config"):
-        from polyplan.models.model_drafter import ModelDrafter
-
         path = str(getattr(member.config, "name_or_path", "") or "").rstrip("/")
         name = path.rsplit("/", 1)[-1] or f"{type(member).__name__}#{position}"
         return ModelDrafter(member, name)
@@ -244,6 +243,8 @@ class _StagedRun:
         self.generators: dict[torch.device, torch.Generator] = {}
         self.seed = seed
         self.clocks = [_ForwardClock(d.device) for d in self.drafters]
+        # ModelDrafter can skip the LM head for positions nobody reads (prompt prefill, unseen tokens)
+        self.partial_logits = [isinstance(d, ModelDrafter) for d in self.drafters]
         self.stats = GenerationStats(
             levels=[LevelStats(d.name, None if i == 0 else self.gammas[i - 1]) for i, d in enumerate(self.drafters)],
             prompt_tokens=len(prompt),
@@ -258,10 +259,14 @@ class _StagedRun:
             self.generators[device] = gen
         return gen
 
-    def _forward(self, level: int, feed: torch.Tensor) -> torch.Tensor:
+    def _forward(self, level: int, feed: torch.Tensor, last: int) -> torch.Tensor:
+        """Logits of the last ``last`` fed positions (the only ones the chain uses)."""
         clock = self.clocks[level]
         started = clock.start()
-        logits = self.drafters[level].score(feed)
+        if self.partial_logits[level]:
+            logits = self.drafters[level].score(feed, last=last)
+        else:
+            logits = self.drafters[level].score(feed)[-last:]
         clock.stop(started)
         st = self.stats.levels[level]
         st.forward_passes += 1
@@ -298,7 +303,7 @@ class _StagedRun:
         qs = []
         gen = None if self.params.greedy else self._generator(d.device)
         for _ in range(n):
-            last = self._forward(level, feed)[-1:]
+            last = self._forward(level, feed, 1)
             if self.params.greedy:
                 token = last.argmax(dim=-1)
             else:
@@ -338,8 +343,7 @@ class _StagedRun:
         dev = d.device
         m = self.length - base
         start = self._ready_to_score(level, base)
-        logits = self._forward(level, self.W[start : self.length])
-        rows = logits[-(m + 1) :]
+        rows = self._forward(level, self.W[start : self.length], m + 1)
         draft = self.W[base : self.length].to(dev, non_blocking=True)
         if self.params.greedy:
             accepted_t, token_t = verify_greedy(rows, draft)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ class ModelDrafter(Drafter):
         )
         self._max_context = getattr(text_config, "max_position_embeddings", None)
         self._cache_kwarg = cache_kwarg_name(model)
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._cache = new_rollbackable_cache(model, name)
         self._processed = 0
         self._checked_after_first_pass = False
@@ -61,7 +63,9 @@ class ModelDrafter(Drafter):
         self._cache = new_rollbackable_cache(self.model, self.name)
         self._processed = 0
 
-    def score(self, new_ids: torch.Tensor) -> torch.Tensor:
+    def score(self, new_ids: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        """As :meth:`Drafter.score`; with ``last``, only the logits of the last ``last`` positions
+        are computed and returned (the LM head over a long prefill is not free)."""
         n = int(new_ids.shape[0])
         if n == 0:
             return torch.empty((0, self.vocab_size), dtype=torch.float32, device=self.device)
@@ -71,14 +75,18 @@ class ModelDrafter(Drafter):
                 f"{self._processed + n}: shorten the prompt or lower --max-new-tokens"
             )
         ids = new_ids.to(self.device, non_blocking=True).view(1, n)
+        kwargs = {self._cache_kwarg: self._cache}
+        if last is not None and self._keeps_logits and last < n:
+            kwargs["logits_to_keep"] = last
         with torch.inference_mode():
-            out = self.model(input_ids=ids, use_cache=True, **{self._cache_kwarg: self._cache})
+            out = self.model(input_ids=ids, use_cache=True, **kwargs)
         self._processed += n
         if not self._checked_after_first_pass:
             # layers of a config-less DynamicCache appear lazily: check again once they exist
             check_rollbackable(self._cache, self.name)
             self._checked_after_first_pass = True
-        return out.logits[0].float()
+        logits = out.logits[0]
+        return logits[-last:].float() if last is not None else logits.float()
 
     def rollback(self, length: int) -> None:
         rollback_cache(self._cache, self._processed, length)
