@@ -24,6 +24,7 @@ def list_pools(
 ) -> None:
     """Pools, their members and whether each member's weights are installed."""
     from polyplan.models import builtin_pools, load_pool
+    from polyplan.models.ngram_fit import table_path
 
     names = [pool] if pool else builtin_pools()
     for name in names:
@@ -34,7 +35,10 @@ def list_pools(
             table.add_column(col)
         for m in p.members:
             role = "target" if m.name == p.target else "drafter"
-            state = "-" if m.model_free else ("yes" if installed[m.name] else "no")
+            if m.source == "ngram":
+                state = "fitted" if installed.get(p.target) and table_path(p, m)[0].is_file() else "not fitted"
+            else:
+                state = "-" if m.model_free else ("yes" if installed[m.name] else "no")
             table.add_row(m.name, role, m.kind if m.derivation == "none" else m.derivation, m.describe(), state)
         _out.print(table)
         if not all(installed.values()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -73,14 +74,19 @@ def _table_key(pool: "Pool", spec: "MemberSpec", texts: list[str]) -> str:
     return h.hexdigest()[:20]
 
 
-def load_or_fit_table(pool: "Pool", spec: "MemberSpec", *, force: bool = False, log: Callable[[str], None] | None = None) -> NgramTable:
-    """The cached n-gram table of ``spec`` in ``pool``, fitted now when missing or unreadable."""
+def table_path(pool: "Pool", spec: "MemberSpec") -> tuple[Path, list[str]]:
+    """Where the table of ``spec`` is cached, and the fit-prompt texts it is fitted on."""
     from polyplan.data import load_prompts
 
-    log = log or (lambda msg: None)
     limit = spec.options.get("fit_prompts") or None
     texts = [p.text for p in load_prompts(split="fit", limit=limit)]
-    path = model_cache.cache_root() / "ngram" / f"{pool.target}-{_table_key(pool, spec, texts)}.json"
+    return model_cache.cache_root() / "ngram" / f"{pool.target}-{_table_key(pool, spec, texts)}.json", texts
+
+
+def load_or_fit_table(pool: "Pool", spec: "MemberSpec", *, force: bool = False, log: Callable[[str], None] | None = None) -> NgramTable:
+    """The cached n-gram table of ``spec`` in ``pool``, fitted now when missing or unreadable."""
+    log = log or (lambda msg: None)
+    path, texts = table_path(pool, spec)
     if path.is_file() and not force:
         try:
             doc = json.loads(path.read_text())
