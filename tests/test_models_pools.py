@@ -257,3 +257,44 @@ def test_gguf_source_cache_reuse_and_corruption(tmp_path, monkeypatch):
     fresh.install(force=True)
     assert conversions == ["m.gguf", "m.gguf"]
     assert load_pool(path).drafter("m").vocab_size == 16
+
+
+def test_ngram_member_fits_on_fit_prompts_once_and_caches(tmp_path, monkeypatch):
+    from polyplan.data import load_prompts
+    from polyplan.models import ngram_fit
+
+    monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
+    save_tiny(tmp_path / "big", WORDS)
+    path = tmp_path / "p.toml"
+    path.write_text(
+        '[pool]\ntarget = "big"\n[[member]]\nname = "big"\nsource = "dir:big"\n'
+        '[[member]]\nname = "ng"\nsource = "ngram"\norder = 3\nfit_prompts = 3\nmax_new_tokens = 6\n'
+    )
+    seen_texts = []
+    real = ngram_fit.greedy_generations
+
+    def spy(model, tokenizer, texts, max_new_tokens, log=None):
+        seen_texts.extend(texts)
+        return real(model, tokenizer, texts, max_new_tokens, log)
+
+    monkeypatch.setattr(ngram_fit, "greedy_generations", spy)
+    pool = load_pool(path)
+    ng = pool.drafter("ng")
+    fit_texts = {p.text for p in load_prompts(split="fit")}
+    assert len(seen_texts) == 3 and set(seen_texts) <= fit_texts  # never eval prompts
+    assert ng.point_mass and ng.table.order == 3 and len(ng.table) > 0
+    (table_file,) = (tmp_path / "cache" / "ngram").iterdir()
+    assert json_schema(table_file) == "polyplan.ngram-table"
+    # a fresh pool object reuses the cached table: no generation
+    again = load_pool(path).drafter("ng")
+    assert len(seen_texts) == 3 and again.table.best_next == ng.table.best_next
+    # with nothing to copy from the context, proposals come from the fitted table
+    for key, nxt in list(ng.table.best_next.items())[:20]:
+        ng.reset()
+        assert ng.propose(list(key), 1) == [nxt]
+
+
+def json_schema(path: Path) -> str:
+    import json
+
+    return json.loads(path.read_text())["schema"]
