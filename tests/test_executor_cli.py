@@ -1,0 +1,94 @@
+"""`polyplan run` end to end on tiny model directories (saved tiny Llamas + a word-level tokenizer)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_models import perturbed_copy, tiny_llama
+
+WORDS = ["<s>", "</s>"] + [f"w{i}" for i in range(30)]
+
+
+def save_model_dir(model, path: Path) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="w0")
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    target = tiny_llama(vocab_size=len(WORDS), num_layers=2, seed=1, logit_scale=3.0)
+    draft = perturbed_copy(target, 0.01, seed=2)
+    return save_model_dir(target, root / "target"), save_model_dir(draft, root / "draft"), target
+
+
+def polyplan(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "polyplan.cli", *args], input=stdin, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_run_json_matches_target_generate(model_dirs):
+    target_dir, draft_dir, target = model_dirs
+    out = polyplan("run", "w3 w4 w5", "--chain", f"{target_dir},{draft_dir}", "--gammas", "3",
+                   "--max-new-tokens", "12", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["gammas"] == [3] and len(doc["chain"]) == 2
+    ids = torch.tensor([[3 + 2, 4 + 2, 5 + 2]])
+    ref = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                          eos_token_id=1, pad_token_id=1)[0, 3:].tolist()
+    assert doc["tokens"] == ref
+    assert doc["stats"]["levels"][0]["num_drafts"] >= 1
+
+
+def test_run_streams_text_from_stdin_with_stats(model_dirs):
+    target_dir, draft_dir, _ = model_dirs
+    out = polyplan("run", "--chain", f"{target_dir},{draft_dir}", "--gammas", "2", "--max-new-tokens", "8",
+                   "--temperature", "0.8", "--top-k", "5", "--stats", stdin="w7 w8")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().split()[0].startswith("w") or out.stdout.strip() == ""
+    assert "accept len" in out.stderr
+
+
+def test_run_bad_input_is_one_line(model_dirs):
+    target_dir, draft_dir, _ = model_dirs
+    out = polyplan("run", "w1", "--chain", f"{target_dir},{draft_dir}", "--gammas", "3,2")
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("polyplan: error:")]
+    assert len(lines) == 1 and "needs 1 gammas" in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(gammas="0"), "gamma"),
+    (dict(gammas="x"), "comma-separated"),
+    (dict(gammas="3", prompt_file=Path("/nonexistent/prompt.txt")), "cannot read"),
+    (dict(gammas="3", args=["w1", "w2"]), "at most one prompt"),
+    (dict(gammas="3", max_new_tokens=10_000), "exceed the context"),
+])
+def test_run_bad_input_raises_user_error(model_dirs, kwargs, message):
+    from polyplan.commands.run import run_command
+    from polyplan.errors import UserError
+
+    target_dir, draft_dir, _ = model_dirs
+    call = dict(args=["w1"], pool=None, chain=f"{target_dir},{draft_dir}", gammas=None, plan=None, prompt_file=None,
+                chat=False, max_new_tokens=4, temperature=None, top_k=None, top_p=None, seed=0, stats=False,
+                as_json=True)
+    call.update(kwargs)
+    if call["prompt_file"] is not None:
+        call["args"] = None
+    with pytest.raises(UserError, match=message):
+        run_command(**call)
