@@ -109,27 +109,41 @@ def bench_command(results: Path = typer.Argument(..., help="results .json writte
 @app.command("all")
 def all_command(out: Path = typer.Option(README_FIGURES_DIR, "--out", help=OUT_HELP),
                 profile: Path = typer.Option(DEFAULT_PROFILE, "--profile", help="profile to plot"),
-                plan: Path = typer.Option(DEFAULT_PLAN, "--plan", help="plan to plot"),
-                bench: Path = typer.Option(DEFAULT_BENCH, "--bench", help="bench results to plot"),
+                plan: Optional[Path] = typer.Option(
+                    None, "--plan", help=f"plan to plot (default: {DEFAULT_PLAN} if committed, else the "
+                    "plan `polyplan optimize PROFILE` makes, computed in memory)"),
+                bench: Optional[Path] = typer.Option(
+                    None, "--bench", help=f"bench results to plot (default: {DEFAULT_BENCH}; skipped if absent)"),
                 dpi: int = typer.Option(100, "--dpi", help=DPI_HELP),
                 grid: int = typer.Option(40, "--grid", help=GRID_HELP)) -> None:
     """Regenerate every README figure (run from the repository root: reads the committed files)."""
     _check_output(out, dpi)
     from polyplan.plots.writers import (
         README_FIGURES,
+        WrittenFigures,
         write_bench_figures,
         write_plan_figures,
         write_profile_figures,
         write_theory_figures,
     )
 
-    for path, what in ((profile, "profile"), (plan, "plan"), (bench, "bench results")):
-        _check_file(path, what)
+    _check_file(profile, "profile")
+    for path, what in ((plan, "plan"), (bench, "bench results")):
+        if path is not None:
+            _check_file(path, what)
+    if plan is None and DEFAULT_PLAN.is_file():
+        plan = DEFAULT_PLAN
+    if bench is None and DEFAULT_BENCH.is_file():
+        bench = DEFAULT_BENCH
     written = write_theory_figures(out, dpi=dpi, grid=grid)
     written += write_profile_figures(profile, out, dpi=dpi)
     written += write_plan_figures(plan, out, profile_path=profile, dpi=dpi)
-    written += write_bench_figures(bench, out, plan_path=plan, dpi=dpi)
-    _report(written)
+    if bench is not None:
+        written += write_bench_figures(bench, out, plan_path=plan, dpi=dpi)
     stale = [reason for reason in written.skipped if reason.split(":")[0] in README_FIGURES]
+    if bench is None:  # not an error: the bench figures simply wait for committed results
+        written += WrittenFigures(skipped=[f"bench figures: no bench results ({DEFAULT_BENCH} not committed; "
+                                           "give --bench)"])
+    _report(written)
     if stale:
         raise UserError(f"{len(stale)} README figure(s) not regenerated: {'; '.join(stale)}")

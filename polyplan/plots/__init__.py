@@ -23,6 +23,7 @@ from polyplan.plots.bench import (
 from polyplan.plots.canvas import DEFAULT_DPI, new_figure, save_figure
 from polyplan.plots.plan import (
     PlanOption,
+    chain_breakdown,
     level_breakdown,
     options_from_estimates,
     options_from_plan,
@@ -58,6 +59,7 @@ __all__ = [
     "acceptance_matrix",
     "acceptance_stability",
     "category_matrix",
+    "chain_breakdown",
     "insertion_grid",
     "insertion_region",
     "latency_curves",

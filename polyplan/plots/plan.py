@@ -100,49 +100,65 @@ def pareto_front(options: Sequence[PlanOption], *, chosen: Sequence[str] | None 
     return fig
 
 
-def level_breakdown(plan: Plan, profile: Profile) -> list[float]:
-    """Seconds per output token spent in each level of the plan's chain (i.i.d. exact model with
-    the profile's latency curves at the plan's context; they sum to the predicted time)."""
-    context = float(plan.settings.get("context", 0.0))
-    for name in plan.names:
+def chain_breakdown(profile: Profile, chain: Sequence[str], gammas: Sequence[int], *, mode: str,
+                    context: float) -> list[float]:
+    """Seconds per output token spent in each level of ``chain`` at ``gammas`` (i.i.d. exact model
+    with the profile's latency curves at ``context``; they sum to its predicted time per token)."""
+    for name in chain:
         if name not in profile.latency:
-            raise UserError(f"profile has no latency curve for {name!r}, a member of the plan")
-    alphas = [profile.pair(u, d).alpha(plan.mode) for u, d in zip(plan.names, plan.names[1:])]
-    latency = [lambda n, curve=profile.latency[name]: curve(n, context) for name in plan.names]
-    prediction = predict_chain(alphas, plan.gammas, latency)
+            raise UserError(f"profile has no latency curve for {name!r}, a member of the chain")
+    alphas = [profile.pair(u, d).alpha(mode) for u, d in zip(chain, chain[1:])]
+    latency = [lambda n, curve=profile.latency[name]: curve(n, context) for name in chain]
+    prediction = predict_chain(alphas, list(gammas), latency)
     # Time per token is linear in the latencies (tokens per round do not depend on them), so level
     # i's share is the prediction with every other level free. The theory refuses a free target,
     # so the target gets a unit constant there and its exact contribution (1 / L_1) is subtracted.
     terms = []
     for level in range(1, len(latency)):
         only = [1.0] + [t if i == level else 0.0 for i, t in enumerate(latency) if i > 0]
-        alone = predict_chain(alphas, plan.gammas, only)
+        alone = predict_chain(alphas, list(gammas), only)
         terms.append(float(alone.time_per_token) - float(alone.passes_per_token[0]))
     return [float(prediction.time_per_token) - sum(terms), *terms]
 
 
+def level_breakdown(plan: Plan, profile: Profile) -> list[float]:
+    """``chain_breakdown`` of the plan's chosen chain at its mode and context."""
+    return chain_breakdown(profile, plan.names, plan.gammas, mode=plan.mode,
+                           context=float(plan.settings.get("context", 0.0)))
+
+
 def plan_breakdown(plan: Plan, profile: Profile) -> Figure:
-    """Where the chosen plan's time per token goes (T_i / L_i per level, i.i.d. model), beside
-    autoregressive decoding; each level is annotated with its L_i (output tokens per pass)."""
-    terms = np.array(level_breakdown(plan, profile)) * 1e3
+    """Where the time per token goes (T_i / L_i per level, i.i.d. model) for the chosen plan, the
+    best two-level chain (when it is not the plan) and autoregressive decoding."""
+    bars = [(f"chosen plan\n$\\gamma$=[{','.join(map(str, plan.gammas)) or '-'}]", list(plan.names),
+             level_breakdown(plan, profile))]
+    two = plan.two_level
+    if two and list(two["chain"]) != plan.names:
+        bars.append((f"best two-level\n$\\gamma$=[{','.join(map(str, two['gammas']))}]", list(two["chain"]),
+                     chain_breakdown(profile, two["chain"], two["gammas"], mode=plan.mode,
+                                     context=float(plan.settings.get("context", 0.0)))))
     autoregressive = plan.prediction.get("autoregressive_time_per_token_s")
-    fig, (ax,) = new_figure(6.4, 4.2)
-    bottom = 0.0
-    tokens_per_pass = plan.prediction.get("tokens_per_pass", [])
-    for level, (name, term) in enumerate(zip(plan.names, terms)):
-        L = tokens_per_pass[level] if level < len(tokens_per_pass) else float("nan")
-        ax.bar([0], [term], bottom=bottom, color=f"C{level}", width=0.6,
-               label=f"$M_{level + 1}$ {name}: $L$={L:.2f}")
-        if term > 0.04 * terms.sum():
-            ax.text(0, bottom + term / 2, f"{term:.2f} ms", ha="center", va="center", fontsize=8, color="white")
-        bottom += term
+    fig, (ax,) = new_figure(7.0, 4.4)
+    colors: dict[str, str] = {}
+    for x, (label, chain, terms) in enumerate(bars):
+        bottom = 0.0
+        for name, term in zip(chain, np.array(terms) * 1e3):
+            new = name not in colors
+            color = colors.setdefault(name, f"C{len(colors)}")
+            ax.bar([x], [term], bottom=bottom, color=color, width=0.6, label=name if new else None)
+            if term > 0.05 * sum(terms) * 1e3:
+                ax.text(x, bottom + term / 2, f"{term:.2f}", ha="center", va="center", fontsize=7, color="white")
+            bottom += term
+        ax.text(x, bottom, f"{bottom:.2f} ms", ha="center", va="bottom", fontsize=8)
+    labels = [label for label, _, _ in bars]
     if autoregressive:
-        ax.bar([1], [autoregressive * 1e3], color="0.6", width=0.6, label="autoregressive")
-        ax.text(1, autoregressive * 1e3 / 2, f"{autoregressive * 1e3:.2f} ms", ha="center", va="center", fontsize=8)
-    gammas = ",".join(map(str, plan.gammas)) or "-"
-    ax.set_xticks([0, 1], [f"plan ($\\gamma$=[{gammas}])", "autoregressive"])
-    ax.set_xlim(-0.6, 2.4)
-    ax.set_ylabel("predicted time per output token [ms]")
+        ax.bar([len(bars)], [autoregressive * 1e3], color="0.6", width=0.6, label="autoregressive")
+        ax.text(len(bars), autoregressive * 1e3, f"{autoregressive * 1e3:.2f} ms", ha="center", va="bottom",
+                fontsize=8)
+        labels.append("autoregressive")
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlim(-0.6, len(labels) + 0.9)
+    ax.set_ylabel("predicted time per output token [ms]\n(stacked: $T_i / L_i$ per model)")
     speedup = plan.prediction.get("speedup")
     ax.set_title(f"Chosen plan: {' > '.join(plan.names)}"
                  + (f", predicted speedup {speedup:.2f}x" if speedup else ""), fontsize=9)

@@ -89,11 +89,19 @@ def plan_options_from_profile(plan: Plan, profile: Profile) -> list[plan_plots.P
     return plan_plots.options_from_estimates(result.ranked)
 
 
-def write_plan_figures(plan_path: str | Path, out: str | Path, *, profile_path: str | Path | None = None,
+def write_plan_figures(plan_path: str | Path | None, out: str | Path, *, profile_path: str | Path | None = None,
                        dpi: int = DEFAULT_DPI) -> WrittenFigures:
     """The Pareto front (every chain of the profile when the profile is found, else the plan's own
-    short list) and, with the profile, the chosen plan's per-level time breakdown."""
-    plan = Plan.load(plan_path)
+    short list) and, with the profile, the chosen plan's per-level time breakdown.
+    ``plan_path=None``: the plan ``polyplan optimize`` makes from ``profile_path`` with its defaults."""
+    if plan_path is None:
+        if profile_path is None:
+            raise UserError("need a plan or a profile to plan from")
+        from polyplan.planner import optimize
+
+        plan = optimize(profile_path)[0]
+    else:
+        plan = Plan.load(plan_path)
     found = Path(profile_path) if profile_path is not None else find_plan_profile(plan, plan_path)
     profile = Profile.load(found) if found is not None else None
     if profile is not None and profile.target != plan.target:
