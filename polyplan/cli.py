@@ -46,7 +46,7 @@ def version() -> None:
 
 # group name -> module; a module that defines ``app`` becomes ``polyplan <group> ...``,
 # one that defines ``register(root)`` adds top-level commands itself.
-GROUPS = ["theory", "models", "run", "profile", "optimize", "bench", "plot"]
+GROUPS = ["theory", "models", "run", "profile", "optimize", "bench", "plot", "quickstart"]
 
 
 def _load_groups() -> None:

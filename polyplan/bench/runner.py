@@ -248,9 +248,9 @@ def _hf_assisted(target_name, target, d_name, d, g, temperature, eos) -> list[Be
     from polyplan.models.model_free import PromptLookupDrafter
 
     if d.point_mass:
-        if not isinstance(d, PromptLookupDrafter):
-            return []  # transformers has no equivalent of a fitted n-gram table
-        max_n = int(getattr(getattr(d, "_index", None), "max_n", 2))
+        # transformers has no fitted n-gram table: its prompt lookup is the closest model-free
+        # drafter it offers, so an n-gram plan is compared against that.
+        max_n = int(getattr(getattr(d, "_index", None), "max_n", 3)) if isinstance(d, PromptLookupDrafter) else 3
         return [
             hf_method(MethodSpec("hf-assisted-default", f"transformers prompt lookup ({HF_PROMPT_LOOKUP_DEFAULT} tokens)",
                                  "transformers", [target_name, d_name], [None]),
