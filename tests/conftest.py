@@ -37,3 +37,15 @@ def smollm2_pool():
     if not all(pool.installed().values()):
         pytest.skip(SMOLLM2_MISSING)
     return pool
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models and tensors: a second intra-op thread only adds wake-up latency (about 1 ms
+    per op on a shared 2-core machine), so tests on them run single-threaded."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,13 +21,7 @@ RANDOM = tiny_llama(vocab_size=VOCAB, num_layers=1, seed=4)  # disagrees often: 
 PROMPTS = [[3, 5, 7], [0, 9, 9, 9, 2, 11, 30], [17], list(range(2, 30))]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: a second intra-op thread only adds wake-up latency on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def hf_greedy(prompt: list[int], n: int) -> list[int]:

@@ -24,13 +24,7 @@ V, L, N = 5, 3, 4000
 PROMPT = [2, 4]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: waking a second intra-op thread costs ~1 ms per op on a loaded machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def exact_distribution(logits_after, params: SamplingParams, prompt: list[int], length: int) -> dict:

@@ -6,12 +6,7 @@ from polyplan.models.kv_cache import CacheNotRollbackable
 from polyplan.models.model_drafter import ModelDrafter
 from tiny_models import tiny_llama, tiny_sliding_mistral
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CONFIGS = [dict(vocab_size=8, num_layers=1, seed=1), dict(vocab_size=32, num_layers=2, seed=2)]
