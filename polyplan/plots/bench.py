@@ -143,12 +143,14 @@ def level_comparisons(results: dict[str, Any], plan: Any) -> list[LevelCompariso
     out = []
     for method in results.get("methods", []):
         measured = method.get("measured", {}).get("tokens_per_pass")
-        if not measured or any(x is None for x in measured):
+        if not measured or all(x is None for x in measured):
             continue
+        # a model-free bottom level runs no forward passes: its L_i is undefined (None), drawn as a gap
         for chain, gammas, predicted in planned:
             if tuple(method.get("chain", ())) == chain and tuple(method.get("gammas", ())) == gammas:
                 out.append(LevelComparison(method.get("label") or method["name"], chain,
-                                           tuple(float(x) for x in measured), predicted))
+                                           tuple(float("nan") if x is None else float(x) for x in measured),
+                                           predicted))
     return out
 
 
