@@ -1,7 +1,8 @@
 """Regret and prediction error of a plan: run a grid of plans (the chosen one, its runners-up, and
 its gammas moved by +-1 per level) interleaved on the eval prompts, and compare the chosen plan
 with the best measured one (goal: regret <= 3%), plus |predicted - measured| / measured for both
-predictors over every grid point (goal: <= 5%).
+predictors over every grid point (goal: <= 5%), of time per token and of speedup (the latter
+immune to the machine running faster or slower than when the profile was taken).
 
     .venv/bin/python benchmarks/regret.py plan.json [--prompts 8] [--repeats 3] [--max-new-tokens 64]
                                           [--pool NAME] [-o regret.json]
@@ -28,15 +29,18 @@ def error_summary(doc: dict) -> dict:
     each predictor ranks the grid the same way the measurement does (its own regret)."""
     polyplan = [m for m in doc["methods"] if m["engine"] == "polyplan" and m["measured"].get("time_per_token_s")]
     out = {}
-    for name in ("iid", "replay"):
+    for name in ("iid", "replay", "iid@bench", "replay@bench"):
         errs = [m["error"][name] for m in polyplan if name in m["error"]]
         if not errs:
             continue
         picked = min((m for m in polyplan if name in m["predicted"]), key=lambda m: m["predicted"][name])
         best = min(m["measured"]["time_per_token_s"] for m in polyplan)
+        speedup_errs = [m["error_speedup"][name] for m in polyplan if name in m.get("error_speedup", {})]
         out[name] = {
             "median_error": statistics.median(errs),
             "max_error": max(errs),
+            "median_speedup_error": statistics.median(speedup_errs) if speedup_errs else None,
+            "max_speedup_error": max(speedup_errs) if speedup_errs else None,
             "points": len(errs),
             "picks": picked["name"],
             "regret_of_its_pick": picked["measured"]["time_per_token_s"] / best - 1,
@@ -67,7 +71,9 @@ def main() -> None:
     save_markdown(args.output.with_suffix(".md"), doc)
     print(markdown_table(doc))
     for name, s in doc["prediction_error"].items():
-        print(f"{name}: median error {s['median_error'] * 100:.1f}%, max {s['max_error'] * 100:.1f}% over "
+        speedup = ("" if s["median_speedup_error"] is None else
+                   f" (speedup: median {s['median_speedup_error'] * 100:.1f}%, max {s['max_speedup_error'] * 100:.1f}%)")
+        print(f"{name}: median error {s['median_error'] * 100:.1f}%, max {s['max_error'] * 100:.1f}%{speedup} over "
               f"{s['points']} plans; its pick {s['picks']} has regret {s['regret_of_its_pick'] * 100:.1f}%")
 
 

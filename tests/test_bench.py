@@ -87,7 +87,10 @@ def test_bench_end_to_end_on_tiny_models(tiny_plan, tmp_path):
             assert len(me["tokens_per_pass"]) == len(m["chain"])
             assert len(me["mean_acceptance_length"]) == len(m["chain"]) - 1
             assert all(x >= 1.0 for x in me["mean_acceptance_length"])
-            assert set(m["predicted"]) == {"iid"} and m["error"]["iid"] >= 0
+            # iid from the profile's latency, iid@bench from latency re-measured between the runs
+            assert set(m["predicted"]) == {"iid", "iid@bench"} and m["error"]["iid"] >= 0
+    probed = doc["settings"]["prediction"]["bench_latency"]
+    assert set(probed) == {"target", "mid", "tiny"} and all(p["probes"] == 2 * 2 for p in probed.values())
     ar = doc["methods"][0]
     assert ar["measured"]["speedup"] == pytest.approx(1.0)
     assert doc["regret"] is None
@@ -168,3 +171,37 @@ def test_bench_smollm2_smoke(tmp_path):
         if m["engine"] == "polyplan":
             assert m["predicted"]["iid"] > 0 and "replay" in m["predicted"]  # the profile has traces
     assert (tmp_path / "bench.md").exists()
+
+
+def _timed(name: str, by_repeat: list[float]) -> dict:
+    import statistics
+
+    return {"name": name, "engine": "polyplan", "chain": [name], "gammas": [],
+            "measured": {"time_per_token_s": statistics.median(by_repeat), "time_per_token_by_repeat_s": by_repeat}}
+
+
+def test_regret_pairs_repeats_so_drifting_load_cancels():
+    from polyplan.bench.results import regret
+
+    # Repeat 2 ran under load (everything 2x slower). Paired, "other" is 5% faster every repeat.
+    chosen = _timed("chosen", [1.0, 2.0, 1.0])
+    other = _timed("other", [0.95, 1.90, 0.95])
+    slow = _timed("slow", [1.2, 2.4, 1.2])
+    r = regret([chosen, other, slow], "chosen")
+    assert r["best_measured"] == "other" and r["regret"] == pytest.approx(1 / 0.95 - 1)
+    # The chosen plan faster than every other: no regret, and it is its own best.
+    r = regret([chosen, slow], "chosen")
+    assert r["best_measured"] == "chosen" and r["regret"] == 0.0
+    assert regret([other, slow], "chosen") is None
+
+
+def test_time_per_token_takes_each_prompts_median_over_repeats():
+    from polyplan.bench.results import MethodSpec, RunRecord, summarize
+
+    spec = MethodSpec("autoregressive", "ar", "transformers", ["t"], [])
+    # prompt a: 1 s, 1 s and one disturbed 9 s run; prompt b: 2 s each; 10 tokens per run
+    runs = [RunRecord("autoregressive", "a", rep, 10, s) for rep, s in enumerate([1.0, 9.0, 1.0])]
+    runs += [RunRecord("autoregressive", "b", rep, 10, 2.0) for rep in range(3)]
+    (m,) = summarize([spec], runs)
+    assert m["measured"]["time_per_token_s"] == pytest.approx((1.0 + 2.0) / 20)
+    assert m["measured"]["time_per_token_by_repeat_s"] == pytest.approx([0.15, 0.55, 0.15])

@@ -208,3 +208,36 @@ def test_bf16_drafter_under_float32_target_is_still_exact():
     r = Chain([TARGET, bf16, RANDOM], gammas=[4, 2]).generate(PROMPTS[3], max_new_tokens=40, eos_token_id=[])
     assert r.tokens == hf_greedy(PROMPTS[3], 40)
     assert r.stats.levels[0].mean_acceptance_length > 2.0
+
+
+@pytest.mark.parametrize("gammas,n", [([4], 23), ([4, 2], 10), ([5, 3], 48), ([6, 3, 1], 31), ([2, 2], 1)])
+def test_pass_counts_match_the_simulator_at_exact_length(gammas, n):
+    """With every level a copy of the target, every draft is accepted (alpha = 1), so the passes
+    each level runs are fixed by the gammas and the drafting caps at the end of the generation:
+    the executor must run exactly the passes the theory's simulator counts with exact_length."""
+    from polyplan.theory import simulate_chain
+
+    members = [TARGET] + [ModelDrafter(TARGET, f"copy{i}") for i in range(len(gammas))]
+    result = Chain(members, gammas).generate([3, 5, 7], max_new_tokens=n, eos_token_id=[])
+    sim = simulate_chain([1.0] * len(gammas), gammas, [1.0] * (len(gammas) + 1), n, rng=0, exact_length=True)
+    assert result.stats.new_tokens == sim.output_tokens == n
+    assert [level.forward_passes for level in result.stats.levels] == sim.passes
+    assert result.stats.levels[0].acceptance_length_histogram == {
+        int(x): int((sim.round_tokens == x).sum()) for x in set(sim.round_tokens.tolist())
+    }
+
+
+def test_levels_stop_drafting_after_an_end_of_sequence_token():
+    """Nothing after an EOS can be emitted, so an intermediate level hands up as soon as its
+    buffer holds one instead of filling to its threshold: same tokens, fewer passes."""
+    prompt = [3, 5, 7]
+    free = hf_greedy(prompt, 30)
+    eos = free[4]  # the 5th greedy token ends the generation
+    expected = free[: free.index(eos) + 1]
+    members = [TARGET] + [ModelDrafter(TARGET, f"copy{i}") for i in range(2)]
+    result = Chain(members, [12, 2]).generate(prompt, max_new_tokens=30, eos_token_id=[eos])
+    assert result.tokens == expected and result.finish_reason == "eos"
+    middle = result.stats.levels[1]
+    # alpha = 1: the middle verifies blocks of 2 (+1 token each) until the buffer holds the EOS
+    assert middle.forward_passes == -(-len(expected) // 3)
+    assert result.stats.levels[0].forward_passes == 1

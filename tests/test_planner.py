@@ -315,7 +315,57 @@ def test_default_context_comes_from_the_profiled_references(tmp_path):
     traces = bernoulli_traces(prof, "greedy", segments=2, length=40)
     traces["prompt_lengths"] = np.array([100, 60])
     np.savez(tmp_path / "profile.traces.npz", **traces)
-    plan, _ = optimize(save(tmp_path, prof))
+    plan, _ = optimize(save(tmp_path, prof), max_new_tokens=None)  # steady state: the references' middle
     assert plan.settings["context"] == pytest.approx(80 + 20)
+    plan, _ = optimize(save(tmp_path, prof))  # the middle of the planned 64-token generation
+    assert plan.settings["context"] == pytest.approx(80 + 32) and plan.settings["max_new_tokens"] == 64
     plan, _ = optimize(save(tmp_path, prof), context=300)
     assert plan.settings["context"] == 300
+
+
+def test_horizon_truncates_the_last_round():
+    """Perfect acceptance, gamma 7: a steady round emits 8 tokens; a 20-token generation runs
+    8 + 8 + 4 (its last round cut short), so both predictors see 3 target passes, not 2.5."""
+    costs = {"target": 1.0, "ngram": 0.0}
+    prof = make_profile(costs, {("target", "ngram"): 1.0}, point_mass=("ngram",))
+    prof.settings["max_new_tokens"] = 40
+    traces = {"greedy/target/ngram": np.ones(80, dtype=np.float32), "segments": np.array([0, 40, 80])}
+    for steady, short in [
+        (IidPredictor(prof), IidPredictor(prof, horizon=20)),
+        (ReplayPredictor(prof, traces), ReplayPredictor(prof, traces, horizon=20)),
+    ]:
+        assert steady.predict(("target", "ngram"), (7,)).tokens_per_pass[0] == pytest.approx(8.0)
+        e = short.predict(("target", "ngram"), (7,))
+        t = steady.latencies(("target",))[0]
+        assert e.tokens_per_pass[0] == pytest.approx(20 / 3)
+        assert e.time_per_token == pytest.approx((2 * t(8) + t(4)) / 20)
+
+
+def test_replay_horizon_keeps_references_that_ended_early():
+    """A reference shorter than the profile's reference length stopped at end-of-sequence: at any
+    horizon its prompt is replayed for its own length; full-length references run to the horizon."""
+    costs = {"target": 1.0, "ngram": 0.0}
+    prof = make_profile(costs, {("target", "ngram"): 0.5}, point_mass=("ngram",))
+    prof.settings["max_new_tokens"] = 48
+    traces = {"greedy/target/ngram": np.ones(78, dtype=np.float32), "segments": np.array([0, 48, 78])}
+    assert ReplayPredictor(prof, traces).segment_lengths() == [48, 30]
+    assert ReplayPredictor(prof, traces, horizon=64).segment_lengths() == [64, 30]
+    assert ReplayPredictor(prof, traces, horizon=16).segment_lengths() == [16, 16]
+
+
+def test_horizon_search_is_no_worse_than_the_steady_state_gammas_at_that_horizon():
+    prof = make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS)
+    traces = bernoulli_traces(prof, "greedy", segments=6, length=64)
+    prof.settings["max_new_tokens"] = 64
+    steady = ReplayPredictor(prof, traces).best(("target", "mid", "tiny"))
+    short = ReplayPredictor(prof, traces, horizon=24)
+    chosen = short.best(("target", "mid", "tiny"))
+    assert chosen.time_per_token <= short.predict(("target", "mid", "tiny"), steady.gammas).time_per_token
+
+
+@pytest.mark.parametrize("horizon", [0, -3, 2.5, True])
+def test_bad_horizon_is_a_user_error(horizon):
+    from polyplan.errors import UserError
+
+    with pytest.raises(UserError, match="horizon"):
+        IidPredictor(make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS), horizon=horizon)

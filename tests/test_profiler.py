@@ -188,6 +188,49 @@ def test_identical_drafter_accepts_everything_and_point_mass_rules(models):
     assert ("oracle", "target") not in scored.greedy  # a point mass never verifies
 
 
+class ShapeFlakyDrafter(ModelDrafter):
+    """A copy of a model whose argmax at one absolute position flips when that position is
+    scored in a pass of exactly ``shape`` tokens: a bf16 near-tie in miniature."""
+
+    shape_sensitive = True  # computes in float32, but declares itself shape-sensitive like bf16
+
+    def __init__(self, model, name: str, position: int, shape: int) -> None:
+        super().__init__(model, name)
+        self.position, self.shape = position, shape
+
+    def score(self, new_ids: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        start, n = self.processed, int(new_ids.shape[0])
+        out = super().score(new_ids, last=last).clone()
+        first = start + n - out.shape[0]  # absolute position of the first returned row
+        if n == self.shape and first <= self.position < first + out.shape[0]:
+            row = self.position - first
+            out[row] = out[row].roll(1)
+        return out
+
+
+def test_acceptance_is_averaged_over_pass_shapes(models):
+    target, _ = models
+    t = ModelDrafter(target, "target")
+    prompt = encode("Why is the sky blue?")
+    reference = greedy_reference(t, prompt, 12)
+    # position len(prompt) + 2 predicts reference[3]; teacher forcing in blocks of 5 scores it in a
+    # 5-token pass, blocks of 8 in an 8-token pass
+    flaky = ShapeFlakyDrafter(target, "flaky", position=len(prompt) + 2, shape=5)
+    expected = [1.0] * 12
+    one_shape = score_reference([t, flaky], prompt, reference, temperature=1.0, block=8, target="target")
+    assert one_shape.greedy[("target", "flaky")].tolist() == expected
+    two_shapes = score_reference([t, flaky], prompt, reference, temperature=1.0, block=[8, 5], target="target")
+    expected[3] = 0.5
+    assert two_shapes.greedy[("target", "flaky")].tolist() == expected
+    assert two_shapes.sampling[("target", "flaky")][3] < 0.99  # the flipped row's overlap is below 1
+    assert two_shapes.greedy[("flaky", "target")].tolist() == expected  # symmetric for model pairs
+    # a float32 model that does not declare itself shape-sensitive gets the first shape only
+    plain = ShapeFlakyDrafter(target, "plain", position=len(prompt) + 2, shape=5)
+    plain.shape_sensitive = None
+    only_first = score_reference([t, plain], prompt, reference, temperature=1.0, block=[8, 5], target="target")
+    assert only_first.greedy[("target", "plain")].tolist() == [1.0] * 12
+
+
 def test_processed_probs_temperature_top_k_top_p():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     greedy = processed_probs(logits, 0.0)

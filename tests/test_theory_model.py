@@ -179,6 +179,28 @@ def test_perfect_acceptance_is_deterministic():
     assert sim.passes == [10, 20, 40] and sim.output_tokens == 70
 
 
+def test_exact_length_caps_drafting_like_the_executor():
+    """``exact_length``: one generation of exactly n tokens, no level handing up past the end.
+    alpha = 1, gammas (4, 2), n = 10. Round 1: M2 may hand up 9; it asks M3 for 2 (room 8),
+    verifies (buffer 3), asks for 2 more (room 5), buffer 6 >= 4: the target emits 7. Round 2:
+    room 2 for M2: M3 drafts 1 (room 1), M2 verifies (buffer 2 = room): the target emits 3."""
+    sim = simulate_chain([1.0, 1.0], [4, 2], [1.0, 0.1, 0.01], 10, rng=0, exact_length=True)
+    assert sim.round_tokens.tolist() == [7, 3]
+    assert sim.passes == [2, 3, 5] and sim.output_tokens == 10
+    # without the cap the second round overshoots to 14 tokens
+    assert simulate_chain([1.0, 1.0], [4, 2], [1.0, 0.1, 0.01], 10, rng=0).output_tokens == 14
+
+
+@DETERMINISTIC
+@given(chains(curves=False), st.integers(1, 40), st.integers(0, 2**16))
+def test_exact_length_emits_exactly_n_tokens(chain, n, seed):
+    alpha, gamma, latency = chain
+    sim = simulate_chain(alpha, gamma, latency, n, rng=seed, exact_length=True)
+    assert sim.output_tokens == n == int(sim.round_tokens.sum())
+    free = simulate_chain(alpha, gamma, latency, n, rng=seed)
+    assert free.output_tokens >= n
+
+
 def test_trace_replay_with_per_position_arrays():
     """0/1 traces replay deterministically; a constant array behaves like the scalar."""
     trace = np.ones(200)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import torch
 
 from polyplan.bench.results import AUTOREGRESSIVE, MethodSpec, RunRecord, regret, summarize
 from polyplan.documents.plan import Plan, file_sha256
-from polyplan.documents.profile import Profile
+from polyplan.documents.profile import LatencyCurve, Profile
 from polyplan.errors import UserError
 from polyplan.models.drafter import Drafter
 
@@ -144,9 +145,11 @@ def run_interleaved(
     seed: int = 0,
     warmup: bool = True,
     log: Log | None = None,
+    probe: "LatencyProbe | None" = None,
 ) -> tuple[list[RunRecord], dict[tuple[str, str], float]]:
     """Run every method on every prompt, interleaved, ``repeats`` times. Returns the run records
-    and the median prefill time of each (prompt, member)."""
+    and the median prefill time of each (prompt, member). ``probe``: latency measured after
+    every prompt's methods, in the same minutes as the runs."""
     log = log or (lambda msg: None)
     if warmup and prompts:
         for m in methods:  # first-call costs (allocations, lazy init) stay out of the figures
@@ -165,9 +168,47 @@ def run_interleaved(
                 _sync(dev)
                 dt = time.perf_counter() - t0
                 records.append(RunRecord(m.spec.name, pid, rep, len(tokens), dt, levels, tokens))
+            if probe is not None:
+                probe.measure(len(prompt) + max_new_tokens // 2)
             log(f"repeat {rep + 1}/{repeats}, prompt {pid}: done")
     prefill = {k: statistics.median(v) for k, v in prefill_runs.items()}
     return records, prefill
+
+
+class LatencyProbe:
+    """T_i(n) of the chain members measured between the bench's runs (one pass per n, each prompt
+    at its mean decoding context). The machine's speed drifts by 10-50% over minutes on a shared
+    CPU; predictions from these curves and the profile's acceptance separate the planner's model
+    error from that drift (the profile's own curves may be an hour old)."""
+
+    def __init__(self, drafters: Sequence[Drafter], new_tokens: Sequence[int]) -> None:
+        self.drafters = [d for d in drafters if not d.point_mass]
+        self.new_tokens = sorted({int(n) for n in new_tokens})
+        self.contexts: list[int] = []
+        self.samples: dict[str, list[list[float]]] = {d.name: [[] for _ in self.new_tokens] for d in self.drafters}
+
+    def measure(self, context: int) -> None:
+        from polyplan.profiler.latency import fits_context, measure_context
+
+        usable = [d for d in self.drafters if fits_context(d, context, max(self.new_tokens))]
+        if not usable:
+            return
+        rows = measure_context(usable, context, self.new_tokens, repeats=1, warmup=0)
+        self.contexts.append(context)
+        for name, row in rows.items():
+            for j, xs in enumerate(row.samples_s):
+                self.samples[name][j].extend(xs)
+
+    def curves(self) -> dict[str, LatencyCurve]:
+        """One curve per member at the mean probed context (medians over the probes)."""
+        if not self.contexts:
+            return {}
+        context = round(statistics.mean(self.contexts))
+        return {
+            name: LatencyCurve(new_tokens=self.new_tokens, context=[context],
+                               median_s=[[statistics.median(xs) for xs in per_n]], repeats=len(per_n[0]))
+            for name, per_n in self.samples.items() if all(per_n)
+        }
 
 
 def decode_records(records: list[RunRecord], methods: Sequence[BenchMethod],
@@ -273,12 +314,18 @@ def _hf_assisted(target_name, target, d_name, d, g, temperature, eos) -> list[Be
     ]
 
 
+#: suffix of the predictions made with latency re-measured during the bench
+BENCH_LATENCY = "@bench"
+
+
 def attach_predictions(
-    methods: Sequence[BenchMethod], plan: Plan, profile: Profile | None, profile_path: Path | None, context: float
+    methods: Sequence[BenchMethod], plan: Plan, profile: Profile | None, profile_path: Path | None, context: float,
+    max_new_tokens: int | None = None, suffix: str = "",
 ) -> dict[str, Any]:
     """Both predictors' time per token for every polyplan method, re-predicted at the bench's
-    actual mean context when the profile is at hand (else the plan's stored predictions)."""
-    note: dict[str, Any] = {"context": context, "source": "plan"}
+    actual mean context and generation length when the profile is at hand (else the plan's
+    stored predictions). Stored under ``<predictor><suffix>``."""
+    note: dict[str, Any] = {"context": context, "max_new_tokens": max_new_tokens, "source": "plan"}
     predictors = {}
     if profile is not None:
         from polyplan.planner.predictors import load_traces, make_predictor
@@ -291,7 +338,9 @@ def attach_predictions(
         for name in ("iid", "replay"):
             if name == "replay" and traces is None:
                 continue
-            predictors[name] = make_predictor(name, profile, mode=plan.mode, context=context, traces=traces)
+            predictors[name] = make_predictor(
+                name, profile, mode=plan.mode, context=context, traces=traces, horizon=max_new_tokens
+            )
     for m in methods:
         s = m.spec
         if s.engine == "transformers" and s.name != AUTOREGRESSIVE and None in s.gammas:
@@ -299,7 +348,10 @@ def attach_predictions(
         chain, gammas = tuple(s.chain), tuple(g for g in s.gammas if g is not None)
         if predictors:
             for name, p in predictors.items():
-                s.predicted[name] = p.predict(chain, gammas).time_per_token
+                e = p.predict(chain, gammas)
+                s.predicted[name + suffix] = e.time_per_token
+                s.predicted_levels[name + suffix] = {"tokens_per_pass": [x if math.isfinite(x) else None for x in e.tokens_per_pass],
+                                            "mean_acceptance_length": e.mean_acceptance_length}
         else:
             if s.name == "polyplan-plan":
                 s.predicted = {k: v["time_per_token_s"] for k, v in plan.predictions.items()}
@@ -322,8 +374,10 @@ def run_bench(
     encoded_prompts: list[tuple[str, list[int]]] | None = None,
     eos: list[int] | None = None,
     log: Log | None = None,
+    probe_latency: bool = True,
 ) -> dict[str, Any]:
-    """Run the comparison and return the results document (not yet saved)."""
+    """Run the comparison and return the results document (not yet saved). ``probe_latency``:
+    also re-measure the members' latency between runs and predict with it (``<predictor>@bench``)."""
     log = log or (lambda msg: None)
     if repeats < 1 or prompts < 1 or max_new_tokens < 1:
         raise UserError("--repeats, --prompts and --max-new-tokens must all be >= 1")
@@ -367,11 +421,24 @@ def run_bench(
         if not plan.check_profile(pp):
             log(f"warning: {pp} changed since the plan was made; predictions use the current profile")
     context = statistics.mean(len(p) for _, p in encoded_prompts) + max_new_tokens / 2
-    prediction_note = attach_predictions(methods, plan, profile, profile_path, context)
+    prediction_note = attach_predictions(methods, plan, profile, profile_path, context, max_new_tokens)
+    probe = None
+    if profile is not None and probe_latency:
+        members = sorted({n for m in methods if m.spec.engine == "polyplan" for n in m.members})
+        new_tokens = profile.latency[profile.target].new_tokens if profile.target in profile.latency else [1]
+        probe = LatencyProbe([loaded[n] for n in members if n in loaded], new_tokens)
 
     log(f"{len(methods)} methods x {len(encoded_prompts)} prompts x {repeats} repeats")
     records, prefill = run_interleaved(methods, encoded_prompts, drafters=loaded, repeats=repeats,
-                                       max_new_tokens=max_new_tokens, seed=seed, log=log)
+                                       max_new_tokens=max_new_tokens, seed=seed, log=log, probe=probe)
+    if probe is not None and probe.curves():
+        probed = copy.copy(profile)
+        probed.latency = {**profile.latency, **probe.curves()}
+        attach_predictions(methods, plan, probed, profile_path, context, max_new_tokens, suffix=BENCH_LATENCY)
+        prediction_note["bench_latency"] = {
+            name: {"new_tokens": c.new_tokens, "context": c.context[0], "median_s": c.median_s[0], "probes": c.repeats}
+            for name, c in probe.curves().items()
+        }
     specs = [m.spec for m in methods]
     end_to_end = summarize(specs, records)
     decode = summarize(specs, decode_records(records, methods, prefill))

@@ -26,22 +26,30 @@ def bench_command(
     seed: int = typer.Option(0, "--seed"),
     grid: bool = typer.Option(False, "--grid", help="also run runners-up and gamma neighbours: measures the regret"),
     no_hf: bool = typer.Option(False, "--no-hf", help="skip transformers assisted generation"),
+    no_latency_probe: bool = typer.Option(
+        False, "--no-latency-probe",
+        help="do not re-measure the members' latency between runs (the <predictor>@bench predictions)",
+    ),
 ) -> None:
     """Measure a plan: tokens/s, speedup, acceptance per level, predicted vs measured time per token."""
     from polyplan.bench.results import markdown_table, save_markdown, save_results
     from polyplan.bench.runner import run_bench
+    from polyplan.documents.files import check_writable
     from polyplan.documents.plan import Plan
     from polyplan.models import load_pool
 
     console = Console(stderr=True)
     plan = Plan.load(plan_path)
+    md = markdown or output.with_suffix(".md")
+    for path in (output, md):
+        check_writable(path)  # before minutes of measuring, not after
     the_pool = load_pool(pool or plan.profile.get("pool", ""))
     doc = run_bench(
         plan, plan_path, pool=the_pool, prompts=prompts, repeats=repeats, max_new_tokens=max_new_tokens,
-        seed=seed, grid=grid, hf=not no_hf, log=lambda m: console.print(f"[dim]{m}[/dim]"),
+        seed=seed, grid=grid, hf=not no_hf, probe_latency=not no_latency_probe,
+        log=lambda m: console.print(f"[dim]{m}[/dim]"),
     )
     save_results(output, doc)
-    md = markdown or output.with_suffix(".md")
     save_markdown(md, doc)
     print_table(doc)
     print(f"wrote {output} and {md}")

@@ -22,8 +22,16 @@ def optimize_command(
     output: Path = typer.Option(Path("plan.json"), "-o", "--output", help="where to write the plan"),
     top: int = typer.Option(5, "--top", help="runners-up to keep and show"),
     mode: str = typer.Option("greedy", "--mode", help="acceptance to plan for: greedy | sampling"),
-    predictor: str = typer.Option("iid", "--predictor", help="iid (exact i.i.d. model) | replay (trace replay)"),
+    predictor: str = typer.Option(
+        "auto", "--predictor",
+        help="replay (trace replay; the default when the profile has traces) | iid (exact i.i.d. model)",
+    ),
     max_gamma: int = typer.Option(16, "--max-gamma", help="largest gamma tried per level"),
+    max_new_tokens: int = typer.Option(
+        64, "--max-new-tokens",
+        help="generation length to plan for (short generations pay for a cut-short last round); "
+        "0: the steady state of an unbounded generation",
+    ),
     context: Optional[float] = typer.Option(
         None, "--context", help="KV-cache length to read latency curves at (default: from the profile)"
     ),
@@ -38,9 +46,11 @@ def optimize_command(
 
     if export not in (None, "hf", "vllm"):
         raise UserError(f"--export must be 'hf' or 'vllm', not {export!r}")
+    if max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
     plan, result = optimize(
         profile, mode=mode, predictor=predictor, max_gamma=max_gamma, context=context,
-        all_orders=all_orders, top=top,
+        all_orders=all_orders, top=top, max_new_tokens=max_new_tokens or None,
     )
     plan.save(output)
     if json_out:
@@ -55,7 +65,8 @@ def optimize_command(
                       "random weights[/yellow]")
     table = Table(
         title=f"polyplan plans for pool {plan.profile.get('pool')!r} "
-        f"({plan.settings['mode']}, {plan.settings['predictor']} predictor, context {plan.settings['context']:g})"
+        f"({plan.settings['mode']}, {plan.settings['predictor']} predictor, context {plan.settings['context']:g}, "
+        f"{_horizon_text(plan.settings.get('max_new_tokens'))})"
     )
     for col in ("#", "chain (target first)", "gammas", "ms/token", "speedup", "accept len", "L_i"):
         table.add_column(col, justify="right" if col not in ("chain (target first)",) else "left")
@@ -93,3 +104,7 @@ def optimize_command(
         else:
             console.print(plan.exports.get("note", "nothing to export"))
     console.print(f"wrote {output}")
+
+
+def _horizon_text(max_new_tokens: int | None) -> str:
+    return f"{max_new_tokens} new tokens" if max_new_tokens else "steady state"

@@ -72,16 +72,20 @@ def register(root: typer.Typer) -> None:
         members: Optional[str] = typer.Option(None, "--members", help="Comma-separated subset of members "
                                               "(the target is always included)."),
         prompts: int = typer.Option(8, "--prompts", help="Eval prompts for acceptance (round-robin over categories)."),
-        max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Length of each reference continuation."),
-        new_tokens: str = typer.Option("1,2,4,8,16", "--new-tokens", help="Latency grid: new tokens per pass."),
+        max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Length of each reference continuation (replay predicts generations up to this long from measured traces)."),
+        new_tokens: str = typer.Option("1,2,4,8,16,32", "--new-tokens", help="Latency grid: new tokens per pass."),
         contexts: str = typer.Option("64,512", "--contexts", help="Latency grid: cached tokens."),
-        repeats: int = typer.Option(3, "--repeats", help="Timed passes per grid point (median and IQR)."),
+        repeats: int = typer.Option(5, "--repeats", help="Timed passes per grid point (median and IQR)."),
         warmup: int = typer.Option(1, "--warmup", help="Untimed passes per grid point first."),
         temperature: float = typer.Option(1.0, "--temperature", help="Sampling acceptance temperature (0: greedy)."),
         top_k: int = typer.Option(0, "--top-k", help="Top-k of the processed distributions (0: off)."),
         top_p: float = typer.Option(1.0, "--top-p", help="Top-p of the processed distributions (1: off)."),
         block: int = typer.Option(8, "--block", help="Teacher-force in blocks of this many tokens, the "
                                   "verifier's run-time shape (0: one pass per reference)."),
+        extra_blocks: str = typer.Option("5", "--extra-blocks", help="More block sizes for every model but "
+                                         "the target; acceptance is averaged over the shapes, since a "
+                                         "low-precision argmax flips with the pass shape at near-ties "
+                                         "('' for none)."),
         categories: Optional[str] = typer.Option(None, "--categories", help="Comma-separated prompt categories."),
         budget: Optional[float] = typer.Option(None, "--budget", help="Stop after about this many seconds "
                                                "(between units); rerun to resume."),
@@ -115,6 +119,7 @@ def register(root: typer.Typer) -> None:
             prompts=prompts, max_new_tokens=max_new_tokens, new_tokens=_int_list(new_tokens, "--new-tokens"),
             contexts=_int_list(contexts, "--contexts"), repeats=repeats, warmup=warmup,
             temperature=temperature, top_k=top_k, top_p=top_p, block=block,
+            extra_blocks=_int_list(extra_blocks, "--extra-blocks") if extra_blocks.strip() else [],
             categories=[c.strip() for c in categories.split(",")] if categories else None,
             random_weights=random_weights,
         )

@@ -6,8 +6,9 @@ currently drafting; every model's KV cache covers a prefix of ``W``.
 
 * bottom ``Mk``: drafts ``g_k`` tokens, one forward pass each; unseen tokens (corrections from
   above) ride along in the first pass. A point-mass drafter ``propose``s up to ``g_k`` tokens.
-* intermediate ``Mj``: until its buffer holds ``>= g_j`` tokens: ask below for a block, verify it
-  in ONE pass, keep the accepted prefix plus its own token (correction or bonus). It hands up,
+* intermediate ``Mj``: until its buffer holds ``>= g_j`` tokens (or an end-of-sequence token, after
+  which nothing can be emitted): ask below for a block, verify it in ONE pass, keep the accepted
+  prefix plus its own token (correction or bonus). It hands up,
   with the tokens, its OWN processed distribution at each position: that is the ``q`` the level
   above verifies against, and why the chain is lossless (each buffer is distributed exactly as
   that level's autoregressive distribution, whatever its length).
@@ -289,7 +290,7 @@ class _StagedRun:
         if n <= 0:
             return None if self.params.greedy else torch.empty(0, d.vocab_size, device=self.home)
         if d.point_mass:
-            proposal = [int(t) for t in d.propose(self.host, n)][:n]
+            proposal = self._through_eos([int(t) for t in d.propose(self.host, n)][:n])
             if proposal:
                 self.W[base : base + len(proposal)] = torch.tensor(proposal, dtype=torch.long)
             self.length += len(proposal)
@@ -315,6 +316,13 @@ class _StagedRun:
             self.length += 1
         return None if self.params.greedy else torch.cat(qs)
 
+    def _through_eos(self, tokens: list[int]) -> list[int]:
+        """``tokens`` up to and including the first end-of-sequence token."""
+        for i, t in enumerate(tokens):
+            if t in self.eos:
+                return tokens[: i + 1]
+        return tokens
+
     def _fill(self, level: int, cap: int) -> torch.Tensor | None:
         """Level ``level`` (>= 1) builds its block on W, never past length ``cap``; returns the
         block's q (this level's own processed distributions), None when greedy."""
@@ -326,9 +334,11 @@ class _StagedRun:
         while self.length - start < gamma and self.length < cap:
             base = self.length
             q_below = self._fill(level + 1, cap - 1)
-            _, own = self._verify(level, base, q_below)
+            kept, own = self._verify(level, base, q_below)
             if own is not None:
                 parts.append(own)
+            if self.eos and not self.eos.isdisjoint(kept):
+                break  # nothing after an end-of-sequence token can be emitted: hand up now
         if self.params.greedy:
             return None
         if not parts:

@@ -11,43 +11,55 @@ from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
 from polyplan.planner.chains import Chain, chain_problem, unit_cost
 from polyplan.planner.exports import transformers_export, vllm_export
-from polyplan.planner.predictors import Estimate, Predictor, load_traces, make_predictor
+from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, load_traces, make_predictor
 from polyplan.planner.search import SearchResult, search
+
+#: the generation length planned for by default: what `polyplan bench` generates per prompt
+DEFAULT_HORIZON = 64
 
 
 def optimize(
     profile_path: str | Path,
     *,
     mode: str = "greedy",
-    predictor: str = "iid",
+    predictor: str = "auto",
     max_gamma: int = 16,
+    max_new_tokens: int | None = DEFAULT_HORIZON,
     context: float | None = None,
     all_orders: bool = False,
     top: int = 5,
     profile: Profile | None = None,
 ) -> tuple[Plan, SearchResult]:
-    """Search the profile's pool and return the plan document (not yet saved) and the search."""
+    """Search the profile's pool and return the plan document (not yet saved) and the search.
+
+    ``predictor="auto"`` replays the profile's traces when it has them, else uses the i.i.d. model.
+    ``max_new_tokens`` is the generation length planned for (None: the steady state of an
+    unbounded generation)."""
     profile_path = Path(profile_path)
     profile = profile or Profile.load(profile_path)
     if top < 0:
         raise UserError(f"--top must be >= 0, got {top}")
+    if predictor not in ("auto", *PREDICTORS):
+        raise UserError(f"predictor must be auto or one of {', '.join(PREDICTORS)}, not {predictor!r}")
     traces = None
-    if predictor == "replay" or profile.traces_path(profile_path) is not None:
+    if predictor in ("auto", "replay") or profile.traces_path(profile_path) is not None:
         try:
             traces = load_traces(profile, profile_path)
         except UserError:
             if predictor == "replay":
                 raise
+    if predictor == "auto":
+        predictor = "replay" if traces is not None else "iid"
     if context is None and traces is not None:
-        context = decoding_context(traces)
-    pred = make_predictor(predictor, profile, mode=mode, context=context, traces=traces)
+        context = decoding_context(traces, max_new_tokens)
+    pred = make_predictor(predictor, profile, mode=mode, context=context, traces=traces, horizon=max_new_tokens)
     result = search(profile, pred, max_gamma=max_gamma, all_orders=all_orders)
 
     # Both predictors' views of the chosen plan, so bench can say which one was right.
     predictions = {pred.name: _prediction(profile, pred, result.best)}
     for other in ("iid", "replay"):
         if other != pred.name and (other == "iid" or traces is not None):
-            alt = make_predictor(other, profile, mode=mode, context=pred.context, traces=traces)
+            alt = make_predictor(other, profile, mode=mode, context=pred.context, traces=traces, horizon=max_new_tokens)
             predictions[other] = _prediction(profile, alt, alt.predict(result.best.chain, result.best.gammas))
             if result.best_two_level is not None:
                 two = result.best_two_level
@@ -63,6 +75,7 @@ def optimize(
             "mode": mode,
             "predictor": pred.name,
             "max_gamma": max_gamma,
+            "max_new_tokens": max_new_tokens,
             "context": pred.context,
             "all_orders": all_orders,
             "temperature": profile.temperature,
@@ -122,11 +135,13 @@ def _exports(profile: Profile, pred: Predictor, best: Estimate, max_gamma: int, 
     }
 
 
-def decoding_context(traces: dict) -> float | None:
-    """The mean KV-cache length while decoding the profiled references: mean prompt length plus
-    half the mean reference length (None when the traces do not record prompt lengths)."""
+def decoding_context(traces: dict, max_new_tokens: int | None = None) -> float | None:
+    """The mean KV-cache length while decoding: mean prompt length plus half the generation
+    (``max_new_tokens``, or the mean reference length when None); None when the traces do not
+    record prompt lengths."""
     lengths, seg = traces.get("prompt_lengths"), traces.get("segments")
     if lengths is None or seg is None or len(lengths) == 0 or len(seg) != len(lengths) + 1:
         return None
     refs = [int(b) - int(a) for a, b in zip(seg, seg[1:])]
-    return float(sum(int(x) for x in lengths) / len(lengths) + sum(refs) / len(refs) / 2)
+    generated = max_new_tokens if max_new_tokens is not None else sum(refs) / len(refs)
+    return float(sum(int(x) for x in lengths) / len(lengths) + generated / 2)

@@ -7,7 +7,12 @@
   text. It keeps what the i.i.d. model throws away: acceptance varies along the text and is
   correlated between levels and positions (a prompt-lookup drafter is right in bursts, not i.i.d.).
 
-Both use the profile's latency curves T_i(n, c) at one context ``c``. Pure Python + numpy."""
+Both use the profile's latency curves T_i(n, c) at one context ``c``, and both predict either the
+steady state (``horizon=None``: the theory's time per token of an unbounded generation) or
+generations of ``horizon`` new tokens as the executor runs them (drafting capped at the end, so
+the last round is truncated). The horizon matters when acceptance lengths are long: at 64 tokens a
+chain whose target emits ~16 tokens per pass runs 4-5 rounds, and the cut-short last one lowers
+L_1 by an eighth. Pure Python + numpy."""
 
 from __future__ import annotations
 
@@ -69,10 +74,15 @@ class _MemoCurve:
 class Predictor(ABC):
     name: str
 
-    def __init__(self, profile: Profile, *, mode: str = "greedy", context: float | None = None) -> None:
+    def __init__(
+        self, profile: Profile, *, mode: str = "greedy", context: float | None = None, horizon: int | None = None
+    ) -> None:
         if mode not in MODES:
             raise UserError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if horizon is not None and (isinstance(horizon, bool) or int(horizon) != horizon or horizon < 1):
+            raise UserError(f"the horizon (max new tokens) must be an integer >= 1, got {horizon!r}")
         self.profile, self.mode = profile, mode
+        self.horizon = None if horizon is None else int(horizon)
         self.context = float(default_context(profile) if context is None else context)
         if self.context < 0:
             raise UserError(f"context must be >= 0, got {context}")
@@ -108,6 +118,40 @@ class Predictor(ABC):
                 self._best[key] = self._search(tuple(chain), max_gamma)
         return self._best[key]
 
+    def _descend(self, chain: Chain, start: Estimate, max_gamma: int) -> Estimate:
+        """Coordinate descent on this predictor's ``predict`` from ``start`` (steps of 1 and 2)."""
+        best = self.predict(chain, start.gammas)
+        improved = True
+        while improved:
+            improved = False
+            for level in range(len(chain) - 1):
+                for step in (-2, -1, 1, 2):
+                    g = list(best.gammas)
+                    g[level] += step
+                    if not 1 <= g[level] <= max_gamma:
+                        continue
+                    cand = self.predict(chain, g)
+                    if cand.time_per_token < best.time_per_token * (1 - 1e-9):
+                        best, improved = cand, True
+        return best
+
+    def _from_simulations(self, chain: Chain, gammas: Sequence[int], sims) -> Estimate:
+        time = sum(s.total_time for s in sims)
+        tokens = sum(s.output_tokens for s in sims)
+        rounds = sum(s.rounds for s in sims)
+        passes = np.sum([np.asarray(s.passes, dtype=float) for s in sims], axis=0)
+        if tokens == 0:
+            raise UserError("the traces are too short to replay")
+        return Estimate(
+            chain=tuple(chain),
+            gammas=tuple(int(g) for g in gammas),
+            time_per_token=time / tokens,
+            speedup=self.autoregressive_time() / (time / tokens),
+            mean_acceptance_length=tokens / rounds,
+            tokens_per_pass=tuple(tokens / p if p else math.inf for p in passes),
+            predictor=self.name,
+        )
+
     def _estimate(self, chain: Chain, gammas: Sequence[int], pred) -> Estimate:
         tpt = float(pred.time_per_token)
         return Estimate(
@@ -132,16 +176,42 @@ def default_context(profile: Profile) -> float:
 
 
 class IidPredictor(Predictor):
+    """Steady state: the exact model. At a horizon: the theory's simulator with the same i.i.d.
+    rates over ``SIMULATED_TOKENS`` tokens of seeded generations (common random numbers, so gamma
+    settings compare on the same draws; standard error about 1%)."""
+
     name = "iid"
+    SIMULATED_TOKENS = 16384
+
+    def __init__(self, profile: Profile, *, seed: int = 0, **kw) -> None:
+        super().__init__(profile, **kw)
+        self.seed = seed
+        self._steady: dict[tuple[Chain, int], Estimate] = {}
 
     def predict(self, chain: Chain, gammas: Sequence[int]) -> Estimate:
-        pred = predict_chain(self.alphas(chain), list(gammas), self.latencies(chain))
-        return self._estimate(chain, gammas, pred)
+        if self.horizon is None or len(chain) == 1:
+            pred = predict_chain(self.alphas(chain), list(gammas), self.latencies(chain))
+            return self._estimate(chain, gammas, pred)
+        rng = np.random.default_rng(self.seed)
+        alphas, latency = self.alphas(chain), self.latencies(chain)
+        runs = max(1, -(-self.SIMULATED_TOKENS // self.horizon))
+        sims = [simulate_chain(alphas, list(gammas), latency, self.horizon, rng, exact_length=True) for _ in range(runs)]
+        return self._from_simulations(chain, gammas, sims)
+
+    def steady_best(self, chain: Chain, max_gamma: int) -> Estimate:
+        """The exact model's optimum (the theory's search: exhaustive to depth 3, coordinate
+        descent with memoisation beyond), whatever the horizon."""
+        key = (tuple(chain), max_gamma)
+        if key not in self._steady:
+            gammas, pred = search_gammas(self.alphas(chain), self.latencies(chain), max_gamma=max_gamma)
+            self._steady[key] = self._estimate(chain, gammas, pred)
+        return self._steady[key]
 
     def _search(self, chain: Chain, max_gamma: int) -> Estimate:
-        # The theory's search: exhaustive to depth 3, coordinate descent with memoisation beyond.
-        gammas, pred = search_gammas(self.alphas(chain), self.latencies(chain), max_gamma=max_gamma)
-        return self._estimate(chain, gammas, pred)
+        # At a horizon the gammas stay the steady-state optimum, re-timed at the horizon: a
+        # simulated descent per chain would cost ~1 s each (the replay predictor does descend).
+        steady = self.steady_best(chain, max_gamma)
+        return steady if self.horizon is None else self.predict(chain, steady.gammas)
 
 
 class ReplayPredictor(Predictor):
@@ -162,10 +232,11 @@ class ReplayPredictor(Predictor):
         *,
         mode: str = "greedy",
         context: float | None = None,
+        horizon: int | None = None,
         seed: int = 0,
         passes: int | None = None,
     ) -> None:
-        super().__init__(profile, mode=mode, context=context)
+        super().__init__(profile, mode=mode, context=context, horizon=horizon)
         self.traces, self.seed = traces, seed
         # 0/1 traces (greedy agreement) replay deterministically: one pass says it all.
         # Per-position probabilities (sampling) are drawn, so average a few passes.
@@ -179,6 +250,12 @@ class ReplayPredictor(Predictor):
             raise UserError(f"the traces hold no {mode} acceptance traces; re-run `polyplan profile`")
         total = len(first)
         self.segments = [int(x) for x in seg] if seg is not None and len(seg) >= 2 else [0, total]
+        # A reference shorter than the profile's reference length stopped at end-of-sequence: a
+        # generation of that prompt stops there too, whatever the horizon.
+        reference_length = profile.settings.get("max_new_tokens")
+        full = max(b - a for a, b in zip(self.segments, self.segments[1:]))
+        reference_length = int(reference_length) if isinstance(reference_length, int) else full
+        self._ended = [b - a < reference_length for a, b in zip(self.segments, self.segments[1:])]
         self._iid = IidPredictor(profile, mode=mode, context=self.context)
 
     @classmethod
@@ -194,53 +271,36 @@ class ReplayPredictor(Predictor):
             out.append(np.asarray(self.traces[key], dtype=np.float64))
         return out
 
+    def segment_lengths(self) -> list[int]:
+        """Tokens generated per replayed prompt: its reference length in the steady state; at a
+        horizon, the horizon unless the reference stopped earlier at end-of-sequence (positions
+        past a trace's end replay at that prompt's mean acceptance)."""
+        out = []
+        for (a, b), ended in zip(zip(self.segments, self.segments[1:]), self._ended):
+            if self.horizon is None:
+                out.append(b - a)
+            else:
+                out.append(min(b - a, self.horizon) if ended else self.horizon)
+        return out
+
     def predict(self, chain: Chain, gammas: Sequence[int]) -> Estimate:
         if len(chain) == 1:
             return self._iid.predict(chain, ())
         levels = self.level_traces(chain)
         latency = self.latencies(chain)
         rng = np.random.default_rng(self.seed)  # common random numbers across gamma settings
-        time = 0.0
-        tokens = rounds = 0
-        passes = np.zeros(len(chain))
+        exact = self.horizon is not None
+        sims = []
         for _ in range(self.passes):
-            for a, b in zip(self.segments, self.segments[1:]):
-                if b - a < 2:
+            for (a, b), n in zip(zip(self.segments, self.segments[1:]), self.segment_lengths()):
+                if b - a < 2 or n < 1:
                     continue
-                sim = simulate_chain([lv[a:b] for lv in levels], list(gammas), latency, b - a, rng)
-                time += sim.total_time
-                tokens += sim.output_tokens
-                rounds += sim.rounds
-                passes += np.asarray(sim.passes, dtype=float)
-        if tokens == 0:
-            raise UserError("the traces are too short to replay")
-        return Estimate(
-            chain=tuple(chain),
-            gammas=tuple(int(g) for g in gammas),
-            time_per_token=time / tokens,
-            speedup=self.autoregressive_time() / (time / tokens),
-            mean_acceptance_length=tokens / rounds,
-            tokens_per_pass=tuple(tokens / p if p else math.inf for p in passes),
-            predictor=self.name,
-        )
+                sims.append(simulate_chain([lv[a:b] for lv in levels], list(gammas), latency, n, rng, exact_length=exact))
+        return self._from_simulations(chain, gammas, sims)
 
     def _search(self, chain: Chain, max_gamma: int) -> Estimate:
-        """Start from the i.i.d. optimum and descend coordinate-wise on the replayed time."""
-        start = self._iid.best(chain, max_gamma)
-        best = self.predict(chain, start.gammas)
-        improved = True
-        while improved:
-            improved = False
-            for level in range(len(chain) - 1):
-                for step in (-2, -1, 1, 2):
-                    g = list(best.gammas)
-                    g[level] += step
-                    if not 1 <= g[level] <= max_gamma:
-                        continue
-                    cand = self.predict(chain, g)
-                    if cand.time_per_token < best.time_per_token * (1 - 1e-9):
-                        best, improved = cand, True
-        return best
+        """Start from the i.i.d. steady-state optimum and descend coordinate-wise on the replay."""
+        return self._descend(chain, self._iid.steady_best(chain, max_gamma), max_gamma)
 
 
 def load_traces(profile: Profile, profile_path: str | Path) -> dict[str, np.ndarray]:
@@ -264,13 +324,14 @@ def make_predictor(
     mode: str = "greedy",
     context: float | None = None,
     traces: dict[str, np.ndarray] | None = None,
+    horizon: int | None = None,
 ) -> Predictor:
     if name == "iid":
-        return IidPredictor(profile, mode=mode, context=context)
+        return IidPredictor(profile, mode=mode, context=context, horizon=horizon)
     if name == "replay":
         if traces is None:
             if profile_path is None:
                 raise UserError("the replay predictor needs the profile's traces")
             traces = load_traces(profile, profile_path)
-        return ReplayPredictor(profile, traces, mode=mode, context=context)
+        return ReplayPredictor(profile, traces, mode=mode, context=context, horizon=horizon)
     raise UserError(f"predictor must be one of {', '.join(PREDICTORS)}, not {name!r}")

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from polyplan.errors import UserError
 from polyplan.plots.canvas import new_figure
 
-PREDICTOR_MARKERS = {"iid": "o", "replay": "s"}
+PREDICTOR_MARKERS = {"iid": "o", "replay": "s", "iid@bench": "D", "replay@bench": "P"}
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,8 @@ def speedups(results: dict[str, Any]) -> Figure:
 
 @dataclass(frozen=True)
 class LevelComparison:
-    """Output tokens per forward pass of each level (L_i): measured by bench, predicted by the plan."""
+    """Output tokens per forward pass of each level (L_i): measured by bench, predicted by the bench
+    (at its generation length) or, for results without predictions per level, by the plan."""
 
     method: str
     chain: tuple[str, ...]
@@ -148,10 +149,17 @@ def level_comparisons(results: dict[str, Any], plan: Any) -> list[LevelCompariso
         # a model-free bottom level runs no forward passes: its L_i is undefined (None), drawn as a gap
         for chain, gammas, predicted in planned:
             if tuple(method.get("chain", ())) == chain and tuple(method.get("gammas", ())) == gammas:
+                # the bench's own predictions (at its generation length and context) when it has them
+                at_bench = {name: tuple(_nan(x) for x in p["tokens_per_pass"])
+                            for name, p in method.get("predicted_levels", {}).items()
+                            if p.get("tokens_per_pass") and "@" not in name}  # @bench: same L_i
                 out.append(LevelComparison(method.get("label") or method["name"], chain,
-                                           tuple(float("nan") if x is None else float(x) for x in measured),
-                                           predicted))
+                                           tuple(_nan(x) for x in measured), at_bench or predicted))
     return out
+
+
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
 
 
 def levels_measured_vs_predicted(comparisons: list[LevelComparison]) -> Figure:

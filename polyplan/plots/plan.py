@@ -128,7 +128,7 @@ def level_breakdown(plan: Plan, profile: Profile) -> list[float]:
 
 
 def plan_breakdown(plan: Plan, profile: Profile) -> Figure:
-    """Where the time per token goes (T_i / L_i per level, i.i.d. model) for the chosen plan, the
+    """Where the time per token goes (T_i / L_i per level, steady-state i.i.d. model) for the chosen plan, the
     best two-level chain (when it is not the plan) and autoregressive decoding."""
     bars = [(f"chosen plan\n$\\gamma$=[{','.join(map(str, plan.gammas)) or '-'}]", list(plan.names),
              level_breakdown(plan, profile))]

@@ -12,6 +12,15 @@ A point-mass drafter proposes ``x_t = propose(prompt + r<t, 1)``: greedy ``[x_t 
 sampling ``p(x_t)`` (the probability that speculative sampling accepts a point mass), and 0 when it
 has nothing to propose. Every pair reuses the same logits, so k candidates cost k passes per
 reference, not k^2 generations.
+
+Pass shapes: a bf16/fp16 model's argmax at a near-tie position depends on how the text was split
+into passes, and at run time a verifier sees blocks of every size. So each half-precision model
+other than the target is teacher-forced once per block size in ``blocks`` and a pair's per-position
+acceptance is the mean over those shapes: a position whose argmax flips with the shape gets a
+fractional rate (replay draws it), not a 0 or 1 that one shape happened to give. (Measured on the
+SmolLM2 pool: the bf16 copy's run-time rejections by the float32 target fell on exactly such
+positions. float32 models, int8 weight-only ones included, accumulate in float32 and get one shape:
+their flips are orders of magnitude rarer, and the extra passes would cost profile time.)
 """
 
 from __future__ import annotations
@@ -82,6 +91,15 @@ def teacher_force(drafter: Drafter, prompt_ids: Sequence[int], reference: Sequen
     return logits
 
 
+def half_precision(drafter: Drafter) -> bool:
+    """True for a model whose argmax may depend on the pass shape: one computing in bfloat16 or
+    float16, or any drafter that says so with a ``shape_sensitive = True`` attribute."""
+    declared = getattr(drafter, "shape_sensitive", None)
+    if declared is not None:
+        return bool(declared)
+    return getattr(getattr(drafter, "model", None), "dtype", None) in (torch.bfloat16, torch.float16)
+
+
 def point_mass_proposals(drafter: Drafter, prompt_ids: Sequence[int], reference: Sequence[int]) -> list[int]:
     """The drafter's first proposed token at every reference position (-1: no proposal)."""
     context = list(prompt_ids)
@@ -108,26 +126,41 @@ def score_reference(
     temperature: float,
     top_k: int = 0,
     top_p: float = 1.0,
-    block: int = 0,
+    block: int | Sequence[int] = 0,
     on_candidate: Any = None,
+    target: str | None = None,
 ) -> ScoredReference:
-    """Teacher-force every candidate once on ``reference`` and derive every ordered pair's traces.
+    """Teacher-force every candidate on ``reference`` and derive every ordered pair's traces.
 
+    ``block``: one teacher-forcing block size, or several (module doc, "Pass shapes"), used for
+    half-precision models other than the ``target``; every other model gets the first only.
     Verifiers are the model candidates; drafters are all candidates other than the verifier."""
-    argmax: dict[str, torch.Tensor] = {}
-    probs: dict[str, torch.Tensor] = {}
+    blocks = [int(block)] if isinstance(block, int) else [int(b) for b in block]
+    if not blocks:
+        raise ValueError("need at least one teacher-forcing block size")
+    argmax: dict[str, list[torch.Tensor]] = {}
+    probs: dict[str, list[torch.Tensor]] = {}
     proposals: dict[str, torch.Tensor] = {}
     for d in drafters:
         if d.point_mass:
             proposals[d.name] = torch.tensor(point_mass_proposals(d, prompt_ids, reference), dtype=torch.long)
         else:
-            logits = teacher_force(d, prompt_ids, reference, block)
-            argmax[d.name] = logits.argmax(-1).cpu()
-            if temperature > 0:
-                probs[d.name] = processed_probs(logits, temperature, top_k, top_p)
-            del logits
+            for b in blocks if d.name != target and half_precision(d) else blocks[:1]:
+                logits = teacher_force(d, prompt_ids, reference, b)
+                argmax.setdefault(d.name, []).append(logits.argmax(-1).cpu())
+                if temperature > 0:
+                    probs.setdefault(d.name, []).append(processed_probs(logits, temperature, top_k, top_p))
+                del logits
         if on_candidate is not None:
             on_candidate()
+
+    def per_shape(values: dict[str, list[torch.Tensor]], name: str, shape: int) -> torch.Tensor:
+        runs = values[name]
+        return runs[min(shape, len(runs) - 1)]
+
+    def mean_over_shapes(*names: str, fn) -> torch.Tensor:
+        shapes = max(len(argmax[n]) for n in names)
+        return torch.stack([fn(s).float() for s in range(shapes)]).mean(0)
 
     greedy: dict[tuple[str, str], np.ndarray] = {}
     sampling: dict[tuple[str, str], np.ndarray] = {}
@@ -141,16 +174,26 @@ def score_reference(
             if d.point_mass:
                 prop = proposals[d.name]
                 has = prop >= 0
-                greedy[key] = ((prop == argmax[v.name]) & has).float().numpy()
+                greedy[key] = mean_over_shapes(
+                    v.name, fn=lambda s: (prop == per_shape(argmax, v.name, s)) & has).numpy()
                 if temperature > 0:
-                    p_v = probs[v.name]
-                    picked = p_v.gather(-1, prop.clamp(min=0).to(p_v.device).unsqueeze(-1)).squeeze(-1).cpu()
-                    sampling[key] = torch.where(has, picked, torch.zeros_like(picked)).numpy()
+                    def picked(s: int) -> torch.Tensor:
+                        p_v = per_shape(probs, v.name, s)
+                        got = p_v.gather(-1, prop.clamp(min=0).to(p_v.device).unsqueeze(-1)).squeeze(-1).cpu()
+                        return torch.where(has, got, torch.zeros_like(got))
+
+                    sampling[key] = mean_over_shapes(v.name, fn=picked).numpy()
             else:
-                greedy[key] = (argmax[d.name] == argmax[v.name]).float().numpy()
+                greedy[key] = mean_over_shapes(
+                    v.name, d.name,
+                    fn=lambda s: per_shape(argmax, d.name, s) == per_shape(argmax, v.name, s)).numpy()
                 if temperature > 0:
-                    p_v, q_d = probs[v.name], probs[d.name].to(probs[v.name].device)
-                    sampling[key] = torch.minimum(p_v, q_d).sum(-1).clamp(0.0, 1.0).cpu().numpy()
+                    def overlap(s: int) -> torch.Tensor:
+                        p_v = per_shape(probs, v.name, s)
+                        q_d = per_shape(probs, d.name, s).to(p_v.device)
+                        return torch.minimum(p_v, q_d).sum(-1).clamp(0.0, 1.0).cpu()
+
+                    sampling[key] = mean_over_shapes(v.name, d.name, fn=overlap).numpy()
             if temperature <= 0:
                 # at temperature 0 sampling is greedy decoding
                 sampling[key] = greedy[key].copy()

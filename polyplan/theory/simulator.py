@@ -87,9 +87,16 @@ def ratio_stderr(numerator: np.ndarray, denominator: np.ndarray) -> float:
 
 def simulate_chain(alpha_or_traces: Sequence[float | np.ndarray], gamma: Sequence[int],
                    latency: Sequence[Latency], n_tokens: int,
-                   rng: np.random.Generator | int | None = None) -> SimulationResult:
+                   rng: np.random.Generator | int | None = None, *,
+                   exact_length: bool = False) -> SimulationResult:
     """Simulate the staged loop until at least ``n_tokens`` tokens are emitted (the last round may
     overshoot; all emitted tokens are counted, so the accounting identity holds exactly).
+
+    ``exact_length=True`` simulates one generation of ``max_new_tokens = n_tokens`` as the executor
+    runs it: drafting is capped so no hand-up can carry the output past ``n_tokens`` (a level that
+    may still add ``m`` tokens lets the level below add at most ``m - 1``, since every verification
+    appends one token of its own). Short generations then pay for their truncated last round, which
+    the steady-state model (and ``exact_length=False``) averages away.
 
     ``alpha_or_traces[j-1]`` is level j's acceptance of level j+1's drafts: a float, or an array
     of per-output-position probabilities (see module doc). ``rng``: a Generator or a seed."""
@@ -122,13 +129,15 @@ def simulate_chain(alpha_or_traces: Sequence[float | np.ndarray], gamma: Sequenc
         rejected = np.flatnonzero(rng.random(block) >= probs)
         return int(rejected[0]) if rejected.size else block
 
-    def draft(level: int, start: int) -> tuple[int, float]:
-        """One call of ``level`` (>= 1, 0-based): returns (block length handed up, time spent)."""
+    def draft(level: int, start: int, room: float) -> tuple[int, float]:
+        """One call of ``level`` (>= 1, 0-based) allowed to hand up at most ``room`` tokens:
+        returns (block length handed up, time spent)."""
         if level == k - 1:  # bottom: g_k autoregressive passes
-            return gammas[level - 1], sum(charge(level, 1) for _ in range(gammas[level - 1]))
+            n = int(min(gammas[level - 1], room))
+            return n, sum(charge(level, 1) for _ in range(n))
         buffer, spent = 0, 0.0
-        while buffer < gammas[level - 1]:
-            block, t = draft(level + 1, start + buffer)
+        while buffer < gammas[level - 1] and buffer < room:
+            block, t = draft(level + 1, start + buffer, room - buffer - 1)
             spent += t + charge(level, block + 1)
             accepted = verify(level, start + buffer, block)
             verification_lengths[level].append(accepted + 1)
@@ -144,7 +153,7 @@ def simulate_chain(alpha_or_traces: Sequence[float | np.ndarray], gamma: Sequenc
         if k == 1:
             spent, emitted = charge(0, 1), 1
         else:
-            block, spent = draft(1, produced)
+            block, spent = draft(1, produced, n_tokens - produced - 1 if exact_length else np.inf)
             spent += charge(0, block + 1)
             emitted = verify(0, produced, block) + 1
             verification_lengths[0].append(emitted)
