@@ -29,7 +29,7 @@ def error_summary(doc: dict) -> dict:
     each predictor ranks the grid the same way the measurement does (its own regret)."""
     polyplan = [m for m in doc["methods"] if m["engine"] == "polyplan" and m["measured"].get("time_per_token_s")]
     out = {}
-    for name in ("iid", "replay", "iid@bench", "replay@bench"):
+    for name in ("iid", "replay"):
         errs = [m["error"][name] for m in polyplan if name in m["error"]]
         if not errs:
             continue

@@ -223,7 +223,9 @@ def test_optimize_writes_a_complete_plan(tmp_path):
     assert plan.names == ["target", "mid", "tiny"]
     assert plan.gammas == list(res.best.gammas)
     p = plan.prediction
-    assert p["speedup"] == pytest.approx(1.0 / p["time_per_token_s"])  # T_target(1) = 1.0
+    # T_target(1) = 1.0; over a 64-token generation the first token comes with the prefill
+    assert p["autoregressive_time_per_token_s"] == pytest.approx(63 / 64)
+    assert p["speedup"] == pytest.approx(63 / 64 / p["time_per_token_s"])
     assert len(p["tokens_per_pass"]) == 3 and p["tokens_per_pass"][0] == pytest.approx(p["mean_acceptance_length"])
     assert p["alphas"] == [0.92, 0.85]
     assert len(plan.runners_up) == 3
@@ -325,7 +327,8 @@ def test_default_context_comes_from_the_profiled_references(tmp_path):
 
 def test_horizon_truncates_the_last_round():
     """Perfect acceptance, gamma 7: a steady round emits 8 tokens; a 20-token generation runs
-    8 + 8 + 4 (its last round cut short), so both predictors see 3 target passes, not 2.5."""
+    8 + 8 + 4 (its last round cut short), so both predictors see 3 target passes, not 2.5. In
+    decode-only time the first pass, which carries the prompt, is prefill: 2 passes are timed."""
     costs = {"target": 1.0, "ngram": 0.0}
     prof = make_profile(costs, {("target", "ngram"): 1.0}, point_mass=("ngram",))
     prof.settings["max_new_tokens"] = 40
@@ -338,7 +341,7 @@ def test_horizon_truncates_the_last_round():
         e = short.predict(("target", "ngram"), (7,))
         t = steady.latencies(("target",))[0]
         assert e.tokens_per_pass[0] == pytest.approx(20 / 3)
-        assert e.time_per_token == pytest.approx((2 * t(8) + t(4)) / 20)
+        assert e.time_per_token == pytest.approx((t(8) + t(4)) / 20)
 
 
 def test_replay_horizon_keeps_references_that_ended_early():

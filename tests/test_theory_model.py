@@ -187,6 +187,11 @@ def test_exact_length_caps_drafting_like_the_executor():
     sim = simulate_chain([1.0, 1.0], [4, 2], [1.0, 0.1, 0.01], 10, rng=0, exact_length=True)
     assert sim.round_tokens.tolist() == [7, 3]
     assert sim.passes == [2, 3, 5] and sim.output_tokens == 10
+    # decode-only: the first pass of every level carries the prompt and is not timed
+    decode = simulate_chain([1.0, 1.0], [4, 2], [1.0, 0.1, 0.01], 10, rng=0, exact_length=True,
+                            prefill_first_pass=True)
+    assert decode.passes == sim.passes
+    assert decode.total_time == pytest.approx(sim.total_time - (1.0 + 0.1 + 0.01))
     # without the cap the second round overshoots to 14 tokens
     assert simulate_chain([1.0, 1.0], [4, 2], [1.0, 0.1, 0.01], 10, rng=0).output_tokens == 14
 

@@ -9,8 +9,7 @@ JSON layout (version 1)::
                   "measured": {"time_per_token_s", "tokens_per_s", "speedup", "time_per_token_by_repeat_s",
                                "new_tokens", "mean_acceptance_length": [per verifying level] | null,
                                "tokens_per_pass": [L_1..L_k] | null, "matches_autoregressive": fraction | null},
-                  "predicted": {"iid": s/token, "replay": s/token,
-                                "iid@bench": ..., "replay@bench": ...},  # latency re-measured during the bench
+                  "predicted": {"iid": s/token, "replay": s/token},
                   "predicted_levels": {"iid": {"tokens_per_pass", "mean_acceptance_length"}, ...},
                   "error": {"iid": |p - m| / m, "replay": ...},
                   "error_speedup": {"iid": |predicted speedup - measured| / measured, ...}}],
@@ -237,7 +236,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
         "",
         "| method | chain | gammas | tokens/s | speedup | accept len per level | L_i | L_i predicted (replay) "
         "| measured ms/token | predicted ms/token iid / replay | error iid / replay "
-        "| error with bench-time latency iid / replay | = AR |",
+        "| speedup error iid / replay | = AR |",
         "|---|---|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for m in doc["methods"]:
@@ -260,8 +259,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
                 pr_=_fmt(pr.get("replay") and pr["replay"] * 1e3, ".2f"),
                 ei=_fmt(er.get("iid") and er["iid"] * 100, ".1f") + ("%" if "iid" in er else ""),
                 er_=_fmt(er.get("replay") and er["replay"] * 100, ".1f") + ("%" if "replay" in er else ""),
-                si=_percent(er.get("iid@bench")),
-                sr=_percent(er.get("replay@bench")),
+                si=_percent(m.get("error_speedup", {}).get("iid")),
+                sr=_percent(m.get("error_speedup", {}).get("replay")),
                 eq=_fmt(me.get("matches_autoregressive"), ".2f"),
             )
         )

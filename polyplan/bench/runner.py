@@ -28,7 +28,7 @@ import torch
 
 from polyplan.bench.results import AUTOREGRESSIVE, MethodSpec, RunRecord, regret, summarize
 from polyplan.documents.plan import Plan, file_sha256
-from polyplan.documents.profile import LatencyCurve, Profile
+from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
 from polyplan.models.drafter import Drafter
 
@@ -145,11 +145,9 @@ def run_interleaved(
     seed: int = 0,
     warmup: bool = True,
     log: Log | None = None,
-    probe: "LatencyProbe | None" = None,
 ) -> tuple[list[RunRecord], dict[tuple[str, str], float]]:
     """Run every method on every prompt, interleaved, ``repeats`` times. Returns the run records
-    and the median prefill time of each (prompt, member). ``probe``: latency measured after
-    every prompt's methods, in the same minutes as the runs."""
+    and the median prefill time of each (prompt, member)."""
     log = log or (lambda msg: None)
     if warmup and prompts:
         for m in methods:  # first-call costs (allocations, lazy init) stay out of the figures
@@ -168,47 +166,9 @@ def run_interleaved(
                 _sync(dev)
                 dt = time.perf_counter() - t0
                 records.append(RunRecord(m.spec.name, pid, rep, len(tokens), dt, levels, tokens))
-            if probe is not None:
-                probe.measure(len(prompt) + max_new_tokens // 2)
             log(f"repeat {rep + 1}/{repeats}, prompt {pid}: done")
     prefill = {k: statistics.median(v) for k, v in prefill_runs.items()}
     return records, prefill
-
-
-class LatencyProbe:
-    """T_i(n) of the chain members measured between the bench's runs (one pass per n, each prompt
-    at its mean decoding context). The machine's speed drifts by 10-50% over minutes on a shared
-    CPU; predictions from these curves and the profile's acceptance separate the planner's model
-    error from that drift (the profile's own curves may be an hour old)."""
-
-    def __init__(self, drafters: Sequence[Drafter], new_tokens: Sequence[int]) -> None:
-        self.drafters = [d for d in drafters if not d.point_mass]
-        self.new_tokens = sorted({int(n) for n in new_tokens})
-        self.contexts: list[int] = []
-        self.samples: dict[str, list[list[float]]] = {d.name: [[] for _ in self.new_tokens] for d in self.drafters}
-
-    def measure(self, context: int) -> None:
-        from polyplan.profiler.latency import fits_context, measure_context
-
-        usable = [d for d in self.drafters if fits_context(d, context, max(self.new_tokens))]
-        if not usable:
-            return
-        rows = measure_context(usable, context, self.new_tokens, repeats=1, warmup=0)
-        self.contexts.append(context)
-        for name, row in rows.items():
-            for j, xs in enumerate(row.samples_s):
-                self.samples[name][j].extend(xs)
-
-    def curves(self) -> dict[str, LatencyCurve]:
-        """One curve per member at the mean probed context (medians over the probes)."""
-        if not self.contexts:
-            return {}
-        context = round(statistics.mean(self.contexts))
-        return {
-            name: LatencyCurve(new_tokens=self.new_tokens, context=[context],
-                               median_s=[[statistics.median(xs) for xs in per_n]], repeats=len(per_n[0]))
-            for name, per_n in self.samples.items() if all(per_n)
-        }
 
 
 def decode_records(records: list[RunRecord], methods: Sequence[BenchMethod],
@@ -314,17 +274,13 @@ def _hf_assisted(target_name, target, d_name, d, g, temperature, eos) -> list[Be
     ]
 
 
-#: suffix of the predictions made with latency re-measured during the bench
-BENCH_LATENCY = "@bench"
-
-
 def attach_predictions(
     methods: Sequence[BenchMethod], plan: Plan, profile: Profile | None, profile_path: Path | None, context: float,
-    max_new_tokens: int | None = None, suffix: str = "",
+    max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Both predictors' time per token for every polyplan method, re-predicted at the bench's
     actual mean context and generation length when the profile is at hand (else the plan's
-    stored predictions). Stored under ``<predictor><suffix>``."""
+    stored predictions)."""
     note: dict[str, Any] = {"context": context, "max_new_tokens": max_new_tokens, "source": "plan"}
     predictors = {}
     if profile is not None:
@@ -349,8 +305,8 @@ def attach_predictions(
         if predictors:
             for name, p in predictors.items():
                 e = p.predict(chain, gammas)
-                s.predicted[name + suffix] = e.time_per_token
-                s.predicted_levels[name + suffix] = {"tokens_per_pass": [x if math.isfinite(x) else None for x in e.tokens_per_pass],
+                s.predicted[name] = e.time_per_token
+                s.predicted_levels[name] = {"tokens_per_pass": [x if math.isfinite(x) else None for x in e.tokens_per_pass],
                                             "mean_acceptance_length": e.mean_acceptance_length}
         else:
             if s.name == "polyplan-plan":
@@ -374,10 +330,8 @@ def run_bench(
     encoded_prompts: list[tuple[str, list[int]]] | None = None,
     eos: list[int] | None = None,
     log: Log | None = None,
-    probe_latency: bool = True,
 ) -> dict[str, Any]:
-    """Run the comparison and return the results document (not yet saved). ``probe_latency``:
-    also re-measure the members' latency between runs and predict with it (``<predictor>@bench``)."""
+    """Run the comparison and return the results document (not yet saved)."""
     log = log or (lambda msg: None)
     if repeats < 1 or prompts < 1 or max_new_tokens < 1:
         raise UserError("--repeats, --prompts and --max-new-tokens must all be >= 1")
@@ -422,23 +376,10 @@ def run_bench(
             log(f"warning: {pp} changed since the plan was made; predictions use the current profile")
     context = statistics.mean(len(p) for _, p in encoded_prompts) + max_new_tokens / 2
     prediction_note = attach_predictions(methods, plan, profile, profile_path, context, max_new_tokens)
-    probe = None
-    if profile is not None and probe_latency:
-        members = sorted({n for m in methods if m.spec.engine == "polyplan" for n in m.members})
-        new_tokens = profile.latency[profile.target].new_tokens if profile.target in profile.latency else [1]
-        probe = LatencyProbe([loaded[n] for n in members if n in loaded], new_tokens)
 
     log(f"{len(methods)} methods x {len(encoded_prompts)} prompts x {repeats} repeats")
     records, prefill = run_interleaved(methods, encoded_prompts, drafters=loaded, repeats=repeats,
-                                       max_new_tokens=max_new_tokens, seed=seed, log=log, probe=probe)
-    if probe is not None and probe.curves():
-        probed = copy.copy(profile)
-        probed.latency = {**profile.latency, **probe.curves()}
-        attach_predictions(methods, plan, probed, profile_path, context, max_new_tokens, suffix=BENCH_LATENCY)
-        prediction_note["bench_latency"] = {
-            name: {"new_tokens": c.new_tokens, "context": c.context[0], "median_s": c.median_s[0], "probes": c.repeats}
-            for name, c in probe.curves().items()
-        }
+                                       max_new_tokens=max_new_tokens, seed=seed, log=log)
     specs = [m.spec for m in methods]
     end_to_end = summarize(specs, records)
     decode = summarize(specs, decode_records(records, methods, prefill))
@@ -448,7 +389,7 @@ def run_bench(
         # The headline figures are decode-only, like the prediction they are compared with.
         for k in ("time_per_token_s", "tokens_per_s", "speedup", "time_per_token_by_repeat_s"):
             e2e["measured"][k] = dec["measured"].get(k)
-        e2e["error"] = dec["error"]
+        e2e["error"], e2e["error_speedup"] = dec["error"], dec["error_speedup"]
     chosen = "polyplan-plan" if any(m.spec.name == "polyplan-plan" for m in methods) else "polyplan-two-level"
     from polyplan.profiler.machine import machine_facts
 

@@ -26,10 +26,6 @@ def bench_command(
     seed: int = typer.Option(0, "--seed"),
     grid: bool = typer.Option(False, "--grid", help="also run runners-up and gamma neighbours: measures the regret"),
     no_hf: bool = typer.Option(False, "--no-hf", help="skip transformers assisted generation"),
-    no_latency_probe: bool = typer.Option(
-        False, "--no-latency-probe",
-        help="do not re-measure the members' latency between runs (the <predictor>@bench predictions)",
-    ),
 ) -> None:
     """Measure a plan: tokens/s, speedup, acceptance per level, predicted vs measured time per token."""
     from polyplan.bench.results import markdown_table, save_markdown, save_results
@@ -46,8 +42,7 @@ def bench_command(
     the_pool = load_pool(pool or plan.profile.get("pool", ""))
     doc = run_bench(
         plan, plan_path, pool=the_pool, prompts=prompts, repeats=repeats, max_new_tokens=max_new_tokens,
-        seed=seed, grid=grid, hf=not no_hf, probe_latency=not no_latency_probe,
-        log=lambda m: console.print(f"[dim]{m}[/dim]"),
+        seed=seed, grid=grid, hf=not no_hf, log=lambda m: console.print(f"[dim]{m}[/dim]"),
     )
     save_results(output, doc)
     save_markdown(md, doc)

@@ -37,7 +37,8 @@ def register(root: typer.Typer) -> None:
         steps = [
             ("1/3 profile: latency curves and acceptance of every pair",
              ["profile", "--pool", pool, "-o", str(profile_path)]),
-            ("2/3 optimize: subset, order and gammas", ["optimize", str(profile_path), "-o", str(plan_path)]),
+            ("2/3 optimize: subset, order and gammas",
+             ["optimize", str(profile_path), "-o", str(plan_path), "--max-new-tokens", str(max_new_tokens)]),
             ("3/3 run the chosen chain", ["run", str(plan_path), prompt, "--chat", "--stats",
                                           "--max-new-tokens", str(max_new_tokens)]),
         ]

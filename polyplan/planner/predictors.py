@@ -10,7 +10,8 @@
 Both use the profile's latency curves T_i(n, c) at one context ``c``, and both predict either the
 steady state (``horizon=None``: the theory's time per token of an unbounded generation) or
 generations of ``horizon`` new tokens as the executor runs them (drafting capped at the end, so
-the last round is truncated). The horizon matters when acceptance lengths are long: at 64 tokens a
+the last round is truncated), in decode-only time (each model's first pass carries the prompt and
+is booked as prefill, as ``polyplan bench`` does). The horizon matters when acceptance lengths are long: at 64 tokens a
 chain whose target emits ~16 tokens per pass runs 4-5 rounds, and the cut-short last one lowers
 L_1 by an eighth. Pure Python + numpy."""
 
@@ -97,7 +98,9 @@ class Predictor(ABC):
         return [self._curves[name] for name in chain]
 
     def autoregressive_time(self) -> float:
-        return self._curves[self.profile.target](1)
+        """Time per token of the target alone (at the horizon, the first token is the prefill's)."""
+        t1 = self._curves[self.profile.target](1)
+        return t1 if self.horizon is None else t1 * (self.horizon - 1) / self.horizon
 
     # ---- predictions --------------------------------------------------------------------------
     @abstractmethod
@@ -189,13 +192,17 @@ class IidPredictor(Predictor):
         self._steady: dict[tuple[Chain, int], Estimate] = {}
 
     def predict(self, chain: Chain, gammas: Sequence[int]) -> Estimate:
-        if self.horizon is None or len(chain) == 1:
+        if self.horizon is None:
             pred = predict_chain(self.alphas(chain), list(gammas), self.latencies(chain))
             return self._estimate(chain, gammas, pred)
+        if len(chain) == 1:  # autoregressive: the first token comes with the prompt's prefill
+            return Estimate(chain=tuple(chain), gammas=(), time_per_token=self.autoregressive_time(), speedup=1.0,
+                            mean_acceptance_length=1.0, tokens_per_pass=(1.0,), predictor=self.name)
         rng = np.random.default_rng(self.seed)
         alphas, latency = self.alphas(chain), self.latencies(chain)
         runs = max(1, -(-self.SIMULATED_TOKENS // self.horizon))
-        sims = [simulate_chain(alphas, list(gammas), latency, self.horizon, rng, exact_length=True) for _ in range(runs)]
+        sims = [simulate_chain(alphas, list(gammas), latency, self.horizon, rng, exact_length=True,
+                               prefill_first_pass=True) for _ in range(runs)]
         return self._from_simulations(chain, gammas, sims)
 
     def steady_best(self, chain: Chain, max_gamma: int) -> Estimate:
@@ -256,7 +263,7 @@ class ReplayPredictor(Predictor):
         full = max(b - a for a, b in zip(self.segments, self.segments[1:]))
         reference_length = int(reference_length) if isinstance(reference_length, int) else full
         self._ended = [b - a < reference_length for a, b in zip(self.segments, self.segments[1:])]
-        self._iid = IidPredictor(profile, mode=mode, context=self.context)
+        self._iid = IidPredictor(profile, mode=mode, context=self.context, horizon=horizon)
 
     @classmethod
     def from_profile_path(cls, profile: Profile, profile_path: str | Path, **kw) -> "ReplayPredictor":
@@ -295,7 +302,8 @@ class ReplayPredictor(Predictor):
             for (a, b), n in zip(zip(self.segments, self.segments[1:]), self.segment_lengths()):
                 if b - a < 2 or n < 1:
                     continue
-                sims.append(simulate_chain([lv[a:b] for lv in levels], list(gammas), latency, n, rng, exact_length=exact))
+                sims.append(simulate_chain([lv[a:b] for lv in levels], list(gammas), latency, n, rng,
+                                           exact_length=exact, prefill_first_pass=exact))
         return self._from_simulations(chain, gammas, sims)
 
     def _search(self, chain: Chain, max_gamma: int) -> Estimate:

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from polyplan.errors import UserError
 from polyplan.plots.canvas import new_figure
 
-PREDICTOR_MARKERS = {"iid": "o", "replay": "s", "iid@bench": "D", "replay@bench": "P"}
+PREDICTOR_MARKERS = {"iid": "o", "replay": "s"}
 
 
 @dataclass(frozen=True)
@@ -151,8 +151,7 @@ def level_comparisons(results: dict[str, Any], plan: Any) -> list[LevelCompariso
             if tuple(method.get("chain", ())) == chain and tuple(method.get("gammas", ())) == gammas:
                 # the bench's own predictions (at its generation length and context) when it has them
                 at_bench = {name: tuple(_nan(x) for x in p["tokens_per_pass"])
-                            for name, p in method.get("predicted_levels", {}).items()
-                            if p.get("tokens_per_pass") and "@" not in name}  # @bench: same L_i
+                            for name, p in method.get("predicted_levels", {}).items() if p.get("tokens_per_pass")}
                 out.append(LevelComparison(method.get("label") or method["name"], chain,
                                            tuple(_nan(x) for x in measured), at_bench or predicted))
     return out
