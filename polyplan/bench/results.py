@@ -138,7 +138,7 @@ def _speedup_errors(methods: list[dict[str, Any]]) -> None:
     """``error_speedup[predictor] = |predicted speedup - measured speedup| / measured speedup``,
     the predicted speedup being predicted AR time / predicted time. Unlike the time-per-token
     error it does not move when the whole machine runs faster or slower at bench time than when
-    the profile was measured (a drift of 5-10% over minutes on a shared CPU)."""
+    the profile was measured (10-50% over minutes on this project's shared CPU)."""
     ar = next((m for m in methods if m["name"] == AUTOREGRESSIVE), None)
     for m in methods:
         m["error_speedup"] = {}

@@ -337,7 +337,7 @@ class _StagedRun:
             kept, own = self._verify(level, base, q_below)
             if own is not None:
                 parts.append(own)
-            if self.eos and not self.eos.isdisjoint(kept):
+            if not self.eos.isdisjoint(kept):
                 break  # nothing after an end-of-sequence token can be emitted: hand up now
         if self.params.greedy:
             return None
@@ -389,11 +389,8 @@ class _StagedRun:
             base = self.length
             q = self._fill(1, self.total - 1) if self.bottom >= 1 else None
             new, _ = self._verify(0, base, q)
-            for i, t in enumerate(new):
-                if t in self.eos:
-                    new = new[: i + 1]
-                    reason = "eos"
-                    break
+            if not self.eos.isdisjoint(new):
+                new, reason = self._through_eos(new), "eos"
             out.extend(new)
             if self.stream is not None and new:
                 self.stream(new)

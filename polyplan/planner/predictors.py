@@ -10,10 +10,10 @@
 Both use the profile's latency curves T_i(n, c) at one context ``c``, and both predict either the
 steady state (``horizon=None``: the theory's time per token of an unbounded generation) or
 generations of ``horizon`` new tokens as the executor runs them (drafting capped at the end, so
-the last round is truncated), in decode-only time (each model's first pass carries the prompt and
-is booked as prefill, as ``polyplan bench`` does). The horizon matters when acceptance lengths are long: at 64 tokens a
-chain whose target emits ~16 tokens per pass runs 4-5 rounds, and the cut-short last one lowers
-L_1 by an eighth. Pure Python + numpy."""
+the last round is truncated), in decode-only time (each model's first pass carries the prompt
+and is booked as prefill, as ``polyplan bench`` does). The horizon matters when acceptance
+lengths are long: at 64 tokens a chain whose target emits ~16 tokens per pass runs 4-5 rounds,
+and the cut-short last one lowers L_1 by an eighth. Pure Python + numpy."""
 
 from __future__ import annotations
 

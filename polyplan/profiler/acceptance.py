@@ -91,7 +91,7 @@ def teacher_force(drafter: Drafter, prompt_ids: Sequence[int], reference: Sequen
     return logits
 
 
-def half_precision(drafter: Drafter) -> bool:
+def shape_sensitive(drafter: Drafter) -> bool:
     """True for a model whose argmax may depend on the pass shape: one computing in bfloat16 or
     float16, or any drafter that says so with a ``shape_sensitive = True`` attribute."""
     declared = getattr(drafter, "shape_sensitive", None)
@@ -145,7 +145,7 @@ def score_reference(
         if d.point_mass:
             proposals[d.name] = torch.tensor(point_mass_proposals(d, prompt_ids, reference), dtype=torch.long)
         else:
-            for b in blocks if d.name != target and half_precision(d) else blocks[:1]:
+            for b in blocks if d.name != target and shape_sensitive(d) else blocks[:1]:
                 logits = teacher_force(d, prompt_ids, reference, b)
                 argmax.setdefault(d.name, []).append(logits.argmax(-1).cpu())
                 if temperature > 0:
