@@ -1,6 +1,6 @@
 """``polyplan theory ...``: predict, show, insert, gammas, simulate — thin wrappers over polyplan.theory.
 
-The ``predict`` output is a contract (shared/docs/staged-decoding.md): with ``--json`` one JSON object
+The ``predict`` output is a contract (docs/staged-decoding.md): with ``--json`` one JSON object
 with at least time_per_token, speedup, mean_acceptance_length and tokens_per_pass.
 """
 

@@ -1,6 +1,6 @@
 """``Chain``: staged (polybasic) speculative decoding over ``[target, M2, ..., Mk]``.
 
-Follows ../shared/docs/staged-decoding.md literally. All levels share ONE working sequence
+Follows docs/staged-decoding.md literally. All levels share ONE working sequence
 ``W`` = committed tokens followed by the buffers still being built by the levels above the one
 currently drafting; every model's KV cache covers a prefix of ``W``.
 

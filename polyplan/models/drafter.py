@@ -1,6 +1,6 @@
 """The one interface every chain member implements: model, derived copy or model-free.
 
-Semantics follow ../shared/docs/staged-decoding.md. A drafter holds the state of ONE sequence
+Semantics follow docs/staged-decoding.md. A drafter holds the state of ONE sequence
 (batch size 1). The executor and the profiler drive it through three calls:
 
 * ``score(new_ids)`` -- feed tokens that follow what the drafter has already processed and get

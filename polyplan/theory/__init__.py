@@ -13,7 +13,7 @@ Public API (the planner relies on these names):
   with Bernoulli acceptances (scalar rates or per-position traces).
 - ``total_time`` / ``time_per_token``: the accounting theorem ``T(N) = N sum_i T_i / L_i``.
 
-Conventions (shared/docs/staged-decoding.md): ``alpha = [a_1..a_(k-1)]`` (a_1 = target vs M2),
+Conventions (docs/staged-decoding.md): ``alpha = [a_1..a_(k-1)]`` (a_1 = target vs M2),
 ``gamma = [g_2..g_k]``, ``latency = [T_1..T_k]``, each a constant or a callable ``T_i(n)`` of the
 new tokens a pass scores (1 for a bottom drafting pass, d + 1 for verifying d tokens).
 The theorems, with their proofs in proofs/, are listed by ``polyplan.theory.theorems.THEOREMS``.

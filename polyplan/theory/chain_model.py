@@ -1,6 +1,6 @@
 """The exact expected time per output token of a staged chain of any depth k (i.i.d. acceptance).
 
-Semantics: shared/docs/staged-decoding.md, read literally. Levels are numbered 1 (target) .. k
+Semantics: docs/staged-decoding.md, read literally. Levels are numbered 1 (target) .. k
 (bottom); ``alpha[j-1]`` is the rate at which level j accepts tokens drafted by level j+1 and
 ``gamma[j-2]`` belongs to level j (j >= 2).
 
