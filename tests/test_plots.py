@@ -254,15 +254,15 @@ def polyplan(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
                           timeout=300)
 
 
-def test_cli_plot_all_writes_every_readme_figure(documents, tmp_path):
+def test_cli_plot_all_writes_every_doc_figure(documents, tmp_path):
     profile_path, plan_path, bench_path = documents
     out = tmp_path / "figures"
     run = polyplan("plot", "all", "--out", str(out), "--profile", str(profile_path), "--plan", str(plan_path),
                    "--bench", str(bench_path), "--dpi", "40", "--grid", "6")
     assert run.returncode == 0, run.stderr
-    from polyplan.plots.writers import README_FIGURES
+    from polyplan.plots.writers import DOC_FIGURES
 
-    for name in (*README_FIGURES, "bench-speedups.png", "levels-measured-vs-predicted.png"):
+    for name in (*DOC_FIGURES, "bench-speedups.png", "levels-measured-vs-predicted.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
 

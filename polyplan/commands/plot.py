@@ -17,7 +17,7 @@ app = typer.Typer(help="Write figures (PNG) of the theory, a profile, a plan or 
 DEFAULT_PROFILE = Path("profiles/smollm2-cpu.json")
 DEFAULT_PLAN = Path("profiles/smollm2-cpu.plan.json")
 DEFAULT_BENCH = Path("benchmarks/results/smollm2-cpu.json")
-README_FIGURES_DIR = Path("docs/figures")
+DOC_FIGURES_DIR = Path("docs/figures")
 
 OUT_HELP = "folder to write the PNG files into (created if needed)"
 DPI_HELP = "resolution of the PNG files"
@@ -107,7 +107,7 @@ def bench_command(results: Path = typer.Argument(..., help="results .json writte
 
 
 @app.command("all")
-def all_command(out: Path = typer.Option(README_FIGURES_DIR, "--out", help=OUT_HELP),
+def all_command(out: Path = typer.Option(DOC_FIGURES_DIR, "--out", help=OUT_HELP),
                 profile: Path = typer.Option(DEFAULT_PROFILE, "--profile", help="profile to plot"),
                 plan: Optional[Path] = typer.Option(
                     None, "--plan", help=f"plan to plot (default: {DEFAULT_PLAN} if committed, else the "
@@ -116,10 +116,10 @@ def all_command(out: Path = typer.Option(README_FIGURES_DIR, "--out", help=OUT_H
                     None, "--bench", help=f"bench results to plot (default: {DEFAULT_BENCH}; skipped if absent)"),
                 dpi: int = typer.Option(100, "--dpi", help=DPI_HELP),
                 grid: int = typer.Option(40, "--grid", help=GRID_HELP)) -> None:
-    """Regenerate every README figure (run from the repository root: reads the committed files)."""
+    """Regenerate every figure the docs show (run from the repository root: reads the committed files)."""
     _check_output(out, dpi)
     from polyplan.plots.writers import (
-        README_FIGURES,
+        DOC_FIGURES,
         WrittenFigures,
         write_bench_figures,
         write_plan_figures,
@@ -140,10 +140,10 @@ def all_command(out: Path = typer.Option(README_FIGURES_DIR, "--out", help=OUT_H
     written += write_plan_figures(plan, out, profile_path=profile, dpi=dpi)
     if bench is not None:
         written += write_bench_figures(bench, out, plan_path=plan, dpi=dpi)
-    stale = [reason for reason in written.skipped if reason.split(":")[0] in README_FIGURES]
+    stale = [reason for reason in written.skipped if reason.split(":")[0] in DOC_FIGURES]
     if bench is None:  # not an error: the bench figures simply wait for committed results
         written += WrittenFigures(skipped=[f"bench figures: no bench results ({DEFAULT_BENCH} not committed; "
                                            "give --bench)"])
     _report(written)
     if stale:
-        raise UserError(f"{len(stale)} README figure(s) not regenerated: {'; '.join(stale)}")
+        raise UserError(f"{len(stale)} figure(s) the docs show not regenerated: {'; '.join(stale)}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-#: README figures are committed: small and legible at this resolution
+#: the figures docs/*.md show are committed: small and legible at this resolution
 DEFAULT_DPI = 100
 
 

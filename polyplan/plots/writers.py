@@ -2,7 +2,7 @@
 
 Each ``write_*`` returns a ``WrittenFigures``: the paths it wrote and, for figures a document cannot
 support yet (an unfinished profile without acceptance pairs, bench results without per-level
-statistics), why each was skipped. File names are stable (the README links them)."""
+statistics), why each was skipped. File names are stable (docs/*.md link them)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from polyplan.plots import profile as profile_plots
 from polyplan.plots import theory as theory_plots
 from polyplan.plots.canvas import DEFAULT_DPI, save_figure
 
-#: the figures the README shows, in the order it shows them
-README_FIGURES = ("speedup-surfaces.png", "insertion-region.png", "acceptance-stability.png",
+#: the figures docs/*.md show (committed in docs/figures/); `polyplan plot all` fails if one is not written
+DOC_FIGURES = ("speedup-surfaces.png", "insertion-region.png", "acceptance-stability.png",
                   "model-vs-simulation.png", "latency-curves.png", "acceptance-heatmap.png",
                   "pareto-front.png", "plan-breakdown.png", "predicted-vs-measured.png")
 
