@@ -16,7 +16,9 @@ JSON layout (version 1)::
      "runners_up": [{"chain", "gammas", "time_per_token_s", "speedup", "mean_acceptance_length",
                      "tokens_per_pass", "predictor"}],          (ranked, best excluded)
      "two_level": {...an entry like runners_up: the best chain of exactly two levels...} or null,
-     "exports": {"transformers": {...}, "vllm": {...}} or {} }
+     "exports": {"transformers": {...}, "vllm": {...}} or {},
+     "policy": {...the adaptive executor's precomputed policy: polyplan.planner.policy.Policy.to_dict()}
+               (optional: plans written before it existed load without it) }
 
 Pure Python: the planner writes it, ``polyplan run`` / ``polyplan bench`` read it."""
 
@@ -54,6 +56,8 @@ class Plan:
     runners_up: list[dict[str, Any]] = field(default_factory=list)
     two_level: dict[str, Any] | None = None
     exports: dict[str, Any] = field(default_factory=dict)
+    #: the adaptive executor's policy (polyplan.planner.policy); None for plans made before it
+    policy: dict[str, Any] | None = None
     created: str = ""
     version: int = PLAN_VERSION
 
@@ -117,6 +121,7 @@ class Plan:
             "runners_up": self.runners_up,
             "two_level": self.two_level,
             "exports": self.exports,
+            **({"policy": self.policy} if self.policy is not None else {}),
         }
 
     @classmethod
@@ -133,6 +138,7 @@ class Plan:
                 runners_up=list(doc.get("runners_up", [])),
                 two_level=doc.get("two_level"),
                 exports=dict(doc.get("exports", {})),
+                policy=dict(doc["policy"]) if doc.get("policy") is not None else None,
                 created=doc.get("created", ""),
                 version=doc["version"],
             )

@@ -12,6 +12,7 @@ from polyplan.errors import UserError
 from polyplan.planner.chains import Chain, chain_problem, unit_cost
 from polyplan.planner.exports import transformers_export, vllm_export
 from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, load_traces, make_predictor
+from polyplan.planner.policy import build_policy
 from polyplan.planner.search import SearchResult, search
 
 #: the generation length planned for by default: what `polyplan bench` generates per prompt
@@ -97,6 +98,9 @@ def optimize(
         exports=exports,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+    if len(plan.names) > 1:  # the adaptive executor's table (proofs/adaptive-control.md)
+        plan.policy = build_policy(profile, plan.names, plan.gammas, mode=mode, context=pred.context,
+                                   max_gamma=max_gamma, traces=traces).to_dict()
     plan.validate()
     return plan, result
 

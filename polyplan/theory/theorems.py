@@ -106,6 +106,30 @@ def _check_insertion() -> bool:
     return ok
 
 
+def _check_adaptive_control() -> bool:
+    """The estimator's three identities: the evidence likelihood alpha^a (1 - alpha)^[a < d] is the
+    capped-geometric pmf (sums to 1, d = 1..8); an exponential average of memory W has variance
+    sigma^2 (1 - lam)/(1 + lam); W* = sigma sqrt(H)/Delta zeroes the derivative of the mean square
+    error sigma^2/(2W) + Delta^2 W/(2H), which is convex."""
+    from polyplan.theory.control import verification_evidence
+
+    lam, t, w, sigma, jump, segment = sp.symbols("lambda t W sigma Delta H", positive=True)
+    for d in range(1, 9):
+        total = 0
+        for accepted in range(d + 1):
+            s, n = verification_evidence(d, accepted)
+            total += a**s * (1 - a) ** (n - s)
+        if not _is_zero(total - 1):
+            return False
+    geometric = sp.summation(lam ** (2 * t), (t, 0, sp.oo)).args[0][0]  # the branch lam^2 < 1
+    variance = (1 - lam) ** 2 * geometric  # sum over t of the squared weights (1 - lam) lam^t
+    if not _is_zero(variance - (1 - lam) / (1 + lam)):
+        return False
+    mse = sigma**2 / (2 * w) + jump**2 * w / (2 * segment)
+    best = sigma * sp.sqrt(segment) / jump
+    return _is_zero(sp.diff(mse, w).subs(w, best)) and bool(sp.simplify(sp.diff(mse, w, 2)).is_positive)
+
+
 def _latex_eq(lhs: str, rhs: sp.Expr) -> str:
     return f"{lhs} = {sp.latex(rhs)}"
 
@@ -147,6 +171,13 @@ THEOREMS: list[Theorem] = [
             "T_new/L_new < T_v/L_v - T_v/L'_v is exact when other levels keep their L.",
             lambda: r"\Delta = \frac{T_{new}}{L_{new}} + \sum_i T_i\Big(\frac{1}{L'_i}-\frac{1}{L_i}\Big) < 0",
             "polyplan.theory.insertion.insertion_gain", _check_insertion),
+    Theorem("adaptive-control", "Adaptive control between target rounds",
+            "Per round run argmin_s t_s(alpha-hat) (tabulated when the plan is made); alpha-hat is a Beta "
+            "posterior with forgotten evidence (a successes, a + [a < d] trials; window W* = sigma sqrt(H) / "
+            "Delta); regret <= (1 + eps) e^(2 L delta); lossless because settings change only between rounds.",
+            lambda: r"\frac{t_{\hat s}(\alpha)}{\min_s t_s(\alpha)} \le (1+\varepsilon)\,e^{2L\|\alpha-\hat\alpha\|_\infty},"
+            r"\quad W^* = \frac{\sigma\sqrt{H}}{\Delta}",
+            "polyplan.theory.control.verification_evidence", _check_adaptive_control),
 ]
 
 

@@ -1,0 +1,312 @@
+"""The adaptive executor's policy, precomputed when a plan is made (proofs/adaptive-control.md).
+
+For every subset of the plan's members that keeps their order and starts with the target
+(autoregressive decoding included), a table over a grid of its adjacent pairs' acceptance gives
+the best gammas and the exact model's time per token (``polyplan.theory.control.setting_table``,
+latency curves of the profile at the plan's context). A second table gives the time of the plan's
+own setting (all members, the plan's gammas). Per target round the controller looks the current
+acceptance estimates up (multilinear interpolation, microseconds) and applies the rule of
+``Policy.decide``: keep the plan's setting while the model says it is within ``margin`` of the
+best; else keep the current members (gammas follow the table) while they are within the margin;
+else switch to the best. No search ever runs per round.
+
+The estimator's constants live here too: each pair's prior (the profile's acceptance), its
+strength (empirical Bayes from the profile's prompt-to-prompt spread when it has traces) and the
+forgetting window. Pure Python: the plan stores ``Policy.to_dict()``; the executor reads it back."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+from polyplan.documents.files import DocumentError
+from polyplan.documents.profile import Profile
+from polyplan.planner.chains import chain_problem
+from polyplan.theory.control import (
+    MAX_U,
+    alpha_axis,
+    cell,
+    corner_offsets,
+    describe,
+    interpolate,
+    nearest,
+    pair_window,
+    points_per_axis,
+    setting_table,
+    u_of_alpha,
+)
+
+POLICY_VERSION = 1
+#: tokens between changes of the text's character (a paragraph, a code block): the forgetting
+#: window of each pair is pair_window(n0, SEGMENT_TOKENS) = sqrt((n0 + 1) * 128); see the proof
+SEGMENT_TOKENS = 128.0
+#: prior strength (pseudo-trials) of a pair whose prompt-to-prompt spread is unknown
+DEFAULT_PRIOR_STRENGTH = 8.0
+PRIOR_STRENGTH_RANGE = (1.0, 1024.0)
+#: forgetting windows are kept in this range (committed tokens)
+WINDOW_RANGE = (8.0, 256.0)
+#: stay with the plan's (or the current) members unless another setting is predicted this much faster
+DEFAULT_MARGIN = 0.02
+#: grid cells per subset table (the axis is the finest whose grid fits; 17 points at most)
+CELL_BUDGET = 300
+
+Pair = tuple[int, int]
+
+
+@dataclass
+class SettingTable:
+    """One subset of the plan's members over the grid of its adjacent pairs' acceptance."""
+
+    members: tuple[int, ...]
+    points: int  # grid points per axis (alpha_axis(points))
+    gammas: list[tuple[int, ...]]  # row-major over the pairs' axes, last pair fastest
+    times: list[float]  # expected seconds per output token at those gammas
+
+    def __post_init__(self) -> None:
+        # fixed views, computed once: the per-round lookup reads them
+        self.pairs: list[Pair] = list(zip(self.members, self.members[1:]))
+        self.shape: tuple[int, ...] = (self.points,) * (len(self.members) - 1)
+        self.corners = corner_offsets(self.shape)
+
+    def time_at(self, cells: Sequence[tuple[int, float]]) -> float:
+        return interpolate(self.times, self.shape, cells, self.corners)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"members": list(self.members), "points": self.points,
+                "gammas": [list(g) for g in self.gammas], "times": [float(f"{t:.7g}") for t in self.times]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SettingTable":
+        members = tuple(int(m) for m in d["members"])
+        table = cls(members, int(d["points"]), [tuple(int(x) for x in g) for g in d["gammas"]],
+                    [float(t) for t in d["times"]])
+        size = table.points ** (len(members) - 1)
+        if (not members or members[0] != 0 or any(b <= a for a, b in zip(members, members[1:]))
+                or table.points < 2 or len(table.gammas) != size or len(table.times) != size
+                or any(len(g) != len(members) - 1 or min(g, default=1) < 1 for g in table.gammas)
+                or any(not math.isfinite(t) or t <= 0 for t in table.times)):
+            raise DocumentError(f"malformed policy table for members {list(members)}")
+        return table
+
+
+@dataclass(frozen=True)
+class Decision:
+    members: tuple[int, ...]
+    gammas: tuple[int, ...]
+    time_per_token: float  # the model's prediction for this setting at the estimates
+    best_time_per_token: float  # the best setting's
+    rule: str  # "plan", "stay" or "best"
+
+
+@dataclass
+class Policy:
+    names: list[str]  # the plan's members, target first
+    mode: str
+    context: float
+    max_gamma: int
+    priors: dict[Pair, float]  # the profile's acceptance of every (verifier, drafter) pair used
+    prior_strength: dict[Pair, float]  # pseudo-trials, at most the pair's window
+    window: dict[Pair, float]  # forgetting memory of each pair, committed tokens
+    margin: float
+    plan: SettingTable  # the plan's own setting at its fixed gammas
+    tables: list[SettingTable]
+    point_mass: list[bool] = field(default_factory=list)
+    build_seconds: float = 0.0
+
+    # ---- the per-round rule ---------------------------------------------------------------------
+    def decide(self, alpha: Mapping[Pair, float], current: Sequence[int] | None = None) -> Decision:
+        """The setting for acceptance estimates ``alpha`` (every pair of ``self.priors``)."""
+        cells: dict[tuple[Pair, int], tuple[int, float]] = {}
+
+        def at(table: SettingTable) -> list[tuple[int, float]]:
+            out = []
+            for pair in table.pairs:
+                key = (pair, table.points)
+                c = cells.get(key)
+                if c is None:
+                    c = cells[key] = cell(_axis_u(table.points), u_of_alpha(alpha[pair]))
+                out.append(c)
+            return out
+
+        best, best_time, current_table, current_time = None, math.inf, None, math.inf
+        current = tuple(current) if current is not None else None
+        for table in self.tables:
+            t = table.time_at(at(table))
+            if t < best_time:
+                best, best_time = table, t
+            if table.members == current:
+                current_table, current_time = table, t
+        assert best is not None
+        plan_time = self.plan.time_at(at(self.plan))
+        if plan_time <= best_time * (1 + self.margin):
+            return Decision(self.plan.members, self.plan.gammas[0], plan_time, best_time, "plan")
+        if current_table is not None and current_time <= best_time * (1 + self.margin):
+            g = current_table.gammas[nearest(current_table.shape, at(current_table))]
+            return Decision(current_table.members, g, current_time, best_time, "stay")
+        return Decision(best.members, best.gammas[nearest(best.shape, at(best))], best_time, best_time, "best")
+
+    def reason(self, decision: Decision, alpha: Mapping[Pair, float]) -> str:
+        """One line for the run statistics: the estimates and the model's verdict."""
+        shown = ", ".join(f"{self.names[d]}->{self.names[v]} {alpha[(v, d)]:.2f}" for v, d in sorted(alpha))
+        what = {"plan": "the plan's setting is within the margin of the best",
+                "stay": "the current members are within the margin of the best",
+                "best": "fastest predicted"}[decision.rule]
+        return (f"{what}: {describe(decision.members, decision.gammas, self.names)} "
+                f"{decision.time_per_token * 1e3:.1f} ms/token predicted (acceptance estimates: {shown})")
+
+    def prior_alpha(self) -> dict[Pair, float]:
+        return dict(self.priors)
+
+    # ---- (de)serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": POLICY_VERSION,
+            "rule": "proofs/adaptive-control.md",
+            "names": list(self.names),
+            "point_mass": list(self.point_mass),
+            "mode": self.mode,
+            "context": self.context,
+            "max_gamma": self.max_gamma,
+            "margin": self.margin,
+            "pairs": [{"verifier": v, "drafter": d, "prior": self.priors[(v, d)],
+                       "prior_strength": self.prior_strength[(v, d)], "window_tokens": self.window[(v, d)]} for v, d in sorted(self.priors)],
+            "plan": self.plan.to_dict(),
+            "settings": [t.to_dict() for t in self.tables],
+            "build_seconds": round(self.build_seconds, 3),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], origin: str = "plan policy") -> "Policy":
+        try:
+            if int(d["version"]) > POLICY_VERSION:
+                raise DocumentError(f"policy version {d['version']} is newer than this polyplan understands")
+            pairs = {(int(p["verifier"]), int(p["drafter"])): p for p in d["pairs"]}
+            policy = cls(
+                names=[str(n) for n in d["names"]], mode=str(d["mode"]), context=float(d["context"]),
+                max_gamma=int(d["max_gamma"]),
+                priors={k: float(p["prior"]) for k, p in pairs.items()},
+                prior_strength={k: float(p["prior_strength"]) for k, p in pairs.items()},
+                window={k: float(p["window_tokens"]) for k, p in pairs.items()}, margin=float(d["margin"]),
+                plan=SettingTable.from_dict(d["plan"]), tables=[SettingTable.from_dict(t) for t in d["settings"]],
+                point_mass=[bool(x) for x in d.get("point_mass", [])], build_seconds=float(d.get("build_seconds", 0)),
+            )
+        except DocumentError as e:
+            raise DocumentError(f"{origin}: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise DocumentError(f"{origin}: malformed policy ({type(e).__name__}: {e})") from None
+        policy.validate(origin)
+        return policy
+
+    def validate(self, origin: str = "plan policy") -> None:
+        k = len(self.names)
+        if not self.tables or self.margin < 0:
+            raise DocumentError(f"{origin}: a policy needs tables and a margin >= 0")
+        for table in [self.plan, *self.tables]:
+            if table.members[-1] >= k:
+                raise DocumentError(f"{origin}: table members {list(table.members)} outside the chain of {k}")
+            for pair in table.pairs:
+                if pair not in self.priors:
+                    raise DocumentError(f"{origin}: no prior for the pair {pair}")
+        if self.plan.members != tuple(range(k)):
+            raise DocumentError(f"{origin}: the plan table must cover every member")
+        for pair, a in self.priors.items():
+            if not 0.0 <= a <= 1.0 or not self.prior_strength.get(pair, 0) > 0 or not self.window.get(pair, 0) > 0:
+                raise DocumentError(f"{origin}: bad prior for the pair {pair}")
+
+
+def _axis_u(points: int, _cache: dict[int, list[float]] = {}) -> list[float]:  # noqa: B006 - a memo
+    axis = _cache.get(points)
+    if axis is None:
+        axis = _cache[points] = [MAX_U * i / (points - 1) for i in range(points)]
+    return axis
+
+
+# ---- building --------------------------------------------------------------------------------------
+
+def subsets(names: Sequence[str], profile: Profile) -> list[tuple[int, ...]]:
+    """Every order-keeping subset of the plan's members that starts with the target and that the
+    profile can predict (acceptance measured for every adjacent pair), autoregressive first."""
+    out = []
+    for size in range(len(names)):
+        for rest in combinations(range(1, len(names)), size):
+            members = (0, *rest)
+            if chain_problem(profile, tuple(names[m] for m in members)) is None:
+                out.append(members)
+    return out
+
+
+def prior_strengths(profile: Profile, names: Sequence[str], pairs: Sequence[Pair], mode: str,
+                    traces: Mapping[str, Any] | None) -> dict[Pair, float]:
+    """Empirical Bayes: the Beta prior whose variance is the profile's prompt-to-prompt variance of
+    each pair's acceptance (per-prompt means of the traces, less their own binomial noise):
+    ``n0 = m (1 - m) / v - 1``, clamped to PRIOR_STRENGTH_RANGE; DEFAULT_PRIOR_STRENGTH without traces."""
+    out = {pair: DEFAULT_PRIOR_STRENGTH for pair in pairs}
+    segments = traces.get("segments") if traces is not None else None
+    if segments is None or len(segments) < 3:
+        return out
+    bounds = [(int(a), int(b)) for a, b in zip(segments, segments[1:]) if int(b) - int(a) >= 2]
+    for v, d in pairs:
+        trace = traces.get(f"{mode}/{names[v]}/{names[d]}")
+        if trace is None or len(bounds) < 2:
+            continue
+        means = [float(sum(trace[a:b])) / (b - a) for a, b in bounds]
+        m = sum(means) / len(means)
+        spread = sum((x - m) ** 2 for x in means) / (len(means) - 1)
+        noise = sum(x * (1 - x) / (b - a) for x, (a, b) in zip(means, bounds)) / len(means)
+        between = spread - noise
+        lo, hi = PRIOR_STRENGTH_RANGE
+        out[(v, d)] = hi if between <= 0 else min(hi, max(lo, m * (1 - m) / between - 1))
+    return out
+
+
+def build_policy(profile: Profile, names: Sequence[str], gammas: Sequence[int], *, mode: str, context: float,
+                 max_gamma: int = 16, traces: Mapping[str, Any] | None = None, cell_budget: int = CELL_BUDGET,
+                 margin: float = DEFAULT_MARGIN) -> Policy:
+    """Tabulate the best setting over acceptance estimates for the plan ``names`` / ``gammas``."""
+    from polyplan.planner.predictors import IidPredictor  # the latency curves at the context, memoised
+
+    started = time.perf_counter()
+    names = list(names)
+    predictor = IidPredictor(profile, mode=mode, context=context)
+    members_list = subsets(names, profile)
+    full = tuple(range(len(names)))
+    if full not in members_list:
+        raise DocumentError(f"the profile cannot predict the plan's chain {' <- '.join(names)}")
+    pairs = sorted({p for m in members_list for p in zip(m, m[1:])})
+    priors = {(v, d): profile.pair(names[v], names[d]).alpha(mode) for v, d in pairs}
+    strengths = prior_strengths(profile, names, pairs, mode, traces)
+    windows = {p: min(WINDOW_RANGE[1], max(WINDOW_RANGE[0], pair_window(n0, SEGMENT_TOKENS)))
+               for p, n0 in strengths.items()}
+    # the profile's prompts are one workload: their prior never outweighs this generation's
+    # own evidence over one window
+    strengths = {p: min(n0, windows[p]) for p, n0 in strengths.items()}
+    tables = []
+    for members in members_list:
+        chain = tuple(names[m] for m in members)
+        latency = predictor.latencies(chain)
+        points = max(2, points_per_axis(len(members) - 1, cell_budget))
+        axes = [alpha_axis(points)] * (len(members) - 1)
+        start = [max(1, min(max_gamma, 4))] * (len(members) - 1)
+        g, t = setting_table(axes, latency, max_gamma, start)
+        tables.append(SettingTable(members, points, g, t))
+    chain = tuple(names)
+    points = points_per_axis(len(names) - 1, cell_budget)
+    g, t = setting_table([alpha_axis(points)] * (len(names) - 1), predictor.latencies(chain), max_gamma,
+                         list(gammas), fixed_gammas=list(gammas))
+    plan_table = SettingTable(full, points, g, t)
+    policy = Policy(names=names, mode=mode, context=float(context), max_gamma=max_gamma, priors=priors,
+                    prior_strength=strengths, window=windows, margin=float(margin), plan=plan_table,
+                    tables=tables, point_mass=[profile.candidate(n).point_mass for n in names])
+    policy.build_seconds = time.perf_counter() - started
+    return policy
+
+
+def policy_for_plan(plan: Any, profile: Profile, traces: Mapping[str, Any] | None = None) -> Policy:
+    """The policy of a plan document (``polyplan.documents.plan.Plan``) rebuilt from its profile."""
+    return build_policy(profile, plan.names, plan.gammas, mode=plan.mode,
+                        context=float(plan.settings.get("context") or 0.0),
+                        max_gamma=int(plan.settings.get("max_gamma") or 16), traces=traces)

@@ -1,0 +1,188 @@
+"""The adaptive executor's precomputed policy and the estimator's algebra (pure: no torch).
+
+Built on the committed SmolLM2 profile (target fp32 <- bf16 <- n-gram plan, gammas 11, 5)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from polyplan.documents import Plan, Profile
+from polyplan.documents.files import DocumentError
+from polyplan.planner.policy import Policy, build_policy, policy_for_plan, subsets
+from polyplan.planner.predictors import IidPredictor, load_traces
+from polyplan.theory import search_gammas
+from polyplan.theory.control import (
+    alpha_axis,
+    pair_window,
+    posterior_mean,
+    relax_tokens,
+    setting_table,
+    transfer_bound,
+    u_of_alpha,
+    verification_evidence,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiles" / "smollm2-cpu.json"
+PLAN = ROOT / "profiles" / "smollm2-cpu.plan.json"
+NAMES = ["smollm2-135m", "smollm2-135m:bf16", "ngram"]
+
+
+@pytest.fixture(scope="module")
+def profile() -> Profile:
+    return Profile.load(PROFILE)
+
+
+@pytest.fixture(scope="module")
+def policy(profile) -> Policy:
+    return build_policy(profile, NAMES, [11, 5], mode="greedy", context=113.875,
+                        traces=load_traces(profile, PROFILE))
+
+
+def test_every_order_keeping_subset_with_the_target_is_a_candidate(profile):
+    assert subsets(NAMES, profile) == [(0,), (0, 1), (0, 2), (0, 1, 2)]
+
+
+def test_warm_started_tables_match_the_exhaustive_search(profile):
+    latency = IidPredictor(profile, context=113.875).latencies(tuple(NAMES))
+    axis = alpha_axis(7)
+    gammas, times = setting_table([axis, axis], latency, 16, [4, 4])
+    rng = random.Random(0)
+    for flat in rng.sample(range(len(times)), 8):
+        alpha = [axis[flat // 7], axis[flat % 7]]
+        _, exact = search_gammas(alpha, latency, max_gamma=16)
+        assert times[flat] <= float(exact.time_per_token) * 1.005, (alpha, gammas[flat])
+
+
+def test_the_plan_setting_is_chosen_at_the_profiles_acceptance(policy):
+    decision = policy.decide(policy.priors)
+    assert (decision.members, decision.gammas, decision.rule) == ((0, 1, 2), (11, 5), "plan")
+
+
+def test_autoregressive_when_nothing_is_accepted(policy):
+    decision = policy.decide({pair: 0.0 for pair in policy.priors})
+    assert decision.members == (0,) and decision.gammas == ()
+
+
+def test_a_useless_ngram_under_a_good_bf16_level_is_turned_down(policy):
+    alpha = {(0, 1): 0.98, (0, 2): 0.02, (1, 2): 0.02}
+    decision = policy.decide(alpha)
+    # a point-mass draft at gamma 1 costs nothing, so the n-gram may stay, but only at gamma 1
+    assert decision.members in ((0, 1), (0, 1, 2))
+    if decision.members == (0, 1, 2):
+        assert decision.gammas[-1] == 1
+
+
+def test_a_great_ngram_drops_the_bf16_level(policy):
+    decision = policy.decide({(0, 1): 0.98, (0, 2): 0.95, (1, 2): 0.95})
+    assert decision.members == (0, 2) and decision.gammas[0] >= 12
+
+
+def test_decisions_are_within_the_margin_of_the_exact_optimum(policy, profile):
+    predictor = IidPredictor(profile, context=113.875)
+    for a_model, a_pm in ((0.98, 0.3), (0.9, 0.5), (0.7, 0.47)):
+        alpha = {(0, 1): a_model, (0, 2): a_pm, (1, 2): a_pm}
+        decision = policy.decide(alpha)
+        best = min(
+            (predictor.predict(tuple(NAMES[m] for m in members), ()).time_per_token if len(members) == 1 else
+             float(search_gammas([alpha[p] for p in zip(members, members[1:])],
+                                 predictor.latencies(tuple(NAMES[m] for m in members)), max_gamma=16)[1].time_per_token))
+            for members in subsets(NAMES, profile)
+        )
+        assert decision.time_per_token <= best * (1 + policy.margin) * 1.02
+
+
+def test_policy_round_trips_through_the_plan_json(policy, tmp_path):
+    plan = Plan.load(PLAN)
+    plan.policy = policy.to_dict()
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    again = Policy.from_dict(Plan.load(path).policy)
+    for alpha in ({(0, 1): 0.98, (0, 2): 0.47, (1, 2): 0.47}, {(0, 1): 0.5, (0, 2): 0.1, (1, 2): 0.1},
+                  {(0, 1): 0.93, (0, 2): 0.8, (1, 2): 0.75}):
+        a, b = again.decide(alpha), policy.decide(alpha)
+        assert (a.members, a.gammas, a.rule) == (b.members, b.gammas, b.rule)
+        assert a.time_per_token == pytest.approx(b.time_per_token, rel=1e-6)
+
+
+def test_old_plans_without_a_policy_still_load():
+    doc = json.loads(PLAN.read_text())
+    doc.pop("policy", None)
+    plan = Plan.from_dict(doc)
+    assert plan.policy is None
+    assert "policy" not in plan.to_dict()
+
+
+def test_malformed_policy_is_one_clear_error(policy):
+    doc = policy.to_dict()
+    doc["settings"][0]["times"] = [-1.0]
+    with pytest.raises(DocumentError, match="policy"):
+        Policy.from_dict(doc)
+    with pytest.raises(DocumentError, match="policy"):
+        Policy.from_dict({"version": 1})
+
+
+def test_policy_for_plan_rebuilds_from_the_profile(profile):
+    plan = Plan.load(PLAN)
+    rebuilt = policy_for_plan(plan, profile)
+    assert rebuilt.names == plan.names and rebuilt.decide(rebuilt.priors).members == (0, 1, 2)
+
+
+def test_prior_strength_and_window_follow_the_profiles_spread(policy):
+    # the bf16 copy agrees with the target on every prompt: a strong prior, a long memory;
+    # the n-gram's acceptance varies from prompt to prompt: a weak prior, a short memory
+    assert policy.prior_strength[(0, 1)] > 50 and policy.window[(0, 1)] > 100
+    assert policy.prior_strength[(0, 2)] < 4 and 8 <= policy.window[(0, 2)] < 30
+    for pair in policy.priors:
+        assert policy.prior_strength[pair] <= policy.window[pair]
+    assert policy.window[(0, 2)] == pytest.approx(pair_window(policy.prior_strength[(0, 2)], 128.0))
+
+
+# ---- the estimator's algebra ----------------------------------------------------------------------
+
+def test_verification_evidence_estimates_alpha_without_bias():
+    rng = random.Random(1)
+    for alpha in (0.3, 0.7, 0.95):
+        s = n = naive_s = naive_n = 0
+        for _ in range(20000):
+            d = 6
+            a = 0
+            while a < d and rng.random() < alpha:
+                a += 1
+            ds, dn = verification_evidence(d, a)
+            s, n = s + ds, n + dn
+            naive_s, naive_n = naive_s + a, naive_n + d
+        assert s / n == pytest.approx(alpha, abs=0.01)
+        assert naive_s / naive_n < alpha - 0.02  # accepted / drafted is biased low
+
+
+def test_relax_tokens_matches_the_decay_of_the_evidence():
+    window, trials, prior, n0 = 20.0, 30.0, 0.9, 5.0
+    estimate = posterior_mean(prior, n0, 0.4 * trials, trials)
+    t = relax_tokens(window, trials, estimate, 0.7, prior, n0)
+    f = math.exp(-t / window)
+    assert posterior_mean(prior, n0, 0.4 * trials * f, trials * f) == pytest.approx(0.7)
+    assert relax_tokens(window, trials, estimate, 0.95, prior, n0) == math.inf
+
+
+def test_transfer_bound_holds_on_the_profiles_traces(profile):
+    traces = load_traces(profile, PROFILE)
+    seg = [int(x) for x in traces["segments"]]
+    top = traces["greedy/smollm2-135m/ngram"]
+    mid = traces["greedy/smollm2-135m:bf16/ngram"]
+    agree = traces["greedy/smollm2-135m/smollm2-135m:bf16"]
+    for a, b in zip(seg, seg[1:]):
+        gap = abs(float(top[a:b].mean()) - float(mid[a:b].mean()))
+        assert gap <= transfer_bound(float(agree[a:b].mean())) + 1e-9
+
+
+def test_u_axis_is_even_in_log_of_rejection():
+    axis = alpha_axis(17)
+    assert axis[0] == 0.0 and axis[-1] == pytest.approx(1 - 2**-8)
+    steps = [u_of_alpha(b) - u_of_alpha(a) for a, b in zip(axis, axis[1:])]
+    assert max(steps) - min(steps) < 1e-9
