@@ -55,12 +55,26 @@ def test_run_json_matches_target_generate(model_dirs):
 
 
 def test_run_streams_text_from_stdin_with_stats(model_dirs):
-    target_dir, draft_dir, _ = model_dirs
-    out = polyplan("run", "--chain", f"{target_dir},{draft_dir}", "--gammas", "2", "--max-new-tokens", "8",
-                   "--temperature", "0.8", "--top-k", "5", "--stats", stdin="w7 w8")
+    from transformers import PreTrainedTokenizerFast
+
+    target_dir, draft_dir, target = model_dirs
+    sampling = ["--chain", f"{target_dir},{draft_dir}", "--gammas", "2", "--max-new-tokens", "16",
+                "--temperature", "2.0", "--top-k", "2", "--seed", "5"]
+    out = polyplan("run", *sampling, "--stats", stdin="w7 w8")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().split()[0].startswith("w") or out.stdout.strip() == ""
-    assert "accept len" in out.stderr
+    doc = json.loads(polyplan("run", *sampling, "--json", stdin="w7 w8").stdout)
+    assert len(doc["tokens"]) == 16
+    # the streamed text is the whole generation (same seed: the same tokens as the JSON run)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(target_dir)
+    assert out.stdout.strip() == tokenizer.decode(doc["tokens"], skip_special_tokens=True).strip()
+    assert f"{doc['stats']['new_tokens']} tokens in" in out.stderr and "accept len" in out.stderr
+    # --top-k reached the sampler: every token is among the target's 2 most likely at its position
+    # (without it, at temperature 2 all 16 would be with probability about 0.58^16)
+    ids = torch.tensor([tokenizer("w7 w8")["input_ids"] + doc["tokens"]])
+    with torch.no_grad():
+        logits = target(ids).logits[0, 1:-1]
+    top2 = logits.topk(2, dim=-1).indices
+    assert all(t in row.tolist() for t, row in zip(doc["tokens"], top2)), (doc["tokens"], top2)
 
 
 def test_run_bad_input_is_one_line(model_dirs):

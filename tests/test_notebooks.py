@@ -61,7 +61,5 @@ def test_notebook_runs(name, document_environment, monkeypatch):
     client = NotebookClient(nb, timeout=240, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute()  # raises CellExecutionError (with the cell and traceback) when a cell fails
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert images >= {"01-theory.ipynb": 4, "02-profile-and-plan.ipynb": 5, "03-bench.ipynb": 2}[name]

@@ -35,8 +35,21 @@ def test_decomposition_sums_to_the_exact_change(exact):
         assert r.change == total and isinstance(r.change, Fraction)
     else:
         assert r.change == pytest.approx(total, abs=1e-12)
-    assert r.improves == (r.change < 0)
     assert not r.sufficient_condition or r.improves  # sufficient really is sufficient
+
+
+def test_a_slower_candidate_changes_the_chain_for_the_worse():
+    """Only the new level's cost depends on its latency: the change grows with it, linearly, and once
+    the candidate stops paying for itself no slower one does."""
+    latencies = [0.0, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8]
+    results = [insertion_gain([0.6], [4], [1.0, 0.02], 2, 0.85, 0.7, c, 4) for c in latencies]
+    changes = [r.change for r in results]
+    assert changes == sorted(changes) and len(set(changes)) == len(changes)
+    slope = (changes[-1] - changes[0]) / (latencies[-1] - latencies[0])
+    assert changes == pytest.approx([changes[0] + slope * c for c in latencies], abs=1e-12)
+    improves = [r.improves for r in results]
+    assert improves[0] and not improves[-1]
+    assert improves == sorted(improves, reverse=True)  # True ... True, False ... False
 
 
 def test_decomposition_with_latency_curves():
