@@ -302,13 +302,6 @@ def test_cli_plot_bad_input_is_one_line(documents, tmp_path, args, message, monk
     assert len(lines) == 1 and message in lines[0], lines
 
 
-def test_plots_never_import_torch():
-    code = ("import sys, polyplan.plots, polyplan.plots.writers, polyplan.commands.plot; "
-            "assert 'torch' not in sys.modules, 'torch imported'; assert 'matplotlib.pyplot' not in sys.modules")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-
-
 def test_unfinished_profile_writes_latency_and_says_why_the_heatmap_is_missing(tmp_path):
     from polyplan.plots.writers import write_profile_figures
 
