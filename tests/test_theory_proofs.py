@@ -68,6 +68,15 @@ def test_stability_check_can_fail():
     assert acceptance._roots_inside_unit_interval(num) == 1
 
 
+def test_rate_comparison_check_reads_the_named_expression(monkeypatch):
+    """The proof names ``rate_comparison_expression``; the check must stand or fall with it."""
+    from polyplan.theory import theorems
+
+    p, q = sp.symbols("p q", nonnegative=True)
+    monkeypatch.setattr(acceptance, "rate_comparison_expression", lambda: sp.Min(p, q) - 2 * p * q)
+    assert theorems._check_rate_comparison() is False
+
+
 @settings(derandomize=True, database=None, deadline=None, max_examples=60)
 @given(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=8), st.lists(st.floats(0.0, 1.0), min_size=2, max_size=8))
 def test_speculative_sampling_rate_is_at_least_exact_match(raw_p, raw_q):

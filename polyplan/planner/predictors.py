@@ -274,10 +274,6 @@ class ReplayPredictor(Predictor):
         self._ended = [b - a < reference_length for a, b in zip(self.segments, self.segments[1:])]
         self._iid = IidPredictor(profile, mode=mode, context=self.context, horizon=horizon)
 
-    @classmethod
-    def from_profile_path(cls, profile: Profile, profile_path: str | Path, **kw) -> "ReplayPredictor":
-        return cls(profile, load_traces(profile, profile_path), **kw)
-
     def level_traces(self, chain: Chain) -> list[np.ndarray]:
         out = []
         for u, d in zip(chain, chain[1:]):

@@ -52,10 +52,10 @@ def _check_stability() -> bool:
 
 
 def _check_rate_comparison() -> bool:
-    p, q = sp.symbols("p q", nonnegative=True)
-    # min(p, q) - p q = min(p, q) (1 - max(p, q)) >= 0 for p, q in [0, 1]
-    return all(_is_zero((lo - p * q).subs(subs) - (lo * (1 - hi)).subs(subs))
-               for lo, hi, subs in ((p, q, {}), (q, p, {})))
+    gap = acceptance.rate_comparison_expression()
+    p, q = sorted(gap.free_symbols, key=str)
+    # on either ordering of p, q: min(p, q) - p q = min(p, q) (1 - max(p, q)) >= 0 for p, q in [0, 1]
+    return all(_is_zero(gap.subs(sp.Min(p, q), lo) - lo * (1 - hi)) for lo, hi in ((p, q), (q, p)))
 
 
 def _check_chain_model() -> bool:
