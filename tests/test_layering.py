@@ -14,7 +14,9 @@ HEAVY = ("torch", "transformers")
 PURE = [
     "polyplan.theory",
     "polyplan.theory.theorems",
+    "polyplan.theory.control",
     "polyplan.planner",
+    "polyplan.planner.policy",
     "polyplan.documents",
     "polyplan.documents.plan",
     "polyplan.bench.results",
