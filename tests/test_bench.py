@@ -127,6 +127,88 @@ def test_bench_refuses_bad_settings(tiny_plan):
         run_bench(plan, path, pool=TinyPool(), prompts=1, repeats=0, encoded_prompts=PROMPTS, eos=[])
 
 
+class ByteTokenizer:
+    """Text -> ids for TinyPool: bytes modulo the vocabulary; "LONG" makes a 300-token prompt."""
+
+    chat_template = None
+
+    def __call__(self, text: str) -> dict:
+        return {"input_ids": [0] * 300 if "LONG" in text else [b % VOCAB for b in text.encode()[:12]]}
+
+
+def _file_pool() -> TinyPool:
+    pool = TinyPool()
+    pool.tokenizer = ByteTokenizer()
+    return pool
+
+
+def test_bench_on_a_prompt_file_reports_each_category(tiny_plan, tmp_path):
+    from polyplan.bench.results import category_rows
+
+    plan, path = tiny_plan
+    pf = tmp_path / "mine.jsonl"
+    pf.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "r1", "category": "rag", "text": "context: abc abc. question?"},
+        {"id": "m1", "category": "math", "turns": ["2 + 2 = ?", "and 3 + 3?"]},
+        {"id": "r2", "category": "rag", "text": "more context, and a question"},
+    ]))
+    doc = run_bench(plan, path, pool=_file_pool(), prompts=3, repeats=1, max_new_tokens=6, hf=False, eos=[],
+                    prompts_file=pf)
+    assert doc["complete"] and doc["workload"]["name"] == "mine.jsonl" and doc["workload"]["count"] == 3
+    assert {r["prompt"] for r in doc["runs"]} == {"r1", "m1", "r2"}
+    cats = doc["by_category"]
+    assert set(cats) == {"rag", "math"} and cats["rag"]["prompts"] == 2
+    names = [m["name"] for m in doc["methods"]]
+    for c in cats.values():
+        assert list(c["methods"]) == names
+        assert all(f["tokens_per_s"] > 0 and f["speedup"] > 0 for f in c["methods"].values())
+        assert all(f["matches_autoregressive"] == 1.0 for n, f in c["methods"].items() if n != "autoregressive")
+    labels, rows = category_rows(doc)
+    assert [r[0] for r in rows] == ["rag", "math", "all"] and len(labels) == len(names) - 1
+    md = markdown_table(doc)
+    assert "Per category (mine.jsonl)" in md and "| rag | 2 |" in md and "| all | 3 |" in md
+
+
+def test_bench_one_category_equals_overall(tiny_plan):
+    plan, path = tiny_plan
+    doc = run_bench(plan, path, pool=TinyPool(), prompts=2, repeats=2, max_new_tokens=6, hf=False, eos=[],
+                    encoded_prompts=PROMPTS, prompt_categories={"p0": "x", "p1": "x"})
+    for m in doc["methods"]:
+        for k in ("time_per_token_s", "tokens_per_s", "speedup"):
+            assert doc["by_category"]["x"]["methods"][m["name"]][k] == pytest.approx(m["measured"][k])
+
+
+def test_bench_prompt_longer_than_the_context_fails_before_running(tiny_plan, tmp_path):
+    from polyplan.errors import UserError
+
+    plan, path = tiny_plan
+    pf = tmp_path / "long.txt"
+    pf.write_text("a fine prompt\nLONG prompt\n")
+    calls = []
+    with pytest.raises(UserError, match=r"long\.txt:2: prompt 'long-2' needs 300 tokens \+ 6 new but \w+ holds 256"):
+        run_bench(plan, path, pool=_file_pool(), prompts=2, repeats=1, max_new_tokens=6, hf=False, eos=[],
+                  prompts_file=pf, log=calls.append)
+    assert not any("repeat" in c for c in calls)
+
+
+def test_bench_interrupted_keeps_the_prompt_runs_measured(tiny_plan, tmp_path):
+    plan, path = tiny_plan
+
+    def log(message: str) -> None:
+        if message.startswith("repeat 2/2, prompt p0"):
+            raise KeyboardInterrupt
+
+    doc = run_bench(plan, path, pool=TinyPool(), prompts=2, repeats=2, max_new_tokens=6, hf=False, eos=[],
+                    encoded_prompts=PROMPTS, log=log)
+    assert doc["complete"] is False and doc["stopped"] == "interrupted after 3 of 4 prompt runs"
+    k = len(doc["methods"])
+    assert len(doc["runs"]) == 3 * k
+    assert all(m["measured"]["tokens_per_s"] > 0 for m in doc["methods"])
+    out = tmp_path / "partial.json"
+    save_results(out, doc)
+    assert "**Incomplete**: interrupted after 3 of 4" in markdown_table(load_results(out))
+
+
 def test_cli_bench_missing_plan_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "polyplan.cli", "bench", str(tmp_path / "nope.json")],
                        capture_output=True, text=True)

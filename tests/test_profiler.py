@@ -357,3 +357,66 @@ def test_bad_settings_are_user_errors(models, tmp_path):
 
 def test_sidecar_name(tmp_path):
     assert sidecar_path(Path("profiles/smollm2-cpu.json")).name == "smollm2-cpu.traces.npz"
+
+
+# ------------------------------------------------------------------------------- prompt files
+
+def _prompt_file(tmp_path, *texts_and_categories) -> Path:
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "category": c}) + "\n" for t, c in texts_and_categories))
+    return path
+
+
+def test_profile_on_a_prompt_file_records_its_workload_and_categories(models, tmp_path):
+    pf = _prompt_file(tmp_path, ("first prompt", "rag"), ("second one", "math"), ("third", "rag"))
+    out = tmp_path / "mine-profile.json"
+    settings = ProfileSettings(**{**SMALL, "prompts_file": str(pf)})
+    outcome = run_profile(make_inputs(models), out, settings)
+    prof = Profile.load(out)
+    assert outcome.complete
+    workload = prof.settings["workload"]
+    assert workload["name"] == "mine.jsonl" and workload["count"] == 3
+    assert workload["categories"] == {"rag": 2, "math": 1} and len(workload["sha256"]) == 64
+    assert "prompts_file" not in prof.settings  # known by content, not by path
+    assert set(prof.pair("target", "other").by_category) == {"rag", "math"}
+    assert list(load_traces(out)["prompt_ids"]) == ["mine-1", "mine-2", "mine-3"]
+    # the same content resumes from another path; other content is refused and the profile kept
+    (tmp_path / "elsewhere").mkdir()
+    moved = tmp_path / "elsewhere" / "mine.jsonl"
+    moved.write_bytes(pf.read_bytes())
+    again = run_profile(make_inputs(models), out, ProfileSettings(**{**SMALL, "prompts_file": str(moved)}))
+    assert again.units_done == 0
+    before = out.read_bytes()
+    pf.write_text(pf.read_text().replace("third", "changed"))
+    with pytest.raises(UserError, match=r"workload: 3 prompts of mine\.jsonl \(sha256 \w{12}\) then"):
+        run_profile(make_inputs(models), out, settings)
+    assert out.read_bytes() == before
+
+
+def test_profile_from_before_workloads_resumes_on_the_builtin_set(models, tmp_path):
+    out = tmp_path / "old.json"
+    inputs = make_inputs(models)
+    run_profile(inputs, out, ProfileSettings(**{**SMALL, "prompts": 1}))
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["workload"]["name"] == "built-in"
+    del doc["settings"]["workload"]
+    out.write_text(json.dumps(doc))
+    again = run_profile(inputs, out, ProfileSettings(**{**SMALL, "prompts": 1}))
+    assert again.units_done == 0 and again.complete
+
+
+def test_prompt_longer_than_the_context_fails_before_measuring(models, tmp_path):
+    pf = _prompt_file(tmp_path, ("short", "qa"), ("LONG " * 10, "qa"))
+    inputs = make_inputs(models)
+    inputs.encode = lambda text: [1] * 600 if "LONG" in text else encode(text)  # the tiny models hold 512
+    out = tmp_path / "long.json"
+    with pytest.raises(UserError, match=r"mine\.jsonl:2: prompt 'mine-2' needs 600 tokens \+ 1 new but target holds 512"):
+        run_profile(inputs, out, ProfileSettings(**{**SMALL, "prompts_file": str(pf)}))
+    assert not out.exists()  # failed before the first latency unit, not after minutes of it
+
+
+def test_bad_prompt_file_is_a_user_error_naming_the_line(models, tmp_path):
+    pf = tmp_path / "bad.jsonl"
+    pf.write_text('{"text": "ok"}\n{"turns": "not a list"}\n')
+    with pytest.raises(UserError, match=r"bad\.jsonl:2: \"turns\" must be a list"):
+        run_profile(make_inputs(models), tmp_path / "x.json", ProfileSettings(**{**SMALL, "prompts_file": str(pf)}))

@@ -13,6 +13,10 @@ JSON layout (version 1)::
                   "predicted_levels": {"iid": {"tokens_per_pass", "mean_acceptance_length"}, ...},
                   "error": {"iid": |p - m| / m, "replay": ...},
                   "error_speedup": {"iid": |predicted speedup - measured| / measured, ...}}],
+     "workload": {"name": "built-in" | prompt file name, "sha256", "count", "categories"},
+     "complete": bool (false: interrupted; "stopped" says after how many prompt runs),
+     "by_category": {"<category>": {"prompts": n, "methods": {"<method name>": {"time_per_token_s",
+                     "tokens_per_s", "speedup", "matches_autoregressive"}}}},
      "regret": {"chosen", "best_measured", "regret"} | null,
      "runs": [{"method", "prompt", "repeat", "new_tokens", "seconds", "levels": [...] | null}]}
 
@@ -134,6 +138,23 @@ def summarize(specs: list[MethodSpec], records: list[RunRecord]) -> list[dict[st
     return out
 
 
+def by_category(specs: list[MethodSpec], records: list[RunRecord], categories: dict[str, str]) -> dict[str, Any]:
+    """The headline figures of every method on each prompt category alone (same aggregation as
+    overall: medians per prompt, paired speedups per repeat)."""
+    out: dict[str, Any] = {}
+    for cat in dict.fromkeys(categories.values()):
+        ids = {pid for pid, c in categories.items() if c == cat}
+        mine = [r for r in records if r.prompt in ids]
+        if not mine:
+            continue
+        keep = ("time_per_token_s", "tokens_per_s", "speedup", "matches_autoregressive")
+        out[cat] = {
+            "prompts": len(ids),
+            "methods": {m["name"]: {k: m["measured"].get(k) for k in keep} for m in summarize(specs, mine)},
+        }
+    return out
+
+
 def _speedup_errors(methods: list[dict[str, Any]]) -> None:
     """``error_speedup[predictor] = |predicted speedup - measured speedup| / measured speedup``,
     the predicted speedup being predicted AR time / predicted time. Unlike the time-per-token
@@ -229,8 +250,10 @@ def _levels(predicted: dict[str, Any] | None) -> str:
 
 def markdown_table(doc: dict[str, Any]) -> str:
     s = doc.get("settings", {})
+    w = doc.get("workload") or {}
     lines = [
-        f"Bench of `{doc.get('plan', {}).get('path', '?')}`: {s.get('prompts')} prompts x {s.get('repeats')} repeats, "
+        f"Bench of `{doc.get('plan', {}).get('path', '?')}`: {s.get('prompts')} prompts "
+        f"({w.get('name', 'built-in')}) x {s.get('repeats')} repeats, "
         f"{s.get('max_new_tokens')} new tokens, {s.get('mode', 'greedy')} (temperature {s.get('temperature')}); "
         f"machine: {doc.get('machine', {}).get('summary', '?')}; {doc.get('created', '')}",
         "",
@@ -239,6 +262,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
         "| speedup error iid / replay | = AR |",
         "|---|---|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
+    if doc.get("complete") is False:
+        lines[1:1] = ["", f"**Incomplete**: {doc.get('stopped')}; figures cover the prompt runs measured."]
     for m in doc["methods"]:
         me, pr, er = m["measured"], m["predicted"], m["error"]
         mal = me.get("mean_acceptance_length")
@@ -264,6 +289,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
                 eq=_fmt(me.get("matches_autoregressive"), ".2f"),
             )
         )
+    lines += _category_lines(doc)
     r = doc.get("regret")
     if r:
         lines += [
@@ -272,6 +298,40 @@ def markdown_table(doc: dict[str, Any]) -> str:
             f"({' > '.join(r['best_chain'])}, gammas {r['best_gammas']}): {r['regret'] * 100:.1f}%",
         ]
     return "\n".join(lines) + "\n"
+
+
+def category_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per category (and overall): each method's speedup over autoregressive and its tokens/s, as
+    (method labels, rows of [category, prompts, cells...]); no rows for results without categories."""
+    cats = doc.get("by_category") or {}
+    methods = [m for m in doc.get("methods", []) if m["name"] != AUTOREGRESSIVE]
+    if not cats or not methods:
+        return [], []
+
+    def cell(fig: dict[str, Any] | None) -> str:
+        fig = fig or {}
+        sp, tps = fig.get("speedup"), fig.get("tokens_per_s")
+        return ("-" if sp is None else f"{sp:.2f}x") + ("" if tps is None else f" ({tps:.1f} tok/s)")
+
+    rows = [[cat, str(c["prompts"]), *[cell(c["methods"].get(m["name"])) for m in methods]] for cat, c in cats.items()]
+    rows.append(["all", str(doc.get("settings", {}).get("prompts", "")), *[cell(m["measured"]) for m in methods]])
+    return [m["label"] for m in methods], rows
+
+
+def _category_lines(doc: dict[str, Any]) -> list[str]:
+    labels, rows = category_rows(doc)
+    if not rows:
+        return []
+    w = doc.get("workload") or {}
+    lines = [
+        "",
+        f"Per category ({w.get('name', '?')}): speedup over autoregressive (tokens/s), decode time",
+        "",
+        "| category | prompts | " + " | ".join(labels) + " |",
+        "|---|---:|" + "---:|" * len(labels),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
 
 
 def save_markdown(path: str | Path, doc: dict[str, Any]) -> None:

@@ -11,7 +11,11 @@ With ``grid``: also the runners-up and gamma neighbours of the chosen plan (regr
 
 Time per token is measured end to end (prefill included) and, for the prediction error, per
 decoded token with the prefill of each chain member subtracted (the theory models steady-state
-decoding; the prefill pass of each member on each prompt is timed separately, once per prompt)."""
+decoding; the prefill pass of each member on each prompt is timed separately, once per prompt).
+
+The prompts are the built-in eval set or a prompt file (``prompts_file``); figures are reported
+overall and per prompt category. Every prompt is checked against each model's context before
+anything runs, and an interrupted run (Ctrl-C) still returns what it measured (``complete: false``)."""
 
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from polyplan.bench.results import AUTOREGRESSIVE, MethodSpec, RunRecord, regret, summarize
+from polyplan.bench.results import AUTOREGRESSIVE, MethodSpec, RunRecord, by_category, regret, summarize
+from polyplan.data import Prompt
 from polyplan.documents.plan import Plan, file_sha256
 from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
@@ -135,6 +140,14 @@ def time_prefill(drafter: Drafter, prompt: list[int]) -> float:
     return dt
 
 
+class BenchInterrupted(Exception):
+    """Raised by :func:`run_interleaved` when stopped: carries the complete prompt passes so far."""
+
+    def __init__(self, reason: str, records: list[RunRecord], prefill: dict[tuple[str, str], float]) -> None:
+        super().__init__(reason)
+        self.reason, self.records, self.prefill = reason, records, prefill
+
+
 def run_interleaved(
     methods: Sequence[BenchMethod],
     prompts: Sequence[tuple[str, list[int]]],
@@ -147,26 +160,36 @@ def run_interleaved(
     log: Log | None = None,
 ) -> tuple[list[RunRecord], dict[tuple[str, str], float]]:
     """Run every method on every prompt, interleaved, ``repeats`` times. Returns the run records
-    and the median prefill time of each (prompt, member)."""
+    and the median prefill time of each (prompt, member). Ctrl-C raises :class:`BenchInterrupted`
+    with every (repeat, prompt) whose methods all ran (a half-run prompt would unpair the ratios)."""
     log = log or (lambda msg: None)
     if warmup and prompts:
         for m in methods:  # first-call costs (allocations, lazy init) stay out of the figures
             m.generate(prompts[0][1], min(8, max_new_tokens), seed)
     prefill_runs: dict[tuple[str, str], list[float]] = {}
     records: list[RunRecord] = []
-    for rep in range(repeats):
-        for pid, prompt in prompts:
-            for name in sorted({n for m in methods for n in m.members}):
-                prefill_runs.setdefault((pid, name), []).append(time_prefill(drafters[name], prompt))
-            for m in methods:
-                dev = getattr(drafters.get(m.members[0]), "device", torch.device("cpu"))
-                _sync(dev)
-                t0 = time.perf_counter()
-                tokens, levels = m.generate(prompt, max_new_tokens, seed + rep)
-                _sync(dev)
-                dt = time.perf_counter() - t0
-                records.append(RunRecord(m.spec.name, pid, rep, len(tokens), dt, levels, tokens))
-            log(f"repeat {rep + 1}/{repeats}, prompt {pid}: done")
+    try:
+        for rep in range(repeats):
+            for pid, prompt in prompts:
+                group: list[RunRecord] = []
+                timed_prefill = {}
+                for name in sorted({n for m in methods for n in m.members}):
+                    timed_prefill[(pid, name)] = time_prefill(drafters[name], prompt)
+                for m in methods:
+                    dev = getattr(drafters.get(m.members[0]), "device", torch.device("cpu"))
+                    _sync(dev)
+                    t0 = time.perf_counter()
+                    tokens, levels = m.generate(prompt, max_new_tokens, seed + rep)
+                    _sync(dev)
+                    dt = time.perf_counter() - t0
+                    group.append(RunRecord(m.spec.name, pid, rep, len(tokens), dt, levels, tokens))
+                records += group
+                for key, dt in timed_prefill.items():
+                    prefill_runs.setdefault(key, []).append(dt)
+                log(f"repeat {rep + 1}/{repeats}, prompt {pid}: done")
+    except KeyboardInterrupt:
+        prefill = {k: statistics.median(v) for k, v in prefill_runs.items()}
+        raise BenchInterrupted("interrupted", records, prefill) from None
     prefill = {k: statistics.median(v) for k, v in prefill_runs.items()}
     return records, prefill
 
@@ -182,13 +205,30 @@ def decode_records(records: list[RunRecord], methods: Sequence[BenchMethod],
     return out
 
 
-def encode_prompts(tokenizer: Any, n: int) -> list[tuple[str, list[int]]]:
-    """The first ``n`` eval prompts (round-robin over categories), chat-templated like the profiler."""
-    from polyplan.data import load_prompts
+def encode_prompts(
+    tokenizer: Any, n: int, prompts_file: str | Path | None = None
+) -> tuple[list[Prompt], list[tuple[str, list[int]]], dict[str, Any]]:
+    """The first ``n`` prompts (round-robin over categories) of the built-in eval set or of
+    ``prompts_file``, chat-templated like the profiler: (prompts, (id, ids) pairs, workload)."""
+    from polyplan.data.prompt_file import prompt_set
     from polyplan.profiler.pool_inputs import chat_encoder
 
+    source = prompt_set(prompts_file)
+    selected = source.select(limit=n)
     encode = chat_encoder(tokenizer)
-    return [(p.id, encode(p.text)) for p in load_prompts(split="eval", limit=n)]
+    return selected, [(p.id, encode(p.text)) for p in selected], source.workload(selected)
+
+
+def check_prompts_fit(
+    prompts: Sequence[Prompt], encoded: Sequence[tuple[str, list[int]]], drafters: Sequence[Drafter], max_new_tokens: int
+) -> None:
+    """Every prompt plus ``max_new_tokens`` fits every model's context (before anything runs)."""
+    from polyplan.data.prompt_file import check_prompt_fits
+
+    for prompt, (_, ids) in zip(prompts, encoded):
+        for d in drafters:
+            if not d.point_mass:
+                check_prompt_fits(prompt, len(ids), d.max_context, max_new_tokens, d.name)
 
 
 # ---- building the comparison from a plan --------------------------------------------------------
@@ -330,8 +370,12 @@ def run_bench(
     encoded_prompts: list[tuple[str, list[int]]] | None = None,
     eos: list[int] | None = None,
     log: Log | None = None,
+    prompts_file: str | Path | None = None,
+    prompt_categories: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run the comparison and return the results document (not yet saved)."""
+    """Run the comparison and return the results document (not yet saved; ``complete`` is false
+    when it was interrupted). ``encoded_prompts`` (with ``prompt_categories``) replace the
+    prompt set, for tests and callers that tokenise themselves."""
     log = log or (lambda msg: None)
     if repeats < 1 or prompts < 1 or max_new_tokens < 1:
         raise UserError("--repeats, --prompts and --max-new-tokens must all be >= 1")
@@ -344,15 +388,22 @@ def run_bench(
             loaded[name] = pool.drafter(name)
         return loaded[name]
 
-    target = drafter(plan.target)
     if encoded_prompts is None:
-        encoded_prompts = encode_prompts(pool.tokenizer, prompts)
-    encoded_prompts = list(encoded_prompts)[:prompts]
+        # read and encode first: a bad prompt file fails before any model loads
+        selected, encoded_prompts, workload = encode_prompts(pool.tokenizer, prompts, prompts_file)
+    else:
+        encoded_prompts = list(encoded_prompts)[:prompts]
+        cats = prompt_categories or {}
+        selected = [Prompt(pid, cats.get(pid, "uncategorized"), "", "", (), f"prompt {pid}") for pid, _ in encoded_prompts]
+        workload = {"name": "given", "sha256": None, "count": len(selected),
+                    "categories": {c: sum(p.category == c for p in selected) for c in {p.category for p in selected}}}
+    target = drafter(plan.target)
     if eos is None:
         from polyplan.profiler.pool_inputs import eos_token_ids
 
         eos = eos_token_ids(pool.tokenizer, getattr(target, "model", None))
     methods = plan_methods(plan, drafter, temperature=temperature, eos=eos, grid=grid, hf=hf)
+    check_prompts_fit(selected, encoded_prompts, list(loaded.values()), max_new_tokens)
     skipped = {}
     for m in list(methods):
         if m.spec.engine == "transformers" and m.spec.name != AUTOREGRESSIVE:
@@ -378,11 +429,19 @@ def run_bench(
     prediction_note = attach_predictions(methods, plan, profile, profile_path, context, max_new_tokens)
 
     log(f"{len(methods)} methods x {len(encoded_prompts)} prompts x {repeats} repeats")
-    records, prefill = run_interleaved(methods, encoded_prompts, drafters=loaded, repeats=repeats,
-                                       max_new_tokens=max_new_tokens, seed=seed, log=log)
+    stopped = None
+    try:
+        records, prefill = run_interleaved(methods, encoded_prompts, drafters=loaded, repeats=repeats,
+                                           max_new_tokens=max_new_tokens, seed=seed, log=log)
+    except BenchInterrupted as stop:
+        records, prefill = stop.records, stop.prefill
+        stopped = f"{stop.reason} after {len({(r.repeat, r.prompt) for r in records})} of " \
+                  f"{repeats * len(encoded_prompts)} prompt runs"
+        log(f"{stopped}: summarising what was measured")
     specs = [m.spec for m in methods]
     end_to_end = summarize(specs, records)
-    decode = summarize(specs, decode_records(records, methods, prefill))
+    decoded = decode_records(records, methods, prefill)
+    decode = summarize(specs, decoded)
     for e2e, dec in zip(end_to_end, decode):
         e2e["measured"]["end_to_end_time_per_token_s"] = e2e["measured"].get("time_per_token_s")
         e2e["measured"]["end_to_end_speedup"] = e2e["measured"].get("speedup")
@@ -418,7 +477,11 @@ def run_bench(
             "timing": "decode-only (each member's prefill pass timed separately and subtracted); "
                       "end-to-end figures under end_to_end_*",
         },
+        "workload": workload,
+        "complete": stopped is None,
+        "stopped": stopped,
         "methods": end_to_end,
+        "by_category": by_category(specs, decoded, {p.id: p.category for p in selected}),
         "regret": regret(end_to_end, chosen) if grid else None,
         "skipped": skipped,
         "prefill_s": {f"{p}/{n}": v for (p, n), v in prefill.items()},

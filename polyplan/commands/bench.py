@@ -3,6 +3,7 @@ assisted generation, side by side on the eval prompts (thin wrapper over polypla
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,9 @@ def bench_command(
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Markdown table path (default: OUTPUT with .md)"),
     pool: Optional[str] = typer.Option(None, "--pool", help="pool name or file (default: the profile's pool)"),
     prompts: int = typer.Option(8, "--prompts", help="eval prompts to run (round-robin over categories)"),
+    prompts_file: Optional[Path] = typer.Option(
+        None, "--prompts-file", help="your own prompts: JSONL with text or turns (optional category, id) or plain "
+        "text, one per line (default: the built-in eval set)"),
     repeats: int = typer.Option(3, "--repeats", help="passes over the prompts; figures are medians over repeats"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="tokens generated per prompt"),
     seed: int = typer.Option(0, "--seed"),
@@ -39,15 +43,27 @@ def bench_command(
     md = markdown or output.with_suffix(".md")
     for path in (output, md):
         check_writable(path)  # before minutes of measuring, not after
+    if prompts_file is not None:
+        from polyplan.data.prompt_file import read_prompt_file
+
+        read_prompt_file(prompts_file)  # a bad file fails before any model loads
+    from polyplan.profiler.machine import other_machine_warning
+
+    warning = other_machine_warning(plan.profile, plan_path)
+    if warning:
+        print(warning, file=sys.stderr)  # one line, never wrapped
     the_pool = load_pool(pool or plan.profile.get("pool", ""))
     doc = run_bench(
         plan, plan_path, pool=the_pool, prompts=prompts, repeats=repeats, max_new_tokens=max_new_tokens,
-        seed=seed, grid=grid, hf=not no_hf, log=lambda m: console.print(f"[dim]{m}[/dim]"),
+        seed=seed, grid=grid, hf=not no_hf, log=lambda m: console.print(f"[dim]{m}[/dim]"), prompts_file=prompts_file,
     )
     save_results(output, doc)
     save_markdown(md, doc)
     print_table(doc)
     print(f"wrote {output} and {md}")
+    if not doc.get("complete", True):
+        print(f"polyplan: {doc.get('stopped')}; what was measured is in {output}", file=sys.stderr)
+        raise typer.Exit(130)
 
 
 def print_table(doc: dict) -> None:
@@ -71,6 +87,16 @@ def print_table(doc: dict) -> None:
             f(me.get("matches_autoregressive"), ".2f"),
         )
     Console().print(table)
+    from polyplan.bench.results import category_rows
+
+    labels, rows = category_rows(doc)
+    if rows:
+        cats = Table(title=f"per category ({(doc.get('workload') or {}).get('name', '?')}): speedup (tok/s)")
+        for col in ("category", "prompts", *labels):
+            cats.add_column(col, justify="left" if col == "category" else "right")
+        for row in rows:
+            cats.add_row(*row)
+        Console().print(cats)
     r = doc.get("regret")
     if r:
         Console().print(f"regret of the chosen plan vs best measured ({r['best_measured']}): {r['regret'] * 100:.1f}%")

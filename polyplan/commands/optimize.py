@@ -83,6 +83,9 @@ def optimize_command(
             style="bold green" if i == 1 else None,
         )
     console.print(table)
+    from polyplan.data.prompt_file import describe_workload
+
+    console.print(f"planned for the workload the profile measured: {describe_workload(plan.profile.get('workload'))}")
     ins = Table(title="why each model is in or out (insertion condition)")
     for col in ("model", "in?", "gain", "paper: T/L cost < verifier saving (ms/token)", "reason"):
         ins.add_column(col)

@@ -60,6 +60,11 @@ def _print_summary(profile, path: Path, elapsed: float | None) -> None:
             console.print(table)
         positions = max(p.positions for p in profile.pairs)
         console.print(f"{positions} teacher-forced positions per pair; traces: {profile.traces}")
+    workload = profile.settings.get("workload")
+    if workload:
+        from polyplan.data.prompt_file import describe_workload
+
+        console.print(f"workload: {describe_workload(workload)}")
 
 
 def register(root: typer.Typer) -> None:
@@ -72,6 +77,9 @@ def register(root: typer.Typer) -> None:
         members: Optional[str] = typer.Option(None, "--members", help="Comma-separated subset of members "
                                               "(the target is always included)."),
         prompts: int = typer.Option(8, "--prompts", help="Eval prompts for acceptance (round-robin over categories)."),
+        prompts_file: Optional[Path] = typer.Option(
+            None, "--prompts-file", help="Measure acceptance on your own prompts: JSONL with text or turns "
+            "(optional category, id) or plain text, one prompt per line (default: the built-in eval set)."),
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Length of each reference continuation (replay predicts generations up to this long from measured traces)."),
         new_tokens: str = typer.Option("1,2,4,8,16,32", "--new-tokens", help="Latency grid: new tokens per pass."),
         contexts: str = typer.Option("64,512", "--contexts", help="Latency grid: cached tokens."),
@@ -121,9 +129,14 @@ def register(root: typer.Typer) -> None:
             temperature=temperature, top_k=top_k, top_p=top_p, block=block,
             extra_blocks=_int_list(extra_blocks, "--extra-blocks") if extra_blocks.strip() else [],
             categories=[c.strip() for c in categories.split(",")] if categories else None,
+            prompts_file=str(prompts_file) if prompts_file is not None else None,
             random_weights=random_weights,
         )
         settings.validate()
+        if prompts_file is not None:
+            from polyplan.data.prompt_file import read_prompt_file
+
+            read_prompt_file(prompts_file).select(settings.categories, prompts)  # bad file: fail before loading models
         the_pool = load_pool(pool)
         member_list = [m.strip() for m in members.split(",") if m.strip()] if members else None
         with console.status("loading models...") as status:

@@ -57,6 +57,7 @@ def run_command(
         spec = ChainSpec.from_plan(plan)
         if pool:
             spec.pool = pool
+        _warn_if_other_machine(plan)
     else:
         members = members_from_option(chain) or list(default_members(pool))
         spec = ChainSpec(members, parse_gammas(gammas), pool)
@@ -83,6 +84,16 @@ def run_command(
         streamer.finish()
     if stats:
         print_stats(result.stats, the_chain.gammas)
+
+
+def _warn_if_other_machine(plan_path: Path) -> None:
+    """One line on stderr when the plan was profiled on another CPU or GPU model (before loading)."""
+    from polyplan.documents.plan import Plan
+    from polyplan.profiler.machine import other_machine_warning
+
+    warning = other_machine_warning(Plan.load(plan_path).profile, plan_path)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def _read_prompt(argument: str | None, prompt_file: Path | None) -> str:

@@ -4,6 +4,7 @@ Each line of ``prompts.jsonl`` is ``{"id", "category", "split", "text"}``. ``spl
 ``"fit"`` (material for model-free drafters' n-gram tables) or ``"eval"`` (profiling and
 benchmarks); the two never overlap, so an n-gram drafter is never scored on its own training text.
 The texts are plain user messages; callers wrap them in the model's chat template.
+A user's own prompts come from a prompt file instead (:mod:`polyplan.data.prompt_file`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from polyplan.errors import UserError
 
 SPLITS = ("fit", "eval")
+
+
+BUILTIN_FILE = "prompts.jsonl"
 
 
 @dataclass(frozen=True)
@@ -24,11 +28,23 @@ class Prompt:
     category: str
     split: str
     text: str
+    #: later user turns of a multi-turn prompt (``text`` is the first); kept for callers that use them
+    turns: tuple[str, ...] = ()
+    #: where the prompt came from, "FILE:LINE", for error messages
+    origin: str = ""
+
+
+def builtin_bytes() -> bytes:
+    return resources.files(__package__).joinpath(BUILTIN_FILE).read_bytes()
 
 
 def _read_all() -> list[Prompt]:
-    text = resources.files(__package__).joinpath("prompts.jsonl").read_text(encoding="utf-8")
-    return [Prompt(**json.loads(line)) for line in text.splitlines() if line.strip()]
+    text = builtin_bytes().decode("utf-8")
+    return [
+        Prompt(**json.loads(line), origin=f"built-in {BUILTIN_FILE}:{i}")
+        for i, line in enumerate(text.splitlines(), start=1)
+        if line.strip()
+    ]
 
 
 def categories() -> list[str]:
@@ -50,7 +66,15 @@ def load_prompts(
     second of each, ...) so that a small sample still covers every category."""
     if split is not None and split not in SPLITS:
         raise UserError(f"unknown prompt split {split!r}: use one of {', '.join(SPLITS)}")
-    prompts = _read_all()
+    prompts = [p for p in _read_all() if split is None or p.split == split]
+    return select_prompts(prompts, categories, limit)
+
+
+def select_prompts(
+    prompts: Sequence[Prompt], categories: Iterable[str] | None = None, limit: int | None = None
+) -> list[Prompt]:
+    """``prompts`` of the given categories; with ``limit``, taken round-robin over categories
+    (first of each category, then the second of each, ...) so a small sample covers them all."""
     known = {p.category for p in prompts}
     wanted = None
     if categories is not None:
@@ -58,7 +82,7 @@ def load_prompts(
         unknown = [c for c in wanted if c not in known]
         if unknown:
             raise UserError(f"unknown prompt categories {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    selected = [p for p in prompts if (split is None or p.split == split) and (wanted is None or p.category in wanted)]
+    selected = [p for p in prompts if wanted is None or p.category in wanted]
     if limit is None:
         return selected
     if limit < 0:

@@ -3,7 +3,8 @@
 JSON layout (version 1)::
 
     {"schema": "polyplan.plan", "version": 1, "created": "<iso time>",
-     "profile": {"path": "<as given>", "sha256": "<of profile.json>", "pool", "target", "machine": {...}},
+     "profile": {"path": "<as given>", "sha256": "<of profile.json>", "pool", "target", "machine": {...},
+                 "workload": {"name", "sha256", "count", "categories"} (the prompts it was planned for)},
      "settings": {"mode": "greedy"|"sampling", "predictor": "iid"|"replay", "max_gamma", "context",
                   "all_orders", "temperature"},
      "chain": [{"name", "source", "derivation", "dtype", "point_mass"}, ...]   (target first),

@@ -90,6 +90,8 @@ def optimize(
             "created": profile.created,
             "complete": profile.complete,
             "random_weights": [c.name for c in profile.candidates if c.random_weights],
+            # the prompts whose acceptance this plan was chosen for (None: made before they were recorded)
+            "workload": profile.settings.get("workload"),
         },
         predictions=predictions,
         insertion=[v.as_dict() for v in result.insertion],

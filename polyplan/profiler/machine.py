@@ -6,6 +6,7 @@ import os
 import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,3 +61,40 @@ def machine_facts(device: torch.device | str | None = None) -> dict[str, Any]:
 def machine_fingerprint(facts: dict[str, Any]) -> dict[str, Any]:
     """The facts that must match for two measurements to be merged into one profile."""
     return {k: facts.get(k) for k in ("cpu", "cores", "device", "gpu", "torch", "transformers")}
+
+
+def current_models(recorded: dict[str, Any]) -> dict[str, Any]:
+    """This machine's CPU model and, when ``recorded`` ran on a GPU, its GPU model: cheap facts
+    (no model loads) to compare with a profile's."""
+    gpu = None
+    if recorded.get("gpu") or recorded.get("device") == "cuda":
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu_model(), "gpu": gpu}
+
+
+def _describe(facts: dict[str, Any]) -> str:
+    return str(facts.get("cpu") or "an unknown CPU") + (f" with {facts['gpu']}" if facts.get("gpu") else "")
+
+
+def other_machine_warning(
+    plan_profile: dict[str, Any], plan_path: str | Path, current: dict[str, Any] | None = None
+) -> str | None:
+    """One line when the plan's profile (``plan.profile``) was measured on another CPU or GPU
+    model than this machine's, saying how to re-profile here; None when they match or the plan
+    does not say (``current``: this machine's facts, looked up when None)."""
+    recorded = plan_profile.get("machine") or {}
+    if not recorded.get("cpu"):
+        return None
+    current = current if current is not None else current_models(recorded)
+    differs = recorded.get("cpu") != current.get("cpu")
+    if recorded.get("gpu") or recorded.get("device") == "cuda":
+        differs = differs or recorded.get("gpu") != current.get("gpu")
+    if not differs:
+        return None
+    pool = plan_profile.get("pool") or "POOL"
+    here = f"{pool}-this-machine.profile.json"
+    return (
+        f"warning: {plan_path} was profiled on {_describe(recorded)}, but this machine is {_describe(current)}: "
+        f"its timings and choice of chain may not hold here; re-profile: polyplan profile --pool {pool} -o {here} "
+        f"&& polyplan optimize {here} -o {plan_path}"
+    )

@@ -5,7 +5,10 @@ prompt (the target's reference continuation, every candidate teacher-forced on i
 unit the sidecar (.npz, traces) and then the profile (.json, ``complete: false``) are rewritten
 atomically, so Ctrl-C, a crash or an exhausted ``budget_s`` loses at most the unit in progress;
 rerunning with the same settings resumes where the files stop. A file measured with other
-settings or on another machine is refused unless ``force`` (which starts over).
+settings, on another machine or on another prompt file is refused unless ``force`` (which starts
+over). The prompts are the built-in eval set or ``settings.prompts_file``; the profile's settings
+record which (``workload``: name, sha256, count, categories) and every prompt is checked against
+the models' context before anything is measured.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from polyplan.data import Prompt, load_prompts
+from polyplan.data import Prompt
+from polyplan.data.prompt_file import PromptSet, check_prompt_fits, prompt_set
 from polyplan.documents.files import DocumentError, atomic_write_bytes, check_writable
 from polyplan.documents.profile import AcceptancePair, Candidate, LatencyCurve, Profile
 from polyplan.errors import UserError
@@ -62,6 +66,8 @@ class ProfileSettings:
     #: shape at near-ties, so acceptance is averaged over shapes (profiler/acceptance.py)
     extra_blocks: list[int] = field(default_factory=lambda: [5])
     categories: list[str] | None = None
+    #: the user's prompt file (None: the built-in eval set); recorded as ``workload`` by content
+    prompts_file: str | None = None
     random_weights: bool = False
     seed: int = 0
 
@@ -216,10 +222,30 @@ def sidecar_path(output: Path) -> Path:
     return output.with_name(output.stem + ".traces.npz")
 
 
-def _settings_doc(settings: ProfileSettings, inputs: ProfileInputs) -> dict[str, Any]:
+def _settings_doc(settings: ProfileSettings, inputs: ProfileInputs, workload: dict | None) -> dict[str, Any]:
     doc = asdict(settings)
+    # the file is known by its content (workload), not by a path that differs between shells
+    doc.pop("prompts_file")
     doc["members"] = [d.name for d in inputs.drafters]
+    doc["workload"] = workload
     return doc
+
+
+def _checked_prompts(settings: ProfileSettings, inputs: ProfileInputs) -> tuple[PromptSet, list[Prompt], dict[str, list[int]]]:
+    """The prompts to measure, each encoded and checked to leave the target room to answer,
+    before anything is measured (a bad prompt file fails before minutes of latency runs)."""
+    source = prompt_set(settings.prompts_file)
+    if settings.random_weights:
+        return source, [], {}
+    prompts = source.select(settings.categories, settings.prompts)
+    models = [d for d in inputs.drafters if not d.point_mass and d.max_context is not None]
+    encoded = {}
+    for prompt in prompts:
+        ids = inputs.encode(prompt.text)
+        for d in models:
+            check_prompt_fits(prompt, len(ids), d.max_context, 1, d.name)
+        encoded[prompt.id] = ids
+    return source, prompts, encoded
 
 
 def _check_resumable(prev: Profile, inputs: ProfileInputs, settings_doc: dict, fingerprint: dict) -> None:
@@ -228,10 +254,13 @@ def _check_resumable(prev: Profile, inputs: ProfileInputs, settings_doc: dict, f
         problems.append(f"pool/target {prev.pool}/{prev.target} vs {inputs.pool}/{inputs.target}")
     old = {k: v for k, v in prev.settings.items() if k not in _VOLATILE_SETTINGS}
     new = {k: v for k, v in settings_doc.items() if k not in _VOLATILE_SETTINGS}
+    if "workload" not in old and (new.get("workload") or {}).get("name") in (None, "built-in"):
+        old["workload"] = new.get("workload")  # profiles from before workloads were recorded: built-in set
     old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
     for k in sorted(set(old) | set(new)):
         if old.get(k) != new.get(k):
-            problems.append(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now")
+            then, now = (_short(k, side.get(k)) for side in (old, new))
+            problems.append(f"{k}: {then} then, {now} now")
     old_fp = machine_fingerprint(prev.machine)
     if old_fp != fingerprint:
         diff = [k for k in fingerprint if old_fp.get(k) != fingerprint.get(k)]
@@ -244,6 +273,12 @@ def _check_resumable(prev: Profile, inputs: ProfileInputs, settings_doc: dict, f
             + "; ".join(problems)
             + ". Use --force to measure from scratch (overwrites it) or choose another -o"
         )
+
+
+def _short(key: str, value: Any) -> str:
+    if key == "workload" and isinstance(value, dict):
+        return f"{value.get('count')} prompts of {value.get('name')} (sha256 {str(value.get('sha256'))[:12]})"
+    return repr(value)
 
 
 def run_profile(
@@ -269,7 +304,8 @@ def run_profile(
     check_writable(traces_file)
 
     machine = machine_facts(inputs.target_drafter.device)
-    settings_doc = _settings_doc(settings, inputs)
+    source, prompts, encoded = _checked_prompts(settings, inputs)
+    settings_doc = _settings_doc(settings, inputs, None if settings.random_weights else source.workload(prompts))
     identity = {"pool": inputs.pool, "settings": settings_doc, "machine": machine_fingerprint(machine)}
 
     prev: Profile | None = None
@@ -371,19 +407,16 @@ def run_profile(
         save(complete=False)
 
     # ---- acceptance: one unit per eval prompt ------------------------------------------
-    prompts: list[Prompt] = []
-    if not settings.random_weights and not stopped_by_budget:
-        prompts = load_prompts("eval", settings.categories, limit=settings.prompts)
     done = set(traces.prompt_ids)
-    todo_prompts = [p for p in prompts if p.id not in done]
-    units_skipped += len(prompts) - len(todo_prompts)
+    todo_prompts = [] if stopped_by_budget else [p for p in prompts if p.id not in done]
+    units_skipped += sum(p.id in done for p in prompts)
     progress.begin("acceptance", len(todo_prompts) * (len(inputs.drafters) + 1))
     for prompt in todo_prompts:
         if over_budget("acceptance"):
             stopped_by_budget = True
             break
         t0 = clock()
-        prompt_ids = inputs.encode(prompt.text)
+        prompt_ids = encoded[prompt.id]
         reference = greedy_reference(inputs.target_drafter, prompt_ids, settings.max_new_tokens, inputs.eos_ids)
         progress.advance("acceptance")
         if not reference:
@@ -442,4 +475,4 @@ def load_traces(profile_path: str | Path) -> dict[str, np.ndarray]:
 
 
 def selected_prompts(settings: ProfileSettings) -> Sequence[Prompt]:
-    return load_prompts("eval", settings.categories, limit=settings.prompts)
+    return prompt_set(settings.prompts_file).select(settings.categories, settings.prompts)

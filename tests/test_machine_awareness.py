@@ -1,0 +1,82 @@
+"""A plan profiled on another CPU or GPU model: `run` and `bench` say so in one line, before loading."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from polyplan.documents.plan import Plan
+from polyplan.profiler.machine import cpu_model, other_machine_warning
+
+HERE = {"cpu": "Intel(R) Xeon(R) Here 1234", "gpu": None}
+
+
+def test_same_machine_or_unknown_machine_is_quiet():
+    assert other_machine_warning({"pool": "p", "machine": dict(HERE, device="cpu")}, "plan.json", HERE) is None
+    assert other_machine_warning({"pool": "p"}, "plan.json", HERE) is None  # a plan that does not say
+    # this machine's own facts, looked up for real
+    assert other_machine_warning({"pool": "p", "machine": {"cpu": cpu_model(), "device": "cpu"}}, "plan.json") is None
+
+
+def test_other_cpu_is_one_line_naming_both_and_how_to_reprofile():
+    profile = {"pool": "smollm2", "machine": {"cpu": "AMD EPYC Elsewhere 7777", "device": "cpu", "gpu": None}}
+    w = other_machine_warning(profile, "out/plan.json", HERE)
+    assert w is not None and "\n" not in w
+    assert "AMD EPYC Elsewhere 7777" in w and "Intel(R) Xeon(R) Here 1234" in w
+    assert "polyplan profile --pool smollm2 -o smollm2-this-machine.profile.json" in w
+    assert "polyplan optimize smollm2-this-machine.profile.json -o out/plan.json" in w
+
+
+def test_other_gpu_model_is_noticed_on_the_same_cpu():
+    profile = {"pool": "q", "machine": {"cpu": HERE["cpu"], "device": "cuda", "gpu": "NVIDIA H200"}}
+    w = other_machine_warning(profile, "plan.json", {"cpu": HERE["cpu"], "gpu": "NVIDIA A10"})
+    assert w and "NVIDIA H200" in w and "NVIDIA A10" in w
+    assert other_machine_warning(profile, "plan.json", {"cpu": HERE["cpu"], "gpu": "NVIDIA H200"}) is None
+    assert "this machine is " + HERE["cpu"] + ":" in other_machine_warning(profile, "plan.json", HERE)
+
+
+def _plan(tmp_path, chain: list[str], cpu: str):
+    plan = Plan(chain=[{"name": n} for n in chain], gammas=[2] * (len(chain) - 1),
+                prediction={"time_per_token_s": 0.01, "tokens_per_pass": [1.5] * len(chain)},
+                profile={"pool": "smollm2", "machine": {"cpu": cpu, "device": "cpu", "gpu": None}})
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    return path
+
+
+def polyplan(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "polyplan.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    from test_executor_cli import WORDS, save_model_dir
+    from tiny_models import perturbed_copy, tiny_llama
+
+    root = tmp_path_factory.mktemp("models")
+    target = tiny_llama(vocab_size=len(WORDS), num_layers=1, seed=1, logit_scale=3.0)
+    return save_model_dir(target, root / "target"), save_model_dir(perturbed_copy(target, 0.01, seed=2), root / "draft")
+
+
+def test_run_warns_once_for_a_plan_from_another_cpu(model_dirs, tmp_path):
+    chain = [str(d) for d in model_dirs]
+    out = polyplan("run", str(_plan(tmp_path, chain, "Imaginary CPU 9000")), "w3 w4", "--max-new-tokens", "4")
+    assert out.returncode == 0, out.stderr
+    warnings = [ln for ln in out.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "Imaginary CPU 9000" in warnings[0] and cpu_model() in warnings[0]
+    quiet = polyplan("run", str(_plan(tmp_path, chain, cpu_model())), "w3 w4", "--max-new-tokens", "4")
+    assert quiet.returncode == 0 and "warning:" not in quiet.stderr
+
+
+def test_bench_warns_before_loading_any_model(tmp_path):
+    # the pool does not exist: the warning must already be out when loading fails
+    plan = _plan(tmp_path, ["nowhere-target", "nowhere-draft"], "Imaginary CPU 9000")
+    doc = plan.read_text().replace('"pool": "smollm2"', '"pool": "no-such-pool"')
+    plan.write_text(doc)
+    out = polyplan("bench", str(plan), "-o", str(tmp_path / "b.json"))
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert lines[0].startswith("warning:") and "Imaginary CPU 9000" in lines[0]
+    assert "no-such-pool" in lines[-1] and len(lines) == 2
