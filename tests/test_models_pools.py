@@ -3,6 +3,7 @@ models stand in for real ones (weights don't matter here)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -298,3 +299,49 @@ def json_schema(path: Path) -> str:
     import json
 
     return json.loads(path.read_text())["schema"]
+
+
+def test_ngram_fits_on_a_prompt_file_from_the_pool_file_or_models_install(tmp_path, monkeypatch):
+    from polyplan.models import ngram_fit
+
+    monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
+    save_tiny(tmp_path / "big", WORDS)
+    (tmp_path / "fit.txt").write_text("w1 w2 w3\nw4 w5\n")
+    (tmp_path / "other.jsonl").write_text('{"text": "w6 w7", "category": "x"}\n{"turns": ["w8", "w9"]}\n')
+    path = tmp_path / "p.toml"
+    path.write_text(
+        '[pool]\nname = "fitpool"\ntarget = "big"\n[[member]]\nname = "big"\nsource = "dir:big"\n'
+        '[[member]]\nname = "ng"\nsource = "ngram"\norder = 2\nmax_new_tokens = 4\nfit_prompts_file = "fit.txt"\n'
+    )
+    seen: list[list[str]] = []
+    real = ngram_fit.greedy_generations
+
+    def spy(model, tokenizer, texts, max_new_tokens, log=None):
+        seen.append(list(texts))
+        return real(model, tokenizer, texts, max_new_tokens, log)
+
+    monkeypatch.setattr(ngram_fit, "greedy_generations", spy)
+    pool = load_pool(path)
+    assert f"fit_prompts_file={tmp_path / 'fit.txt'}" in pool.member("ng").describe()
+    pool.drafter("ng")
+    assert seen == [["w1 w2 w3", "w4 w5"]]  # relative to the pool file, not the working directory
+    table_doc = json.loads(ngram_fit.table_path(pool, pool.member("ng"))[0].read_text())
+    assert table_doc["workload"]["name"] == "fit.txt" and table_doc["workload"]["count"] == 2
+    # models install --fit-prompts FILE: fitted now, and every later load of the pool uses it
+    pool.install(fit_prompts=tmp_path / "other.jsonl")
+    assert seen[-1] == ["w6 w7", "w8"]
+    again = load_pool(path)
+    assert "other.jsonl" in again.member("ng").describe()
+    again.drafter("ng")
+    assert len(seen) == 2  # cached: no refit
+    # 'built-in' forgets the recorded file: the pool file's choice applies again
+    load_pool(path).install(fit_prompts="built-in")
+    assert "fit.txt" in load_pool(path).member("ng").describe() and len(seen) == 2
+    # a bad file is one error naming the line, before anything is fitted or recorded
+    (tmp_path / "bad.jsonl").write_text('{"text": "w1"}\n{"turns": []}\n')
+    with pytest.raises(UserError, match=r"bad\.jsonl:2: \"turns\" is empty"):
+        load_pool(path).install(fit_prompts=tmp_path / "bad.jsonl")
+    assert "fit.txt" in load_pool(path).member("ng").describe()
+    path.write_text(path.read_text().replace('"fit.txt"', "3"))
+    with pytest.raises(UserError, match="fit_prompts_file must be a string"):
+        load_pool(path)

