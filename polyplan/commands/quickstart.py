@@ -1,7 +1,9 @@
 """``polyplan quickstart``: the whole pipeline on one pool, profile -> optimize -> run.
 
 It calls the same commands a user would type, so what it prints and writes is exactly what
-``polyplan profile``, ``polyplan optimize`` and ``polyplan run`` print and write."""
+``polyplan profile``, ``polyplan optimize`` and ``polyplan run`` print and write. A last step runs
+the plan and the target alone on the demo prompt, interleaved, and prints both speeds and their
+ratio: the speedup on this machine, said plainly when speculation did not pay."""
 
 from __future__ import annotations
 
@@ -35,11 +37,11 @@ def register(root: typer.Typer) -> None:
         stem = Path(pool).stem
         profile_path, plan_path = out / f"{stem}.profile.json", out / f"{stem}.plan.json"
         steps = [
-            ("1/3 profile: latency curves and acceptance of every pair",
+            ("1/4 profile: latency curves and acceptance of every pair",
              ["profile", "--pool", pool, "-o", str(profile_path)]),
-            ("2/3 optimize: subset, order and gammas",
+            ("2/4 optimize: subset, order and gammas",
              ["optimize", str(profile_path), "-o", str(plan_path), "--max-new-tokens", str(max_new_tokens)]),
-            ("3/3 run the chosen chain", ["run", str(plan_path), prompt, "--chat", "--stats",
+            ("3/4 run the chosen chain", ["run", str(plan_path), prompt, "--chat", "--stats",
                                           "--max-new-tokens", str(max_new_tokens)]),
         ]
         for title, args in steps:
@@ -48,6 +50,35 @@ def register(root: typer.Typer) -> None:
             code = command.main(args, standalone_mode=False, prog_name="polyplan")
             if isinstance(code, int) and code != 0:
                 raise typer.Exit(code)
+        console.rule("[bold]4/4 the plan vs the target alone on this prompt, on this machine")
+        _compare_with_target(plan_path, prompt, max_new_tokens, console)
         console.rule("[bold]done")
         console.print(f"profile: {profile_path}\nplan:    {plan_path}\n"
                       f"next:    polyplan bench {plan_path}   (measure it against autoregressive and HF assisted)")
+
+
+def _compare_with_target(plan_path: Path, prompt: str, max_new_tokens: int, console) -> None:
+    """Time the plan and its target alone on the demo prompt (interleaved) and say which won."""
+    from polyplan.bench.head_to_head import plan_vs_target, verdict
+    from polyplan.commands.run import _encode
+    from polyplan.executor.build import ChainSpec, build_chain
+
+    spec = ChainSpec.from_plan(plan_path)
+    if len(spec.members) == 1:
+        console.print("the plan is the target alone (no drafter pays here): nothing to compare")
+        return
+    chain = build_chain(spec)
+    ids = _encode(chain.tokenizer, prompt, chat=True)
+    h = plan_vs_target(chain, ids, max_new_tokens, temperature=spec.temperature or 0.0)
+    label = " <- ".join(chain.names) + f" (gammas {','.join(map(str, chain.gammas))})"
+    console.print(f"plan {label}: {h.plan_tokens_per_s:.1f} tokens/s", highlight=False)
+    console.print(f"target {chain.names[0]} alone: {h.target_tokens_per_s:.1f} tokens/s", highlight=False)
+    same = "same output" if h.same_output else "outputs differ (sampling)"
+    console.print(f"ratio: {h.speedup:.2f}x ({h.plan_tokens // h.repeats} tokens per run, {h.repeats} interleaved "
+                  f"runs each, {same})", highlight=False)
+    style = "green" if h.speedup >= 1.05 else "bold yellow"
+    console.print(f"[{style}]{verdict(h)}[/{style}]", highlight=False)
+    if h.speedup < 1.05:
+        console.print("one prompt is one sample: `polyplan bench PLAN --prompts-file YOURS.jsonl` measures your "
+                      "traffic; where the plan loses, `polyplan run --chain TARGET` decodes without speculating",
+                      highlight=False)
