@@ -18,7 +18,7 @@ import time
 import torch
 
 from polyplan import Chain
-from polyplan.data import load_prompts
+from polyplan.data.prompt_file import prompt_set
 from polyplan.models import load_pool
 
 CHAINS = {
@@ -34,6 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", default="smollm2")
     ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--prompts-file", default=None, help="your own prompt file (default: the built-in eval set)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--chains", default=",".join(CHAINS), help="comma-separated keys of " + ", ".join(CHAINS))
@@ -44,7 +45,7 @@ def main() -> None:
     pool = load_pool(args.pool)
     tok = pool.tokenizer
     chains = {k: Chain(pool.drafters(CHAINS[k][0]), CHAINS[k][1], tokenizer=tok) for k in args.chains.split(",")}
-    prompts = [tok(p.text)["input_ids"] for p in load_prompts("eval", limit=args.prompts)]
+    prompts = [tok(p.text)["input_ids"] for p in prompt_set(args.prompts_file).select(limit=args.prompts)]
     rows: dict[str, list[dict]] = {k: [] for k in chains}
     for k, ch in chains.items():  # warm-up (first-call allocations, lazy imports)
         ch.generate(prompts[0], max_new_tokens=8, temperature=args.temperature)

@@ -19,7 +19,7 @@ import time
 import torch
 
 from polyplan import Chain
-from polyplan.data import load_prompts
+from polyplan.data.prompt_file import prompt_set
 from polyplan.models import load_pool
 
 
@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--assistant", default="smollm2-135m:bf16")
     ap.add_argument("--gamma", type=int, default=5)
     ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--prompts-file", default=None, help="your own prompt file (default: the built-in eval set)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", dest="json_path", default=None)
@@ -59,7 +60,7 @@ def main() -> None:
         r = chain.generate(ids, max_new_tokens=args.max_new_tokens, eos_token_id=[])
         return r.tokens, time.perf_counter() - t0
 
-    prompts = [tok(p.text)["input_ids"] for p in load_prompts("eval", limit=args.prompts)]
+    prompts = [tok(p.text)["input_ids"] for p in prompt_set(args.prompts_file).select(limit=args.prompts)]
     run_hf(prompts[0][:8]), run_polyplan(prompts[0][:8])  # warm-up
     per_token = {"polyplan": [], "transformers": []}
     ratios, identical = [], 0

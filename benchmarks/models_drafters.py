@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from polyplan.data import load_prompts
+from polyplan.data.prompt_file import prompt_set
 from polyplan.models import load_pool
 from polyplan.models.ngram_fit import chat_prompt_ids, greedy_generations
 
@@ -83,6 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", default="smollm2")
     ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--prompts-file", default=None, help="your own prompt file (default: the built-in eval set)")
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=15)
@@ -94,7 +95,7 @@ def main() -> None:
     names = args.members or pool.names
     target = pool.drafter(pool.target)
     tok = pool.tokenizer
-    prompts = load_prompts(split="eval", limit=args.prompts)
+    prompts = prompt_set(args.prompts_file).select(limit=args.prompts)
     full = greedy_generations(target.model, tok, [p.text for p in prompts], args.new_tokens)
     sequences = [(len(chat_prompt_ids(tok, p.text)), s) for p, s in zip(prompts, full)]
     # a ~context-token context: eval prompts and their continuations, concatenated

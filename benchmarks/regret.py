@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("plan", type=Path)
     ap.add_argument("--pool", default=None)
     ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--prompts-file", default=None, help="your own prompt file (default: the built-in eval set)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
@@ -63,7 +64,7 @@ def main() -> None:
         pool = load_pool(args.pool or plan.profile.get("pool", ""))
         doc = run_bench(plan, args.plan, pool=pool, prompts=args.prompts, repeats=args.repeats,
                         max_new_tokens=args.max_new_tokens, seed=args.seed, grid=True, hf=False,
-                        log=lambda m: print(m, file=sys.stderr))
+                        log=lambda m: print(m, file=sys.stderr), prompts_file=args.prompts_file)
     except UserError as e:
         sys.exit(f"regret.py: error: {e}")
     doc["prediction_error"] = error_summary(doc)
