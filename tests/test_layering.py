@@ -27,10 +27,10 @@ PURE = [
 ]
 
 
-def heavy_imports(module: str, forbidden: tuple[str, ...]) -> list[str]:
-    """Which of ``forbidden`` a fresh interpreter has in sys.modules after importing ``module``."""
+def loaded_by(module: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has in sys.modules after importing ``module``."""
     code = (f"import sys, importlib; importlib.import_module({module!r}); "
-            f"print(','.join(m for m in {forbidden!r} if m in sys.modules))")
+            f"print(','.join(m for m in {watched!r} if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return [m for m in result.stdout.strip().split(",") if m]
@@ -39,9 +39,16 @@ def heavy_imports(module: str, forbidden: tuple[str, ...]) -> list[str]:
 @pytest.mark.parametrize("module", PURE)
 def test_pure_layer_does_not_import_torch(module):
     forbidden = HEAVY + (("matplotlib.pyplot",) if "plot" in module else ())
-    assert heavy_imports(module, forbidden) == [], f"{module} imports a heavy module"
+    assert loaded_by(module, forbidden) == [], f"{module} imports a heavy module"
 
 
 def test_the_check_sees_an_import():
     """The check itself can fail: the executor does import torch."""
-    assert heavy_imports("polyplan.executor.chain", HEAVY) == ["torch", "transformers"]
+    assert loaded_by("polyplan.executor.chain", HEAVY) == ["torch", "transformers"]
+
+
+def test_the_executor_does_not_load_the_weight_source_machinery():
+    """Pools, weight sources and derivations are the CLI's business: ``from polyplan import Chain``
+    must not import them (polyplan.models names them lazily)."""
+    machinery = ("polyplan.models.pools", "polyplan.models.sources", "polyplan.models.derive")
+    assert loaded_by("polyplan.executor", machinery) == []

@@ -4,8 +4,24 @@
     pool = load_pool("smollm2")            # or a path to a pool file
     target = pool.drafter(pool.target)     # a Drafter, built lazily and cached
     chain = pool.drafters(["smollm2-135m", "smollm2-135m:int8", "prompt-lookup"])
+
+The pool names below load on first use: the executor imports ``polyplan.models.drafter`` and
+should not pay for (or depend on) the weight-source machinery behind pools.
 """
 
-from polyplan.models.pools import MemberSpec, Pool, builtin_pools, load_pool
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from polyplan.models.pools import MemberSpec, Pool, builtin_pools, load_pool
 
 __all__ = ["load_pool", "Pool", "MemberSpec", "builtin_pools"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from polyplan.models import pools
+
+        return getattr(pools, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
