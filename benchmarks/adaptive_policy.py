@@ -16,6 +16,7 @@ import json
 import math
 import random
 import time
+from itertools import pairwise
 from pathlib import Path
 
 from polyplan.documents import Plan, Profile
@@ -41,7 +42,7 @@ def optimum(policy: Policy, latencies, alpha) -> tuple[float, tuple]:
 
 def regret(policy: Policy, latencies, truth, estimate) -> float:
     decision = policy.decide(estimate)
-    rates = [truth[p] for p in zip(decision.members, decision.members[1:])]
+    rates = [truth[p] for p in pairwise(decision.members)]
     chosen = evaluate_setting(rates, decision.gammas, latencies[decision.members])
     return chosen / optimum(policy, latencies, truth)[0] - 1
 
@@ -103,7 +104,7 @@ def main() -> None:
 
     def regret_cached(truth, est):
         d = policy.decide(est)
-        rates = [truth[q] for q in zip(d.members, d.members[1:])]
+        rates = [truth[q] for q in pairwise(d.members)]
         return evaluate_setting(rates, d.gammas, latencies[d.members]) / opt(truth) - 1
 
     truths = []
@@ -141,7 +142,7 @@ def main() -> None:
                 est[q] = posterior_mean(prior[q], policy.prior_strength[q], hits, round(n))
             total += regret_cached(truth, est)
         full = tuple(range(len(plan.names)))
-        static = evaluate_setting([truth[q] for q in zip(full, full[1:])], plan.gammas, latencies[full]) / opt(truth) - 1
+        static = evaluate_setting([truth[q] for q in pairwise(full)], plan.gammas, latencies[full]) / opt(truth) - 1
         expected.append({"truth": {str(k): v for k, v in truth.items()}, "expected_regret": total / draws,
                          "static_plan_regret": static})
     out["regret_expected"] = expected
@@ -157,8 +158,9 @@ def main() -> None:
         grads = []
         for i in range(len(rates)):
             h = 1e-3
-            up = list(rates); up[i] = min(0.9999, up[i] + h)
-            dn = list(rates); dn[i] = up[i] - 2 * h
+            up, dn = list(rates), list(rates)
+            up[i] = min(0.9999, up[i] + h)
+            dn[i] = up[i] - 2 * h
             grads.append((math.log(evaluate_setting(up, g, lat)) - math.log(evaluate_setting(dn, g, lat))) / (2 * h))
         sens[",".join(map(str, table.members))] = grads
     out["dlog_time_dalpha_at_prior"] = sens
@@ -171,7 +173,7 @@ def main() -> None:
         est = 0.5
         threshold = None
         for a in [x / 200 for x in range(100, 200)]:
-            alpha = dict(prior); alpha[p] = a
+            alpha = {**prior, p: a}
             for q in pm_pairs:
                 alpha[q] = 0.05
             if p[1] in policy.decide(alpha).members:

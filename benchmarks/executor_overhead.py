@@ -47,7 +47,7 @@ def main() -> None:
     chains = {k: Chain(pool.drafters(CHAINS[k][0]), CHAINS[k][1], tokenizer=tok) for k in args.chains.split(",")}
     prompts = [tok(p.text)["input_ids"] for p in prompt_set(args.prompts_file).select(limit=args.prompts)]
     rows: dict[str, list[dict]] = {k: [] for k in chains}
-    for k, ch in chains.items():  # warm-up (first-call allocations, lazy imports)
+    for ch in chains.values():  # warm-up (first-call allocations, lazy imports)
         ch.generate(prompts[0], max_new_tokens=8, temperature=args.temperature)
     for _ in range(args.repeats):
         for ids in prompts:
@@ -64,7 +64,8 @@ def main() -> None:
     }
     print(f"{'chain':22s} {'overhead %':>10s} {'tok/s':>8s} {'accept len':>10s}")
     for k, s in summary.items():
-        print(f"{k:22s} {100 * s['overhead_fraction']:10.2f} {s['tokens_per_second']:8.2f} {s['mean_acceptance_length']:10.2f}")
+        print(f"{k:22s} {100 * s['overhead_fraction']:10.2f} {s['tokens_per_second']:8.2f} "
+              f"{s['mean_acceptance_length']:10.2f}")
     doc = {
         "benchmark": "executor_overhead", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": platform.platform(), "cpu_count": torch.get_num_threads(), "args": vars(args),

@@ -74,7 +74,7 @@ def greedy_acceptance(drafter, sequences: list[tuple[int, list[int]]]) -> float:
             logits = drafter.score(torch.tensor(seq[:-1], device=drafter.device))
             drafter.reset()
             guesses = logits[prompt_len - 1 :].argmax(-1).cpu().tolist()
-            hits += sum(g == t for g, t in zip(guesses, targets))
+            hits += sum(g == t for g, t in zip(guesses, targets, strict=True))
         total += len(targets)
     return hits / max(total, 1)
 
@@ -97,7 +97,7 @@ def main() -> None:
     tok = pool.tokenizer
     prompts = prompt_set(args.prompts_file).select(limit=args.prompts)
     full = greedy_generations(target.model, tok, [p.text for p in prompts], args.new_tokens)
-    sequences = [(len(chat_prompt_ids(tok, p.text)), s) for p, s in zip(prompts, full)]
+    sequences = [(len(chat_prompt_ids(tok, p.text)), s) for p, s in zip(prompts, full, strict=True)]
     # a ~context-token context: eval prompts and their continuations, concatenated
     context = [t for _, s in sequences for t in s]
     while len(context) < args.context:
@@ -120,7 +120,8 @@ def main() -> None:
 
     meta = {
         "pool": pool.name, "target": pool.target, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"threads {torch.get_num_threads()}",
         "load_average": os.getloadavg(), "context": args.context, "prompts": [p.id for p in prompts],
         "generated_tokens": sum(len(s) - n for n, s in sequences),
     }

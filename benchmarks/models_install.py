@@ -50,8 +50,9 @@ def main() -> None:
         wall, _ = run_child(install, env)
         print(f"install again (already installed): {wall:.1f} s")
         load = (
-            "import time; from polyplan.models import load_pool; p = load_pool(%r); t = time.perf_counter(); "
-            "p.drafter(p.target); print(f'load target from cache: {time.perf_counter() - t:.1f} s')" % args.pool
+            f"import time; from polyplan.models import load_pool; p = load_pool({args.pool!r}); "
+            "t = time.perf_counter(); "
+            "p.drafter(p.target); print(f'load target from cache: {time.perf_counter() - t:.1f} s')"
         )
         run_child([sys.executable, "-c", load], env)
     finally:

@@ -79,7 +79,7 @@ def main() -> None:
             ("iid, all orders", {"all_orders": True}, args.repeats),
             ("replay, cost order", {"predictor": "replay"}, 1),
         ]:
-            secs, (plan, result) = timed(lambda: optimize(path, **kw), reps)
+            secs, (plan, result) = timed(lambda kw=kw: optimize(path, **kw), reps)
             rows.append(
                 {
                     "search": label,

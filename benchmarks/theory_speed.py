@@ -44,7 +44,7 @@ def main() -> None:
     for name, gamma, latency in [("depth4_gamma16_constant", [16, 16, 16], LATENCY4),
                                  ("depth4_gamma16_curves", [16, 16, 16], CURVES4),
                                  ("depth4_gamma8_4_2_constant", [8, 4, 2], LATENCY4)]:
-        times = per_call_seconds(lambda: predict_chain(ALPHA4, gamma, latency), args.repeats)
+        times = per_call_seconds(lambda gamma=gamma, latency=latency: predict_chain(ALPHA4, gamma, latency), args.repeats)
         results[name] = {"median_ms": 1e3 * statistics.median(times), "max_ms": 1e3 * max(times)}
     # every gamma combination 1..16 at depth 4 (the exhaustive search's workload), one call each
     start = time.perf_counter()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,7 @@ def test_decisions_are_within_the_margin_of_the_exact_optimum(policy, profile):
         decision = policy.decide(alpha)
         best = min(
             (predictor.predict(tuple(NAMES[m] for m in members), ()).time_per_token if len(members) == 1 else
-             float(search_gammas([alpha[p] for p in zip(members, members[1:])],
+             float(search_gammas([alpha[p] for p in pairwise(members)],
                                  predictor.latencies(tuple(NAMES[m] for m in members)), max_gamma=16)[1].time_per_token))
             for members in subsets(NAMES, profile)
         )
@@ -176,7 +177,7 @@ def test_transfer_bound_holds_on_the_profiles_traces(profile):
     top = traces["greedy/smollm2-135m/ngram"]
     mid = traces["greedy/smollm2-135m:bf16/ngram"]
     agree = traces["greedy/smollm2-135m/smollm2-135m:bf16"]
-    for a, b in zip(seg, seg[1:]):
+    for a, b in pairwise(seg):
         gap = abs(float(top[a:b].mean()) - float(mid[a:b].mean()))
         assert gap <= transfer_bound(float(agree[a:b].mean())) + 1e-9
 
@@ -184,5 +185,5 @@ def test_transfer_bound_holds_on_the_profiles_traces(profile):
 def test_u_axis_is_even_in_log_of_rejection():
     axis = alpha_axis(17)
     assert axis[0] == 0.0 and axis[-1] == pytest.approx(1 - 2**-8)
-    steps = [u_of_alpha(b) - u_of_alpha(a) for a, b in zip(axis, axis[1:])]
+    steps = [u_of_alpha(b) - u_of_alpha(a) for a, b in pairwise(axis)]
     assert max(steps) - min(steps) < 1e-9

@@ -52,9 +52,9 @@ def test_nothing_cites_the_out_of_tree_specification():
     stale = []
     for folder in ("polyplan", "tests", "notebooks", "proofs", "docs", "benchmarks", "scripts"):
         for path in (ROOT / folder).rglob("*"):
-            if path.suffix in (".py", ".md", ".ipynb", ".sh", ".toml") and path != Path(__file__):
-                if "shared/docs/" in path.read_text(encoding="utf-8", errors="replace"):
-                    stale.append(str(path.relative_to(ROOT)))
+            if (path.suffix in (".py", ".md", ".ipynb", ".sh", ".toml") and path != Path(__file__)
+                    and "shared/docs/" in path.read_text(encoding="utf-8", errors="replace")):
+                stale.append(str(path.relative_to(ROOT)))
     if "shared/docs/" in (ROOT / "README.md").read_text(encoding="utf-8"):
         stale.append("README.md")
     assert not stale, f"cite docs/staged-decoding.md instead of shared/docs/ in {stale}"

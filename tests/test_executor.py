@@ -11,6 +11,7 @@ from polyplan.errors import UserError
 from polyplan.executor.sampling import SamplingParams
 from polyplan.models.drafter import VocabularyMismatch
 from polyplan.models.model_drafter import ModelDrafter
+
 from tiny_models import CountingPointMass, perturbed_copy, tiny_llama
 
 VOCAB = 32

@@ -74,7 +74,7 @@ def test_run_streams_text_from_stdin_with_stats(model_dirs):
     with torch.no_grad():
         logits = target(ids).logits[0, 1:-1]
     top2 = logits.topk(2, dim=-1).indices
-    assert all(t in row.tolist() for t, row in zip(doc["tokens"], top2)), (doc["tokens"], top2)
+    assert all(t in row.tolist() for t, row in zip(doc["tokens"], top2, strict=True)), (doc["tokens"], top2)
 
 
 def test_run_bad_input_is_one_line(model_dirs):

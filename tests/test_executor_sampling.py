@@ -18,6 +18,7 @@ import polyplan.executor.chain as chain_module
 from polyplan import Chain
 from polyplan.executor.sampling import SamplingParams, first_false, sample
 from polyplan.models.model_drafter import ModelDrafter
+
 from tiny_models import CountingPointMass, TableLM, perturbed_copy, tiny_llama
 
 V, L, N = 5, 3, 4000

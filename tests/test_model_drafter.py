@@ -4,6 +4,7 @@ import torch
 from polyplan.errors import UserError
 from polyplan.models.kv_cache import CacheNotRollbackable
 from polyplan.models.model_drafter import ModelDrafter
+
 from tiny_models import tiny_llama, tiny_sliding_mistral
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from polyplan.errors import UserError
 from polyplan.models.model_free import NgramDrafter, NgramTable, PromptLookupDrafter, SuffixIndex

@@ -4,7 +4,6 @@ safetensors writer. Every failure must be one clear UserError and leave nothing 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import zipfile
 from pathlib import Path
@@ -14,8 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from polyplan.errors import UserError
-from polyplan.models import cache as model_cache
-from polyplan.models import sources as src
+from polyplan.models import cache as model_cache, sources as src
 from polyplan.models.safetensors_stream import write_safetensors
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from polyplan.documents import DocumentError, Plan
 from polyplan.planner import optimize
+
 from test_planner import THREE_LEVEL_ALPHAS, THREE_LEVEL_COSTS, make_profile, save
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -207,10 +208,10 @@ def test_breakdown_with_flat_latency_is_cost_times_passes_per_token(tmp_path):
     flat.save(tmp_path / "flat.json")
     plan, _ = optimize(tmp_path / "flat.json")
     terms = plots.level_breakdown(plan, flat)
-    alphas = [flat.pair(u, d).greedy for u, d in zip(plan.names, plan.names[1:])]
+    alphas = [flat.pair(u, d).greedy for u, d in pairwise(plan.names)]
     costs = [flat.latency[n](1, plan.settings["context"]) for n in plan.names]
     prediction = predict_chain(alphas, plan.gammas, costs)
-    np.testing.assert_allclose(terms, [t * p for t, p in zip(costs, prediction.passes_per_token)], rtol=1e-9)
+    np.testing.assert_allclose(terms, [t * p for t, p in zip(costs, prediction.passes_per_token, strict=True)], rtol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------- bench

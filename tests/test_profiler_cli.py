@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
+
 from tiny_models import tiny_llama
 
 VOCAB = 64

@@ -30,7 +30,7 @@ def test_predict_json_contract():
     assert out["mean_acceptance_length"] == pytest.approx(5.636289, rel=1e-6)
     assert len(out["tokens_per_pass"]) == 3 and out["tokens_per_pass"][0] == out["mean_acceptance_length"]
     # time per token = sum_i T_i / L_i (accounting theorem)
-    assert out["time_per_token"] == pytest.approx(sum(t / l for t, l in zip([1.0, 0.3, 0.02], out["tokens_per_pass"])))
+    assert out["time_per_token"] == pytest.approx(sum(t / n for t, n in zip([1.0, 0.3, 0.02], out["tokens_per_pass"], strict=True)))
 
 
 def test_predict_single_model_and_exact():

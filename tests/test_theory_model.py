@@ -7,8 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import sympy as sp
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from polyplan.errors import UserError
 from polyplan.theory import (
@@ -19,10 +18,7 @@ from polyplan.theory import (
     time_per_token,
     total_time,
 )
-from polyplan.theory.acceptance import capped_geometric_pmf, pmf_expression
-from polyplan.theory.acceptance import a as a_sym
-from polyplan.theory.acceptance import g as g_sym
-from polyplan.theory.acceptance import i as i_sym
+from polyplan.theory.acceptance import a as a_sym, capped_geometric_pmf, g as g_sym, i as i_sym, pmf_expression
 
 DETERMINISTIC = settings(derandomize=True, deadline=None, database=None,
                          suppress_health_check=[HealthCheck.too_slow])
@@ -53,13 +49,13 @@ def test_exact_model_agrees_with_simulator(chain, seed):
     assert _agree(sim.mean_acceptance_length, sim.mean_acceptance_length_stderr,
                   prediction.mean_acceptance_length)
     for measured, stderr, expected in zip(sim.passes_per_token, sim.passes_per_token_stderr,
-                                          prediction.passes_per_token):
+                                          prediction.passes_per_token, strict=True):
         assert _agree(measured, stderr, expected)
     assert sum(prediction.level_time_per_token) == pytest.approx(prediction.time_per_token, rel=1e-12)
     # the whole distribution of the target's acceptance length, bin by bin
     histogram = np.bincount(sim.round_tokens, minlength=len(prediction.acceptance_length_distribution))
     assert histogram.size == len(prediction.acceptance_length_distribution)
-    for count, prob in zip(histogram, prediction.acceptance_length_distribution):
+    for count, prob in zip(histogram, prediction.acceptance_length_distribution, strict=True):
         stderr = np.sqrt(max(prob * (1 - prob), 1e-12) / sim.rounds)
         assert abs(count / sim.rounds - prob) <= 5 * stderr + 1e-9
 
@@ -80,7 +76,7 @@ def test_three_levels_long_simulation():
     assert sim.time_per_token_stderr < 0.005 * prediction.time_per_token
     assert _agree(sim.time_per_token, sim.time_per_token_stderr, prediction.time_per_token, z=4)
     for measured, stderr, expected in zip(sim.passes_per_token, sim.passes_per_token_stderr,
-                                          prediction.passes_per_token):
+                                          prediction.passes_per_token, strict=True):
         assert _agree(measured, stderr, expected, z=4)
     # The handed-up block length distribution: M2 hands up 6..9 tokens.
     np.testing.assert_allclose(prediction.target_block_length[6:],
@@ -121,7 +117,7 @@ def test_exact_rational_path_equals_float_path(chain, hundredths):
     exact_latency = [Fraction(str(t)) for t in latency]
     assert exact.time_per_token == time_per_token(exact.tokens_per_pass, exact_latency)
     assert sum(exact.level_time_per_token) == exact.time_per_token
-    assert exact.level_time_per_token == [t / l for t, l in zip(exact_latency, exact.tokens_per_pass)]
+    assert exact.level_time_per_token == [t / n for t, n in zip(exact_latency, exact.tokens_per_pass, strict=True)]
 
 
 @settings(DETERMINISTIC, max_examples=50)
@@ -140,7 +136,7 @@ def test_accounting_identity_holds_exactly_on_simulated_counts(chain, seed):
     if not any(callable(t) for t in latency):
         exact_t = [Fraction(t) for t in latency]
         assert total_time(n, [tokens_per_pass[i] for i in used], [exact_t[i] for i in used]) == \
-            sum(p * t for p, t in zip(sim.passes, exact_t))
+            sum(p * t for p, t in zip(sim.passes, exact_t, strict=True))
     assert int(sim.round_tokens.sum()) == n and sim.round_passes.sum(axis=0).tolist() == sim.passes
 
 

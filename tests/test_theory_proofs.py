@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sympy as sp
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from polyplan.theory import acceptance, gamma
 from polyplan.theory.theorems import THEOREMS, find_theorem

@@ -1,1 +1,2 @@
-"""polyplan.bench: side-by-side benchmarks of a plan against autoregressive decoding and transformers assisted generation (torch side lives in polyplan.bench.runner)."""
+"""polyplan.bench: side-by-side benchmarks of a plan against autoregressive decoding and
+transformers assisted generation (the torch side lives in polyplan.bench.runner)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -77,7 +76,7 @@ def profile_command(profile: Path = typer.Argument(..., help="profile.json writt
 @app.command("plan")
 def plan_command(plan: Path = typer.Argument(..., help="plan.json written by `polyplan optimize`"),
                  out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
-                 profile: Optional[Path] = typer.Option(
+                 profile: Path | None = typer.Option(
                      None, "--profile", help="the plan's profile (default: the path the plan records)"),
                  dpi: int = typer.Option(100, "--dpi", help=DPI_HELP)) -> None:
     """The Pareto front of chains (time per token vs models used) and the chosen plan's breakdown."""
@@ -93,7 +92,7 @@ def plan_command(plan: Path = typer.Argument(..., help="plan.json written by `po
 @app.command("bench")
 def bench_command(results: Path = typer.Argument(..., help="results .json written by `polyplan bench`"),
                   out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
-                  plan: Optional[Path] = typer.Option(
+                  plan: Path | None = typer.Option(
                       None, "--plan", help="the plan bench ran (default: the path the results record)"),
                   dpi: int = typer.Option(100, "--dpi", help=DPI_HELP)) -> None:
     """Predicted against measured time per token, measured speedups, per-level L_i against the plan."""
@@ -109,10 +108,10 @@ def bench_command(results: Path = typer.Argument(..., help="results .json writte
 @app.command("all")
 def all_command(out: Path = typer.Option(DOC_FIGURES_DIR, "--out", help=OUT_HELP),
                 profile: Path = typer.Option(DEFAULT_PROFILE, "--profile", help="profile to plot"),
-                plan: Optional[Path] = typer.Option(
+                plan: Path | None = typer.Option(
                     None, "--plan", help=f"plan to plot (default: {DEFAULT_PLAN} if committed, else the "
                     "plan `polyplan optimize PROFILE` makes, computed in memory)"),
-                bench: Optional[Path] = typer.Option(
+                bench: Path | None = typer.Option(
                     None, "--bench", help=f"bench results to plot (default: {DEFAULT_BENCH}; skipped if absent)"),
                 dpi: int = typer.Option(100, "--dpi", help=DPI_HELP),
                 grid: int = typer.Option(40, "--grid", help=GRID_HELP)) -> None:

@@ -7,7 +7,7 @@ with at least time_per_token, speedup, mean_acceptance_length and tokens_per_pas
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -97,7 +97,7 @@ def predict(
 
 @app.command()
 def show(
-    name: Optional[str] = typer.Argument(None, help="one theorem (default: all)"),
+    name: str | None = typer.Argument(None, help="one theorem (default: all)"),
     latex: bool = typer.Option(False, "--latex", help="print the statements in LaTeX"),
     check: bool = typer.Option(False, "--check", help="also verify each identity symbolically"),
 ) -> None:
@@ -124,7 +124,7 @@ def insert(
     latency: str = typer.Option(..., "--latency", help=LATENCY_HELP),
     position: int = typer.Option(..., "--position", help="level the new model takes: 2 (below the target) .. k+1"),
     new_alpha_above: float = typer.Option(..., "--new-alpha-above", help="acceptance of the new model by its verifier"),
-    new_alpha_below: Optional[float] = typer.Option(
+    new_alpha_below: float | None = typer.Option(
         None, "--new-alpha-below", help="acceptance by the new model of the level below (omit at the bottom)"),
     new_latency: float = typer.Option(..., "--new-latency", help="pass time of the new model"),
     new_gamma: int = typer.Option(..., "--new-gamma", help="speculation length of the new model"),

@@ -5,12 +5,12 @@ Pure Python (no torch): the planner reads profiles without loading a model."""
 from polyplan.documents.files import DocumentError, atomic_write_bytes, atomic_write_json, read_json
 from polyplan.documents.plan import PLAN_SCHEMA, PLAN_VERSION, Plan, file_sha256
 from polyplan.documents.profile import (
+    PROFILE_SCHEMA,
+    PROFILE_VERSION,
     AcceptancePair,
     Candidate,
     LatencyCurve,
     Profile,
-    PROFILE_SCHEMA,
-    PROFILE_VERSION,
 )
 
 __all__ = [

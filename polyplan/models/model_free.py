@@ -19,7 +19,7 @@ in its last tokens is detected and the index rebuilt from the common prefix).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -76,7 +76,7 @@ class SuffixIndex:
                 self.extend(context[n_seen:])
                 return
         common = 0
-        for a, b in zip(self.tokens, context):
+        for a, b in zip(self.tokens, context, strict=False):
             if a != int(b):
                 break
             common += 1
@@ -151,7 +151,7 @@ class NgramTable:
         self.best_next = dict(best_next)
 
     @classmethod
-    def fit(cls, sequences: Sequence[Sequence[int]], order: int) -> "NgramTable":
+    def fit(cls, sequences: Sequence[Sequence[int]], order: int) -> NgramTable:
         if order < 2:
             raise UserError(f"an n-gram table needs order >= 2, got {order}")
         counts: dict[tuple[int, ...], dict[int, int]] = {}
@@ -179,7 +179,7 @@ class NgramTable:
         return {"order": self.order, "entries": [[*ctx, nxt] for ctx, nxt in self.best_next.items()]}
 
     @classmethod
-    def from_json(cls, doc: dict) -> "NgramTable":
+    def from_json(cls, doc: dict) -> NgramTable:
         return cls(int(doc["order"]), {tuple(e[:-1]): int(e[-1]) for e in doc["entries"]})
 
     def __len__(self) -> int:

@@ -7,8 +7,8 @@ show the same figures and ``polyplan plot`` writes them.
 Theory (no input): ``speedup_surfaces``, ``insertion_region``, ``acceptance_stability``,
 ``model_vs_simulation``. Profile: ``latency_curves``, ``acceptance_heatmap``. Plan:
 ``pareto_front`` (with ``options_from_plan`` / ``options_from_estimates``), ``plan_breakdown``.
-Bench: ``predicted_vs_measured``, ``speedups``, ``levels_measured_vs_predicted`` (with the plan). Each figure's numbers come from a data function
-beside it (``two_level_speedup_grid``, ``insertion_grid``, ``acceptance_matrix``,
+Bench: ``predicted_vs_measured``, ``speedups``, ``levels_measured_vs_predicted`` (with the plan).
+Each figure's numbers come from a data function beside it (``two_level_speedup_grid``, ``insertion_grid``, ``acceptance_matrix``,
 ``pareto_options``, ``level_breakdown``, ``prediction_points``, ...)."""
 
 from polyplan.plots.bench import (

@@ -80,7 +80,7 @@ def predicted_vs_measured(results: dict[str, Any]) -> Figure:
     right.set_yticks(y, [f"{m} ({k})" for m, k in rows], fontsize=7)
     right.invert_yaxis()
     right.axvline(0, color="0.3", lw=1)
-    for yy, e in zip(y, errors):
+    for yy, e in zip(y, errors, strict=True):
         right.text(e, yy, f" {e:+.0f}% ", va="center", ha="left" if e >= 0 else "right", fontsize=7)
     span = max(abs(errors).max() * 1.35, 10)
     right.set_xlim(-span, span)
@@ -102,12 +102,12 @@ def speedups(results: dict[str, Any]) -> Figure:
     measured = [m["measured"]["speedup"] for m in methods]
     ax.barh(y, measured, color="C0", alpha=0.8, label="measured (median of paired ratios)")
     if predicted_ar:
-        for yy, m in zip(y, methods):
+        for yy, m in zip(y, methods, strict=True):
             p = m.get("predicted", {}).get("iid")
             if p:
                 ax.scatter(predicted_ar / p, yy, marker="D", color="C3", zorder=3)
         ax.scatter([], [], marker="D", color="C3", label="predicted (iid)")
-    for yy, s in zip(y, measured):
+    for yy, s in zip(y, measured, strict=True):
         ax.text(s, yy, f" {s:.2f}x", va="center", fontsize=7)
     ax.axvline(1.0, color="0.4", ls=":", lw=1)
     ax.set_yticks(y, [m.get("label") or m["name"] for m in methods], fontsize=7)
@@ -167,10 +167,10 @@ def levels_measured_vs_predicted(comparisons: list[LevelComparison]) -> Figure:
     if not comparisons:
         raise UserError("no bench method ran the plan's chain with per-level statistics")
     fig, axes = new_figure(4.2 * len(comparisons) + 0.8, 4.0, ncols=len(comparisons), sharey=True)
-    for ax, comparison in zip(axes, comparisons):
+    for ax, comparison in zip(axes, comparisons, strict=True):
         x = np.arange(len(comparison.chain))
         ax.bar(x, comparison.measured, color="C0", alpha=0.8, width=0.6, label="measured")
-        for offset, (predictor, values) in zip((-0.12, 0.12), sorted(comparison.predicted.items())):
+        for offset, (predictor, values) in zip((-0.12, 0.12), sorted(comparison.predicted.items()), strict=False):
             ax.scatter(x + offset, values, marker=PREDICTOR_MARKERS.get(predictor, "^"), color="C3", s=36,
                        zorder=3, label=f"predicted ({predictor})")
         ax.set_xticks(x, [f"$M_{i + 1}$\n{name}" for i, name in enumerate(comparison.chain)], fontsize=7)

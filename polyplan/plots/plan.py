@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -107,7 +108,7 @@ def chain_breakdown(profile: Profile, chain: Sequence[str], gammas: Sequence[int
     for name in chain:
         if name not in profile.latency:
             raise UserError(f"profile has no latency curve for {name!r}, a member of the chain")
-    alphas = [profile.pair(u, d).alpha(mode) for u, d in zip(chain, chain[1:])]
+    alphas = [profile.pair(u, d).alpha(mode) for u, d in pairwise(chain)]
     latency = [lambda n, curve=profile.latency[name]: curve(n, context) for name in chain]
     prediction = predict_chain(alphas, list(gammas), latency)
     # Time per token is linear in the latencies (tokens per round do not depend on them), so level
@@ -140,9 +141,9 @@ def plan_breakdown(plan: Plan, profile: Profile) -> Figure:
     autoregressive = plan.prediction.get("autoregressive_time_per_token_s")
     fig, (ax,) = new_figure(7.0, 4.4)
     colors: dict[str, str] = {}
-    for x, (label, chain, terms) in enumerate(bars):
+    for x, (_label, chain, terms) in enumerate(bars):
         bottom = 0.0
-        for name, term in zip(chain, np.array(terms) * 1e3):
+        for name, term in zip(chain, np.array(terms) * 1e3, strict=True):
             new = name not in colors
             color = colors.setdefault(name, f"C{len(colors)}")
             ax.bar([x], [term], bottom=bottom, color=color, width=0.6, label=name if new else None)

@@ -32,7 +32,7 @@ def latency_curves(profile: Profile, *, names: Sequence[str] | None = None) -> F
         curve = profile.latency[name]
         color = f"C{index % 10}"
         n = np.asarray(curve.new_tokens, dtype=float)
-        for row, context in enumerate(curve.context):
+        for row in range(len(curve.context)):
             shade = 0.35 + 0.65 * (row + 1) / len(curve.context)
             median = np.asarray(curve.median_s[row], dtype=float) * 1e3
             label = name if row == len(curve.context) - 1 else None

@@ -7,10 +7,9 @@ closed forms are lambdified from its sympy expressions, never retyped."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable
+from functools import cache
 
 import numpy as np
 import sympy as sp
@@ -29,13 +28,13 @@ from polyplan.theory.acceptance import (
 from polyplan.theory.two_level import improvement_factor
 
 
-@lru_cache(maxsize=None)
+@cache
 def _improvement_factor_numpy() -> Callable[..., np.ndarray]:
     """Leviathan's speedup ``f(a, g, c)`` as a vectorised function, from the sympy expression."""
     return sp.lambdify((ALPHA, GAMMA, COST), improvement_factor(), "numpy")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cv_numpy(include_bonus: bool) -> Callable[..., np.ndarray]:
     return sp.lambdify((ALPHA, GAMMA), cv_expression(include_bonus=include_bonus), "numpy")
 
@@ -206,7 +205,7 @@ def acceptance_stability(gammas: Sequence[int] = (2, 4, 8), pair_gamma: int = 4,
     rates = np.linspace(0.01, 0.99, 197)
     fig, (left, right) = new_figure(10.5, 4.0, ncols=2)
     colors = ["C0", "C1", "C2", "C3", "C4", "C5"]
-    for color, g in zip(colors, gammas):
+    for color, g in zip(colors, gammas, strict=False):
         left.plot(rates, acceptance_cv(rates, g, include_bonus=True), color=color, label=f"CV[X], $\\gamma$={g}")
         left.plot(rates, acceptance_cv(rates, g, include_bonus=False), color=color, ls="--",
                   label=f"CV[A], $\\gamma$={g}")
@@ -276,7 +275,7 @@ def model_vs_simulation(checks: Sequence[ModelCheck] | None = None) -> Figure:
     """Exact model (lines) against the staged simulator (points, 2 standard errors)."""
     checks = model_vs_simulation_data() if checks is None else checks
     fig, (ax,) = new_figure(6.4, 4.4)
-    for color, check in zip(("C0", "C1", "C2", "C3"), checks):
+    for color, check in zip(("C0", "C1", "C2", "C3"), checks, strict=False):
         fine = check.alphas
         ax.plot(fine, check.exact, color=color, label=check.label)
         ax.errorbar(check.alphas, check.simulated, yerr=2 * check.stderr, fmt="o", ms=4, color=color,

@@ -15,10 +15,7 @@ from polyplan.bench.results import load_results
 from polyplan.documents.plan import Plan
 from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
-from polyplan.plots import bench as bench_plots
-from polyplan.plots import plan as plan_plots
-from polyplan.plots import profile as profile_plots
-from polyplan.plots import theory as theory_plots
+from polyplan.plots import bench as bench_plots, plan as plan_plots, profile as profile_plots, theory as theory_plots
 from polyplan.plots.canvas import DEFAULT_DPI, save_figure
 
 #: the figures docs/*.md show (committed in docs/figures/); `polyplan plot all` fails if one is not written
@@ -32,7 +29,7 @@ class WrittenFigures:
     paths: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "<file name>: <why>"
 
-    def __add__(self, other: "WrittenFigures") -> "WrittenFigures":
+    def __add__(self, other: WrittenFigures) -> WrittenFigures:
         return WrittenFigures(self.paths + other.paths, self.skipped + other.skipped)
 
 

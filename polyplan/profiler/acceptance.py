@@ -25,8 +25,9 @@ their flips are orders of magnitude rarer, and the extra passes would cost profi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -175,9 +176,9 @@ def score_reference(
                 prop = proposals[d.name]
                 has = prop >= 0
                 greedy[key] = mean_over_shapes(
-                    v.name, fn=lambda s: (prop == per_shape(argmax, v.name, s)) & has).numpy()
+                    v.name, fn=lambda s, v=v, prop=prop, has=has: (prop == per_shape(argmax, v.name, s)) & has).numpy()
                 if temperature > 0:
-                    def picked(s: int) -> torch.Tensor:
+                    def picked(s: int, v=v, prop=prop, has=has) -> torch.Tensor:
                         p_v = per_shape(probs, v.name, s)
                         got = p_v.gather(-1, prop.clamp(min=0).to(p_v.device).unsqueeze(-1)).squeeze(-1).cpu()
                         return torch.where(has, got, torch.zeros_like(got))
@@ -186,9 +187,9 @@ def score_reference(
             else:
                 greedy[key] = mean_over_shapes(
                     v.name, d.name,
-                    fn=lambda s: per_shape(argmax, d.name, s) == per_shape(argmax, v.name, s)).numpy()
+                    fn=lambda s, v=v, d=d: per_shape(argmax, d.name, s) == per_shape(argmax, v.name, s)).numpy()
                 if temperature > 0:
-                    def overlap(s: int) -> torch.Tensor:
+                    def overlap(s: int, v=v, d=d) -> torch.Tensor:
                         p_v = per_shape(probs, v.name, s)
                         q_d = per_shape(probs, d.name, s).to(p_v.device)
                         return torch.minimum(p_v, q_d).sum(-1).clamp(0.0, 1.0).cpu()

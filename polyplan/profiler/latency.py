@@ -10,8 +10,8 @@ and the host synchronises once per context; on CPU ``score`` returns finished lo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

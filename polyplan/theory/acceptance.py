@@ -12,7 +12,7 @@ proofs/capped-geometric.md, proofs/stability.md, proofs/speculative-sampling-rat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import sympy as sp
@@ -35,7 +35,7 @@ def pmf_expression() -> sp.Piecewise:
     return sp.Piecewise((a**i * (1 - a), i < g), (a**g, sp.Eq(i, g)), (0, True))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _moment_of_accepted(power: int) -> sp.Expr:
     """``E[A^power]`` for symbolic g, by summing the pmf (for 0 < a < 1)."""
     s = sp.summation(i**power * a**i * (1 - a), (i, 0, g - 1)) + g**power * a**g
@@ -143,13 +143,13 @@ def mean_acceptance_length(rate: Any, block: int) -> Any:
 def speculative_sampling_rate(p: Sequence[float], q: Sequence[float]) -> float:
     """Acceptance rate of speculative sampling: ``sum_x min(p(x), q(x))`` = 1 - TV(p, q)."""
     _check_distributions(p, q)
-    return float(sum(min(px, qx) for px, qx in zip(p, q)))
+    return float(sum(min(px, qx) for px, qx in zip(p, q, strict=True)))
 
 
 def exact_match_rate(p: Sequence[float], q: Sequence[float]) -> float:
     """Acceptance rate when the verifier samples its own token and accepts on a match: ``sum_x p q``."""
     _check_distributions(p, q)
-    return float(sum(px * qx for px, qx in zip(p, q)))
+    return float(sum(px * qx for px, qx in zip(p, q, strict=True)))
 
 
 def _check_distributions(p: Sequence[float], q: Sequence[float]) -> None:

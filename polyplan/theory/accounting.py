@@ -21,15 +21,15 @@ def accounting_expression(depth: int) -> tuple[sp.Expr, sp.Expr]:
     passes = sp.symbols(f"P_1:{depth + 1}", positive=True)
     times = sp.symbols(f"T_1:{depth + 1}", positive=True)
     tokens_per_pass = [n / p for p in passes]
-    total = sum(p * t for p, t in zip(passes, times))
-    return total, n * sum(t / l for t, l in zip(times, tokens_per_pass))
+    total = sum(p * t for p, t in zip(passes, times, strict=True))
+    return total, n * sum(t / per_pass for t, per_pass in zip(times, tokens_per_pass, strict=True))
 
 
 def total_time(output_tokens: Any, tokens_per_pass: Sequence[Any], latency: Sequence[Any]) -> Any:
     """``N * sum_i T_i / L_i`` (exact for Fraction inputs)."""
-    return output_tokens * sum((t / l for t, l in zip(latency, tokens_per_pass)), 0)
+    return output_tokens * sum((t / per_pass for t, per_pass in zip(latency, tokens_per_pass, strict=True)), 0)
 
 
 def time_per_token(tokens_per_pass: Sequence[Any], latency: Sequence[Any]) -> Any:
     """``sum_i T_i / L_i``: the expected time per token when ``L_i`` are the model's expectations."""
-    return sum((t / l for t, l in zip(latency, tokens_per_pass)), 0)
+    return sum((t / per_pass for t, per_pass in zip(latency, tokens_per_pass, strict=True)), 0)

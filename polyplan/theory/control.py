@@ -25,9 +25,8 @@ Pure Python (no numpy, no torch): the lookup runs once per target round."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import product
-from typing import Any
 
 from polyplan.theory.chain_model import predict_chain
 from polyplan.theory.latency import Latency
@@ -132,7 +131,7 @@ def snake_order(shape: Sequence[int]) -> list[tuple[int, ...]]:
 
 def flat_index(index: Sequence[int], shape: Sequence[int]) -> int:
     flat = 0
-    for i, n in zip(index, shape):
+    for i, n in zip(index, shape, strict=True):
         flat = flat * n + i
     return flat
 
@@ -167,7 +166,7 @@ def interpolate(values: Sequence[float], shape: Sequence[int], cells: Sequence[t
     total = 0.0
     for bits, offset in corners if corners is not None else corner_offsets(shape):
         weight = 1.0
-        for (_, frac), bit in zip(cells, bits):
+        for (_, frac), bit in zip(cells, bits, strict=True):
             weight *= frac if bit else 1.0 - frac
         if weight:
             total += weight * values[base + offset]
@@ -176,7 +175,7 @@ def interpolate(values: Sequence[float], shape: Sequence[int], cells: Sequence[t
 
 def nearest(shape: Sequence[int], cells: Sequence[tuple[int, float]]) -> int:
     flat = 0
-    for (lo, frac), n in zip(cells, shape):
+    for (lo, frac), n in zip(cells, shape, strict=True):
         flat = flat * n + lo + (1 if frac >= 0.5 else 0)
     return flat
 

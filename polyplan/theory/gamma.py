@@ -14,7 +14,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import sympy as sp
 
@@ -35,7 +35,7 @@ def optimal_gamma_expression() -> sp.Expr:
     return (1 + sp.LambertW(-a ** (1 / c - 1) / sp.E, -1)) / sp.log(a) - 1 / c
 
 
-@lru_cache(maxsize=None)
+@cache
 def _numeric_forms() -> tuple[Callable[..., float], Callable[..., complex]]:
     """The fast paths, lambdified once from the expressions (deferred: deriving them takes ~1 s)."""
     return (sp.lambdify((a, g, c), improvement_factor(), "math"),
@@ -115,7 +115,7 @@ def search_gammas(alpha: Sequence[float], latency: Sequence[Latency], max_gamma:
         while improved:
             improved = False
             for level in range(k - 1):
-                def with_level(v: int) -> tuple[int, ...]:
+                def with_level(v: int, current: list[int] = current, level: int = level) -> tuple[int, ...]:
                     return tuple(current[:level] + [v] + current[level + 1:])
                 candidate = min(choices, key=lambda v: evaluate(with_level(v)))
                 if evaluate(with_level(candidate)) < evaluate(tuple(current)):

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 from polyplan.errors import UserError
 
 LatencyCurveLike = Callable[[int], Any]
-Latency = Union[float, int, LatencyCurveLike]
+Latency = float | int | LatencyCurveLike
 
 
 def pass_cost(latency: Latency, new_tokens: int) -> Any:

@@ -166,7 +166,7 @@ def simulate_chain(alpha_or_traces: Sequence[float | np.ndarray], gamma: Sequenc
         produced += emitted
         round_tokens.append(emitted)
         round_times.append(spent)
-        round_passes.append([after - before for after, before in zip(passes, passes_before)])
+        round_passes.append([after - before for after, before in zip(passes, passes_before, strict=True)])
     return SimulationResult(output_tokens=produced, passes=passes, total_time=float(sum(round_times)),
                             round_tokens=np.asarray(round_tokens), round_times=np.asarray(round_times),
                             verification_lengths=verification_lengths, level_times=level_times,
