@@ -39,6 +39,17 @@ def optimize_command(
     export: Optional[str] = typer.Option(
         None, "--export", help="also print the best two-level sub-plan for: hf | vllm"
     ),
+    choose: str = typer.Option(
+        "robust", "--choose",
+        help="which near-best plan to run: robust (of the plans whose uncertainty intervals overlap the best "
+        "point estimate's, the one with the best pessimistic 90th-percentile time per token) | point (the best "
+        "point estimate)",
+    ),
+    near: float = typer.Option(
+        0.10, "--near",
+        help="plans whose predicted time per token is within this fraction of the best get an interval and are "
+        "considered by --choose",
+    ),
     json_out: bool = typer.Option(False, "--json", help="print the plan as JSON instead of tables"),
 ) -> None:
     """Pick the fastest lossless chain (subset, order, gammas) from a profile and write plan.json."""
@@ -50,7 +61,7 @@ def optimize_command(
         raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
     plan, result = optimize(
         profile, mode=mode, predictor=predictor, max_gamma=max_gamma, context=context,
-        all_orders=all_orders, top=top, max_new_tokens=max_new_tokens or None,
+        all_orders=all_orders, top=top, max_new_tokens=max_new_tokens or None, choose=choose, tolerance=near,
     )
     plan.save(output)
     if json_out:
@@ -68,7 +79,9 @@ def optimize_command(
         f"({plan.settings['mode']}, {plan.settings['predictor']} predictor, context {plan.settings['context']:g}, "
         f"{_horizon_text(plan.settings.get('max_new_tokens'))})"
     )
-    for col in ("#", "chain (target first)", "gammas", "ms/token", "speedup", "accept len", "L_i"):
+    quantiles = plan.choice.get("quantiles") or [0.1, 0.9]
+    span = f"p{quantiles[0] * 100:.0f}-p{quantiles[1] * 100:.0f}"
+    for col in ("#", "chain (target first)", "gammas", "ms/token", "speedup", span, "accept len", "L_i"):
         table.add_column(col, justify="right" if col not in ("chain (target first)",) else "left")
     rows = [plan.prediction] + plan.runners_up
     for i, r in enumerate(rows, start=1):
@@ -78,11 +91,16 @@ def optimize_command(
             ",".join(map(str, r["gammas"])) or "-",
             f"{r['time_per_token_s'] * 1e3:.2f}",
             f"{r['speedup']:.2f}x",
+            _span(r, "speedup", "{:.2f}"),
             f"{r['mean_acceptance_length']:.2f}",
             " ".join(f"{x:.2f}" for x in r["tokens_per_pass"]),
             style="bold green" if i == 1 else None,
         )
     console.print(table)
+    if plan.choice.get("reason"):
+        console.print(f"{span}: the speedup's interval under the profile's own spread "
+                      "(prompt-to-prompt acceptance, latency repeats)")
+        console.print(f"plan 1 chosen by {plan.choice['reason']}")
     from polyplan.data.prompt_file import describe_workload
 
     console.print(f"planned for the workload the profile measured: {describe_workload(plan.profile.get('workload'))}")
@@ -107,6 +125,15 @@ def optimize_command(
         else:
             console.print(plan.exports.get("note", "nothing to export"))
     console.print(f"wrote {output}")
+
+
+def _span(row: dict, key: str, fmt: str) -> str:
+    """The row's uncertainty interval of ``key`` ("-" for plans that were not considered)."""
+    iv = row.get("interval")
+    if not iv:
+        return "-"
+    lo, hi = iv[key]
+    return f"{fmt.format(lo)}-{fmt.format(hi)}"
 
 
 def _horizon_text(max_new_tokens: int | None) -> str:

@@ -19,7 +19,14 @@ JSON layout (version 1)::
      "two_level": {...an entry like runners_up: the best chain of exactly two levels...} or null,
      "exports": {"transformers": {...}, "vllm": {...}} or {},
      "policy": {...the adaptive executor's precomputed policy: polyplan.planner.policy.Policy.to_dict()}
-               (optional: plans written before it existed load without it) }
+               (optional: plans written before it existed load without it),
+     "choice": {"rule": "robust"|"point", "tolerance", "quantiles": [lo, hi], "spread": {...what was resampled},
+                "candidates": [{"chain", "gammas", "time_per_token_s", "speedup", "interval", "near_equal",
+                                "chosen"}], "reason"} or {} (plans written before intervals existed) }
+
+``prediction`` and the ``runners_up`` that were considered for the choice also carry
+``"interval": {"quantiles": [lo, hi], "time_per_token_s": [lo, hi], "speedup": [lo, hi]}``: the
+spread of the prediction under the profile's own spread (polyplan/planner/intervals.py).
 
 Pure Python: the planner writes it, ``polyplan run`` / ``polyplan bench`` read it."""
 
@@ -59,6 +66,8 @@ class Plan:
     exports: dict[str, Any] = field(default_factory=dict)
     #: the adaptive executor's policy (polyplan.planner.policy); None for plans made before it
     policy: dict[str, Any] | None = None
+    #: why this plan among the near-best (rule, candidates with intervals); {} in older plans
+    choice: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     version: int = PLAN_VERSION
 
@@ -123,6 +132,7 @@ class Plan:
             "two_level": self.two_level,
             "exports": self.exports,
             **({"policy": self.policy} if self.policy is not None else {}),
+            **({"choice": self.choice} if self.choice else {}),
         }
 
     @classmethod
@@ -140,6 +150,7 @@ class Plan:
                 two_level=doc.get("two_level"),
                 exports=dict(doc.get("exports", {})),
                 policy=dict(doc["policy"]) if doc.get("policy") is not None else None,
+                choice=dict(doc.get("choice") or {}),
                 created=doc.get("created", ""),
                 version=doc["version"],
             )

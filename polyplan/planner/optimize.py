@@ -12,8 +12,10 @@ from polyplan.errors import UserError
 from polyplan.planner.chains import Chain, chain_problem, unit_cost
 from polyplan.planner.exports import transformers_export, vllm_export
 from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, load_traces, make_predictor
+from polyplan.planner.choice import DEFAULT_TOLERANCE, RULES, Choice
+from polyplan.planner.choice import choose as choose_plan
 from polyplan.planner.policy import build_policy
-from polyplan.planner.search import SearchResult, search
+from polyplan.planner.search import SearchResult, search, with_best
 
 #: the generation length planned for by default: what `polyplan bench` generates per prompt
 DEFAULT_HORIZON = 64
@@ -30,12 +32,16 @@ def optimize(
     all_orders: bool = False,
     top: int = 5,
     profile: Profile | None = None,
+    choose: str = "robust",
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> tuple[Plan, SearchResult]:
     """Search the profile's pool and return the plan document (not yet saved) and the search.
 
     ``predictor="auto"`` replays the profile's traces when it has them, else uses the i.i.d. model.
     ``max_new_tokens`` is the generation length planned for (None: the steady state of an
-    unbounded generation)."""
+    unbounded generation). ``choose``: ``robust`` runs, among the plans near the best point
+    estimate whose uncertainty intervals overlap it, the one with the best pessimistic quantile;
+    ``point`` runs the best point estimate (polyplan.planner.choice)."""
     profile_path = Path(profile_path)
     profile = profile or Profile.load(profile_path)
     if top < 0:
@@ -54,7 +60,11 @@ def optimize(
     if context is None and traces is not None:
         context = decoding_context(traces, max_new_tokens)
     pred = make_predictor(predictor, profile, mode=mode, context=context, traces=traces, horizon=max_new_tokens)
+    if choose not in RULES:
+        raise UserError(f"--choose must be one of {', '.join(RULES)}, not {choose!r}")
     result = search(profile, pred, max_gamma=max_gamma, all_orders=all_orders)
+    choice = choose_plan(pred, result.ranked, rule=choose, tolerance=tolerance, traces=traces)
+    result = with_best(profile, pred, result, choice.chosen, max_gamma)
 
     # Both predictors' views of the chosen plan, so bench can say which one was right.
     predictions = {pred.name: _prediction(profile, pred, result.best)}
@@ -71,7 +81,7 @@ def optimize(
     plan = Plan(
         chain=members,
         gammas=list(result.best.gammas),
-        prediction=_prediction(profile, pred, result.best),
+        prediction=_with_interval(_prediction(profile, pred, result.best), choice, result.best),
         settings={
             "mode": mode,
             "predictor": pred.name,
@@ -80,6 +90,8 @@ def optimize(
             "context": pred.context,
             "all_orders": all_orders,
             "temperature": profile.temperature,
+            "choose": choose,
+            "tolerance": tolerance,
         },
         profile={
             "path": str(profile_path),
@@ -95,9 +107,10 @@ def optimize(
         },
         predictions=predictions,
         insertion=[v.as_dict() for v in result.insertion],
-        runners_up=[e.as_dict() for e in result.ranked[1 : 1 + top]],
+        runners_up=[_with_interval(e.as_dict(), choice, e) for e in _others(result.ranked, result.best)[:top]],
         two_level=result.best_two_level.as_dict() if result.best_two_level else None,
         exports=exports,
+        choice=choice.as_dict(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     if len(plan.names) > 1:  # the adaptive executor's table (proofs/adaptive-control.md)
@@ -105,6 +118,15 @@ def optimize(
                                    max_gamma=max_gamma, traces=traces).to_dict()
     plan.validate()
     return plan, result
+
+
+def _others(ranked: list[Estimate], best: Estimate) -> list[Estimate]:
+    return [e for e in ranked if (e.chain, e.gammas) != (best.chain, best.gammas)]
+
+
+def _with_interval(d: dict, choice: Choice, e: Estimate) -> dict:
+    iv = choice.interval_of(e)
+    return {**d, "interval": iv.as_dict()} if iv is not None else d
 
 
 def _member(profile: Profile, name: str) -> dict:

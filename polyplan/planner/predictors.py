@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from polyplan.theory import predict_chain, search_gammas, simulate_chain
+from polyplan.theory import SimulationResult, predict_chain, search_gammas, simulate_chain
 from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
 from polyplan.planner.chains import Chain
@@ -206,12 +206,23 @@ class IidPredictor(Predictor):
         if len(chain) == 1:  # autoregressive: the first token comes with the prompt's prefill
             return Estimate(chain=tuple(chain), gammas=(), time_per_token=self.autoregressive_time(), speedup=1.0,
                             mean_acceptance_length=1.0, tokens_per_pass=(1.0,), predictor=self.name)
-        rng = np.random.default_rng(self.seed)
-        alphas, latency = self.alphas(chain), self.latencies(chain)
-        runs = max(1, -(-self.SIMULATED_TOKENS // self.horizon))
-        sims = [simulate_chain(alphas, list(gammas), latency, self.horizon, rng, exact_length=True,
-                               prefill_first_pass=True) for _ in range(runs)]
+        sims = self.simulate(chain, gammas, self.alphas(chain), self.latencies(chain))
         return self._from_simulations(chain, gammas, sims)
+
+    def simulate(
+        self, chain: Chain, gammas: Sequence[int], alphas: Sequence[float],
+        latency: Sequence[Callable[[float], float]], tokens: int | None = None,
+    ) -> list[SimulationResult]:
+        """Seeded generations of ``chain`` at i.i.d. rates ``alphas``, about ``tokens`` output tokens
+        in all: generations of ``horizon`` tokens as the executor runs them, or one long run in the
+        steady state."""
+        tokens = self.SIMULATED_TOKENS if tokens is None else tokens
+        rng = np.random.default_rng(self.seed)
+        if self.horizon is None:
+            return [simulate_chain(list(alphas), list(gammas), latency, tokens, rng)]
+        runs = max(1, -(-tokens // self.horizon))
+        return [simulate_chain(list(alphas), list(gammas), latency, self.horizon, rng, exact_length=True,
+                               prefill_first_pass=True) for _ in range(runs)]
 
     def steady_best(self, chain: Chain, max_gamma: int) -> Estimate:
         """The exact model's optimum (the theory's search: exhaustive to depth 3, coordinate
@@ -298,18 +309,28 @@ class ReplayPredictor(Predictor):
     def predict(self, chain: Chain, gammas: Sequence[int]) -> Estimate:
         if len(chain) == 1:
             return self._iid.predict(chain, ())
-        levels = self.level_traces(chain)
         latency = self.latencies(chain)
+        sims = [sim for _, sim in self.replay(chain, gammas, lambda _segment: latency)]
+        return self._from_simulations(chain, gammas, sims)
+
+    def replay(
+        self, chain: Chain, gammas: Sequence[int], latency_for: Callable[[int], Sequence[Callable[[float], float]]]
+    ) -> list[tuple[int, SimulationResult]]:
+        """Every simulated generation as (segment index, result), all passes over all segments, with
+        the latency curves ``latency_for(segment)``. The draws do not depend on the latencies
+        (the simulator uses its random numbers only for acceptance), so any latency curves replay
+        the very same passes: the uncertainty intervals count them once and re-time them."""
+        levels = self.level_traces(chain)
         rng = np.random.default_rng(self.seed)  # common random numbers across gamma settings
         exact = self.horizon is not None
-        sims = []
+        out = []
         for _ in range(self.passes):
-            for (a, b), n in zip(zip(self.segments, self.segments[1:]), self.segment_lengths()):
+            for i, ((a, b), n) in enumerate(zip(zip(self.segments, self.segments[1:]), self.segment_lengths())):
                 if b - a < 2 or n < 1:
                     continue
-                sims.append(simulate_chain([lv[a:b] for lv in levels], list(gammas), latency, n, rng,
-                                           exact_length=exact, prefill_first_pass=exact))
-        return self._from_simulations(chain, gammas, sims)
+                out.append((i, simulate_chain([lv[a:b] for lv in levels], list(gammas), latency_for(i), n, rng,
+                                              exact_length=exact, prefill_first_pass=exact)))
+        return out
 
     def _search(self, chain: Chain, max_gamma: int) -> Estimate:
         """Start from the i.i.d. steady-state optimum and descend coordinate-wise on the replay."""

@@ -5,7 +5,7 @@ Pure Python: the optimizer never loads a model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
@@ -108,6 +108,15 @@ def search(
         context=predictor.context,
         skipped=skipped,
     )
+
+
+def with_best(profile: Profile, predictor: Predictor, result: SearchResult, best: Estimate,
+              max_gamma: int = 16) -> SearchResult:
+    """``result`` with another of its ranked plans chosen to run (the insertion analysis redone
+    for it; the ranking stays by point estimate)."""
+    if best.chain == result.best.chain and best.gammas == result.best.gammas:
+        return result
+    return replace(result, best=best, insertion=_insertion(profile, predictor, best, max_gamma))
 
 
 def _why_never(profile: Profile, name: str) -> str:

@@ -1,0 +1,195 @@
+"""How sure the planner is: intervals from the profile's own spread, and the robust choice among
+near-equal plans (polyplan/planner/intervals.py, choice.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from polyplan.documents import LatencyCurve, Plan
+from polyplan.planner import IidPredictor, ReplayPredictor, optimize, search
+from polyplan.planner.choice import choose
+from polyplan.planner.intervals import acceptance_groups, count_passes, plan_intervals
+from test_planner import NEW, THREE_LEVEL_ALPHAS, THREE_LEVEL_COSTS, make_profile, save
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def segment_traces(rates: dict[tuple[str, str], list[float]], *, length: int = 200, seed: int = 0) -> dict:
+    """0/1 greedy traces, one segment (prompt) per rate, each position accepted with that rate."""
+    rng = np.random.default_rng(seed)
+    segments = len(next(iter(rates.values())))
+    out = {"segments": np.arange(segments + 1, dtype=np.int64) * length}
+    for (v, d), per_prompt in rates.items():
+        out[f"greedy/{v}/{d}"] = np.concatenate([(rng.random(length) < r).astype(np.float32) for r in per_prompt])
+    return out
+
+
+def with_latency_spread(prof, iqr_fraction: float = 0.1, repeats: int = 5):
+    for name, c in prof.latency.items():
+        prof.latency[name] = LatencyCurve(c.new_tokens, c.context, c.median_s,
+                                          [[m * iqr_fraction for m in row] for row in c.median_s], repeats)
+    return prof
+
+
+TWO = {"target": 1.0, "draft": 0.05}
+
+
+def two_level(per_prompt: list[float], *, latency_spread: bool = True):
+    prof = make_profile(TWO, {("target", "draft"): float(np.mean(per_prompt))})
+    if latency_spread:
+        with_latency_spread(prof)
+    return prof, segment_traces({("target", "draft"): per_prompt})
+
+
+@pytest.mark.parametrize("kind", ["replay", "iid"])
+def test_interval_contains_the_point_estimate(kind):
+    prof, tr = two_level([0.9, 0.5, 0.8, 0.6, 0.95, 0.4])
+    pred = ReplayPredictor(prof, tr, horizon=64) if kind == "replay" else IidPredictor(prof, horizon=64)
+    estimates = [pred.best(("target", "draft")), pred.best(("target",))]
+    for e, iv in zip(estimates, plan_intervals(pred, estimates, traces=tr).intervals):
+        lo, hi = iv.time_per_token
+        assert lo <= e.time_per_token <= hi and lo < hi
+        assert iv.speedup[0] <= e.speedup <= iv.speedup[1]
+
+
+def test_counted_passes_re_time_to_the_predictors_own_estimate():
+    """The interval re-times counted passes; at the measured medians they must give back exactly
+    what the replay predictor predicted (otherwise the interval is about another plan)."""
+    prof, tr = two_level([0.9, 0.5, 0.8, 0.6])
+    pred = ReplayPredictor(prof, tr, horizon=64)
+    for chain, gammas in [(("target", "draft"), (3,)), (("target", "draft"), (9,))]:
+        counts = count_passes(pred, chain, gammas)
+        time = sum(n_passes * prof.latency[m](n, pred.context) for c in counts.passes for (m, n), n_passes in c.items())
+        assert time / counts.tokens.sum() == pytest.approx(pred.predict(chain, gammas).time_per_token, rel=1e-9)
+
+
+def test_no_spread_in_the_profile_means_no_interval_width():
+    prof, tr = two_level([0.7] * 1, latency_spread=False)  # one prompt, latency without repeats' spread
+    pred = ReplayPredictor(prof, tr, horizon=64)
+    e = pred.best(("target", "draft"))
+    iv = plan_intervals(pred, [e], traces=tr).intervals[0]
+    assert iv.time_per_token == pytest.approx((e.time_per_token, e.time_per_token), rel=1e-9)
+
+
+def _width(pred, chain, traces) -> float:
+    e = pred.best(chain)
+    lo, hi = plan_intervals(pred, [e], traces=traces).intervals[0].time_per_token
+    return (hi - lo) / e.time_per_token
+
+
+@pytest.mark.parametrize("kind", ["replay", "iid"])
+def test_interval_widens_when_prompts_disagree_more(kind):
+    """Same mean acceptance, more prompt-to-prompt spread: a wider interval."""
+    widths = []
+    for per_prompt in ([0.7] * 8, [0.8, 0.6] * 4, [0.95, 0.45] * 4):
+        prof, tr = two_level(per_prompt)
+        pred = ReplayPredictor(prof, tr, horizon=64) if kind == "replay" else IidPredictor(prof, horizon=64)
+        widths.append(_width(pred, ("target", "draft"), tr))
+    assert widths[0] < widths[1] < widths[2], widths
+    assert widths[2] > 2 * widths[0], widths
+
+
+def test_iid_without_traces_uses_the_profiles_categories():
+    widths = []
+    for rates in ({"chat": 0.7, "code": 0.7, "math": 0.7}, {"chat": 0.95, "code": 0.45, "math": 0.7}):
+        prof = with_latency_spread(make_profile(TWO, {("target", "draft"): 0.7}))
+        prof.pairs[0].by_category = {c: {"greedy": a, "sampling": a, "positions": 100} for c, a in rates.items()}
+        assert acceptance_groups(prof, None, "greedy").source == "categories"
+        widths.append(_width(IidPredictor(prof, horizon=64), ("target", "draft"), None))
+    assert widths[1] > 2 * widths[0], widths
+
+
+def robust_case():
+    """Two drafters at equal cost: "bursty" is right on half the prompts and poor on the rest, "steady"
+    is equally good everywhere. Bursty has the better point estimate (2% faster) but a much worse
+    pessimistic case: its average rests on which prompts come."""
+    costs = {"target": 1.0, "steady": 0.05, "bursty": 0.05}
+    prof = make_profile(costs, {("target", "steady"): 0.7, ("target", "bursty"): 0.725})
+    tr = segment_traces({("target", "steady"): [0.7] * 8, ("target", "bursty"): [0.95, 0.5] * 4})
+    return prof, tr
+
+
+def test_robust_choice_picks_the_better_pessimistic_case_where_point_choice_differs():
+    prof, tr = robust_case()
+    pred = ReplayPredictor(prof, tr, horizon=64)
+    ranked = search(prof, pred).ranked
+    assert ranked[0].chain == ("target", "bursty")  # the point estimate prefers bursty
+    point = choose(pred, ranked, rule="point", traces=tr)
+    robust = choose(pred, ranked, rule="robust", traces=tr)
+    assert point.chosen.chain == ("target", "bursty")
+    assert robust.chosen.chain == ("target", "steady")
+    bursty, steady = point.interval_of(ranked[0]), robust.interval_of(robust.chosen)
+    assert steady.pessimistic_time < bursty.pessimistic_time
+    assert robust.chosen.time_per_token > ranked[0].time_per_token  # it gives up point estimate for safety
+    assert "steady" in robust.reason and "worst plausible case" in robust.reason
+
+
+def test_robust_choice_keeps_the_point_best_when_nothing_is_near(tmp_path):
+    prof, tr = robust_case()
+    pred = ReplayPredictor(prof, tr, horizon=64)
+    ranked = search(prof, pred).ranked
+    c = choose(pred, ranked, rule="robust", tolerance=0.0, traces=tr)  # only the point-best is considered
+    assert c.chosen.chain == ("target", "bursty") and len(c.candidates) == 1
+
+
+def test_optimize_records_the_choice_and_the_plan_round_trips(tmp_path):
+    prof, tr = robust_case()
+    prof.traces = "profile.traces.npz"
+    np.savez(tmp_path / "profile.traces.npz", **tr)
+    path = save(tmp_path, prof)
+    plan, res = optimize(path)
+    assert plan.names == ["target", "steady"] and res.best.chain == ("target", "steady")
+    assert plan.settings["choose"] == "robust"
+    choice = plan.choice
+    assert choice["rule"] == "robust" and choice["quantiles"] == [0.1, 0.9]
+    assert [c["chain"] for c in choice["candidates"]][:2] == [["target", "bursty"], ["target", "steady"]]
+    assert [c["chosen"] for c in choice["candidates"]][:2] == [False, True]
+    assert choice["spread"]["acceptance"] == "prompts" and choice["spread"]["groups"] == 8
+    lo, hi = plan.prediction["interval"]["speedup"]
+    assert lo <= plan.prediction["speedup"] <= hi
+    # the point-best is now a runner-up, with its interval
+    assert plan.runners_up[0]["chain"] == ["target", "bursty"] and "interval" in plan.runners_up[0]
+    out = tmp_path / "plan.json"
+    plan.save(out)
+    again = Plan.load(out)
+    assert again.choice == json.loads(json.dumps(plan.choice)) and again.to_dict() == json.loads(out.read_text())
+    point, _ = optimize(path, choose="point")
+    assert point.names == ["target", "bursty"] and point.choice["rule"] == "point"
+
+
+def test_plans_written_before_intervals_still_load(tmp_path):
+    old = json.loads((REPO / "profiles" / "smollm2-cpu.plan.json").read_text())
+    old.pop("choice", None)
+    old["prediction"].pop("interval", None)
+    path = tmp_path / "old.plan.json"
+    path.write_text(json.dumps(old))
+    plan = Plan.load(path)
+    assert plan.choice == {} and "interval" not in plan.prediction
+    plan.save(tmp_path / "resaved.json")
+    assert Plan.load(tmp_path / "resaved.json").names == plan.names
+
+
+def test_cli_shows_the_interval_and_the_reason(tmp_path):
+    prof, tr = robust_case()
+    prof.traces = "profile.traces.npz"
+    np.savez(tmp_path / "profile.traces.npz", **tr)
+    path = save(tmp_path, prof)
+    r = subprocess.run(
+        [sys.executable, "-m", "polyplan.cli", "optimize", str(path), "-o", str(tmp_path / "plan.json")],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "p10-p90" in r.stdout and "chosen by rule robust" in r.stdout and "worst plausible" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "polyplan.cli", "optimize", str(path), "-o", str(tmp_path / "p.json"),
+         "--choose", "luck"],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 2 and "--choose" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
