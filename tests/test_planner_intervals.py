@@ -16,7 +16,8 @@ from polyplan.documents import LatencyCurve, Plan
 from polyplan.planner import IidPredictor, ReplayPredictor, optimize, search
 from polyplan.planner.choice import choose
 from polyplan.planner.intervals import acceptance_groups, count_passes, plan_intervals
-from test_planner import NEW, THREE_LEVEL_ALPHAS, THREE_LEVEL_COSTS, make_profile, save
+
+from test_planner import make_profile, save
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,8 +34,9 @@ def segment_traces(rates: dict[tuple[str, str], list[float]], *, length: int = 2
 
 def with_latency_spread(prof, iqr_fraction: float = 0.1, repeats: int = 5):
     for name, c in prof.latency.items():
-        prof.latency[name] = LatencyCurve(c.new_tokens, c.context, c.median_s,
-                                          [[m * iqr_fraction for m in row] for row in c.median_s], repeats)
+        prof.latency[name] = LatencyCurve(
+            c.new_tokens, c.context, c.median_s, [[m * iqr_fraction for m in row] for row in c.median_s], repeats
+        )
     return prof
 
 
@@ -53,7 +55,7 @@ def test_interval_contains_the_point_estimate(kind):
     prof, tr = two_level([0.9, 0.5, 0.8, 0.6, 0.95, 0.4])
     pred = ReplayPredictor(prof, tr, horizon=64) if kind == "replay" else IidPredictor(prof, horizon=64)
     estimates = [pred.best(("target", "draft")), pred.best(("target",))]
-    for e, iv in zip(estimates, plan_intervals(pred, estimates, traces=tr).intervals):
+    for e, iv in zip(estimates, plan_intervals(pred, estimates, traces=tr).intervals, strict=True):
         lo, hi = iv.time_per_token
         assert lo <= e.time_per_token <= hi and lo < hi
         assert iv.speedup[0] <= e.speedup <= iv.speedup[1]
@@ -183,13 +185,25 @@ def test_cli_shows_the_interval_and_the_reason(tmp_path):
     path = save(tmp_path, prof)
     r = subprocess.run(
         [sys.executable, "-m", "polyplan.cli", "optimize", str(path), "-o", str(tmp_path / "plan.json")],
-        capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "250"},
     )
     assert r.returncode == 0, r.stderr
     assert "p10-p90" in r.stdout and "chosen by rule robust" in r.stdout and "worst plausible" in r.stdout
     r = subprocess.run(
-        [sys.executable, "-m", "polyplan.cli", "optimize", str(path), "-o", str(tmp_path / "p.json"),
-         "--choose", "luck"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "polyplan.cli",
+            "optimize",
+            str(path),
+            "-o",
+            str(tmp_path / "p.json"),
+            "--choose",
+            "luck",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 2 and "--choose" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -10,8 +10,8 @@ estimate. Rule ``point`` runs the point-best (the intervals are still reported).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from polyplan.errors import UserError
 from polyplan.planner.intervals import Interval, plan_intervals
@@ -49,9 +49,15 @@ class Choice:
             "quantiles": list(self.candidates[0][1].quantiles) if self.candidates else [],
             "spread": self.sources,
             "candidates": [
-                {"chain": list(e.chain), "gammas": list(e.gammas), "time_per_token_s": e.time_per_token,
-                 "speedup": e.speedup, "interval": iv.as_dict(), "near_equal": near,
-                 "chosen": e.chain == self.chosen.chain and e.gammas == self.chosen.gammas}
+                {
+                    "chain": list(e.chain),
+                    "gammas": list(e.gammas),
+                    "time_per_token_s": e.time_per_token,
+                    "speedup": e.speedup,
+                    "interval": iv.as_dict(),
+                    "near_equal": near,
+                    "chosen": e.chain == self.chosen.chain and e.gammas == self.chosen.gammas,
+                }
                 for e, iv, near in self.candidates
             ],
             "reason": self.reason,
@@ -80,37 +86,49 @@ def choose(
     shortlist = [e for e in ranked[:SHORTLIST] if e.time_per_token <= best.time_per_token * (1 + tolerance)]
     ivs = plan_intervals(predictor, shortlist, traces=traces, quantiles=quantiles, draws=draws, seed=seed)
     best_iv = ivs.intervals[0]
-    candidates = [(e, iv, iv.time_per_token[0] <= best_iv.pessimistic_time)
-                  for e, iv in zip(shortlist, ivs.intervals)]
+    candidates = [
+        (e, iv, iv.time_per_token[0] <= best_iv.pessimistic_time)
+        for e, iv in zip(shortlist, ivs.intervals, strict=True)
+    ]
     near = [(e, iv) for e, iv, ok in candidates if ok]
     chosen = best
     if rule == "robust":
         chosen = min(near, key=lambda c: (c[1].pessimistic_time, c[0].time_per_token))[0]
-    return Choice(rule, tolerance, chosen, best, candidates, ivs.sources,
-                  _reason(rule, tolerance, chosen, best, candidates))
+    return Choice(
+        rule, tolerance, chosen, best, candidates, ivs.sources, _reason(rule, tolerance, chosen, best, candidates)
+    )
 
 
-def _reason(rule: str, tolerance: float, chosen: Estimate, best: Estimate,
-            candidates: list[tuple[Estimate, Interval, bool]]) -> str:
+def _reason(
+    rule: str, tolerance: float, chosen: Estimate, best: Estimate, candidates: list[tuple[Estimate, Interval, bool]]
+) -> str:
     q = int(round(candidates[0][1].quantiles[1] * 100))
     near = sum(1 for *_, ok in candidates if ok)
     iv = {(e.chain, e.gammas): i for e, i, _ in candidates}
     pess = iv[(chosen.chain, chosen.gammas)].pessimistic_time
     if rule == "point":
-        return (f"rule point: the best point estimate ({_ms(best.time_per_token)}/token; p{q} {_ms(pess)}), "
-                f"{near} plan(s) within the interval of it")
+        return (
+            f"rule point: the best point estimate ({_ms(best.time_per_token)}/token; p{q} {_ms(pess)}), "
+            f"{near} plan(s) within the interval of it"
+        )
     if chosen is best or (chosen.chain, chosen.gammas) == (best.chain, best.gammas):
         if near == 1:
-            return (f"rule robust: no other plan within {tolerance:.0%} of the best point estimate overlaps its "
-                    f"interval; it runs ({_ms(best.time_per_token)}/token, p{q} {_ms(pess)})")
-        return (f"rule robust: of {near} near-equal plans the point-best also has the best worst plausible case "
-                f"(p{q} {_ms(pess)}/token)")
+            return (
+                f"rule robust: no other plan within {tolerance:.0%} of the best point estimate overlaps its "
+                f"interval; it runs ({_ms(best.time_per_token)}/token, p{q} {_ms(pess)})"
+            )
+        return (
+            f"rule robust: of {near} near-equal plans the point-best also has the best worst plausible case "
+            f"(p{q} {_ms(pess)}/token)"
+        )
     best_pess = iv[(best.chain, best.gammas)].pessimistic_time
-    return (f"rule robust: of {near} near-equal plans (intervals overlapping the point-best's), "
-            f"{' > '.join(chosen.chain)} ({','.join(map(str, chosen.gammas))}) has the best worst plausible case: "
-            f"p{q} {_ms(pess)}/token vs {_ms(best_pess)} for the point-best {' > '.join(best.chain)} "
-            f"({','.join(map(str, best.gammas))}), at a point estimate "
-            f"{(chosen.time_per_token / best.time_per_token - 1) * 100:.1f}% slower")
+    return (
+        f"rule robust: of {near} near-equal plans (intervals overlapping the point-best's), "
+        f"{' > '.join(chosen.chain)} ({','.join(map(str, chosen.gammas))}) has the best worst plausible case: "
+        f"p{q} {_ms(pess)}/token vs {_ms(best_pess)} for the point-best {' > '.join(best.chain)} "
+        f"({','.join(map(str, best.gammas))}), at a point estimate "
+        f"{(chosen.time_per_token / best.time_per_token - 1) * 100:.1f}% slower"
+    )
 
 
 def _ms(seconds: float) -> str:

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -60,8 +61,11 @@ class Interval:
         return self.time_per_token[1]
 
     def as_dict(self) -> dict:
-        return {"quantiles": list(self.quantiles), "time_per_token_s": list(self.time_per_token),
-                "speedup": list(self.speedup)}
+        return {
+            "quantiles": list(self.quantiles),
+            "time_per_token_s": list(self.time_per_token),
+            "speedup": list(self.speedup),
+        }
 
 
 @dataclass
@@ -90,25 +94,27 @@ def acceptance_groups(profile: Profile, traces: dict | None, mode: str) -> Accep
     """Per-prompt rates from the traces when they exist, else per-category rates from the profile."""
     if traces is not None and traces.get("segments") is not None and len(traces["segments"]) >= 2:
         seg = [int(x) for x in traces["segments"]]
-        keep = [i for i, (a, b) in enumerate(zip(seg, seg[1:])) if b > a]
+        keep = [i for i, (a, b) in enumerate(pairwise(seg)) if b > a]
         alphas = {}
         for p in profile.pairs:
             tr = traces.get(f"{mode}/{p.verifier}/{p.drafter}")
             if tr is not None:
-                alphas[(p.verifier, p.drafter)] = np.array([float(np.mean(tr[seg[i]:seg[i + 1]])) for i in keep])
+                alphas[(p.verifier, p.drafter)] = np.array([float(np.mean(tr[seg[i] : seg[i + 1]])) for i in keep])
         ids = traces.get("prompt_ids")
         labels = tuple(str(ids[i]) if ids is not None and i < len(ids) else f"prompt {i}" for i in keep)
         if alphas and keep:
-            return AcceptanceGroups("prompts", labels, alphas,
-                                    np.array([seg[i + 1] - seg[i] for i in keep], dtype=float))
+            return AcceptanceGroups(
+                "prompts", labels, alphas, np.array([seg[i + 1] - seg[i] for i in keep], dtype=float)
+            )
     cats = None
     for p in profile.pairs:
         have = {c for c, v in p.by_category.items() if v.get("positions", 0) > 0}
         cats = have if cats is None else cats & have
     if cats:
         labels = tuple(sorted(cats))
-        alphas = {(p.verifier, p.drafter): np.array([float(p.by_category[c][mode]) for c in labels])
-                  for p in profile.pairs}
+        alphas = {
+            (p.verifier, p.drafter): np.array([float(p.by_category[c][mode]) for c in labels]) for p in profile.pairs
+        }
         first = profile.pairs[0]
         weights = np.array([float(first.by_category[c]["positions"]) for c in labels])
         return AcceptanceGroups("categories", labels, alphas, weights)
@@ -127,8 +133,9 @@ class _CountingCurve:
         return self.curve(n)
 
 
-def count_passes(predictor: Predictor, chain: Chain, gammas: Sequence[int],
-                 groups: AcceptanceGroups | None = None) -> PassCounts:
+def count_passes(
+    predictor: Predictor, chain: Chain, gammas: Sequence[int], groups: AcceptanceGroups | None = None
+) -> PassCounts:
     """Simulate ``chain`` at ``gammas`` once and count its passes per acceptance group."""
     curves = predictor.latencies(chain)
     if isinstance(predictor, ReplayPredictor):
@@ -140,8 +147,9 @@ def count_passes(predictor: Predictor, chain: Chain, gammas: Sequence[int],
                 _autoregressive(counters[g], chain[0], n, predictor.horizon)
                 tokens[g] = n
         else:
+
             def latency_for(g: int):
-                return [_CountingCurve(name, c, counters[g]) for name, c in zip(chain, curves)]
+                return [_CountingCurve(name, c, counters[g]) for name, c in zip(chain, curves, strict=True)]
 
             for g, sim in predictor.replay(chain, gammas, latency_for):
                 tokens[g] += sim.output_tokens
@@ -158,10 +166,10 @@ def count_passes(predictor: Predictor, chain: Chain, gammas: Sequence[int],
             tokens[g] = TOKENS_PER_GROUP
             continue
         try:
-            alphas = [float(groups.alphas[(u, d)][g]) for u, d in zip(chain, chain[1:])]
+            alphas = [float(groups.alphas[(u, d)][g]) for u, d in pairwise(chain)]
         except KeyError:
             alphas = predictor.alphas(chain)
-        latency = [_CountingCurve(name, c, counters[g]) for name, c in zip(chain, curves)]
+        latency = [_CountingCurve(name, c, counters[g]) for name, c in zip(chain, curves, strict=True)]
         tokens[g] = sum(s.output_tokens for s in predictor.simulate(chain, gammas, alphas, latency, TOKENS_PER_GROUP))
     # each group stands for its share of the workload, whatever number of tokens was simulated for it
     scale = groups.weights / groups.weights.sum() * tokens.sum() / np.maximum(tokens, 1)
@@ -237,8 +245,9 @@ def plan_intervals(
         raise UserError(f"interval quantiles must satisfy 0 < low < high < 1, got {quantiles}")
     if draws < 10:
         raise UserError(f"need at least 10 bootstrap draws, got {draws}")
-    groups = None if isinstance(predictor, ReplayPredictor) else acceptance_groups(
-        predictor.profile, traces, predictor.mode)
+    groups = (
+        None if isinstance(predictor, ReplayPredictor) else acceptance_groups(predictor.profile, traces, predictor.mode)
+    )
     lat = LatencyDraws(predictor.profile, predictor.context, draws, seed)
     target = predictor.profile.target
     ar_ratio = lat.times([(target, 1)])[:, 0] / predictor.latencies((target,))[0](1)
@@ -247,7 +256,9 @@ def plan_intervals(
     for e in estimates:
         counts = count_passes(predictor, e.chain, e.gammas, groups)
         live = counts.tokens > 0  # a replayed reference too short to simulate (the same for every plan)
-        counts = PassCounts(counts.tokens[live], [c for c, k in zip(counts.passes, live) if k], counts.scale[live])
+        counts = PassCounts(
+            counts.tokens[live], [c for c, k in zip(counts.passes, live, strict=True) if k], counts.scale[live]
+        )
         n_groups = len(counts.tokens)
         # the same prompt resamples for every plan (common random numbers)
         weights = np.random.default_rng(seed + 1).multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=draws)
@@ -261,11 +272,13 @@ def plan_intervals(
         ratio = time / base
         t_lo, t_hi = np.quantile(ratio, [lo_q, hi_q]) * e.time_per_token
         s_lo, s_hi = np.quantile(ar_ratio / ratio, [lo_q, hi_q]) * e.speedup
-        out.append(Interval(
-            quantiles=(lo_q, hi_q),
-            time_per_token=(float(min(t_lo, e.time_per_token)), float(max(t_hi, e.time_per_token))),
-            speedup=(float(min(s_lo, e.speedup)), float(max(s_hi, e.speedup))),
-        ))
+        out.append(
+            Interval(
+                quantiles=(lo_q, hi_q),
+                time_per_token=(float(min(t_lo, e.time_per_token)), float(max(t_hi, e.time_per_token))),
+                speedup=(float(min(s_lo, e.speedup)), float(max(s_hi, e.speedup))),
+            )
+        )
     if isinstance(predictor, ReplayPredictor):
         source, labels = "prompts", len(predictor.segments) - 1
     else:

@@ -10,11 +10,10 @@ from polyplan.documents.plan import Plan, file_sha256
 from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
 from polyplan.planner.chains import Chain, chain_problem, unit_cost
+from polyplan.planner.choice import DEFAULT_TOLERANCE, RULES, Choice, choose as choose_plan
 from polyplan.planner.exports import transformers_export, vllm_export
-from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, load_traces, make_predictor
-from polyplan.planner.choice import DEFAULT_TOLERANCE, RULES, Choice
-from polyplan.planner.choice import choose as choose_plan
 from polyplan.planner.policy import build_policy
+from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, load_traces, make_predictor
 from polyplan.planner.search import SearchResult, search, with_best
 
 #: the generation length planned for by default: what `polyplan bench` generates per prompt
