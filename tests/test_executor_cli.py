@@ -77,6 +77,19 @@ def test_run_streams_text_from_stdin_with_stats(model_dirs):
     assert all(t in row.tolist() for t, row in zip(doc["tokens"], top2, strict=True)), (doc["tokens"], top2)
 
 
+def test_run_reads_top_k_0_and_top_p_1_as_off(model_dirs, capsys):
+    from polyplan.commands.run import run_command
+
+    target_dir, draft_dir, _ = model_dirs
+    outputs = []
+    for top_k, top_p in [(None, None), (0, 1.0)]:
+        run_command(args=["w1 w2"], pool=None, chain=f"{target_dir},{draft_dir}", gammas="2", plan=None,
+                    prompt_file=None, chat=False, max_new_tokens=12, temperature=1.5, top_k=top_k, top_p=top_p,
+                    seed=4, stats=False, as_json=True)
+        outputs.append(json.loads(capsys.readouterr().out)["tokens"])
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 12
+
+
 def test_run_bad_input_is_one_line(model_dirs):
     target_dir, draft_dir, _ = model_dirs
     out = polyplan("run", "w1", "--chain", f"{target_dir},{draft_dir}", "--gammas", "3,2")

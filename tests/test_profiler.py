@@ -355,6 +355,21 @@ def test_bad_settings_are_user_errors(models, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_sampling_filters_are_off_as_none(models, tmp_path):
+    """One convention past the command line: None is off; 0 and 1 are the CLI's spellings only."""
+    with pytest.raises(UserError, match="top_k"):
+        run_profile(make_inputs(models), tmp_path / "x.json", ProfileSettings(**{**SMALL, "top_k": 0}))
+    out = tmp_path / "old.json"
+    inputs = make_inputs(models)
+    run_profile(inputs, out, ProfileSettings(**{**SMALL, "prompts": 1}))
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["top_k"] is None and doc["settings"]["top_p"] is None
+    doc["settings"].update(top_k=0, top_p=1.0)  # as profiles recorded "off" before
+    out.write_text(json.dumps(doc))
+    again = run_profile(inputs, out, ProfileSettings(**{**SMALL, "prompts": 1}))
+    assert again.units_done == 0 and again.complete
+
+
 def test_sidecar_name(tmp_path):
     assert sidecar_path(Path("profiles/smollm2-cpu.json")).name == "smollm2-cpu.traces.npz"
 

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from polyplan.commands import sampling_filters
 from polyplan.errors import UserError
 
 DEFAULTS_NOTE = "Defaults profile the embedded SmolLM2 pool in under 2 minutes on a 2-core CPU."
@@ -86,8 +87,10 @@ def register(root: typer.Typer) -> None:
         repeats: int = typer.Option(5, "--repeats", help="Timed passes per grid point (median and IQR)."),
         warmup: int = typer.Option(1, "--warmup", help="Untimed passes per grid point first."),
         temperature: float = typer.Option(1.0, "--temperature", help="Sampling acceptance temperature (0: greedy)."),
-        top_k: int = typer.Option(0, "--top-k", help="Top-k of the processed distributions (0: off)."),
-        top_p: float = typer.Option(1.0, "--top-p", help="Top-p of the processed distributions (1: off)."),
+        top_k: Optional[int] = typer.Option(None, "--top-k", help="Top-k of the processed distributions "
+                                            "(default or 0: off)."),
+        top_p: Optional[float] = typer.Option(None, "--top-p", help="Top-p of the processed distributions "
+                                              "(default or 1: off)."),
         block: int = typer.Option(8, "--block", help="Teacher-force in blocks of this many tokens, the "
                                   "verifier's run-time shape (0: one pass per reference)."),
         extra_blocks: str = typer.Option("5", "--extra-blocks", help="More block sizes for every model but "
@@ -123,6 +126,7 @@ def register(root: typer.Typer) -> None:
         from polyplan.profiler.session import ProfileSettings, ProgressHooks, run_profile
 
         console = Console(stderr=True)
+        top_k, top_p = sampling_filters(top_k, top_p)
         settings = ProfileSettings(
             prompts=prompts, max_new_tokens=max_new_tokens, new_tokens=_int_list(new_tokens, "--new-tokens"),
             contexts=_int_list(contexts, "--contexts"), repeats=repeats, warmup=warmup,

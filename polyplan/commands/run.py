@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 
+from polyplan.commands import sampling_filters
 from polyplan.errors import UserError
 
 
@@ -35,8 +36,8 @@ def run_command(
     chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the tokenizer's chat template"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 = greedy (default, or the plan's)"),
-    top_k: Optional[int] = typer.Option(None, "--top-k"),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="default or 0: off"),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="default or 1: off"),
     seed: int = typer.Option(0, "--seed"),
     stats: bool = typer.Option(False, "--stats", help="print the per-level statistics table (stderr)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (text, tokens, stats) instead of streaming"),
@@ -63,6 +64,7 @@ def run_command(
         spec = ChainSpec(members, parse_gammas(gammas), pool)
     if temperature is None:
         temperature = spec.temperature if spec.temperature is not None else 0.0
+    top_k, top_p = sampling_filters(top_k, top_p)
 
     the_chain = build_chain(spec)
     tokenizer = the_chain.tokenizer

@@ -36,7 +36,9 @@ from polyplan.executor.sampling import SamplingParams
 from polyplan.models.drafter import Drafter
 
 
-def processed_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def processed_probs(
+    logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
     """The distribution a sampler draws from, as the executor defines it (temperature, top-k,
     top-p: :class:`polyplan.executor.sampling.SamplingParams`), so profiled acceptance is the
     acceptance the chain will see. ``temperature == 0`` is a point mass on the argmax."""
@@ -44,7 +46,7 @@ def processed_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, to
         out = torch.zeros_like(logits, dtype=torch.float32)
         out.scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
         return out
-    params = SamplingParams(temperature=float(temperature), top_k=top_k or None, top_p=top_p if top_p < 1.0 else None)
+    params = SamplingParams(temperature=float(temperature), top_k=top_k, top_p=top_p)
     return params.probs(logits)
 
 
@@ -125,8 +127,8 @@ def score_reference(
     prompt_ids: Sequence[int],
     reference: Sequence[int],
     temperature: float,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
     block: int | Sequence[int] = 0,
     on_candidate: Any = None,
     target: str | None = None,

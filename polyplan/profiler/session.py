@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from polyplan.data.prompt_file import PromptSet, check_prompt_fits, prompt_set
 from polyplan.documents.files import DocumentError, atomic_write_bytes, check_writable
 from polyplan.documents.profile import AcceptancePair, Candidate, LatencyCurve, Profile
 from polyplan.errors import UserError
+from polyplan.executor.sampling import SamplingParams
 from polyplan.models.drafter import Drafter, check_same_vocabulary
 from polyplan.profiler.acceptance import greedy_reference, score_reference
 from polyplan.profiler.latency import fits_context, measure_context
@@ -58,8 +59,9 @@ class ProfileSettings:
     repeats: int = 5
     warmup: int = 1
     temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    #: None: that filter is off (the executor's SamplingParams convention)
+    top_k: int | None = None
+    top_p: float | None = None
     #: teacher-forcing block (0: the whole reference in one pass); run-time verifier shapes
     block: int = 8
     #: more block sizes for every model but the target: low-precision argmax flips with the pass
@@ -82,8 +84,7 @@ class ProfileSettings:
             raise UserError("context lengths must be >= 0")
         if self.repeats < 1 or self.warmup < 0:
             raise UserError("--repeats must be >= 1 and --warmup >= 0")
-        if self.temperature < 0 or not (0 < self.top_p <= 1) or self.top_k < 0:
-            raise UserError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+        SamplingParams(self.temperature, self.top_k, self.top_p)  # one clear error for bad values
         if self.block < 0 or any(b < 0 for b in self.extra_blocks):
             raise UserError("--block and --extra-blocks must be >= 0")
         self.new_tokens = sorted(set(int(n) for n in self.new_tokens))
@@ -256,6 +257,10 @@ def _check_resumable(prev: Profile, inputs: ProfileInputs, settings_doc: dict, f
     new = {k: v for k, v in settings_doc.items() if k not in _VOLATILE_SETTINGS}
     if "workload" not in old and (new.get("workload") or {}).get("name") in (None, "built-in"):
         old["workload"] = new.get("workload")  # profiles from before workloads were recorded: built-in set
+    if old.get("top_k") == 0:
+        old["top_k"] = None  # profiles from before None meant "off" recorded top-k 0 ...
+    if old.get("top_p") == 1.0:
+        old["top_p"] = None  # ... and top-p 1
     old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
     for k in sorted(set(old) | set(new)):
         if old.get(k) != new.get(k):
@@ -473,6 +478,3 @@ def load_traces(profile_path: str | Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError) as e:
         raise DocumentError(f"{path}: traces sidecar is unreadable (truncated?): {e}") from None
 
-
-def selected_prompts(settings: ProfileSettings) -> Sequence[Prompt]:
-    return prompt_set(settings.prompts_file).select(settings.categories, settings.prompts)
