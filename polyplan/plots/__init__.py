@@ -8,8 +8,9 @@ Theory (no input): ``speedup_surfaces``, ``insertion_region``, ``acceptance_stab
 ``model_vs_simulation``. Profile: ``latency_curves``, ``acceptance_heatmap``. Plan:
 ``pareto_front`` (with ``options_from_plan`` / ``options_from_estimates``), ``plan_breakdown``.
 Bench: ``predicted_vs_measured``, ``speedups``, ``levels_measured_vs_predicted`` (with the plan).
-Each figure's numbers come from a data function beside it (``two_level_speedup_grid``, ``insertion_grid``, ``acceptance_matrix``,
-``pareto_options``, ``level_breakdown``, ``prediction_points``, ...)."""
+Each figure's numbers come from a data function beside it (``two_level_speedup_grid``,
+``insertion_grid``, ``acceptance_matrix``, ``pareto_options``, ``level_breakdown``,
+``prediction_points``, ...)."""
 
 from polyplan.plots.bench import (
     LevelComparison,
