@@ -114,12 +114,13 @@ class TableDrafter(Drafter):
     def reset(self) -> None:
         self.history = []
 
-    def score(self, new_ids: torch.Tensor) -> torch.Tensor:
+    def score(self, new_ids: torch.Tensor, last: int | None = None) -> torch.Tensor:
         rows = []
         for t in new_ids.tolist():
             self.history.append(t)
             rows.append(self.lm.logits_after(self.history))
-        return torch.stack(rows)
+        logits = torch.stack(rows)
+        return logits if last is None else logits[-last:]
 
     def rollback(self, length: int) -> None:
         assert 0 <= length <= len(self.history), (length, len(self.history))

@@ -1,23 +1,22 @@
 """``Chain``: staged (polybasic) speculative decoding over ``[target, M2, ..., Mk]``.
 
-Follows docs/staged-decoding.md literally. All levels share ONE working sequence
-``W`` = committed tokens followed by the buffers still being built by the levels above the one
-currently drafting; every model's KV cache covers a prefix of ``W``.
+Follows docs/staged-decoding.md literally. Terms:
 
-* bottom ``Mk``: drafts ``g_k`` tokens, one forward pass each; unseen tokens (corrections from
-  above) ride along in the first pass. A point-mass drafter ``propose``s up to ``g_k`` tokens.
-* intermediate ``Mj``: until its buffer holds ``>= g_j`` tokens (or an end-of-sequence token, after
-  which nothing can be emitted): ask below for a block, verify it in ONE pass, keep the accepted
-  prefix plus its own token (correction or bonus). It hands up,
-  with the tokens, its OWN processed distribution at each position: that is the ``q`` the level
-  above verifies against, and why the chain is lossless (each buffer is distributed exactly as
-  that level's autoregressive distribution, whatever its length).
-* target ``M1``: verifies the block from ``M2`` in one pass and commits accepted prefix + 1.
-A rejection truncates ``W``; every cache that covers the discarded tokens is rolled back.
-
-Drafting is capped so no level's hand-up can push the final sequence past
-``prompt + max_new_tokens`` (each level above appends exactly one token per verification):
-the context limit is respected and no pass is spent on tokens that could never be emitted.
+* *round*: one verification by the target. A :class:`~polyplan.executor.control.Controller`
+  picks, between rounds only, which members take part and their gammas (a ``RoundSetting``);
+  inside a round the *levels* are those members in chain order, level 0 being the target.
+* *block*: the tokens a level hands up to be verified; *gamma* ``g_j``: the length level j aims
+  for (its buffer grows until it holds ``>= g_j`` tokens).
+* bottom level: drafts ``g`` tokens, one forward pass each (tokens it has not seen yet --
+  corrections from above, or everything when it rejoins after a bypassed round -- ride along in
+  its first pass); a point-mass drafter ``propose``s up to ``g`` tokens at once.
+* intermediate level j: until its buffer holds ``>= g_j`` tokens (or an end-of-sequence token,
+  after which nothing can be emitted), asks the level below for a block, verifies it in ONE pass
+  and keeps the accepted prefix plus its own token (correction or bonus). It hands up, with the
+  tokens, its OWN processed distribution at each position: that is the ``q`` the level above
+  verifies against, and why the chain is lossless (each buffer is distributed exactly as that
+  level's autoregressive distribution, whatever its length).
+* target: verifies the block from level 1 in one pass and commits the accepted prefix + 1.
 
 Host synchronisation: exactly one per verification (accepted count, next token and the block's
 token ids in one ``tolist``). Drafting, sampling and acceptance tests stay on the device."""
@@ -27,15 +26,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from polyplan.errors import UserError
+from polyplan.executor.control import Controller, RoundSetting, StaticController, check_setting
 from polyplan.executor.sampling import SamplingParams, sample, verify_greedy, verify_sampled
 from polyplan.executor.stats import GenerationStats, LevelStats
 from polyplan.models.drafter import Drafter, check_same_vocabulary
-from polyplan.models.model_drafter import ModelDrafter
 
 
 @dataclass
@@ -54,6 +53,8 @@ def as_drafter(member: Any, position: int) -> Drafter:
     if isinstance(member, Drafter):
         return member
     if isinstance(member, torch.nn.Module) and hasattr(member, "config"):
+        from polyplan.models.model_drafter import ModelDrafter
+
         path = str(getattr(member.config, "name_or_path", "") or "").rstrip("/")
         name = path.rsplit("/", 1)[-1] or f"{type(member).__name__}#{position}"
         return ModelDrafter(member, name)
@@ -100,13 +101,16 @@ class Chain:
 
     ``Chain([target])`` is plain autoregressive decoding, ``Chain([target, draft], gammas=[g])``
     classic speculative decoding. Members are :class:`Drafter` instances or transformers causal
-    LMs (wrapped in ``ModelDrafter``); a point-mass (model-free) drafter may only be the bottom."""
+    LMs (wrapped in ``ModelDrafter``); a point-mass (model-free) drafter may only be the bottom.
+    ``controller`` chooses each target round's members and gammas (default: all members, fixed
+    ``gammas``); see :mod:`polyplan.executor.control`."""
 
     def __init__(
         self,
         members: Sequence[Any],
         gammas: Sequence[int] = (),
         tokenizer: Any = None,
+        controller: Controller | None = None,
     ) -> None:
         if isinstance(members, (Drafter, torch.nn.Module)):
             members = [members]
@@ -133,7 +137,8 @@ class Chain:
         if self.drafters[0].point_mass:
             raise UserError(f"{self.drafters[0].name} is model-free and cannot be the target")
         check_same_vocabulary(self.drafters)
-        self.tokenizer = tokenizer if tokenizer is not None else getattr(self.drafters[0], "tokenizer", None)
+        self.tokenizer = tokenizer if tokenizer is not None else self.drafters[0].tokenizer
+        self.controller = controller
 
     @property
     def names(self) -> list[str]:
@@ -143,12 +148,11 @@ class Chain:
         return f"Chain({' <- '.join(self.names)}, gammas={self.gammas})"
 
     def default_eos_token_ids(self) -> list[int]:
-        """EOS ids from the target model's generation config, else from the tokenizer."""
-        model = getattr(self.drafters[0], "model", None)
-        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        if eos is None and self.tokenizer is not None:
-            eos = getattr(self.tokenizer, "eos_token_id", None)
-        return _as_id_list(eos)
+        """The target's end-of-sequence ids, else the tokenizer's."""
+        eos = self.drafters[0].eos_token_ids
+        if not eos and self.tokenizer is not None:
+            return _as_id_list(getattr(self.tokenizer, "eos_token_id", None))
+        return list(eos)
 
     def generate(
         self,
@@ -160,11 +164,13 @@ class Chain:
         seed: int = 0,
         eos_token_id: int | Sequence[int] | None = None,
         stream: Callable[[list[int]], None] | None = None,
+        controller: Controller | None = None,
     ) -> GenerationResult:
         """Generate up to ``max_new_tokens`` tokens after ``input_ids`` (list, 1-D or [1, n] tensor).
 
-        ``eos_token_id``: None uses the target's generation config (or the tokenizer); pass ``[]``
-        to never stop early. ``stream`` is called with each list of newly committed tokens."""
+        ``eos_token_id``: None uses the target's (or the tokenizer's); pass ``[]`` to never stop
+        early. ``stream`` is called with each list of newly committed tokens. ``controller``
+        overrides the chain's own for this call."""
         prompt = _prompt_list(input_ids, self.drafters[0].vocab_size)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise UserError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -177,7 +183,8 @@ class Chain:
                     f"{len(prompt)} prompt tokens + {max_new_tokens} new tokens exceed the context of "
                     f"{d.name} ({d.max_context} tokens): shorten the prompt or lower max_new_tokens"
                 )
-        run = _StagedRun(self, prompt, max_new_tokens, params, seed, eos, stream)
+        control = controller or self.controller or StaticController(self.gammas)
+        run = _StagedRun(self, prompt, max_new_tokens, params, seed, eos, stream, control)
         tokens, reason = run.run()
         text = None
         if self.tokenizer is not None:
@@ -214,8 +221,26 @@ def _prompt_list(input_ids: Any, vocab_size: int) -> list[int]:
     return prompt
 
 
+class _Verdict(NamedTuple):
+    """What one verification decided, still on the device (no state changed yet)."""
+
+    accepted: torch.Tensor  # 0-dim long: length of the accepted prefix of the block
+    token: torch.Tensor  # 0-dim long: the verifier's own token after that prefix
+    p: torch.Tensor | None  # [m+1, V] the verifier's processed distributions; None when greedy
+
+
 class _StagedRun:
-    """State of one generation: the working sequence, per-level clocks and stats."""
+    """One generation. State and its invariants, at every point between two calls below:
+
+    * ``W[:length]`` is the working sequence: the committed tokens (prompt + output) followed by
+      the buffers of the levels currently building theirs. Positions ``>= length`` are scratch.
+    * ``host`` is ``W[:length]`` as a Python list, except while a MODEL bottom level drafts: its
+      tokens then exist only on the device until the verification above syncs them (syncing per
+      drafted token would cost a host round trip per token).
+    * every member ``d`` (taking part in this round or not) has processed exactly ``W[:d.processed]``:
+      a verification that truncates ``W`` rolls back every member that covered the discarded tail.
+    * level j's buffer never ends past ``total - j`` (see :meth:`_cap`).
+    """
 
     def __init__(
         self,
@@ -226,28 +251,29 @@ class _StagedRun:
         seed: int,
         eos: list[int],
         stream: Callable[[list[int]], None] | None,
+        controller: Controller,
     ) -> None:
         self.drafters = chain.drafters
-        self.gammas = chain.gammas
-        self.bottom = len(self.drafters) - 1
         self.params = params
         self.eos = set(eos)
         self.stream = stream
+        self.controller = controller
         self.prompt_len = len(prompt)
         self.total = len(prompt) + max_new_tokens
         self.home = self.drafters[0].device
-        # W: preallocated; positions >= self.length are scratch
         self.W = torch.zeros(self.total + 1, dtype=torch.long, device=self.home)
         self.W[: len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         self.length = len(prompt)
-        self.host: list[int] = list(prompt)  # host copy of W[:length] (complete after each verification)
-        self.generators: dict[torch.device, torch.Generator] = {}
+        self.host: list[int] = list(prompt)
         self.seed = seed
+        self.generators: dict[torch.device, torch.Generator] = {}
         self.clocks = [_ForwardClock(d.device) for d in self.drafters]
-        # ModelDrafter can skip the LM head for positions nobody reads (prompt prefill, unseen tokens)
-        self.partial_logits = [isinstance(d, ModelDrafter) for d in self.drafters]
+        self.point_mass = [d.point_mass for d in self.drafters]
+        # this round's levels (chain indices) and their gammas: set by _apply between rounds
+        self.levels: tuple[int, ...] = ()
+        self.gammas: tuple[int, ...] = ()
         self.stats = GenerationStats(
-            levels=[LevelStats(d.name, None if i == 0 else self.gammas[i - 1]) for i, d in enumerate(self.drafters)],
+            levels=[LevelStats(d.name, None if i == 0 else chain.gammas[i - 1]) for i, d in enumerate(self.drafters)],
             prompt_tokens=len(prompt),
         )
 
@@ -260,61 +286,51 @@ class _StagedRun:
             self.generators[device] = gen
         return gen
 
-    def _forward(self, level: int, feed: torch.Tensor, last: int) -> torch.Tensor:
-        """Logits of the last ``last`` fed positions (the only ones the chain uses)."""
-        clock = self.clocks[level]
-        started = clock.start()
-        if self.partial_logits[level]:
-            logits = self.drafters[level].score(feed, last=last)
-        else:
-            logits = self.drafters[level].score(feed)[-last:]
-        clock.stop(started)
-        st = self.stats.levels[level]
-        st.forward_passes += 1
-        st.tokens_processed += int(feed.shape[0])
-        return logits
+    def _cap(self, level: int) -> int:
+        """The longest ``W`` level ``level`` may build: ``total - level``.
 
-    def _ready_to_score(self, level: int, base: int) -> int:
-        """Make sure the level will re-feed at least the token before position ``base``."""
-        d = self.drafters[level]
+        Every level above appends exactly one token of its own per verification, so a buffer
+        ending past this could push the output beyond ``max_new_tokens`` (and past the context
+        the user allowed), and any pass spent on it would be wasted."""
+        return self.total - level
+
+    def _apply(self, setting: RoundSetting) -> None:
+        """Take the controller's setting for the next round (only ever between rounds)."""
+        new = (tuple(setting.members), tuple(int(g) for g in setting.gammas))
+        if new == (self.levels, self.gammas):
+            return
+        check_setting(setting, self.point_mass)
+        self.levels, self.gammas = new
+        self.stats.setting_changes.append(
+            {
+                "at_token": self.length - self.prompt_len,
+                "members": [self.drafters[m].name for m in self.levels],
+                "gammas": list(self.gammas),
+                "reason": setting.reason,
+            }
+        )
+
+    def _feed_from(self, member: int, base: int) -> int:
+        """Where ``member``'s next pass must start so that it yields logits for position ``base``.
+
+        The distribution of ``W[base]`` comes from the pass over ``W[base - 1]``: a member that
+        already processed it is rolled back by one (to ``base - 1``) so the token is re-fed; one
+        that lags (prefill, or back after a bypassed round) starts where it stopped."""
+        d = self.drafters[member]
         if d.processed >= base:
             d.rollback(base - 1)
         return d.processed
 
-    # -- the three roles ---------------------------------------------------------------------
-    def _draft_bottom(self, n: int) -> torch.Tensor | None:
-        """Bottom level drafts ``n`` tokens onto W; returns their q (None when greedy)."""
-        level = self.bottom
-        d = self.drafters[level]
-        base = self.length
-        if n <= 0:
-            return None if self.params.greedy else torch.empty(0, d.vocab_size, device=self.home)
-        if d.point_mass:
-            proposal = self._through_eos([int(t) for t in d.propose(self.host, n)][:n])
-            if proposal:
-                self.W[base : base + len(proposal)] = torch.tensor(proposal, dtype=torch.long)
-            self.length += len(proposal)
-            self.host.extend(proposal)
-            if self.params.greedy:
-                return None
-            ids = self.W[base : self.length]
-            return torch.nn.functional.one_hot(ids, d.vocab_size).float()
-        start = self._ready_to_score(level, base)
-        feed = self.W[start : self.length]
-        qs = []
-        gen = None if self.params.greedy else self._generator(d.device)
-        for _ in range(n):
-            last = self._forward(level, feed, 1)
-            if self.params.greedy:
-                token = last.argmax(dim=-1)
-            else:
-                q = self.params.probs(last)
-                token = sample(q, gen)
-                qs.append(q)
-            self.W[self.length : self.length + 1] = token
-            feed = self.W[self.length : self.length + 1]
-            self.length += 1
-        return None if self.params.greedy else torch.cat(qs)
+    def _forward(self, member: int, feed: torch.Tensor, last: int) -> torch.Tensor:
+        """One pass of ``member`` over ``feed``; logits of the last ``last`` fed positions."""
+        clock = self.clocks[member]
+        started = clock.start()
+        logits = self.drafters[member].score(feed, last=last)[-last:]
+        clock.stop(started)
+        st = self.stats.levels[member]
+        st.forward_passes += 1
+        st.tokens_processed += int(feed.shape[0])
+        return logits
 
     def _through_eos(self, tokens: list[int]) -> list[int]:
         """``tokens`` up to and including the first end-of-sequence token."""
@@ -323,17 +339,52 @@ class _StagedRun:
                 return tokens[: i + 1]
         return tokens
 
-    def _fill(self, level: int, cap: int) -> torch.Tensor | None:
-        """Level ``level`` (>= 1) builds its block on W, never past length ``cap``; returns the
-        block's q (this level's own processed distributions), None when greedy."""
-        gamma = self.gammas[level - 1]
-        if level == self.bottom:
-            return self._draft_bottom(min(gamma, cap - self.length))
+    # -- the three roles ---------------------------------------------------------------------
+    def _draft_bottom(self, level: int) -> torch.Tensor | None:
+        """The bottom level drafts up to its gamma onto ``W``; returns the drafts' q (None when
+        greedy)."""
+        member = self.levels[level]
+        d = self.drafters[member]
+        base = self.length
+        n = min(self.gammas[level - 1], self._cap(level) - base)
+        if d.point_mass:
+            proposal = self._through_eos([int(t) for t in d.propose(self.host, n)][:n]) if n > 0 else []
+            if proposal:
+                self.W[base : base + len(proposal)] = torch.tensor(proposal, dtype=torch.long)
+            self.length += len(proposal)
+            self.host.extend(proposal)
+            if self.params.greedy:
+                return None
+            return torch.nn.functional.one_hot(self.W[base : self.length], d.vocab_size).float()
+        if n <= 0:
+            return None if self.params.greedy else torch.empty(0, d.vocab_size, device=d.device)
+        feed = self.W[self._feed_from(member, base) : self.length]
+        qs = []
+        gen = None if self.params.greedy else self._generator(d.device)
+        for _ in range(n):
+            logits = self._forward(member, feed, 1)
+            if self.params.greedy:
+                token = logits.argmax(dim=-1)
+            else:
+                q = self.params.probs(logits)
+                token = sample(q, gen)
+                qs.append(q)
+            self.W[self.length : self.length + 1] = token
+            feed = self.W[self.length : self.length + 1]
+            self.length += 1
+        return None if self.params.greedy else torch.cat(qs)
+
+    def _build_block(self, level: int) -> torch.Tensor | None:
+        """Level ``level`` (>= 1) builds its block on ``W``; returns the block's q (this level's
+        own processed distributions), None when greedy."""
+        if level == len(self.levels) - 1:
+            return self._draft_bottom(level)
+        gamma, cap = self.gammas[level - 1], self._cap(level)
         start = self.length
         parts: list[torch.Tensor] = []
         while self.length - start < gamma and self.length < cap:
             base = self.length
-            q_below = self._fill(level + 1, cap - 1)
+            q_below = self._build_block(level + 1)
             kept, own = self._verify(level, base, q_below)
             if own is not None:
                 parts.append(own)
@@ -341,53 +392,67 @@ class _StagedRun:
                 break  # nothing after an end-of-sequence token can be emitted: hand up now
         if self.params.greedy:
             return None
-        if not parts:
-            return torch.empty(0, self.drafters[level].vocab_size, device=self.drafters[level].device)
-        return torch.cat(parts)
+        d = self.drafters[self.levels[level]]
+        return torch.cat(parts) if parts else torch.empty(0, d.vocab_size, device=d.device)
 
     def _verify(self, level: int, base: int, q: torch.Tensor | None) -> tuple[list[int], torch.Tensor | None]:
-        """Level verifies W[base:length] in one pass, truncates W after the accepted prefix and
-        appends its own token. Returns (accepted prefix + own token, this level's processed
-        distribution at those positions or None when greedy)."""
-        d = self.drafters[level]
-        dev = d.device
-        m = self.length - base
-        start = self._ready_to_score(level, base)
-        rows = self._forward(level, self.W[start : self.length], m + 1)
-        draft = self.W[base : self.length].to(dev, non_blocking=True)
-        if self.params.greedy:
-            accepted_t, token_t = verify_greedy(rows, draft)
-            p = None
-        else:
-            p = self.params.probs(rows)
-            q_dev = q.to(dev, non_blocking=True) if q is not None and m else q
-            accepted_t, token_t = verify_sampled(p, q_dev, draft, self._generator(dev))
+        """Level ``level`` verifies ``W[base:length]`` and commits its verdict. Returns the kept
+        tokens (accepted prefix + own token) and this level's p at those positions (None when
+        greedy)."""
+        verdict, block = self._score_and_accept(level, base, q)
         # the one host sync of this verification
-        synced = torch.cat([accepted_t.view(1), token_t.view(1), draft]).tolist()
-        accepted, token, block = synced[0], synced[1], synced[2:]
+        synced = torch.cat([verdict.accepted.view(1), verdict.token.view(1), block]).tolist()
+        accepted, token = synced[0], synced[1]
+        kept = synced[2 : 2 + accepted] + [token]
+        self._commit(level, base, accepted, verdict.token, kept)
+        return kept, (None if verdict.p is None else verdict.p[: accepted + 1])
+
+    def _score_and_accept(self, level: int, base: int, q: torch.Tensor | None) -> tuple[_Verdict, torch.Tensor]:
+        """One pass of the level's model over the block ``W[base:length]`` and the acceptance
+        test; changes nothing but that model's cache (which now covers the whole block)."""
+        member = self.levels[level]
+        dev = self.drafters[member].device
+        m = self.length - base
+        rows = self._forward(member, self.W[self._feed_from(member, base) : self.length], m + 1)
+        block = self.W[base : self.length].to(dev, non_blocking=True)
+        if self.params.greedy:
+            accepted, token = verify_greedy(rows, block)
+            return _Verdict(accepted, token, None), block
+        p = self.params.probs(rows)
+        q_dev = q.to(dev, non_blocking=True) if q is not None and m else q
+        accepted, token = verify_sampled(p, q_dev, block, self._generator(dev))
+        return _Verdict(accepted, token, p), block
+
+    def _commit(self, level: int, base: int, accepted: int, token: torch.Tensor, kept: list[int]) -> None:
+        """Truncate ``W`` after the accepted prefix, append the verifier's token, roll back every
+        member that covered the discarded tail, and record the verification."""
+        drafted = self.length - base
         new_len = base + accepted
-        d.rollback(new_len)  # its cache covered the whole block
-        for lower in self.drafters[level + 1 :]:
-            if lower.processed > new_len:
-                lower.rollback(new_len)
-        self.W[new_len : new_len + 1] = token_t.to(self.home, non_blocking=True)
+        for d in self.drafters:
+            if d.processed > new_len:
+                d.rollback(new_len)
+        self.W[new_len : new_len + 1] = token.to(self.home, non_blocking=True)
         self.length = new_len + 1
         del self.host[base:]
-        kept = block[:accepted] + [token]
         self.host.extend(kept)
-        self.stats.levels[level].record_verification(m, accepted)
-        return kept, (None if p is None else p[: accepted + 1])
+        verifier = self.levels[level]
+        self.stats.levels[verifier].record_verification(drafted, accepted)
+        if level + 1 < len(self.levels):
+            self.controller.observe(verifier, self.levels[level + 1], drafted, accepted)
 
     # -- the target loop ---------------------------------------------------------------------
     def run(self) -> tuple[list[int], str]:
         started = time.perf_counter()
         for d in self.drafters:
             d.reset()
+        setting = self.controller.start(len(self.drafters), list(self.host))
         out: list[int] = []
         reason = "length"
         while self.length < self.total:
+            self._apply(setting)
             base = self.length
-            q = self._fill(1, self.total - 1) if self.bottom >= 1 else None
+            # a round of the target alone verifies an empty block: plain autoregressive decoding
+            q = self._build_block(1) if len(self.levels) > 1 else None
             new, _ = self._verify(0, base, q)
             if not self.eos.isdisjoint(new):
                 new, reason = self._through_eos(new), "eos"
@@ -396,8 +461,8 @@ class _StagedRun:
                 self.stream(new)
             if reason == "eos":
                 break
-        if self.length > self.total:  # cannot happen with the caps; keep the promise regardless
-            out = out[: self.total - self.prompt_len]
+            setting = self.controller.next_round(self.host)
+        assert self.length <= self.total, "the caps keep every level inside the requested length"
         self.stats.new_tokens = len(out)
         for level, clock in zip(self.stats.levels, self.clocks):
             level.model_time_s = clock.total()

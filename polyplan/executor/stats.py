@@ -1,8 +1,9 @@
 """Per-level statistics of one generation (plain dataclasses, vLLM spec-decode names).
 
 A chain ``[M1, ..., Mk]``: level i's row counts the forward passes and model time of ``M_i``;
-the verification counters of row i describe the drafts ``M_i`` received from ``M_(i+1)``
-(they stay zero for the bottom). ``mean_acceptance_length`` includes the +1 token the verifier
+the verification counters of row i describe the drafts ``M_i`` received from the member below
+it in each round (``M_(i+1)`` unless a controller bypassed it; zero for the bottom).
+``mean_acceptance_length`` includes the +1 token the verifier
 adds, so it is 1.0 for autoregressive decoding; ``tokens_per_pass`` is ``L_i`` of
 staged-decoding.md (final output tokens per forward pass of ``M_i``)."""
 
@@ -66,6 +67,9 @@ class GenerationStats:
     prompt_tokens: int = 0
     new_tokens: int = 0
     wall_time_s: float = 0.0
+    #: every change of the round setting: {"at_token", "members", "gammas", "reason"}; the
+    #: first entry is the setting the generation started with
+    setting_changes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def model_time_s(self) -> float:
@@ -94,4 +98,5 @@ class GenerationStats:
             "overhead_fraction": self.overhead_fraction,
             "tokens_per_second": self.tokens_per_second,
             "levels": [level.to_dict() for level in self.levels],
+            "setting_changes": self.setting_changes,
         }

@@ -3,9 +3,11 @@
 Semantics follow docs/staged-decoding.md. A drafter holds the state of ONE sequence
 (batch size 1). The executor and the profiler drive it through three calls:
 
-* ``score(new_ids)`` -- feed tokens that follow what the drafter has already processed and get
-  the raw next-token logits at every fed position (one forward pass; the KV cache grows by
-  ``len(new_ids)``). ``logits[i]`` is the distribution of the token AFTER ``new_ids[i]``.
+* ``score(new_ids, last=None)`` -- feed tokens that follow what the drafter has already processed
+  and get the raw next-token logits at every fed position, or at the last ``last`` ones only (one
+  forward pass; the KV cache grows by ``len(new_ids)``). ``logits[i]`` is the distribution of the
+  token AFTER ``new_ids[i]``. A backend may skip computing rows nobody asked for (the LM head
+  over a long prefill is not free).
 * ``rollback(length)`` -- forget everything after the first ``length`` processed tokens
   (rejected drafts). ``length <= processed`` always.
 * ``propose(context, n)`` -- only for point-mass (model-free) drafters: up to ``n`` next tokens
@@ -14,12 +16,14 @@ Semantics follow docs/staged-decoding.md. A drafter holds the state of ONE seque
 
 ``processed`` is the number of tokens the drafter's state covers (its KV-cache length).
 Logits come back as float32 on the drafter's device; the caller moves what it needs.
+``tokenizer`` and ``eos_token_ids`` complete what the executor needs to know about a member: it
+never looks past this interface (no ``isinstance``, no backend internals).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -43,6 +47,13 @@ class Drafter(ABC):
     point_mass: bool = False
     #: where ``score`` inputs must live and where logits come back
     device: torch.device = torch.device("cpu")
+    #: a transformers-style tokenizer (``decode``, ``apply_chat_template``) or None
+    tokenizer: Any = None
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Token ids that end a sequence for this member ([] when it does not know)."""
+        return []
 
     @property
     @abstractmethod
@@ -53,10 +64,11 @@ class Drafter(ABC):
     def reset(self) -> None:
         """Drop all state: the next ``score`` starts a new sequence."""
 
-    def score(self, new_ids: torch.Tensor) -> torch.Tensor:
+    def score(self, new_ids: torch.Tensor, last: int | None = None) -> torch.Tensor:
         """Process ``new_ids`` (1-D LongTensor) after the processed prefix in ONE forward pass.
 
-        Returns float32 logits of shape ``(len(new_ids), vocab_size)``."""
+        Returns float32 logits of shape ``(len(new_ids), vocab_size)``, or ``(last, vocab_size)``
+        for the last ``last`` positions when ``last`` is given."""
         raise NotImplementedError(f"{self.name} is a point-mass drafter and cannot score tokens")
 
     @abstractmethod

@@ -63,9 +63,18 @@ class ModelDrafter(Drafter):
         self._cache = new_rollbackable_cache(self.model, self.name)
         self._processed = 0
 
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """The generation config's end-of-sequence ids, else the tokenizer's."""
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if eos is None and self.tokenizer is not None:
+            eos = getattr(self.tokenizer, "eos_token_id", None)
+        if eos is None:
+            return []
+        return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
     def score(self, new_ids: torch.Tensor, last: int | None = None) -> torch.Tensor:
-        """As :meth:`Drafter.score`; with ``last``, only the logits of the last ``last`` positions
-        are computed and returned (the LM head over a long prefill is not free)."""
+        """As :meth:`Drafter.score`: with ``last``, the LM head runs on those positions only."""
         n = int(new_ids.shape[0])
         if n == 0:
             return torch.empty((0, self.vocab_size), dtype=torch.float32, device=self.device)

@@ -1,0 +1,75 @@
+"""Which members take part in the next target round, and with which gammas.
+
+A generation is a sequence of target rounds (docs/staged-decoding.md): in each, the chain's
+levels build their buffers and the target verifies once. A :class:`Controller` picks the
+:class:`RoundSetting` of each round -- a subset of the chain's members, kept in chain order and
+always starting with the target, and one gamma per drafter in it. It is asked only BETWEEN target
+rounds, never inside a verification: every round is then a complete staged round of some valid
+chain, and each such round commits tokens distributed exactly as the target's own decoding, so
+switching settings cannot change the output distribution (greedy output stays token-identical).
+
+``StaticController`` is the classic fixed chain. Adaptive controllers (estimates of each pair's
+acceptance on this very generation, fed by :meth:`Controller.observe`) live beside it."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol, Sequence
+
+
+class RoundSetting(NamedTuple):
+    #: indices into the chain's members, strictly increasing, starting with 0 (the target);
+    #: ``(0,)`` is plain autoregressive decoding
+    members: tuple[int, ...]
+    #: one speculation length per drafter in ``members[1:]``, top to bottom, each >= 1
+    gammas: tuple[int, ...]
+    #: why this setting was chosen (shown in run statistics when the setting changes)
+    reason: str = ""
+
+
+class Controller(Protocol):
+    """Chooses the setting of every target round of one generation."""
+
+    def start(self, chain_size: int, prompt: list[int]) -> RoundSetting:
+        """Before the first round; resets any per-generation state."""
+        ...
+
+    def observe(self, verifier: int, drafter: int, drafted: int, accepted: int) -> None:
+        """After each verification: member ``verifier`` checked ``drafted`` tokens proposed by
+        member ``drafter`` (indices into the chain) and accepted the first ``accepted``."""
+        ...
+
+    def next_round(self, tokens: list[int]) -> RoundSetting:
+        """Between target rounds. ``tokens`` is the prompt plus everything committed so far
+        (read-only)."""
+        ...
+
+
+class StaticController:
+    """Every round runs the whole chain with fixed gammas."""
+
+    def __init__(self, gammas: Sequence[int]) -> None:
+        self.setting = RoundSetting(tuple(range(len(gammas) + 1)), tuple(gammas), "static")
+
+    def start(self, chain_size: int, prompt: list[int]) -> RoundSetting:
+        if chain_size != len(self.setting.members):
+            raise ValueError(f"static setting for {len(self.setting.members)} members, chain has {chain_size}")
+        return self.setting
+
+    def observe(self, verifier: int, drafter: int, drafted: int, accepted: int) -> None:
+        pass
+
+    def next_round(self, tokens: list[int]) -> RoundSetting:
+        return self.setting
+
+
+def check_setting(setting: RoundSetting, point_mass: Sequence[bool]) -> None:
+    """Refuse a setting the staged algorithm cannot run (a controller bug, not user input)."""
+    members, gammas = setting.members, setting.gammas
+    if not members or members[0] != 0:
+        raise ValueError(f"a round must start with the target (member 0): {setting}")
+    if any(b <= a for a, b in zip(members, members[1:])) or members[-1] >= len(point_mass):
+        raise ValueError(f"round members must be increasing chain indices: {setting}")
+    if len(gammas) != len(members) - 1 or any(int(g) < 1 for g in gammas):
+        raise ValueError(f"a round needs one gamma >= 1 per drafter: {setting}")
+    if any(point_mass[m] for m in members[:-1]):
+        raise ValueError(f"a model-free member can only be the bottom of a round: {setting}")
