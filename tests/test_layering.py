@@ -44,7 +44,7 @@ def test_pure_layer_does_not_import_torch(module):
 
 def test_the_check_sees_an_import():
     """The check itself can fail: the executor does import torch."""
-    assert loaded_by("polyplan.executor.chain", HEAVY) == ["torch", "transformers"]
+    assert "torch" in loaded_by("polyplan.executor.chain", HEAVY)
 
 
 def test_the_executor_does_not_load_the_weight_source_machinery():
