@@ -32,7 +32,7 @@ import torch
 
 from polyplan.errors import UserError
 from polyplan.executor.control import Controller, RoundSetting, StaticController, check_setting
-from polyplan.executor.sampling import SamplingParams, sample, verify_greedy, verify_sampled
+from polyplan.executor.sampling import POINT_MASS, PointMass, SamplingParams, sample, verify_greedy, verify_sampled
 from polyplan.executor.stats import GenerationStats, LevelStats
 from polyplan.models.drafter import Drafter, check_same_vocabulary
 
@@ -340,7 +340,7 @@ class _StagedRun:
         return tokens
 
     # -- the three roles ---------------------------------------------------------------------
-    def _draft_bottom(self, level: int) -> torch.Tensor | None:
+    def _draft_bottom(self, level: int) -> torch.Tensor | PointMass | None:
         """The bottom level drafts up to its gamma onto ``W``; returns the drafts' q (None when
         greedy)."""
         member = self.levels[level]
@@ -355,7 +355,7 @@ class _StagedRun:
             self.host.extend(proposal)
             if self.params.greedy:
                 return None
-            return torch.nn.functional.one_hot(self.W[base : self.length], d.vocab_size).float()
+            return POINT_MASS  # q is one-hot at each proposal: verify_sampled never builds it
         if n <= 0:
             return None if self.params.greedy else torch.empty(0, d.vocab_size, device=d.device)
         feed = self.W[self._feed_from(member, base) : self.length]
@@ -374,7 +374,7 @@ class _StagedRun:
             self.length += 1
         return None if self.params.greedy else torch.cat(qs)
 
-    def _build_block(self, level: int) -> torch.Tensor | None:
+    def _build_block(self, level: int) -> torch.Tensor | PointMass | None:
         """Level ``level`` (>= 1) builds its block on ``W``; returns the block's q (this level's
         own processed distributions), None when greedy."""
         if level == len(self.levels) - 1:
@@ -395,7 +395,9 @@ class _StagedRun:
         d = self.drafters[self.levels[level]]
         return torch.cat(parts) if parts else torch.empty(0, d.vocab_size, device=d.device)
 
-    def _verify(self, level: int, base: int, q: torch.Tensor | None) -> tuple[list[int], torch.Tensor | None]:
+    def _verify(
+        self, level: int, base: int, q: torch.Tensor | PointMass | None
+    ) -> tuple[list[int], torch.Tensor | None]:
         """Level ``level`` verifies ``W[base:length]`` and commits its verdict. Returns the kept
         tokens (accepted prefix + own token) and this level's p at those positions (None when
         greedy)."""
@@ -407,7 +409,9 @@ class _StagedRun:
         self._commit(level, base, accepted, verdict.token, kept)
         return kept, (None if verdict.p is None else verdict.p[: accepted + 1])
 
-    def _score_and_accept(self, level: int, base: int, q: torch.Tensor | None) -> tuple[_Verdict, torch.Tensor]:
+    def _score_and_accept(
+        self, level: int, base: int, q: torch.Tensor | PointMass | None
+    ) -> tuple[_Verdict, torch.Tensor]:
         """One pass of the level's model over the block ``W[base:length]`` and the acceptance
         test; changes nothing but that model's cache (which now covers the whole block)."""
         member = self.levels[level]
