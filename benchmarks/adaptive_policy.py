@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("plan", type=Path)
     ap.add_argument("--profile", type=Path)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--margin", type=float, default=None, help="override the policy's margin (default: its own)")
     args = ap.parse_args()
     plan = Plan.load(args.plan)
     profile_path = args.profile or Path(plan.profile["path"])
@@ -60,14 +61,28 @@ def main() -> None:
     profile = Profile.load(profile_path)
     traces = load_traces(profile, profile_path) if profile.traces else None
     started = time.perf_counter()
-    policy = build_policy(profile, plan.names, plan.gammas, mode=plan.mode, context=plan.settings["context"],
-                          max_gamma=plan.settings.get("max_gamma", 16), traces=traces)
+    policy = build_policy(
+        profile,
+        plan.names,
+        plan.gammas,
+        mode=plan.mode,
+        context=plan.settings["context"],
+        max_gamma=plan.settings.get("max_gamma", 16),
+        traces=traces,
+    )
+    if args.margin is not None:
+        policy.margin = args.margin
     build = time.perf_counter() - started
     predictor = IidPredictor(profile, mode=plan.mode, context=policy.context)
     latencies = {t.members: predictor.latencies(tuple(plan.names[m] for m in t.members)) for t in policy.tables}
     prior = dict(policy.priors)
-    out: dict = {"plan": str(args.plan), "build_s": build, "priors": {str(k): v for k, v in prior.items()},
-                 "prior_strength": {str(k): v for k, v in policy.prior_strength.items()}, "window": {str(k): v for k, v in policy.window.items()}}
+    out: dict = {
+        "plan": str(args.plan),
+        "build_s": build,
+        "priors": {str(k): v for k, v in prior.items()},
+        "prior_strength": {str(k): v for k, v in policy.prior_strength.items()},
+        "window": {str(k): v for k, v in policy.window.items()},
+    }
 
     calls = 2000
     started = time.perf_counter()
@@ -86,10 +101,19 @@ def main() -> None:
                 alpha = {p: a_pm for p in prior}
             d = policy.decide(alpha)
             opt_t, opt = optimum(policy, latencies, alpha)
-            picks.append({"alpha_model": a_model, "alpha_point_mass": a_pm, "members": d.members,
-                          "gammas": d.gammas, "rule": d.rule, "ms_per_token": d.time_per_token * 1e3,
-                          "exact_optimum": opt, "optimum_ms": opt_t * 1e3,
-                          "regret_vs_exact_optimum": d.time_per_token / opt_t - 1})
+            picks.append(
+                {
+                    "alpha_model": a_model,
+                    "alpha_point_mass": a_pm,
+                    "members": d.members,
+                    "gammas": d.gammas,
+                    "rule": d.rule,
+                    "ms_per_token": d.time_per_token * 1e3,
+                    "exact_optimum": opt,
+                    "optimum_ms": opt_t * 1e3,
+                    "regret_vs_exact_optimum": d.time_per_token / opt_t - 1,
+                }
+            )
     out["picks"] = picks
 
     # regret of a wrong estimate. Errors in u = -log2(1 - alpha): (1 - alpha) off by a factor
@@ -117,12 +141,19 @@ def main() -> None:
         for truth in truths:
             for s_model in (-1, 0, 1):
                 for s_pm in (-1, 0, 1):
-                    est = {q: alpha_of_u(max(0.0, u_of_alpha(truth[q]) + du * (s_model if q in model_pairs else s_pm)))
-                           for q in prior}
+                    est = {
+                        q: alpha_of_u(max(0.0, u_of_alpha(truth[q]) + du * (s_model if q in model_pairs else s_pm)))
+                        for q in prior
+                    }
                     r = regret_cached(truth, est)
                     if r > worst:
-                        worst, where = r, {"truth": {str(k): v for k, v in truth.items()},
-                                           "estimate": {str(k): v for k, v in est.items()}}
+                        worst, where = (
+                            r,
+                            {
+                                "truth": {str(k): v for k, v in truth.items()},
+                                "estimate": {str(k): v for k, v in est.items()},
+                            },
+                        )
         rows.append({"du": du, "worst_regret": worst, "at": where})
     out["regret_worst_case"] = rows
 
@@ -143,8 +174,13 @@ def main() -> None:
             total += regret_cached(truth, est)
         full = tuple(range(len(plan.names)))
         static = evaluate_setting([truth[q] for q in pairwise(full)], plan.gammas, latencies[full]) / opt(truth) - 1
-        expected.append({"truth": {str(k): v for k, v in truth.items()}, "expected_regret": total / draws,
-                         "static_plan_regret": static})
+        expected.append(
+            {
+                "truth": {str(k): v for k, v in truth.items()},
+                "expected_regret": total / draws,
+                "static_plan_regret": static,
+            }
+        )
     out["regret_expected"] = expected
 
     # sensitivity: d log t / d alpha of each setting at the profile's acceptance (central differences)
@@ -179,10 +215,16 @@ def main() -> None:
             if p[1] in policy.decide(alpha).members:
                 threshold = a
                 break
-        out["reprobe"] = {"pair": str(p), "prior": prior[p], "prior_strength": n0, "estimate": est,
-                          "threshold": threshold,
-                          "tokens": None if threshold is None else relax_tokens(policy.window[p], trials, est, threshold,
-                                                                               prior[p], n0)}
+        out["reprobe"] = {
+            "pair": str(p),
+            "prior": prior[p],
+            "prior_strength": n0,
+            "estimate": est,
+            "threshold": threshold,
+            "tokens": None
+            if threshold is None
+            else relax_tokens(policy.window[p], trials, est, threshold, prior[p], n0),
+        }
     text = json.dumps(out, indent=1, default=str)
     if args.json:
         args.json.write_text(text + "\n")

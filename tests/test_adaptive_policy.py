@@ -41,8 +41,7 @@ def profile() -> Profile:
 
 @pytest.fixture(scope="module")
 def policy(profile) -> Policy:
-    return build_policy(profile, NAMES, [11, 5], mode="greedy", context=113.875,
-                        traces=load_traces(profile, PROFILE))
+    return build_policy(profile, NAMES, [11, 5], mode="greedy", context=113.875, traces=load_traces(profile, PROFILE))
 
 
 def test_every_order_keeping_subset_with_the_target_is_a_candidate(profile):
@@ -90,9 +89,17 @@ def test_decisions_are_within_the_margin_of_the_exact_optimum(policy, profile):
         alpha = {(0, 1): a_model, (0, 2): a_pm, (1, 2): a_pm}
         decision = policy.decide(alpha)
         best = min(
-            (predictor.predict(tuple(NAMES[m] for m in members), ()).time_per_token if len(members) == 1 else
-             float(search_gammas([alpha[p] for p in pairwise(members)],
-                                 predictor.latencies(tuple(NAMES[m] for m in members)), max_gamma=16)[1].time_per_token))
+            (
+                predictor.predict(tuple(NAMES[m] for m in members), ()).time_per_token
+                if len(members) == 1
+                else float(
+                    search_gammas(
+                        [alpha[p] for p in pairwise(members)],
+                        predictor.latencies(tuple(NAMES[m] for m in members)),
+                        max_gamma=16,
+                    )[1].time_per_token
+                )
+            )
             for members in subsets(NAMES, profile)
         )
         assert decision.time_per_token <= best * (1 + policy.margin) * 1.02
@@ -104,8 +111,11 @@ def test_policy_round_trips_through_the_plan_json(policy, tmp_path):
     path = tmp_path / "plan.json"
     plan.save(path)
     again = Policy.from_dict(Plan.load(path).policy)
-    for alpha in ({(0, 1): 0.98, (0, 2): 0.47, (1, 2): 0.47}, {(0, 1): 0.5, (0, 2): 0.1, (1, 2): 0.1},
-                  {(0, 1): 0.93, (0, 2): 0.8, (1, 2): 0.75}):
+    for alpha in (
+        {(0, 1): 0.98, (0, 2): 0.47, (1, 2): 0.47},
+        {(0, 1): 0.5, (0, 2): 0.1, (1, 2): 0.1},
+        {(0, 1): 0.93, (0, 2): 0.8, (1, 2): 0.75},
+    ):
         a, b = again.decide(alpha), policy.decide(alpha)
         assert (a.members, a.gammas, a.rule) == (b.members, b.gammas, b.rule)
         assert a.time_per_token == pytest.approx(b.time_per_token, rel=1e-6)
@@ -145,6 +155,7 @@ def test_prior_strength_and_window_follow_the_profiles_spread(policy):
 
 
 # ---- the estimator's algebra ----------------------------------------------------------------------
+
 
 def test_verification_evidence_estimates_alpha_without_bias():
     rng = random.Random(1)

@@ -60,8 +60,9 @@ def test_bench_end_to_end_on_tiny_models(tiny_plan, tmp_path):
     doc = run_bench(plan, path, pool=TinyPool(), prompts=2, repeats=2, max_new_tokens=8,
                     encoded_prompts=PROMPTS, eos=[])
     names = [m["name"] for m in doc["methods"]]
+    # the chosen plan as `polyplan run` runs it (adaptive), beside the same plan static
     assert names == ["autoregressive", "hf-assisted-default", "hf-assisted-gamma", "polyplan-two-level",
-                     "polyplan-plan"]
+                     "polyplan-plan", "polyplan-plan-static"]
     # Interleaved: A B C D ... per prompt, per repeat.
     runs = doc["runs"]
     k = len(names)
@@ -116,6 +117,14 @@ def test_bench_sampling_plan_runs_and_is_seeded(tiny_plan, tmp_path):
     res = run_bench(plan, path, pool=TinyPool(), prompts=1, repeats=1, max_new_tokens=6, hf=False,
                     encoded_prompts=PROMPTS, eos=[])
     assert res["settings"]["temperature"] == 1.0
+    assert [m["name"] for m in res["methods"]] == ["autoregressive", "polyplan-two-level", "polyplan-plan",
+                                                   "polyplan-plan-static"]
+
+
+def test_bench_static_runs_the_plan_unchanged(tiny_plan):
+    plan, path = tiny_plan
+    res = run_bench(plan, path, pool=TinyPool(), prompts=1, repeats=1, max_new_tokens=6, hf=False,
+                    encoded_prompts=PROMPTS, eos=[], static=True)
     assert [m["name"] for m in res["methods"]] == ["autoregressive", "polyplan-two-level", "polyplan-plan"]
 
 

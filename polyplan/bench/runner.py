@@ -6,7 +6,9 @@ Compared, in one run on the same prompts:
   B. transformers assisted generation with its defaults (the plan's best two-level drafter),
   C. transformers assisted generation at the plan's gamma for that pair (constant schedule),
   D. polyplan's best two-level plan (the executor),
-  E. polyplan's chosen plan (skipped when it is D).
+  E. polyplan's chosen plan as `polyplan run` runs it: adaptive (proofs/adaptive-control.md) when the
+     plan has a policy, plus the same plan static (skipped when it is D); with ``static`` only the
+     static plan (skipped when it is D).
 With ``grid``: also the runners-up and gamma neighbours of the chosen plan (regret).
 
 Time per token is measured end to end (prefill included) and, for the prediction error, per
@@ -56,11 +58,12 @@ def _sync(device: torch.device) -> None:
 
 
 def polyplan_method(
-    spec: MethodSpec, drafters: Sequence[Drafter], gammas: Sequence[int], *, temperature: float, eos: list[int]
+    spec: MethodSpec, drafters: Sequence[Drafter], gammas: Sequence[int], *, temperature: float, eos: list[int],
+    controller: Any = None,
 ) -> BenchMethod:
     from polyplan.executor.chain import Chain
 
-    chain = Chain(list(drafters), gammas=list(gammas))
+    chain = Chain(list(drafters), gammas=list(gammas), controller=controller)
 
     def generate(prompt: list[int], max_new_tokens: int, seed: int):
         result = chain.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
@@ -241,8 +244,10 @@ def plan_methods(
     eos: list[int],
     grid: bool = False,
     hf: bool = True,
+    policy: Any = None,
 ) -> list[BenchMethod]:
-    """The methods compared for ``plan`` (see the module doc)."""
+    """The methods compared for ``plan`` (see the module doc); ``policy``: the plan's adaptive
+    policy (``polyplan.assemble.plan_policy``), None to run the plan static only."""
     target = drafters(plan.target)
     methods = [
         hf_method(MethodSpec(AUTOREGRESSIVE, "autoregressive (transformers generate)", "transformers", [plan.target], []),
@@ -257,7 +262,19 @@ def plan_methods(
         methods.append(polyplan_method(
             MethodSpec("polyplan-two-level", "polyplan best two-level plan", "polyplan", list(two["chain"]), [g]),
             [target, d], [g], temperature=temperature, eos=eos))
-    if two is None or list(two["chain"]) != plan.names or list(two["gammas"]) != plan.gammas:
+    same_as_two = two is not None and list(two["chain"]) == plan.names and list(two["gammas"]) == plan.gammas
+    if policy is not None:
+        from polyplan.assemble import adaptive_controller
+
+        members = [drafters(n) for n in plan.names]
+        methods.append(polyplan_method(
+            MethodSpec("polyplan-plan", "polyplan chosen plan (adaptive, as `polyplan run`)", "polyplan",
+                       list(plan.names), list(plan.gammas)),
+            members, plan.gammas, temperature=temperature, eos=eos, controller=adaptive_controller(policy, members)))
+        if not same_as_two:
+            methods.append(_polyplan_chain("polyplan-plan-static", "polyplan chosen plan (static)", plan.names,
+                                           plan.gammas, drafters, temperature, eos))
+    elif not same_as_two:
         methods.append(_polyplan_chain("polyplan-plan", "polyplan chosen plan", plan.names, plan.gammas,
                                        drafters, temperature, eos))
     if grid:
@@ -372,10 +389,12 @@ def run_bench(
     log: Log | None = None,
     prompts_file: str | Path | None = None,
     prompt_categories: dict[str, str] | None = None,
+    static: bool = False,
 ) -> dict[str, Any]:
     """Run the comparison and return the results document (not yet saved; ``complete`` is false
     when it was interrupted). ``encoded_prompts`` (with ``prompt_categories``) replace the
-    prompt set, for tests and callers that tokenise themselves."""
+    prompt set, for tests and callers that tokenise themselves. The chosen plan runs as
+    ``polyplan run`` runs it (adaptive) beside its static version; ``static``: static only."""
     log = log or (lambda msg: None)
     if repeats < 1 or prompts < 1 or max_new_tokens < 1:
         raise UserError("--repeats, --prompts and --max-new-tokens must all be >= 1")
@@ -402,7 +421,12 @@ def run_bench(
         from polyplan.profiler.pool_inputs import eos_token_ids
 
         eos = eos_token_ids(pool.tokenizer, getattr(target, "model", None))
-    methods = plan_methods(plan, drafter, temperature=temperature, eos=eos, grid=grid, hf=hf)
+    policy = None
+    if not static:
+        from polyplan.assemble import plan_policy
+
+        policy = plan_policy(plan, plan_path, note=log)
+    methods = plan_methods(plan, drafter, temperature=temperature, eos=eos, grid=grid, hf=hf, policy=policy)
     check_prompts_fit(selected, encoded_prompts, list(loaded.values()), max_new_tokens)
     skipped = {}
     for m in list(methods):

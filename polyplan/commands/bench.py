@@ -29,6 +29,8 @@ def bench_command(
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="tokens generated per prompt"),
     seed: int = typer.Option(0, "--seed"),
     grid: bool = typer.Option(False, "--grid", help="also run runners-up and gamma neighbours: measures the regret"),
+    static: bool = typer.Option(False, "--static", help="run the plan static only (default: adaptive, as `polyplan "
+                                "run` runs it, beside the static plan)"),
     no_hf: bool = typer.Option(False, "--no-hf", help="skip transformers assisted generation"),
 ) -> None:
     """Measure a plan: tokens/s, speedup, acceptance per level, predicted vs measured time per token."""
@@ -56,6 +58,7 @@ def bench_command(
     doc = run_bench(
         plan, plan_path, pool=the_pool, prompts=prompts, repeats=repeats, max_new_tokens=max_new_tokens,
         seed=seed, grid=grid, hf=not no_hf, log=lambda m: console.print(f"[dim]{m}[/dim]"), prompts_file=prompts_file,
+        static=static,
     )
     save_results(output, doc)
     save_markdown(md, doc)

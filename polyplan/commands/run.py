@@ -1,7 +1,7 @@
 """``polyplan run``: generate with a chain, streaming text as the target accepts it.
 
     polyplan run "Once upon a time" --pool smollm2 --chain smollm2-135m,smollm2-135m:int8,prompt-lookup --gammas 6,3
-    polyplan run plan.json "Once upon a time"          # chain and gammas from `polyplan optimize`
+    polyplan run plan.json "Once upon a time"          # the plan's chain, adapted per round (--static: fixed)
     echo "def fib(n):" | polyplan run --chain ./my-target,./my-draft --gammas 5 --stats
 """
 
@@ -39,11 +39,23 @@ def run_command(
     top_k: Optional[int] = typer.Option(None, "--top-k", help="default or 0: off"),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="default or 1: off"),
     seed: int = typer.Option(0, "--seed"),
-    stats: bool = typer.Option(False, "--stats", help="print the per-level statistics table (stderr)"),
+    static: bool = typer.Option(
+        False, "--static", help="run a plan's chain unchanged (default: adapt members and gammas between rounds)"
+    ),
+    stats: bool = typer.Option(
+        False, "--stats", help="print the per-level statistics table and when and why the chain changed (stderr)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (text, tokens, stats) instead of streaming"),
 ) -> None:
     """Generate text with a chain of drafters (lossless staged speculative decoding)."""
-    from polyplan.executor.build import ChainSpec, build_chain, default_members, members_from_option, parse_gammas
+    from polyplan.assemble import (
+        ChainSpec,
+        build_chain,
+        chain_from_plan,
+        default_members,
+        members_from_option,
+        parse_gammas,
+    )
 
     args = list(args or [])
     if args and plan is None and args[0].endswith(".json") and Path(args[0]).is_file():
@@ -55,18 +67,17 @@ def run_command(
     if plan is not None:
         if chain or gammas:
             raise UserError("give either a plan file or --chain/--gammas, not both")
-        spec = ChainSpec.from_plan(plan)
-        if pool:
-            spec.pool = pool
         _warn_if_other_machine(plan)
+        the_chain = chain_from_plan(plan, pool, static=static)
+        planned = ChainSpec.from_plan(plan).temperature
     else:
         members = members_from_option(chain) or list(default_members(pool))
-        spec = ChainSpec(members, parse_gammas(gammas), pool)
+        the_chain = build_chain(ChainSpec(members, parse_gammas(gammas), pool))
+        planned = None
     if temperature is None:
-        temperature = spec.temperature if spec.temperature is not None else 0.0
+        temperature = planned if planned is not None else 0.0
     top_k, top_p = sampling_filters(top_k, top_p)
 
-    the_chain = build_chain(spec)
     tokenizer = the_chain.tokenizer
     if tokenizer is None:
         raise UserError("no tokenizer for this chain: the target must come from a pool or a model directory with one")
@@ -86,6 +97,27 @@ def run_command(
         streamer.finish()
     if stats:
         print_stats(result.stats, the_chain.gammas)
+        print_setting_changes(result.stats, the_chain.names, the_chain.controller)
+
+
+def print_setting_changes(stats, names: list[str], controller) -> None:
+    """When and why an adaptive chain changed its members or gammas (stderr)."""
+    changes = getattr(stats, "setting_changes", None) or []
+    if controller is None and not changes:
+        return
+    lines = []
+    for change in changes:
+        members = " <- ".join(change["members"])
+        gammas = ",".join(map(str, change["gammas"])) or "-"
+        lines.append(f"  at token {change['at_token']}: {members} ({gammas}): {change['reason']}")
+    seconds = getattr(controller, "seconds", None)
+    cost = "" if not seconds or not stats.wall_time_s else (
+        f"; deciding took {seconds * 1e3:.2f} ms ({100 * seconds / stats.wall_time_s:.2f}% of wall time)")
+    print(f"chain settings: {len(changes)} change(s){cost}", file=sys.stderr)
+    for line in lines:
+        print(line, file=sys.stderr)
+    if changes and list(changes[-1]["members"]) == names[:1]:
+        print("adaptation ended on autoregressive decoding: speculation did not pay on this prompt", file=sys.stderr)
 
 
 def _warn_if_other_machine(plan_path: Path) -> None:

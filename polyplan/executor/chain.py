@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -139,6 +140,15 @@ class Chain:
         check_same_vocabulary(self.drafters)
         self.tokenizer = tokenizer if tokenizer is not None else self.drafters[0].tokenizer
         self.controller = controller
+
+    @classmethod
+    def from_plan(cls, path: str | Path, pool: str | None = None) -> Chain:
+        """The chain exactly as ``polyplan run PLAN`` runs it: the plan's members (loaded from its
+        pool, or ``pool``), its gammas and the adaptive controller built from the plan's policy
+        (proofs/adaptive-control.md). A sampling plan's temperature is a ``generate`` argument."""
+        from polyplan.assemble import chain_from_plan  # above the executor: documents, pools, policy
+
+        return chain_from_plan(path, pool)
 
     @property
     def names(self) -> list[str]:

@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import combinations
+from itertools import combinations, pairwise
 from typing import Any
 
 from polyplan.documents.files import DocumentError
@@ -68,7 +68,7 @@ class SettingTable:
 
     def __post_init__(self) -> None:
         # fixed views, computed once: the per-round lookup reads them
-        self.pairs: list[Pair] = list(zip(self.members, self.members[1:]))
+        self.pairs: list[Pair] = list(pairwise(self.members))
         self.shape: tuple[int, ...] = (self.points,) * (len(self.members) - 1)
         self.corners = corner_offsets(self.shape)
 
@@ -76,19 +76,30 @@ class SettingTable:
         return interpolate(self.times, self.shape, cells, self.corners)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"members": list(self.members), "points": self.points,
-                "gammas": [list(g) for g in self.gammas], "times": [float(f"{t:.7g}") for t in self.times]}
+        return {
+            "members": list(self.members),
+            "points": self.points,
+            "gammas": [list(g) for g in self.gammas],
+            "times": [float(f"{t:.7g}") for t in self.times],
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SettingTable":
+    def from_dict(cls, d: Mapping[str, Any]) -> SettingTable:
         members = tuple(int(m) for m in d["members"])
-        table = cls(members, int(d["points"]), [tuple(int(x) for x in g) for g in d["gammas"]],
-                    [float(t) for t in d["times"]])
+        table = cls(
+            members, int(d["points"]), [tuple(int(x) for x in g) for g in d["gammas"]], [float(t) for t in d["times"]]
+        )
         size = table.points ** (len(members) - 1)
-        if (not members or members[0] != 0 or any(b <= a for a, b in zip(members, members[1:]))
-                or table.points < 2 or len(table.gammas) != size or len(table.times) != size
-                or any(len(g) != len(members) - 1 or min(g, default=1) < 1 for g in table.gammas)
-                or any(not math.isfinite(t) or t <= 0 for t in table.times)):
+        if (
+            not members
+            or members[0] != 0
+            or any(b <= a for a, b in pairwise(members))
+            or table.points < 2
+            or len(table.gammas) != size
+            or len(table.times) != size
+            or any(len(g) != len(members) - 1 or min(g, default=1) < 1 for g in table.gammas)
+            or any(not math.isfinite(t) or t <= 0 for t in table.times)
+        ):
             raise DocumentError(f"malformed policy table for members {list(members)}")
         return table
 
@@ -152,11 +163,15 @@ class Policy:
     def reason(self, decision: Decision, alpha: Mapping[Pair, float]) -> str:
         """One line for the run statistics: the estimates and the model's verdict."""
         shown = ", ".join(f"{self.names[d]}->{self.names[v]} {alpha[(v, d)]:.2f}" for v, d in sorted(alpha))
-        what = {"plan": "the plan's setting is within the margin of the best",
-                "stay": "the current members are within the margin of the best",
-                "best": "fastest predicted"}[decision.rule]
-        return (f"{what}: {describe(decision.members, decision.gammas, self.names)} "
-                f"{decision.time_per_token * 1e3:.1f} ms/token predicted (acceptance estimates: {shown})")
+        what = {
+            "plan": "the plan's setting is within the margin of the best",
+            "stay": "the current members are within the margin of the best",
+            "best": "fastest predicted",
+        }[decision.rule]
+        return (
+            f"{what}: {describe(decision.members, decision.gammas, self.names)} "
+            f"{decision.time_per_token * 1e3:.1f} ms/token predicted (acceptance estimates: {shown})"
+        )
 
     def prior_alpha(self) -> dict[Pair, float]:
         return dict(self.priors)
@@ -172,27 +187,40 @@ class Policy:
             "context": self.context,
             "max_gamma": self.max_gamma,
             "margin": self.margin,
-            "pairs": [{"verifier": v, "drafter": d, "prior": self.priors[(v, d)],
-                       "prior_strength": self.prior_strength[(v, d)], "window_tokens": self.window[(v, d)]} for v, d in sorted(self.priors)],
+            "pairs": [
+                {
+                    "verifier": v,
+                    "drafter": d,
+                    "prior": self.priors[(v, d)],
+                    "prior_strength": self.prior_strength[(v, d)],
+                    "window_tokens": self.window[(v, d)],
+                }
+                for v, d in sorted(self.priors)
+            ],
             "plan": self.plan.to_dict(),
             "settings": [t.to_dict() for t in self.tables],
             "build_seconds": round(self.build_seconds, 3),
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], origin: str = "plan policy") -> "Policy":
+    def from_dict(cls, d: Mapping[str, Any], origin: str = "plan policy") -> Policy:
         try:
             if int(d["version"]) > POLICY_VERSION:
                 raise DocumentError(f"policy version {d['version']} is newer than this polyplan understands")
             pairs = {(int(p["verifier"]), int(p["drafter"])): p for p in d["pairs"]}
             policy = cls(
-                names=[str(n) for n in d["names"]], mode=str(d["mode"]), context=float(d["context"]),
+                names=[str(n) for n in d["names"]],
+                mode=str(d["mode"]),
+                context=float(d["context"]),
                 max_gamma=int(d["max_gamma"]),
                 priors={k: float(p["prior"]) for k, p in pairs.items()},
                 prior_strength={k: float(p["prior_strength"]) for k, p in pairs.items()},
-                window={k: float(p["window_tokens"]) for k, p in pairs.items()}, margin=float(d["margin"]),
-                plan=SettingTable.from_dict(d["plan"]), tables=[SettingTable.from_dict(t) for t in d["settings"]],
-                point_mass=[bool(x) for x in d.get("point_mass", [])], build_seconds=float(d.get("build_seconds", 0)),
+                window={k: float(p["window_tokens"]) for k, p in pairs.items()},
+                margin=float(d["margin"]),
+                plan=SettingTable.from_dict(d["plan"]),
+                tables=[SettingTable.from_dict(t) for t in d["settings"]],
+                point_mass=[bool(x) for x in d.get("point_mass", [])],
+                build_seconds=float(d.get("build_seconds", 0)),
             )
         except DocumentError as e:
             raise DocumentError(f"{origin}: {e}") from None
@@ -227,6 +255,7 @@ def _axis_u(points: int, _cache: dict[int, list[float]] = {}) -> list[float]:  #
 
 # ---- building --------------------------------------------------------------------------------------
 
+
 def subsets(names: Sequence[str], profile: Profile) -> list[tuple[int, ...]]:
     """Every order-keeping subset of the plan's members that starts with the target and that the
     profile can predict (acceptance measured for every adjacent pair), autoregressive first."""
@@ -239,8 +268,9 @@ def subsets(names: Sequence[str], profile: Profile) -> list[tuple[int, ...]]:
     return out
 
 
-def prior_strengths(profile: Profile, names: Sequence[str], pairs: Sequence[Pair], mode: str,
-                    traces: Mapping[str, Any] | None) -> dict[Pair, float]:
+def prior_strengths(
+    profile: Profile, names: Sequence[str], pairs: Sequence[Pair], mode: str, traces: Mapping[str, Any] | None
+) -> dict[Pair, float]:
     """Empirical Bayes: the Beta prior whose variance is the profile's prompt-to-prompt variance of
     each pair's acceptance (per-prompt means of the traces, less their own binomial noise):
     ``n0 = m (1 - m) / v - 1``, clamped to PRIOR_STRENGTH_RANGE; DEFAULT_PRIOR_STRENGTH without traces."""
@@ -248,7 +278,7 @@ def prior_strengths(profile: Profile, names: Sequence[str], pairs: Sequence[Pair
     segments = traces.get("segments") if traces is not None else None
     if segments is None or len(segments) < 3:
         return out
-    bounds = [(int(a), int(b)) for a, b in zip(segments, segments[1:]) if int(b) - int(a) >= 2]
+    bounds = [(int(a), int(b)) for a, b in pairwise(segments) if int(b) - int(a) >= 2]
     for v, d in pairs:
         trace = traces.get(f"{mode}/{names[v]}/{names[d]}")
         if trace is None or len(bounds) < 2:
@@ -256,16 +286,25 @@ def prior_strengths(profile: Profile, names: Sequence[str], pairs: Sequence[Pair
         means = [float(sum(trace[a:b])) / (b - a) for a, b in bounds]
         m = sum(means) / len(means)
         spread = sum((x - m) ** 2 for x in means) / (len(means) - 1)
-        noise = sum(x * (1 - x) / (b - a) for x, (a, b) in zip(means, bounds)) / len(means)
+        noise = sum(x * (1 - x) / (b - a) for x, (a, b) in zip(means, bounds, strict=True)) / len(means)
         between = spread - noise
         lo, hi = PRIOR_STRENGTH_RANGE
         out[(v, d)] = hi if between <= 0 else min(hi, max(lo, m * (1 - m) / between - 1))
     return out
 
 
-def build_policy(profile: Profile, names: Sequence[str], gammas: Sequence[int], *, mode: str, context: float,
-                 max_gamma: int = 16, traces: Mapping[str, Any] | None = None, cell_budget: int = CELL_BUDGET,
-                 margin: float = DEFAULT_MARGIN) -> Policy:
+def build_policy(
+    profile: Profile,
+    names: Sequence[str],
+    gammas: Sequence[int],
+    *,
+    mode: str,
+    context: float,
+    max_gamma: int = 16,
+    traces: Mapping[str, Any] | None = None,
+    cell_budget: int = CELL_BUDGET,
+    margin: float = DEFAULT_MARGIN,
+) -> Policy:
     """Tabulate the best setting over acceptance estimates for the plan ``names`` / ``gammas``."""
     from polyplan.planner.predictors import IidPredictor  # the latency curves at the context, memoised
 
@@ -276,11 +315,12 @@ def build_policy(profile: Profile, names: Sequence[str], gammas: Sequence[int], 
     full = tuple(range(len(names)))
     if full not in members_list:
         raise DocumentError(f"the profile cannot predict the plan's chain {' <- '.join(names)}")
-    pairs = sorted({p for m in members_list for p in zip(m, m[1:])})
+    pairs = sorted({p for m in members_list for p in pairwise(m)})
     priors = {(v, d): profile.pair(names[v], names[d]).alpha(mode) for v, d in pairs}
     strengths = prior_strengths(profile, names, pairs, mode, traces)
-    windows = {p: min(WINDOW_RANGE[1], max(WINDOW_RANGE[0], pair_window(n0, SEGMENT_TOKENS)))
-               for p, n0 in strengths.items()}
+    windows = {
+        p: min(WINDOW_RANGE[1], max(WINDOW_RANGE[0], pair_window(n0, SEGMENT_TOKENS))) for p, n0 in strengths.items()
+    }
     # the profile's prompts are one workload: their prior never outweighs this generation's
     # own evidence over one window
     strengths = {p: min(n0, windows[p]) for p, n0 in strengths.items()}
@@ -295,18 +335,39 @@ def build_policy(profile: Profile, names: Sequence[str], gammas: Sequence[int], 
         tables.append(SettingTable(members, points, g, t))
     chain = tuple(names)
     points = points_per_axis(len(names) - 1, cell_budget)
-    g, t = setting_table([alpha_axis(points)] * (len(names) - 1), predictor.latencies(chain), max_gamma,
-                         list(gammas), fixed_gammas=list(gammas))
+    g, t = setting_table(
+        [alpha_axis(points)] * (len(names) - 1),
+        predictor.latencies(chain),
+        max_gamma,
+        list(gammas),
+        fixed_gammas=list(gammas),
+    )
     plan_table = SettingTable(full, points, g, t)
-    policy = Policy(names=names, mode=mode, context=float(context), max_gamma=max_gamma, priors=priors,
-                    prior_strength=strengths, window=windows, margin=float(margin), plan=plan_table,
-                    tables=tables, point_mass=[profile.candidate(n).point_mass for n in names])
+    policy = Policy(
+        names=names,
+        mode=mode,
+        context=float(context),
+        max_gamma=max_gamma,
+        priors=priors,
+        prior_strength=strengths,
+        window=windows,
+        margin=float(margin),
+        plan=plan_table,
+        tables=tables,
+        point_mass=[profile.candidate(n).point_mass for n in names],
+    )
     policy.build_seconds = time.perf_counter() - started
     return policy
 
 
 def policy_for_plan(plan: Any, profile: Profile, traces: Mapping[str, Any] | None = None) -> Policy:
     """The policy of a plan document (``polyplan.documents.plan.Plan``) rebuilt from its profile."""
-    return build_policy(profile, plan.names, plan.gammas, mode=plan.mode,
-                        context=float(plan.settings.get("context") or 0.0),
-                        max_gamma=int(plan.settings.get("max_gamma") or 16), traces=traces)
+    return build_policy(
+        profile,
+        plan.names,
+        plan.gammas,
+        mode=plan.mode,
+        context=float(plan.settings.get("context") or 0.0),
+        max_gamma=int(plan.settings.get("max_gamma") or 16),
+        traces=traces,
+    )

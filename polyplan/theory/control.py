@@ -64,8 +64,13 @@ def points_per_axis(dimensions: int, cell_budget: int, most: int = 17) -> int:
 
 # ---- the best gammas of one subset ---------------------------------------------------------------
 
-def descend_gammas(alpha: Sequence[float], latency: Sequence[Latency], start: Sequence[int], max_gamma: int,
-                   ) -> tuple[tuple[int, ...], float]:
+
+def descend_gammas(
+    alpha: Sequence[float],
+    latency: Sequence[Latency],
+    start: Sequence[int],
+    max_gamma: int,
+) -> tuple[tuple[int, ...], float]:
     """Local descent on the exact model from ``start``: try steps of +-1, +-2, +-4 on each level
     until none lowers the time per token. The optimum moves little between neighbouring grid
     cells, so a warm start needs a handful of evaluations (tested against the exhaustive search)."""
@@ -85,15 +90,19 @@ def descend_gammas(alpha: Sequence[float], latency: Sequence[Latency], start: Se
                 value = best[level] + step
                 if not 1 <= value <= max_gamma:
                     continue
-                candidate = best[:level] + (value,) + best[level + 1:]
+                candidate = best[:level] + (value,) + best[level + 1 :]
                 if time_of(candidate) < time_of(best) * (1 - 1e-12):
                     best, improved = candidate, True
     return best, time_of(best)
 
 
-def setting_table(axes: Sequence[Sequence[float]], latency: Sequence[Latency], max_gamma: int,
-                  start: Sequence[int], fixed_gammas: Sequence[int] | None = None,
-                  ) -> tuple[list[tuple[int, ...]], list[float]]:
+def setting_table(
+    axes: Sequence[Sequence[float]],
+    latency: Sequence[Latency],
+    max_gamma: int,
+    start: Sequence[int],
+    fixed_gammas: Sequence[int] | None = None,
+) -> tuple[list[tuple[int, ...]], list[float]]:
     """Best gammas and time per token of one subset at every point of the product grid of its
     pairs' acceptance axes (row-major, last axis fastest). Cells are visited in snake order so
     each warm-starts from an adjacent one. With ``fixed_gammas`` only the time is tabulated."""
@@ -138,6 +147,7 @@ def flat_index(index: Sequence[int], shape: Sequence[int]) -> int:
 
 # ---- the per-round lookup -------------------------------------------------------------------------
 
+
 def cell(axis_u: Sequence[float], u: float) -> tuple[int, float]:
     """(lower node, weight of the upper node) of ``u`` on an evenly spaced u axis."""
     steps = len(axis_u) - 1
@@ -158,8 +168,12 @@ def corner_offsets(shape: Sequence[int]) -> list[tuple[tuple[int, ...], int]]:
     return out
 
 
-def interpolate(values: Sequence[float], shape: Sequence[int], cells: Sequence[tuple[int, float]],
-                corners: Sequence[tuple[tuple[int, ...], int]] | None = None) -> float:
+def interpolate(
+    values: Sequence[float],
+    shape: Sequence[int],
+    cells: Sequence[tuple[int, float]],
+    corners: Sequence[tuple[tuple[int, ...], int]] | None = None,
+) -> float:
     """Multilinear interpolation of a row-major table at fractional grid coordinates
     (``corners``: ``corner_offsets(shape)``, precomputed by callers that look up often)."""
     base = flat_index([lo for lo, _ in cells], shape)
@@ -181,6 +195,7 @@ def nearest(shape: Sequence[int], cells: Sequence[tuple[int, float]]) -> int:
 
 
 # ---- the estimator ---------------------------------------------------------------------------------
+
 
 def verification_evidence(drafted: int, accepted: int) -> tuple[int, int]:
     """(successes, Bernoulli trials) of one verification under i.i.d. acceptance: the drafts are
@@ -209,8 +224,9 @@ def pair_window(prior_strength: float, segment_tokens: float) -> float:
     return math.sqrt((prior_strength + 1.0) * segment_tokens)
 
 
-def relax_tokens(window: float, trials: float, estimate: float, threshold: float, prior_mean: float,
-                 prior_strength: float) -> float:
+def relax_tokens(
+    window: float, trials: float, estimate: float, threshold: float, prior_mean: float, prior_strength: float
+) -> float:
     """Tokens until a pair with no new evidence drifts from the posterior ``estimate`` (built on
     ``trials`` forgotten trials) up over ``threshold`` towards ``prior_mean``: the re-probe
     interval of a bypassed drafter. The evidence decays as ``exp(-t / W)``. Infinite when the

@@ -175,8 +175,8 @@ THEOREMS: list[Theorem] = [
             "Per round run argmin_s t_s(alpha-hat) (tabulated when the plan is made); alpha-hat is a Beta "
             "posterior with forgotten evidence (a successes, a + [a < d] trials; window W* = sigma sqrt(H) / "
             "Delta); regret <= (1 + eps) e^(2 L delta); lossless because settings change only between rounds.",
-            lambda: r"\frac{t_{\hat s}(\alpha)}{\min_s t_s(\alpha)} \le (1+\varepsilon)\,e^{2L\|\alpha-\hat\alpha\|_\infty},"
-            r"\quad W^* = \frac{\sigma\sqrt{H}}{\Delta}",
+            lambda: r"\frac{t_{\hat s}(\alpha)}{\min_s t_s(\alpha)} \le (1+\varepsilon)\,"
+            r"e^{2L\|\alpha-\hat\alpha\|_\infty},\quad W^* = \frac{\sigma\sqrt{H}}{\Delta}",
             "polyplan.theory.control.verification_evidence", _check_adaptive_control),
 ]
 

@@ -1,0 +1,182 @@
+"""Assemble a runnable :class:`~polyplan.executor.chain.Chain` from what a user names: pool members,
+model directories or a plan file -- the ONE code path of ``polyplan run``, ``polyplan bench`` and
+``polyplan.Chain.from_plan``, so all three run a plan the same way.
+
+It sits above the executor (which knows only drafters and controllers) and joins it to the
+documents (plans, profiles), the pools and the planner's adaptive policy: a plan runs with the
+:class:`~polyplan.executor.adaptive.AdaptiveController` (proofs/adaptive-control.md) unless
+``static`` is asked for."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polyplan.errors import UserError
+
+Note = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@dataclass
+class ChainSpec:
+    """Names a chain: ``members`` are pool member names or model directories, target first."""
+
+    members: list[str]
+    gammas: list[int]
+    pool: str | None = None
+    #: sampling settings a plan was optimised for (None: the user decides)
+    temperature: float | None = None
+
+    @classmethod
+    def from_plan(cls, path: str | Path) -> ChainSpec:
+        from polyplan.documents.plan import Plan
+
+        return cls.of_plan(Plan.load(path))
+
+    @classmethod
+    def of_plan(cls, plan: Any) -> ChainSpec:
+        temperature = None
+        if plan.mode == "sampling":
+            temperature = float(plan.settings.get("temperature", 1.0) or 1.0)
+        return cls(list(plan.names), list(plan.gammas), plan.profile.get("pool") or None, temperature)
+
+
+def parse_gammas(text: str | None) -> list[int]:
+    """``"6,3"`` -> ``[6, 3]``; empty or None -> ``[]``."""
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--gammas must be comma-separated integers such as 6,3, got {text!r}") from None
+
+
+def members_from_option(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def default_members(pool_name: str | None) -> Sequence[str]:
+    """No --chain: the pool's target alone (plain autoregressive decoding)."""
+    from polyplan.models import load_pool
+
+    return [load_pool(pool_name or "smollm2").target]
+
+
+def build_chain(spec: ChainSpec, controller: Any = None) -> Any:
+    """Load every member (pool members through the pool, directories with transformers)."""
+    from polyplan.executor.chain import Chain
+
+    pool = None
+    drafters: list[Any] = []
+    tokenizer = None
+    for name in spec.members:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            drafter, tok = _load_model_dir(path)
+            drafters.append(drafter)
+            tokenizer = tokenizer or tok
+            continue
+        if pool is None:
+            from polyplan.models import load_pool
+
+            pool = load_pool(spec.pool or "smollm2")
+        drafters.append(pool.drafter(name))
+    if pool is not None and tokenizer is None:
+        tokenizer = pool.tokenizer
+    return Chain(drafters, spec.gammas, tokenizer=tokenizer, controller=controller)
+
+
+def _load_model_dir(path: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from polyplan.models.model_drafter import ModelDrafter
+
+    if not (path / "config.json").exists():
+        raise UserError(f"{path} is not a transformers model directory (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a causal LM from {path}: {e}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        tokenizer = None
+    return ModelDrafter(model, path.name, tokenizer=tokenizer), tokenizer
+
+
+# ---- plans -----------------------------------------------------------------------------------------
+
+
+def plan_profile_path(plan: Any, plan_path: str | Path) -> Path | None:
+    """The profile a plan was made from, as recorded (absolute, or beside the plan), if it exists."""
+    recorded = plan.profile.get("path")
+    if not recorded:
+        return None
+    for candidate in (Path(recorded), Path(plan_path).parent / recorded, Path(plan_path).parent / Path(recorded).name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def plan_policy(plan: Any, plan_path: str | Path, note: Note = _stderr) -> Any:
+    """The plan's adaptive policy: stored in the plan, else rebuilt from its profile (plans made
+    before policies existed), else None with a one-line note (the plan then runs static)."""
+    from polyplan.planner.policy import Policy, policy_for_plan
+
+    if len(plan.names) < 2:
+        return None
+    if plan.policy is not None:
+        return Policy.from_dict(plan.policy, f"{plan_path}: policy")
+    profile_path = plan_profile_path(plan, plan_path)
+    if profile_path is None:
+        note(
+            f"note: {plan_path} has no adaptive policy and its profile is not at hand: running it static "
+            "(re-run `polyplan optimize` to add one)"
+        )
+        return None
+    from polyplan.documents.profile import Profile
+    from polyplan.planner.predictors import load_traces
+
+    profile = Profile.load(profile_path)
+    try:
+        traces = load_traces(profile, profile_path) if profile.traces else None
+    except UserError:
+        traces = None
+    return policy_for_plan(plan, profile, traces)
+
+
+def adaptive_controller(policy: Any, drafters: Sequence[Any]) -> Any:
+    """The adaptive controller of ``policy`` over the loaded ``drafters`` (point-mass members are
+    shadow-checked through their ``propose``)."""
+    from polyplan.executor.adaptive import AdaptiveController
+
+    if len(policy.names) != len(drafters):
+        raise UserError(
+            f"the plan's policy is for {len(policy.names)} members ({' <- '.join(policy.names)}), "
+            f"the chain has {len(drafters)}"
+        )
+    return AdaptiveController(policy, {i: d.propose for i, d in enumerate(drafters) if d.point_mass})
+
+
+def chain_from_plan(path: str | Path, pool: str | None = None, *, static: bool = False, note: Note = _stderr) -> Any:
+    """The chain ``polyplan run PLAN`` runs: the plan's members and gammas, adaptive unless ``static``.
+    (A sampling plan's temperature is a ``generate`` argument: ``ChainSpec.from_plan(path).temperature``.)"""
+    from polyplan.documents.plan import Plan
+
+    plan = Plan.load(path)
+    spec = ChainSpec.of_plan(plan)
+    if pool:
+        spec.pool = pool
+    chain = build_chain(spec)
+    if not static:
+        policy = plan_policy(plan, path, note)
+        if policy is not None:
+            chain.controller = adaptive_controller(policy, chain.drafters)
+    return chain

@@ -1,0 +1,138 @@
+"""``AdaptiveController``: re-chooses the chain's setting between target rounds from this
+generation's own acceptance (rule and justification: proofs/adaptive-control.md).
+
+Per (verifier, drafter) pair it keeps exponentially forgotten evidence -- successes and Bernoulli
+trials, ``verification_evidence`` of every verification -- on top of a Beta prior centred on the
+profile's acceptance; per round it looks the posterior means up in the plan's precomputed policy
+(``polyplan.planner.policy.Policy.decide``: a table lookup, no search).
+
+* Forgetting runs on committed tokens: after a round that committed m tokens every pair's
+  evidence is multiplied by ``exp(-m / W)``. A pair that gets no evidence (a bypassed model
+  drafter) thus relaxes back to its prior, which the plan was chosen at, so the level is re-tried
+  after a bounded number of tokens: the re-probe.
+* A point-mass drafter is checked for free on every committed token (shadow check): what it would
+  have proposed given the committed prefix vs the committed token. Under sampling
+  ``E[1{committed = proposed}] = p_target(proposed)``, its acceptance by the target, so the match
+  indicator is unbiased evidence for the pair (target, drafter) whether or not the drafter took
+  part in the round. Its acceptance by an intermediate level j is then estimated around the shadow
+  estimate shifted by the profile's difference between the two pairs, with a prior as strong as
+  the transfer bound ``|alpha(j, pm) - alpha(1, pm)| <= 1 - alpha(1, j)`` allows.
+
+Pure Python; the executor calls it only between target rounds, so every round is a complete
+staged round of a valid chain and the output distribution is the target's whatever it decides."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from polyplan.executor.control import RoundSetting
+from polyplan.theory.control import (
+    posterior_mean,
+    transfer_bound,
+    verification_evidence,
+)
+
+if TYPE_CHECKING:  # the policy is data from the plan; the executor does not import the planner
+    from polyplan.planner.policy import Policy
+
+Pair = tuple[int, int]
+Propose = Callable[[list[int], int], list[int]]
+
+#: the strongest prior the shadow transfer may claim (pseudo-trials)
+MAX_TRANSFER_STRENGTH = 256.0
+
+
+class AdaptiveController:
+    """Chooses each round's members and gammas from a :class:`~polyplan.planner.policy.Policy`.
+
+    ``shadow`` maps a chain index of a point-mass drafter to its ``propose(context, n)``; those
+    drafters are shadow-checked on every committed token (``{}``: no shadow checks)."""
+
+    def __init__(self, policy: Policy, shadow: Mapping[int, Propose] | None = None) -> None:
+        self.policy = policy
+        self.pairs: list[Pair] = sorted(policy.priors)  # (0, j) pairs first: transfers read them
+        self.shadow = {int(j): f for j, f in (shadow or {}).items() if (0, int(j)) in policy.priors}
+        self._bulk = [p for p in self.pairs if not (p[0] == 0 and p[1] in self.shadow)]
+        self.decay = {p: math.exp(-1.0 / policy.window[p]) for p in self.pairs}
+        self.seconds = 0.0  # time spent in start/next_round (the decision cost)
+        self.rounds = 0
+        self._reset(0)
+
+    def _reset(self, seen: int) -> None:
+        self.successes = {p: 0.0 for p in self.pairs}
+        self.trials = {p: 0.0 for p in self.pairs}
+        self._pending = {p: [0, 0] for p in self.pairs}
+        self.seen = seen
+        self.setting: RoundSetting | None = None
+        self.alpha: dict[Pair, float] = dict(self.policy.priors)
+
+    # ---- the Controller protocol -------------------------------------------------------------
+    def start(self, chain_size: int, prompt: list[int]) -> RoundSetting:
+        started = time.perf_counter()
+        if chain_size != len(self.policy.names):
+            raise ValueError(f"the policy is for a chain of {len(self.policy.names)} members, not {chain_size}")
+        self._reset(len(prompt))
+        self.rounds = 0
+        setting = self._decide()
+        self.seconds += time.perf_counter() - started
+        return setting
+
+    def observe(self, verifier: int, drafter: int, drafted: int, accepted: int) -> None:
+        pending = self._pending.get((verifier, drafter))
+        if pending is None or (verifier == 0 and drafter in self.shadow):
+            return  # unknown pair, or one the shadow checks measure on every committed token
+        s, n = verification_evidence(drafted, accepted)
+        pending[0] += s
+        pending[1] += n
+
+    def next_round(self, tokens: list[int]) -> RoundSetting:
+        started = time.perf_counter()
+        new = len(tokens) - self.seen
+        for pair in self._bulk:
+            factor = self.decay[pair] ** max(new, 0)
+            pending = self._pending[pair]
+            self.successes[pair] = self.successes[pair] * factor + pending[0]
+            self.trials[pair] = self.trials[pair] * factor + pending[1]
+            pending[0] = pending[1] = 0
+        for j, propose in self.shadow.items():
+            self._shadow_check((0, j), propose, tokens)
+        self.seen = len(tokens)
+        self.rounds += 1
+        setting = self._decide()
+        self.seconds += time.perf_counter() - started
+        return setting
+
+    # ---- estimates and decisions ---------------------------------------------------------------
+    def _shadow_check(self, pair: Pair, propose: Propose, tokens: list[int]) -> None:
+        """Evidence of every newly committed token, forgotten per token like everything else."""
+        s, n, decay = self.successes[pair], self.trials[pair], self.decay[pair]
+        for t in range(self.seen, len(tokens)):
+            guess = propose(tokens[:t], 1)
+            s = s * decay + (1.0 if guess and int(guess[0]) == tokens[t] else 0.0)
+            n = n * decay + 1.0
+        self.successes[pair], self.trials[pair] = s, n
+
+    def estimates(self) -> dict[Pair, float]:
+        """Posterior mean acceptance of every pair the policy uses."""
+        policy, alpha = self.policy, {}
+        for pair in self.pairs:
+            v, d = pair
+            prior, strength = policy.priors[pair], policy.prior_strength[pair]
+            if v != 0 and d in self.shadow and (0, d) in alpha and (0, v) in alpha:
+                # centred on the shadow estimate, shifted as in the profile; as sure as the bound
+                prior = min(1.0, max(0.0, alpha[(0, d)] + policy.priors[pair] - policy.priors[(0, d)]))
+                bound = max(transfer_bound(alpha[(0, v)]), 1e-3)
+                strength = min(MAX_TRANSFER_STRENGTH, max(1.0, prior * (1 - prior) / bound**2 - 1))
+            alpha[pair] = posterior_mean(prior, strength, self.successes[pair], self.trials[pair])
+        return alpha
+
+    def _decide(self) -> RoundSetting:
+        self.alpha = self.estimates()
+        current = self.setting.members if self.setting is not None else None
+        decision = self.policy.decide(self.alpha, current)
+        if self.setting is None or (decision.members, decision.gammas) != (self.setting.members, self.setting.gammas):
+            self.setting = RoundSetting(decision.members, decision.gammas, self.policy.reason(decision, self.alpha))
+        return self.setting

@@ -1,0 +1,195 @@
+"""AdaptiveController on synthetic observe()/next_round() streams (no model runs).
+
+The policy is the committed SmolLM2 plan's (target fp32 <- bf16 <- n-gram, gammas 11, 5). A round
+is emulated from its setting: the target verifies a block of gamma_2 tokens from the level below
+with i.i.d. acceptance; the n-gram is shadow-checked through a scripted proposer."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from polyplan.documents import Profile
+from polyplan.executor.adaptive import AdaptiveController
+from polyplan.planner.policy import build_policy
+from polyplan.planner.predictors import load_traces
+from polyplan.theory.control import relax_tokens
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiles" / "smollm2-cpu.json"
+NAMES = ["smollm2-135m", "smollm2-135m:bf16", "ngram"]
+PROMPT = list(range(1000, 1040))
+
+
+@pytest.fixture(scope="module")
+def policy():
+    profile = Profile.load(PROFILE)
+    return build_policy(profile, NAMES, [11, 5], mode="greedy", context=113.875, traces=load_traces(profile, PROFILE))
+
+
+class World:
+    """Committed tokens are 0, 1, 2, ...; the n-gram's guess at position t is right with
+    probability ``a_pm`` (decided once per position); the target accepts bf16 drafts at ``a_model``."""
+
+    def __init__(self, a_model: float, a_pm: float, seed: int = 0) -> None:
+        self.a_model, self.a_pm = a_model, a_pm
+        self.rng = random.Random(seed)
+        self.right: dict[int, bool] = {}
+        self.tokens = list(PROMPT)
+        self.proposals = 0
+
+    def propose(self, context: list[int], n: int) -> list[int]:
+        self.proposals += 1
+        t = len(context)
+        if t not in self.right:
+            self.right[t] = self.rng.random() < self.a_pm
+        return [self.token(t) if self.right[t] else -1][:n]
+
+    def token(self, t: int) -> int:
+        return PROMPT[t] if t < len(PROMPT) else t
+
+    def round(self, controller: AdaptiveController, setting) -> None:
+        members, gammas = setting.members, setting.gammas
+        if len(members) == 1:
+            new = 1
+        else:
+            top_drafter, g = members[1], gammas[0]
+            rate = self.a_model if top_drafter == 1 else self.a_pm
+            accepted = 0
+            while accepted < g and self.rng.random() < rate:
+                accepted += 1
+            controller.observe(0, top_drafter, g, accepted)
+            if len(members) == 3:
+                controller.observe(1, 2, gammas[1], 0 if self.rng.random() > self.a_pm else gammas[1])
+            new = accepted + 1
+        self.tokens.extend(self.token(len(self.tokens) + i) for i in range(new))
+
+    def run(self, controller: AdaptiveController, rounds: int) -> list:
+        setting = controller.start(3, list(PROMPT))
+        history = [setting]
+        for _ in range(rounds):
+            self.round(controller, setting)
+            setting = controller.next_round(self.tokens)
+            history.append(setting)
+        return history
+
+
+def test_starts_on_the_plan_at_the_profiles_acceptance(policy):
+    setting = AdaptiveController(policy).start(3, PROMPT)
+    assert (setting.members, setting.gammas) == ((0, 1, 2), (11, 5))
+    assert "plan" in setting.reason
+
+
+def test_stays_on_the_plan_where_the_profile_fits(policy):
+    world = World(0.982, 0.47, seed=3)
+    history = world.run(AdaptiveController(policy, {2: world.propose}), 40)
+    assert sum(s.members == (0, 1, 2) for s in history) >= 0.9 * len(history)
+
+
+def test_a_useless_ngram_is_dropped_or_cut_to_gamma_one(policy):
+    world = World(0.982, 0.02, seed=4)
+    controller = AdaptiveController(policy, {2: world.propose})
+    history = world.run(controller, 30)
+    late = history[10:]
+    assert all(s.members == (0, 1) or (s.members == (0, 1, 2) and s.gammas[1] == 1) for s in late)
+    assert controller.alpha[(0, 2)] < 0.15 and controller.alpha[(1, 2)] < 0.15
+
+
+def test_autoregressive_when_nothing_is_accepted(policy):
+    world = World(0.0, 0.0, seed=5)
+    controller = AdaptiveController(policy, {2: world.propose})
+    history = world.run(controller, 200)
+    assert history[-1].members == (0,)
+    assert "autoregressive" in history[-1].reason
+
+
+def test_a_bypassed_model_drafter_is_re_probed_after_the_predicted_interval(policy):
+    """bf16 useless: it is driven out; with no evidence while bypassed its estimate relaxes to the
+    prior and the level is re-tried after about relax_tokens (then driven out again)."""
+    world = World(0.0, 0.0, seed=6)
+    controller = AdaptiveController(policy, {2: world.propose})
+    setting = controller.start(3, list(PROMPT))
+    pair = (0, 1)
+    out_at = back_at = None
+    for _ in range(400):
+        world.round(controller, setting)
+        setting = controller.next_round(world.tokens)
+        if out_at is None and setting.members == (0,):
+            out_at, trials, estimate = len(world.tokens), controller.trials[pair], controller.alpha[pair]
+        elif out_at is not None and 1 in setting.members:
+            back_at = len(world.tokens)
+            break
+    assert out_at is not None and back_at is not None, "a bypassed drafter must be re-tried"
+    threshold = next(
+        a / 1000
+        for a in range(500, 1000)
+        if 1
+        in policy.decide(
+            {(0, 1): a / 1000, (0, 2): controller.alpha[(0, 2)], (1, 2): controller.alpha[(1, 2)]}, current=(0,)
+        ).members
+    )
+    predicted = relax_tokens(
+        policy.window[pair], trials, estimate, threshold, policy.priors[pair], policy.prior_strength[pair]
+    )
+    assert 10 < predicted < 1000
+    assert 0.7 * predicted - 2 <= back_at - out_at <= 1.3 * predicted + 2
+
+
+def test_estimates_converge_to_the_true_rate(policy):
+    """With a weak prior and a long memory the posterior mean tracks the evidence without bias
+    (the capped-geometric evidence: accepted successes, one failure per rejection)."""
+    import copy
+
+    weak = copy.deepcopy(policy)
+    weak.prior_strength = {p: 1.0 for p in weak.priors}
+    weak.window = {p: 5000.0 for p in weak.priors}
+    world = World(0.6, 0.3, seed=7)
+    controller = AdaptiveController(weak, {2: world.propose})
+    for _ in range(600):
+        world.round(controller, controller.setting or controller.start(3, list(PROMPT)))
+        controller.next_round(world.tokens)
+    assert controller.alpha[(0, 2)] == pytest.approx(0.3, abs=0.04)
+    if controller.trials[(0, 1)] > 200:
+        assert controller.alpha[(0, 1)] == pytest.approx(0.6, abs=0.05)
+
+
+def test_shadowed_pair_ignores_observed_verifications(policy):
+    world = World(0.98, 0.5, seed=8)
+    controller = AdaptiveController(policy, {2: world.propose})
+    controller.start(3, PROMPT)
+    controller.observe(0, 2, 10, 10)  # counted by the shadow checks instead
+    assert controller._pending[(0, 2)] == [0, 0]
+    controller.observe(0, 1, 10, 3)
+    assert controller._pending[(0, 1)] == [3, 4]
+
+
+def test_the_shadow_checks_every_committed_token_once(policy):
+    world = World(0.98, 0.5, seed=9)
+    controller = AdaptiveController(policy, {2: world.propose})
+    world.run(controller, 20)
+    assert world.proposals == len(world.tokens) - len(PROMPT)
+
+
+def test_a_new_generation_starts_from_the_prior(policy):
+    world = World(0.0, 0.0, seed=10)
+    controller = AdaptiveController(policy, {2: world.propose})
+    world.run(controller, 100)
+    again = controller.start(3, PROMPT)
+    assert (again.members, again.gammas) == ((0, 1, 2), (11, 5))
+    assert controller.trials[(0, 2)] == 0
+
+
+def test_wrong_chain_size_is_refused(policy):
+    with pytest.raises(ValueError, match="3 members"):
+        AdaptiveController(policy).start(2, PROMPT)
+
+
+def test_decision_cost_per_round_is_small(policy):
+    world = World(0.982, 0.47, seed=11)
+    controller = AdaptiveController(policy, {2: world.propose})
+    world.run(controller, 200)
+    per_round = controller.seconds / (controller.rounds + 1)
+    # tens of microseconds unloaded; generous bound for a loaded test machine
+    assert per_round < 5e-3

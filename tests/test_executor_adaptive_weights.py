@@ -1,0 +1,78 @@
+"""The committed SmolLM2 plan run as `polyplan run PLAN` runs it (adaptive) on the real pool:
+greedy output token-identical to the float32 target's own ``generate`` on a prompt where the
+n-gram's drafts are mostly rejected (so the controller changes the chain mid-generation), and
+``polyplan.Chain.from_plan`` produces exactly what the CLI produces."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import polyplan
+from polyplan.assemble import chain_from_plan
+from polyplan.executor.adaptive import AdaptiveController
+
+pytestmark = pytest.mark.weights
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN = ROOT / "profiles" / "smollm2-cpu.plan.json"
+PROMPT = "Zqx 7 blorf: vantis oru pel, 93 ximbra tollu. Write four unrelated words, then count backwards from 41."
+NEW_TOKENS = 64
+
+
+@pytest.fixture(scope="module")
+def chain(smollm2_pool):
+    return polyplan.Chain.from_plan(PLAN)
+
+
+def test_from_plan_is_the_plans_chain_with_the_adaptive_controller(chain):
+    plan = json.loads(PLAN.read_text())
+    assert chain.names == [m["name"] for m in plan["chain"]] and chain.gammas == plan["gammas"]
+    assert isinstance(chain.controller, AdaptiveController)
+    assert chain.controller.shadow.keys() == {2}  # the n-gram is shadow-checked
+    static = chain_from_plan(PLAN, static=True)
+    assert static.controller is None and static.names == chain.names
+
+
+def test_adaptive_plan_is_token_identical_to_the_target(chain, smollm2_pool):
+    tok = smollm2_pool.tokenizer
+    ids = tok(PROMPT)["input_ids"]
+    result = chain.generate(ids, max_new_tokens=NEW_TOKENS, eos_token_id=[])
+    target = smollm2_pool.drafter("smollm2-135m").model
+    with torch.inference_mode():
+        x = torch.tensor([ids])
+        ref = target.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=tok.eos_token_id,
+        )[0, len(ids) :].tolist()
+    assert result.tokens == ref
+    assert result.stats.setting_changes, "the controller never changed the chain on a hostile prompt"
+    # decision cost: a small fraction of the generation's wall time
+    assert chain.controller.seconds < 0.05 * result.stats.wall_time_s
+
+
+def test_from_plan_generates_what_polyplan_run_generates(chain, smollm2_pool):
+    out = subprocess.run(
+        [sys.executable, "-m", "polyplan.cli", "run", str(PLAN), PROMPT, "--max-new-tokens", "24", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    ids = smollm2_pool.tokenizer(PROMPT)["input_ids"]
+    mine = chain.generate(ids, max_new_tokens=24)
+    assert doc["tokens"] == mine.tokens
+    assert [(c["at_token"], c["members"], c["gammas"]) for c in doc["stats"]["setting_changes"]] == [
+        (c["at_token"], c["members"], c["gammas"]) for c in mine.stats.setting_changes
+    ]
