@@ -53,23 +53,29 @@ def main() -> None:
         for ids in prompts:
             for k, ch in chains.items():  # interleaved: A B C A B C ...
                 r = ch.generate(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_token_id=[])
-                rows[k].append({
-                    "overhead_fraction": r.stats.overhead_fraction,
-                    "tokens_per_second": r.stats.tokens_per_second,
-                    "mean_acceptance_length": r.stats.levels[0].mean_acceptance_length or 1.0,
-                    "wall_time_s": r.stats.wall_time_s,
-                })
-    summary = {
-        k: {m: statistics.median(row[m] for row in v) for m in v[0]} for k, v in rows.items()
-    }
+                rows[k].append(
+                    {
+                        "overhead_fraction": r.stats.overhead_fraction,
+                        "tokens_per_second": r.stats.tokens_per_second,
+                        "mean_acceptance_length": r.stats.levels[0].mean_acceptance_length or 1.0,
+                        "wall_time_s": r.stats.wall_time_s,
+                    }
+                )
+    summary = {k: {m: statistics.median(row[m] for row in v) for m in v[0]} for k, v in rows.items()}
     print(f"{'chain':22s} {'overhead %':>10s} {'tok/s':>8s} {'accept len':>10s}")
     for k, s in summary.items():
-        print(f"{k:22s} {100 * s['overhead_fraction']:10.2f} {s['tokens_per_second']:8.2f} "
-              f"{s['mean_acceptance_length']:10.2f}")
+        print(
+            f"{k:22s} {100 * s['overhead_fraction']:10.2f} {s['tokens_per_second']:8.2f} "
+            f"{s['mean_acceptance_length']:10.2f}"
+        )
     doc = {
-        "benchmark": "executor_overhead", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": platform.platform(), "cpu_count": torch.get_num_threads(), "args": vars(args),
-        "summary": summary, "runs": rows,
+        "benchmark": "executor_overhead",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": platform.platform(),
+        "cpu_count": torch.get_num_threads(),
+        "args": vars(args),
+        "summary": summary,
+        "runs": rows,
     }
     if args.json_path:
         with open(args.json_path, "w") as f:

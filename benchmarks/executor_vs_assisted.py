@@ -50,10 +50,15 @@ def main() -> None:
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = target.model.generate(
-                x, attention_mask=torch.ones_like(x), assistant_model=assistant.model, do_sample=False,
-                max_new_tokens=args.max_new_tokens, eos_token_id=None, pad_token_id=tok.eos_token_id,
+                x,
+                attention_mask=torch.ones_like(x),
+                assistant_model=assistant.model,
+                do_sample=False,
+                max_new_tokens=args.max_new_tokens,
+                eos_token_id=None,
+                pad_token_id=tok.eos_token_id,
             )
-        return out[0, len(ids):].tolist(), time.perf_counter() - t0
+        return out[0, len(ids) :].tolist(), time.perf_counter() - t0
 
     def run_polyplan(ids: list[int]) -> tuple[list[int], float]:
         t0 = time.perf_counter()
@@ -77,14 +82,26 @@ def main() -> None:
     print(f"target {args.target}, assistant {args.assistant}, gamma {args.gamma}, {n} runs each, interleaved")
     for k, v in med.items():
         print(f"{k:13s} median {1000 * v:8.2f} ms/token  ({1 / v:6.2f} tok/s)")
-    print(f"speed ratio transformers/polyplan: median {statistics.median(ratios):.3f}; identical outputs {identical}/{n}")
+    print(
+        f"speed ratio transformers/polyplan: median {statistics.median(ratios):.3f}; identical outputs {identical}/{n}"
+    )
     if args.json_path:
         with open(args.json_path, "w") as f:
-            json.dump({
-                "benchmark": "executor_vs_assisted", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "machine": platform.platform(), "args": vars(args), "median_s_per_token": med,
-                "median_ratio": statistics.median(ratios), "ratios": ratios, "identical": identical, "runs": n,
-            }, f, indent=2)
+            json.dump(
+                {
+                    "benchmark": "executor_vs_assisted",
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "machine": platform.platform(),
+                    "args": vars(args),
+                    "median_s_per_token": med,
+                    "median_ratio": statistics.median(ratios),
+                    "ratios": ratios,
+                    "identical": identical,
+                    "runs": n,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -116,13 +116,20 @@ def main() -> None:
             "greedy_acceptance": 1.0 if name == pool.target else greedy_acceptance(d, sequences),
         }
         rows.append(row)
-        print(f"{name:28s} {row['latency_ms']:9.3f} ms/token   greedy acceptance {row['greedy_acceptance']:.3f}", flush=True)
+        print(
+            f"{name:28s} {row['latency_ms']:9.3f} ms/token   greedy acceptance {row['greedy_acceptance']:.3f}",
+            flush=True,
+        )
 
     meta = {
-        "pool": pool.name, "target": pool.target, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "pool": pool.name,
+        "target": pool.target,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"threads {torch.get_num_threads()}",
-        "load_average": os.getloadavg(), "context": args.context, "prompts": [p.id for p in prompts],
+        f"threads {torch.get_num_threads()}",
+        "load_average": os.getloadavg(),
+        "context": args.context,
+        "prompts": [p.id for p in prompts],
         "generated_tokens": sum(len(s) - n for n, s in sequences),
     }
     print(json.dumps(meta))

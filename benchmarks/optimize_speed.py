@@ -90,7 +90,9 @@ def main() -> None:
                     "within_5s": secs < 5.0,
                 }
             )
-            print(f"{label:22s} {secs:7.2f} s  {len(result.ranked):3d} chains  -> {' > '.join(plan.names)} {plan.gammas}")
+            print(
+                f"{label:22s} {secs:7.2f} s  {len(result.ranked):3d} chains  -> {' > '.join(plan.names)} {plan.gammas}"
+            )
     doc = {"machine": f"{platform.processor() or platform.machine()}, python {sys.version.split()[0]}", "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2))

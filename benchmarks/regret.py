@@ -62,9 +62,19 @@ def main() -> None:
     try:
         plan = Plan.load(args.plan)
         pool = load_pool(args.pool or plan.profile.get("pool", ""))
-        doc = run_bench(plan, args.plan, pool=pool, prompts=args.prompts, repeats=args.repeats,
-                        max_new_tokens=args.max_new_tokens, seed=args.seed, grid=True, hf=False,
-                        log=lambda m: print(m, file=sys.stderr), prompts_file=args.prompts_file)
+        doc = run_bench(
+            plan,
+            args.plan,
+            pool=pool,
+            prompts=args.prompts,
+            repeats=args.repeats,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+            grid=True,
+            hf=False,
+            log=lambda m: print(m, file=sys.stderr),
+            prompts_file=args.prompts_file,
+        )
     except UserError as e:
         sys.exit(f"regret.py: error: {e}")
     doc["prediction_error"] = error_summary(doc)
@@ -72,10 +82,15 @@ def main() -> None:
     save_markdown(args.output.with_suffix(".md"), doc)
     print(markdown_table(doc))
     for name, s in doc["prediction_error"].items():
-        speedup = ("" if s["median_speedup_error"] is None else
-                   f" (speedup: median {s['median_speedup_error'] * 100:.1f}%, max {s['max_speedup_error'] * 100:.1f}%)")
-        print(f"{name}: median error {s['median_error'] * 100:.1f}%, max {s['max_error'] * 100:.1f}%{speedup} over "
-              f"{s['points']} plans; its pick {s['picks']} has regret {s['regret_of_its_pick'] * 100:.1f}%")
+        speedup = (
+            ""
+            if s["median_speedup_error"] is None
+            else f" (speedup: median {s['median_speedup_error'] * 100:.1f}%, max {s['max_speedup_error'] * 100:.1f}%)"
+        )
+        print(
+            f"{name}: median error {s['median_error'] * 100:.1f}%, max {s['max_error'] * 100:.1f}%{speedup} over "
+            f"{s['points']} plans; its pick {s['picks']} has regret {s['regret_of_its_pick'] * 100:.1f}%"
+        )
 
 
 if __name__ == "__main__":

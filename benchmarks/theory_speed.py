@@ -41,25 +41,36 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results = {}
-    for name, gamma, latency in [("depth4_gamma16_constant", [16, 16, 16], LATENCY4),
-                                 ("depth4_gamma16_curves", [16, 16, 16], CURVES4),
-                                 ("depth4_gamma8_4_2_constant", [8, 4, 2], LATENCY4)]:
-        times = per_call_seconds(lambda gamma=gamma, latency=latency: predict_chain(ALPHA4, gamma, latency), args.repeats)
+    for name, gamma, latency in [
+        ("depth4_gamma16_constant", [16, 16, 16], LATENCY4),
+        ("depth4_gamma16_curves", [16, 16, 16], CURVES4),
+        ("depth4_gamma8_4_2_constant", [8, 4, 2], LATENCY4),
+    ]:
+        times = per_call_seconds(
+            lambda gamma=gamma, latency=latency: predict_chain(ALPHA4, gamma, latency), args.repeats
+        )
         results[name] = {"median_ms": 1e3 * statistics.median(times), "max_ms": 1e3 * max(times)}
     # every gamma combination 1..16 at depth 4 (the exhaustive search's workload), one call each
     start = time.perf_counter()
     best, _ = search_gammas(ALPHA4, LATENCY4, max_gamma=16, exhaustive_limit=16**3)
     elapsed = time.perf_counter() - start
-    results["search_gammas_depth4_exhaustive_4096"] = {"total_s": elapsed, "per_eval_ms": 1e3 * elapsed / 16**3,
-                                                       "best": best}
+    results["search_gammas_depth4_exhaustive_4096"] = {
+        "total_s": elapsed,
+        "per_eval_ms": 1e3 * elapsed / 16**3,
+        "best": best,
+    }
     start = time.perf_counter()
     best, _ = search_gammas(ALPHA4, LATENCY4, max_gamma=16, exhaustive_limit=1)
     results["search_gammas_depth4_coordinate_descent"] = {"total_s": time.perf_counter() - start, "best": best}
     times = per_call_seconds(lambda: predict_chain_exact([0.9, 0.6], [6, 3], [1, 0.3, 0.02]), 20)
     results["exact_fraction_depth3_gamma6_3"] = {"median_ms": 1e3 * statistics.median(times)}
-    machine = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-               "cores": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
-               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    machine = {
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "load_avg_1min": os.getloadavg()[0],
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     if args.json:
         print(json.dumps({"machine": machine, "results": results}, indent=2))
         return

@@ -22,7 +22,6 @@ root = typer.Typer(
 )
 
 
-
 @root.callback()
 def _root() -> None:
     """Plan, run and measure multi-model (polybasic) speculative decoding."""

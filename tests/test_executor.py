@@ -29,9 +29,10 @@ def hf_greedy(prompt: list[int], n: int) -> list[int]:
     if n == 0:
         return []
     ids = torch.tensor([prompt])
-    out = TARGET.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                          eos_token_id=None, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+    out = TARGET.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    return out[0, len(prompt) :].tolist()
 
 
 CHAINS = [
@@ -41,7 +42,9 @@ CHAINS = [
     pytest.param([TARGET, ROUGH, RANDOM], [5, 2], id="depth3"),
     pytest.param([TARGET, CLOSE, ROUGH, RANDOM], [6, 3, 1], id="depth4"),
     pytest.param([TARGET, CLOSE, CountingPointMass(VOCAB, [5, 6, 7])], [4, 3], id="depth3-pointmass"),
-    pytest.param([TARGET, CLOSE, ROUGH, CountingPointMass(VOCAB, [1, 2], max_len=1)], [3, 2, 4], id="depth4-pointmass-short"),
+    pytest.param(
+        [TARGET, CLOSE, ROUGH, CountingPointMass(VOCAB, [1, 2], max_len=1)], [3, 2, 4], id="depth4-pointmass-short"
+    ),
 ]
 
 
@@ -97,9 +100,10 @@ def test_eos_inside_an_accepted_block_stops_there():
     assert r.tokens == reference[: first + 1] and r.finish_reason == "eos"
     # and it matches transformers' own stopping
     ids = torch.tensor([prompt])
-    hf = TARGET.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False,
-                         eos_token_id=eos, pad_token_id=0)
-    assert r.tokens == hf[0, len(prompt):].tolist()
+    hf = TARGET.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False, eos_token_id=eos, pad_token_id=0
+    )
+    assert r.tokens == hf[0, len(prompt) :].tolist()
     streamed = []
     never = next(t for t in range(VOCAB) if t not in reference)
     chain.generate(prompt, max_new_tokens=40, eos_token_id=[never, eos], stream=streamed.extend)
@@ -129,8 +133,9 @@ def test_context_limit():
     r = chain.generate(list(range(10)), max_new_tokens=10, eos_token_id=[])  # exactly fills the context
     assert len(r.tokens) == 10
     ids = torch.tensor([list(range(10))])
-    ref = small.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)
+    ref = small.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
     assert r.tokens == ref[0, 10:].tolist()
     with pytest.raises(UserError, match="exceed the context"):
         chain.generate(list(range(10)), max_new_tokens=11)
@@ -173,8 +178,13 @@ def test_point_mass_must_be_at_the_bottom():
 
 def test_bad_sampling_parameters_refused():
     chain = Chain([TARGET])
-    for kwargs in [dict(temperature=-1.0), dict(temperature=1.0, top_k=0), dict(temperature=1.0, top_p=0.0),
-                   dict(temperature=1.0, top_p=1.5), dict(temperature=float("nan"))]:
+    for kwargs in [
+        dict(temperature=-1.0),
+        dict(temperature=1.0, top_k=0),
+        dict(temperature=1.0, top_p=0.0),
+        dict(temperature=1.0, top_p=1.5),
+        dict(temperature=float("nan")),
+    ]:
         with pytest.raises(UserError):
             chain.generate([1, 2], max_new_tokens=2, **kwargs)
 

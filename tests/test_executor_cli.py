@@ -36,20 +36,23 @@ def model_dirs(tmp_path_factory):
 
 
 def polyplan(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "polyplan.cli", *args], input=stdin, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "polyplan.cli", *args], input=stdin, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_run_json_matches_target_generate(model_dirs):
     target_dir, draft_dir, target = model_dirs
-    out = polyplan("run", "w3 w4 w5", "--chain", f"{target_dir},{draft_dir}", "--gammas", "3",
-                   "--max-new-tokens", "12", "--json")
+    out = polyplan(
+        "run", "w3 w4 w5", "--chain", f"{target_dir},{draft_dir}", "--gammas", "3", "--max-new-tokens", "12", "--json"
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["gammas"] == [3] and len(doc["chain"]) == 2
     ids = torch.tensor([[3 + 2, 4 + 2, 5 + 2]])
-    ref = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
-                          eos_token_id=1, pad_token_id=1)[0, 3:].tolist()
+    ref = target.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False, eos_token_id=1, pad_token_id=1
+    )[0, 3:].tolist()
     assert doc["tokens"] == ref
     assert doc["stats"]["levels"][0]["num_drafts"] >= 1
 
@@ -58,8 +61,20 @@ def test_run_streams_text_from_stdin_with_stats(model_dirs):
     from transformers import PreTrainedTokenizerFast
 
     target_dir, draft_dir, target = model_dirs
-    sampling = ["--chain", f"{target_dir},{draft_dir}", "--gammas", "2", "--max-new-tokens", "16",
-                "--temperature", "2.0", "--top-k", "2", "--seed", "5"]
+    sampling = [
+        "--chain",
+        f"{target_dir},{draft_dir}",
+        "--gammas",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--temperature",
+        "2.0",
+        "--top-k",
+        "2",
+        "--seed",
+        "5",
+    ]
     out = polyplan("run", *sampling, "--stats", stdin="w7 w8")
     assert out.returncode == 0, out.stderr
     doc = json.loads(polyplan("run", *sampling, "--json", stdin="w7 w8").stdout)
@@ -83,9 +98,22 @@ def test_run_reads_top_k_0_and_top_p_1_as_off(model_dirs, capsys):
     target_dir, draft_dir, _ = model_dirs
     outputs = []
     for top_k, top_p in [(None, None), (0, 1.0)]:
-        run_command(args=["w1 w2"], pool=None, chain=f"{target_dir},{draft_dir}", gammas="2", plan=None,
-                    prompt_file=None, chat=False, max_new_tokens=12, temperature=1.5, top_k=top_k, top_p=top_p,
-                    seed=4, stats=False, as_json=True)
+        run_command(
+            args=["w1 w2"],
+            pool=None,
+            chain=f"{target_dir},{draft_dir}",
+            gammas="2",
+            plan=None,
+            prompt_file=None,
+            chat=False,
+            max_new_tokens=12,
+            temperature=1.5,
+            top_k=top_k,
+            top_p=top_p,
+            seed=4,
+            stats=False,
+            as_json=True,
+        )
         outputs.append(json.loads(capsys.readouterr().out)["tokens"])
     assert outputs[0] == outputs[1] and len(outputs[0]) == 12
 
@@ -99,21 +127,37 @@ def test_run_bad_input_is_one_line(model_dirs):
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(gammas="0"), "gamma"),
-    (dict(gammas="x"), "comma-separated"),
-    (dict(gammas="3", prompt_file=Path("/nonexistent/prompt.txt")), "cannot read"),
-    (dict(gammas="3", args=["w1", "w2"]), "at most one prompt"),
-    (dict(gammas="3", max_new_tokens=10_000), "exceed the context"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(gammas="0"), "gamma"),
+        (dict(gammas="x"), "comma-separated"),
+        (dict(gammas="3", prompt_file=Path("/nonexistent/prompt.txt")), "cannot read"),
+        (dict(gammas="3", args=["w1", "w2"]), "at most one prompt"),
+        (dict(gammas="3", max_new_tokens=10_000), "exceed the context"),
+    ],
+)
 def test_run_bad_input_raises_user_error(model_dirs, kwargs, message):
     from polyplan.commands.run import run_command
     from polyplan.errors import UserError
 
     target_dir, draft_dir, _ = model_dirs
-    call = dict(args=["w1"], pool=None, chain=f"{target_dir},{draft_dir}", gammas=None, plan=None, prompt_file=None,
-                chat=False, max_new_tokens=4, temperature=None, top_k=None, top_p=None, seed=0, stats=False,
-                as_json=True)
+    call = dict(
+        args=["w1"],
+        pool=None,
+        chain=f"{target_dir},{draft_dir}",
+        gammas=None,
+        plan=None,
+        prompt_file=None,
+        chat=False,
+        max_new_tokens=4,
+        temperature=None,
+        top_k=None,
+        top_p=None,
+        seed=0,
+        stats=False,
+        as_json=True,
+    )
     call.update(kwargs)
     if call["prompt_file"] is not None:
         call["args"] = None

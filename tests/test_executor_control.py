@@ -10,10 +10,19 @@ import pytest
 from polyplan import Chain
 from polyplan.executor.control import RoundSetting, StaticController
 from polyplan.executor.sampling import SamplingParams
+
 from test_executor import CLOSE, PROMPTS, RANDOM, ROUGH, TARGET, VOCAB, hf_greedy
-from test_executor_sampling import FAR, L, N, PROMPT, chi_square_p, exact_distribution, sample_counts
-from test_executor_sampling import CLOSE as TABLE_CLOSE
-from test_executor_sampling import TARGET as TABLE_TARGET
+from test_executor_sampling import (
+    CLOSE as TABLE_CLOSE,
+    FAR,
+    PROMPT,
+    TARGET as TABLE_TARGET,
+    L,
+    N,
+    chi_square_p,
+    exact_distribution,
+    sample_counts,
+)
 from tiny_models import CountingPointMass
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -100,8 +109,6 @@ def test_a_controller_bug_is_refused():
 def test_static_controller_is_the_default():
     chain = Chain([TARGET, CLOSE], [3])
     result = chain.generate([4, 5], max_new_tokens=12, eos_token_id=[])
-    assert result.stats.setting_changes == [
-        {"at_token": 0, "members": chain.names, "gammas": [3], "reason": "static"}
-    ]
+    assert result.stats.setting_changes == [{"at_token": 0, "members": chain.names, "gammas": [3], "reason": "static"}]
     explicit = chain.generate([4, 5], max_new_tokens=12, eos_token_id=[], controller=StaticController([3]))
     assert explicit.tokens == result.tokens

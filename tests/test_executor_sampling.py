@@ -43,8 +43,13 @@ def sample_counts(chain: Chain, params: SamplingParams, n: int, length: int, pro
     counts: dict = {}
     for seed in range(n):
         r = chain.generate(
-            prompt, max_new_tokens=length, temperature=params.temperature, top_k=params.top_k,
-            top_p=params.top_p, seed=seed, eos_token_id=[],
+            prompt,
+            max_new_tokens=length,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            seed=seed,
+            eos_token_id=[],
         )
         assert len(r.tokens) == length
         counts[tuple(r.tokens)] = counts.get(tuple(r.tokens), 0) + 1

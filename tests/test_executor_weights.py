@@ -21,8 +21,11 @@ CHAINS = [
     pytest.param(["smollm2-135m", "smollm2-135m:int8"], [5], id="depth2-int8"),
     pytest.param(["smollm2-135m", "prompt-lookup"], [4], id="depth2-prompt-lookup"),
     pytest.param(["smollm2-135m", "smollm2-135m:bf16", "prompt-lookup"], [6, 3], id="depth3-bf16-lookup"),
-    pytest.param(["smollm2-135m", "smollm2-135m:int8", "smollm2-135m:bf16", "prompt-lookup"], [6, 4, 2],
-                 id="depth4-int8-bf16-lookup"),
+    pytest.param(
+        ["smollm2-135m", "smollm2-135m:int8", "smollm2-135m:bf16", "prompt-lookup"],
+        [6, 4, 2],
+        id="depth4-int8-bf16-lookup",
+    ),
 ]
 
 
@@ -35,9 +38,14 @@ def references(smollm2_pool):
     for prompt in load_prompts("eval", limit=N_PROMPTS):
         ids = tok(prompt.text, return_tensors="pt")["input_ids"]
         with torch.inference_mode():
-            gen = target.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
-                                        do_sample=False, pad_token_id=tok.eos_token_id)
-        out.append((ids[0].tolist(), gen[0, ids.shape[1]:].tolist()))
+            gen = target.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=tok.eos_token_id,
+            )
+        out.append((ids[0].tolist(), gen[0, ids.shape[1] :].tolist()))
     return out
 
 

@@ -7,6 +7,7 @@ import pytest
 from polyplan.bench.head_to_head import HeadToHead, plan_vs_target, verdict
 from polyplan.executor.chain import Chain
 from polyplan.models.model_drafter import ModelDrafter
+
 from tiny_models import perturbed_copy, tiny_llama
 
 
@@ -20,12 +21,19 @@ def test_plan_and_target_alone_make_the_same_tokens_and_are_both_timed():
     assert chain.names == ["t", "d"]  # the target-alone chain is built beside it, not in place
 
 
-@pytest.mark.parametrize("plan_s, words", [
-    (1.0, "speculation paid: the plan ran 2.00x"),
-    (1.98, "did not pay on this prompt here: the plan ran at 1.01x"),
-    (5.0, "did NOT pay on this prompt here: the plan ran at 0.40x the target alone, 2.5x slower than not speculating"),
-])
+@pytest.mark.parametrize(
+    "plan_s, words",
+    [
+        (1.0, "speculation paid: the plan ran 2.00x"),
+        (1.98, "did not pay on this prompt here: the plan ran at 1.01x"),
+        (
+            5.0,
+            "did NOT pay on this prompt here: the plan ran at 0.40x the target alone, 2.5x slower than not speculating",
+        ),
+    ],
+)
 def test_verdict_says_plainly_whether_speculation_paid(plan_s, words):
-    h = HeadToHead(plan_seconds=plan_s, target_seconds=2.0, plan_tokens=100, target_tokens=100, repeats=2,
-                   same_output=True)
+    h = HeadToHead(
+        plan_seconds=plan_s, target_seconds=2.0, plan_tokens=100, target_tokens=100, repeats=2, same_output=True
+    )
     assert words in verdict(h)

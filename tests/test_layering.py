@@ -29,8 +29,10 @@ PURE = [
 
 def loaded_by(module: str, watched: tuple[str, ...]) -> list[str]:
     """Which of ``watched`` a fresh interpreter has in sys.modules after importing ``module``."""
-    code = (f"import sys, importlib; importlib.import_module({module!r}); "
-            f"print(','.join(m for m in {watched!r} if m in sys.modules))")
+    code = (
+        f"import sys, importlib; importlib.import_module({module!r}); "
+        f"print(','.join(m for m in {watched!r} if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return [m for m in result.stdout.strip().split(",") if m]

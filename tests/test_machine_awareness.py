@@ -38,9 +38,12 @@ def test_other_gpu_model_is_noticed_on_the_same_cpu():
 
 
 def _plan(tmp_path, chain: list[str], cpu: str):
-    plan = Plan(chain=[{"name": n} for n in chain], gammas=[2] * (len(chain) - 1),
-                prediction={"time_per_token_s": 0.01, "tokens_per_pass": [1.5] * len(chain)},
-                profile={"pool": "smollm2", "machine": {"cpu": cpu, "device": "cpu", "gpu": None}})
+    plan = Plan(
+        chain=[{"name": n} for n in chain],
+        gammas=[2] * (len(chain) - 1),
+        prediction={"time_per_token_s": 0.01, "tokens_per_pass": [1.5] * len(chain)},
+        profile={"pool": "smollm2", "machine": {"cpu": cpu, "device": "cpu", "gpu": None}},
+    )
     path = tmp_path / "plan.json"
     plan.save(path)
     return path

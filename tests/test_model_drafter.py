@@ -89,5 +89,6 @@ def test_last_positions_only():
     part = d.score(ids, last=3)
     assert part.shape == (3, 16) and d.processed == 10
     torch.testing.assert_close(part, full[-3:], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(d.score(ids[:2], last=5), ModelDrafter(model, "c").score(torch.cat([ids, ids[:2]]))[-2:],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        d.score(ids[:2], last=5), ModelDrafter(model, "c").score(torch.cat([ids, ids[:2]]))[-2:], atol=1e-5, rtol=1e-5
+    )

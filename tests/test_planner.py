@@ -44,9 +44,7 @@ def make_profile(
     return Profile(
         pool="synthetic",
         target=target,
-        candidates=[
-            Candidate(name=n, source=f"org/{n}", point_mass=n in point_mass, dtype="bfloat16") for n in costs
-        ],
+        candidates=[Candidate(name=n, source=f"org/{n}", point_mass=n in point_mass, dtype="bfloat16") for n in costs],
         latency={n: curve(t, 0.01) for n, t in costs.items()},
         pairs=[
             AcceptancePair(verifier=v, drafter=d, greedy=a, sampling=a * sampling_factor, positions=1000)
@@ -135,8 +133,11 @@ def test_useless_middle_model_is_excluded_and_the_reason_says_why():
 
 def test_point_mass_drafter_only_at_the_bottom_in_every_order():
     costs = {"target": 1.0, "mid": 0.2, "small": 0.05, "ngram": 0.001}
-    prof = make_profile(costs, all_pairs(costs, lambda v, d: 0.7) | {("ngram", "small"): 0.5, ("ngram", "mid"): 0.5},
-                        point_mass=("ngram",))
+    prof = make_profile(
+        costs,
+        all_pairs(costs, lambda v, d: 0.7) | {("ngram", "small"): 0.5, ("ngram", "mid"): 0.5},
+        point_mass=("ngram",),
+    )
     for all_orders in (False, True):
         chains = list(enumerate_chains(prof, context=64, all_orders=all_orders))
         assert chains, "no chains enumerated"
@@ -169,7 +170,12 @@ def test_chains_without_measured_pairs_are_skipped():
 def test_coordinate_search_matches_exhaustive_on_random_deep_chains():
     rnd = random.Random(1)
     for _ in range(4):
-        costs = {"target": 1.0, "m2": rnd.uniform(0.2, 0.5), "m3": rnd.uniform(0.03, 0.15), "m4": rnd.uniform(0.001, 0.02)}
+        costs = {
+            "target": 1.0,
+            "m2": rnd.uniform(0.2, 0.5),
+            "m3": rnd.uniform(0.03, 0.15),
+            "m4": rnd.uniform(0.001, 0.02),
+        }
         alphas = all_pairs(costs, lambda v, d: rnd.uniform(0.5, 0.95))
         prof = make_profile(costs, alphas)
         pred = IidPredictor(prof)
@@ -267,7 +273,9 @@ def test_cli_optimize_prints_table_and_writes_plan(tmp_path):
     out = tmp_path / "plan.json"
     r = subprocess.run(
         [sys.executable, "-m", "polyplan.cli", "optimize", str(path), "-o", str(out), "--top", "2", "--export", "vllm"],
-        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert r.returncode == 0, r.stderr
     assert "target > mid > tiny" in r.stdout
@@ -291,7 +299,9 @@ def test_cli_optimize_bad_input_is_one_line(tmp_path, args, message):
     args = [a.format(profile=path) for a in args]
     r = subprocess.run(
         [sys.executable, "-m", "polyplan.cli", "optimize", *args, "-o", str(tmp_path / "p.json")],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

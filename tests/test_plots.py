@@ -20,26 +20,53 @@ from polyplan.theory.acceptance import capped_geometric_pmf
 
 NEW_TOKENS = [1, 2, 4, 8, 16, 32]
 COSTS = {"target": 1.0, "mid": 0.25, "tiny": 0.01, "lookup": 0.0005}
-GREEDY = {("target", "mid"): 0.92, ("target", "tiny"): 0.55, ("mid", "tiny"): 0.85,
-          ("target", "lookup"): 0.30, ("mid", "lookup"): 0.32, ("tiny", "lookup"): 0.35}
+GREEDY = {
+    ("target", "mid"): 0.92,
+    ("target", "tiny"): 0.55,
+    ("mid", "tiny"): 0.85,
+    ("target", "lookup"): 0.30,
+    ("mid", "lookup"): 0.32,
+    ("tiny", "lookup"): 0.35,
+}
 CATEGORIES = {"code": 1.05, "chat": 0.9, "math": 1.0}
 
 
 def synthetic_profile(slope: float = 0.01) -> Profile:
     """A pool where a middle model helps: T(n) = T(1) (1 + slope (n - 1)) at two contexts."""
+
     def curve(t1: float) -> LatencyCurve:
         row = [t1 * (1 + slope * (n - 1)) for n in NEW_TOKENS]
-        return LatencyCurve(new_tokens=NEW_TOKENS, context=[64, 512], median_s=[row, [1.1 * x for x in row]],
-                            spread_s=[[0.05 * x for x in row]] * 2, repeats=5)
+        return LatencyCurve(
+            new_tokens=NEW_TOKENS,
+            context=[64, 512],
+            median_s=[row, [1.1 * x for x in row]],
+            spread_s=[[0.05 * x for x in row]] * 2,
+            repeats=5,
+        )
 
-    pairs = [AcceptancePair(verifier=v, drafter=d, greedy=a, sampling=0.9 * a, positions=1000,
-                            by_category={c: {"greedy": min(0.99, a * f), "sampling": 0.9 * a * f, "positions": 300}
-                                         for c, f in CATEGORIES.items()})
-             for (v, d), a in GREEDY.items()]
-    return Profile(pool="synthetic", target="target",
-                   candidates=[Candidate(name=n, source=f"org/{n}", point_mass=n == "lookup") for n in COSTS],
-                   latency={n: curve(t) for n, t in COSTS.items()}, pairs=pairs, temperature=1.0,
-                   machine={"summary": "synthetic"})
+    pairs = [
+        AcceptancePair(
+            verifier=v,
+            drafter=d,
+            greedy=a,
+            sampling=0.9 * a,
+            positions=1000,
+            by_category={
+                c: {"greedy": min(0.99, a * f), "sampling": 0.9 * a * f, "positions": 300}
+                for c, f in CATEGORIES.items()
+            },
+        )
+        for (v, d), a in GREEDY.items()
+    ]
+    return Profile(
+        pool="synthetic",
+        target="target",
+        candidates=[Candidate(name=n, source=f"org/{n}", point_mass=n == "lookup") for n in COSTS],
+        latency={n: curve(t) for n, t in COSTS.items()},
+        pairs=pairs,
+        temperature=1.0,
+        machine={"summary": "synthetic"},
+    )
 
 
 def bench_document(plan: Plan) -> dict:
@@ -47,21 +74,49 @@ def bench_document(plan: Plan) -> dict:
     ar = plan.prediction["autoregressive_time_per_token_s"]
 
     def method(name, chain, gammas, measured, predicted, tokens_per_pass=None):
-        return {"name": name, "label": name, "engine": "polyplan", "chain": chain, "gammas": gammas,
-                "measured": {"time_per_token_s": measured, "speedup": ar / measured,
-                             "mean_acceptance_length": None, "tokens_per_pass": tokens_per_pass},
-                "predicted": predicted, "error": {k: abs(v - measured) / measured for k, v in predicted.items()}}
+        return {
+            "name": name,
+            "label": name,
+            "engine": "polyplan",
+            "chain": chain,
+            "gammas": gammas,
+            "measured": {
+                "time_per_token_s": measured,
+                "speedup": ar / measured,
+                "mean_acceptance_length": None,
+                "tokens_per_pass": tokens_per_pass,
+            },
+            "predicted": predicted,
+            "error": {k: abs(v - measured) / measured for k, v in predicted.items()},
+        }
 
     two = plan.two_level
-    return {"created": "2026-11-25T18:00:00+00:00", "machine": {"summary": "synthetic"},
-            "plan": {"path": "plan.json"},
-            "settings": {}, "regret": None, "runs": [],
-            "methods": [method("autoregressive", ["target"], [], ar, {"iid": ar}),
-                        method("two-level", two["chain"], two["gammas"], two["time_per_token_s"] * 1.2,
-                               {"iid": two["time_per_token_s"]}),
-                        method("plan", plan.names, plan.gammas, plan.time_per_token * 1.3,
-                               {"iid": plan.time_per_token, "replay": plan.time_per_token * 1.25},
-                               [0.8 * x for x in plan.prediction["tokens_per_pass"]])]}
+    return {
+        "created": "2026-11-25T18:00:00+00:00",
+        "machine": {"summary": "synthetic"},
+        "plan": {"path": "plan.json"},
+        "settings": {},
+        "regret": None,
+        "runs": [],
+        "methods": [
+            method("autoregressive", ["target"], [], ar, {"iid": ar}),
+            method(
+                "two-level",
+                two["chain"],
+                two["gammas"],
+                two["time_per_token_s"] * 1.2,
+                {"iid": two["time_per_token_s"]},
+            ),
+            method(
+                "plan",
+                plan.names,
+                plan.gammas,
+                plan.time_per_token * 1.3,
+                {"iid": plan.time_per_token, "replay": plan.time_per_token * 1.25},
+                [0.8 * x for x in plan.prediction["tokens_per_pass"]],
+            ),
+        ],
+    }
 
 
 def write_documents(folder: Path) -> tuple[Path, Path, Path]:
@@ -80,6 +135,7 @@ def documents(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 # ---------------------------------------------------------------------------------------------- theory
+
 
 def test_two_level_surface_breaks_even_on_the_diagonal_and_peaks_in_the_corner():
     alphas = np.linspace(0.05, 0.95, 19)
@@ -152,6 +208,7 @@ def test_exact_model_agrees_with_simulation():
 
 # ---------------------------------------------------------------------------------------------- profile
 
+
 def test_latency_curves_draw_every_context_of_every_candidate():
     profile = synthetic_profile()
     fig = plots.latency_curves(profile)
@@ -179,10 +236,17 @@ def test_acceptance_heatmaps_hold_the_measured_rates():
 
 # ---------------------------------------------------------------------------------------------- plan
 
+
 def test_pareto_front_keeps_only_undominated_chains():
     P = plots.PlanOption
-    options = [P(("t",), (), 1.0), P(("t", "a"), (4,), 0.5), P(("t", "b"), (4,), 0.7),
-               P(("t", "a", "b"), (4, 2), 0.6), P(("t", "a", "c"), (4, 2), 0.4), P(("t", "a", "b", "c"), (4, 2, 1), 0.45)]
+    options = [
+        P(("t",), (), 1.0),
+        P(("t", "a"), (4,), 0.5),
+        P(("t", "b"), (4,), 0.7),
+        P(("t", "a", "b"), (4, 2), 0.6),
+        P(("t", "a", "c"), (4, 2), 0.4),
+        P(("t", "a", "b", "c"), (4, 2, 1), 0.45),
+    ]
     front = plots.pareto_options(options)
     assert [o.chain for o in front] == [("t",), ("t", "a"), ("t", "a", "c")]
     fig = plots.pareto_front(options, chosen=("t", "a", "c"))
@@ -211,18 +275,25 @@ def test_breakdown_with_flat_latency_is_cost_times_passes_per_token(tmp_path):
     alphas = [flat.pair(u, d).greedy for u, d in pairwise(plan.names)]
     costs = [flat.latency[n](1, plan.settings["context"]) for n in plan.names]
     prediction = predict_chain(alphas, plan.gammas, costs)
-    np.testing.assert_allclose(terms, [t * p for t, p in zip(costs, prediction.passes_per_token, strict=True)], rtol=1e-9)
+    np.testing.assert_allclose(
+        terms, [t * p for t, p in zip(costs, prediction.passes_per_token, strict=True)], rtol=1e-9
+    )
 
 
 # ---------------------------------------------------------------------------------------------- bench
+
 
 def test_predicted_vs_measured_shows_each_prediction(documents):
     from polyplan.bench.results import load_results
 
     results = load_results(documents[2])
     points = plots.prediction_points(results)
-    assert [(p.method, p.predictor) for p in points] == [("autoregressive", "iid"), ("two-level", "iid"),
-                                                         ("plan", "iid"), ("plan", "replay")]
+    assert [(p.method, p.predictor) for p in points] == [
+        ("autoregressive", "iid"),
+        ("two-level", "iid"),
+        ("plan", "iid"),
+        ("plan", "replay"),
+    ]
     errors = {(p.method, p.predictor): p.relative_error for p in points}
     assert errors[("plan", "iid")] == pytest.approx(1 / 1.3 - 1) and errors[("autoregressive", "iid")] == 0
     fig = plots.predicted_vs_measured(results)
@@ -250,16 +321,32 @@ def test_levels_measured_against_the_plans_prediction(documents):
 
 # ---------------------------------------------------------------------------------------------- CLI
 
+
 def polyplan(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "polyplan.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "polyplan.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_cli_plot_all_writes_every_doc_figure(documents, tmp_path):
     profile_path, plan_path, bench_path = documents
     out = tmp_path / "figures"
-    run = polyplan("plot", "all", "--out", str(out), "--profile", str(profile_path), "--plan", str(plan_path),
-                   "--bench", str(bench_path), "--dpi", "40", "--grid", "6")
+    run = polyplan(
+        "plot",
+        "all",
+        "--out",
+        str(out),
+        "--profile",
+        str(profile_path),
+        "--plan",
+        str(plan_path),
+        "--bench",
+        str(bench_path),
+        "--dpi",
+        "40",
+        "--grid",
+        "6",
+    )
     assert run.returncode == 0, run.stderr
     from polyplan.plots.writers import DOC_FIGURES
 
@@ -278,16 +365,19 @@ def test_cli_plot_plan_finds_its_profile_and_profile_plot_runs(documents, tmp_pa
     assert (tmp_path / "latency-curves.png").is_file()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["profile", "missing.json"], "does not exist"),
-    (["bench", "{plan}"], "polyplan.bench"),
-    (["plan", "{bench}"], "polyplan.plan"),
-    (["profile", "{profile}", "--mode", "argmax"], "--mode"),
-    (["profile", "{profile}", "--out", "{profile}"], "not a folder"),
-    (["bench", "{bench}", "--dpi", "0"], "--dpi"),
-    (["theory", "--grid", "1"], "--grid"),
-    (["all", "--profile", "nowhere.json"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["profile", "missing.json"], "does not exist"),
+        (["bench", "{plan}"], "polyplan.bench"),
+        (["plan", "{bench}"], "polyplan.plan"),
+        (["profile", "{profile}", "--mode", "argmax"], "--mode"),
+        (["profile", "{profile}", "--out", "{profile}"], "not a folder"),
+        (["bench", "{bench}", "--dpi", "0"], "--dpi"),
+        (["theory", "--grid", "1"], "--grid"),
+        (["all", "--profile", "nowhere.json"], "does not exist"),
+    ],
+)
 def test_cli_plot_bad_input_is_one_line(documents, tmp_path, args, message, monkeypatch, capsys):
     """In-process through the console entry point (a subprocess per case would cost seconds each)."""
     from polyplan.cli import main

@@ -30,6 +30,7 @@ from polyplan.profiler import (
     score_reference,
     sidecar_path,
 )
+
 from tiny_models import tiny_llama
 
 VOCAB = 64
@@ -74,8 +75,12 @@ def make_inputs(models, extra: list[Drafter] = ()) -> ProfileInputs:
     target, other = models
     drafters = [ModelDrafter(target, "target"), ModelDrafter(target, "copy"), ModelDrafter(other, "other"), *extra]
     return ProfileInputs(
-        pool="tiny", target="target", drafters=drafters,
-        candidates=[Candidate(d.name, point_mass=d.point_mass) for d in drafters], encode=encode, eos_ids=[],
+        pool="tiny",
+        target="target",
+        drafters=drafters,
+        candidates=[Candidate(d.name, point_mass=d.point_mass) for d in drafters],
+        encode=encode,
+        eos_ids=[],
     )
 
 
@@ -83,6 +88,7 @@ SMALL = dict(prompts=3, max_new_tokens=12, contexts=[0, 32], new_tokens=[1, 4], 
 
 
 # ---------------------------------------------------------------------------------- latency
+
 
 class SleepyDrafter(Drafter):
     """Scoring n tokens takes at least n milliseconds; records rollbacks."""
@@ -116,7 +122,7 @@ def test_latency_grid_times_each_pass_and_rolls_back(models):
         assert len(row.median_s) == len(row.spread_s) == 3
         assert all(len(s) == 3 for s in row.samples_s)
     # a pass of n tokens cannot take less than the n ms it sleeps: the timer brackets score()
-    for n, med in zip([1, 2, 8], rows["sleepy"].median_s):
+    for n, med in zip([1, 2, 8], rows["sleepy"].median_s, strict=True):
         assert med >= 0.001 * n
     assert rows["sleepy"].median_s[2] > rows["sleepy"].median_s[0]
     # every timed or warm-up pass is rolled back to the cached context, and state is dropped after
@@ -131,6 +137,7 @@ def test_new_token_grid():
 
 
 # -------------------------------------------------------------------------------- acceptance
+
 
 def test_teacher_forced_greedy_equals_direct_comparison(models):
     target, other = models
@@ -244,6 +251,7 @@ def test_processed_probs_temperature_top_k_top_p():
 
 # ---------------------------------------------------------------------------- the whole run
 
+
 def test_profile_run_writes_valid_profile_and_traces(models, tmp_path):
     out = tmp_path / "tiny.json"
     outcome = run_profile(make_inputs(models), out, ProfileSettings(**SMALL))
@@ -307,6 +315,7 @@ def test_budget_stops_between_units_and_rerun_completes(models, tmp_path):
 
 
 # ------------------------------------------------------------------------------- bad input
+
 
 def test_refuses_to_resume_other_settings_without_force(models, tmp_path):
     out = tmp_path / "p.json"
@@ -376,6 +385,7 @@ def test_sidecar_name(tmp_path):
 
 # ------------------------------------------------------------------------------- prompt files
 
+
 def _prompt_file(tmp_path, *texts_and_categories) -> Path:
     path = tmp_path / "mine.jsonl"
     path.write_text("".join(json.dumps({"text": t, "category": c}) + "\n" for t, c in texts_and_categories))
@@ -425,7 +435,9 @@ def test_prompt_longer_than_the_context_fails_before_measuring(models, tmp_path)
     inputs = make_inputs(models)
     inputs.encode = lambda text: [1] * 600 if "LONG" in text else encode(text)  # the tiny models hold 512
     out = tmp_path / "long.json"
-    with pytest.raises(UserError, match=r"mine\.jsonl:2: prompt 'mine-2' needs 600 tokens \+ 1 new but target holds 512"):
+    with pytest.raises(
+        UserError, match=r"mine\.jsonl:2: prompt 'mine-2' needs 600 tokens \+ 1 new but target holds 512"
+    ):
         run_profile(inputs, out, ProfileSettings(**{**SMALL, "prompts_file": str(pf)}))
     assert not out.exists()  # failed before the first latency unit, not after minutes of it
 

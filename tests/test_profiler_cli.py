@@ -46,8 +46,20 @@ def pool_file(tmp_path_factory) -> Path:
     return root / "pool.toml"
 
 
-FAST = ["--prompts", "2", "--max-new-tokens", "8", "--new-tokens", "1,4", "--contexts", "0,16",
-        "--repeats", "2", "--warmup", "0"]
+FAST = [
+    "--prompts",
+    "2",
+    "--max-new-tokens",
+    "8",
+    "--new-tokens",
+    "1,4",
+    "--contexts",
+    "0,16",
+    "--repeats",
+    "2",
+    "--warmup",
+    "0",
+]
 
 
 def polyplan(*args: str):
@@ -103,8 +115,9 @@ def test_cli_profiles_resumes_and_refuses_bad_input(pool_file, tmp_path):
 
 def test_cli_random_weights_marks_candidates_and_skips_acceptance(pool_file, tmp_path):
     out = tmp_path / "random.json"
-    res = polyplan("profile", "--pool", str(pool_file), "-o", str(out), "--members", "big,small",
-                   *FAST, "--random-weights")
+    res = polyplan(
+        "profile", "--pool", str(pool_file), "-o", str(out), "--members", "big,small", *FAST, "--random-weights"
+    )
     assert res.exit_code == 0, res.output
     prof = Profile.load(out)
     assert all(c.random_weights for c in prof.candidates) and not prof.pairs

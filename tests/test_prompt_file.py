@@ -33,12 +33,16 @@ def jsonl(*records: object) -> str:
 
 
 def test_jsonl_with_text_turns_category_and_id(tmp_path):
-    path = write(tmp_path, "mine.jsonl", jsonl(
-        {"id": "a", "category": "math", "text": "What is 2 + 2?", "answer": "4"},
-        "",
-        {"turns": ["Write a haiku.", "Now make it rhyme."], "category": "writing"},
-        {"id": 7, "text": "Hello"},
-    ))
+    path = write(
+        tmp_path,
+        "mine.jsonl",
+        jsonl(
+            {"id": "a", "category": "math", "text": "What is 2 + 2?", "answer": "4"},
+            "",
+            {"turns": ["Write a haiku.", "Now make it rhyme."], "category": "writing"},
+            {"id": 7, "text": "Hello"},
+        ),
+    )
     ps = read_prompt_file(path)
     assert [p.id for p in ps.prompts] == ["a", "mine-3", "7"]
     assert [p.category for p in ps.prompts] == ["math", "writing", "uncategorized"]
@@ -53,8 +57,11 @@ def test_jsonl_with_text_turns_category_and_id(tmp_path):
 def test_plain_text_one_prompt_per_line_and_the_detection_rule(tmp_path):
     text = "Translate 'good morning' into French.\n\n  Explain recursion briefly.\r\n{ a line of code } is text too\n"
     ps = read_prompt_file(write(tmp_path, "list.txt", text))
-    assert [p.text for p in ps.prompts] == ["Translate 'good morning' into French.", "  Explain recursion briefly.",
-                                            "{ a line of code } is text too"]
+    assert [p.text for p in ps.prompts] == [
+        "Translate 'good morning' into French.",
+        "  Explain recursion briefly.",
+        "{ a line of code } is text too",
+    ]
     assert [p.id for p in ps.prompts] == ["list-1", "list-3", "list-4"]
     # no telling suffix: the first non-blank line decides
     assert read_prompt_file(write(tmp_path, "p.prompts", text)).prompts[0].text.startswith("Translate")
@@ -73,22 +80,28 @@ def test_builtin_set_is_the_default_and_has_an_identity():
     assert builtin_prompt_set("fit").prompts[0].split == "fit"
 
 
-@pytest.mark.parametrize("content, message", [
-    ("", r"empty\.jsonl: the prompt file is empty"),
-    ("\n  \n\n", r"empty\.jsonl: the prompt file is empty"),
-    (jsonl({"text": "ok"}, "this is not json"), r"empty\.jsonl:2: not JSON"),
-    (jsonl({"text": "ok"}, {"text": "x"}, '{"text": "cut'), r"empty\.jsonl:3: not JSON"),
-    (jsonl(["a list"]), r":1: expected a JSON object .* found list"),
-    (jsonl({"turns": "one string"}), r":1: \"turns\" must be a list of strings, found str"),
-    (jsonl({"turns": []}), r":1: \"turns\" is empty"),
-    (jsonl({"text": "ok"}, {"turns": ["ok", 3]}), r":2: turn 2 of \"turns\" is not a non-empty string"),
-    (jsonl({"prompt": "hi", "category": "x"}), r":1: no \"text\" or \"turns\" \(keys found: category, prompt\)"),
-    (jsonl({"text": "a", "turns": ["b"]}), r":1: give \"text\" or \"turns\", not both"),
-    (jsonl({"text": "  "}), r":1: \"text\" must be a non-empty string"),
-    (jsonl({"text": "a", "category": 3}), r":1: \"category\" must be a non-empty string"),
-    (jsonl({"text": "a", "id": ["x"]}), r":1: \"id\" must be a non-empty string or an integer"),
-    (jsonl({"text": "a", "id": "x"}, {"text": "b"}, {"text": "c", "id": "x"}), r":3: id 'x' is used again \(first at .*:1\)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", r"empty\.jsonl: the prompt file is empty"),
+        ("\n  \n\n", r"empty\.jsonl: the prompt file is empty"),
+        (jsonl({"text": "ok"}, "this is not json"), r"empty\.jsonl:2: not JSON"),
+        (jsonl({"text": "ok"}, {"text": "x"}, '{"text": "cut'), r"empty\.jsonl:3: not JSON"),
+        (jsonl(["a list"]), r":1: expected a JSON object .* found list"),
+        (jsonl({"turns": "one string"}), r":1: \"turns\" must be a list of strings, found str"),
+        (jsonl({"turns": []}), r":1: \"turns\" is empty"),
+        (jsonl({"text": "ok"}, {"turns": ["ok", 3]}), r":2: turn 2 of \"turns\" is not a non-empty string"),
+        (jsonl({"prompt": "hi", "category": "x"}), r":1: no \"text\" or \"turns\" \(keys found: category, prompt\)"),
+        (jsonl({"text": "a", "turns": ["b"]}), r":1: give \"text\" or \"turns\", not both"),
+        (jsonl({"text": "  "}), r":1: \"text\" must be a non-empty string"),
+        (jsonl({"text": "a", "category": 3}), r":1: \"category\" must be a non-empty string"),
+        (jsonl({"text": "a", "id": ["x"]}), r":1: \"id\" must be a non-empty string or an integer"),
+        (
+            jsonl({"text": "a", "id": "x"}, {"text": "b"}, {"text": "c", "id": "x"}),
+            r":3: id 'x' is used again \(first at .*:1\)",
+        ),
+    ],
+)
 def test_bad_jsonl_is_one_error_naming_file_and_line(tmp_path, content, message):
     path = write(tmp_path, "empty.jsonl", content)
     with pytest.raises(PromptFileError, match=message) as info:
@@ -115,8 +128,11 @@ def test_missing_file_and_directory(tmp_path):
 
 
 def test_categories_select_round_robin_and_unknown_category(tmp_path):
-    path = write(tmp_path, "c.jsonl", jsonl(*(
-        {"id": f"{c}{i}", "category": c, "text": f"{c} {i}"} for c in ("a", "b") for i in range(3))))
+    path = write(
+        tmp_path,
+        "c.jsonl",
+        jsonl(*({"id": f"{c}{i}", "category": c, "text": f"{c} {i}"} for c in ("a", "b") for i in range(3))),
+    )
     ps = read_prompt_file(path)
     assert [p.id for p in ps.select(limit=3)] == ["a0", "b0", "a1"]
     assert [p.id for p in ps.select(categories=["b"], limit=2)] == ["b0", "b1"]
@@ -128,7 +144,9 @@ def test_prompt_longer_than_the_context_names_file_and_line():
     p = Prompt("x", "qa", "file", "long", (), "my.jsonl:12")
     check_prompt_fits(p, 500, 512, 12, "target")
     check_prompt_fits(p, 10**6, None, 64, "lookup")
-    with pytest.raises(PromptFileError, match=r"my\.jsonl:12: prompt 'x' needs 510 tokens \+ 3 new but target holds 512"):
+    with pytest.raises(
+        PromptFileError, match=r"my\.jsonl:12: prompt 'x' needs 510 tokens \+ 3 new but target holds 512"
+    ):
         check_prompt_fits(p, 510, 512, 3, "target")
 
 

@@ -14,11 +14,20 @@ from polyplan.theory import inserted_chain, insertion_gain, predict_chain, simul
 def test_inserted_chain_layout():
     alpha, gamma, latency = [0.9, 0.6], [6, 3], [1.0, 0.3, 0.02]
     assert inserted_chain(alpha, gamma, latency, 2, 0.95, 0.8, 0.5, 4) == (
-        [0.95, 0.8, 0.6], [4, 6, 3], [1.0, 0.5, 0.3, 0.02])
+        [0.95, 0.8, 0.6],
+        [4, 6, 3],
+        [1.0, 0.5, 0.3, 0.02],
+    )
     assert inserted_chain(alpha, gamma, latency, 3, 0.7, 0.65, 0.1, 5) == (
-        [0.9, 0.7, 0.65], [6, 5, 3], [1.0, 0.3, 0.1, 0.02])
+        [0.9, 0.7, 0.65],
+        [6, 5, 3],
+        [1.0, 0.3, 0.1, 0.02],
+    )
     assert inserted_chain(alpha, gamma, latency, 4, 0.5, None, 0.001, 2) == (
-        [0.9, 0.6, 0.5], [6, 3, 2], [1.0, 0.3, 0.02, 0.001])
+        [0.9, 0.6, 0.5],
+        [6, 3, 2],
+        [1.0, 0.3, 0.02, 0.001],
+    )
     assert inserted_chain([], [], [1.0], 2, 0.7, None, 0.1, 4) == ([0.7], [4], [1.0, 0.1])
     for bad in ((1, 0.5, 0.5), (5, 0.5, None), (4, 0.5, 0.5), (3, 0.5, None)):
         with pytest.raises(UserError):
@@ -27,9 +36,17 @@ def test_inserted_chain_layout():
 
 @pytest.mark.parametrize("exact", [False, True])
 def test_decomposition_sums_to_the_exact_change(exact):
-    r = insertion_gain([0.6], [4], [1, Fraction(1, 50)] if exact else [1.0, 0.02], 2,
-                       Fraction(17, 20) if exact else 0.85, Fraction(7, 10) if exact else 0.7,
-                       Fraction(1, 5) if exact else 0.2, 4, exact=exact)
+    r = insertion_gain(
+        [0.6],
+        [4],
+        [1, Fraction(1, 50)] if exact else [1.0, 0.02],
+        2,
+        Fraction(17, 20) if exact else 0.85,
+        Fraction(7, 10) if exact else 0.7,
+        Fraction(1, 5) if exact else 0.2,
+        4,
+        exact=exact,
+    )
     total = r.new_model_cost - r.verifier_saving + r.other_levels_change
     if exact:
         assert r.change == total and isinstance(r.change, Fraction)
@@ -86,8 +103,13 @@ def test_condition_predicts_the_sign_of_the_simulated_change():
         alpha, gamma, latency, position, above, below, new_latency, new_gamma = _random_insertion(rng)
         r = insertion_gain(alpha, gamma, latency, position, above, below, new_latency, new_gamma)
         before = simulate_chain(alpha, gamma, latency, 3000, rng=case)
-        after = simulate_chain(r.after.alpha, r.after.gamma,
-                               [*latency[: position - 1], new_latency, *latency[position - 1:]], 3000, rng=case + 1000)
+        after = simulate_chain(
+            r.after.alpha,
+            r.after.gamma,
+            [*latency[: position - 1], new_latency, *latency[position - 1 :]],
+            3000,
+            rng=case + 1000,
+        )
         simulated = after.time_per_token - before.time_per_token
         stderr = np.hypot(after.time_per_token_stderr, before.time_per_token_stderr)
         if abs(r.change) > 5 * stderr:

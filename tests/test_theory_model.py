@@ -20,8 +20,7 @@ from polyplan.theory import (
 )
 from polyplan.theory.acceptance import a as a_sym, capped_geometric_pmf, g as g_sym, i as i_sym, pmf_expression
 
-DETERMINISTIC = settings(derandomize=True, deadline=None, database=None,
-                         suppress_health_check=[HealthCheck.too_slow])
+DETERMINISTIC = settings(derandomize=True, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
@@ -46,10 +45,10 @@ def test_exact_model_agrees_with_simulator(chain, seed):
     prediction = predict_chain(alpha, gamma, latency)
     sim = simulate_chain(alpha, gamma, latency, 4000, rng=seed)
     assert _agree(sim.time_per_token, sim.time_per_token_stderr, prediction.time_per_token)
-    assert _agree(sim.mean_acceptance_length, sim.mean_acceptance_length_stderr,
-                  prediction.mean_acceptance_length)
-    for measured, stderr, expected in zip(sim.passes_per_token, sim.passes_per_token_stderr,
-                                          prediction.passes_per_token, strict=True):
+    assert _agree(sim.mean_acceptance_length, sim.mean_acceptance_length_stderr, prediction.mean_acceptance_length)
+    for measured, stderr, expected in zip(
+        sim.passes_per_token, sim.passes_per_token_stderr, prediction.passes_per_token, strict=True
+    ):
         assert _agree(measured, stderr, expected)
     assert sum(prediction.level_time_per_token) == pytest.approx(prediction.time_per_token, rel=1e-12)
     # the whole distribution of the target's acceptance length, bin by bin
@@ -75,12 +74,14 @@ def test_three_levels_long_simulation():
     sim = simulate_chain(alpha, gamma, latency, 150_000, rng=12345)
     assert sim.time_per_token_stderr < 0.005 * prediction.time_per_token
     assert _agree(sim.time_per_token, sim.time_per_token_stderr, prediction.time_per_token, z=4)
-    for measured, stderr, expected in zip(sim.passes_per_token, sim.passes_per_token_stderr,
-                                          prediction.passes_per_token, strict=True):
+    for measured, stderr, expected in zip(
+        sim.passes_per_token, sim.passes_per_token_stderr, prediction.passes_per_token, strict=True
+    ):
         assert _agree(measured, stderr, expected, z=4)
     # The handed-up block length distribution: M2 hands up 6..9 tokens.
-    np.testing.assert_allclose(prediction.target_block_length[6:],
-                               [0.45184, 0.271104, 0.17945856, 0.09759744], rtol=1e-12)
+    np.testing.assert_allclose(
+        prediction.target_block_length[6:], [0.45184, 0.271104, 0.17945856, 0.09759744], rtol=1e-12
+    )
     assert sum(prediction.target_block_length[:6]) == 0
 
 
@@ -135,8 +136,9 @@ def test_accounting_identity_holds_exactly_on_simulated_counts(chain, seed):
     assert float(lhs) == pytest.approx(sim.total_time, rel=1e-12, abs=1e-12)
     if not any(callable(t) for t in latency):
         exact_t = [Fraction(t) for t in latency]
-        assert total_time(n, [tokens_per_pass[i] for i in used], [exact_t[i] for i in used]) == \
-            sum(p * t for p, t in zip(sim.passes, exact_t, strict=True))
+        assert total_time(n, [tokens_per_pass[i] for i in used], [exact_t[i] for i in used]) == sum(
+            p * t for p, t in zip(sim.passes, exact_t, strict=True)
+        )
     assert int(sim.round_tokens.sum()) == n and sim.round_passes.sum(axis=0).tolist() == sim.passes
 
 
@@ -152,8 +154,10 @@ def test_numeric_pmf_is_the_sympy_pmf():
     for gamma in range(1, 6):
         for rate in (Fraction(0), Fraction(1, 3), Fraction(9, 10)):
             numeric = capped_geometric_pmf(rate, gamma)
-            symbolic = [pmf_expression().subs({a_sym: sp.Rational(rate.numerator, rate.denominator),
-                                               g_sym: gamma, i_sym: n}) for n in range(gamma + 1)]
+            symbolic = [
+                pmf_expression().subs({a_sym: sp.Rational(rate.numerator, rate.denominator), g_sym: gamma, i_sym: n})
+                for n in range(gamma + 1)
+            ]
             assert [sp.Rational(x.numerator, x.denominator) for x in numeric] == symbolic
             assert sum(numeric) == 1
 
@@ -184,8 +188,7 @@ def test_exact_length_caps_drafting_like_the_executor():
     assert sim.round_tokens.tolist() == [7, 3]
     assert sim.passes == [2, 3, 5] and sim.output_tokens == 10
     # decode-only: the first pass of every level carries the prompt and is not timed
-    decode = simulate_chain([1.0, 1.0], [4, 2], [1.0, 0.1, 0.01], 10, rng=0, exact_length=True,
-                            prefill_first_pass=True)
+    decode = simulate_chain([1.0, 1.0], [4, 2], [1.0, 0.1, 0.01], 10, rng=0, exact_length=True, prefill_first_pass=True)
     assert decode.passes == sim.passes
     assert decode.total_time == pytest.approx(sim.total_time - (1.0 + 0.1 + 0.01))
     # without the cap the second round overshoots to 14 tokens
@@ -244,7 +247,11 @@ def test_three_levels_by_hand():
     assert p.mean_acceptance_length == Fraction(57, 32)
     assert p.round_time == Fraction(19, 10)
     assert p.time_per_token == Fraction(16, 15)
-    assert p.passes_per_token == [Fraction(32, 57), Fraction(3, 2) / Fraction(57, 32), Fraction(3, 2) / Fraction(57, 32)]
+    assert p.passes_per_token == [
+        Fraction(32, 57),
+        Fraction(3, 2) / Fraction(57, 32),
+        Fraction(3, 2) / Fraction(57, 32),
+    ]
     assert p.level_acceptance_length == [Fraction(57, 32), Fraction(3, 2)]
     # X = A + 1 on D = 2 (3/4) or D = 3 (1/4): P(X=1) = 1/2, P(X=2) = 1/4, P(X=3) = 3/4*1/4 + 1/4*1/8, ...
     assert p.acceptance_length_distribution == [0, Fraction(1, 2), Fraction(1, 4), Fraction(7, 32), Fraction(1, 32)]

@@ -43,8 +43,10 @@ def test_moment_polynomials_equal_the_summed_pmf_expressions():
     for g_value in range(1, 7):
         mean, second = acceptance.moment_polynomials(g_value, include_bonus=False)
         assert sp.simplify(mean.as_expr() - acceptance.mean_accepted_expression().subs(acceptance.g, g_value)) == 0
-        assert sp.simplify(second.as_expr()
-                           - acceptance.second_moment_accepted_expression().subs(acceptance.g, g_value)) == 0
+        assert (
+            sp.simplify(second.as_expr() - acceptance.second_moment_accepted_expression().subs(acceptance.g, g_value))
+            == 0
+        )
 
 
 def test_stability_statement_numerically():
@@ -98,8 +100,11 @@ def _accepted_cv(rate: float, block: int) -> float:
 
 
 def test_point_masses_make_the_two_rates_equal():
-    assert acceptance.speculative_sampling_rate([1, 0, 0], [0.2, 0.5, 0.3]) == \
-        acceptance.exact_match_rate([1, 0, 0], [0.2, 0.5, 0.3]) == 0.2
+    assert (
+        acceptance.speculative_sampling_rate([1, 0, 0], [0.2, 0.5, 0.3])
+        == acceptance.exact_match_rate([1, 0, 0], [0.2, 0.5, 0.3])
+        == 0.2
+    )
 
 
 @pytest.mark.parametrize("alpha,c", [(0.8, 0.1), (0.9, 0.05), (0.6, 0.3), (0.95, 0.02), (0.7, 0.5)])

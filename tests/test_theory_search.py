@@ -20,8 +20,9 @@ def test_two_levels_agree_with_closed_form_optimum():
 def test_exhaustive_is_the_true_minimum():
     alpha, latency = [0.85, 0.6], [1.0, 0.25, 0.03]
     best, prediction = search_gammas(alpha, latency, max_gamma=8)
-    brute = min(itertools.product(range(1, 9), repeat=2),
-                key=lambda gs: predict_chain(alpha, gs, latency).time_per_token)
+    brute = min(
+        itertools.product(range(1, 9), repeat=2), key=lambda gs: predict_chain(alpha, gs, latency).time_per_token
+    )
     assert tuple(best) == brute
     assert prediction.time_per_token == predict_chain(alpha, brute, latency).time_per_token
 

@@ -85,7 +85,7 @@ class TableLM:
             table = torch.randn(vocab_size + 1, vocab_size, vocab_size, generator=g) * scale
         self.table = table
 
-    def mixed_with_noise(self, noise: float, seed: int) -> "TableLM":
+    def mixed_with_noise(self, noise: float, seed: int) -> TableLM:
         g = torch.Generator().manual_seed(seed)
         return TableLM(self.vocab_size, seed, table=self.table + noise * torch.randn(self.table.shape, generator=g))
 
@@ -93,7 +93,7 @@ class TableLM:
         a = context[-2] if len(context) >= 2 else self.vocab_size
         return self.table[a, context[-1]]
 
-    def drafter(self, name: str) -> "TableDrafter":
+    def drafter(self, name: str) -> TableDrafter:
         return TableDrafter(self, name)
 
 

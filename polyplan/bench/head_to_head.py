@@ -8,8 +8,8 @@ so they time the same token count."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from polyplan.executor.chain import Chain
 
@@ -38,7 +38,12 @@ class HeadToHead:
 
 
 def plan_vs_target(
-    chain: Chain, prompt_ids: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0, repeats: int = 2,
+    chain: Chain,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    repeats: int = 2,
     seed: int = 0,
 ) -> HeadToHead:
     """Time ``chain`` and its target alone on ``prompt_ids``, ``repeats`` runs each, interleaved."""
@@ -53,13 +58,20 @@ def plan_vs_target(
         order = ("target", "plan") if r % 2 == 0 else ("plan", "target")
         for name in order:
             t0 = time.perf_counter()
-            result = runs[name].generate(list(prompt_ids), max_new_tokens=max_new_tokens, temperature=temperature,
-                                         seed=seed)
+            result = runs[name].generate(
+                list(prompt_ids), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+            )
             seconds[name] += time.perf_counter() - t0
             tokens[name] += len(result.tokens)
             outputs[name].append(list(result.tokens))
-    return HeadToHead(seconds["plan"], seconds["target"], tokens["plan"], tokens["target"], repeats,
-                      outputs["plan"] == outputs["target"])
+    return HeadToHead(
+        seconds["plan"],
+        seconds["target"],
+        tokens["plan"],
+        tokens["target"],
+        repeats,
+        outputs["plan"] == outputs["target"],
+    )
 
 
 def verdict(h: HeadToHead, tolerance: float = 0.05) -> str:
@@ -67,8 +79,13 @@ def verdict(h: HeadToHead, tolerance: float = 0.05) -> str:
     if h.speedup >= 1 + tolerance:
         return f"speculation paid: the plan ran {h.speedup:.2f}x as fast as the target alone on this prompt here"
     if h.speedup > 1 - tolerance:
-        return (f"speculation did not pay on this prompt here: the plan ran at {h.speedup:.2f}x the target alone "
-                "(within 5%)")
-    return (f"speculation did NOT pay on this prompt here: the plan ran at {h.speedup:.2f}x the target alone, "
-            f"{1 / h.speedup:.1f}x slower than not speculating" if h.speedup > 0 else
-            "speculation did NOT pay on this prompt here")
+        return (
+            f"speculation did not pay on this prompt here: the plan ran at {h.speedup:.2f}x the target alone "
+            "(within 5%)"
+        )
+    return (
+        f"speculation did NOT pay on this prompt here: the plan ran at {h.speedup:.2f}x the target alone, "
+        f"{1 / h.speedup:.1f}x slower than not speculating"
+        if h.speedup > 0
+        else "speculation did NOT pay on this prompt here"
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -18,23 +17,31 @@ def register(root: typer.Typer) -> None:
 
 def bench_command(
     plan_path: Path = typer.Argument(..., metavar="PLAN", help="plan.json written by `polyplan optimize`"),
-    output: Path = typer.Option(Path("bench.json"), "-o", "--output", help="results JSON (a .md table is written beside it)"),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Markdown table path (default: OUTPUT with .md)"),
-    pool: Optional[str] = typer.Option(None, "--pool", help="pool name or file (default: the profile's pool)"),
+    output: Path = typer.Option(
+        Path("bench.json"), "-o", "--output", help="results JSON (a .md table is written beside it)"
+    ),
+    markdown: Path | None = typer.Option(None, "--markdown", help="Markdown table path (default: OUTPUT with .md)"),
+    pool: str | None = typer.Option(None, "--pool", help="pool name or file (default: the profile's pool)"),
     prompts: int = typer.Option(8, "--prompts", help="eval prompts to run (round-robin over categories)"),
-    prompts_file: Optional[Path] = typer.Option(
-        None, "--prompts-file", help="your own prompts: JSONL with text or turns (optional category, id) or plain "
-        "text, one per line (default: the built-in eval set)"),
+    prompts_file: Path | None = typer.Option(
+        None,
+        "--prompts-file",
+        help="your own prompts: JSONL with text or turns (optional category, id) or plain "
+        "text, one per line (default: the built-in eval set)",
+    ),
     repeats: int = typer.Option(3, "--repeats", help="passes over the prompts; figures are medians over repeats"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="tokens generated per prompt"),
     seed: int = typer.Option(0, "--seed"),
     grid: bool = typer.Option(False, "--grid", help="also run runners-up and gamma neighbours: measures the regret"),
-    static: bool = typer.Option(False, "--static", help="run the plan static only (default: adaptive, as `polyplan "
-                                "run` runs it, beside the static plan)"),
+    static: bool = typer.Option(
+        False,
+        "--static",
+        help="run the plan static only (default: adaptive, as `polyplan run` runs it, beside the static plan)",
+    ),
     no_hf: bool = typer.Option(False, "--no-hf", help="skip transformers assisted generation"),
 ) -> None:
     """Measure a plan: tokens/s, speedup, acceptance per level, predicted vs measured time per token."""
-    from polyplan.bench.results import markdown_table, save_markdown, save_results
+    from polyplan.bench.results import save_markdown, save_results
     from polyplan.bench.runner import run_bench
     from polyplan.documents.files import check_writable
     from polyplan.documents.plan import Plan
@@ -56,8 +63,17 @@ def bench_command(
         print(warning, file=sys.stderr)  # one line, never wrapped
     the_pool = load_pool(pool or plan.profile.get("pool", ""))
     doc = run_bench(
-        plan, plan_path, pool=the_pool, prompts=prompts, repeats=repeats, max_new_tokens=max_new_tokens,
-        seed=seed, grid=grid, hf=not no_hf, log=lambda m: console.print(f"[dim]{m}[/dim]"), prompts_file=prompts_file,
+        plan,
+        plan_path,
+        pool=the_pool,
+        prompts=prompts,
+        repeats=repeats,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        grid=grid,
+        hf=not no_hf,
+        log=lambda m: console.print(f"[dim]{m}[/dim]"),
+        prompts_file=prompts_file,
         static=static,
     )
     save_results(output, doc)
@@ -71,8 +87,18 @@ def bench_command(
 
 def print_table(doc: dict) -> None:
     table = Table(title="polyplan bench (decode time per token; medians over repeats)")
-    for col in ("method", "chain", "gammas", "tok/s", "speedup", "accept len", "ms/token", "pred iid", "pred replay",
-                "= AR"):
+    for col in (
+        "method",
+        "chain",
+        "gammas",
+        "tok/s",
+        "speedup",
+        "accept len",
+        "ms/token",
+        "pred iid",
+        "pred replay",
+        "= AR",
+    ):
         table.add_column(col, justify="left" if col in ("method", "chain") else "right")
 
     def f(x, spec, scale=1.0):
@@ -82,11 +108,15 @@ def print_table(doc: dict) -> None:
         me, pr = m["measured"], m["predicted"]
         mal = me.get("mean_acceptance_length")
         table.add_row(
-            m["label"], " > ".join(m["chain"]),
+            m["label"],
+            " > ".join(m["chain"]),
             ",".join("auto" if g is None else str(g) for g in m["gammas"]) or "-",
-            f(me.get("tokens_per_s"), ".1f"), f(me.get("speedup"), ".2f"),
+            f(me.get("tokens_per_s"), ".1f"),
+            f(me.get("speedup"), ".2f"),
             " / ".join(f(x, ".2f") for x in mal) if mal else "-",
-            f(me.get("time_per_token_s"), ".2f", 1e3), f(pr.get("iid"), ".2f", 1e3), f(pr.get("replay"), ".2f", 1e3),
+            f(me.get("time_per_token_s"), ".2f", 1e3),
+            f(pr.get("iid"), ".2f", 1e3),
+            f(pr.get("replay"), ".2f", 1e3),
             f(me.get("matches_autoregressive"), ".2f"),
         )
     Console().print(table)

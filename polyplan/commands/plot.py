@@ -9,8 +9,7 @@ from rich.console import Console
 
 from polyplan.errors import UserError
 
-app = typer.Typer(help="Write figures (PNG) of the theory, a profile, a plan or bench results.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Write figures (PNG) of the theory, a profile, a plan or bench results.", no_args_is_help=True)
 
 #: what ``polyplan plot all`` reads when not told otherwise (the committed documents)
 DEFAULT_PROFILE = Path("profiles/smollm2-cpu.json")
@@ -49,9 +48,11 @@ def _check_mode(mode: str) -> None:
 
 
 @app.command("theory")
-def theory_command(out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
-                   dpi: int = typer.Option(100, "--dpi", help=DPI_HELP),
-                   grid: int = typer.Option(40, "--grid", help=GRID_HELP)) -> None:
+def theory_command(
+    out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
+    dpi: int = typer.Option(100, "--dpi", help=DPI_HELP),
+    grid: int = typer.Option(40, "--grid", help=GRID_HELP),
+) -> None:
     """Speedup surfaces (2 and 3 levels), where a third model pays, acceptance stability, model vs simulation."""
     _check_output(out, dpi)
     from polyplan.plots.writers import write_theory_figures
@@ -60,10 +61,12 @@ def theory_command(out: Path = typer.Option(Path("figures"), "--out", help=OUT_H
 
 
 @app.command("profile")
-def profile_command(profile: Path = typer.Argument(..., help="profile.json written by `polyplan profile`"),
-                    out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
-                    mode: str = typer.Option("greedy", "--mode", help="acceptance to show: greedy | sampling"),
-                    dpi: int = typer.Option(100, "--dpi", help=DPI_HELP)) -> None:
+def profile_command(
+    profile: Path = typer.Argument(..., help="profile.json written by `polyplan profile`"),
+    out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
+    mode: str = typer.Option("greedy", "--mode", help="acceptance to show: greedy | sampling"),
+    dpi: int = typer.Option(100, "--dpi", help=DPI_HELP),
+) -> None:
     """Latency curves T(n, c) and the acceptance heatmaps (verifier x drafter, pair x category)."""
     _check_output(out, dpi)
     from polyplan.plots.writers import write_profile_figures
@@ -74,11 +77,14 @@ def profile_command(profile: Path = typer.Argument(..., help="profile.json writt
 
 
 @app.command("plan")
-def plan_command(plan: Path = typer.Argument(..., help="plan.json written by `polyplan optimize`"),
-                 out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
-                 profile: Path | None = typer.Option(
-                     None, "--profile", help="the plan's profile (default: the path the plan records)"),
-                 dpi: int = typer.Option(100, "--dpi", help=DPI_HELP)) -> None:
+def plan_command(
+    plan: Path = typer.Argument(..., help="plan.json written by `polyplan optimize`"),
+    out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
+    profile: Path | None = typer.Option(
+        None, "--profile", help="the plan's profile (default: the path the plan records)"
+    ),
+    dpi: int = typer.Option(100, "--dpi", help=DPI_HELP),
+) -> None:
     """The Pareto front of chains (time per token vs models used) and the chosen plan's breakdown."""
     _check_output(out, dpi)
     from polyplan.plots.writers import write_plan_figures
@@ -90,11 +96,12 @@ def plan_command(plan: Path = typer.Argument(..., help="plan.json written by `po
 
 
 @app.command("bench")
-def bench_command(results: Path = typer.Argument(..., help="results .json written by `polyplan bench`"),
-                  out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
-                  plan: Path | None = typer.Option(
-                      None, "--plan", help="the plan bench ran (default: the path the results record)"),
-                  dpi: int = typer.Option(100, "--dpi", help=DPI_HELP)) -> None:
+def bench_command(
+    results: Path = typer.Argument(..., help="results .json written by `polyplan bench`"),
+    out: Path = typer.Option(Path("figures"), "--out", help=OUT_HELP),
+    plan: Path | None = typer.Option(None, "--plan", help="the plan bench ran (default: the path the results record)"),
+    dpi: int = typer.Option(100, "--dpi", help=DPI_HELP),
+) -> None:
     """Predicted against measured time per token, measured speedups, per-level L_i against the plan."""
     _check_output(out, dpi)
     from polyplan.plots.writers import write_bench_figures
@@ -106,15 +113,21 @@ def bench_command(results: Path = typer.Argument(..., help="results .json writte
 
 
 @app.command("all")
-def all_command(out: Path = typer.Option(DOC_FIGURES_DIR, "--out", help=OUT_HELP),
-                profile: Path = typer.Option(DEFAULT_PROFILE, "--profile", help="profile to plot"),
-                plan: Path | None = typer.Option(
-                    None, "--plan", help=f"plan to plot (default: {DEFAULT_PLAN} if committed, else the "
-                    "plan `polyplan optimize PROFILE` makes, computed in memory)"),
-                bench: Path | None = typer.Option(
-                    None, "--bench", help=f"bench results to plot (default: {DEFAULT_BENCH}; skipped if absent)"),
-                dpi: int = typer.Option(100, "--dpi", help=DPI_HELP),
-                grid: int = typer.Option(40, "--grid", help=GRID_HELP)) -> None:
+def all_command(
+    out: Path = typer.Option(DOC_FIGURES_DIR, "--out", help=OUT_HELP),
+    profile: Path = typer.Option(DEFAULT_PROFILE, "--profile", help="profile to plot"),
+    plan: Path | None = typer.Option(
+        None,
+        "--plan",
+        help=f"plan to plot (default: {DEFAULT_PLAN} if committed, else the "
+        "plan `polyplan optimize PROFILE` makes, computed in memory)",
+    ),
+    bench: Path | None = typer.Option(
+        None, "--bench", help=f"bench results to plot (default: {DEFAULT_BENCH}; skipped if absent)"
+    ),
+    dpi: int = typer.Option(100, "--dpi", help=DPI_HELP),
+    grid: int = typer.Option(40, "--grid", help=GRID_HELP),
+) -> None:
     """Regenerate every figure the docs show (run from the repository root: reads the committed files)."""
     _check_output(out, dpi)
     from polyplan.plots.writers import (
@@ -141,8 +154,9 @@ def all_command(out: Path = typer.Option(DOC_FIGURES_DIR, "--out", help=OUT_HELP
         written += write_bench_figures(bench, out, plan_path=plan, dpi=dpi)
     stale = [reason for reason in written.skipped if reason.split(":")[0] in DOC_FIGURES]
     if bench is None:  # not an error: the bench figures simply wait for committed results
-        written += WrittenFigures(skipped=[f"bench figures: no bench results ({DEFAULT_BENCH} not committed; "
-                                           "give --bench)"])
+        written += WrittenFigures(
+            skipped=[f"bench figures: no bench results ({DEFAULT_BENCH} not committed; give --bench)"]
+        )
     _report(written)
     if stale:
         raise UserError(f"{len(stale)} figure(s) the docs show not regenerated: {'; '.join(stale)}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -34,9 +33,11 @@ def _print_summary(profile, path: Path, elapsed: float | None) -> None:
     console = Console()
     state = "complete" if profile.complete else "INCOMPLETE (rerun the same command to resume)"
     took = f" in {elapsed:.0f} s" if elapsed is not None else ""
-    console.print(f"[bold]{path}[/bold]: {state}{took}; pool {profile.pool}, target {profile.target}, "
-                  f"{profile.machine.get('cpu')} / {profile.machine.get('gpu') or 'no GPU'}, "
-                  f"{profile.machine.get('torch_threads')} torch threads")
+    console.print(
+        f"[bold]{path}[/bold]: {state}{took}; pool {profile.pool}, target {profile.target}, "
+        f"{profile.machine.get('cpu')} / {profile.machine.get('gpu') or 'no GPU'}, "
+        f"{profile.machine.get('torch_threads')} torch threads"
+    )
     if profile.latency:
         ctx = min(min(c.context) for c in profile.latency.values())
         grid = latency_grid(profile, ctx)
@@ -51,7 +52,8 @@ def _print_summary(profile, path: Path, elapsed: float | None) -> None:
         for mode in ("greedy", "sampling"):
             m = acceptance_matrix(profile, mode)
             title = f"{mode} acceptance (rows verify, columns draft)" + (
-                f", T={profile.temperature:g}" if mode == "sampling" else "")
+                f", T={profile.temperature:g}" if mode == "sampling" else ""
+            )
             table = Table(title=title)
             table.add_column("verifier \\ drafter")
             for c in m.columns:
@@ -72,38 +74,66 @@ def register(root: typer.Typer) -> None:
     @root.command("profile", epilog=DEFAULTS_NOTE)
     def profile(
         pool: str = typer.Option("smollm2", "--pool", "-p", help="Built-in pool name or pool file."),
-        output: Optional[Path] = typer.Option(
-            None, "--output", "-o", help="Profile to write (default profiles/<pool>-<device>.json). "
-            "An unfinished one with the same settings is resumed."),
-        members: Optional[str] = typer.Option(None, "--members", help="Comma-separated subset of members "
-                                              "(the target is always included)."),
+        output: Path | None = typer.Option(
+            None,
+            "--output",
+            "-o",
+            help="Profile to write (default profiles/<pool>-<device>.json). "
+            "An unfinished one with the same settings is resumed.",
+        ),
+        members: str | None = typer.Option(
+            None, "--members", help="Comma-separated subset of members (the target is always included)."
+        ),
         prompts: int = typer.Option(8, "--prompts", help="Eval prompts for acceptance (round-robin over categories)."),
-        prompts_file: Optional[Path] = typer.Option(
-            None, "--prompts-file", help="Measure acceptance on your own prompts: JSONL with text or turns "
-            "(optional category, id) or plain text, one prompt per line (default: the built-in eval set)."),
-        max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Length of each reference continuation (replay predicts generations up to this long from measured traces)."),
+        prompts_file: Path | None = typer.Option(
+            None,
+            "--prompts-file",
+            help="Measure acceptance on your own prompts: JSONL with text or turns "
+            "(optional category, id) or plain text, one prompt per line (default: the built-in eval set).",
+        ),
+        max_new_tokens: int = typer.Option(
+            64,
+            "--max-new-tokens",
+            help="Length of each reference continuation "
+            "(replay predicts generations up to this long from measured traces).",
+        ),
         new_tokens: str = typer.Option("1,2,4,8,16,32", "--new-tokens", help="Latency grid: new tokens per pass."),
         contexts: str = typer.Option("64,512", "--contexts", help="Latency grid: cached tokens."),
         repeats: int = typer.Option(5, "--repeats", help="Timed passes per grid point (median and IQR)."),
         warmup: int = typer.Option(1, "--warmup", help="Untimed passes per grid point first."),
         temperature: float = typer.Option(1.0, "--temperature", help="Sampling acceptance temperature (0: greedy)."),
-        top_k: Optional[int] = typer.Option(None, "--top-k", help="Top-k of the processed distributions "
-                                            "(default or 0: off)."),
-        top_p: Optional[float] = typer.Option(None, "--top-p", help="Top-p of the processed distributions "
-                                              "(default or 1: off)."),
-        block: int = typer.Option(8, "--block", help="Teacher-force in blocks of this many tokens, the "
-                                  "verifier's run-time shape (0: one pass per reference)."),
-        extra_blocks: str = typer.Option("5", "--extra-blocks", help="More block sizes for every model but "
-                                         "the target; acceptance is averaged over the shapes, since a "
-                                         "low-precision argmax flips with the pass shape at near-ties "
-                                         "('' for none)."),
-        categories: Optional[str] = typer.Option(None, "--categories", help="Comma-separated prompt categories."),
-        budget: Optional[float] = typer.Option(None, "--budget", help="Stop after about this many seconds "
-                                               "(between units); rerun to resume."),
-        random_weights: bool = typer.Option(False, "--random-weights", help="Latency only, of each "
-                                            "architecture with random weights (marked in the profile)."),
-        force: bool = typer.Option(False, "--force", help="Start over even if the output was measured "
-                                   "with other settings (overwrites it)."),
+        top_k: int | None = typer.Option(
+            None, "--top-k", help="Top-k of the processed distributions (default or 0: off)."
+        ),
+        top_p: float | None = typer.Option(
+            None, "--top-p", help="Top-p of the processed distributions (default or 1: off)."
+        ),
+        block: int = typer.Option(
+            8,
+            "--block",
+            help="Teacher-force in blocks of this many tokens, the "
+            "verifier's run-time shape (0: one pass per reference).",
+        ),
+        extra_blocks: str = typer.Option(
+            "5",
+            "--extra-blocks",
+            help="More block sizes for every model but "
+            "the target; acceptance is averaged over the shapes, since a "
+            "low-precision argmax flips with the pass shape at near-ties "
+            "('' for none).",
+        ),
+        categories: str | None = typer.Option(None, "--categories", help="Comma-separated prompt categories."),
+        budget: float | None = typer.Option(
+            None, "--budget", help="Stop after about this many seconds (between units); rerun to resume."
+        ),
+        random_weights: bool = typer.Option(
+            False,
+            "--random-weights",
+            help="Latency only, of each architecture with random weights (marked in the profile).",
+        ),
+        force: bool = typer.Option(
+            False, "--force", help="Start over even if the output was measured with other settings (overwrites it)."
+        ),
         show: bool = typer.Option(False, "--show", help="Only print the summary of an existing profile -o."),
     ) -> None:
         """Measure latency curves T(n, c) and the teacher-forced acceptance matrix of a pool."""
@@ -128,9 +158,16 @@ def register(root: typer.Typer) -> None:
         console = Console(stderr=True)
         top_k, top_p = sampling_filters(top_k, top_p)
         settings = ProfileSettings(
-            prompts=prompts, max_new_tokens=max_new_tokens, new_tokens=_int_list(new_tokens, "--new-tokens"),
-            contexts=_int_list(contexts, "--contexts"), repeats=repeats, warmup=warmup,
-            temperature=temperature, top_k=top_k, top_p=top_p, block=block,
+            prompts=prompts,
+            max_new_tokens=max_new_tokens,
+            new_tokens=_int_list(new_tokens, "--new-tokens"),
+            contexts=_int_list(contexts, "--contexts"),
+            repeats=repeats,
+            warmup=warmup,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            block=block,
             extra_blocks=_int_list(extra_blocks, "--extra-blocks") if extra_blocks.strip() else [],
             categories=[c.strip() for c in categories.split(",")] if categories else None,
             prompts_file=str(prompts_file) if prompts_file is not None else None,
@@ -144,8 +181,9 @@ def register(root: typer.Typer) -> None:
         the_pool = load_pool(pool)
         member_list = [m.strip() for m in members.split(",") if m.strip()] if members else None
         with console.status("loading models...") as status:
-            inputs = inputs_from_pool(the_pool, member_list, random_weights=random_weights,
-                                      log=lambda msg: status.update(msg))
+            inputs = inputs_from_pool(
+                the_pool, member_list, random_weights=random_weights, log=lambda msg: status.update(msg)
+            )
         if output is None:
             device = "cuda" if inputs.target_drafter.device.type == "cuda" else "cpu"
             output = Path("profiles") / f"{inputs.pool}-{device}{'-random' if random_weights else ''}.json"
@@ -168,12 +206,15 @@ def register(root: typer.Typer) -> None:
         columns = [TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         try:
             with Progress(*columns, console=console, transient=False) as bar:
-                outcome = run_profile(inputs, output, settings, budget_s=budget, force=force,
-                                      progress=RichHooks(bar), started_at=started)
+                outcome = run_profile(
+                    inputs, output, settings, budget_s=budget, force=force, progress=RichHooks(bar), started_at=started
+                )
         except KeyboardInterrupt:
-            print(f"polyplan: interrupted; measured units are saved in {output}: rerun the same command to resume",
-                  file=sys.stderr)
-            raise typer.Exit(130)
+            print(
+                f"polyplan: interrupted; measured units are saved in {output}: rerun the same command to resume",
+                file=sys.stderr,
+            )
+            raise typer.Exit(130) from None
         _print_summary(outcome.profile, output, time.monotonic() - started)
         if outcome.stopped_by_budget:
             console.print(f"[yellow]time budget of {budget:g} s reached: rerun the same command to continue")

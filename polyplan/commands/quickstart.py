@@ -37,12 +37,18 @@ def register(root: typer.Typer) -> None:
         stem = Path(pool).stem
         profile_path, plan_path = out / f"{stem}.profile.json", out / f"{stem}.plan.json"
         steps = [
-            ("1/4 profile: latency curves and acceptance of every pair",
-             ["profile", "--pool", pool, "-o", str(profile_path)]),
-            ("2/4 optimize: subset, order and gammas",
-             ["optimize", str(profile_path), "-o", str(plan_path), "--max-new-tokens", str(max_new_tokens)]),
-            ("3/4 run the chosen chain", ["run", str(plan_path), prompt, "--chat", "--stats",
-                                          "--max-new-tokens", str(max_new_tokens)]),
+            (
+                "1/4 profile: latency curves and acceptance of every pair",
+                ["profile", "--pool", pool, "-o", str(profile_path)],
+            ),
+            (
+                "2/4 optimize: subset, order and gammas",
+                ["optimize", str(profile_path), "-o", str(plan_path), "--max-new-tokens", str(max_new_tokens)],
+            ),
+            (
+                "3/4 run the chosen chain",
+                ["run", str(plan_path), prompt, "--chat", "--stats", "--max-new-tokens", str(max_new_tokens)],
+            ),
         ]
         for title, args in steps:
             console.rule(f"[bold]{title}")
@@ -53,8 +59,10 @@ def register(root: typer.Typer) -> None:
         console.rule("[bold]4/4 the plan vs the target alone on this prompt, on this machine")
         _compare_with_target(plan_path, prompt, max_new_tokens, console)
         console.rule("[bold]done")
-        console.print(f"profile: {profile_path}\nplan:    {plan_path}\n"
-                      f"next:    polyplan bench {plan_path}   (measure it against autoregressive and HF assisted)")
+        console.print(
+            f"profile: {profile_path}\nplan:    {plan_path}\n"
+            f"next:    polyplan bench {plan_path}   (measure it against autoregressive and HF assisted)"
+        )
 
 
 def _compare_with_target(plan_path: Path, prompt: str, max_new_tokens: int, console) -> None:
@@ -74,11 +82,16 @@ def _compare_with_target(plan_path: Path, prompt: str, max_new_tokens: int, cons
     console.print(f"plan {label}: {h.plan_tokens_per_s:.1f} tokens/s", highlight=False)
     console.print(f"target {chain.names[0]} alone: {h.target_tokens_per_s:.1f} tokens/s", highlight=False)
     same = "same output" if h.same_output else "outputs differ (sampling)"
-    console.print(f"ratio: {h.speedup:.2f}x ({h.plan_tokens // h.repeats} tokens per run, {h.repeats} interleaved "
-                  f"runs each, {same})", highlight=False)
+    console.print(
+        f"ratio: {h.speedup:.2f}x ({h.plan_tokens // h.repeats} tokens per run, {h.repeats} interleaved "
+        f"runs each, {same})",
+        highlight=False,
+    )
     style = "green" if h.speedup >= 1.05 else "bold yellow"
     console.print(f"[{style}]{verdict(h)}[/{style}]", highlight=False)
     if h.speedup < 1.05:
-        console.print("one prompt is one sample: `polyplan bench PLAN --prompts-file YOURS.jsonl` measures your "
-                      "traffic; where the plan loses, `polyplan run --chain TARGET` decodes without speculating",
-                      highlight=False)
+        console.print(
+            "one prompt is one sample: `polyplan bench PLAN --prompts-file YOURS.jsonl` measures your "
+            "traffic; where the plan loses, `polyplan run --chain TARGET` decodes without speculating",
+            highlight=False,
+        )

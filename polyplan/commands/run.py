@@ -1,8 +1,8 @@
 """``polyplan run``: generate with a chain, streaming text as the target accepts it.
 
-    polyplan run "Once upon a time" --pool smollm2 --chain smollm2-135m,smollm2-135m:int8,prompt-lookup --gammas 6,3
-    polyplan run plan.json "Once upon a time"          # the plan's chain, adapted per round (--static: fixed)
-    echo "def fib(n):" | polyplan run --chain ./my-target,./my-draft --gammas 5 --stats
+polyplan run "Once upon a time" --pool smollm2 --chain smollm2-135m,smollm2-135m:int8,prompt-lookup --gammas 6,3
+polyplan run plan.json "Once upon a time"          # the plan's chain, adapted per round (--static: fixed)
+echo "def fib(n):" | polyplan run --chain ./my-target,./my-draft --gammas 5 --stats
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -23,21 +22,23 @@ def register(root: typer.Typer) -> None:
 
 
 def run_command(
-    args: Optional[list[str]] = typer.Argument(
-        None, metavar="[PLAN.json] [PROMPT]", help="an optional plan file, then the prompt (else --prompt-file or stdin)"
+    args: list[str] | None = typer.Argument(
+        None,
+        metavar="[PLAN.json] [PROMPT]",
+        help="an optional plan file, then the prompt (else --prompt-file or stdin)",
     ),
-    pool: Optional[str] = typer.Option(None, "--pool", help="pool name or pool file (default: smollm2)"),
-    chain: Optional[str] = typer.Option(
+    pool: str | None = typer.Option(None, "--pool", help="pool name or pool file (default: smollm2)"),
+    chain: str | None = typer.Option(
         None, "--chain", help="comma-separated members, target first: pool member names or model directories"
     ),
-    gammas: Optional[str] = typer.Option(None, "--gammas", help="one speculation length per drafter, e.g. 6,3"),
-    plan: Optional[Path] = typer.Option(None, "--plan", help="plan.json from `polyplan optimize` (chain + gammas)"),
-    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="read the prompt from this file"),
+    gammas: str | None = typer.Option(None, "--gammas", help="one speculation length per drafter, e.g. 6,3"),
+    plan: Path | None = typer.Option(None, "--plan", help="plan.json from `polyplan optimize` (chain + gammas)"),
+    prompt_file: Path | None = typer.Option(None, "--prompt-file", help="read the prompt from this file"),
     chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the tokenizer's chat template"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 = greedy (default, or the plan's)"),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="default or 0: off"),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="default or 1: off"),
+    temperature: float | None = typer.Option(None, "--temperature", help="0 = greedy (default, or the plan's)"),
+    top_k: int | None = typer.Option(None, "--top-k", help="default or 0: off"),
+    top_p: float | None = typer.Option(None, "--top-p", help="default or 1: off"),
     seed: int = typer.Option(0, "--seed"),
     static: bool = typer.Option(
         False, "--static", help="run a plan's chain unchanged (default: adapt members and gammas between rounds)"
@@ -45,7 +46,9 @@ def run_command(
     stats: bool = typer.Option(
         False, "--stats", help="print the per-level statistics table and when and why the chain changed (stderr)"
     ),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object (text, tokens, stats) instead of streaming"),
+    as_json: bool = typer.Option(
+        False, "--json", help="print one JSON object (text, tokens, stats) instead of streaming"
+    ),
 ) -> None:
     """Generate text with a chain of drafters (lossless staged speculative decoding)."""
     from polyplan.assemble import (
@@ -85,14 +88,28 @@ def run_command(
 
     streamer = None if as_json else _TextStreamer(tokenizer)
     result = the_chain.generate(
-        input_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        seed=seed, stream=streamer,
+        input_ids,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stream=streamer,
     )
     if as_json:
-        print(json.dumps({
-            "chain": the_chain.names, "gammas": the_chain.gammas, "text": result.text, "tokens": result.tokens,
-            "finish_reason": result.finish_reason, "stats": result.stats.to_dict(),
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "chain": the_chain.names,
+                    "gammas": the_chain.gammas,
+                    "text": result.text,
+                    "tokens": result.tokens,
+                    "finish_reason": result.finish_reason,
+                    "stats": result.stats.to_dict(),
+                },
+                indent=2,
+            )
+        )
     else:
         streamer.finish()
     if stats:
@@ -111,8 +128,11 @@ def print_setting_changes(stats, names: list[str], controller) -> None:
         gammas = ",".join(map(str, change["gammas"])) or "-"
         lines.append(f"  at token {change['at_token']}: {members} ({gammas}): {change['reason']}")
     seconds = getattr(controller, "seconds", None)
-    cost = "" if not seconds or not stats.wall_time_s else (
-        f"; deciding took {seconds * 1e3:.2f} ms ({100 * seconds / stats.wall_time_s:.2f}% of wall time)")
+    cost = (
+        ""
+        if not seconds or not stats.wall_time_s
+        else (f"; deciding took {seconds * 1e3:.2f} ms ({100 * seconds / stats.wall_time_s:.2f}% of wall time)")
+    )
     print(f"chain settings: {len(changes)} change(s){cost}", file=sys.stderr)
     for line in lines:
         print(line, file=sys.stderr)
@@ -186,10 +206,23 @@ def print_stats(stats, gammas: list[int]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{stats.new_tokens} tokens in {stats.wall_time_s:.2f} s "
-                        f"({stats.tokens_per_second:.1f} tok/s), overhead {100 * stats.overhead_fraction:.1f}%")
-    for col in ("lvl", "model", "gamma", "passes", "L_i", "drafts", "drafted", "accepted",
-                "rate", "accept len", "model s"):
+    table = Table(
+        title=f"{stats.new_tokens} tokens in {stats.wall_time_s:.2f} s "
+        f"({stats.tokens_per_second:.1f} tok/s), overhead {100 * stats.overhead_fraction:.1f}%"
+    )
+    for col in (
+        "lvl",
+        "model",
+        "gamma",
+        "passes",
+        "L_i",
+        "drafts",
+        "drafted",
+        "accepted",
+        "rate",
+        "accept len",
+        "model s",
+    ):
         table.add_column(col, justify="left" if col == "model" else "right")
 
     def f(x, spec):
@@ -197,15 +230,21 @@ def print_stats(stats, gammas: list[int]) -> None:
 
     for i, lv in enumerate(stats.levels):
         table.add_row(
-            str(i + 1), lv.name, "-" if lv.gamma is None else str(lv.gamma), str(lv.forward_passes),
-            f(lv.tokens_per_pass, ".2f"), str(lv.num_drafts), str(lv.num_draft_tokens), str(lv.num_accepted_tokens),
-            f(lv.draft_acceptance_rate, ".3f"), f(lv.mean_acceptance_length, ".2f"), f(lv.model_time_s, ".3f"),
+            str(i + 1),
+            lv.name,
+            "-" if lv.gamma is None else str(lv.gamma),
+            str(lv.forward_passes),
+            f(lv.tokens_per_pass, ".2f"),
+            str(lv.num_drafts),
+            str(lv.num_draft_tokens),
+            str(lv.num_accepted_tokens),
+            f(lv.draft_acceptance_rate, ".3f"),
+            f(lv.mean_acceptance_length, ".2f"),
+            f(lv.model_time_s, ".3f"),
         )
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
     console.print(table)
     console.print("L_i = output tokens per forward pass; accept len = mean acceptance length incl. the +1 token")
     hist = stats.levels[0].acceptance_length_histogram
     if hist:
-        console.print(
-            "target acceptance-length histogram: " + ", ".join(f"{k}:{v}" for k, v in sorted(hist.items()))
-        )
+        console.print("target acceptance-length histogram: " + ", ".join(f"{k}:{v}" for k, v in sorted(hist.items())))

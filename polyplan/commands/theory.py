@@ -16,8 +16,9 @@ from rich.table import Table
 
 from polyplan.errors import UserError
 
-app = typer.Typer(help="The theory of staged speculative decoding: predict, show theorems, evaluate insertions.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="The theory of staged speculative decoding: predict, show theorems, evaluate insertions.", no_args_is_help=True
+)
 
 ALPHA_HELP = "acceptance rates a_1..a_(k-1), comma-separated (a_1: target vs M2); empty for k = 1"
 GAMMA_HELP = "speculation lengths g_2..g_k, comma-separated; empty for k = 1"
@@ -76,21 +77,34 @@ def predict(
         return
     console = Console()
     k = len(latencies)
-    console.print(f"chain of {k} model{'s' if k > 1 else ''}: time per token [bold]{_fmt(prediction.time_per_token)}"
-                  f"[/bold], speedup [bold]{_fmt(prediction.speedup)}[/bold], target mean acceptance length "
-                  f"[bold]{_fmt(prediction.mean_acceptance_length)}[/bold]")
+    console.print(
+        f"chain of {k} model{'s' if k > 1 else ''}: time per token [bold]{_fmt(prediction.time_per_token)}"
+        f"[/bold], speedup [bold]{_fmt(prediction.speedup)}[/bold], target mean acceptance length "
+        f"[bold]{_fmt(prediction.mean_acceptance_length)}[/bold]"
+    )
     table = Table()
     for col in ("level", "T_i", "alpha", "gamma", "L_i", "passes/token", "time share"):
         table.add_column(col, justify="right")
     for i in range(k):
-        share = latencies[i] * float(prediction.passes_per_token[i]) / float(prediction.time_per_token) \
-            if float(prediction.time_per_token) > 0 else 0.0
-        table.add_row(f"M{i + 1}", _fmt(latencies[i]),
-                      _fmt(alphas[i]) if i < k - 1 else "-", str(gammas[i - 1]) if i > 0 else "-",
-                      _fmt(prediction.tokens_per_pass[i]), _fmt(prediction.passes_per_token[i]), f"{share:.1%}")
+        share = (
+            latencies[i] * float(prediction.passes_per_token[i]) / float(prediction.time_per_token)
+            if float(prediction.time_per_token) > 0
+            else 0.0
+        )
+        table.add_row(
+            f"M{i + 1}",
+            _fmt(latencies[i]),
+            _fmt(alphas[i]) if i < k - 1 else "-",
+            str(gammas[i - 1]) if i > 0 else "-",
+            _fmt(prediction.tokens_per_pass[i]),
+            _fmt(prediction.passes_per_token[i]),
+            f"{share:.1%}",
+        )
     console.print(table)
-    console.print("[dim]alpha: rate at which M_i accepts M_(i+1)'s drafts; L_i: output tokens per pass of M_i; "
-                  "time share: T_i/L_i over time per token[/dim]")
+    console.print(
+        "[dim]alpha: rate at which M_i accepts M_(i+1)'s drafts; L_i: output tokens per pass of M_i; "
+        "time share: T_i/L_i over time per token[/dim]"
+    )
     if exact:
         console.print(f"exact time per token: {prediction.time_per_token}")
 
@@ -125,7 +139,8 @@ def insert(
     position: int = typer.Option(..., "--position", help="level the new model takes: 2 (below the target) .. k+1"),
     new_alpha_above: float = typer.Option(..., "--new-alpha-above", help="acceptance of the new model by its verifier"),
     new_alpha_below: float | None = typer.Option(
-        None, "--new-alpha-below", help="acceptance by the new model of the level below (omit at the bottom)"),
+        None, "--new-alpha-below", help="acceptance by the new model of the level below (omit at the bottom)"
+    ),
     new_latency: float = typer.Option(..., "--new-latency", help="pass time of the new model"),
     new_gamma: int = typer.Option(..., "--new-gamma", help="speculation length of the new model"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
@@ -142,8 +157,9 @@ def insert(
         raise UserError(f"--new-latency must be >= 0, got {new_latency}")
     if new_gamma < 1:
         raise UserError(f"--new-gamma must be >= 1, got {new_gamma}")
-    result = insertion_gain(alphas, gammas, latencies, position, new_alpha_above, new_alpha_below,
-                            new_latency, new_gamma, exact=exact)
+    result = insertion_gain(
+        alphas, gammas, latencies, position, new_alpha_above, new_alpha_below, new_latency, new_gamma, exact=exact
+    )
     if json_out:
         print(json.dumps(result.to_dict()))
         return
@@ -156,15 +172,20 @@ def insert(
     table.add_row("gamma", ",".join(map(str, gammas)), ",".join(map(str, result.after.gamma)))
     table.add_row("time per token", _fmt(result.before.time_per_token), _fmt(result.after.time_per_token))
     table.add_row("speedup", _fmt(result.before.speedup), _fmt(result.after.speedup))
-    table.add_row("L_i", ", ".join(_fmt(x) for x in result.before.tokens_per_pass),
-                  ", ".join(_fmt(x) for x in result.after.tokens_per_pass))
+    table.add_row(
+        "L_i",
+        ", ".join(_fmt(x) for x in result.before.tokens_per_pass),
+        ", ".join(_fmt(x) for x in result.after.tokens_per_pass),
+    )
     console.print(table)
     verdict = "[green]helps[/green]" if result.improves else "[red]does not help[/red]"
     console.print(f"exact: change in time per token {_fmt(result.change)} -> inserting {verdict}")
-    console.print(f"paper's condition: new model's T/L {_fmt(result.new_model_cost)} "
-                  f"{'<' if result.paper_condition else '>='} verifier's saving {_fmt(result.verifier_saving)}; "
-                  f"other levels' T/L change {_fmt(result.other_levels_change)}; sufficient condition "
-                  f"{'holds' if result.sufficient_condition else 'does not hold'}")
+    console.print(
+        f"paper's condition: new model's T/L {_fmt(result.new_model_cost)} "
+        f"{'<' if result.paper_condition else '>='} verifier's saving {_fmt(result.verifier_saving)}; "
+        f"other levels' T/L change {_fmt(result.other_levels_change)}; sufficient condition "
+        f"{'holds' if result.sufficient_condition else 'does not hold'}"
+    )
 
 
 @app.command()
@@ -190,10 +211,15 @@ def gammas(
     if json_out:
         print(json.dumps(out))
         return
-    Console().print(f"best gamma {best}: time per token {_fmt(prediction.time_per_token)}, speedup "
-                    f"{_fmt(prediction.speedup)}, mean acceptance length {_fmt(prediction.mean_acceptance_length)}"
-                    + (f" (continuous two-level optimum {out['continuous_gamma_two_level']:.3f})"
-                       if out.get("continuous_gamma_two_level") is not None else ""))
+    Console().print(
+        f"best gamma {best}: time per token {_fmt(prediction.time_per_token)}, speedup "
+        f"{_fmt(prediction.speedup)}, mean acceptance length {_fmt(prediction.mean_acceptance_length)}"
+        + (
+            f" (continuous two-level optimum {out['continuous_gamma_two_level']:.3f})"
+            if out.get("continuous_gamma_two_level") is not None
+            else ""
+        )
+    )
 
 
 @app.command()
@@ -213,13 +239,21 @@ def simulate(
         raise UserError(f"--tokens must be >= 1, got {tokens}")
     sim = simulate_chain(alphas, gammas_, latencies, tokens, rng=seed)
     exact = predict_chain(alphas, gammas_, latencies)
-    out = {"output_tokens": sim.output_tokens, "passes": sim.passes, "total_time": sim.total_time,
-           "time_per_token": sim.time_per_token, "time_per_token_stderr": sim.time_per_token_stderr,
-           "mean_acceptance_length": sim.mean_acceptance_length, "tokens_per_pass": sim.tokens_per_pass,
-           "predicted_time_per_token": exact.time_per_token}
+    out = {
+        "output_tokens": sim.output_tokens,
+        "passes": sim.passes,
+        "total_time": sim.total_time,
+        "time_per_token": sim.time_per_token,
+        "time_per_token_stderr": sim.time_per_token_stderr,
+        "mean_acceptance_length": sim.mean_acceptance_length,
+        "tokens_per_pass": sim.tokens_per_pass,
+        "predicted_time_per_token": exact.time_per_token,
+    }
     if json_out:
         print(json.dumps(out))
         return
-    Console().print(f"simulated {sim.output_tokens} tokens: time per token {_fmt(sim.time_per_token)} "
-                    f"± {_fmt(sim.time_per_token_stderr)} (exact model {_fmt(exact.time_per_token)}), "
-                    f"L_i {[round(x, 4) for x in sim.tokens_per_pass]}")
+    Console().print(
+        f"simulated {sim.output_tokens} tokens: time per token {_fmt(sim.time_per_token)} "
+        f"± {_fmt(sim.time_per_token_stderr)} (exact model {_fmt(exact.time_per_token)}), "
+        f"L_i {[round(x, 4) for x in sim.tokens_per_pass]}"
+    )

@@ -10,9 +10,9 @@ A user's own prompts come from a prompt file instead (:mod:`polyplan.data.prompt
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterable, Sequence
 
 from polyplan.errors import UserError
 

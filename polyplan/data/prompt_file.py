@@ -28,9 +28,10 @@ import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from polyplan.data import Prompt, builtin_bytes, load_prompts, select_prompts
 from polyplan.errors import UserError
@@ -154,34 +155,34 @@ def _json_prompt(path: Path, number: int, line: str) -> Prompt:
             f"{where}: not JSON ({e.msg} at column {e.colno}); a JSONL prompt file needs one JSON object per line"
         ) from None
     if not isinstance(record, dict):
-        raise PromptFileError(f"{where}: expected a JSON object with \"text\" or \"turns\", found {type(record).__name__}")
+        raise PromptFileError(f'{where}: expected a JSON object with "text" or "turns", found {type(record).__name__}')
     has_text, has_turns = "text" in record, "turns" in record
     if has_text and has_turns:
-        raise PromptFileError(f"{where}: give \"text\" or \"turns\", not both")
+        raise PromptFileError(f'{where}: give "text" or "turns", not both')
     if not has_text and not has_turns:
         keys = ", ".join(sorted(record)) or "none"
-        raise PromptFileError(f"{where}: no \"text\" or \"turns\" (keys found: {keys})")
+        raise PromptFileError(f'{where}: no "text" or "turns" (keys found: {keys})')
     if has_text:
         text = record["text"]
         if not isinstance(text, str) or not text.strip():
-            raise PromptFileError(f"{where}: \"text\" must be a non-empty string")
+            raise PromptFileError(f'{where}: "text" must be a non-empty string')
         later: tuple[str, ...] = ()
     else:
         turns = record["turns"]
         if not isinstance(turns, list):
-            raise PromptFileError(f"{where}: \"turns\" must be a list of strings, found {type(turns).__name__}")
+            raise PromptFileError(f'{where}: "turns" must be a list of strings, found {type(turns).__name__}')
         if not turns:
-            raise PromptFileError(f"{where}: \"turns\" is empty; its first entry is the prompt")
+            raise PromptFileError(f'{where}: "turns" is empty; its first entry is the prompt')
         bad = next((i for i, t in enumerate(turns) if not isinstance(t, str) or not t.strip()), None)
         if bad is not None:
-            raise PromptFileError(f"{where}: turn {bad + 1} of \"turns\" is not a non-empty string")
+            raise PromptFileError(f'{where}: turn {bad + 1} of "turns" is not a non-empty string')
         text, later = turns[0], tuple(turns[1:])
     category = record.get("category", DEFAULT_CATEGORY)
     if not isinstance(category, str) or not category.strip():
-        raise PromptFileError(f"{where}: \"category\" must be a non-empty string")
+        raise PromptFileError(f'{where}: "category" must be a non-empty string')
     pid = record.get("id", _id_for(path, number))
     if isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip():
-        raise PromptFileError(f"{where}: \"id\" must be a non-empty string or an integer")
+        raise PromptFileError(f'{where}: "id" must be a non-empty string or an integer')
     return Prompt(str(pid), category.strip(), "file", text, later, where)
 
 
@@ -211,5 +212,5 @@ def describe_workload(workload: dict[str, Any] | None) -> str:
         return "not recorded (a profile from before prompt files: the built-in eval set)"
     cats = ", ".join(f"{c} {n}" for c, n in (workload.get("categories") or {}).items())
     return f"{workload.get('count')} prompts of {workload.get('name')} (sha256 {str(workload.get('sha256'))[:12]}" + (
-        f"; {cats})" if cats else ")")
-
+        f"; {cats})" if cats else ")"
+    )

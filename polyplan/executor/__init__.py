@@ -1,7 +1,7 @@
 """polyplan.executor: the staged speculative-decoding loop over a chain of drafters.
 
-    from polyplan.executor import Chain
-    result = Chain([target, middle, bottom], gammas=[6, 3]).generate(ids, max_new_tokens=128)
+from polyplan.executor import Chain
+result = Chain([target, middle, bottom], gammas=[6, 3]).generate(ids, max_new_tokens=128)
 """
 
 from polyplan.executor.chain import Chain, GenerationResult

@@ -60,8 +60,7 @@ def as_drafter(member: Any, position: int) -> Drafter:
         name = path.rsplit("/", 1)[-1] or f"{type(member).__name__}#{position}"
         return ModelDrafter(member, name)
     raise UserError(
-        f"chain member {position} is a {type(member).__name__}: expected a polyplan Drafter or a "
-        "transformers causal LM"
+        f"chain member {position} is a {type(member).__name__}: expected a polyplan Drafter or a transformers causal LM"
     )
 
 
@@ -223,8 +222,7 @@ def _prompt_list(input_ids: Any, vocab_size: int) -> list[int]:
         prompt = [int(t) for t in input_ids]
     if not prompt:
         raise UserError(
-            "the prompt is empty: a causal LM needs at least one token to condition on "
-            "(e.g. the tokenizer's BOS token)"
+            "the prompt is empty: a causal LM needs at least one token to condition on (e.g. the tokenizer's BOS token)"
         )
     if min(prompt) < 0 or max(prompt) >= vocab_size:
         raise UserError(f"prompt token ids must be in [0, {vocab_size}), got {min(prompt)}..{max(prompt)}")
@@ -478,7 +476,7 @@ class _StagedRun:
             setting = self.controller.next_round(self.host)
         assert self.length <= self.total, "the caps keep every level inside the requested length"
         self.stats.new_tokens = len(out)
-        for level, clock in zip(self.stats.levels, self.clocks):
+        for level, clock in zip(self.stats.levels, self.clocks, strict=True):
             level.model_time_s = clock.total()
             level.tokens_per_pass = len(out) / level.forward_passes if level.forward_passes else 0.0
         self.stats.wall_time_s = time.perf_counter() - started

@@ -13,7 +13,9 @@ acceptance on this very generation, fed by :meth:`Controller.observe`) live besi
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, Sequence
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import NamedTuple, Protocol
 
 
 class RoundSetting(NamedTuple):
@@ -67,7 +69,7 @@ def check_setting(setting: RoundSetting, point_mass: Sequence[bool]) -> None:
     members, gammas = setting.members, setting.gammas
     if not members or members[0] != 0:
         raise ValueError(f"a round must start with the target (member 0): {setting}")
-    if any(b <= a for a, b in zip(members, members[1:])) or members[-1] >= len(point_mass):
+    if any(b <= a for a, b in pairwise(members)) or members[-1] >= len(point_mass):
         raise ValueError(f"round members must be increasing chain indices: {setting}")
     if len(gammas) != len(members) - 1 or any(int(g) < 1 for g in gammas):
         raise ValueError(f"a round needs one gamma >= 1 per drafter: {setting}")

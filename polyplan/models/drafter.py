@@ -23,7 +23,8 @@ never looks past this interface (no ``isinstance``, no backend internals).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -41,9 +41,7 @@ class ModelDrafter(Drafter):
         self.dtype = first_param.dtype
         text_config = model.config.get_text_config(decoder=True)
         out_embeddings = model.get_output_embeddings()
-        self.vocab_size = int(
-            out_embeddings.weight.shape[0] if out_embeddings is not None else text_config.vocab_size
-        )
+        self.vocab_size = int(out_embeddings.weight.shape[0] if out_embeddings is not None else text_config.vocab_size)
         self._max_context = getattr(text_config, "max_position_embeddings", None)
         self._cache_kwarg = cache_kwarg_name(model)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters

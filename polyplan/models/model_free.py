@@ -191,7 +191,9 @@ class NgramDrafter(_PointMassDrafter):
     (context + tokens proposed so far): the context's own n-grams first (most recent
     occurrence, online), then the fitted ``table``, backing off to shorter suffixes."""
 
-    def __init__(self, vocab_size: int, table: NgramTable | None = None, name: str = "ngram", order: int | None = None) -> None:
+    def __init__(
+        self, vocab_size: int, table: NgramTable | None = None, name: str = "ngram", order: int | None = None
+    ) -> None:
         order = order or (table.order if table else 4)
         super().__init__(name, vocab_size, 1, order - 1)
         self.table = table or NgramTable(order, {})

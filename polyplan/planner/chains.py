@@ -6,8 +6,8 @@ Pure Python: chains are tuples of candidate names, target first."""
 
 from __future__ import annotations
 
-from itertools import combinations, permutations
-from typing import Iterator
+from collections.abc import Iterator
+from itertools import combinations, pairwise, permutations
 
 from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
@@ -42,7 +42,7 @@ def chain_problem(profile: Profile, chain: Chain) -> str | None:
         if name not in profile.latency:
             return f"no latency curve for {name}"
     pairs = measured_pairs(profile)
-    for upper, lower in zip(chain, chain[1:]):
+    for upper, lower in pairwise(chain):
         if (upper, lower) not in pairs:
             return f"no acceptance measured for {lower} drafting for {upper}"
     return None

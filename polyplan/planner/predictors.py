@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
-from polyplan.theory import SimulationResult, predict_chain, search_gammas, simulate_chain
 from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
 from polyplan.planner.chains import Chain
+from polyplan.theory import SimulationResult, predict_chain, search_gammas, simulate_chain
 
 PREDICTORS = ("iid", "replay")
 MODES = ("greedy", "sampling")
@@ -92,7 +93,7 @@ class Predictor(ABC):
 
     # ---- inputs of the theory --------------------------------------------------------------
     def alphas(self, chain: Chain) -> list[float]:
-        return [self.profile.pair(u, d).alpha(self.mode) for u, d in zip(chain, chain[1:])]
+        return [self.profile.pair(u, d).alpha(self.mode) for u, d in pairwise(chain)]
 
     def latencies(self, chain: Chain) -> list[Callable[[float], float]]:
         return [self._curves[name] for name in chain]
@@ -204,14 +205,25 @@ class IidPredictor(Predictor):
             pred = predict_chain(self.alphas(chain), list(gammas), self.latencies(chain))
             return self._estimate(chain, gammas, pred)
         if len(chain) == 1:  # autoregressive: the first token comes with the prompt's prefill
-            return Estimate(chain=tuple(chain), gammas=(), time_per_token=self.autoregressive_time(), speedup=1.0,
-                            mean_acceptance_length=1.0, tokens_per_pass=(1.0,), predictor=self.name)
+            return Estimate(
+                chain=tuple(chain),
+                gammas=(),
+                time_per_token=self.autoregressive_time(),
+                speedup=1.0,
+                mean_acceptance_length=1.0,
+                tokens_per_pass=(1.0,),
+                predictor=self.name,
+            )
         sims = self.simulate(chain, gammas, self.alphas(chain), self.latencies(chain))
         return self._from_simulations(chain, gammas, sims)
 
     def simulate(
-        self, chain: Chain, gammas: Sequence[int], alphas: Sequence[float],
-        latency: Sequence[Callable[[float], float]], tokens: int | None = None,
+        self,
+        chain: Chain,
+        gammas: Sequence[int],
+        alphas: Sequence[float],
+        latency: Sequence[Callable[[float], float]],
+        tokens: int | None = None,
     ) -> list[SimulationResult]:
         """Seeded generations of ``chain`` at i.i.d. rates ``alphas``, about ``tokens`` output tokens
         in all: generations of ``horizon`` tokens as the executor runs them, or one long run in the
@@ -221,8 +233,12 @@ class IidPredictor(Predictor):
         if self.horizon is None:
             return [simulate_chain(list(alphas), list(gammas), latency, tokens, rng)]
         runs = max(1, -(-tokens // self.horizon))
-        return [simulate_chain(list(alphas), list(gammas), latency, self.horizon, rng, exact_length=True,
-                               prefill_first_pass=True) for _ in range(runs)]
+        return [
+            simulate_chain(
+                list(alphas), list(gammas), latency, self.horizon, rng, exact_length=True, prefill_first_pass=True
+            )
+            for _ in range(runs)
+        ]
 
     def steady_best(self, chain: Chain, max_gamma: int) -> Estimate:
         """The exact model's optimum (the theory's search: exhaustive to depth 3, coordinate
@@ -267,9 +283,7 @@ class ReplayPredictor(Predictor):
         # 0/1 traces (greedy agreement) replay deterministically: one pass says it all.
         # Per-position probabilities (sampling; greedy at near-tie positions averaged over pass
         # shapes) are drawn, so average a few passes.
-        binary = all(
-            np.isin(v, (0.0, 1.0)).all() for k, v in traces.items() if k.startswith(f"{mode}/")
-        )
+        binary = all(np.isin(v, (0.0, 1.0)).all() for k, v in traces.items() if k.startswith(f"{mode}/"))
         self.passes = passes if passes is not None else (1 if binary else 4)
         seg = traces.get("segments")
         first = next((v for k, v in traces.items() if k.startswith(f"{mode}/")), None)
@@ -280,14 +294,14 @@ class ReplayPredictor(Predictor):
         # A reference shorter than the profile's reference length stopped at end-of-sequence: a
         # generation of that prompt stops there too, whatever the horizon.
         reference_length = profile.settings.get("max_new_tokens")
-        full = max(b - a for a, b in zip(self.segments, self.segments[1:]))
+        full = max(b - a for a, b in pairwise(self.segments))
         reference_length = int(reference_length) if isinstance(reference_length, int) else full
-        self._ended = [b - a < reference_length for a, b in zip(self.segments, self.segments[1:])]
+        self._ended = [b - a < reference_length for a, b in pairwise(self.segments)]
         self._iid = IidPredictor(profile, mode=mode, context=self.context, horizon=horizon)
 
     def level_traces(self, chain: Chain) -> list[np.ndarray]:
         out = []
-        for u, d in zip(chain, chain[1:]):
+        for u, d in pairwise(chain):
             key = f"{self.mode}/{u}/{d}"
             if key not in self.traces:
                 raise UserError(f"the traces have no {key!r}; re-run `polyplan profile` with these candidates")
@@ -299,7 +313,7 @@ class ReplayPredictor(Predictor):
         horizon, the horizon unless the reference stopped earlier at end-of-sequence (positions
         past a trace's end replay at that prompt's mean acceptance)."""
         out = []
-        for (a, b), ended in zip(zip(self.segments, self.segments[1:]), self._ended):
+        for (a, b), ended in zip(pairwise(self.segments), self._ended, strict=True):
             if self.horizon is None:
                 out.append(b - a)
             else:
@@ -325,11 +339,23 @@ class ReplayPredictor(Predictor):
         exact = self.horizon is not None
         out = []
         for _ in range(self.passes):
-            for i, ((a, b), n) in enumerate(zip(zip(self.segments, self.segments[1:]), self.segment_lengths())):
+            for i, ((a, b), n) in enumerate(zip(pairwise(self.segments), self.segment_lengths(), strict=True)):
                 if b - a < 2 or n < 1:
                     continue
-                out.append((i, simulate_chain([lv[a:b] for lv in levels], list(gammas), latency_for(i), n, rng,
-                                              exact_length=exact, prefill_first_pass=exact)))
+                out.append(
+                    (
+                        i,
+                        simulate_chain(
+                            [lv[a:b] for lv in levels],
+                            list(gammas),
+                            latency_for(i),
+                            n,
+                            rng,
+                            exact_length=exact,
+                            prefill_first_pass=exact,
+                        ),
+                    )
+                )
         return out
 
     def _search(self, chain: Chain, max_gamma: int) -> Estimate:

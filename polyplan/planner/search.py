@@ -13,20 +13,37 @@ from polyplan.planner.chains import Chain, chain_problem, enumerate_chains
 from polyplan.planner.predictors import Estimate, Predictor
 from polyplan.theory import insertion_gain
 
-CONDITION_KEYS = ("new_model_cost", "verifier_saving", "other_levels_change", "paper_condition",
-                  "sufficient_condition", "improves", "time_per_token_before", "time_per_token_after")
+CONDITION_KEYS = (
+    "new_model_cost",
+    "verifier_saving",
+    "other_levels_change",
+    "paper_condition",
+    "sufficient_condition",
+    "improves",
+    "time_per_token_before",
+    "time_per_token_after",
+)
 
 
-def _condition(predictor: Predictor, before: Chain, gammas_before: list[int], model: str, position: int,
-               new_gamma: int) -> dict | None:
+def _condition(
+    predictor: Predictor, before: Chain, gammas_before: list[int], model: str, position: int, new_gamma: int
+) -> dict | None:
     """The theory's insertion condition for putting ``model`` at ``position`` into ``before``."""
     above = before[position - 2]
     below = before[position - 1] if position - 1 < len(before) else None
     try:
         pa = predictor.profile.pair(above, model).alpha(predictor.mode)
         pb = predictor.profile.pair(model, below).alpha(predictor.mode) if below else None
-        res = insertion_gain(predictor.alphas(before), gammas_before, predictor.latencies(before), position,
-                             pa, pb, predictor.latencies((model,))[0], new_gamma)
+        res = insertion_gain(
+            predictor.alphas(before),
+            gammas_before,
+            predictor.latencies(before),
+            position,
+            pa,
+            pb,
+            predictor.latencies((model,))[0],
+            new_gamma,
+        )
     except UserError:
         return None
     d = res.to_dict()
@@ -110,8 +127,9 @@ def search(
     )
 
 
-def with_best(profile: Profile, predictor: Predictor, result: SearchResult, best: Estimate,
-              max_gamma: int = 16) -> SearchResult:
+def with_best(
+    profile: Profile, predictor: Predictor, result: SearchResult, best: Estimate, max_gamma: int = 16
+) -> SearchResult:
     """``result`` with another of its ranked plans chosen to run (the insertion analysis redone
     for it; the ranking stays by point estimate)."""
     if best.chain == result.best.chain and best.gammas == result.best.gammas:
@@ -145,9 +163,14 @@ def _insertion(profile: Profile, predictor: Predictor, best: Estimate, max_gamma
         g_without = [g for i, g in enumerate(best.gammas) if i != level - 2]
         verdicts.append(
             InsertionVerdict(
-                name, True, level, without, e.gammas, e.time_per_token, gain,
-                f"without it: {_ms(e.time_per_token)}/token vs {_ms(t)} "
-                f"({(gain - 1) * 100:+.1f}% slower), so it stays",
+                name,
+                True,
+                level,
+                without,
+                e.gammas,
+                e.time_per_token,
+                gain,
+                f"without it: {_ms(e.time_per_token)}/token vs {_ms(t)} ({(gain - 1) * 100:+.1f}% slower), so it stays",
                 _condition(predictor, without, g_without, name, level, best.gammas[level - 2]),
             )
         )
@@ -162,7 +185,13 @@ def _insertion(profile: Profile, predictor: Predictor, best: Estimate, max_gamma
         if not trials:
             verdicts.append(
                 InsertionVerdict(
-                    cand.name, False, None, None, (), None, None,
+                    cand.name,
+                    False,
+                    None,
+                    None,
+                    (),
+                    None,
+                    None,
                     "no valid position: " + (chain_problem(profile, chain + (cand.name,)) or "not plannable"),
                 )
             )
@@ -172,7 +201,13 @@ def _insertion(profile: Profile, predictor: Predictor, best: Estimate, max_gamma
         gain = t / e.time_per_token
         verdicts.append(
             InsertionVerdict(
-                cand.name, False, lvl, e.chain, e.gammas, e.time_per_token, gain,
+                cand.name,
+                False,
+                lvl,
+                e.chain,
+                e.gammas,
+                e.time_per_token,
+                gain,
                 f"best insertion (level {lvl}): {_ms(e.time_per_token)}/token vs {_ms(t)} "
                 f"(gain {gain:.3f}x {'< 1' if gain < 1 else '>= 1'}), so it stays out"
                 + ("" if gain < 1 else " (no better chain in the searched orders; try --all-orders)"),

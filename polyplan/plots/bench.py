@@ -36,8 +36,9 @@ def prediction_points(results: dict[str, Any]) -> list[PredictionPoint]:
             continue
         for predictor, predicted in sorted(method.get("predicted", {}).items()):
             if predicted:
-                points.append(PredictionPoint(method.get("label") or method["name"], predictor,
-                                              float(predicted), float(measured)))
+                points.append(
+                    PredictionPoint(method.get("label") or method["name"], predictor, float(predicted), float(measured))
+                )
     return points
 
 
@@ -57,8 +58,14 @@ def predicted_vs_measured(results: dict[str, Any]) -> Figure:
     left.fill_between(line, line * 0.8, line * 1.2, color="0.85", label="$\\pm$20%")
     for p in points:
         color = f"C{labels.index(p.method) % 10}"
-        left.scatter(p.measured * 1e3, p.predicted * 1e3, marker=PREDICTOR_MARKERS.get(p.predictor, "^"),
-                     color=color, s=40, zorder=3)
+        left.scatter(
+            p.measured * 1e3,
+            p.predicted * 1e3,
+            marker=PREDICTOR_MARKERS.get(p.predictor, "^"),
+            color=color,
+            s=40,
+            zorder=3,
+        )
     for predictor, marker in PREDICTOR_MARKERS.items():
         if any(p.predictor == predictor for p in points):
             left.scatter([], [], marker=marker, color="0.3", label=f"{predictor} prediction")
@@ -150,10 +157,19 @@ def level_comparisons(results: dict[str, Any], plan: Any) -> list[LevelCompariso
         for chain, gammas, predicted in planned:
             if tuple(method.get("chain", ())) == chain and tuple(method.get("gammas", ())) == gammas:
                 # the bench's own predictions (at its generation length and context) when it has them
-                at_bench = {name: tuple(_nan(x) for x in p["tokens_per_pass"])
-                            for name, p in method.get("predicted_levels", {}).items() if p.get("tokens_per_pass")}
-                out.append(LevelComparison(method.get("label") or method["name"], chain,
-                                           tuple(_nan(x) for x in measured), at_bench or predicted))
+                at_bench = {
+                    name: tuple(_nan(x) for x in p["tokens_per_pass"])
+                    for name, p in method.get("predicted_levels", {}).items()
+                    if p.get("tokens_per_pass")
+                }
+                out.append(
+                    LevelComparison(
+                        method.get("label") or method["name"],
+                        chain,
+                        tuple(_nan(x) for x in measured),
+                        at_bench or predicted,
+                    )
+                )
     return out
 
 
@@ -171,8 +187,15 @@ def levels_measured_vs_predicted(comparisons: list[LevelComparison]) -> Figure:
         x = np.arange(len(comparison.chain))
         ax.bar(x, comparison.measured, color="C0", alpha=0.8, width=0.6, label="measured")
         for offset, (predictor, values) in zip((-0.12, 0.12), sorted(comparison.predicted.items()), strict=False):
-            ax.scatter(x + offset, values, marker=PREDICTOR_MARKERS.get(predictor, "^"), color="C3", s=36,
-                       zorder=3, label=f"predicted ({predictor})")
+            ax.scatter(
+                x + offset,
+                values,
+                marker=PREDICTOR_MARKERS.get(predictor, "^"),
+                color="C3",
+                s=36,
+                zorder=3,
+                label=f"predicted ({predictor})",
+            )
         ax.set_xticks(x, [f"$M_{i + 1}$\n{name}" for i, name in enumerate(comparison.chain)], fontsize=7)
         ax.set_yscale("log")
         ax.set_title(comparison.method, fontsize=9)

@@ -14,8 +14,9 @@ from matplotlib.figure import Figure
 DEFAULT_DPI = 100
 
 
-def new_figure(width: float = 6.4, height: float = 4.8, *, nrows: int = 1, ncols: int = 1,
-               **subplot_kw) -> tuple[Figure, list]:
+def new_figure(
+    width: float = 6.4, height: float = 4.8, *, nrows: int = 1, ncols: int = 1, **subplot_kw
+) -> tuple[Figure, list]:
     """A Figure on the Agg canvas with a grid of axes (returned as a flat list)."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)

@@ -38,8 +38,11 @@ class PlanOption:
 def options_from_plan(plan: Plan) -> list[PlanOption]:
     """The options a plan document records: the chosen chain, its runners-up, the best two-level
     chain and autoregressive decoding (from the prediction's autoregressive time)."""
-    entries = [{"chain": plan.names, "gammas": plan.gammas, "time_per_token_s": plan.time_per_token},
-               *plan.runners_up, *([plan.two_level] if plan.two_level else [])]
+    entries = [
+        {"chain": plan.names, "gammas": plan.gammas, "time_per_token_s": plan.time_per_token},
+        *plan.runners_up,
+        *([plan.two_level] if plan.two_level else []),
+    ]
     options = {PlanOption(tuple(e["chain"]), tuple(e["gammas"]), float(e["time_per_token_s"])) for e in entries}
     autoregressive = plan.prediction.get("autoregressive_time_per_token_s")
     if autoregressive:
@@ -49,8 +52,10 @@ def options_from_plan(plan: Plan) -> list[PlanOption]:
 
 def options_from_estimates(estimates: Iterable) -> list[PlanOption]:
     """From the planner's ``Estimate`` objects (``polyplan.planner.search(...).ranked``)."""
-    return sorted((PlanOption(tuple(e.chain), tuple(e.gammas), float(e.time_per_token)) for e in estimates),
-                  key=lambda o: (o.time_per_token, o.models))
+    return sorted(
+        (PlanOption(tuple(e.chain), tuple(e.gammas), float(e.time_per_token)) for e in estimates),
+        key=lambda o: (o.time_per_token, o.models),
+    )
 
 
 def pareto_options(options: Sequence[PlanOption]) -> list[PlanOption]:
@@ -65,8 +70,7 @@ def pareto_options(options: Sequence[PlanOption]) -> list[PlanOption]:
     return front
 
 
-def pareto_front(options: Sequence[PlanOption], *, chosen: Sequence[str] | None = None,
-                 title: str = "") -> Figure:
+def pareto_front(options: Sequence[PlanOption], *, chosen: Sequence[str] | None = None, title: str = "") -> Figure:
     """Predicted time per token against the number of models in the chain; the front is joined,
     the chosen plan is ringed, and each front point is labelled with its chain and gammas."""
     if not options:
@@ -78,17 +82,32 @@ def pareto_front(options: Sequence[PlanOption], *, chosen: Sequence[str] | None 
     jitter = np.random.default_rng(0).uniform(-0.12, 0.12, size=len(options))
     ax.scatter(models + jitter, times, s=16, color="0.55", alpha=0.8, label="chains at their best gammas")
     front = pareto_options(options)
-    ax.plot([o.models for o in front], [o.time_per_token * 1e3 for o in front], "-o", color="C0", ms=6,
-            label="Pareto front")
+    ax.plot(
+        [o.models for o in front], [o.time_per_token * 1e3 for o in front], "-o", color="C0", ms=6, label="Pareto front"
+    )
     for index, o in enumerate(front):  # alternate above / below so neighbouring labels do not collide
-        ax.annotate(o.label, (o.models, o.time_per_token * 1e3), textcoords="offset points",
-                    xytext=(8, 6 if index % 2 == 0 else -14), fontsize=7, color="C0")
+        ax.annotate(
+            o.label,
+            (o.models, o.time_per_token * 1e3),
+            textcoords="offset points",
+            xytext=(8, 6 if index % 2 == 0 else -14),
+            fontsize=7,
+            color="C0",
+        )
     if chosen is not None:
         match = [o for o in options if o.chain == tuple(chosen)]
         if match:
             best = min(match, key=lambda o: o.time_per_token)
-            ax.scatter([best.models], [best.time_per_token * 1e3], s=180, facecolors="none", edgecolors="C3",
-                       linewidths=2, label="chosen plan", zorder=4)
+            ax.scatter(
+                [best.models],
+                [best.time_per_token * 1e3],
+                s=180,
+                facecolors="none",
+                edgecolors="C3",
+                linewidths=2,
+                label="chosen plan",
+                zorder=4,
+            )
     autoregressive = [o for o in options if o.models == 1]
     if autoregressive:
         ax.axhline(autoregressive[0].time_per_token * 1e3, color="0.4", ls=":", lw=1, label="autoregressive")
@@ -101,8 +120,9 @@ def pareto_front(options: Sequence[PlanOption], *, chosen: Sequence[str] | None 
     return fig
 
 
-def chain_breakdown(profile: Profile, chain: Sequence[str], gammas: Sequence[int], *, mode: str,
-                    context: float) -> list[float]:
+def chain_breakdown(
+    profile: Profile, chain: Sequence[str], gammas: Sequence[int], *, mode: str, context: float
+) -> list[float]:
     """Seconds per output token spent in each level of ``chain`` at ``gammas`` (i.i.d. exact model
     with the profile's latency curves at ``context``; they sum to its predicted time per token)."""
     for name in chain:
@@ -124,20 +144,36 @@ def chain_breakdown(profile: Profile, chain: Sequence[str], gammas: Sequence[int
 
 def level_breakdown(plan: Plan, profile: Profile) -> list[float]:
     """``chain_breakdown`` of the plan's chosen chain at its mode and context."""
-    return chain_breakdown(profile, plan.names, plan.gammas, mode=plan.mode,
-                           context=float(plan.settings.get("context", 0.0)))
+    return chain_breakdown(
+        profile, plan.names, plan.gammas, mode=plan.mode, context=float(plan.settings.get("context", 0.0))
+    )
 
 
 def plan_breakdown(plan: Plan, profile: Profile) -> Figure:
     """Where the time per token goes (T_i / L_i per level, steady-state i.i.d. model) for the chosen plan, the
     best two-level chain (when it is not the plan) and autoregressive decoding."""
-    bars = [(f"chosen plan\n$\\gamma$=[{','.join(map(str, plan.gammas)) or '-'}]", list(plan.names),
-             level_breakdown(plan, profile))]
+    bars = [
+        (
+            f"chosen plan\n$\\gamma$=[{','.join(map(str, plan.gammas)) or '-'}]",
+            list(plan.names),
+            level_breakdown(plan, profile),
+        )
+    ]
     two = plan.two_level
     if two and list(two["chain"]) != plan.names:
-        bars.append((f"best two-level\n$\\gamma$=[{','.join(map(str, two['gammas']))}]", list(two["chain"]),
-                     chain_breakdown(profile, two["chain"], two["gammas"], mode=plan.mode,
-                                     context=float(plan.settings.get("context", 0.0)))))
+        bars.append(
+            (
+                f"best two-level\n$\\gamma$=[{','.join(map(str, two['gammas']))}]",
+                list(two["chain"]),
+                chain_breakdown(
+                    profile,
+                    two["chain"],
+                    two["gammas"],
+                    mode=plan.mode,
+                    context=float(plan.settings.get("context", 0.0)),
+                ),
+            )
+        )
     autoregressive = plan.prediction.get("autoregressive_time_per_token_s")
     fig, (ax,) = new_figure(7.0, 4.4)
     colors: dict[str, str] = {}
@@ -154,14 +190,15 @@ def plan_breakdown(plan: Plan, profile: Profile) -> Figure:
     labels = [label for label, _, _ in bars]
     if autoregressive:
         ax.bar([len(bars)], [autoregressive * 1e3], color="0.6", width=0.6, label="autoregressive")
-        ax.text(len(bars), autoregressive * 1e3, f"{autoregressive * 1e3:.2f} ms", ha="center", va="bottom",
-                fontsize=8)
+        ax.text(len(bars), autoregressive * 1e3, f"{autoregressive * 1e3:.2f} ms", ha="center", va="bottom", fontsize=8)
         labels.append("autoregressive")
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlim(-0.6, len(labels) + 0.9)
     ax.set_ylabel("predicted time per output token [ms]\n(stacked: $T_i / L_i$ per model)")
     speedup = plan.prediction.get("speedup")
-    ax.set_title(f"Chosen plan: {' > '.join(plan.names)}"
-                 + (f", predicted speedup {speedup:.2f}x" if speedup else ""), fontsize=9)
+    ax.set_title(
+        f"Chosen plan: {' > '.join(plan.names)}" + (f", predicted speedup {speedup:.2f}x" if speedup else ""),
+        fontsize=9,
+    )
     ax.legend(fontsize=7, loc="upper right")
     return fig

@@ -40,8 +40,14 @@ def latency_curves(profile: Profile, *, names: Sequence[str] | None = None) -> F
             if curve.spread_s and len(curve.spread_s) == len(curve.context):
                 spread = np.asarray(curve.spread_s[row], dtype=float) * 1e3
                 # median +- IQR/2 approximates the quartiles; on a log axis keep the band above median/4
-                ax.fill_between(n, np.maximum(median - spread / 2, median / 4), median + spread / 2,
-                                color=color, alpha=0.12 * shade, lw=0)
+                ax.fill_between(
+                    n,
+                    np.maximum(median - spread / 2, median / 4),
+                    median + spread / 2,
+                    color=color,
+                    alpha=0.12 * shade,
+                    lw=0,
+                )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("new tokens per forward pass $n$")
@@ -51,8 +57,9 @@ def latency_curves(profile: Profile, *, names: Sequence[str] | None = None) -> F
     status = "" if profile.complete else " [INCOMPLETE profile]"
     random = [n for n in names if profile.candidate(n).random_weights]
     status += f" [random weights: {', '.join(random)}]" if random else ""
-    ax.set_title(f"Latency curves, pool {profile.pool!r} ({machine}){status}\ncontexts {contexts} "
-                 f"(darker = longer)", fontsize=9)
+    ax.set_title(
+        f"Latency curves, pool {profile.pool!r} ({machine}){status}\ncontexts {contexts} (darker = longer)", fontsize=9
+    )
     ax.legend(fontsize=8, title="candidate", title_fontsize=8)
     ax.grid(True, which="both", alpha=0.25)
     return fig
@@ -93,8 +100,15 @@ def _annotated_heatmap(ax, matrix: np.ndarray, rows: list[str], columns: list[st
         for j in range(matrix.shape[1]):
             value = matrix[i, j]
             if np.isfinite(value):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if value > 0.6 else "white")
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if value > 0.6 else "white",
+                )
     return image
 
 
@@ -106,8 +120,9 @@ def acceptance_heatmap(profile: Profile, mode: str = "greedy") -> Figure:
         raise UserError("profile has no acceptance measurements to plot")
     pair_labels, categories, by_category = category_matrix(profile, mode)
     with_categories = bool(categories)
-    fig, axes = new_figure(11.5 if with_categories else 6.0, max(3.6, 0.45 * len(pair_labels) + 1.8),
-                           ncols=2 if with_categories else 1)
+    fig, axes = new_figure(
+        11.5 if with_categories else 6.0, max(3.6, 0.45 * len(pair_labels) + 1.8), ncols=2 if with_categories else 1
+    )
     image = _annotated_heatmap(axes[0], matrix, verifiers, drafters)
     axes[0].set_xlabel("drafter")
     axes[0].set_ylabel("verifier")

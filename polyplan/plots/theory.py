@@ -48,8 +48,12 @@ def acceptance_cv(rate: np.ndarray | float, gamma: int, *, include_bonus: bool) 
 # ---------------------------------------------------------------------------------------------
 # speedup surfaces
 
-def two_level_speedup_grid(alphas: Sequence[float], cost_ratios: Sequence[float], max_gamma: int = 32,
-                           ) -> tuple[np.ndarray, np.ndarray]:
+
+def two_level_speedup_grid(
+    alphas: Sequence[float],
+    cost_ratios: Sequence[float],
+    max_gamma: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(speedup, best_gamma)``, each ``[len(cost_ratios), len(alphas)]``: the two-level speedup
     at the best integer gamma in 1..max_gamma, for acceptance a and cost ratio c = T2/T1."""
     a = np.asarray(alphas, dtype=float)[None, :, None]
@@ -60,8 +64,11 @@ def two_level_speedup_grid(alphas: Sequence[float], cost_ratios: Sequence[float]
     return np.take_along_axis(values, best[..., None], axis=2)[..., 0], best + 1
 
 
-def three_level_speedup_grid(alphas: Sequence[float], cost_ratios: Sequence[float], max_gamma: int = 8,
-                             ) -> tuple[np.ndarray, np.ndarray]:
+def three_level_speedup_grid(
+    alphas: Sequence[float],
+    cost_ratios: Sequence[float],
+    max_gamma: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(speedup, gammas)`` of a three-level chain whose levels each accept at rate a and cost c
     times the level above (alpha = [a, a], latency = [1, c, c^2]), at the best gammas
     (exact model, exhaustive search up to ``max_gamma``). ``gammas`` is ``[..., 2]``."""
@@ -75,8 +82,13 @@ def three_level_speedup_grid(alphas: Sequence[float], cost_ratios: Sequence[floa
     return speedup, gammas
 
 
-def speedup_surfaces(alphas: Sequence[float] | None = None, cost_ratios: Sequence[float] | None = None,
-                     *, max_gamma_two: int = 32, max_gamma_three: int = 8) -> Figure:
+def speedup_surfaces(
+    alphas: Sequence[float] | None = None,
+    cost_ratios: Sequence[float] | None = None,
+    *,
+    max_gamma_two: int = 32,
+    max_gamma_three: int = 8,
+) -> Figure:
     """Two panels: speedup over (acceptance a, cost ratio c) for two levels, and for three levels
     (each level accepts at a and costs c times the one above), at the best gammas; contours mark
     1x (break-even), 2x, 3x. In the two-level panel break-even is exactly the diagonal a = c."""
@@ -88,10 +100,20 @@ def speedup_surfaces(alphas: Sequence[float] | None = None, cost_ratios: Sequenc
     vmax = float(min(max(two.max(), three.max()), 6.0))
     fig, (left, right) = new_figure(10.5, 4.2, ncols=2, sharey=True)
     extent = (alphas[0], alphas[-1], cost_ratios[0], cost_ratios[-1])
-    for ax, grid, title in ((left, two, "two levels: $M_1 \\leftarrow M_2$"),
-                            (right, three, "three levels: $\\alpha=[a, a]$, $T=[1, c, c^2]$")):
-        image = ax.imshow(grid, origin="lower", aspect="auto", extent=extent, cmap="viridis",
-                          vmin=0, vmax=vmax, interpolation="nearest")
+    for ax, grid, title in (
+        (left, two, "two levels: $M_1 \\leftarrow M_2$"),
+        (right, three, "three levels: $\\alpha=[a, a]$, $T=[1, c, c^2]$"),
+    ):
+        image = ax.imshow(
+            grid,
+            origin="lower",
+            aspect="auto",
+            extent=extent,
+            cmap="viridis",
+            vmin=0,
+            vmax=vmax,
+            interpolation="nearest",
+        )
         contours = ax.contour(alphas, cost_ratios, grid, levels=[1, 2, 3, 4], colors="white", linewidths=1)
         ax.clabel(contours, fmt="%gx", fontsize=8)
         ax.set_title(title, fontsize=10)
@@ -104,6 +126,7 @@ def speedup_surfaces(alphas: Sequence[float] | None = None, cost_ratios: Sequenc
 
 # ---------------------------------------------------------------------------------------------
 # where a third model pays
+
 
 @dataclass
 class InsertionGrid:
@@ -119,9 +142,15 @@ class InsertionGrid:
     small_cost: float
 
 
-def insertion_grid(alphas: Sequence[float], cost_ratios: Sequence[float], *, mid_small_alpha: float = 0.75,
-                   target_small_alpha: float = 0.55, small_cost: float = 0.02, max_gamma: int = 10,
-                   ) -> InsertionGrid:
+def insertion_grid(
+    alphas: Sequence[float],
+    cost_ratios: Sequence[float],
+    *,
+    mid_small_alpha: float = 0.75,
+    target_small_alpha: float = 0.55,
+    small_cost: float = 0.02,
+    max_gamma: int = 10,
+) -> InsertionGrid:
     """Exact gain of inserting M (acceptance a by the target, cost c) into the best (target, S) chain.
 
     ``gain > 1``: the best three-level chain beats the best two-level one. The paper's sufficient
@@ -134,11 +163,20 @@ def insertion_grid(alphas: Sequence[float], cost_ratios: Sequence[float], *, mid
         for j, a in enumerate(alphas):
             gammas, three = search_gammas([a, mid_small_alpha], [1.0, c, small_cost], max_gamma=max_gamma)
             gain[i, j] = base.time_per_token / three.time_per_token
-            verdict = insertion_gain([target_small_alpha], base_gammas, [1.0, small_cost], 2, a,
-                                     mid_small_alpha, c, gammas[0])
+            verdict = insertion_gain(
+                [target_small_alpha], base_gammas, [1.0, small_cost], 2, a, mid_small_alpha, c, gammas[0]
+            )
             paper[i, j] = verdict.paper_condition
-    return InsertionGrid(np.asarray(alphas, float), np.asarray(cost_ratios, float), gain, paper,
-                         float(base.time_per_token), mid_small_alpha, target_small_alpha, small_cost)
+    return InsertionGrid(
+        np.asarray(alphas, float),
+        np.asarray(cost_ratios, float),
+        gain,
+        paper,
+        float(base.time_per_token),
+        mid_small_alpha,
+        target_small_alpha,
+        small_cost,
+    )
 
 
 def insertion_region(grid: InsertionGrid | None = None) -> Figure:
@@ -148,13 +186,28 @@ def insertion_region(grid: InsertionGrid | None = None) -> Figure:
     fig, (ax,) = new_figure(6.4, 4.6)
     extent = (grid.alphas[0], grid.alphas[-1], grid.cost_ratios[0], grid.cost_ratios[-1])
     spread = max(abs(np.log2(grid.gain)).max(), 0.1)
-    image = ax.imshow(np.log2(grid.gain), origin="lower", aspect="auto", extent=extent, cmap="RdBu",
-                      vmin=-spread, vmax=spread, interpolation="nearest")
+    image = ax.imshow(
+        np.log2(grid.gain),
+        origin="lower",
+        aspect="auto",
+        extent=extent,
+        cmap="RdBu",
+        vmin=-spread,
+        vmax=spread,
+        interpolation="nearest",
+    )
     if grid.gain.min() < 1 < grid.gain.max():
         ax.contour(grid.alphas, grid.cost_ratios, grid.gain, levels=[1.0], colors="black", linewidths=2)
     if grid.paper_condition.any() and not grid.paper_condition.all():
-        ax.contour(grid.alphas, grid.cost_ratios, grid.paper_condition.astype(float), levels=[0.5],
-                   colors="black", linewidths=1.2, linestyles="--")
+        ax.contour(
+            grid.alphas,
+            grid.cost_ratios,
+            grid.paper_condition.astype(float),
+            levels=[0.5],
+            colors="black",
+            linewidths=1.2,
+            linestyles="--",
+        )
     ax.plot([], [], color="black", lw=2, label="exact break-even (gammas re-optimised)")
     ax.plot([], [], color="black", lw=1.2, ls="--", label="Wang et al. condition ($T_M/L_M < \\Delta(T_1/L_1)$)")
     ax.legend(loc="upper left", fontsize=8, framealpha=0.8)
@@ -162,17 +215,21 @@ def insertion_region(grid: InsertionGrid | None = None) -> Figure:
     step = 0.5 if spread <= 2 else 1.0
     ticks = list(np.arange(-np.floor(spread / step), np.floor(spread / step) + 1) * step)
     bar.set_ticks(ticks)
-    bar.set_ticklabels([f"{2 ** t:.2g}x" for t in ticks])
+    bar.set_ticklabels([f"{2**t:.2g}x" for t in ticks])
     bar.set_label("gain: best 2-level time / best 3-level time")
     ax.set_xlabel("acceptance of the middle model by the target, $\\alpha_{1M}$")
     ax.set_ylabel("middle model cost ratio $T_M / T_1$")
-    ax.set_title(f"Insert M into (target, S): $\\alpha_{{MS}}$={grid.mid_small_alpha:g}, "
-                 f"$\\alpha_{{1S}}$={grid.target_small_alpha:g}, $T_S/T_1$={grid.small_cost:g}", fontsize=10)
+    ax.set_title(
+        f"Insert M into (target, S): $\\alpha_{{MS}}$={grid.mid_small_alpha:g}, "
+        f"$\\alpha_{{1S}}$={grid.target_small_alpha:g}, $T_S/T_1$={grid.small_cost:g}",
+        fontsize=10,
+    )
     return fig
 
 
 # ---------------------------------------------------------------------------------------------
 # acceptance-length stability
+
 
 @dataclass
 class RatePair:
@@ -195,8 +252,9 @@ def random_distribution_pairs(n_pairs: int = 40, vocabulary: int = 64, seed: int
     return pairs
 
 
-def acceptance_stability(gammas: Sequence[int] = (2, 4, 8), pair_gamma: int = 4,
-                         pairs: Sequence[RatePair] | None = None) -> Figure:
+def acceptance_stability(
+    gammas: Sequence[int] = (2, 4, 8), pair_gamma: int = 4, pairs: Sequence[RatePair] | None = None
+) -> Figure:
     """Left: CV of the accepted count A (dashed) and of the acceptance length X = A + 1 (solid)
     against the acceptance rate, per gamma. Right: for random (p, q) pairs, exact-match acceptance
     (sample from p, accept on a match) against speculative sampling (accept with min(1, p/q)):
@@ -207,8 +265,9 @@ def acceptance_stability(gammas: Sequence[int] = (2, 4, 8), pair_gamma: int = 4,
     colors = ["C0", "C1", "C2", "C3", "C4", "C5"]
     for color, g in zip(colors, gammas, strict=False):
         left.plot(rates, acceptance_cv(rates, g, include_bonus=True), color=color, label=f"CV[X], $\\gamma$={g}")
-        left.plot(rates, acceptance_cv(rates, g, include_bonus=False), color=color, ls="--",
-                  label=f"CV[A], $\\gamma$={g}")
+        left.plot(
+            rates, acceptance_cv(rates, g, include_bonus=False), color=color, ls="--", label=f"CV[A], $\\gamma$={g}"
+        )
     left.set_ylim(0, 2.5)
     left.set_xlabel("acceptance rate $a$")
     left.set_ylabel("coefficient of variation")
@@ -234,6 +293,7 @@ def acceptance_stability(gammas: Sequence[int] = (2, 4, 8), pair_gamma: int = 4,
 # ---------------------------------------------------------------------------------------------
 # exact model against simulation
 
+
 @dataclass
 class ModelCheck:
     label: str
@@ -246,13 +306,18 @@ class ModelCheck:
 DEFAULT_CHAINS: tuple[tuple[str, tuple[float, ...], tuple[int, ...], tuple[float, ...]], ...] = (
     ("k=2: $\\gamma$=[5], T=[1, .1]", (), (5,), (1.0, 0.1)),
     ("k=3: $\\alpha_2$=.8, $\\gamma$=[4, 3], T=[1, .2, .02]", (0.8,), (4, 3), (1.0, 0.2, 0.02)),
-    ("k=4: $\\alpha$=[., .8, .7], $\\gamma$=[6, 3, 2], T=[1, .3, .08, .01]", (0.8, 0.7), (6, 3, 2),
-     (1.0, 0.3, 0.08, 0.01)),
+    (
+        "k=4: $\\alpha$=[., .8, .7], $\\gamma$=[6, 3, 2], T=[1, .3, .08, .01]",
+        (0.8, 0.7),
+        (6, 3, 2),
+        (1.0, 0.3, 0.08, 0.01),
+    ),
 )
 
 
-def model_vs_simulation_data(alphas: Sequence[float] | None = None, n_tokens: int = 4000, seed: int = 0,
-                             chains=DEFAULT_CHAINS) -> list[ModelCheck]:
+def model_vs_simulation_data(
+    alphas: Sequence[float] | None = None, n_tokens: int = 4000, seed: int = 0, chains=DEFAULT_CHAINS
+) -> list[ModelCheck]:
     """Speedup of each chain over a sweep of the target's acceptance a_1: exact model vs a
     Bernoulli simulation of the staged loop (independent code: polyplan.theory.simulator)."""
     alphas = np.linspace(0.1, 0.95, 9) if alphas is None else np.asarray(alphas, dtype=float)
@@ -278,8 +343,7 @@ def model_vs_simulation(checks: Sequence[ModelCheck] | None = None) -> Figure:
     for color, check in zip(("C0", "C1", "C2", "C3"), checks, strict=False):
         fine = check.alphas
         ax.plot(fine, check.exact, color=color, label=check.label)
-        ax.errorbar(check.alphas, check.simulated, yerr=2 * check.stderr, fmt="o", ms=4, color=color,
-                    capsize=2)
+        ax.errorbar(check.alphas, check.simulated, yerr=2 * check.stderr, fmt="o", ms=4, color=color, capsize=2)
     ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
     ax.plot([], [], "o", color="0.3", label="simulated ($\\pm$2 s.e.)")
     ax.set_xlabel("target acceptance $\\alpha_1$")

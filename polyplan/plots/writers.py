@@ -19,9 +19,17 @@ from polyplan.plots import bench as bench_plots, plan as plan_plots, profile as 
 from polyplan.plots.canvas import DEFAULT_DPI, save_figure
 
 #: the figures docs/*.md show (committed in docs/figures/); `polyplan plot all` fails if one is not written
-DOC_FIGURES = ("speedup-surfaces.png", "insertion-region.png", "acceptance-stability.png",
-                  "model-vs-simulation.png", "latency-curves.png", "acceptance-heatmap.png",
-                  "pareto-front.png", "plan-breakdown.png", "predicted-vs-measured.png")
+DOC_FIGURES = (
+    "speedup-surfaces.png",
+    "insertion-region.png",
+    "acceptance-stability.png",
+    "model-vs-simulation.png",
+    "latency-curves.png",
+    "acceptance-heatmap.png",
+    "pareto-front.png",
+    "plan-breakdown.png",
+    "predicted-vs-measured.png",
+)
 
 
 @dataclass
@@ -43,16 +51,19 @@ def write_theory_figures(out: str | Path, *, dpi: int = DEFAULT_DPI, grid: int =
         raise UserError(f"--grid must be between 4 and 200 points per axis, got {grid}")
     alphas, costs = np.linspace(0.02, 0.98, grid + grid // 4), np.linspace(0.01, 0.6, grid)
     insertion = theory_plots.insertion_grid(np.linspace(0.3, 0.99, grid), np.linspace(0.02, 0.6, grid))
-    return WrittenFigures([
-        _save(theory_plots.speedup_surfaces(alphas, costs), out, "speedup-surfaces.png", dpi),
-        _save(theory_plots.insertion_region(insertion), out, "insertion-region.png", dpi),
-        _save(theory_plots.acceptance_stability(), out, "acceptance-stability.png", dpi),
-        _save(theory_plots.model_vs_simulation(), out, "model-vs-simulation.png", dpi),
-    ])
+    return WrittenFigures(
+        [
+            _save(theory_plots.speedup_surfaces(alphas, costs), out, "speedup-surfaces.png", dpi),
+            _save(theory_plots.insertion_region(insertion), out, "insertion-region.png", dpi),
+            _save(theory_plots.acceptance_stability(), out, "acceptance-stability.png", dpi),
+            _save(theory_plots.model_vs_simulation(), out, "model-vs-simulation.png", dpi),
+        ]
+    )
 
 
-def write_profile_figures(profile_path: str | Path, out: str | Path, *, mode: str = "greedy",
-                          dpi: int = DEFAULT_DPI) -> WrittenFigures:
+def write_profile_figures(
+    profile_path: str | Path, out: str | Path, *, mode: str = "greedy", dpi: int = DEFAULT_DPI
+) -> WrittenFigures:
     profile = Profile.load(profile_path)
     written = WrittenFigures([_save(profile_plots.latency_curves(profile), out, "latency-curves.png", dpi)])
     if profile.pairs:
@@ -81,13 +92,18 @@ def plan_options_from_profile(plan: Plan, profile: Profile) -> list[plan_plots.P
     from polyplan.planner import make_predictor, search
 
     predictor = make_predictor("iid", profile, mode=plan.mode, context=plan.settings.get("context"))
-    result = search(profile, predictor, max_gamma=int(plan.settings.get("max_gamma", 16)),
-                    all_orders=bool(plan.settings.get("all_orders", False)))
+    result = search(
+        profile,
+        predictor,
+        max_gamma=int(plan.settings.get("max_gamma", 16)),
+        all_orders=bool(plan.settings.get("all_orders", False)),
+    )
     return plan_plots.options_from_estimates(result.ranked)
 
 
-def write_plan_figures(plan_path: str | Path | None, out: str | Path, *, profile_path: str | Path | None = None,
-                       dpi: int = DEFAULT_DPI) -> WrittenFigures:
+def write_plan_figures(
+    plan_path: str | Path | None, out: str | Path, *, profile_path: str | Path | None = None, dpi: int = DEFAULT_DPI
+) -> WrittenFigures:
     """The Pareto front (every chain of the profile when the profile is found, else the plan's own
     short list) and, with the profile, the chosen plan's per-level time breakdown.
     ``plan_path=None``: the plan ``polyplan optimize`` makes from ``profile_path`` with its defaults."""
@@ -109,8 +125,9 @@ def write_plan_figures(plan_path: str | Path | None, out: str | Path, *, profile
     else:
         options = plan_plots.options_from_plan(plan)
         title = "The plan's chain and runners-up (profile not found: short list only)"
-    written = WrittenFigures([_save(plan_plots.pareto_front(options, chosen=plan.names, title=title), out,
-                                    "pareto-front.png", dpi)])
+    written = WrittenFigures(
+        [_save(plan_plots.pareto_front(options, chosen=plan.names, title=title), out, "pareto-front.png", dpi)]
+    )
     if profile is not None:
         written.paths.append(_save(plan_plots.plan_breakdown(plan, profile), out, "plan-breakdown.png", dpi))
     else:
@@ -129,15 +146,18 @@ def find_results_plan(results: dict, results_path: str | Path) -> Path | None:
     return None
 
 
-def write_bench_figures(results_path: str | Path, out: str | Path, *, plan_path: str | Path | None = None,
-                        dpi: int = DEFAULT_DPI) -> WrittenFigures:
+def write_bench_figures(
+    results_path: str | Path, out: str | Path, *, plan_path: str | Path | None = None, dpi: int = DEFAULT_DPI
+) -> WrittenFigures:
     """Predicted vs measured time per token, measured speedups and, when the plan is found and a
     method recorded per-level statistics, measured against predicted L_i."""
     results = load_results(results_path)
-    written = WrittenFigures([
-        _save(bench_plots.predicted_vs_measured(results), out, "predicted-vs-measured.png", dpi),
-        _save(bench_plots.speedups(results), out, "bench-speedups.png", dpi),
-    ])
+    written = WrittenFigures(
+        [
+            _save(bench_plots.predicted_vs_measured(results), out, "predicted-vs-measured.png", dpi),
+            _save(bench_plots.speedups(results), out, "bench-speedups.png", dpi),
+        ]
+    )
     name = "levels-measured-vs-predicted.png"
     found = Path(plan_path) if plan_path is not None else find_results_plan(results, results_path)
     comparisons = bench_plots.level_comparisons(results, Plan.load(found)) if found is not None else []

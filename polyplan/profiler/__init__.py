@@ -32,8 +32,23 @@ from polyplan.profiler.session import (
 from polyplan.profiler.views import acceptance_by_category, acceptance_matrix, latency_grid, latency_table
 
 __all__ = [
-    "ProfileInputs", "ProfileOutcome", "ProfileSettings", "ProgressHooks", "acceptance_by_category",
-    "acceptance_matrix", "greedy_reference", "latency_grid", "latency_table", "load_traces",
-    "machine_facts", "measure_context", "new_token_grid", "point_mass_proposals", "processed_probs",
-    "run_profile", "score_reference", "sidecar_path", "teacher_force",
+    "ProfileInputs",
+    "ProfileOutcome",
+    "ProfileSettings",
+    "ProgressHooks",
+    "acceptance_by_category",
+    "acceptance_matrix",
+    "greedy_reference",
+    "latency_grid",
+    "latency_table",
+    "load_traces",
+    "machine_facts",
+    "measure_context",
+    "new_token_grid",
+    "point_mass_proposals",
+    "processed_probs",
+    "run_profile",
+    "score_reference",
+    "sidecar_path",
+    "teacher_force",
 ]

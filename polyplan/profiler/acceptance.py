@@ -72,7 +72,9 @@ def greedy_reference(
     return out
 
 
-def teacher_force(drafter: Drafter, prompt_ids: Sequence[int], reference: Sequence[int], block: int = 0) -> torch.Tensor:
+def teacher_force(
+    drafter: Drafter, prompt_ids: Sequence[int], reference: Sequence[int], block: int = 0
+) -> torch.Tensor:
     """Logits ``[len(reference), V]``: row ``t`` is the drafter's prediction of ``reference[t]``.
 
     ``block == 0`` feeds ``prompt + reference[:-1]`` in one pass; ``block > 0`` prefills the prompt
@@ -178,8 +180,10 @@ def score_reference(
                 prop = proposals[d.name]
                 has = prop >= 0
                 greedy[key] = mean_over_shapes(
-                    v.name, fn=lambda s, v=v, prop=prop, has=has: (prop == per_shape(argmax, v.name, s)) & has).numpy()
+                    v.name, fn=lambda s, v=v, prop=prop, has=has: (prop == per_shape(argmax, v.name, s)) & has
+                ).numpy()
                 if temperature > 0:
+
                     def picked(s: int, v=v, prop=prop, has=has) -> torch.Tensor:
                         p_v = per_shape(probs, v.name, s)
                         got = p_v.gather(-1, prop.clamp(min=0).to(p_v.device).unsqueeze(-1)).squeeze(-1).cpu()
@@ -188,9 +192,10 @@ def score_reference(
                     sampling[key] = mean_over_shapes(v.name, fn=picked).numpy()
             else:
                 greedy[key] = mean_over_shapes(
-                    v.name, d.name,
-                    fn=lambda s, v=v, d=d: per_shape(argmax, d.name, s) == per_shape(argmax, v.name, s)).numpy()
+                    v.name, d.name, fn=lambda s, v=v, d=d: per_shape(argmax, d.name, s) == per_shape(argmax, v.name, s)
+                ).numpy()
                 if temperature > 0:
+
                     def overlap(s: int, v=v, d=d) -> torch.Tensor:
                         p_v = per_shape(probs, v.name, s)
                         q_d = per_shape(probs, d.name, s).to(p_v.device)

@@ -17,10 +17,11 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -138,6 +139,7 @@ class ProfileOutcome:
 
 # --------------------------------------------------------------------------- traces
 
+
 @dataclass
 class _Traces:
     prompt_ids: list[str] = field(default_factory=list)
@@ -167,7 +169,7 @@ class _Traces:
         return buf.getvalue()
 
     @classmethod
-    def from_npz(cls, path: Path, identity: dict[str, Any]) -> "_Traces | None":
+    def from_npz(cls, path: Path, identity: dict[str, Any]) -> _Traces | None:
         """The traces saved by an interrupted run with the same identity, or None."""
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -219,6 +221,7 @@ class _Traces:
 
 # --------------------------------------------------------------------------- the run
 
+
 def sidecar_path(output: Path) -> Path:
     return output.with_name(output.stem + ".traces.npz")
 
@@ -232,7 +235,9 @@ def _settings_doc(settings: ProfileSettings, inputs: ProfileInputs, workload: di
     return doc
 
 
-def _checked_prompts(settings: ProfileSettings, inputs: ProfileInputs) -> tuple[PromptSet, list[Prompt], dict[str, list[int]]]:
+def _checked_prompts(
+    settings: ProfileSettings, inputs: ProfileInputs
+) -> tuple[PromptSet, list[Prompt], dict[str, list[int]]]:
     """The prompts to measure, each encoded and checked to leave the target room to answer,
     before anything is measured (a bad prompt file fails before minutes of latency runs)."""
     source = prompt_set(settings.prompts_file)
@@ -395,9 +400,16 @@ def run_profile(
         )
         for name, row in measured.items():
             curve = latency.get(name)
-            rows = {} if curve is None else {
-                cc: (m, s) for cc, m, s in zip(curve.context, curve.median_s, curve.spread_s or [[]] * len(curve.context))
-            }
+            rows = (
+                {}
+                if curve is None
+                else {
+                    cc: (m, s)
+                    for cc, m, s in zip(
+                        curve.context, curve.median_s, curve.spread_s or [[]] * len(curve.context), strict=True
+                    )
+                }
+            )
             rows[c] = (row.median_s, row.spread_s)
             ctxs = sorted(rows)
             latency[name] = LatencyCurve(
@@ -477,4 +489,3 @@ def load_traces(profile_path: str | Path) -> dict[str, np.ndarray]:
         raise DocumentError(f"{path}: traces sidecar is missing") from None
     except (OSError, ValueError) as e:
         raise DocumentError(f"{path}: traces sidecar is unreadable (truncated?): {e}") from None
-

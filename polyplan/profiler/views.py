@@ -15,8 +15,13 @@ def latency_table(profile: Profile) -> pd.DataFrame:
             for j, n in enumerate(curve.new_tokens):
                 spread = curve.spread_s[i][j] if curve.spread_s else float("nan")
                 rows.append(
-                    {"candidate": name, "context": c, "new_tokens": n,
-                     "median_ms": 1000 * curve.median_s[i][j], "iqr_ms": 1000 * spread}
+                    {
+                        "candidate": name,
+                        "context": c,
+                        "new_tokens": n,
+                        "median_ms": 1000 * curve.median_s[i][j],
+                        "iqr_ms": 1000 * spread,
+                    }
                 )
     return pd.DataFrame(rows, columns=["candidate", "context", "new_tokens", "median_ms", "iqr_ms"])
 
@@ -38,8 +43,7 @@ def acceptance_matrix(profile: Profile, mode: str = "greedy", category: str | No
         raise ValueError(f"acceptance mode must be 'greedy' or 'sampling', not {mode!r}")
     names = [c.name for c in profile.candidates]
     verifiers = [c.name for c in profile.candidates if not c.point_mass]
-    df = pd.DataFrame(float("nan"), index=pd.Index(verifiers, name="verifier"),
-                      columns=pd.Index(names, name="drafter"))
+    df = pd.DataFrame(float("nan"), index=pd.Index(verifiers, name="verifier"), columns=pd.Index(names, name="drafter"))
     for p in profile.pairs:
         if category is None:
             value = p.alpha(mode)
@@ -56,6 +60,13 @@ def acceptance_by_category(profile: Profile, mode: str = "greedy") -> pd.DataFra
     rows = []
     for p in profile.pairs:
         for cat, s in p.by_category.items():
-            rows.append({"verifier": p.verifier, "drafter": p.drafter, "category": cat,
-                         "alpha": s[mode], "positions": s["positions"]})
+            rows.append(
+                {
+                    "verifier": p.verifier,
+                    "drafter": p.drafter,
+                    "category": cat,
+                    "alpha": s[mode],
+                    "positions": s["positions"],
+                }
+            )
     return pd.DataFrame(rows, columns=["verifier", "drafter", "category", "alpha", "positions"])

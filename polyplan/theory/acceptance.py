@@ -53,8 +53,11 @@ def mean_accepted_expression(g_value: int | sp.Expr = g) -> sp.Expr:
 
 def mean_acceptance_length_expression(g_value: int | sp.Expr = g) -> sp.Expr:
     """``E[X] = E[A] + 1 = (1 - a^(g+1)) / (1 - a)`` (Leviathan et al. 2023, eq. 1)."""
-    return sp.factor(sp.simplify(mean_accepted_expression(g_value) + 1)) if g_value is g else \
-        sp.cancel(mean_accepted_expression(g_value) + 1)
+    return (
+        sp.factor(sp.simplify(mean_accepted_expression(g_value) + 1))
+        if g_value is g
+        else sp.cancel(mean_accepted_expression(g_value) + 1)
+    )
 
 
 def second_moment_accepted_expression(g_value: int | sp.Expr = g) -> sp.Expr:
@@ -120,6 +123,7 @@ def acceptance_length_cv_peak(g_value: int) -> float:
 
 # --- numeric pmf (the one place the generic chain model and the simulator's tests get it) ---
 
+
 def capped_geometric_pmf(rate: Any, block: int, powers: Sequence[Any] | None = None) -> list[Any]:
     """``[P(A = 0), ..., P(A = block)]`` for any number type (float, Fraction, sympy)."""
     if powers is None:
@@ -139,6 +143,7 @@ def mean_acceptance_length(rate: Any, block: int) -> Any:
 
 
 # --- speculative sampling versus exact-match sampling ---
+
 
 def speculative_sampling_rate(p: Sequence[float], q: Sequence[float]) -> float:
     """Acceptance rate of speculative sampling: ``sum_x min(p(x), q(x))`` = 1 - TV(p, q)."""

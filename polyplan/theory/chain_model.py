@@ -97,8 +97,11 @@ class ChainPrediction:
         out["depth"] = self.depth
         out["mean_target_block_length"] = _to_float(self.mean_target_block_length)
         if exact:
-            out["exact"] = {key: _to_str(value) for key, value in raw.items()
-                            if key not in ("alpha", "gamma", "target_block_length")}
+            out["exact"] = {
+                key: _to_str(value)
+                for key, value in raw.items()
+                if key not in ("alpha", "gamma", "target_block_length")
+            }
         return out
 
 
@@ -162,8 +165,13 @@ def intermediate_call(rate: Any, threshold: int, latency: Latency, below: LevelC
     passes = [verifications] + [verifications * p for p in below.passes]
     mean_increment = sum((m * p for m, p in enumerate(increment)), 0)
     level_times = [verifications * verify_time] + [verifications * t for t in below.level_times]
-    return LevelCall(block_length=handed, passes=passes, time=verifications * (below.time + verify_time),
-                     level_times=level_times, verification_length=mean_increment)
+    return LevelCall(
+        block_length=handed,
+        passes=passes,
+        time=verifications * (below.time + verify_time),
+        level_times=level_times,
+        verification_length=mean_increment,
+    )
 
 
 def chain_moments(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence[Latency]) -> ChainPrediction:
@@ -174,11 +182,21 @@ def chain_moments(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence[
         raise UserError(f"the target's pass time T_1(1) must be > 0, got {t_one!r}")
     if k == 1:
         one = t_one * 0 + 1  # the unit of whatever number type the latencies are
-        return ChainPrediction(time_per_token=t_one, speedup=one, mean_acceptance_length=one,
-                               tokens_per_pass=[one], passes_per_token=[one], level_acceptance_length=[],
-                               target_block_length=[], round_time=t_one, latency_at_one=t_one,
-                               level_time_per_token=[t_one], acceptance_length_distribution=[0 * one, one],
-                               alpha=list(alpha), gamma=list(gamma))
+        return ChainPrediction(
+            time_per_token=t_one,
+            speedup=one,
+            mean_acceptance_length=one,
+            tokens_per_pass=[one],
+            passes_per_token=[one],
+            level_acceptance_length=[],
+            target_block_length=[],
+            round_time=t_one,
+            latency_at_one=t_one,
+            level_time_per_token=[t_one],
+            acceptance_length_distribution=[0 * one, one],
+            alpha=list(alpha),
+            gamma=list(gamma),
+        )
     call = bottom_call(int(gamma[-1]), latency[-1])
     level_lengths: list[Any] = []
     for j in range(k - 1, 1, -1):  # intermediate levels, bottom-up
@@ -218,8 +236,9 @@ def chain_moments(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence[
     )
 
 
-def predict_chain(alpha: Sequence[float], gamma: Sequence[int],
-                  latency: Sequence[float | Callable[[int], float]]) -> ChainPrediction:
+def predict_chain(
+    alpha: Sequence[float], gamma: Sequence[int], latency: Sequence[float | Callable[[int], float]]
+) -> ChainPrediction:
     """Exact expected behaviour of the chain, in floating point (the optimizer's fast path).
 
     ``alpha = [a_1..a_(k-1)]`` (a_1: target vs M2), ``gamma = [g_2..g_k]``, ``latency = [T_1..T_k]``

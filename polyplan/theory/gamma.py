@@ -32,14 +32,16 @@ def first_order_condition() -> sp.Expr:
 
 def optimal_gamma_expression() -> sp.Expr:
     """``g* = (1 + W_{-1}(-a^(1/c-1)/e)) / ln a - 1/c``."""
-    return (1 + sp.LambertW(-a ** (1 / c - 1) / sp.E, -1)) / sp.log(a) - 1 / c
+    return (1 + sp.LambertW(-(a ** (1 / c - 1)) / sp.E, -1)) / sp.log(a) - 1 / c
 
 
 @cache
 def _numeric_forms() -> tuple[Callable[..., float], Callable[..., complex]]:
     """The fast paths, lambdified once from the expressions (deferred: deriving them takes ~1 s)."""
-    return (sp.lambdify((a, g, c), improvement_factor(), "math"),
-            sp.lambdify((a, c), optimal_gamma_expression(), "scipy"))
+    return (
+        sp.lambdify((a, g, c), improvement_factor(), "math"),
+        sp.lambdify((a, c), optimal_gamma_expression(), "scipy"),
+    )
 
 
 @dataclass
@@ -56,8 +58,10 @@ def optimal_gamma_two_level(alpha: float, cost_ratio: float, max_gamma: int = 64
     if cost_ratio < 0:
         raise UserError(f"the cost ratio c = T2/T1 must be >= 0, got {cost_ratio}")
     _improvement, _continuous_optimum = _numeric_forms()
-    values = [(_improvement(alpha, gg, cost_ratio) if alpha > 0 else 1 / (gg * cost_ratio + 1), gg)
-              for gg in range(1, max_gamma + 1)]
+    values = [
+        (_improvement(alpha, gg, cost_ratio) if alpha > 0 else 1 / (gg * cost_ratio + 1), gg)
+        for gg in range(1, max_gamma + 1)
+    ]
     best_value, best_gamma = max(values, key=lambda v: (v[0], -v[1]))
     continuous = None
     if 0 < alpha < 1 and 0 < cost_ratio < 1:
@@ -67,10 +71,15 @@ def optimal_gamma_two_level(alpha: float, cost_ratio: float, max_gamma: int = 64
     return TwoLevelOptimum(gamma=best_gamma, speedup=float(best_value), continuous_gamma=continuous)
 
 
-def search_gammas(alpha: Sequence[float], latency: Sequence[Latency], max_gamma: int = 16, *,
-                  min_gamma: int = 1, exhaustive_limit: int = 1024,
-                  objective: Callable[[ChainPrediction], float] | None = None,
-                  ) -> tuple[list[int], ChainPrediction]:
+def search_gammas(
+    alpha: Sequence[float],
+    latency: Sequence[Latency],
+    max_gamma: int = 16,
+    *,
+    min_gamma: int = 1,
+    exhaustive_limit: int = 1024,
+    objective: Callable[[ChainPrediction], float] | None = None,
+) -> tuple[list[int], ChainPrediction]:
     """The speculation lengths ``[g_2..g_k]`` in ``[min_gamma, max_gamma]`` that minimise expected
     time per token (or ``objective``, lower is better) under the exact model.
 
@@ -115,8 +124,10 @@ def search_gammas(alpha: Sequence[float], latency: Sequence[Latency], max_gamma:
         while improved:
             improved = False
             for level in range(k - 1):
+
                 def with_level(v: int, current: list[int] = current, level: int = level) -> tuple[int, ...]:
-                    return tuple(current[:level] + [v] + current[level + 1:])
+                    return tuple(current[:level] + [v] + current[level + 1 :])
+
                 candidate = min(choices, key=lambda v: evaluate(with_level(v)))
                 if evaluate(with_level(candidate)) < evaluate(tuple(current)):
                     current[level] = candidate

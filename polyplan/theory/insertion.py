@@ -47,50 +47,75 @@ class InsertionResult:
     improves: bool  # change < 0: the exact condition
 
     def to_dict(self) -> dict[str, Any]:
-        return {"position": self.position, "change": float(self.change),
-                "time_per_token_before": float(self.before.time_per_token),
-                "time_per_token_after": float(self.after.time_per_token),
-                "speedup_before": float(self.before.speedup), "speedup_after": float(self.after.speedup),
-                "new_model_cost": float(self.new_model_cost), "verifier_saving": float(self.verifier_saving),
-                "other_levels_change": float(self.other_levels_change),
-                "paper_condition": self.paper_condition, "sufficient_condition": self.sufficient_condition,
-                "improves": self.improves, "gamma_after": list(self.after.gamma),
-                "alpha_after": [float(x) for x in self.after.alpha]}
+        return {
+            "position": self.position,
+            "change": float(self.change),
+            "time_per_token_before": float(self.before.time_per_token),
+            "time_per_token_after": float(self.after.time_per_token),
+            "speedup_before": float(self.before.speedup),
+            "speedup_after": float(self.after.speedup),
+            "new_model_cost": float(self.new_model_cost),
+            "verifier_saving": float(self.verifier_saving),
+            "other_levels_change": float(self.other_levels_change),
+            "paper_condition": self.paper_condition,
+            "sufficient_condition": self.sufficient_condition,
+            "improves": self.improves,
+            "gamma_after": list(self.after.gamma),
+            "alpha_after": [float(x) for x in self.after.alpha],
+        }
 
 
-def inserted_chain(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence[Latency], position: int,
-                   new_alpha_above: Any, new_alpha_below: Any | None, new_latency: Latency, new_gamma: int,
-                   ) -> tuple[list[Any], list[int], list[Latency]]:
+def inserted_chain(
+    alpha: Sequence[Any],
+    gamma: Sequence[int],
+    latency: Sequence[Latency],
+    position: int,
+    new_alpha_above: Any,
+    new_alpha_below: Any | None,
+    new_latency: Latency,
+    new_gamma: int,
+) -> tuple[list[Any], list[int], list[Latency]]:
     """The (alpha, gamma, latency) of the chain with the candidate inserted at ``position``."""
     k = len(latency)
     if not 2 <= position <= k + 1:
-        raise UserError(f"position must be between 2 (just below the target) and {k + 1} (the bottom), "
-                        f"got {position}")
+        raise UserError(f"position must be between 2 (just below the target) and {k + 1} (the bottom), got {position}")
     at_bottom = position == k + 1
     if at_bottom and new_alpha_below is not None:
         raise UserError("a model inserted at the bottom verifies nobody: leave new_alpha_below out")
     if not at_bottom and new_alpha_below is None:
-        raise UserError(f"inserting at position {position} needs new_alpha_below (the new model verifying "
-                        f"old M{position})")
+        raise UserError(
+            f"inserting at position {position} needs new_alpha_below (the new model verifying old M{position})"
+        )
     j = position
-    alpha_after = list(alpha[: j - 2]) + [new_alpha_above] + ([] if at_bottom else [new_alpha_below]) \
-        + list(alpha[j - 1:])
-    gamma_after = list(gamma[: j - 2]) + [int(new_gamma)] + list(gamma[j - 2:])
-    latency_after = list(latency[: j - 1]) + [new_latency] + list(latency[j - 1:])
+    alpha_after = (
+        list(alpha[: j - 2]) + [new_alpha_above] + ([] if at_bottom else [new_alpha_below]) + list(alpha[j - 1 :])
+    )
+    gamma_after = list(gamma[: j - 2]) + [int(new_gamma)] + list(gamma[j - 2 :])
+    latency_after = list(latency[: j - 1]) + [new_latency] + list(latency[j - 1 :])
     return alpha_after, gamma_after, latency_after
 
 
-def insertion_gain(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence[Latency], position: int,
-                   new_alpha_above: Any, new_alpha_below: Any | None, new_latency: Latency, new_gamma: int,
-                   *, exact: bool = False) -> InsertionResult:
+def insertion_gain(
+    alpha: Sequence[Any],
+    gamma: Sequence[int],
+    latency: Sequence[Latency],
+    position: int,
+    new_alpha_above: Any,
+    new_alpha_below: Any | None,
+    new_latency: Latency,
+    new_gamma: int,
+    *,
+    exact: bool = False,
+) -> InsertionResult:
     """Evaluate inserting a candidate at ``position`` (see module doc). ``exact=True`` uses Fractions.
 
     The per-level terms ``T_i / L_i`` are ``ChainPrediction.level_time_per_token`` (with latency curves:
     each level's expected pass time per output token), so the decomposition is an identity."""
     validate_chain(alpha, gamma, latency)
     predict = predict_chain_exact if exact else predict_chain
-    after_chain = inserted_chain(alpha, gamma, latency, position, new_alpha_above, new_alpha_below,
-                                 new_latency, new_gamma)
+    after_chain = inserted_chain(
+        alpha, gamma, latency, position, new_alpha_above, new_alpha_below, new_latency, new_gamma
+    )
     before = predict(alpha, gamma, latency)
     after = predict(*after_chain)
     before_terms = list(before.level_time_per_token)
@@ -104,10 +129,18 @@ def insertion_gain(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence
     others_do_not_grow = all(old_after[i] <= before_terms[i] for i in range(len(before_terms)) if i != verifier)
     paper = new_model_cost < verifier_saving
     change = after.time_per_token - before.time_per_token
-    return InsertionResult(before=before, after=after, position=position, change=change,
-                           new_model_cost=new_model_cost, verifier_saving=verifier_saving,
-                           other_levels_change=other_change, paper_condition=bool(paper),
-                           sufficient_condition=bool(paper and others_do_not_grow), improves=bool(change < 0))
+    return InsertionResult(
+        before=before,
+        after=after,
+        position=position,
+        change=change,
+        new_model_cost=new_model_cost,
+        verifier_saving=verifier_saving,
+        other_levels_change=other_change,
+        paper_condition=bool(paper),
+        sufficient_condition=bool(paper and others_do_not_grow),
+        improves=bool(change < 0),
+    )
 
 
 def insertion_condition_expression(depth: int, verifier: int) -> tuple[sp.Expr, sp.Expr]:

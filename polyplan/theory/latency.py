@@ -49,8 +49,9 @@ def validate_latencies(latency: Sequence[Latency], depth: int) -> None:
             raise UserError("latency of the target M1 must be > 0 (speedup is measured against it)")
 
 
-def validate_chain(alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence[Latency],
-                   *, allow_alpha_one: bool = True) -> int:
+def validate_chain(
+    alpha: Sequence[Any], gamma: Sequence[int], latency: Sequence[Latency], *, allow_alpha_one: bool = True
+) -> int:
     """Check the shapes and ranges of a chain description; return its depth k = len(latency)."""
     k = len(latency)
     if k < 1:

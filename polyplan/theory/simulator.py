@@ -85,10 +85,16 @@ def ratio_stderr(numerator: np.ndarray, denominator: np.ndarray) -> float:
     return float(np.sqrt(residual.var(ddof=1) / n) / denominator.mean())
 
 
-def simulate_chain(alpha_or_traces: Sequence[float | np.ndarray], gamma: Sequence[int],
-                   latency: Sequence[Latency], n_tokens: int,
-                   rng: np.random.Generator | int | None = None, *,
-                   exact_length: bool = False, prefill_first_pass: bool = False) -> SimulationResult:
+def simulate_chain(
+    alpha_or_traces: Sequence[float | np.ndarray],
+    gamma: Sequence[int],
+    latency: Sequence[Latency],
+    n_tokens: int,
+    rng: np.random.Generator | int | None = None,
+    *,
+    exact_length: bool = False,
+    prefill_first_pass: bool = False,
+) -> SimulationResult:
     """Simulate the staged loop until at least ``n_tokens`` tokens are emitted (the last round may
     overshoot; all emitted tokens are counted, so the accounting identity holds exactly).
 
@@ -167,10 +173,16 @@ def simulate_chain(alpha_or_traces: Sequence[float | np.ndarray], gamma: Sequenc
         round_tokens.append(emitted)
         round_times.append(spent)
         round_passes.append([after - before for after, before in zip(passes, passes_before, strict=True)])
-    return SimulationResult(output_tokens=produced, passes=passes, total_time=float(sum(round_times)),
-                            round_tokens=np.asarray(round_tokens), round_times=np.asarray(round_times),
-                            verification_lengths=verification_lengths, level_times=level_times,
-                            round_passes=np.asarray(round_passes, dtype=np.int64).reshape(-1, k))
+    return SimulationResult(
+        output_tokens=produced,
+        passes=passes,
+        total_time=float(sum(round_times)),
+        round_tokens=np.asarray(round_tokens),
+        round_times=np.asarray(round_times),
+        verification_lengths=verification_lengths,
+        level_times=level_times,
+        round_passes=np.asarray(round_passes, dtype=np.int64).reshape(-1, k),
+    )
 
 
 class _AcceptanceSource:

@@ -42,9 +42,11 @@ def _check_capped_geometric() -> bool:
     mean_closed = (1 - a ** (g + 1)) / (1 - a)
     variance_closed = a * (1 - (2 * g + 1) * a**g * (1 - a) - a ** (2 * g + 1)) / (1 - a) ** 2
     pmf_total = sp.summation(a**acceptance.i * (1 - a), (acceptance.i, 0, g - 1)) + a**g
-    return (_is_zero(acceptance.mean_acceptance_length_expression() - mean_closed)
-            and _is_zero(acceptance.variance_expression() - variance_closed)
-            and _is_zero(acceptance._rate_below_one(pmf_total) - 1))
+    return (
+        _is_zero(acceptance.mean_acceptance_length_expression() - mean_closed)
+        and _is_zero(acceptance.variance_expression() - variance_closed)
+        and _is_zero(acceptance._rate_below_one(pmf_total) - 1)
+    )
 
 
 def _check_stability() -> bool:
@@ -71,8 +73,9 @@ def _check_chain_model() -> bool:
         tokens = sum(p * (1 - a1 ** (d + 1)) / (1 - a1) for d, p in block.items())
         round_time = g3 * t3 + t2 + t1
         general = predict_chain_symbolic([a1, a2], [1, g3], [t1, t2, t3])
-        if not (_is_zero(general.mean_acceptance_length - tokens)
-                and _is_zero(general.time_per_token - round_time / tokens)):
+        if not (
+            _is_zero(general.mean_acceptance_length - tokens) and _is_zero(general.time_per_token - round_time / tokens)
+        ):
             return False
     return True
 
@@ -86,7 +89,7 @@ def _check_optimal_gamma() -> bool:
     """Substitute g* into the first-order condition, then use W e^W = x for the Lambert W."""
     foc = gamma.first_order_condition()
     w = sp.Symbol("w")
-    x = -a ** (1 / c - 1) / sp.E
+    x = -(a ** (1 / c - 1)) / sp.E
     substituted = foc.subs(g, gamma.optimal_gamma_expression()).subs(sp.LambertW(x, -1), w)
     substituted = sp.powsimp(sp.expand(substituted), force=True)
     reduced = sp.simplify(sp.expand_log(substituted, force=True).subs(sp.exp(w), x / w))
@@ -135,49 +138,92 @@ def _latex_eq(lhs: str, rhs: sp.Expr) -> str:
 
 
 THEOREMS: list[Theorem] = [
-    Theorem("accounting", "Accounting theorem",
-            "Total time T(N) = N * sum_i T_i / L_i, L_i = output tokens per forward pass of model i.",
-            lambda: r"T(N) = \sum_i P_i T_i = N \sum_{i=1}^{k} \frac{T_i}{L_i},\quad L_i = N / P_i",
-            "polyplan.theory.accounting.total_time", _check_accounting),
-    Theorem("capped-geometric", "Capped-geometric acceptance length",
-            "One verification of g drafts at rate a: E[X] = (1 - a^(g+1))/(1 - a), Var[X], CV[X].",
-            lambda: _latex_eq(r"\mathbb{E}[X]", acceptance.mean_acceptance_length_expression()) + r",\quad "
-            + _latex_eq(r"\operatorname{Var}[X]", acceptance.variance_expression()),
-            "polyplan.theory.acceptance.mean_acceptance_length_expression", _check_capped_geometric),
-    Theorem("stability", "Stability: the CV of acceptance falls as a rises",
-            "CV[A] strictly decreases on 0 < a < 1 (checked exactly for g = 1..32); CV[X] = CV of A+1 "
-            "rises on (0, a*(g)) and falls on (a*(g), 1).",
-            lambda: r"\frac{d}{da}\,\frac{\sqrt{\operatorname{Var}[A]}}{\mathbb{E}[A]} < 0 \quad (0<a<1)",
-            "polyplan.theory.acceptance.accepted_cv_is_decreasing", _check_stability),
-    Theorem("speculative-sampling-rate", "Speculative sampling accepts at least as often as exact matching",
-            "sum_x min(p, q) >= sum_x p q, so speculative sampling's acceptance CV is never higher.",
-            lambda: r"\sum_x \min(p(x), q(x)) \;\ge\; \sum_x p(x)\,q(x)",
-            "polyplan.theory.acceptance.speculative_sampling_rate", _check_rate_comparison),
-    Theorem("chain-model", "Exact expected time per token of a chain of any depth",
-            "Renewal over target rounds; block-length distributions propagated level by level.",
-            lambda: r"\frac{T(N)}{N} \to \frac{\mathbb{E}[\text{round time}]}{\mathbb{E}[A_1 + 1]},\quad "
-            r"L_i = \frac{\mathbb{E}[A_1 + 1]}{\mathbb{E}[P_i \text{ per round}]}",
-            "polyplan.theory.chain_model.predict_chain", _check_chain_model),
-    Theorem("two-level", "Two levels in closed form (Leviathan et al.)",
-            "Speedup (1 - a^(g+1)) / ((1 - a)(g c + 1)) with c = T2/T1; equals the general model at k = 2.",
-            lambda: _latex_eq(r"\text{speedup}", two_level.improvement_factor()),
-            "polyplan.theory.two_level.improvement_factor", _check_two_level),
-    Theorem("optimal-gamma", "Optimal speculation length (two levels)",
-            "g* = (1 + W_{-1}(-a^(1/c - 1)/e)) / ln a - 1/c solves the first-order condition.",
-            lambda: _latex_eq(r"\gamma^*", gamma.optimal_gamma_expression()),
-            "polyplan.theory.gamma.optimal_gamma_two_level", _check_optimal_gamma),
-    Theorem("insertion", "Model insertion condition",
-            "Inserting M_new helps iff T_new/L_new + sum_i T_i (1/L'_i - 1/L_i) < 0; the paper's form "
-            "T_new/L_new < T_v/L_v - T_v/L'_v is exact when other levels keep their L.",
-            lambda: r"\Delta = \frac{T_{new}}{L_{new}} + \sum_i T_i\Big(\frac{1}{L'_i}-\frac{1}{L_i}\Big) < 0",
-            "polyplan.theory.insertion.insertion_gain", _check_insertion),
-    Theorem("adaptive-control", "Adaptive control between target rounds",
-            "Per round run argmin_s t_s(alpha-hat) (tabulated when the plan is made); alpha-hat is a Beta "
-            "posterior with forgotten evidence (a successes, a + [a < d] trials; window W* = sigma sqrt(H) / "
-            "Delta); regret <= (1 + eps) e^(2 L delta); lossless because settings change only between rounds.",
-            lambda: r"\frac{t_{\hat s}(\alpha)}{\min_s t_s(\alpha)} \le (1+\varepsilon)\,"
-            r"e^{2L\|\alpha-\hat\alpha\|_\infty},\quad W^* = \frac{\sigma\sqrt{H}}{\Delta}",
-            "polyplan.theory.control.verification_evidence", _check_adaptive_control),
+    Theorem(
+        "accounting",
+        "Accounting theorem",
+        "Total time T(N) = N * sum_i T_i / L_i, L_i = output tokens per forward pass of model i.",
+        lambda: r"T(N) = \sum_i P_i T_i = N \sum_{i=1}^{k} \frac{T_i}{L_i},\quad L_i = N / P_i",
+        "polyplan.theory.accounting.total_time",
+        _check_accounting,
+    ),
+    Theorem(
+        "capped-geometric",
+        "Capped-geometric acceptance length",
+        "One verification of g drafts at rate a: E[X] = (1 - a^(g+1))/(1 - a), Var[X], CV[X].",
+        lambda: (
+            _latex_eq(r"\mathbb{E}[X]", acceptance.mean_acceptance_length_expression())
+            + r",\quad "
+            + _latex_eq(r"\operatorname{Var}[X]", acceptance.variance_expression())
+        ),
+        "polyplan.theory.acceptance.mean_acceptance_length_expression",
+        _check_capped_geometric,
+    ),
+    Theorem(
+        "stability",
+        "Stability: the CV of acceptance falls as a rises",
+        "CV[A] strictly decreases on 0 < a < 1 (checked exactly for g = 1..32); CV[X] = CV of A+1 "
+        "rises on (0, a*(g)) and falls on (a*(g), 1).",
+        lambda: r"\frac{d}{da}\,\frac{\sqrt{\operatorname{Var}[A]}}{\mathbb{E}[A]} < 0 \quad (0<a<1)",
+        "polyplan.theory.acceptance.accepted_cv_is_decreasing",
+        _check_stability,
+    ),
+    Theorem(
+        "speculative-sampling-rate",
+        "Speculative sampling accepts at least as often as exact matching",
+        "sum_x min(p, q) >= sum_x p q, so speculative sampling's acceptance CV is never higher.",
+        lambda: r"\sum_x \min(p(x), q(x)) \;\ge\; \sum_x p(x)\,q(x)",
+        "polyplan.theory.acceptance.speculative_sampling_rate",
+        _check_rate_comparison,
+    ),
+    Theorem(
+        "chain-model",
+        "Exact expected time per token of a chain of any depth",
+        "Renewal over target rounds; block-length distributions propagated level by level.",
+        lambda: (
+            r"\frac{T(N)}{N} \to \frac{\mathbb{E}[\text{round time}]}{\mathbb{E}[A_1 + 1]},\quad "
+            r"L_i = \frac{\mathbb{E}[A_1 + 1]}{\mathbb{E}[P_i \text{ per round}]}"
+        ),
+        "polyplan.theory.chain_model.predict_chain",
+        _check_chain_model,
+    ),
+    Theorem(
+        "two-level",
+        "Two levels in closed form (Leviathan et al.)",
+        "Speedup (1 - a^(g+1)) / ((1 - a)(g c + 1)) with c = T2/T1; equals the general model at k = 2.",
+        lambda: _latex_eq(r"\text{speedup}", two_level.improvement_factor()),
+        "polyplan.theory.two_level.improvement_factor",
+        _check_two_level,
+    ),
+    Theorem(
+        "optimal-gamma",
+        "Optimal speculation length (two levels)",
+        "g* = (1 + W_{-1}(-a^(1/c - 1)/e)) / ln a - 1/c solves the first-order condition.",
+        lambda: _latex_eq(r"\gamma^*", gamma.optimal_gamma_expression()),
+        "polyplan.theory.gamma.optimal_gamma_two_level",
+        _check_optimal_gamma,
+    ),
+    Theorem(
+        "insertion",
+        "Model insertion condition",
+        "Inserting M_new helps iff T_new/L_new + sum_i T_i (1/L'_i - 1/L_i) < 0; the paper's form "
+        "T_new/L_new < T_v/L_v - T_v/L'_v is exact when other levels keep their L.",
+        lambda: r"\Delta = \frac{T_{new}}{L_{new}} + \sum_i T_i\Big(\frac{1}{L'_i}-\frac{1}{L_i}\Big) < 0",
+        "polyplan.theory.insertion.insertion_gain",
+        _check_insertion,
+    ),
+    Theorem(
+        "adaptive-control",
+        "Adaptive control between target rounds",
+        "Per round run argmin_s t_s(alpha-hat) (tabulated when the plan is made); alpha-hat is a Beta "
+        "posterior with forgotten evidence (a successes, a + [a < d] trials; window W* = sigma sqrt(H) / "
+        "Delta); regret <= (1 + eps) e^(2 L delta); lossless because settings change only between rounds.",
+        lambda: (
+            r"\frac{t_{\hat s}(\alpha)}{\min_s t_s(\alpha)} \le (1+\varepsilon)\,"
+            r"e^{2L\|\alpha-\hat\alpha\|_\infty},\quad W^* = \frac{\sigma\sqrt{H}}{\Delta}"
+        ),
+        "polyplan.theory.control.verification_evidence",
+        _check_adaptive_control,
+    ),
 ]
 
 
@@ -192,4 +238,3 @@ def find_theorem(name: str) -> Theorem:
     from polyplan.errors import UserError
 
     raise UserError(f"no theorem named {name!r}; choose one of: {', '.join(theorem_names())}")
-
