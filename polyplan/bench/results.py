@@ -61,7 +61,7 @@ class RunRecord:
 class MethodSpec:
     name: str  # unique key, e.g. "polyplan-plan"
     label: str  # what a reader sees
-    engine: str  # "transformers" | "polyplan"
+    engine: str  # "transformers" | "polyplan" | "llama.cpp" (a llama.cpp target decoding alone)
     chain: list[str]
     gammas: list[int | None]
     predicted: dict[str, float] = field(default_factory=dict)  # predictor -> seconds per token

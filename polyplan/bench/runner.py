@@ -249,15 +249,22 @@ def plan_methods(
     """The methods compared for ``plan`` (see the module doc); ``policy``: the plan's adaptive
     policy (``polyplan.assemble.plan_policy``), None to run the plan static only."""
     target = drafters(plan.target)
-    methods = [
-        hf_method(MethodSpec(AUTOREGRESSIVE, "autoregressive (transformers generate)", "transformers", [plan.target], []),
-                  target.model, temperature=temperature, eos=eos)
-    ]
+    if getattr(target, "model", None) is not None:
+        methods = [
+            hf_method(MethodSpec(AUTOREGRESSIVE, "autoregressive (transformers generate)", "transformers", [plan.target], []),
+                      target.model, temperature=temperature, eos=eos)
+        ]
+    else:
+        # a llama.cpp target: its own one-token-per-pass decoding is the baseline, and
+        # transformers' assisted generation cannot drive it
+        methods = [polyplan_method(
+            MethodSpec(AUTOREGRESSIVE, "autoregressive (the target alone, one token per pass)", "llama.cpp", [plan.target], []),
+            [target], [], temperature=temperature, eos=eos)]
     two = plan.two_level
     if two is not None:
         d_name, g = two["chain"][1], int(two["gammas"][0])
         d = drafters(d_name)
-        if hf:
+        if hf and getattr(target, "model", None) is not None:
             methods += _hf_assisted(plan.target, target, d_name, d, g, temperature, eos)
         methods.append(polyplan_method(
             MethodSpec("polyplan-two-level", "polyplan best two-level plan", "polyplan", list(two["chain"]), [g]),
@@ -420,7 +427,8 @@ def run_bench(
     if eos is None:
         from polyplan.profiler.pool_inputs import eos_token_ids
 
-        eos = eos_token_ids(pool.tokenizer, getattr(target, "model", None))
+        eos = eos_token_ids(pool.tokenizer, getattr(target, "model", None)) if hasattr(target, "model") \
+            else list(getattr(target, "eos_token_ids", None) or eos_token_ids(pool.tokenizer))
     policy = None
     if not static:
         from polyplan.assemble import plan_policy

@@ -37,7 +37,7 @@ def optimize_command(
     ),
     all_orders: bool = typer.Option(False, "--all-orders", help="try every chain order (small pools)"),
     export: Optional[str] = typer.Option(
-        None, "--export", help="also print the best two-level sub-plan for: hf | vllm"
+        None, "--export", help="also print the best two-level sub-plan for: hf | vllm | llama-server"
     ),
     choose: str = typer.Option(
         "robust", "--choose",
@@ -55,8 +55,8 @@ def optimize_command(
     """Pick the fastest lossless chain (subset, order, gammas) from a profile and write plan.json."""
     from polyplan.planner import optimize
 
-    if export not in (None, "hf", "vllm"):
-        raise UserError(f"--export must be 'hf' or 'vllm', not {export!r}")
+    if export not in (None, "hf", "vllm", "llama-server"):
+        raise UserError(f"--export must be 'hf', 'vllm' or 'llama-server', not {export!r}")
     if max_new_tokens < 0:
         raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
     plan, result = optimize(
@@ -119,9 +119,11 @@ def optimize_command(
         if other != plan.settings["predictor"]:
             console.print(f"{other} predictor for the same plan: {p['time_per_token_s'] * 1e3:.2f} ms/token")
     if export:
-        key = "transformers" if export == "hf" else "vllm"
+        key = {"hf": "transformers", "vllm": "vllm", "llama-server": "llama_server"}[export]
         if key in plan.exports:
             print(json.dumps(plan.exports[key], indent=2))
+        elif key == "llama_server" and "sub_plan" in plan.exports:
+            console.print("the best two-level sub-plan is not a pair of llama.cpp members: no llama-server export")
         else:
             console.print(plan.exports.get("note", "nothing to export"))
     console.print(f"wrote {output}")

@@ -17,7 +17,8 @@ JSON layout (version 1)::
      "runners_up": [{"chain", "gammas", "time_per_token_s", "speedup", "mean_acceptance_length",
                      "tokens_per_pass", "predictor"}],          (ranked, best excluded)
      "two_level": {...an entry like runners_up: the best chain of exactly two levels...} or null,
-     "exports": {"transformers": {...}, "vllm": {...}} or {},
+     "exports": {"sub_plan": {...}, "transformers": {...}, "vllm": {...}, "llama_server": {...} (llama.cpp pairs)}
+                or {"note": ...},
      "policy": {...the adaptive executor's precomputed policy: polyplan.planner.policy.Policy.to_dict()}
                (optional: plans written before it existed load without it),
      "choice": {"rule": "robust"|"point", "tolerance", "quantiles": [lo, hi], "spread": {...what was resampled},

@@ -8,7 +8,7 @@ JSON layout (version 1)::
      "settings": {...free-form: prompts, max_new_tokens, temperature, budget...,
                   "workload": {"name": "built-in" | prompt file name, "sha256", "count", "categories"}},
      "candidates": [{"name", "source", "derivation", "dtype", "device", "params",
-                     "point_mass", "random_weights"}],
+                     "point_mass", "random_weights", "backend", "gguf"}],
      "latency": {"<name>": {"new_tokens": [1, 2, 4, ...], "context": [64, 256, ...],
                             "median_s": [[...per new_tokens...] per context],
                             "spread_s": [[...]] (interquartile range), "repeats": int}},
@@ -50,6 +50,10 @@ class Candidate:
     params: int | None = None
     point_mass: bool = False
     random_weights: bool = False
+    #: "transformers" or "llama.cpp" (profiles written before llama.cpp members: transformers)
+    backend: str = "transformers"
+    #: the GGUF file a llama.cpp candidate runs (what llama-server would be given), else ""
+    gguf: str = ""
 
 
 @dataclass

@@ -71,6 +71,30 @@ def greedy_generations(
     return sequences
 
 
+def drafter_greedy_generations(
+    drafter: Any, tokenizer: Any, texts: list[str], max_new_tokens: int, log: Callable[[str], None] | None = None
+) -> list[list[int]]:
+    """As :func:`greedy_generations` for a target that is not a transformers model (a llama.cpp
+    member): one sequence at a time through the Drafter interface, one token per pass."""
+    eos_set = set(getattr(drafter, "eos_token_ids", None) or [])
+    sequences = []
+    for text in texts:
+        seq = chat_prompt_ids(tokenizer, text)
+        drafter.reset()
+        logits = drafter.score(torch.tensor(seq), last=1)
+        for _ in range(max_new_tokens):
+            token = int(logits[-1].argmax())
+            seq.append(token)
+            if token in eos_set:
+                break
+            logits = drafter.score(torch.tensor([token]))
+        drafter.reset()
+        sequences.append(seq)
+    if log:
+        log(f"  generated {len(sequences)}/{len(texts)}")
+    return sequences
+
+
 def _table_key(pool: "Pool", spec: "MemberSpec", texts: list[str]) -> str:
     h = hashlib.sha256()
     h.update(pool.fingerprint(pool.target).encode())
@@ -140,7 +164,10 @@ def load_or_fit_table(pool: "Pool", spec: "MemberSpec", *, force: bool = False, 
     log(f"{spec.name}: fitting an order-{spec.options['order']} table on {pool.target}'s greedy generations for "
         f"{len(texts)} fit prompts of {source}")
     target = pool.drafter(pool.target)
-    sequences = greedy_generations(target.model, pool.tokenizer, texts, spec.options["max_new_tokens"], log=log)
+    if getattr(target, "model", None) is not None:
+        sequences = greedy_generations(target.model, pool.tokenizer, texts, spec.options["max_new_tokens"], log=log)
+    else:
+        sequences = drafter_greedy_generations(target, pool.tokenizer, texts, spec.options["max_new_tokens"], log=log)
     table = NgramTable.fit(sequences, spec.options["order"])
     atomic_write_json(path, {
         "schema": TABLE_SCHEMA, "version": TABLE_VERSION, "target": pool.target,

@@ -11,7 +11,7 @@ from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
 from polyplan.planner.chains import Chain, chain_problem, unit_cost
 from polyplan.planner.choice import DEFAULT_TOLERANCE, RULES, Choice, choose as choose_plan
-from polyplan.planner.exports import transformers_export, vllm_export
+from polyplan.planner.exports import llama_server_export, transformers_export, vllm_export
 from polyplan.planner.policy import build_policy
 from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, load_traces, make_predictor
 from polyplan.planner.search import SearchResult, search, with_best
@@ -130,7 +130,7 @@ def _with_interval(d: dict, choice: Choice, e: Estimate) -> dict:
 
 def _member(profile: Profile, name: str) -> dict:
     c = asdict(profile.candidate(name))
-    return {k: c[k] for k in ("name", "source", "derivation", "dtype", "device", "point_mass", "random_weights")}
+    return {k: c[k] for k in ("name", "source", "derivation", "dtype", "device", "point_mass", "random_weights", "backend", "gguf")}
 
 
 def _prediction(profile: Profile, pred: Predictor, e: Estimate) -> dict:
@@ -153,13 +153,17 @@ def _exports(profile: Profile, pred: Predictor, best: Estimate, max_gamma: int, 
         return {"note": "the chosen plan is autoregressive decoding: nothing to export"}
     sub = min(subs, key=lambda e: e.time_per_token)
     target, drafter = _member(profile, sub.chain[0]), _member(profile, sub.chain[1])
-    return {
+    exports = {
         "sub_plan": sub.as_dict(),
         "transformers": transformers_export(
             target, drafter, sub.gammas[0], mode=mode, temperature=profile.temperature
         ),
         "vllm": vllm_export(target, drafter, sub.gammas[0]),
     }
+    server = llama_server_export(target, drafter, sub.gammas[0], mode=mode)
+    if server is not None:
+        exports["llama_server"] = server
+    return exports
 
 
 def decoding_context(traces: dict, max_new_tokens: int | None = None) -> float | None:

@@ -43,6 +43,9 @@ def eos_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
 
 
 def _param_count(drafter: Drafter) -> int | None:
+    counted = getattr(drafter, "param_count", None)  # llama.cpp members count their GGUF's
+    if isinstance(counted, int):
+        return counted
     model = getattr(drafter, "model", None)
     if model is None:
         return None
@@ -91,7 +94,8 @@ def inputs_from_pool(
     for n in names:
         log(f"loading {n}")
         spec = pool.member(n)
-        if random_weights and not spec.model_free:
+        # a GGUF cannot be re-initialised cheaply: llama.cpp members keep their real weights
+        if random_weights and not spec.model_free and not getattr(spec, "llama_cpp", False):
             drafters.append(_random_weight_drafter(pool, n))
         else:
             drafters.append(pool.drafter(n))
@@ -109,7 +113,9 @@ def inputs_from_pool(
                 device=str(d.device),
                 params=_param_count(d),
                 point_mass=bool(d.point_mass),
-                random_weights=bool(random_weights and not d.point_mass),
+                random_weights=bool(random_weights and not d.point_mass and not getattr(spec, "llama_cpp", False)),
+                backend=getattr(spec, "backend", "transformers"),
+                gguf=str(getattr(d, "gguf_path", "") or ""),
             )
         )
     tokenizer = pool.tokenizer
@@ -120,5 +126,6 @@ def inputs_from_pool(
         drafters=drafters,
         candidates=candidates,
         encode=chat_encoder(tokenizer),
-        eos_ids=eos_token_ids(tokenizer, getattr(target, "model", None)),
+        eos_ids=eos_token_ids(tokenizer, getattr(target, "model", None)) if hasattr(target, "model")
+        else list(getattr(target, "eos_token_ids", None) or eos_token_ids(tokenizer)),
     )

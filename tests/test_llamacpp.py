@@ -1,0 +1,144 @@
+"""llama.cpp chain members without real weights: pool files, install hints, the native-library
+guards, exports. Tests that run llama.cpp itself skip (with the reason) only when
+llama-cpp-python is not importable; CI installs it through scripts/setup.sh."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from polyplan.errors import UserError
+from polyplan.models import load_pool
+from polyplan.models import llamacpp_runtime as runtime
+from polyplan.planner.exports import llama_server_export, transformers_export, vllm_export
+
+LLAMACPP_MISSING = runtime.unavailable_reason()
+needs_llamacpp = pytest.mark.skipif(LLAMACPP_MISSING is not None, reason=LLAMACPP_MISSING or "")
+
+BASE = '[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "gguf:a.gguf"\n'
+
+
+@pytest.mark.parametrize(
+    "member, message",
+    [
+        ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\ndtype = "bf16"\n', r"unknown keys \['dtype'\] for a llama.cpp member \(a llama.cpp member runs the GGUF's own quantization\)"),
+        ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\ndevice = "cuda"\n', "llama.cpp members run on the CPU"),
+        ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\nthreads = 0\n', "threads must be a positive integer"),
+        ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\nn_ctx = "big"\n', "n_ctx must be a positive integer"),
+        ('name = "q"\nsame_as = "a"\nbackend = "onnx"\n', "unknown backend 'onnx'"),
+        ('name = "q"\nsame_as = "zz"\nbackend = "llama.cpp"\n', "same_as 'zz' is not a member with a source"),
+        ('name = "q"\nsame_as = "a"\nsource = "gguf:a.gguf"\n', "give source or same_as, not both"),
+        ('name = "q"\nsource = "dir:ckpt"\nbackend = "llama.cpp"\n', "llama.cpp runs GGUF files; its source must be a GGUF"),
+    ],
+)
+def test_bad_llamacpp_members_give_one_clear_error(tmp_path, member, message):
+    path = tmp_path / "p.toml"
+    path.write_text(BASE + "[[member]]\n" + member)
+    with pytest.raises(UserError, match=message) as info:
+        load_pool(path)
+    assert "\n" not in str(info.value)
+
+
+def test_llamacpp_member_parses_with_defaults_and_same_as(tmp_path):
+    path = tmp_path / "p.toml"
+    (tmp_path / "a.gguf").write_bytes(b"GGUF")
+    path.write_text(BASE + '[[member]]\nname = "a:q"\nsame_as = "a"\nbackend = "llama.cpp"\nthreads = 1\n')
+    pool = load_pool(path)
+    spec = pool.member("a:q")
+    assert spec.llama_cpp and spec.kind == "llama.cpp" and spec.options == {"threads": 1, "n_ctx": 4096}
+    assert pool.source("a:q") == pool.source("a")
+    assert "llama.cpp threads=1" in spec.describe()
+    assert len(pool.fingerprint("a:q")) == 16  # from the GGUF itself: no converted cache needed
+    assert pool.installed() == {"a": False, "a:q": True}  # the GGUF file is all a llama.cpp member needs
+
+
+def test_missing_library_is_one_line_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp -> ImportError
+    with pytest.raises(runtime.LlamaCppUnavailable, match=r"llama-cpp-python, which is not installed; install it with scripts/setup.sh"):
+        runtime.import_llama_cpp()
+    assert "scripts/setup.sh" in runtime.unavailable_reason()
+
+
+def test_unloadable_native_library_is_one_line(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing_import(name, *args, **kwargs):
+        if name == "llama_cpp":
+            raise OSError("libllama.so: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "llama_cpp", raising=False)
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    with pytest.raises(runtime.LlamaCppUnavailable, match=r"native library does not load \(libllama.so: cannot open"):
+        runtime.import_llama_cpp()
+
+
+def test_crashing_native_library_is_caught_in_the_probe(monkeypatch, tmp_path):
+    """A library built for another CPU dies with SIGILL: the probe child dies, not polyplan."""
+    fake = types.SimpleNamespace(__file__=str(tmp_path / "llama_cpp" / "__init__.py"), __version__="0")
+    monkeypatch.setattr(runtime, "import_llama_cpp", lambda: fake)
+    monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setattr(runtime, "_PROBE_SCRIPT", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+    with pytest.raises(runtime.LlamaCppUnavailable, match=r"crashed \(SIGILL\) evaluating m.gguf on this CPU.*scripts/setup.sh"):
+        runtime.check_runs(gguf)
+    monkeypatch.setattr(runtime, "_PROBE_SCRIPT", "import sys; sys.exit('llama_model_load: error loading model')")
+    with pytest.raises(runtime.GGUFLoadError, match=r"cannot load .*m.gguf \(llama_model_load: error loading model\)"):
+        runtime.check_runs(gguf)
+    monkeypatch.setattr(runtime, "_PROBE_SCRIPT", "pass")
+    runtime.check_runs(gguf)  # passes and is remembered: the next call does not spawn a child
+    monkeypatch.setattr(runtime, "_PROBE_SCRIPT", "import sys; sys.exit(1)")
+    runtime.check_runs(gguf)
+
+
+def test_models_list_marks_llamacpp_members_unavailable(monkeypatch, capsys, tmp_path):
+    from test_models_pools import run_cli
+
+    monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(runtime, "unavailable_reason", lambda: "llama.cpp members need llama-cpp-python, which is not installed; install it with scripts/setup.sh")
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, _ = run_cli(monkeypatch, capsys, "models", "list", "smollm2")
+    assert code in (0, None)
+    row = next(line for line in out.splitlines() if "smollm2-135m:q4" in line)
+    assert "llama.cpp" in row and "unavailable" in row
+    assert "unavailable: llama.cpp members need llama-cpp-python" in out and "scripts/setup.sh" in out
+
+
+def _member(name, backend="transformers", gguf="", point_mass=False):
+    return {"name": name, "source": name, "derivation": "", "dtype": "", "device": "cpu",
+            "point_mass": point_mass, "random_weights": False, "backend": backend, "gguf": gguf}
+
+
+def test_llama_server_export_only_for_llamacpp_pairs():
+    t = _member("t:q4", "llama.cpp", "/c/t.gguf")
+    d = _member("d:q4", "llama.cpp", "/c/d.gguf")
+    out = llama_server_export(t, d, 5, mode="greedy")
+    assert out["args"] == ["-m", "/c/t.gguf", "--spec-draft-model", "/c/d.gguf", "--spec-draft-n-max", "5",
+                           "--spec-draft-n-min", "0", "--spec-draft-p-min", "0"]
+    assert not any("sampling" in n for n in out["notes"])
+    assert any("acceptance is lower" in n for n in llama_server_export(t, d, 5, mode="sampling")["notes"])
+    assert llama_server_export(t, _member("d"), 5, mode="greedy") is None
+    assert llama_server_export(t, _member("pl", point_mass=True), 5, mode="greedy") is None
+    # the engines that load checkpoints say they would not run the profiled llama.cpp member
+    hf = transformers_export(_member("t"), d, 5, mode="greedy", temperature=1.0)
+    assert any("d:q4 runs in llama.cpp" in n for n in hf["notes"])
+    assert any("t:q4 runs in llama.cpp" in n for n in vllm_export(t, _member("d"), 3)["notes"])
+
+
+@needs_llamacpp
+def test_a_file_that_is_not_a_gguf_is_one_line(tmp_path, monkeypatch):
+    from polyplan.models.llamacpp_drafter import LlamaCppDrafter
+
+    monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(UserError, match="cannot load .*broken.gguf") as info:
+        LlamaCppDrafter(bad, "broken")
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="does not exist"):
+        LlamaCppDrafter(tmp_path / "absent.gguf", "absent")
