@@ -44,6 +44,8 @@ def machine_facts(device: torch.device | str | None = None) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "transformers": _version("transformers"),
+        # llama.cpp members' latency depends on it (None when the extra is not installed)
+        "llama_cpp_python": _version("llama-cpp-python"),
     }
     try:
         facts["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
