@@ -140,3 +140,69 @@ def test_llamacpp_middle_level_chain_matches_the_target_generate(smollm2_pool, q
 def test_pool_check_reports_the_llamacpp_member(smollm2_pool, q4):
     rows = {r["name"]: r for r in smollm2_pool.check()}
     assert rows[Q4]["vocab_size"] == 49152 and rows[Q4]["agreement"] >= 0.7
+
+
+def test_vocabulary_mismatch_with_a_llamacpp_member_is_one_line(tmp_path, smollm2_pool, q4):
+    """A pool whose target has another vocabulary than the GGUF a llama.cpp member runs."""
+    from test_models_pools import WORDS, save_tiny
+
+    from polyplan.models import gguf_files, load_pool
+    from polyplan.models.drafter import VocabularyMismatch
+
+    save_tiny(tmp_path / "tiny", WORDS)
+    gguf = gguf_files.require_gguf(smollm2_pool.source(Q4))
+    path = tmp_path / "p.toml"
+    path.write_text(f'[pool]\ntarget = "tiny"\n[[member]]\nname = "tiny"\nsource = "dir:tiny"\n'
+                    f'[[member]]\nname = "q"\nsource = "gguf:{gguf}"\nbackend = "llama.cpp"\n')
+    with pytest.raises(VocabularyMismatch, match="q .* different tokenizer than the target tiny|q has a vocabulary of 49152 tokens but tiny has 16") as info:
+        load_pool(path).drafter("q")
+    assert "\n" not in str(info.value)
+
+
+def _cli(*args, env):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "polyplan.cli", *args], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.slow
+def test_profile_optimize_bench_with_a_llamacpp_target(tmp_path, smollm2_pool, q4):
+    """The whole pipeline on a pool whose TARGET is the llama.cpp member: latency curves and
+    acceptance are measured, the plan names llama.cpp members, and every bench run is
+    token-identical to the target's own one-token-per-pass decoding."""
+    import json
+    import os
+
+    from polyplan.bench.results import load_results
+    from polyplan.models import gguf_files
+
+    gguf = gguf_files.require_gguf(smollm2_pool.source(Q4))
+    pool_file = tmp_path / "q4.toml"
+    pool_file.write_text(
+        f'[pool]\nname = "q4"\ntarget = "q4"\n[sources.g]\ngguf = "{gguf}"\n'
+        '[[member]]\nname = "q4"\nsource = "g"\nbackend = "llama.cpp"\nn_ctx = 1024\n'
+        '[[member]]\nname = "q4-copy"\nsource = "g"\nbackend = "llama.cpp"\nthreads = 1\nn_ctx = 1024\n'
+        '[[member]]\nname = "prompt-lookup"\nsource = "prompt-lookup"\n'
+    )
+    env = {**os.environ, "COLUMNS": "200"}
+    prof, plan, out = tmp_path / "profile.json", tmp_path / "plan.json", tmp_path / "bench.json"
+    r = _cli("profile", "--pool", str(pool_file), "-o", str(prof), "--prompts", "2", "--max-new-tokens", "16",
+             "--repeats", "1", "--warmup", "0", "--contexts", "64", "--new-tokens", "1,4,8", env=env)
+    assert r.returncode == 0, r.stderr[-800:]
+    doc = json.loads(prof.read_text())
+    cands = {c["name"]: c for c in doc["candidates"]}
+    assert cands["q4"]["backend"] == "llama.cpp" and cands["q4"]["gguf"] == str(gguf) and cands["q4"]["params"] > 0
+    assert set(doc["latency"]) >= {"q4", "q4-copy"} and all(t > 0 for t in doc["latency"]["q4"]["median_s"][0])
+    pair = next(p for p in doc["acceptance"]["pairs"] if p["verifier"] == "q4" and p["drafter"] == "q4-copy")
+    assert pair["greedy"] == 1.0  # the same GGUF, other thread count: the same choices
+    r = _cli("optimize", str(prof), "-o", str(plan), env=env)
+    assert r.returncode == 0, r.stderr[-800:]
+    r = _cli("bench", str(plan), "-o", str(out), "--prompts", "1", "--repeats", "1", "--max-new-tokens", "16", env=env)
+    assert r.returncode == 0, r.stderr[-800:]
+    results = load_results(out)
+    ar = results["methods"][0]
+    assert ar["name"] == "autoregressive" and ar["engine"] == "llama.cpp"
+    for m in results["methods"][1:]:
+        assert m["measured"]["time_per_token_s"] > 0
+        assert m["measured"]["matches_autoregressive"] == 1.0, m["name"]
