@@ -83,7 +83,18 @@ def inputs_from_pool(
 ) -> ProfileInputs:
     """Load the chosen members (all by default; the target is always included, first)."""
     log = log or (lambda msg: None)
-    names = list(dict.fromkeys(members)) if members else list(pool.names)
+    if members:
+        names = list(dict.fromkeys(members))
+    else:
+        # every member that can run here: a llama.cpp member without its library is left out
+        # (named in the log); asked for by name, it is an error that names the install command
+        names = []
+        for n in pool.names:
+            why = pool.unavailable(n) if hasattr(pool, "unavailable") else None
+            if why and n != pool.target:
+                log(f"leaving out {n}: {why}")
+            else:
+                names.append(n)
     for n in names:
         pool.member(n)  # unknown names fail before any weights load
     if pool.target not in names:
