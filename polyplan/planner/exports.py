@@ -98,7 +98,9 @@ def vllm_export(target: dict[str, Any], drafter: dict[str, Any], gamma: int) -> 
     return {"model": _model_ref(target), "speculative_config": cfg, "notes": _derived_note(target) + notes}
 
 
-def llama_server_export(target: dict[str, Any], drafter: dict[str, Any], gamma: int, *, mode: str) -> dict[str, Any] | None:
+def llama_server_export(
+    target: dict[str, Any], drafter: dict[str, Any], gamma: int, *, mode: str
+) -> dict[str, Any] | None:
     """``llama-server`` arguments for a pair of llama.cpp GGUFs (None for any other pair).
 
     A fixed draft of ``gamma`` tokens, as the plan assumes: ``--spec-draft-n-max gamma``, no

@@ -130,7 +130,8 @@ def _with_interval(d: dict, choice: Choice, e: Estimate) -> dict:
 
 def _member(profile: Profile, name: str) -> dict:
     c = asdict(profile.candidate(name))
-    return {k: c[k] for k in ("name", "source", "derivation", "dtype", "device", "point_mass", "random_weights", "backend", "gguf")}
+    keys = ("name", "source", "derivation", "dtype", "device", "point_mass", "random_weights", "backend", "gguf")
+    return {k: c[k] for k in keys}
 
 
 def _prediction(profile: Profile, pred: Predictor, e: Estimate) -> dict:
