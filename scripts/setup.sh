@@ -17,15 +17,15 @@ fi
 # VM does not allow it), and a wheel built on one machine may not run on another. So: portable
 # flags, GGML_NATIVE=OFF plus the AVX/AVX2/FMA/F16C/BMI2 family that every x86-64 machine of this
 # project has (AMD EPYC and Intel Xeon), AVX-512/AMX off, no tools/tests/examples/server.
-# The build took LLAMACPP_BUILD_MIN min on 2 busy cores, so the wheel is kept in the polyplan cache
-# and reused whenever one for this version and Python is there.
+# The build took 70 min wall (17 min of CPU) on 2 cores shared with other jobs, so the wheel is kept
+# in the polyplan cache and reused whenever one for this version is there.
 LLAMACPP_VERSION=0.3.36
 EXTRAS=dev
 if [ -z "${POLYPLAN_NO_LLAMACPP:-}" ]; then
   if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('llama-cpp-python') != '$LLAMACPP_VERSION')" 2>/dev/null; then
     WHEELS="${POLYPLAN_CACHE:-$HOME/.cache/polyplan}/wheels"
-    PYTAG=$(.venv/bin/python -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
-    find_wheel() { ls "$WHEELS"/llama_cpp_python-"$LLAMACPP_VERSION"-"$PYTAG"-*.whl 2>/dev/null | head -1; }
+    # the wheel loads its library through ctypes: tagged py3-none-<platform>, any Python 3 takes it
+    find_wheel() { ls "$WHEELS"/llama_cpp_python-"$LLAMACPP_VERSION"-py3-none-*.whl 2>/dev/null | head -1; }
     if [ -z "$(find_wheel)" ]; then
       mkdir -p "$WHEELS"
       echo "building llama-cpp-python $LLAMACPP_VERSION with portable CPU flags (once; POLYPLAN_NO_LLAMACPP=1 skips it)"

@@ -107,6 +107,34 @@ def test_greedy_agreement_with_the_float32_target(smollm2_pool, q4, prompts):
     assert rate >= 0.85
 
 
+@pytest.fixture(scope="module")
+def q4_target(smollm2_pool, q4):
+    """The same GGUF as a chain TARGET: single tokens evaluated with the multi-token kernels."""
+    from polyplan.models import gguf_files
+    from polyplan.models.llamacpp_drafter import LlamaCppDrafter
+
+    gguf = gguf_files.require_gguf(smollm2_pool.source(Q4))
+    return LlamaCppDrafter(gguf, "q4-target", tokenizer=smollm2_pool.tokenizer, uniform_numerics=True)
+
+
+def test_one_token_passes_use_other_kernels_unless_uniform(q4, q4_target, prompts):
+    """Why a llama.cpp target needs uniform numerics: a one-token pass differs from the same
+    position inside a longer pass; with uniform_numerics it does not."""
+    ids = torch.tensor(prompts[1][:24])
+    for d in (q4, q4_target):
+        d.reset()
+        full = d.score(ids)
+        d.reset()
+        d.score(ids[:16])
+        singles = torch.cat([d.score(ids[i : i + 1]) for i in range(16, 24)])
+        d.reset()
+        diff = (singles - full[16:]).abs().max().item()
+        if d is q4:
+            assert diff > 0 and d.shape_sensitive
+        else:
+            assert diff == 0 and not d.shape_sensitive
+
+
 def _alone(q4, prompt, eos):
     return Chain([q4]).generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=eos).tokens
 
@@ -118,12 +146,14 @@ def _alone(q4, prompt, eos):
         pytest.param(["smollm2-135m:bf16", "prompt-lookup"], [5, 2], id="q4-bf16-lookup"),
     ],
 )
-def test_llamacpp_target_chain_is_token_identical_to_its_own_decoding(smollm2_pool, q4, prompts, drafters, gammas):
-    eos = q4.eos_token_ids
-    chain = Chain(smollm2_pool.drafters([Q4, *drafters]), gammas)
+def test_llamacpp_target_chain_is_token_identical_to_its_own_decoding(
+    smollm2_pool, q4_target, prompts, drafters, gammas
+):
+    eos = q4_target.eos_token_ids
+    chain = Chain([q4_target, *smollm2_pool.drafters(drafters)], gammas)
     accepted = 0
     for p in prompts:
-        expected = _alone(q4, p, eos)
+        expected = _alone(q4_target, p, eos)
         result = chain.generate(p, max_new_tokens=NEW_TOKENS, eos_token_id=eos)
         assert result.tokens == expected
         accepted += result.stats.levels[0].num_accepted_tokens
@@ -235,7 +265,21 @@ def test_profile_optimize_bench_with_a_llamacpp_target(tmp_path, smollm2_pool, q
     assert pair["greedy"] == 1.0  # the same GGUF, other thread count: the same choices
     r = _cli("optimize", str(prof), "-o", str(plan), env=env)
     assert r.returncode == 0, r.stderr[-800:]
-    r = _cli("bench", str(plan), "-o", str(out), "--prompts", "1", "--repeats", "1", "--max-new-tokens", "16", env=env)
+    r = _cli(
+        "bench",
+        str(plan),
+        "-o",
+        str(out),
+        "--pool",
+        str(pool_file),
+        "--prompts",
+        "1",
+        "--repeats",
+        "1",
+        "--max-new-tokens",
+        "16",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-800:]
     results = load_results(out)
     ar = results["methods"][0]

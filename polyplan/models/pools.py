@@ -391,9 +391,10 @@ class Pool:
 
         source = self.source(spec.name)
         gguf = gguf_files.require_gguf(source)
+        # the pool's target verifies with the numerics it decodes with (see LlamaCppDrafter)
         return LlamaCppDrafter(
             gguf, spec.name, n_ctx=spec.options["n_ctx"], threads=spec.options["threads"],
-            tokenizer=self._maybe_tokenizer(source),
+            tokenizer=self._maybe_tokenizer(source), uniform_numerics=spec.name == self.target,
         )
 
     def unavailable(self, name: str) -> str | None:
