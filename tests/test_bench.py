@@ -15,6 +15,7 @@ from polyplan.documents import Plan
 from polyplan.models.model_drafter import ModelDrafter
 from polyplan.models.model_free import PromptLookupDrafter
 from polyplan.planner import optimize
+
 from test_planner import make_profile, save
 from tiny_models import perturbed_copy, tiny_llama
 
@@ -45,8 +46,14 @@ PROMPTS = [("p0", [0, 3, 5, 7, 3, 5, 7, 3, 5]), ("p1", [0, 2, 4, 6, 8, 10, 2, 4]
 @pytest.fixture
 def tiny_plan(tmp_path):
     costs = {"target": 1.0, "mid": 0.25, "tiny": 0.01, "lookup": 0.0001}
-    alphas = {("target", "mid"): 0.92, ("target", "tiny"): 0.55, ("mid", "tiny"): 0.85,
-              ("target", "lookup"): 0.3, ("mid", "lookup"): 0.3, ("tiny", "lookup"): 0.3}
+    alphas = {
+        ("target", "mid"): 0.92,
+        ("target", "tiny"): 0.55,
+        ("mid", "tiny"): 0.85,
+        ("target", "lookup"): 0.3,
+        ("mid", "lookup"): 0.3,
+        ("tiny", "lookup"): 0.3,
+    }
     prof = make_profile(costs, alphas, point_mass=("lookup",))
     plan, _ = optimize(save(tmp_path, prof), top=2, max_gamma=3)  # small gammas keep the tiny runs fast
     path = tmp_path / "plan.json"
@@ -57,12 +64,19 @@ def tiny_plan(tmp_path):
 def test_bench_end_to_end_on_tiny_models(tiny_plan, tmp_path):
     plan, path = tiny_plan
     assert len(plan.names) >= 3  # the synthetic profile makes a polybasic plan
-    doc = run_bench(plan, path, pool=TinyPool(), prompts=2, repeats=2, max_new_tokens=8,
-                    encoded_prompts=PROMPTS, eos=[])
+    doc = run_bench(
+        plan, path, pool=TinyPool(), prompts=2, repeats=2, max_new_tokens=8, encoded_prompts=PROMPTS, eos=[]
+    )
     names = [m["name"] for m in doc["methods"]]
     # the chosen plan as `polyplan run` runs it (adaptive), beside the same plan static
-    assert names == ["autoregressive", "hf-assisted-default", "hf-assisted-gamma", "polyplan-two-level",
-                     "polyplan-plan", "polyplan-plan-static"]
+    assert names == [
+        "autoregressive",
+        "hf-assisted-default",
+        "hf-assisted-gamma",
+        "polyplan-two-level",
+        "polyplan-plan",
+        "polyplan-plan-static",
+    ]
     # Interleaved: A B C D ... per prompt, per repeat.
     runs = doc["runs"]
     k = len(names)
@@ -95,8 +109,18 @@ def test_bench_end_to_end_on_tiny_models(tiny_plan, tmp_path):
 
 def test_bench_grid_measures_the_regret(tiny_plan):
     plan, path = tiny_plan
-    doc = run_bench(plan, path, pool=TinyPool(), prompts=1, repeats=1, max_new_tokens=6, grid=True, hf=False,
-                    encoded_prompts=PROMPTS, eos=[])
+    doc = run_bench(
+        plan,
+        path,
+        pool=TinyPool(),
+        prompts=1,
+        repeats=1,
+        max_new_tokens=6,
+        grid=True,
+        hf=False,
+        encoded_prompts=PROMPTS,
+        eos=[],
+    )
     grid = [m for m in doc["methods"] if m["name"].startswith("grid-")]
     assert grid, "no grid points"
     ranked = [m for m in grid if m["name"].startswith("grid-rank")]
@@ -114,17 +138,32 @@ def test_bench_sampling_plan_runs_and_is_seeded(tiny_plan, tmp_path):
     doc["settings"]["mode"] = "sampling"
     path.write_text(json.dumps(doc))
     plan = Plan.load(path)
-    res = run_bench(plan, path, pool=TinyPool(), prompts=1, repeats=1, max_new_tokens=6, hf=False,
-                    encoded_prompts=PROMPTS, eos=[])
+    res = run_bench(
+        plan, path, pool=TinyPool(), prompts=1, repeats=1, max_new_tokens=6, hf=False, encoded_prompts=PROMPTS, eos=[]
+    )
     assert res["settings"]["temperature"] == 1.0
-    assert [m["name"] for m in res["methods"]] == ["autoregressive", "polyplan-two-level", "polyplan-plan",
-                                                   "polyplan-plan-static"]
+    assert [m["name"] for m in res["methods"]] == [
+        "autoregressive",
+        "polyplan-two-level",
+        "polyplan-plan",
+        "polyplan-plan-static",
+    ]
 
 
 def test_bench_static_runs_the_plan_unchanged(tiny_plan):
     plan, path = tiny_plan
-    res = run_bench(plan, path, pool=TinyPool(), prompts=1, repeats=1, max_new_tokens=6, hf=False,
-                    encoded_prompts=PROMPTS, eos=[], static=True)
+    res = run_bench(
+        plan,
+        path,
+        pool=TinyPool(),
+        prompts=1,
+        repeats=1,
+        max_new_tokens=6,
+        hf=False,
+        encoded_prompts=PROMPTS,
+        eos=[],
+        static=True,
+    )
     assert [m["name"] for m in res["methods"]] == ["autoregressive", "polyplan-two-level", "polyplan-plan"]
 
 
@@ -156,13 +195,19 @@ def test_bench_on_a_prompt_file_reports_each_category(tiny_plan, tmp_path):
 
     plan, path = tiny_plan
     pf = tmp_path / "mine.jsonl"
-    pf.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"id": "r1", "category": "rag", "text": "context: abc abc. question?"},
-        {"id": "m1", "category": "math", "turns": ["2 + 2 = ?", "and 3 + 3?"]},
-        {"id": "r2", "category": "rag", "text": "more context, and a question"},
-    ]))
-    doc = run_bench(plan, path, pool=_file_pool(), prompts=3, repeats=1, max_new_tokens=6, hf=False, eos=[],
-                    prompts_file=pf)
+    pf.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"id": "r1", "category": "rag", "text": "context: abc abc. question?"},
+                {"id": "m1", "category": "math", "turns": ["2 + 2 = ?", "and 3 + 3?"]},
+                {"id": "r2", "category": "rag", "text": "more context, and a question"},
+            ]
+        )
+    )
+    doc = run_bench(
+        plan, path, pool=_file_pool(), prompts=3, repeats=1, max_new_tokens=6, hf=False, eos=[], prompts_file=pf
+    )
     assert doc["complete"] and doc["workload"]["name"] == "mine.jsonl" and doc["workload"]["count"] == 3
     assert {r["prompt"] for r in doc["runs"]} == {"r1", "m1", "r2"}
     cats = doc["by_category"]
@@ -180,8 +225,18 @@ def test_bench_on_a_prompt_file_reports_each_category(tiny_plan, tmp_path):
 
 def test_bench_one_category_equals_overall(tiny_plan):
     plan, path = tiny_plan
-    doc = run_bench(plan, path, pool=TinyPool(), prompts=2, repeats=2, max_new_tokens=6, hf=False, eos=[],
-                    encoded_prompts=PROMPTS, prompt_categories={"p0": "x", "p1": "x"})
+    doc = run_bench(
+        plan,
+        path,
+        pool=TinyPool(),
+        prompts=2,
+        repeats=2,
+        max_new_tokens=6,
+        hf=False,
+        eos=[],
+        encoded_prompts=PROMPTS,
+        prompt_categories={"p0": "x", "p1": "x"},
+    )
     for m in doc["methods"]:
         for k in ("time_per_token_s", "tokens_per_s", "speedup"):
             assert doc["by_category"]["x"]["methods"][m["name"]][k] == pytest.approx(m["measured"][k])
@@ -195,8 +250,18 @@ def test_bench_prompt_longer_than_the_context_fails_before_running(tiny_plan, tm
     pf.write_text("a fine prompt\nLONG prompt\n")
     calls = []
     with pytest.raises(UserError, match=r"long\.txt:2: prompt 'long-2' needs 300 tokens \+ 6 new but \w+ holds 256"):
-        run_bench(plan, path, pool=_file_pool(), prompts=2, repeats=1, max_new_tokens=6, hf=False, eos=[],
-                  prompts_file=pf, log=calls.append)
+        run_bench(
+            plan,
+            path,
+            pool=_file_pool(),
+            prompts=2,
+            repeats=1,
+            max_new_tokens=6,
+            hf=False,
+            eos=[],
+            prompts_file=pf,
+            log=calls.append,
+        )
     assert not any("repeat" in c for c in calls)
 
 
@@ -207,8 +272,18 @@ def test_bench_interrupted_keeps_the_prompt_runs_measured(tiny_plan, tmp_path):
         if message.startswith("repeat 2/2, prompt p0"):
             raise KeyboardInterrupt
 
-    doc = run_bench(plan, path, pool=TinyPool(), prompts=2, repeats=2, max_new_tokens=6, hf=False, eos=[],
-                    encoded_prompts=PROMPTS, log=log)
+    doc = run_bench(
+        plan,
+        path,
+        pool=TinyPool(),
+        prompts=2,
+        repeats=2,
+        max_new_tokens=6,
+        hf=False,
+        eos=[],
+        encoded_prompts=PROMPTS,
+        log=log,
+    )
     assert doc["complete"] is False and doc["stopped"] == "interrupted after 3 of 4 prompt runs"
     k = len(doc["methods"])
     assert len(doc["runs"]) == 3 * k
@@ -219,8 +294,9 @@ def test_bench_interrupted_keeps_the_prompt_runs_measured(tiny_plan, tmp_path):
 
 
 def test_cli_bench_missing_plan_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "polyplan.cli", "bench", str(tmp_path / "nope.json")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "polyplan.cli", "bench", str(tmp_path / "nope.json")], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "no such file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -235,15 +311,44 @@ def test_bench_smollm2_smoke(tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
     prof = tmp_path / "profile.json"
     cmd = [sys.executable, "-m", "polyplan.cli"]
-    r = subprocess.run(cmd + ["profile", "--pool", "smollm2", "--members", "smollm2-135m:bf16,prompt-lookup", "-o", str(prof), "--prompts", "2", "--max-new-tokens", "16",
-                              "--repeats", "1", "--warmup", "0", "--contexts", "64", "--new-tokens", "1,4,16"], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        cmd
+        + [
+            "profile",
+            "--pool",
+            "smollm2",
+            "--members",
+            "smollm2-135m:bf16,prompt-lookup",
+            "-o",
+            str(prof),
+            "--prompts",
+            "2",
+            "--max-new-tokens",
+            "16",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--contexts",
+            "64",
+            "--new-tokens",
+            "1,4,16",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-500:]
     plan = tmp_path / "plan.json"
     r = subprocess.run(cmd + ["optimize", str(prof), "-o", str(plan)], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "bench.json"
-    r = subprocess.run(cmd + ["bench", str(plan), "-o", str(out), "--prompts", "1", "--repeats", "1",
-                              "--max-new-tokens", "16"], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        cmd + ["bench", str(plan), "-o", str(out), "--prompts", "1", "--repeats", "1", "--max-new-tokens", "16"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     doc = load_results(out)
     assert doc["methods"][0]["name"] == "autoregressive"
@@ -257,8 +362,13 @@ def test_bench_smollm2_smoke(tmp_path):
 def _timed(name: str, by_repeat: list[float]) -> dict:
     import statistics
 
-    return {"name": name, "engine": "polyplan", "chain": [name], "gammas": [],
-            "measured": {"time_per_token_s": statistics.median(by_repeat), "time_per_token_by_repeat_s": by_repeat}}
+    return {
+        "name": name,
+        "engine": "polyplan",
+        "chain": [name],
+        "gammas": [],
+        "measured": {"time_per_token_s": statistics.median(by_repeat), "time_per_token_by_repeat_s": by_repeat},
+    }
 
 
 def test_regret_pairs_repeats_so_drifting_load_cancels():

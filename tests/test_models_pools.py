@@ -13,7 +13,7 @@ import torch
 from polyplan.errors import UserError
 from polyplan.models import MemberSpec, Pool, builtin_pools, load_pool
 from polyplan.models.drafter import VocabularyMismatch
-from polyplan.models.pools import PoolFileError, UnknownMember, UnknownPool
+from polyplan.models.pools import UnknownMember, UnknownPool
 
 from tiny_models import tiny_llama
 
@@ -76,7 +76,12 @@ def test_builtin_pools_parse():
     p = load_pool("smollm2")
     assert isinstance(p, Pool) and p.name == "smollm2" and p.target == "smollm2-135m"
     assert p.names == [
-        "smollm2-135m", "smollm2-135m:bf16", "smollm2-135m:int8", "smollm2-135m:q4", "prompt-lookup", "ngram"
+        "smollm2-135m",
+        "smollm2-135m:bf16",
+        "smollm2-135m:int8",
+        "smollm2-135m:q4",
+        "prompt-lookup",
+        "ngram",
     ]
     assert all(isinstance(m, MemberSpec) for m in p.members)
     assert p.member("smollm2-135m:int8").derivation == "int8"
@@ -122,7 +127,10 @@ def test_vocabulary_size_mismatch_refused(tmp_path):
     save_tiny(tmp_path / "big", vocab_size=16)
     save_tiny(tmp_path / "other", vocab_size=24)
     path = tmp_path / "p.toml"
-    path.write_text('[pool]\ntarget = "big"\n[[member]]\nname = "big"\nsource = "dir:big"\n[[member]]\nname = "other"\nsource = "dir:other"\n')
+    path.write_text(
+        '[pool]\ntarget = "big"\n[[member]]\nname = "big"\nsource = "dir:big"\n'
+        '[[member]]\nname = "other"\nsource = "dir:other"\n'
+    )
     pool = load_pool(path)
     with pytest.raises(VocabularyMismatch, match="other has a vocabulary of 24 tokens but big has 16"):
         pool.drafter("other")
@@ -132,7 +140,10 @@ def test_tokenizer_mismatch_refused_even_with_equal_sizes(tmp_path):
     save_tiny(tmp_path / "big", WORDS)
     save_tiny(tmp_path / "other", WORDS[:2] + [f"v{i}" for i in range(14)])
     path = tmp_path / "p.toml"
-    path.write_text('[pool]\ntarget = "big"\n[[member]]\nname = "big"\nsource = "dir:big"\n[[member]]\nname = "other"\nsource = "dir:other"\n')
+    path.write_text(
+        '[pool]\ntarget = "big"\n[[member]]\nname = "big"\nsource = "dir:big"\n'
+        '[[member]]\nname = "other"\nsource = "dir:other"\n'
+    )
     with pytest.raises(VocabularyMismatch, match="other .* uses a different tokenizer than the target big"):
         load_pool(path).drafter("other")
 
@@ -144,12 +155,26 @@ def test_tokenizer_mismatch_refused_even_with_equal_sizes(tmp_path):
         ('[[member]]\nname = "a"\nsource = "dir:x"\n', "missing \\[pool\\]"),
         ('[pool]\ntarget = "b"\n[[member]]\nname = "a"\nsource = "dir:x"\n', "target 'b' is not a member"),
         ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "ngram"\n', "must be a model"),
-        ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\n[[member]]\nname = "a"\nsource = "dir:y"\n', "duplicate member names"),
-        ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\ndtyp = "bf16"\n', "unknown keys \\['dtyp'\\]"),
+        (
+            '[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\n'
+            '[[member]]\nname = "a"\nsource = "dir:y"\n',
+            "duplicate member names",
+        ),
+        (
+            '[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\ndtyp = "bf16"\n',
+            "unknown keys \\['dtyp'\\]",
+        ),
         ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\ndtype = "int4"\n', "unknown dtype 'int4'"),
-        ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\nderivation = "int2"\n', "unknown derivation 'int2'"),
-        ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\n[[member]]\nname = "p"\nsource = "prompt-lookup"\norder = 3\n', "unknown keys \\['order'\\] for prompt-lookup"),
-        ('[pool\n', "not valid TOML"),
+        (
+            '[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\nderivation = "int2"\n',
+            "unknown derivation 'int2'",
+        ),
+        (
+            '[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "dir:x"\n'
+            '[[member]]\nname = "p"\nsource = "prompt-lookup"\norder = 3\n',
+            "unknown keys \\['order'\\] for prompt-lookup",
+        ),
+        ("[pool\n", "not valid TOML"),
         ('[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "whatever"\n', "unknown model source 'whatever'"),
     ],
 )
@@ -198,7 +223,10 @@ def test_cli_errors_are_one_line(monkeypatch, capsys, tmp_path):
     assert code == 2 and err.count("\n") == 1 and "unknown pool 'no-such-pool'" in err
     monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "empty"))
     code, _, err = run_cli(monkeypatch, capsys, "models", "check", "smollm2")
-    assert code == 2 and err.strip() == "polyplan: error: model smollm2-135m is not installed; run `polyplan models install smollm2`"
+    assert (
+        code == 2
+        and err.strip() == "polyplan: error: model smollm2-135m is not installed; run `polyplan models install smollm2`"
+    )
 
 
 def test_cli_list_shows_members_and_install_state(monkeypatch, capsys, tmp_path):

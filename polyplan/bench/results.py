@@ -90,9 +90,7 @@ def summarize(specs: list[MethodSpec], records: list[RunRecord]) -> list[dict[st
         tokens = sum(statistics.median(r.new_tokens for r in rs) for rs in per_prompt.values())
         return seconds / tokens if tokens else None
 
-    reference = {
-        (r.prompt, r.repeat): r.tokens for r in records if r.method == AUTOREGRESSIVE
-    }
+    reference = {(r.prompt, r.repeat): r.tokens for r in records if r.method == AUTOREGRESSIVE}
     out = []
     for spec in specs:
         per_rep = [tpt(spec.name, rep) for rep in repeats]
@@ -205,7 +203,7 @@ def regret(methods: list[dict[str, Any]], chosen: str) -> dict[str, Any] | None:
     def slower_than(other: dict[str, Any]) -> float:
         a_reps = c["measured"].get("time_per_token_by_repeat_s") or []
         b_reps = other["measured"].get("time_per_token_by_repeat_s") or []
-        paired = [a / b for a, b in zip(a_reps, b_reps) if a and b]
+        paired = [a / b for a, b in zip(a_reps, b_reps, strict=False) if a and b]
         if paired and len(a_reps) == len(b_reps):
             return statistics.median(paired)
         return c["measured"]["time_per_token_s"] / other["measured"]["time_per_token_s"]

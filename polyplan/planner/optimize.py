@@ -113,8 +113,9 @@ def optimize(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     if len(plan.names) > 1:  # the adaptive executor's table (proofs/adaptive-control.md)
-        plan.policy = build_policy(profile, plan.names, plan.gammas, mode=mode, context=pred.context,
-                                   max_gamma=max_gamma, traces=traces).to_dict()
+        plan.policy = build_policy(
+            profile, plan.names, plan.gammas, mode=mode, context=pred.context, max_gamma=max_gamma, traces=traces
+        ).to_dict()
     plan.validate()
     return plan, result
 
@@ -156,9 +157,7 @@ def _exports(profile: Profile, pred: Predictor, best: Estimate, max_gamma: int, 
     target, drafter = _member(profile, sub.chain[0]), _member(profile, sub.chain[1])
     exports = {
         "sub_plan": sub.as_dict(),
-        "transformers": transformers_export(
-            target, drafter, sub.gammas[0], mode=mode, temperature=profile.temperature
-        ),
+        "transformers": transformers_export(target, drafter, sub.gammas[0], mode=mode, temperature=profile.temperature),
         "vllm": vllm_export(target, drafter, sub.gammas[0]),
     }
     server = llama_server_export(target, drafter, sub.gammas[0], mode=mode)
@@ -174,6 +173,6 @@ def decoding_context(traces: dict, max_new_tokens: int | None = None) -> float |
     lengths, seg = traces.get("prompt_lengths"), traces.get("segments")
     if lengths is None or seg is None or len(lengths) == 0 or len(seg) != len(lengths) + 1:
         return None
-    refs = [int(b) - int(a) for a, b in zip(seg, seg[1:])]
+    refs = [int(b) - int(a) for a, b in zip(seg, seg[1:], strict=False)]
     generated = max_new_tokens if max_new_tokens is not None else sum(refs) / len(refs)
     return float(sum(int(x) for x in lengths) / len(lengths) + generated / 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -47,10 +48,8 @@ def machine_facts(device: torch.device | str | None = None) -> dict[str, Any]:
         # llama.cpp members' latency depends on it (None when the extra is not installed)
         "llama_cpp_python": _version("llama-cpp-python"),
     }
-    try:
+    with contextlib.suppress(ValueError, OSError, AttributeError):
         facts["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
     if device.type == "cuda" and torch.cuda.is_available():
         index = device.index if device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)

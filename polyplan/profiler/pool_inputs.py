@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -112,7 +113,7 @@ def inputs_from_pool(
             drafters.append(pool.drafter(n))
 
     candidates = []
-    for n, d in zip(names, drafters):
+    for n, d in zip(names, drafters, strict=True):
         spec = pool.member(n)
         derivation = "" if spec.model_free or spec.derivation == "none" else spec.derivation
         candidates.append(
@@ -137,6 +138,7 @@ def inputs_from_pool(
         drafters=drafters,
         candidates=candidates,
         encode=chat_encoder(tokenizer),
-        eos_ids=eos_token_ids(tokenizer, getattr(target, "model", None)) if hasattr(target, "model")
+        eos_ids=eos_token_ids(tokenizer, getattr(target, "model", None))
+        if hasattr(target, "model")
         else list(getattr(target, "eos_token_ids", None) or eos_token_ids(tokenizer)),
     )
