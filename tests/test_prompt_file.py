@@ -159,3 +159,14 @@ def test_shipped_mechanism_prompt_files_parse_with_categories_and_ids():
         for cat in cats:
             assert 6 <= sum(p.category == cat for p in ps.prompts) <= 10, (f.name, cat)
         assert all(json.loads(line).keys() >= {"id", "category"} for line in f.read_text().splitlines() if line.strip())
+
+
+def test_sample_prompt_files_are_drawn_verbatim_from_the_mechanism_sets():
+    shipped = {}
+    for f in (ROOT / "benchmarks" / "prompts").glob("*.jsonl"):
+        shipped.update({p.id: p.text for p in read_prompt_file(f).prompts})
+    samples = sorted((ROOT / "benchmarks" / "prompts" / "samples").glob("*.jsonl"))
+    assert samples
+    for f in samples:
+        for p in read_prompt_file(f).prompts:
+            assert shipped.get(p.id) == p.text, (f.name, p.id)
