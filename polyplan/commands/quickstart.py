@@ -67,15 +67,15 @@ def register(root: typer.Typer) -> None:
 
 def _compare_with_target(plan_path: Path, prompt: str, max_new_tokens: int, console) -> None:
     """Time the plan and its target alone on the demo prompt (interleaved) and say which won."""
+    from polyplan.assemble import ChainSpec, chain_from_plan
     from polyplan.bench.head_to_head import plan_vs_target, verdict
     from polyplan.commands.run import _encode
-    from polyplan.executor.build import ChainSpec, build_chain
 
     spec = ChainSpec.from_plan(plan_path)
     if len(spec.members) == 1:
         console.print("the plan is the target alone (no drafter pays here): nothing to compare")
         return
-    chain = build_chain(spec)
+    chain = chain_from_plan(plan_path)  # exactly as `polyplan run PLAN` runs it (adaptive)
     ids = _encode(chain.tokenizer, prompt, chat=True)
     h = plan_vs_target(chain, ids, max_new_tokens, temperature=spec.temperature or 0.0)
     label = " <- ".join(chain.names) + f" (gammas {','.join(map(str, chain.gammas))})"
