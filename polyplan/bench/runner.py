@@ -27,13 +27,14 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from polyplan.bench.results import AUTOREGRESSIVE, MethodSpec, RunRecord, by_category, regret, summarize
+from polyplan.bench.results import AUTOREGRESSIVE, REFERENCE, MethodSpec, RunRecord, by_category, regret, summarize
 from polyplan.data import Prompt
 from polyplan.documents.plan import Plan, file_sha256
 from polyplan.documents.profile import Profile
@@ -66,15 +67,19 @@ def polyplan_method(
     temperature: float,
     eos: list[int],
     controller: Any = None,
+    alone: bool = False,
 ) -> BenchMethod:
+    """``alone``: the target decodes as it does alone (``Drafter.decoding_alone``), not in the
+    numerics it verifies with."""
     from polyplan.executor.chain import Chain
 
     chain = Chain(list(drafters), gammas=list(gammas), controller=controller)
 
     def generate(prompt: list[int], max_new_tokens: int, seed: int):
-        result = chain.generate(
-            prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, eos_token_id=eos
-        )
+        with drafters[0].decoding_alone() if alone else nullcontext():
+            result = chain.generate(
+                prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, eos_token_id=eos
+            )
         levels = [
             {
                 "name": lv.name,
@@ -275,8 +280,8 @@ def plan_methods(
             )
         ]
     else:
-        # a llama.cpp target: its own one-token-per-pass decoding is the baseline, and
-        # transformers' assisted generation cannot drive it
+        # a llama.cpp target: its own one-token-per-pass decoding is the speed baseline (and
+        # transformers' assisted generation cannot drive it)
         methods = [
             polyplan_method(
                 MethodSpec(
@@ -290,8 +295,27 @@ def plan_methods(
                 [],
                 temperature=temperature,
                 eos=eos,
+                alone=True,
             )
         ]
+    if target.uniform_numerics:
+        # Losslessness is judged against the target decoding in the numerics it verifies with
+        # (docs/staged-decoding.md, "llama.cpp members"): its one-token kernels may flip a near-tie.
+        methods.append(
+            polyplan_method(
+                MethodSpec(
+                    REFERENCE,
+                    "the target alone in its verification numerics (the lossless reference)",
+                    "llama.cpp",
+                    [plan.target],
+                    [],
+                ),
+                [target],
+                [],
+                temperature=temperature,
+                eos=eos,
+            )
+        )
     two = plan.two_level
     if two is not None:
         d_name, g = two["chain"][1], int(two["gammas"][0])
@@ -491,6 +515,8 @@ def attach_predictions(
         s = m.spec
         if s.engine == "transformers" and s.name != AUTOREGRESSIVE and None in s.gammas:
             continue  # adaptive schedule: no fixed-gamma prediction
+        if s.name == REFERENCE:
+            continue  # the profile's T_target(1) is the one-token decoding, not this run's passes
         chain, gammas = tuple(s.chain), tuple(g for g in s.gammas if g is not None)
         if predictors:
             for name, p in predictors.items():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -50,6 +51,13 @@ class Drafter(ABC):
     device: torch.device = torch.device("cpu")
     #: a transformers-style tokenizer (``decode``, ``apply_chat_template``) or None
     tokenizer: Any = None
+    #: True when this member, as a target, verifies with other numerics than it decodes with
+    #: alone (a llama.cpp target: two-token passes instead of its one-token kernels); see
+    #: :meth:`decoding_alone`
+    uniform_numerics: bool = False
+    #: backing fields of ``processed`` and ``max_context`` for backends that keep a counter
+    _processed: int = 0
+    _max_context: int | None = None
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -57,9 +65,9 @@ class Drafter(ABC):
         return []
 
     @property
-    @abstractmethod
     def processed(self) -> int:
         """Tokens covered by this drafter's state (KV-cache length); 0 after ``reset``."""
+        return self._processed
 
     @abstractmethod
     def reset(self) -> None:
@@ -80,10 +88,15 @@ class Drafter(ABC):
         """Point-mass drafters only: up to ``n`` proposed next tokens after ``context``."""
         raise NotImplementedError(f"{self.name} drafts by scoring; use score() and sample")
 
+    def decoding_alone(self) -> AbstractContextManager[None]:
+        """Within this context the member runs as it does decoding alone, one token per pass
+        (the autoregressive baseline). Only members with ``uniform_numerics`` differ."""
+        return nullcontext()
+
     @property
     def max_context(self) -> int | None:
         """Longest sequence this drafter can hold, or None when unbounded."""
-        return None
+        return self._max_context
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import ctypes
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,14 +128,6 @@ class LlamaCppDrafter(Drafter):
     def eos_token_ids(self) -> list[int]:
         return list(self._eos_ids)
 
-    @property
-    def processed(self) -> int:
-        return self._processed
-
-    @property
-    def max_context(self) -> int | None:
-        return self._max_context
-
     def reset(self) -> None:
         self._lc.llama_memory_clear(self._mem, True)
         self._tokens.clear()
@@ -196,6 +190,16 @@ class LlamaCppDrafter(Drafter):
             self._tokens.extend(chunk)
             self._processed += m
         return out
+
+    @contextmanager
+    def decoding_alone(self) -> Iterator[None]:
+        """llama.cpp's own decoding: one-token passes through its one-token kernels, the fastest
+        way this model decodes alone (the autoregressive baseline of a llama.cpp target)."""
+        saved, self.uniform_numerics = self.uniform_numerics, False
+        try:
+            yield
+        finally:
+            self.uniform_numerics = saved
 
     def close(self) -> None:
         """Free llama.cpp's model, context and batch now rather than at garbage collection."""

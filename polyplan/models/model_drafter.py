@@ -49,14 +49,6 @@ class ModelDrafter(Drafter):
         self._processed = 0
         self._checked_after_first_pass = False
 
-    @property
-    def processed(self) -> int:
-        return self._processed
-
-    @property
-    def max_context(self) -> int | None:
-        return self._max_context
-
     def reset(self) -> None:
         self._cache = new_rollbackable_cache(self.model, self.name)
         self._processed = 0

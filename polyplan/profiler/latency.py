@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,10 +84,15 @@ def measure_context(
                 if record:
                     cuda_events.append((d.name, j, start, end))
             else:
-                t0 = time.perf_counter()
-                d.score(new)
+                # T(1) is a one-token pass as the member decodes alone: the autoregressive baseline
+                # of a target whose verification passes use other numerics (Drafter.decoding_alone);
+                # a verification always scores two tokens or more
+                with d.decoding_alone() if n == 1 else nullcontext():
+                    t0 = time.perf_counter()
+                    d.score(new)
+                    elapsed = time.perf_counter() - t0
                 if record:
-                    samples[d.name][j].append(time.perf_counter() - t0)
+                    samples[d.name][j].append(elapsed)
             d.rollback(context)
         if on_pass is not None and record:
             on_pass()
