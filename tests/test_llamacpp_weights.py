@@ -147,7 +147,29 @@ def test_one_token_passes_use_other_kernels_unless_uniform(q4, q4_target, prompt
 
 
 def _alone(q4, prompt, eos):
-    return Chain([q4]).generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=eos).tokens
+    """The target decoding alone in the numerics it verifies with: what its chains must equal."""
+    return Chain([q4], verification_numerics=True).generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=eos).tokens
+
+
+def test_a_one_member_chain_decodes_with_the_fast_one_token_kernels(q4, q4_target, prompts, monkeypatch):
+    """Autoregressive decoding of a llama.cpp target (a plan that keeps no drafter) is llama.cpp's
+    own one-token decoding, the speed baseline, not the two-token verification passes; with
+    verification_numerics it is the reference every longer chain equals."""
+    eos = q4_target.eos_token_ids
+    seen: list[bool] = []
+    score = q4_target.score
+
+    def spy(ids, last=None):
+        seen.append(q4_target.uniform_numerics)
+        return score(ids, last)
+
+    monkeypatch.setattr(q4_target, "score", spy)
+    fast = Chain([q4_target]).generate(prompts[0], max_new_tokens=16, eos_token_id=eos)
+    assert seen and not any(seen) and q4_target.uniform_numerics  # one-token kernels, flag restored
+    assert fast.tokens == Chain([q4]).generate(prompts[0], max_new_tokens=16, eos_token_id=eos).tokens
+    seen.clear()
+    Chain([q4_target], verification_numerics=True).generate(prompts[0], max_new_tokens=16, eos_token_id=eos)
+    assert seen and all(seen)
 
 
 @pytest.mark.parametrize(

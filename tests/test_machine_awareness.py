@@ -37,6 +37,19 @@ def test_other_gpu_model_is_noticed_on_the_same_cpu():
     assert "this machine is " + HERE["cpu"] + ":" in other_machine_warning(profile, "plan.json", HERE)
 
 
+def test_same_cpu_name_with_other_matmul_features_is_noticed():
+    """Two machines sold as "AMD EPYC": one with AVX-512 bf16, one without (bf16 costs differ)."""
+    zen4 = {"family": "25", "model": "17", "flags": ["avx2", "fma", "avx512f", "avx512_bf16"]}
+    zen3 = {"family": "25", "model": "1", "flags": ["avx2", "fma"]}
+    profile = {"pool": "p", "machine": {"cpu": "AMD EPYC", "cpu_features": zen3, "device": "cpu"}}
+    w = other_machine_warning(profile, "plan.json", {"cpu": "AMD EPYC", "cpu_features": zen4, "gpu": None})
+    assert w and "\n" not in w and "family 25 model 1: avx2 fma)" in w and "avx512_bf16" in w
+    assert other_machine_warning(profile, "plan.json", {"cpu": "AMD EPYC", "cpu_features": zen3, "gpu": None}) is None
+    # profiles written before features were recorded stay quiet on a same-name CPU
+    old = {"pool": "p", "machine": {"cpu": "AMD EPYC", "device": "cpu"}}
+    assert other_machine_warning(old, "plan.json", {"cpu": "AMD EPYC", "cpu_features": zen4, "gpu": None}) is None
+
+
 def _plan(tmp_path, chain: list[str], cpu: str):
     plan = Plan(
         chain=[{"name": n} for n in chain],

@@ -29,6 +29,17 @@ def test_round_trip(plan_path):
     assert plan.names == ["target", "mid", "tiny"] and plan.target == "target" and plan.mode == "greedy"
 
 
+def test_saved_files_get_the_mode_of_a_plain_write(plan_path):
+    """Atomic writes go through mkstemp (mode 0600): the published file must still be readable by
+    whoever could read a plainly written one (0666 minus the umask)."""
+    import os
+
+    plain = plan_path.parent / "plain.json"
+    plain.write_text("{}")
+    assert plan_path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert os.access(plan_path, os.R_OK)
+
+
 def test_newer_version_is_refused(plan_path):
     doc = json.loads(plan_path.read_text())
     doc["version"] = 99

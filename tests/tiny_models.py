@@ -154,3 +154,73 @@ class CountingPointMass(Drafter):
         self._processed = len(context)
         k = n if self.max_len is None else min(n, self.max_len)
         return [self.cycle[(len(context) + i) % len(self.cycle)] for i in range(k)]
+
+
+def tiny_gguf(model: LlamaForCausalLM, path, *, bos: int = 0, eos: int = 1):
+    """Write a tiny transformers Llama as a float32 GGUF that llama.cpp loads (tokens named
+    ``t0``, ``t1``, ... with a SentencePiece-style vocabulary and no merges: the tests feed ids,
+    never text). llama.cpp rotates query/key pairs (i, i+1) where transformers rotates (i, i+d/2),
+    so Q and K rows are permuted as GGUF converters do; the result computes the same function
+    up to float rounding. Returns ``path``."""
+    import gguf
+    import numpy as np
+
+    cfg = model.config
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = cfg.hidden_size // heads
+
+    def rope_rows(w: torch.Tensor, n_head: int) -> np.ndarray:
+        # rows of each head ordered (first halves, second halves) -> interleaved pairs
+        w = w.detach().float()
+        return w.reshape(n_head, 2, head_dim // 2, -1).transpose(1, 2).reshape(w.shape).numpy()
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-test-llama")
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
+    writer.add_token_scores([0.0] * cfg.vocab_size)
+    types = [gguf.TokenType.NORMAL] * cfg.vocab_size
+    types[bos] = types[eos] = gguf.TokenType.CONTROL
+    writer.add_token_types(types)
+    writer.add_bos_token_id(bos)
+    writer.add_eos_token_id(eos)
+    writer.add_add_bos_token(False)
+
+    def f32(t: torch.Tensor) -> np.ndarray:
+        return t.detach().float().contiguous().numpy()
+
+    m = model.model
+    writer.add_tensor("token_embd.weight", f32(m.embed_tokens.weight))
+    writer.add_tensor("output_norm.weight", f32(m.norm.weight))
+    writer.add_tensor("output.weight", f32(model.lm_head.weight))
+    for i, layer in enumerate(m.layers):
+        a, mlp = layer.self_attn, layer.mlp
+        tensors = {
+            "attn_norm": f32(layer.input_layernorm.weight),
+            "attn_q": rope_rows(a.q_proj.weight, heads),
+            "attn_k": rope_rows(a.k_proj.weight, kv_heads),
+            "attn_v": f32(a.v_proj.weight),
+            "attn_output": f32(a.o_proj.weight),
+            "ffn_norm": f32(layer.post_attention_layernorm.weight),
+            "ffn_gate": f32(mlp.gate_proj.weight),
+            "ffn_up": f32(mlp.up_proj.weight),
+            "ffn_down": f32(mlp.down_proj.weight),
+        }
+        for name, arr in tensors.items():
+            writer.add_tensor(f"blk.{i}.{name}.weight", arr)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

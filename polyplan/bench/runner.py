@@ -27,7 +27,6 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,19 +66,20 @@ def polyplan_method(
     temperature: float,
     eos: list[int],
     controller: Any = None,
-    alone: bool = False,
+    verification_numerics: bool = False,
 ) -> BenchMethod:
-    """``alone``: the target decodes as it does alone (``Drafter.decoding_alone``), not in the
-    numerics it verifies with."""
+    """``verification_numerics``: a one-member chain decodes in the numerics its member verifies
+    with, not as it does alone (see ``Chain``)."""
     from polyplan.executor.chain import Chain
 
-    chain = Chain(list(drafters), gammas=list(gammas), controller=controller)
+    chain = Chain(
+        list(drafters), gammas=list(gammas), controller=controller, verification_numerics=verification_numerics
+    )
 
     def generate(prompt: list[int], max_new_tokens: int, seed: int):
-        with drafters[0].decoding_alone() if alone else nullcontext():
-            result = chain.generate(
-                prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, eos_token_id=eos
-            )
+        result = chain.generate(
+            prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, eos_token_id=eos
+        )
         levels = [
             {
                 "name": lv.name,
@@ -295,7 +295,6 @@ def plan_methods(
                 [],
                 temperature=temperature,
                 eos=eos,
-                alone=True,
             )
         ]
     if target.uniform_numerics:
@@ -314,6 +313,7 @@ def plan_methods(
                 [],
                 temperature=temperature,
                 eos=eos,
+                verification_numerics=True,
             )
         )
     two = plan.two_level

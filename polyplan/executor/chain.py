@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -103,7 +104,12 @@ class Chain:
     classic speculative decoding. Members are :class:`Drafter` instances or transformers causal
     LMs (wrapped in ``ModelDrafter``); a point-mass (model-free) drafter may only be the bottom.
     ``controller`` chooses each target round's members and gammas (default: all members, fixed
-    ``gammas``); see :mod:`polyplan.executor.control`."""
+    ``gammas``); see :mod:`polyplan.executor.control`.
+
+    A chain of one member verifies nothing, so it decodes as that member does alone
+    (``Drafter.decoding_alone``: for a llama.cpp target, its fast one-token kernels rather than the
+    two-token passes it verifies with). ``verification_numerics=True`` keeps the verification
+    numerics instead: the decoding every longer chain with this target is token-identical to."""
 
     def __init__(
         self,
@@ -111,6 +117,7 @@ class Chain:
         gammas: Sequence[int] = (),
         tokenizer: Any = None,
         controller: Controller | None = None,
+        verification_numerics: bool = False,
     ) -> None:
         if isinstance(members, (Drafter, torch.nn.Module)):
             members = [members]
@@ -138,6 +145,7 @@ class Chain:
             raise UserError(f"{self.drafters[0].name} is model-free and cannot be the target")
         check_same_vocabulary(self.drafters)
         self.tokenizer = tokenizer if tokenizer is not None else self.drafters[0].tokenizer
+        self.verification_numerics = verification_numerics
         self.controller = controller
 
     @classmethod
@@ -194,7 +202,9 @@ class Chain:
                 )
         control = controller or self.controller or StaticController(self.gammas)
         run = _StagedRun(self, prompt, max_new_tokens, params, seed, eos, stream, control)
-        tokens, reason = run.run()
+        alone = len(self.drafters) == 1 and not self.verification_numerics
+        with self.drafters[0].decoding_alone() if alone else nullcontext():
+            tokens, reason = run.run()
         text = None
         if self.tokenizer is not None:
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -25,6 +25,36 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: instruction-set features that decide which matmul kernels run (bf16 and int8 speed above all):
+#: two CPUs sold under one name ("AMD EPYC") can differ in them, and their relative costs with them
+MATMUL_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+def cpu_features() -> dict[str, Any] | None:
+    """x86 family/model numbers and the :data:`MATMUL_FLAGS` the CPU reports (Linux only; None
+    elsewhere)."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("cpu family", "model", "flags") and key not in info:
+                    info[key] = value.strip()
+                if not line.strip() and info:
+                    break  # the first processor's block is enough
+    except OSError:
+        return None
+    if "flags" not in info:
+        return None
+    flags = set(info["flags"].split())
+    return {
+        "family": info.get("cpu family"),
+        "model": info.get("model"),
+        "flags": [f for f in MATMUL_FLAGS if f in flags],
+    }
+
+
 def _version(pkg: str) -> str | None:
     try:
         return version(pkg)
@@ -37,6 +67,7 @@ def machine_facts(device: torch.device | str | None = None) -> dict[str, Any]:
     device = torch.device(device) if device is not None else torch.device("cpu")
     facts: dict[str, Any] = {
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device.type,
@@ -70,11 +101,16 @@ def current_models(recorded: dict[str, Any]) -> dict[str, Any]:
     gpu = None
     if recorded.get("gpu") or recorded.get("device") == "cuda":
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu_model(), "gpu": gpu}
+    return {"cpu": cpu_model(), "cpu_features": cpu_features(), "gpu": gpu}
 
 
-def _describe(facts: dict[str, Any]) -> str:
-    return str(facts.get("cpu") or "an unknown CPU") + (f" with {facts['gpu']}" if facts.get("gpu") else "")
+def _describe(facts: dict[str, Any], features: bool = False) -> str:
+    cpu = str(facts.get("cpu") or "an unknown CPU")
+    f = facts.get("cpu_features")
+    if features and f:
+        flags = " ".join(f.get("flags") or []) or "no listed flags"
+        cpu += f" (family {f.get('family')} model {f.get('model')}: {flags})"
+    return cpu + (f" with {facts['gpu']}" if facts.get("gpu") else "")
 
 
 def other_machine_warning(
@@ -88,6 +124,14 @@ def other_machine_warning(
         return None
     current = current if current is not None else current_models(recorded)
     differs = recorded.get("cpu") != current.get("cpu")
+    # one CPU name, other matmul features (e.g. AVX-512 bf16 on one EPYC and not on another)
+    same_name_other_features = (
+        not differs
+        and bool(recorded.get("cpu_features"))
+        and bool(current.get("cpu_features"))
+        and recorded["cpu_features"] != current["cpu_features"]
+    )
+    differs = differs or same_name_other_features
     if recorded.get("gpu") or recorded.get("device") == "cuda":
         differs = differs or recorded.get("gpu") != current.get("gpu")
     if not differs:
@@ -95,7 +139,8 @@ def other_machine_warning(
     pool = plan_profile.get("pool") or "POOL"
     here = f"{pool}-this-machine.profile.json"
     return (
-        f"warning: {plan_path} was profiled on {_describe(recorded)}, but this machine is {_describe(current)}: "
+        f"warning: {plan_path} was profiled on {_describe(recorded, same_name_other_features)}, but this machine "
+        f"is {_describe(current, same_name_other_features)}: "
         f"its timings and choice of chain may not hold here; re-profile: polyplan profile --pool {pool} -o {here} "
         f"&& polyplan optimize {here} -o {plan_path}"
     )
