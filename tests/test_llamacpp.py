@@ -28,6 +28,7 @@ BASE = '[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "gguf:a.gguf"\n'
         ),
         ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\ndevice = "cuda"\n', "llama.cpp members run on the CPU"),
         ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\nthreads = 0\n', "threads must be a positive integer"),
+        ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\nmin_pass = 0\n', "min_pass must be a positive integer"),
         ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\nn_ctx = "big"\n', "n_ctx must be a positive integer"),
         ('name = "q"\nsame_as = "a"\nbackend = "onnx"\n', "unknown backend 'onnx'"),
         ('name = "q"\nsame_as = "zz"\nbackend = "llama.cpp"\n', "same_as 'zz' is not a member with a source"),
@@ -52,7 +53,7 @@ def test_llamacpp_member_parses_with_defaults_and_same_as(tmp_path):
     path.write_text(BASE + '[[member]]\nname = "a:q"\nsame_as = "a"\nbackend = "llama.cpp"\nthreads = 1\n')
     pool = load_pool(path)
     spec = pool.member("a:q")
-    assert spec.llama_cpp and spec.kind == "llama.cpp" and spec.options == {"threads": 1, "n_ctx": 4096}
+    assert spec.llama_cpp and spec.kind == "llama.cpp" and spec.options == {"threads": 1, "n_ctx": 4096, "min_pass": 2}
     assert pool.source("a:q") == pool.source("a")
     assert "llama.cpp threads=1" in spec.describe()
     assert len(pool.fingerprint("a:q")) == 16  # from the GGUF itself: no converted cache needed

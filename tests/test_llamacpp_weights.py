@@ -193,6 +193,27 @@ def test_llamacpp_target_chain_is_token_identical_to_its_own_decoding(
     assert accepted > 0
 
 
+def test_min_pass_pads_every_target_pass_and_keeps_chains_identical(smollm2_pool, q4_target, prompts, monkeypatch):
+    """min_pass = 4: every pass after the prompt scores at least 4 tokens (the tokens before the
+    new ones re-fed), and a chain equals the target decoding alone in those numerics."""
+    eos = q4_target.eos_token_ids
+    sizes: list[int] = []
+    llama_decode = q4_target._lc.llama_decode
+
+    def spy(ctx, batch):
+        sizes.append(int(batch.n_tokens))
+        return llama_decode(ctx, batch)
+
+    monkeypatch.setattr(q4_target._lc, "llama_decode", spy)
+    monkeypatch.setattr(q4_target, "min_pass", 4)
+    chain = Chain([q4_target, *smollm2_pool.drafters(["prompt-lookup"])], [2])
+    for p in prompts[:2]:
+        sizes.clear()
+        result = chain.generate(p, max_new_tokens=24, eos_token_id=eos)
+        assert sizes[0] >= len(p) - 1 and len(sizes) > 2 and min(sizes[1:]) >= 4, sizes
+        assert result.tokens == _alone(q4_target, p, eos)[: len(result.tokens)]
+
+
 def test_llamacpp_middle_level_chain_matches_the_target_generate(smollm2_pool, q4, prompts):
     target = smollm2_pool.drafter("smollm2-135m")
     eos = [smollm2_pool.tokenizer.eos_token_id]

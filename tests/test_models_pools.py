@@ -89,7 +89,7 @@ def test_builtin_pools_parse():
     assert q.target == "qwen2.5-coder-1.5b" and q.member("qwen2.5-coder-0.5b").dtype == "bfloat16"
     assert {m.kind for m in q.members} == {"model", "llama.cpp", "prompt-lookup", "ngram"}
     assert q.source("qwen2.5-coder-1.5b:q4") == q.source("qwen2.5-coder-1.5b")  # same_as
-    assert q.member("qwen2.5-coder-0.5b:q4").options == {"threads": 2, "n_ctx": 4096}
+    assert q.member("qwen2.5-coder-0.5b:q4").options == {"threads": 2, "n_ctx": 4096, "min_pass": 2}
 
 
 def test_user_pool_file_builds_drafters_lazily(tiny_pool_file):

@@ -56,12 +56,17 @@ class LlamaCppDrafter(Drafter):
         tokenizer: Any = None,
         probe: bool = True,
         uniform_numerics: bool = False,
+        min_pass: int | None = None,
     ) -> None:
         path = Path(gguf)
         if not path.is_file():
             raise GGUFLoadError(f"{name}: GGUF file {path} does not exist")
-        if n_ctx < 1 or threads < 1:
-            raise UserError(f"{name}: n_ctx and threads must be positive (got n_ctx={n_ctx}, threads={threads})")
+        min_pass = (2 if uniform_numerics else 1) if min_pass is None else min_pass
+        if n_ctx < 1 or threads < 1 or min_pass < 1:
+            raise UserError(
+                f"{name}: n_ctx, threads and min_pass must be positive "
+                f"(got n_ctx={n_ctx}, threads={threads}, min_pass={min_pass})"
+            )
         lc = import_llama_cpp()
         if probe:
             check_runs(path)
@@ -101,14 +106,14 @@ class LlamaCppDrafter(Drafter):
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self._free_batch = weakref.finalize(self, lc.llama_batch_free, self._batch)
         self._eos_ids = self._end_of_generation_ids()
-        #: llama.cpp runs a one-token pass through other kernels than a multi-token one: its logits
-        #: differ (by up to ~1.1 on SmolLM2 Q4_1, measured) while every pass of 2+ tokens is
-        #: bit-identical to one full pass. A TARGET must verify with the numerics it decodes with,
-        #: so with ``uniform_numerics`` a single new token is evaluated as a two-token pass (the
-        #: previous token re-fed): lossless w.r.t. its own decoding, at the cost of a 2-token pass.
-        self.uniform_numerics = uniform_numerics
-        #: the profiler measures acceptance in the shapes used at run time when this is True
-        self.shape_sensitive = not uniform_numerics
+        #: llama.cpp picks kernels by the number of tokens in a pass, and their logits differ: a
+        #: one-token pass differs from a longer one (by up to ~1.1 on SmolLM2 Q4_1), and for Qwen
+        #: Q4_K_M passes of 2-3, 4-5 and 8+ tokens form three groups (up to 0.34 apart; measured,
+        #: docs/staged-decoding.md "Numerics"). A TARGET whose output must not depend on how many
+        #: drafts a round verified scores at least ``min_pass`` tokens per pass, re-feeding the
+        #: tokens before the new ones: 2 makes SmolLM2 Q4_1 batch-invariant, Qwen Q4_K_M needs 8.
+        #: ``uniform_numerics=True`` is ``min_pass=2``.
+        self.min_pass = min_pass
         self._tokens: list[int] = []
         self._processed = 0
 
@@ -149,10 +154,11 @@ class LlamaCppDrafter(Drafter):
         ids = new_ids.tolist()
         n = len(ids)
         keep = n if last is None else max(0, min(int(last), n))
-        if n == 1 and self.uniform_numerics and self._processed > 0:
-            previous = self._tokens[-1]
-            self.rollback(self._processed - 1)
-            return self.score(torch.tensor([previous, ids[0]]), last=keep)
+        if 0 < n < self.min_pass and self._processed > 0:
+            k = min(self.min_pass - n, self._processed)
+            previous = self._tokens[-k:]
+            self.rollback(self._processed - k)
+            return self.score(torch.tensor(previous + ids), last=keep)
         out = torch.empty((keep, self.vocab_size), dtype=torch.float32)
         if n == 0:
             return out
@@ -191,15 +197,25 @@ class LlamaCppDrafter(Drafter):
             self._processed += m
         return out
 
+    @property
+    def uniform_numerics(self) -> bool:  # type: ignore[override]
+        """True when passes are padded to ``min_pass`` > 1 tokens (see ``Drafter``)."""
+        return self.min_pass > 1
+
+    @property
+    def shape_sensitive(self) -> bool:
+        """The profiler measures acceptance in the shapes used at run time when this is True."""
+        return self.min_pass == 1
+
     @contextmanager
     def decoding_alone(self) -> Iterator[None]:
         """llama.cpp's own decoding: one-token passes through its one-token kernels, the fastest
         way this model decodes alone (the autoregressive baseline of a llama.cpp target)."""
-        saved, self.uniform_numerics = self.uniform_numerics, False
+        saved, self.min_pass = self.min_pass, 1
         try:
             yield
         finally:
-            self.uniform_numerics = saved
+            self.min_pass = saved
 
     def close(self) -> None:
         """Free llama.cpp's model, context and batch now rather than at garbage collection."""

@@ -22,8 +22,8 @@ A pool file::
     name = "big:q4"
     same_as = "big"                 # the source of another member (instead of source = ...)
     backend = "llama.cpp"           # run the GGUF as it is (its own quantization) in llama.cpp
-    threads = 2                     # llama.cpp options: threads, n_ctx (context it can hold)
-    n_ctx = 4096
+    threads = 2                     # llama.cpp options: threads, n_ctx (context it can hold),
+    n_ctx = 4096                    # min_pass (as the target: fewest tokens per pass, default 2)
 
     [[member]]
     name = "prompt-lookup"
@@ -73,7 +73,8 @@ _STRING_OPTIONS = {"fit_prompts_file"}
 _MEMBER_KEYS = {"name", "source", "dtype", "derivation", "device", "backend"}
 BACKENDS = ("transformers", "llama.cpp")
 #: llama.cpp member options and their defaults (see LlamaCppDrafter)
-LLAMACPP_OPTIONS = {"threads": 2, "n_ctx": 4096}
+#: min_pass: the fewest tokens the TARGET scores per pass (see LlamaCppDrafter); drafters ignore it
+LLAMACPP_OPTIONS = {"threads": 2, "n_ctx": 4096, "min_pass": 2}
 Log = Callable[[str], None]
 
 
@@ -125,7 +126,10 @@ class MemberSpec:
             return f"{self.source} ({opts})" if opts else self.source
         if self.llama_cpp:
             opts = self.options
-            return f"{self.source}, GGUF as is, llama.cpp threads={opts['threads']} n_ctx={opts['n_ctx']}"
+            described = f"{self.source}, GGUF as is, llama.cpp threads={opts['threads']} n_ctx={opts['n_ctx']}"
+            if opts.get("min_pass", LLAMACPP_OPTIONS["min_pass"]) != LLAMACPP_OPTIONS["min_pass"]:
+                described += f" min_pass={opts['min_pass']}"  # only when set, so older profiles still match
+            return described
         deriv = "" if self.derivation == "none" else f", {self.derivation}"
         return f"{self.source}, {self.dtype}{deriv}, {self.device}"
 
@@ -404,14 +408,14 @@ class Pool:
 
         source = self.source(spec.name)
         gguf = gguf_files.require_gguf(source)
-        # the pool's target verifies with the numerics it decodes with (see LlamaCppDrafter)
+        # the pool's target scores every pass in one batch-invariant regime (see LlamaCppDrafter)
         return LlamaCppDrafter(
             gguf,
             spec.name,
             n_ctx=spec.options["n_ctx"],
             threads=spec.options["threads"],
             tokenizer=self._maybe_tokenizer(source),
-            uniform_numerics=spec.name == self.target,
+            min_pass=spec.options["min_pass"] if spec.name == self.target else 1,
         )
 
     def unavailable(self, name: str) -> str | None:
