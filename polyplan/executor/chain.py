@@ -108,7 +108,7 @@ class Chain:
 
     A chain of one member verifies nothing, so it decodes as that member does alone
     (``Drafter.decoding_alone``: for a llama.cpp target, its fast one-token kernels rather than the
-    two-token passes it verifies with). ``verification_numerics=True`` keeps the verification
+    padded passes it verifies with). ``verification_numerics=True`` keeps the verification
     numerics instead: the decoding every longer chain with this target is token-identical to."""
 
     def __init__(

@@ -52,8 +52,8 @@ class Drafter(ABC):
     #: a transformers-style tokenizer (``decode``, ``apply_chat_template``) or None
     tokenizer: Any = None
     #: True when this member, as a target, verifies with other numerics than it decodes with
-    #: alone (a llama.cpp target: two-token passes instead of its one-token kernels); see
-    #: :meth:`decoding_alone`
+    #: alone (a llama.cpp target: passes padded to ``min_pass`` tokens instead of its one-token
+    #: kernels); see :meth:`decoding_alone`
     uniform_numerics: bool = False
     #: backing fields of ``processed`` and ``max_context`` for backends that keep a counter
     _processed: int = 0
