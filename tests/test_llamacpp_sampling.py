@@ -34,10 +34,10 @@ def models():
     return target, middle, bottom
 
 
-def llama(model, path, name: str, *, uniform_numerics: bool = False):
+def llama(model, path, name: str, *, min_pass: int = 1):
     from polyplan.models.llamacpp_drafter import LlamaCppDrafter
 
-    return LlamaCppDrafter(tiny_gguf(model, path), name, n_ctx=64, threads=1, uniform_numerics=uniform_numerics)
+    return LlamaCppDrafter(tiny_gguf(model, path), name, n_ctx=64, threads=1, min_pass=min_pass)
 
 
 def assert_some_drafts_rejected(chain: Chain, runs: int = 40) -> None:
@@ -79,7 +79,7 @@ def test_llamacpp_target_samples_its_own_distribution(models, tmp_path):
     """The target is llama.cpp (verifying in its two-token numerics); its exact distribution is
     read from the same numerics. Control: the bottom model alone is detectably different."""
     target, middle, bottom = models
-    t = llama(target, tmp_path / "t.gguf", "t", uniform_numerics=True)
+    t = llama(target, tmp_path / "t.gguf", "t", min_pass=2)
 
     def logits_after(context: list[int]) -> torch.Tensor:
         t.reset()

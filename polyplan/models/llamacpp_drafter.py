@@ -55,13 +55,11 @@ class LlamaCppDrafter(Drafter):
         threads: int = DEFAULT_THREADS,
         tokenizer: Any = None,
         probe: bool = True,
-        uniform_numerics: bool = False,
-        min_pass: int | None = None,
+        min_pass: int = 1,
     ) -> None:
         path = Path(gguf)
         if not path.is_file():
             raise GGUFLoadError(f"{name}: GGUF file {path} does not exist")
-        min_pass = (2 if uniform_numerics else 1) if min_pass is None else min_pass
         if n_ctx < 1 or threads < 1 or min_pass < 1:
             raise UserError(
                 f"{name}: n_ctx, threads and min_pass must be positive "
@@ -112,7 +110,6 @@ class LlamaCppDrafter(Drafter):
         #: docs/staged-decoding.md "Numerics"). A TARGET whose output must not depend on how many
         #: drafts a round verified scores at least ``min_pass`` tokens per pass, re-feeding the
         #: tokens before the new ones: 2 makes SmolLM2 Q4_1 batch-invariant, Qwen Q4_K_M needs 8.
-        #: ``uniform_numerics=True`` is ``min_pass=2``.
         self.min_pass = min_pass
         self._tokens: list[int] = []
         self._processed = 0

@@ -127,7 +127,7 @@ class MemberSpec:
         if self.llama_cpp:
             opts = self.options
             described = f"{self.source}, GGUF as is, llama.cpp threads={opts['threads']} n_ctx={opts['n_ctx']}"
-            if opts.get("min_pass", LLAMACPP_OPTIONS["min_pass"]) != LLAMACPP_OPTIONS["min_pass"]:
+            if opts["min_pass"] != LLAMACPP_OPTIONS["min_pass"]:
                 described += f" min_pass={opts['min_pass']}"  # only when set, so older profiles still match
             return described
         deriv = "" if self.derivation == "none" else f", {self.derivation}"

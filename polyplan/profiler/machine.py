@@ -13,16 +13,26 @@ from typing import Any
 import torch
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, ``platform`` elsewhere)."""
+def _first_cpuinfo_block() -> dict[str, str]:
+    """The first processor's ``key: value`` lines of ``/proc/cpuinfo`` (lower-case keys; {} off Linux)."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    if info:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip().lower(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return info
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, ``platform`` elsewhere)."""
+    return _first_cpuinfo_block().get("model name") or platform.processor() or platform.machine()
 
 
 #: instruction-set features that decide which matmul kernels run (bf16 and int8 speed above all):
@@ -33,18 +43,7 @@ MATMUL_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", 
 def cpu_features() -> dict[str, Any] | None:
     """x86 family/model numbers and the :data:`MATMUL_FLAGS` the CPU reports (Linux only; None
     elsewhere)."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if key in ("cpu family", "model", "flags") and key not in info:
-                    info[key] = value.strip()
-                if not line.strip() and info:
-                    break  # the first processor's block is enough
-    except OSError:
-        return None
+    info = _first_cpuinfo_block()
     if "flags" not in info:
         return None
     flags = set(info["flags"].split())
