@@ -22,8 +22,8 @@ class TimedObserve:
     def __init__(self, controller) -> None:
         self.inner, self.seconds, self.calls = controller, 0.0, 0
 
-    def start(self, chain_size, prompt):
-        return self.inner.start(chain_size, prompt)
+    def start(self, chain_size, prompt, max_new_tokens=0):
+        return self.inner.start(chain_size, prompt, max_new_tokens)
 
     def observe(self, *args) -> None:
         t = time.perf_counter()

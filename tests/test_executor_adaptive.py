@@ -45,7 +45,7 @@ class ScriptedController:
         self.settings = [RoundSetting(m, g, f"scripted {i}") for i, (m, g) in enumerate(settings)]
         self.by_acceptance = by_acceptance
 
-    def start(self, chain_size: int, prompt: list[int]) -> RoundSetting:
+    def start(self, chain_size: int, prompt: list[int], max_new_tokens: int = 0) -> RoundSetting:
         self.i, self.all_accepted = 0, False
         return self.settings[0]
 

@@ -35,7 +35,7 @@ class Scripted:
         self.settings = settings
         self.observed: list[tuple[int, int, int, int]] = []
 
-    def start(self, chain_size, prompt):
+    def start(self, chain_size, prompt, max_new_tokens=0):
         self.cycle = itertools.cycle(self.settings)
         self.observed.clear()
         return next(self.cycle)

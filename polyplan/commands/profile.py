@@ -48,6 +48,16 @@ def _print_summary(profile, path: Path, elapsed: float | None) -> None:
         for name, row in grid.iterrows():
             table.add_row(str(name), *[f"{v:.1f}" for v in row])
         console.print(table)
+    if profile.prefill:
+        lengths = sorted({c for curve in profile.prefill.values() for c in curve.context})
+        table = Table(title="prefill, ms per prompt (median; one pass from an empty cache)")
+        table.add_column("candidate")
+        for c in lengths:
+            table.add_column(f"{c} tokens", justify="right")
+        for name, curve in profile.prefill.items():
+            measured = dict(zip(curve.context, curve.median_s, strict=True))
+            table.add_row(name, *[f"{measured[c] * 1e3:.0f}" if c in measured else "-" for c in lengths])
+        console.print(table)
     if profile.pairs:
         for mode in ("greedy", "sampling"):
             m = acceptance_matrix(profile, mode)
@@ -99,6 +109,12 @@ def register(root: typer.Typer) -> None:
         ),
         new_tokens: str = typer.Option("1,2,4,8,16,32", "--new-tokens", help="Latency grid: new tokens per pass."),
         contexts: str = typer.Option("64,512", "--contexts", help="Latency grid: cached tokens."),
+        prefill_contexts: str = typer.Option(
+            "128,512,2048",
+            "--prefill-contexts",
+            help="Prompt lengths whose prefill P(c) is measured (one pass from an empty cache; '' skips).",
+        ),
+        prefill_repeats: int = typer.Option(3, "--prefill-repeats", help="Timed prefills per prompt length."),
         repeats: int = typer.Option(5, "--repeats", help="Timed passes per grid point (median and IQR)."),
         warmup: int = typer.Option(1, "--warmup", help="Untimed passes per grid point first."),
         temperature: float = typer.Option(1.0, "--temperature", help="Sampling acceptance temperature (0: greedy)."),
@@ -162,6 +178,8 @@ def register(root: typer.Typer) -> None:
             max_new_tokens=max_new_tokens,
             new_tokens=_int_list(new_tokens, "--new-tokens"),
             contexts=_int_list(contexts, "--contexts"),
+            prefill_contexts=_int_list(prefill_contexts, "--prefill-contexts") if prefill_contexts.strip() else [],
+            prefill_repeats=prefill_repeats,
             repeats=repeats,
             warmup=warmup,
             temperature=temperature,

@@ -15,6 +15,8 @@ JSON layout (version 1)::
      "acceptance": {"temperature": float,
                     "pairs": [{"verifier", "drafter", "greedy", "sampling", "positions",
                                "by_category": {"<cat>": {"greedy", "sampling", "positions"}}}]},
+     "prefill": {"<name>": {"context": [64, 256, ...], "median_s": [...], "spread_s": [...], "repeats": int}}
+                (optional: profiles before prefill was measured have none),
      "traces": "<sidecar file name, relative to the profile>" or null,
      "complete": bool (optional, default true; false while a measurement is unfinished)}
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +93,43 @@ def _interp(xs: list[int], ys: list[float], x: float) -> float:
 
 
 @dataclass
+class PrefillCurve:
+    """Median time P(c) of one pass over ``c`` prompt tokens from an empty cache (a member's
+    prefill). Piecewise-linear between measured contexts; beyond them, the nearest segment's
+    slope (prefill is close to linear in c at these lengths), never below zero."""
+
+    context: list[int]
+    median_s: list[float]
+    spread_s: list[float] = field(default_factory=list)
+    repeats: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.context or len(self.median_s) != len(self.context):
+            raise DocumentError("a prefill curve needs one median per measured context")
+        if any(b <= a for a, b in pairwise(self.context)):
+            raise DocumentError("prefill contexts must be increasing")
+
+    def __call__(self, c: float) -> float:
+        if c <= 0:
+            return 0.0
+        xs, ys = self.context, self.median_s
+        if len(xs) == 1:
+            return max(0.0, ys[0] * c / xs[0])
+        if c <= xs[0]:
+            i = 1
+        elif c >= xs[-1]:
+            i = len(xs) - 1
+        else:
+            i = bisect.bisect_right(xs, c)
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return max(0.0, y0 + (y1 - y0) * (c - x0) / (x1 - x0))
+
+    @property
+    def measured_up_to(self) -> int:
+        return self.context[-1]
+
+
+@dataclass
 class AcceptancePair:
     verifier: str
     drafter: str
@@ -119,6 +159,8 @@ class Profile:
     version: int = PROFILE_VERSION
     #: False while the profiler is still measuring (interrupted or out of budget): rerun to resume
     complete: bool = True
+    #: prefill curves P(c) per model candidate (empty in profiles made before they were measured)
+    prefill: dict[str, PrefillCurve] = field(default_factory=dict)
 
     # ---- queries the planner uses -------------------------------------------------------
     def candidate(self, name: str) -> Candidate:
@@ -140,9 +182,9 @@ class Profile:
             raise DocumentError("profile lists a candidate twice")
         if self.target not in names:
             raise DocumentError(f"profile target {self.target!r} is not among its candidates")
-        for name in self.latency:
+        for name in [*self.latency, *self.prefill]:
             if name not in names:
-                raise DocumentError(f"latency for unknown candidate {name!r}")
+                raise DocumentError(f"latency or prefill for unknown candidate {name!r}")
         for p in self.pairs:
             if p.verifier not in names or p.drafter not in names:
                 raise DocumentError(f"acceptance pair {p.drafter}->{p.verifier} names an unknown candidate")
@@ -162,6 +204,7 @@ class Profile:
             "settings": self.settings,
             "candidates": [asdict(c) for c in self.candidates],
             "latency": {k: asdict(v) for k, v in self.latency.items()},
+            "prefill": {k: asdict(v) for k, v in self.prefill.items()},
             "acceptance": {"temperature": self.temperature, "pairs": [asdict(p) for p in self.pairs]},
             "traces": self.traces,
             "complete": self.complete,
@@ -183,6 +226,7 @@ class Profile:
                 traces=doc.get("traces"),
                 version=doc["version"],
                 complete=bool(doc.get("complete", True)),
+                prefill={k: PrefillCurve(**v) for k, v in (doc.get("prefill") or {}).items()},
             )
         except DocumentError as e:
             raise DocumentError(f"{origin}: {e}") from None

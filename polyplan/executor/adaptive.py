@@ -18,6 +18,12 @@ profile's acceptance; per round it looks the posterior means up in the plan's pr
   estimate shifted by the profile's difference between the two pairs, with a prior as strong as
   the transfer bound ``|alpha(j, pm) - alpha(1, pm)| <= 1 - alpha(1, j)`` allows.
 
+Prefill (proofs/prefill.md): ``start`` sees the prompt length and ``max_new_tokens`` before any
+drafter is prefilled (the executor prefills a member when a round first uses it) and picks the
+setting of least expected REQUEST time, prefills counted, from the policy's request model. Later
+rounds price each member not yet prefilled at its prefill spread over the tokens still expected,
+and every setting at this request's decode context (the start's scale on the tables).
+
 Pure Python; the executor calls it only between target rounds, so every round is a complete
 staged round of a valid chain and the output distribution is the target's whatever it decides."""
 
@@ -30,13 +36,14 @@ from typing import TYPE_CHECKING
 
 from polyplan.executor.control import RoundSetting
 from polyplan.theory.control import (
+    describe,
     posterior_mean,
     transfer_bound,
     verification_evidence,
 )
 
 if TYPE_CHECKING:  # the policy is data from the plan; the executor does not import the planner
-    from polyplan.planner.policy import Policy
+    from polyplan.planner.policy import Policy, StartDecision
 
 Pair = tuple[int, int]
 Propose = Callable[[list[int], int], list[int]]
@@ -59,6 +66,10 @@ class AdaptiveController:
         self.decay = {p: math.exp(-1.0 / policy.window[p]) for p in self.pairs}
         self.seconds = 0.0  # time spent in start/next_round (the decision cost)
         self.rounds = 0
+        self.prompt_len = 0
+        self.horizon = 0.0
+        self.warm: set[int] = {0}
+        self.scale: dict[tuple[int, ...], float] = {}
         self._reset(0)
 
     def _reset(self, seen: int) -> None:
@@ -70,13 +81,26 @@ class AdaptiveController:
         self.alpha: dict[Pair, float] = dict(self.policy.priors)
 
     # ---- the Controller protocol -------------------------------------------------------------
-    def start(self, chain_size: int, prompt: list[int]) -> RoundSetting:
+    def start(self, chain_size: int, prompt: list[int], max_new_tokens: int = 0) -> RoundSetting:
         started = time.perf_counter()
         if chain_size != len(self.policy.names):
             raise ValueError(f"the policy is for a chain of {len(self.policy.names)} members, not {chain_size}")
         self._reset(len(prompt))
         self.rounds = 0
-        setting = self._decide()
+        self.prompt_len = len(prompt)
+        self.warm = {0}
+        self.scale = {}
+        self.horizon = 0.0
+        first = self.policy.start(self.estimates(), len(prompt), max_new_tokens)
+        if first is None:
+            setting = self._decide()
+        else:
+            self.scale, self.horizon = first.scale, first.horizon
+            self.alpha = self.estimates()
+            d = first.decision
+            self.setting = RoundSetting(d.members, d.gammas, self._start_reason(first))
+            setting = self.setting
+        self.warm.update(setting.members)
         self.seconds += time.perf_counter() - started
         return setting
 
@@ -102,6 +126,7 @@ class AdaptiveController:
         self.seen = len(tokens)
         self.rounds += 1
         setting = self._decide()
+        self.warm.update(setting.members)
         self.seconds += time.perf_counter() - started
         return setting
 
@@ -129,10 +154,30 @@ class AdaptiveController:
             alpha[pair] = posterior_mean(prior, strength, self.successes[pair], self.trials[pair])
         return alpha
 
+    def cold_cost(self) -> dict[int, float]:
+        """Per member not yet prefilled in this request: its prefill (at the context reached)
+        spread over the tokens still expected (proofs/prefill.md, Corollary 3)."""
+        req = self.policy.requests
+        if req is None or not self.horizon:
+            return {}
+        generated = self.seen - self.prompt_len
+        remaining = max(1.0, self.horizon - generated)
+        cold = [m for m in range(len(self.policy.names)) if m not in self.warm]
+        return {m: req.prefill_s(m, self.seen) / remaining for m in cold}
+
+    def _start_reason(self, first: StartDecision) -> str:
+        p = first.prediction
+        names, d = self.policy.names, first.decision
+        return (
+            f"{describe(d.members, d.gammas, names)}: least expected request time for {self.prompt_len} prompt "
+            f"tokens and ~{p.horizon:.0f} new: {p.request_s:.2f} s predicted vs {p.autoregressive_request_s:.2f} s "
+            f"for the target alone (drafter prefill {sum(p.drafter_prefill_s):.2f} s)"
+        )
+
     def _decide(self) -> RoundSetting:
         self.alpha = self.estimates()
         current = self.setting.members if self.setting is not None else None
-        decision = self.policy.decide(self.alpha, current)
+        decision = self.policy.decide(self.alpha, current, self.scale, self.cold_cost())
         if self.setting is None or (decision.members, decision.gammas) != (self.setting.members, self.setting.gammas):
             self.setting = RoundSetting(decision.members, decision.gammas, self.policy.reason(decision, self.alpha))
         return self.setting

@@ -143,6 +143,11 @@ class Chain:
                 )
         if self.drafters[0].point_mass:
             raise UserError(f"{self.drafters[0].name} is model-free and cannot be the target")
+        if self.drafters[0].bounded_context:
+            raise UserError(
+                f"{self.drafters[0].name} sees only a window of the sequence and cannot be the target: the output "
+                "follows the target's distribution over the whole sequence (windows are for drafters)"
+            )
         check_same_vocabulary(self.drafters)
         self.tokenizer = tokenizer if tokenizer is not None else self.drafters[0].tokenizer
         self.verification_numerics = verification_numerics
@@ -286,6 +291,8 @@ class _StagedRun:
         self.seed = seed
         self.generators: dict[torch.device, torch.Generator] = {}
         self.clocks = [_ForwardClock(d.device) for d in self.drafters]
+        # a member's first pass of a generation (lazy: when the chain first uses it) is its prefill
+        self.prefill_clocks = [_ForwardClock(d.device) for d in self.drafters]
         self.point_mass = [d.point_mass for d in self.drafters]
         # this round's levels (chain indices) and their gammas: set by _apply between rounds
         self.levels: tuple[int, ...] = ()
@@ -341,11 +348,14 @@ class _StagedRun:
 
     def _forward(self, member: int, feed: torch.Tensor, last: int) -> torch.Tensor:
         """One pass of ``member`` over ``feed``; logits of the last ``last`` fed positions."""
-        clock = self.clocks[member]
+        d, st = self.drafters[member], self.stats.levels[member]
+        prefill = d.processed == 0
+        clock = self.prefill_clocks[member] if prefill else self.clocks[member]
         started = clock.start()
-        logits = self.drafters[member].score(feed, last=last)[-last:]
+        logits = d.score(feed, last=last)[-last:]
         clock.stop(started)
-        st = self.stats.levels[member]
+        if prefill:
+            st.prefill_tokens += int(feed.shape[0])
         st.forward_passes += 1
         st.tokens_processed += int(feed.shape[0])
         return logits
@@ -467,7 +477,7 @@ class _StagedRun:
         started = time.perf_counter()
         for d in self.drafters:
             d.reset()
-        setting = self.controller.start(len(self.drafters), list(self.host))
+        setting = self.controller.start(len(self.drafters), list(self.host), self.total - self.prompt_len)
         out: list[int] = []
         reason = "length"
         while self.length < self.total:
@@ -486,8 +496,9 @@ class _StagedRun:
             setting = self.controller.next_round(self.host)
         assert self.length <= self.total, "the caps keep every level inside the requested length"
         self.stats.new_tokens = len(out)
-        for level, clock in zip(self.stats.levels, self.clocks, strict=True):
-            level.model_time_s = clock.total()
+        for level, clock, prefill in zip(self.stats.levels, self.clocks, self.prefill_clocks, strict=True):
+            level.prefill_time_s = prefill.total()
+            level.model_time_s = clock.total() + level.prefill_time_s
             level.tokens_per_pass = len(out) / level.forward_passes if level.forward_passes else 0.0
         self.stats.wall_time_s = time.perf_counter() - started
         return out, reason

@@ -31,8 +31,10 @@ class RoundSetting(NamedTuple):
 class Controller(Protocol):
     """Chooses the setting of every target round of one generation."""
 
-    def start(self, chain_size: int, prompt: list[int]) -> RoundSetting:
-        """Before the first round; resets any per-generation state."""
+    def start(self, chain_size: int, prompt: list[int], max_new_tokens: int) -> RoundSetting:
+        """Before the first round and before any drafter is prefilled (a member is prefilled when
+        a round first uses it), so the prompt length and the horizon may decide who takes part;
+        resets any per-generation state."""
         ...
 
     def observe(self, verifier: int, drafter: int, drafted: int, accepted: int) -> None:
@@ -52,7 +54,7 @@ class StaticController:
     def __init__(self, gammas: Sequence[int]) -> None:
         self.setting = RoundSetting(tuple(range(len(gammas) + 1)), tuple(gammas), "static")
 
-    def start(self, chain_size: int, prompt: list[int]) -> RoundSetting:
+    def start(self, chain_size: int, prompt: list[int], max_new_tokens: int = 0) -> RoundSetting:
         if chain_size != len(self.setting.members):
             raise ValueError(f"static setting for {len(self.setting.members)} members, chain has {chain_size}")
         return self.setting

@@ -21,8 +21,12 @@ class LevelStats:
     forward_passes: int = 0
     #: tokens fed through this model (prefill included)
     tokens_processed: int = 0
-    #: wall time inside this model's forward passes (seconds)
+    #: wall time inside this model's forward passes (seconds), its prefill included
     model_time_s: float = 0.0
+    #: this member's prefill: the tokens and time of its first pass of the generation (0 when the
+    #: chain never used it: members are prefilled lazily, docs/staged-decoding.md)
+    prefill_tokens: int = 0
+    prefill_time_s: float = 0.0
     #: verifications this level ran on blocks from the level below
     num_drafts: int = 0
     num_draft_tokens: int = 0
@@ -76,6 +80,16 @@ class GenerationStats:
         return sum(level.model_time_s for level in self.levels)
 
     @property
+    def prefill_time_s(self) -> float:
+        """Time of every member's prefill pass (the target's included)."""
+        return sum(level.prefill_time_s for level in self.levels)
+
+    @property
+    def decode_time_s(self) -> float:
+        """Wall time less the prefill passes: what the decode-only figures divide."""
+        return max(0.0, self.wall_time_s - self.prefill_time_s)
+
+    @property
     def overhead_s(self) -> float:
         """Wall time outside model forwards: sampling, verification, bookkeeping, host syncs."""
         return max(0.0, self.wall_time_s - self.model_time_s)
@@ -94,6 +108,8 @@ class GenerationStats:
             "new_tokens": self.new_tokens,
             "wall_time_s": self.wall_time_s,
             "model_time_s": self.model_time_s,
+            "prefill_time_s": self.prefill_time_s,
+            "decode_time_s": self.decode_time_s,
             "overhead_s": self.overhead_s,
             "overhead_fraction": self.overhead_fraction,
             "tokens_per_second": self.tokens_per_second,

@@ -55,6 +55,10 @@ class Drafter(ABC):
     #: alone (a llama.cpp target: passes padded to ``min_pass`` tokens instead of its one-token
     #: kernels); see :meth:`decoding_alone`
     uniform_numerics: bool = False
+    #: True when the member conditions on part of the sequence only (a window): it may draft and
+    #: verify for the level above (the q it hands up is its own), but never be the target, whose
+    #: distribution over the whole sequence the output follows
+    bounded_context: bool = False
     #: backing fields of ``processed`` and ``max_context`` for backends that keep a counter
     _processed: int = 0
     _max_context: int | None = None

@@ -24,6 +24,8 @@ A pool file::
     backend = "llama.cpp"           # run the GGUF as it is (its own quantization) in llama.cpp
     threads = 2                     # llama.cpp options: threads, n_ctx (context it can hold),
     n_ctx = 4096                    # min_pass (as the target: fewest tokens per pass, default 2)
+    window = 256                    # any model drafter: draft from the last 256 tokens plus
+    sink = 4                        # the first 4 (attention sinks); prefills at most 260 tokens
 
     [[member]]
     name = "prompt-lookup"
@@ -71,6 +73,8 @@ MODEL_FREE = {
 }
 _STRING_OPTIONS = {"fit_prompts_file"}
 _MEMBER_KEYS = {"name", "source", "dtype", "derivation", "device", "backend"}
+#: drafting from a bounded context (polyplan.models.windowed), any model member but the target
+WINDOW_KEYS = {"window", "sink"}
 BACKENDS = ("transformers", "llama.cpp")
 #: llama.cpp member options and their defaults (see LlamaCppDrafter)
 #: min_pass: the fewest tokens the TARGET scores per pass (see LlamaCppDrafter); drafters ignore it
@@ -106,6 +110,9 @@ class MemberSpec:
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
     backend: str = "transformers"
+    #: draft from the first ``sink`` and last ``window`` tokens (None: the whole sequence)
+    window: int | None = None
+    sink: int = 4
 
     @property
     def model_free(self) -> bool:
@@ -120,6 +127,11 @@ class MemberSpec:
         return self.source if self.model_free else ("llama.cpp" if self.llama_cpp else "model")
 
     def describe(self) -> str:
+        described = self._describe_weights()
+        # only when set, so descriptions recorded in older profiles still match
+        return described if self.window is None else f"{described}, window={self.window} sink={self.sink}"
+
+    def _describe_weights(self) -> str:
         if self.model_free:
             # an unset option string stays out, so descriptions (recorded in profiles) do not change
             opts = ", ".join(f"{k}={v}" for k, v in self.options.items() if v != "")
@@ -163,9 +175,10 @@ def _parse_member(raw: Any, where: str) -> MemberSpec:
     backend = raw.get("backend", "transformers")
     if backend not in BACKENDS:
         raise PoolFileError(f"{where}: member {name!r}: unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
+    window, sink = _parse_window(raw, name, where)
     if backend == "llama.cpp":
-        return _parse_llamacpp_member(raw, name, source, where)
-    unknown = set(raw) - _MEMBER_KEYS
+        return replace(_parse_llamacpp_member(raw, name, source, where), window=window, sink=sink)
+    unknown = set(raw) - _MEMBER_KEYS - WINDOW_KEYS
     if unknown:
         raise PoolFileError(
             f"{where}: member {name!r}: unknown keys {sorted(unknown)} (allowed: {sorted(_MEMBER_KEYS)})"
@@ -176,7 +189,26 @@ def _parse_member(raw: Any, where: str) -> MemberSpec:
         dtype=src.dtype_name(raw.get("dtype", "float32")),
         derivation=check_derivation(raw.get("derivation", "none")),
         device=str(raw.get("device", "cpu")),
+        window=window,
+        sink=sink,
     )
+
+
+def _parse_window(raw: dict[str, Any], name: str, where: str) -> tuple[int | None, int]:
+    """``window``/``sink`` of a model member, checked (one error line at pool load)."""
+    from polyplan.models.windowed import DEFAULT_SINK, check_window
+
+    if "window" not in raw:
+        if "sink" in raw:
+            raise PoolFileError(f"{where}: member {name!r}: sink is set but window is not")
+        return None, DEFAULT_SINK
+    window, sink = raw["window"], raw.get("sink", DEFAULT_SINK)
+    n_ctx = raw.get("n_ctx", LLAMACPP_OPTIONS["n_ctx"]) if raw.get("backend") == "llama.cpp" else None
+    try:
+        check_window(f"{where}: member {name!r}", window, sink, n_ctx if isinstance(n_ctx, int) else None)
+    except UserError as e:
+        raise PoolFileError(str(e)) from None
+    return int(window), int(sink)
 
 
 def _with_fit_prompts(spec: MemberSpec, pool_name: str, base_dir: Path) -> MemberSpec:
@@ -193,7 +225,7 @@ def _with_fit_prompts(spec: MemberSpec, pool_name: str, base_dir: Path) -> Membe
 
 
 def _parse_llamacpp_member(raw: dict[str, Any], name: str, source: str, where: str) -> MemberSpec:
-    allowed = {"name", "source", "backend", "device", *LLAMACPP_OPTIONS}
+    allowed = {"name", "source", "backend", "device", *LLAMACPP_OPTIONS, *WINDOW_KEYS}
     unknown = set(raw) - allowed
     if unknown:
         why = " (a llama.cpp member runs the GGUF's own quantization)" if unknown & {"dtype", "derivation"} else ""
@@ -276,6 +308,11 @@ class Pool:
         self.target: str = target
         if self.member(target).model_free:
             raise PoolFileError(f"{where}: the target {target!r} must be a model, not a model-free drafter")
+        if self.member(target).window is not None:
+            raise PoolFileError(
+                f"{where}: the target {target!r} cannot have a window: the output follows the target's "
+                "distribution over the whole sequence (windows are for drafters)"
+            )
         self._sources: dict[str, src.Source] = {}
         for m in self.members:
             if not m.model_free:
@@ -384,6 +421,10 @@ class Pool:
         else:
             self._check_tokenizer(name)
             drafter = self._llamacpp_drafter(spec) if spec.llama_cpp else self._transformers_drafter(spec)
+            if spec.window is not None:
+                from polyplan.models.windowed import WindowedDrafter
+
+                drafter = WindowedDrafter(drafter, spec.window, spec.sink)
             if name != self.target:
                 # against the target's config: no need to load the target's weights for this
                 target_vocab = self.vocab_size

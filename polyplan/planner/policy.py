@@ -26,6 +26,7 @@ from typing import Any
 from polyplan.documents.files import DocumentError
 from polyplan.documents.profile import Profile
 from polyplan.planner.chains import chain_problem
+from polyplan.planner.request_model import RequestModel, request_model
 from polyplan.theory.control import (
     MAX_U,
     alpha_axis,
@@ -113,6 +114,19 @@ class Decision:
     rule: str  # "plan", "stay" or "best"
 
 
+@dataclass(frozen=True)
+class StartDecision:
+    """The first round's setting of one request, chosen before any drafter is prefilled."""
+
+    decision: Decision
+    #: per setting (members): the exact per-token time at this request's decode context over the
+    #: table's (at the prior estimates), so the per-round lookups price settings as the start did
+    scale: dict[tuple[int, ...], float]
+    #: the expected request (prefills + decode) of the chosen setting and of the target alone
+    prediction: Any
+    horizon: float
+
+
 @dataclass
 class Policy:
     names: list[str]  # the plan's members, target first
@@ -127,11 +141,31 @@ class Policy:
     tables: list[SettingTable]
     point_mass: list[bool] = field(default_factory=list)
     build_seconds: float = 0.0
+    #: prefill curves, windows, latency curves and answer lengths: the request-time theorem
+    #: (proofs/prefill.md); None in plans made before it (the start then ignores prefill)
+    requests: RequestModel | None = None
 
     # ---- the per-round rule ---------------------------------------------------------------------
-    def decide(self, alpha: Mapping[Pair, float], current: Sequence[int] | None = None) -> Decision:
-        """The setting for acceptance estimates ``alpha`` (every pair of ``self.priors``)."""
+    def decide(
+        self,
+        alpha: Mapping[Pair, float],
+        current: Sequence[int] | None = None,
+        scale: Mapping[tuple[int, ...], float] | None = None,
+        cold_cost: Mapping[int, float] | None = None,
+    ) -> Decision:
+        """The setting for acceptance estimates ``alpha`` (every pair of ``self.priors``).
+
+        ``scale``: per setting, a factor on its tabulated time (this request's context, see
+        :meth:`start`); ``cold_cost``: per member not yet prefilled in this request, its prefill
+        spread over the tokens still expected (Corollary 3 of proofs/prefill.md)."""
         cells: dict[tuple[Pair, int], tuple[int, float]] = {}
+
+        def priced(table: SettingTable, t: float) -> float:
+            if scale:
+                t *= scale.get(table.members, 1.0)
+            if cold_cost:
+                t += sum(cold_cost.get(m, 0.0) for m in table.members)
+            return t
 
         def at(table: SettingTable) -> list[tuple[int, float]]:
             out = []
@@ -146,19 +180,47 @@ class Policy:
         best, best_time, current_table, current_time = None, math.inf, None, math.inf
         current = tuple(current) if current is not None else None
         for table in self.tables:
-            t = table.time_at(at(table))
+            t = priced(table, table.time_at(at(table)))
             if t < best_time:
                 best, best_time = table, t
             if table.members == current:
                 current_table, current_time = table, t
         assert best is not None
-        plan_time = self.plan.time_at(at(self.plan))
+        plan_time = priced(self.plan, self.plan.time_at(at(self.plan)))
         if plan_time <= best_time * (1 + self.margin):
             return Decision(self.plan.members, self.plan.gammas[0], plan_time, best_time, "plan")
         if current_table is not None and current_time <= best_time * (1 + self.margin):
             g = current_table.gammas[nearest(current_table.shape, at(current_table))]
             return Decision(current_table.members, g, current_time, best_time, "stay")
         return Decision(best.members, best.gammas[nearest(best.shape, at(best))], best_time, best_time, "best")
+
+    def start(self, alpha: Mapping[Pair, float], prompt_tokens: int, max_new_tokens: int) -> StartDecision | None:
+        """The setting with the least expected REQUEST time (prefills of the members it uses, on
+        their windows, plus the decode over the workload's horizon) for this prompt length; None
+        when the policy has no prefill curves (plans made before them: the tables decide)."""
+        req = self.requests
+        if req is None or not req.knows_prefill or max_new_tokens <= 0:
+            return None
+        options = []
+        for table in [self.plan, *self.tables]:
+            cells = [cell(_axis_u(table.points), u_of_alpha(alpha[p])) for p in table.pairs]
+            gammas = table.gammas[0] if table is self.plan else table.gammas[nearest(table.shape, cells)]
+            prediction = req.request(table.members, gammas, alpha, prompt_tokens, max_new_tokens)
+            tabulated = table.time_at(cells)
+            options.append((table, gammas, prediction, prediction.time_per_token_s / tabulated))
+        scale = {table.members: factor for table, _, _, factor in options[1:]}
+        best = min(options[1:], key=lambda o: o[2].request_s)
+        plan = options[0]
+        chosen, rule = (plan, "plan") if plan[2].request_s <= best[2].request_s * (1 + self.margin) else (best, "start")
+        table, gammas, prediction, _ = chosen
+        decision = Decision(
+            table.members,
+            tuple(gammas),
+            prediction.request_s / max(prediction.horizon, 1e-9),
+            best[2].request_s / max(best[2].horizon, 1e-9),
+            rule,
+        )
+        return StartDecision(decision, scale, prediction, prediction.horizon)
 
     def reason(self, decision: Decision, alpha: Mapping[Pair, float]) -> str:
         """One line for the run statistics: the estimates and the model's verdict."""
@@ -167,6 +229,7 @@ class Policy:
             "plan": "the plan's setting is within the margin of the best",
             "stay": "the current members are within the margin of the best",
             "best": "fastest predicted",
+            "start": "least expected request time for this prompt (prefills counted)",
         }[decision.rule]
         return (
             f"{what}: {describe(decision.members, decision.gammas, self.names)} "
@@ -200,6 +263,7 @@ class Policy:
             "plan": self.plan.to_dict(),
             "settings": [t.to_dict() for t in self.tables],
             "build_seconds": round(self.build_seconds, 3),
+            **({"requests": self.requests.to_dict()} if self.requests is not None else {}),
         }
 
     @classmethod
@@ -221,6 +285,7 @@ class Policy:
                 tables=[SettingTable.from_dict(t) for t in d["settings"]],
                 point_mass=[bool(x) for x in d.get("point_mass", [])],
                 build_seconds=float(d.get("build_seconds", 0)),
+                requests=RequestModel.from_dict(d["requests"]) if d.get("requests") else None,
             )
         except DocumentError as e:
             raise DocumentError(f"{origin}: {e}") from None
@@ -304,6 +369,7 @@ def build_policy(
     traces: Mapping[str, Any] | None = None,
     cell_budget: int = CELL_BUDGET,
     margin: float = DEFAULT_MARGIN,
+    windows: Mapping[str, Sequence[int]] | None = None,
 ) -> Policy:
     """Tabulate the best setting over acceptance estimates for the plan ``names`` / ``gammas``."""
     from polyplan.planner.predictors import IidPredictor  # the latency curves at the context, memoised
@@ -355,6 +421,7 @@ def build_policy(
         plan=plan_table,
         tables=tables,
         point_mass=[profile.candidate(n).point_mass for n in names],
+        requests=request_model(profile, names, traces, windows),
     )
     policy.build_seconds = time.perf_counter() - started
     return policy

@@ -120,3 +120,34 @@ def measure_context(
             samples_s=[a.tolist() for a in arr],
         )
     return rows
+
+
+def measure_prefill(
+    drafters: Sequence[Drafter],
+    context: int,
+    repeats: int,
+    seed: int = 0,
+    on_pass: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
+    """P(context) for every model drafter: one pass over ``context`` prompt tokens from an empty
+    cache, asking for the last row's logits only (what a member pays once per request when the
+    chain first uses it; a windowed member pays for its window). Repeats interleaved over the
+    drafters; returns the samples (seconds) per drafter."""
+    samples: dict[str, list[float]] = {d.name: [] for d in drafters if not d.point_mass}
+    for _ in range(repeats):
+        for d in drafters:
+            if d.point_mass:
+                continue
+            ids = _context_ids(d.vocab_size, context, seed, d.device)
+            d.reset()
+            if d.device.type == "cuda":
+                torch.cuda.synchronize(d.device)
+            t0 = time.perf_counter()
+            d.score(ids, last=1)
+            if d.device.type == "cuda":
+                torch.cuda.synchronize(d.device)
+            samples[d.name].append(time.perf_counter() - t0)
+            d.reset()
+            if on_pass is not None:
+                on_pass()
+    return samples

@@ -28,12 +28,12 @@ import numpy as np
 from polyplan.data import Prompt
 from polyplan.data.prompt_file import PromptSet, check_prompt_fits, prompt_set
 from polyplan.documents.files import DocumentError, atomic_write_bytes, check_writable
-from polyplan.documents.profile import AcceptancePair, Candidate, LatencyCurve, Profile
+from polyplan.documents.profile import AcceptancePair, Candidate, LatencyCurve, PrefillCurve, Profile
 from polyplan.errors import UserError
 from polyplan.executor.sampling import SamplingParams
 from polyplan.models.drafter import Drafter, check_same_vocabulary
 from polyplan.profiler.acceptance import greedy_reference, score_reference
-from polyplan.profiler.latency import fits_context, measure_context
+from polyplan.profiler.latency import fits_context, measure_context, measure_prefill
 from polyplan.profiler.machine import machine_facts, machine_fingerprint
 
 # settings that may differ between a run and the run that resumes it
@@ -57,6 +57,10 @@ class ProfileSettings:
     max_new_tokens: int = 64
     new_tokens: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     contexts: list[int] = field(default_factory=lambda: [64, 512])
+    #: prompt lengths whose prefill P(c) is measured (log-spaced; the planner interpolates between
+    #: them and continues the last segment's slope beyond); [] skips the phase
+    prefill_contexts: list[int] = field(default_factory=lambda: [128, 512, 2048])
+    prefill_repeats: int = 3
     repeats: int = 5
     warmup: int = 1
     temperature: float = 1.0
@@ -83,6 +87,8 @@ class ProfileSettings:
             raise UserError("new-token counts must be >= 1")
         if not self.contexts or min(self.contexts) < 0:
             raise UserError("context lengths must be >= 0")
+        if any(c < 1 for c in self.prefill_contexts) or self.prefill_repeats < 1:
+            raise UserError("--prefill-contexts must be >= 1 token and --prefill-repeats >= 1")
         if self.repeats < 1 or self.warmup < 0:
             raise UserError("--repeats must be >= 1 and --warmup >= 0")
         SamplingParams(self.temperature, self.top_k, self.top_p)  # one clear error for bad values
@@ -90,6 +96,7 @@ class ProfileSettings:
             raise UserError("--block and --extra-blocks must be >= 0")
         self.new_tokens = sorted(set(int(n) for n in self.new_tokens))
         self.contexts = sorted(set(int(c) for c in self.contexts))
+        self.prefill_contexts = sorted(set(int(c) for c in self.prefill_contexts))
 
 
 @dataclass
@@ -325,6 +332,7 @@ def run_profile(
         machine = prev.machine  # keep the facts of the first run (thread count, date)
 
     latency: dict[str, LatencyCurve] = dict(prev.latency) if prev else {}
+    prefill: dict[str, PrefillCurve] = dict(prev.prefill) if prev else {}
     traces = _Traces()
     if prev and prev.traces and traces_file.exists():
         loaded = _Traces.from_npz(traces_file, identity)
@@ -336,7 +344,7 @@ def run_profile(
 
     units_done = 0
     units_skipped = 0
-    unit_durations: dict[str, list[float]] = {"latency": [], "acceptance": []}
+    unit_durations: dict[str, list[float]] = {"latency": [], "prefill": [], "acceptance": []}
     stopped_by_budget = False
 
     def over_budget(kind: str) -> bool:
@@ -364,6 +372,7 @@ def run_profile(
             created=created,
             traces=traces_file.name if traces.prompt_ids else None,
             complete=complete,
+            prefill=prefill,
         )
         if traces.prompt_ids:
             atomic_write_bytes(traces_file, traces.to_npz(identity))
@@ -420,6 +429,53 @@ def run_profile(
                 repeats=settings.repeats,
             )
         unit_durations["latency"].append(clock() - t0)
+        units_done += 1
+        save(complete=False)
+
+    # ---- prefill: one unit per prompt length ---------------------------------------------
+    def prefill_missing(c: int) -> list[Drafter]:
+        return [
+            d
+            for d in inputs.drafters
+            if not d.point_mass
+            and fits_context(d, c, 0)
+            and (d.name not in prefill or c not in prefill[d.name].context)
+        ]
+
+    todo_prefill = [] if stopped_by_budget else [c for c in settings.prefill_contexts if prefill_missing(c)]
+    units_skipped += len(settings.prefill_contexts) - len(todo_prefill)
+    progress.begin("prefill", sum(len(prefill_missing(c)) for c in todo_prefill) * settings.prefill_repeats)
+    for c in todo_prefill:
+        if over_budget("prefill"):
+            stopped_by_budget = True
+            break
+        t0 = clock()
+        measured_prefill = measure_prefill(
+            prefill_missing(c), c, settings.prefill_repeats, settings.seed, on_pass=lambda: progress.advance("prefill")
+        )
+        for name, times in measured_prefill.items():
+            old = prefill.get(name)
+            rows = (
+                {}
+                if old is None
+                else dict(
+                    zip(
+                        old.context,
+                        zip(old.median_s, old.spread_s or [0.0] * len(old.context), strict=True),
+                        strict=True,
+                    )
+                )
+            )
+            arr = np.asarray(times, dtype=np.float64)
+            rows[c] = (float(np.median(arr)), float(np.percentile(arr, 75) - np.percentile(arr, 25)))
+            ctxs = sorted(rows)
+            prefill[name] = PrefillCurve(
+                context=ctxs,
+                median_s=[rows[x][0] for x in ctxs],
+                spread_s=[rows[x][1] for x in ctxs],
+                repeats=settings.prefill_repeats,
+            )
+        unit_durations["prefill"].append(clock() - t0)
         units_done += 1
         save(complete=False)
 

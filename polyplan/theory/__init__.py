@@ -12,6 +12,9 @@ Public API (the planner relies on these names):
 - ``simulate_chain(alpha_or_traces, gamma, latency, n_tokens, rng) -> SimulationResult``: the staged loop
   with Bernoulli acceptances (scalar rates or per-position traces).
 - ``total_time`` / ``time_per_token``: the accounting theorem ``T(N) = N sum_i T_i / L_i``.
+- ``predict_request(...) -> RequestPrediction``, ``break_even_horizon``, ``expected_horizon``: whole
+  requests with every member's prefill and the generation horizon (proofs/prefill.md);
+  ``simulate_request`` runs one in the simulator.
 
 Conventions (docs/staged-decoding.md): ``alpha = [a_1..a_(k-1)]`` (a_1 = target vs M2),
 ``gamma = [g_2..g_k]``, ``latency = [T_1..T_k]``, each a constant or a callable ``T_i(n)`` of the
@@ -29,22 +32,28 @@ from polyplan.theory.chain_model import (
 from polyplan.theory.gamma import TwoLevelOptimum, optimal_gamma_two_level, search_gammas
 from polyplan.theory.insertion import InsertionResult, inserted_chain, insertion_gain
 from polyplan.theory.latency import Latency
-from polyplan.theory.simulator import SimulationResult, simulate_chain
+from polyplan.theory.prefill import RequestPrediction, break_even_horizon, expected_horizon, predict_request
+from polyplan.theory.simulator import SimulationResult, simulate_chain, simulate_request
 
 __all__ = [
     "ChainPrediction",
     "InsertionResult",
     "Latency",
+    "RequestPrediction",
     "SimulationResult",
     "TwoLevelOptimum",
+    "break_even_horizon",
+    "expected_horizon",
     "inserted_chain",
     "insertion_gain",
     "optimal_gamma_two_level",
     "predict_chain",
     "predict_chain_exact",
     "predict_chain_symbolic",
+    "predict_request",
     "search_gammas",
     "simulate_chain",
+    "simulate_request",
     "time_per_token",
     "total_time",
 ]

@@ -185,6 +185,25 @@ def simulate_chain(
     )
 
 
+def simulate_request(
+    alpha_or_traces: Sequence[float | np.ndarray],
+    gamma: Sequence[int],
+    latency: Sequence[Latency],
+    prefill_s: Sequence[float],
+    horizon: int,
+    rng: np.random.Generator | int | None = None,
+) -> float:
+    """Wall time of ONE request of ``horizon`` new tokens: every member's prefill (seconds, already
+    evaluated at its window; 0 for a member the request never uses) and the staged loop run as the
+    executor runs a generation of that length (``exact_length``)."""
+    if len(prefill_s) != len(latency):
+        raise UserError(f"need one prefill time per member ({len(latency)}), got {len(prefill_s)}")
+    if horizon < 1:
+        return float(sum(prefill_s))
+    run = simulate_chain(alpha_or_traces, gamma, latency, horizon, rng, exact_length=True)
+    return float(sum(prefill_s)) + run.total_time
+
+
 class _AcceptanceSource:
     """A scalar rate or a per-position array, read as probabilities for a block of positions."""
 

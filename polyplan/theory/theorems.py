@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from polyplan.theory import acceptance, accounting, gamma, insertion, two_level
+from polyplan.theory import acceptance, accounting, gamma, insertion, prefill, two_level
 from polyplan.theory.acceptance import a, c, g
 
 
@@ -225,6 +225,19 @@ THEOREMS: list[Theorem] = [
         _check_adaptive_control,
     ),
 ]
+
+
+THEOREMS.append(
+    Theorem(
+        "prefill",
+        "Whole requests: prefill, horizon and the break-even of a drafter",
+        "E[T_S] = P_1(c) + sum_i P_i(w_i(c)) + E[H] t_S; S beats the target alone iff E[H] > H* = "
+        "sum_i P_i(w_i(c)) / (T_1 - t_S); inserting M_j pays iff P_j(w_j(c)) < E[H] (t_S - t_S').",
+        prefill.break_even_latex,
+        "polyplan.theory.prefill.predict_request",
+        prefill.check_break_even,
+    )
+)
 
 
 def theorem_names() -> list[str]:

@@ -1,0 +1,159 @@
+"""``WindowedDrafter``: a scoring drafter that drafts from a bounded context.
+
+A drafter only proposes; the level above verifies against its own full-context distribution. So a
+drafter may condition on less than the whole sequence without touching losslessness
+(docs/staged-decoding.md, "Windowed drafters"): what it loses is acceptance, what it saves is
+prefill. Here the member sees the first ``sink`` tokens of the sequence (attention sinks, as in
+StreamingLLM: the start of a chat prompt, its system turn) followed by the last ``window`` tokens,
+laid out contiguously: the inner model gets ``seq[:sink] + seq[cut:]`` as an ordinary sequence,
+so the same wrapper serves transformers and llama.cpp members without any position surgery.
+
+When the window is applied: whenever the inner model has to (re)build its state -- the first pass
+of a generation (its prefill, which lazy prefill makes happen only when the chain first uses the
+member) and after a rollback into the part it never saw -- and when the inner model's own context
+would overflow. Tokens appended after that extend the inner state as usual (the window bounds
+what a prefill costs; it does not slide token by token, which would cost a re-prefill per slide).
+
+The wrapper keeps the whole virtual sequence (token ids on the inner device, no host sync) so it
+can rebuild at any time; ``processed`` counts virtual tokens, as the executor expects."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+from polyplan.errors import UserError
+from polyplan.models.drafter import Drafter
+
+#: StreamingLLM keeps four initial tokens as attention sinks
+DEFAULT_SINK = 4
+
+
+def check_window(name: str, window: int, sink: int, max_context: int | None = None) -> None:
+    """One clear error for a window that cannot work (raised at pool load and CLI parsing)."""
+    for what, value in (("window", window), ("sink", sink)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{name}: {what} must be an integer, got {value!r}")
+    if window <= 0:
+        raise UserError(f"{name}: window must be >= 1 token, got {window}")
+    if sink < 0 or sink >= window:
+        raise UserError(f"{name}: sink must be >= 0 and smaller than the window ({window}), got {sink}")
+    if max_context is not None and sink + window > max_context:
+        raise UserError(f"{name}: window {window} + sink {sink} exceeds the member's context of {max_context} tokens")
+
+
+class WindowedDrafter(Drafter):
+    """``inner`` (a scoring drafter, never the target) drafting from its first ``sink`` and last
+    ``window`` tokens."""
+
+    point_mass = False
+    bounded_context = True
+
+    def __init__(self, inner: Drafter, window: int, sink: int = DEFAULT_SINK) -> None:
+        if inner.point_mass:
+            raise UserError(f"{inner.name} is model-free: a window applies to model drafters only")
+        check_window(inner.name, window, sink, inner.max_context)
+        self.inner = inner
+        self.window = int(window)
+        self.sink = int(sink)
+        self.name = inner.name
+        self.vocab_size = inner.vocab_size
+        self.device = inner.device
+        self.tokenizer = inner.tokenizer
+        self._tokens = torch.empty(0, dtype=torch.long, device=self.device)
+        self._processed = 0
+        #: virtual index where the inner state's tail starts (None: the inner state is the whole
+        #: sequence); the inner state is then ``seq[:sink] + seq[cut:processed]``
+        self._cut: int | None = None
+        self._stale = False
+        #: passes that (re)built the inner state from a window, for statistics
+        self.rebuilds = 0
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return self.inner.eos_token_ids
+
+    @property
+    def uniform_numerics(self) -> bool:  # type: ignore[override]
+        return self.inner.uniform_numerics
+
+    def decoding_alone(self) -> AbstractContextManager[None]:
+        return self.inner.decoding_alone()
+
+    def describe(self) -> str:
+        return f"{self.name} (window {self.window}, sink {self.sink})"
+
+    def reset(self) -> None:
+        self.inner.reset()
+        self._processed = 0
+        self._cut = None
+        self._stale = False
+
+    def _store(self, new_ids: torch.Tensor) -> int:
+        end = self._processed + int(new_ids.shape[0])
+        if end > self._tokens.shape[0]:
+            grown = torch.empty(max(2 * self._tokens.shape[0], end, 256), dtype=torch.long, device=self.device)
+            grown[: self._processed] = self._tokens[: self._processed]
+            self._tokens = grown
+        self._tokens[self._processed : end] = new_ids.to(self.device, non_blocking=True)
+        return end
+
+    def _rebuild_needed(self, n: int) -> bool:
+        if self._stale or self.inner.processed == 0:
+            return True
+        limit = self.inner.max_context
+        return limit is not None and self.inner.processed + n > limit
+
+    def score(self, new_ids: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        n = int(new_ids.shape[0])
+        if n == 0:
+            return self.inner.score(new_ids, last=last)
+        end = self._store(new_ids)
+        rows = n if last is None else min(last, n)
+        if not self._rebuild_needed(n):
+            logits = self.inner.score(new_ids, last=last)
+        else:
+            # keep at least the rows asked for, so every returned row has a real position
+            keep = max(self.window, rows)
+            if self.inner.processed:
+                self.inner.reset()
+            if end > self.sink + keep:
+                self._cut = end - keep
+                content = torch.cat([self._tokens[: self.sink], self._tokens[self._cut : end]])
+                self.rebuilds += 1
+            else:
+                self._cut = None
+                content = self._tokens[:end]
+            self._stale = False
+            logits = self.inner.score(content, last=rows)
+        self._processed = end
+        return logits[-rows:]
+
+    def rollback(self, length: int) -> None:
+        if length < 0 or length > self._processed:
+            raise ValueError(f"cannot roll {self.name} back from {self._processed} to {length} tokens")
+        if length == self._processed:
+            return
+        if self._cut is None:
+            self.inner.rollback(length)
+        elif length > self._cut:
+            self.inner.rollback(self.sink + length - self._cut)
+        else:
+            self._stale = True  # back into the part the inner state never saw: rebuild on the next pass
+        self._processed = length
+
+    @property
+    def max_context(self) -> int | None:
+        return None  # the window keeps the inner state inside its own context
+
+
+def windowed(drafter: Drafter, window: int | None, sink: int = DEFAULT_SINK) -> Drafter:
+    """``drafter`` drafting from a window, or as it is when ``window`` is None."""
+    return drafter if window is None else WindowedDrafter(drafter, window, sink)
+
+
+def window_of(drafter: Any) -> tuple[int, int] | None:
+    """(window, sink) of a windowed drafter, None for one that sees the whole sequence."""
+    return (drafter.window, drafter.sink) if isinstance(drafter, WindowedDrafter) else None

@@ -1,0 +1,181 @@
+"""Whole requests for the plan's members: prefill curves, windows, latency curves and the
+workload's generation lengths, with the request-time theorem (proofs/prefill.md) on top.
+
+The adaptive policy carries one (``Policy.requests``) so the executor's controller can decide, from
+the actual prompt length and ``max_new_tokens``, which members a request uses BEFORE any drafter
+is prefilled, and charge a member it brings in later its prefill. The planner uses the same object
+for the plan's table per prompt-length range. Pure Python: stored in the plan as plain JSON."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from typing import Any
+
+from polyplan.documents.files import DocumentError
+from polyplan.documents.profile import LatencyCurve, PrefillCurve, Profile
+from polyplan.theory.chain_model import predict_chain
+from polyplan.theory.prefill import (
+    RequestPrediction,
+    decode_context,
+    expected_horizon,
+    predict_request,
+    prefill_seconds,
+    window_context,
+)
+
+Pair = tuple[int, int]
+
+#: the prompt lengths of the plan's table (a row per range: [previous, this))
+PROMPT_LENGTH_EDGES = (128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclass
+class RequestModel:
+    names: list[str]
+    point_mass: list[bool]
+    latency: dict[str, LatencyCurve]
+    prefill: dict[str, PrefillCurve]
+    #: member name -> [window, sink] for members that draft from a window
+    windows: dict[str, list[int]] = field(default_factory=dict)
+    #: answer lengths observed on the profile's prompts, each at most ``observed_up_to``
+    lengths: list[int] = field(default_factory=list)
+    observed_up_to: int | None = None
+
+    # ---- the theorem's inputs ---------------------------------------------------------------------
+    def horizon(self, max_new_tokens: int) -> float:
+        """E[min(max_new_tokens, L_eos)] of this workload."""
+        return expected_horizon(max_new_tokens, self.lengths, self.observed_up_to)
+
+    def window(self, member: int) -> tuple[int | None, int]:
+        w = self.windows.get(self.names[member])
+        return (None, 0) if w is None else (int(w[0]), int(w[1]))
+
+    def prefill_s(self, member: int, prompt_tokens: float) -> float:
+        """What member ``member`` pays to read a prompt of ``prompt_tokens`` (its window of it)."""
+        if self.point_mass[member]:
+            return 0.0
+        curve = self.prefill.get(self.names[member])
+        if curve is None:
+            return 0.0
+        window, sink = self.window(member)
+        return prefill_seconds(curve, window_context(prompt_tokens, window, sink))
+
+    @property
+    def knows_prefill(self) -> bool:
+        return all(self.point_mass[i] or n in self.prefill for i, n in enumerate(self.names))
+
+    def _latencies(self, members: Sequence[int], context: float, horizon: float) -> list[Any]:
+        out = []
+        for m in members:
+            curve = self.latency[self.names[m]]
+            window, sink = self.window(m)
+            # a windowed member decodes over its window plus what the request appended to it
+            c = context if window is None else min(context, sink + window + max(0.0, horizon - 1) / 2)
+            memo: dict[float, float] = {}
+
+            def at(n: float, curve: LatencyCurve = curve, c: float = c, memo: dict[float, float] = memo) -> float:
+                v = memo.get(n)
+                if v is None:
+                    v = memo[n] = float(curve(n, c))
+                return v
+
+            out.append(at)
+        return out
+
+    def time_per_token(
+        self, members: Sequence[int], gammas: Sequence[int], alpha: Mapping[Pair, float], context: float, horizon: float
+    ) -> float:
+        """t_S at the mean decode context: the chain-model theorem with the curves there."""
+        latencies = self._latencies(members, context, horizon)
+        if len(members) == 1:
+            return float(latencies[0](1))
+        alphas = [min(alpha[p], 1 - 1e-9) for p in pairwise(members)]
+        return float(predict_chain(alphas, list(gammas), latencies).time_per_token)
+
+    def request(
+        self,
+        members: Sequence[int],
+        gammas: Sequence[int],
+        alpha: Mapping[Pair, float],
+        prompt_tokens: float,
+        max_new_tokens: int,
+    ) -> RequestPrediction:
+        """E[T_S(c)] of a request with this workload's horizon, beside the target alone's."""
+        horizon = self.horizon(max_new_tokens)
+        context = decode_context(prompt_tokens, horizon)
+        t_s = self.time_per_token(members, gammas, alpha, context, horizon)
+        t_ar = self.time_per_token((0,), (), alpha, context, horizon)
+        drafters = [self.prefill_s(m, prompt_tokens) for m in members[1:]]
+        return predict_request(self.prefill_s(0, prompt_tokens), drafters, horizon, t_s, t_ar, prompt_tokens)
+
+    # ---- (de)serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "names": list(self.names),
+            "point_mass": list(self.point_mass),
+            "latency": {k: asdict(v) for k, v in self.latency.items()},
+            "prefill": {k: asdict(v) for k, v in self.prefill.items()},
+            "windows": {k: list(v) for k, v in self.windows.items()},
+            "lengths": list(self.lengths),
+            "observed_up_to": self.observed_up_to,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RequestModel:
+        model = cls(
+            names=[str(n) for n in d["names"]],
+            point_mass=[bool(x) for x in d["point_mass"]],
+            latency={k: LatencyCurve(**v) for k, v in d["latency"].items()},
+            prefill={k: PrefillCurve(**v) for k, v in d.get("prefill", {}).items()},
+            windows={k: [int(v[0]), int(v[1])] for k, v in d.get("windows", {}).items()},
+            lengths=[int(x) for x in d.get("lengths", [])],
+            observed_up_to=None if d.get("observed_up_to") is None else int(d["observed_up_to"]),
+        )
+        missing = [n for n in model.names if n not in model.latency]
+        if missing or len(model.point_mass) != len(model.names):
+            raise DocumentError(f"request model without latency curves for {missing}")
+        return model
+
+
+def generation_lengths(traces: Mapping[str, Any] | None) -> list[int]:
+    """The target's reference answer lengths on the profile's prompts (from the traces' segments)."""
+    seg = None if traces is None else traces.get("segments")
+    if seg is None or len(seg) < 2:
+        return []
+    return [int(b) - int(a) for a, b in pairwise(seg)]
+
+
+def request_model(
+    profile: Profile,
+    names: Sequence[str],
+    traces: Mapping[str, Any] | None = None,
+    windows: Mapping[str, Sequence[int]] | None = None,
+) -> RequestModel:
+    """The request model of the members ``names`` (target first) from a profile."""
+    lengths = generation_lengths(traces)
+    cap = profile.settings.get("max_new_tokens")
+    if lengths and cap is not None:
+        lengths = [min(n, int(cap)) for n in lengths]
+    return RequestModel(
+        names=list(names),
+        point_mass=[profile.candidate(n).point_mass for n in names],
+        latency={n: profile.latency[n] for n in names},
+        prefill={n: profile.prefill[n] for n in names if n in profile.prefill},
+        windows={n: [int(w[0]), int(w[1])] for n, w in (windows or {}).items() if n in names},
+        lengths=lengths,
+        observed_up_to=int(cap) if lengths and cap is not None else None,
+    )
+
+
+def describe_request(names: Sequence[str], members: Sequence[int], gammas: Sequence[int]) -> str:
+    if len(members) == 1:
+        return f"{names[0]} alone"
+    chain = " <- ".join(names[m] for m in members)
+    return f"{chain} (gammas {','.join(str(g) for g in gammas)})"
+
+
+def finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
