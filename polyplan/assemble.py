@@ -69,9 +69,13 @@ def default_members(pool_name: str | None) -> Sequence[str]:
     return [load_pool(pool_name or "smollm2").target]
 
 
-def build_chain(spec: ChainSpec, controller: Any = None) -> Any:
-    """Load every member (pool members through the pool, directories with transformers)."""
+def build_chain(spec: ChainSpec, controller: Any = None, windowable: dict[str, int] | None = None) -> Any:
+    """Load every member (pool members through the pool, directories with transformers).
+
+    ``windowable``: drafter name -> sink, for members a request may give a window (the policy's
+    start decides per prompt; polyplan.models.windowed)."""
     from polyplan.executor.chain import Chain
+    from polyplan.models.windowed import WindowedDrafter, window_of
 
     pool = None
     drafters: list[Any] = []
@@ -90,6 +94,9 @@ def build_chain(spec: ChainSpec, controller: Any = None) -> Any:
         drafters.append(pool.drafter(name))
     if pool is not None and tokenizer is None:
         tokenizer = pool.tokenizer
+    for i, d in enumerate(drafters[1:], start=1):
+        if d.name in (windowable or {}) and not d.point_mass and window_of(d) is None:
+            drafters[i] = WindowedDrafter(d, None, windowable[d.name])
     return Chain(drafters, spec.gammas, tokenizer=tokenizer, controller=controller)
 
 
@@ -174,9 +181,16 @@ def chain_from_plan(path: str | Path, pool: str | None = None, *, static: bool =
     spec = ChainSpec.of_plan(plan)
     if pool:
         spec.pool = pool
-    chain = build_chain(spec)
-    if not static:
-        policy = plan_policy(plan, path, note)
-        if policy is not None:
-            chain.controller = adaptive_controller(policy, chain.drafters)
+    policy = None if static else plan_policy(plan, path, note)
+    chain = build_chain(spec, windowable=policy_windowable(policy))
+    if policy is not None:
+        chain.controller = adaptive_controller(policy, chain.drafters)
     return chain
+
+
+def policy_windowable(policy: Any) -> dict[str, int]:
+    """The drafters a policy may give a window per request, with the sink they would keep."""
+    requests = getattr(policy, "requests", None)
+    if requests is None:
+        return {}
+    return {name: requests.window_sink for name in requests.window_options}

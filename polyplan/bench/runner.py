@@ -333,9 +333,14 @@ def plan_methods(
         )
     same_as_two = two is not None and list(two["chain"]) == plan.names and list(two["gammas"]) == plan.gammas
     if policy is not None:
-        from polyplan.assemble import adaptive_controller
+        from polyplan.assemble import adaptive_controller, policy_windowable
+        from polyplan.models.windowed import WindowedDrafter
 
-        members = [drafters(n) for n in plan.names]
+        windowable = policy_windowable(policy)
+        members = [
+            WindowedDrafter(drafters(n), None, windowable[n]) if i and n in windowable else drafters(n)
+            for i, n in enumerate(plan.names)
+        ]
         methods.append(
             polyplan_method(
                 MethodSpec(

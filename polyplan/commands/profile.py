@@ -58,6 +58,20 @@ def _print_summary(profile, path: Path, elapsed: float | None) -> None:
             measured = dict(zip(curve.context, curve.median_s, strict=True))
             table.add_row(name, *[f"{measured[c] * 1e3:.0f}" if c in measured else "-" for c in lengths])
         console.print(table)
+    sizes = profile.window_sizes()
+    if sizes:
+        measured_on = len(profile.windows.get("prompts", []))
+        table = Table(title=f"what a window keeps of the target's acceptance ({measured_on} long prompts)")
+        table.add_column("drafter")
+        for w in sizes:
+            table.add_column(f"window {w}: greedy / sampling", justify="right")
+        for name in profile.windows.get("by_drafter", {}):
+            cells = []
+            for w in sizes:
+                g, smp = profile.window_factor(name, w, "greedy"), profile.window_factor(name, w, "sampling")
+                cells.append("-" if g is None else f"{g:.2f} / {smp:.2f}")
+            table.add_row(name, *cells)
+        console.print(table)
     if profile.pairs:
         for mode in ("greedy", "sampling"):
             m = acceptance_matrix(profile, mode)
@@ -115,6 +129,17 @@ def register(root: typer.Typer) -> None:
             help="Prompt lengths whose prefill P(c) is measured (one pass from an empty cache; '' skips).",
         ),
         prefill_repeats: int = typer.Option(3, "--prefill-repeats", help="Timed prefills per prompt length."),
+        windows: str = typer.Option(
+            "256",
+            "--windows",
+            help="Drafter windows whose cost in acceptance is measured on long prompts (sink of 4 "
+            "tokens + the last W; '' skips).",
+        ),
+        window_prompts: int = typer.Option(
+            2,
+            "--window-prompts",
+            help="Long prompts for it: your --prompts-file's longer than the window, else built-in ones.",
+        ),
         repeats: int = typer.Option(5, "--repeats", help="Timed passes per grid point (median and IQR)."),
         warmup: int = typer.Option(1, "--warmup", help="Untimed passes per grid point first."),
         temperature: float = typer.Option(1.0, "--temperature", help="Sampling acceptance temperature (0: greedy)."),
@@ -180,6 +205,8 @@ def register(root: typer.Typer) -> None:
             contexts=_int_list(contexts, "--contexts"),
             prefill_contexts=_int_list(prefill_contexts, "--prefill-contexts") if prefill_contexts.strip() else [],
             prefill_repeats=prefill_repeats,
+            windows=_int_list(windows, "--windows") if windows.strip() else [],
+            window_prompts=window_prompts,
             repeats=repeats,
             warmup=warmup,
             temperature=temperature,

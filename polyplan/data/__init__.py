@@ -20,6 +20,9 @@ SPLITS = ("fit", "eval")
 
 
 BUILTIN_FILE = "prompts.jsonl"
+#: long prompts (700-900 tokens) on which the profiler measures what a drafter's window costs in
+#: acceptance; never used for benchmarks
+WINDOW_FILE = "window_prompts.jsonl"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,17 @@ def _read_all() -> list[Prompt]:
         for i, line in enumerate(text.splitlines(), start=1)
         if line.strip()
     ]
+
+
+def window_prompts(limit: int | None = None) -> list[Prompt]:
+    """The built-in long prompts of the windowed-acceptance measurement."""
+    text = resources.files(__package__).joinpath(WINDOW_FILE).read_bytes().decode("utf-8")
+    prompts = [
+        Prompt(**json.loads(line), origin=f"built-in {WINDOW_FILE}:{i}")
+        for i, line in enumerate(text.splitlines(), start=1)
+        if line.strip()
+    ]
+    return prompts if limit is None else prompts[:limit]
 
 
 def categories() -> list[str]:

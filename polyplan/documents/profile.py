@@ -17,6 +17,10 @@ JSON layout (version 1)::
                                "by_category": {"<cat>": {"greedy", "sampling", "positions"}}}]},
      "prefill": {"<name>": {"context": [64, 256, ...], "median_s": [...], "spread_s": [...], "repeats": int}}
                 (optional: profiles before prefill was measured have none),
+     "windows": {"sink": int, "sizes": [256, ...], "prompts": [ids of the long prompts measured],
+                 "by_drafter": {"<name>": {"full" | "<size>": {"greedy_sum", "sampling_sum", "positions"}}}}
+                (optional: acceptance by the target of each drafter reading the whole long prompt or
+                 only its sink + last <size> tokens, teacher-forced on the same references),
      "traces": "<sidecar file name, relative to the profile>" or null,
      "complete": bool (optional, default true; false while a measurement is unfinished)}
 
@@ -161,6 +165,8 @@ class Profile:
     complete: bool = True
     #: prefill curves P(c) per model candidate (empty in profiles made before they were measured)
     prefill: dict[str, PrefillCurve] = field(default_factory=dict)
+    #: windowed acceptance on long prompts (see the module doc); {} when not measured
+    windows: dict[str, Any] = field(default_factory=dict)
 
     # ---- queries the planner uses -------------------------------------------------------
     def candidate(self, name: str) -> Candidate:
@@ -175,6 +181,22 @@ class Profile:
             if p.verifier == verifier and p.drafter == drafter:
                 return p
         raise DocumentError(f"profile has no acceptance measurement for {drafter!r} drafting for {verifier!r}")
+
+    def window_factor(self, drafter: str, window: int, mode: str) -> float | None:
+        """What reading only ``window`` tokens (plus the sink) keeps of ``drafter``'s acceptance by
+        the target: alpha_window / alpha_full on the same long prompts, at most 1; None when not
+        measured."""
+        rows = (self.windows.get("by_drafter") or {}).get(drafter) or {}
+        full, part = rows.get("full"), rows.get(str(window))
+        if not full or not part or not full.get("positions") or not part.get("positions"):
+            return None
+        key = "greedy_sum" if mode == "greedy" else "sampling_sum"
+        a_full = full[key] / full["positions"]
+        a_part = part[key] / part["positions"]
+        return 1.0 if a_full <= 0 else max(0.0, min(1.0, a_part / a_full))
+
+    def window_sizes(self) -> list[int]:
+        return [int(w) for w in self.windows.get("sizes", [])] if self.windows.get("by_drafter") else []
 
     def validate(self) -> None:
         names = [c.name for c in self.candidates]
@@ -205,6 +227,7 @@ class Profile:
             "candidates": [asdict(c) for c in self.candidates],
             "latency": {k: asdict(v) for k, v in self.latency.items()},
             "prefill": {k: asdict(v) for k, v in self.prefill.items()},
+            "windows": self.windows,
             "acceptance": {"temperature": self.temperature, "pairs": [asdict(p) for p in self.pairs]},
             "traces": self.traces,
             "complete": self.complete,
@@ -227,6 +250,7 @@ class Profile:
                 version=doc["version"],
                 complete=bool(doc.get("complete", True)),
                 prefill={k: PrefillCurve(**v) for k, v in (doc.get("prefill") or {}).items()},
+                windows=dict(doc.get("windows") or {}),
             )
         except DocumentError as e:
             raise DocumentError(f"{origin}: {e}") from None

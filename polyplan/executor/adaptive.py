@@ -70,6 +70,7 @@ class AdaptiveController:
         self.horizon = 0.0
         self.warm: set[int] = {0}
         self.scale: dict[tuple[int, ...], float] = {}
+        self.windows: tuple[tuple[int, int | None], ...] = ()
         self._reset(0)
 
     def _reset(self, seen: int) -> None:
@@ -91,14 +92,16 @@ class AdaptiveController:
         self.warm = {0}
         self.scale = {}
         self.horizon = 0.0
+        self.windows = ()
         first = self.policy.start(self.estimates(), len(prompt), max_new_tokens)
         if first is None:
             setting = self._decide()
         else:
             self.scale, self.horizon = first.scale, first.horizon
+            self.windows = tuple(sorted(first.windows.items()))
             self.alpha = self.estimates()
             d = first.decision
-            self.setting = RoundSetting(d.members, d.gammas, self._start_reason(first))
+            self.setting = RoundSetting(d.members, d.gammas, self._start_reason(first), self.windows)
             setting = self.setting
         self.warm.update(setting.members)
         self.seconds += time.perf_counter() - started
@@ -163,13 +166,16 @@ class AdaptiveController:
         generated = self.seen - self.prompt_len
         remaining = max(1.0, self.horizon - generated)
         cold = [m for m in range(len(self.policy.names)) if m not in self.warm]
-        return {m: req.prefill_s(m, self.seen) / remaining for m in cold}
+        windows = dict(self.windows)
+        return {m: req.prefill_s(m, self.seen, windows.get(m)) / remaining for m in cold}
 
     def _start_reason(self, first: StartDecision) -> str:
         p = first.prediction
         names, d = self.policy.names, first.decision
+        shown = ", ".join(f"{names[m]} window {w}" for m, w in sorted(first.windows.items()) if w and m in d.members)
         return (
-            f"{describe(d.members, d.gammas, names)}: least expected request time for {self.prompt_len} prompt "
+            f"{describe(d.members, d.gammas, names)}{' (' + shown + ')' if shown else ''}: least expected "
+            f"request time for {self.prompt_len} prompt "
             f"tokens and ~{p.horizon:.0f} new: {p.request_s:.2f} s predicted vs {p.autoregressive_request_s:.2f} s "
             f"for the target alone (drafter prefill {sum(p.drafter_prefill_s):.2f} s)"
         )
@@ -179,5 +185,6 @@ class AdaptiveController:
         current = self.setting.members if self.setting is not None else None
         decision = self.policy.decide(self.alpha, current, self.scale, self.cold_cost())
         if self.setting is None or (decision.members, decision.gammas) != (self.setting.members, self.setting.gammas):
-            self.setting = RoundSetting(decision.members, decision.gammas, self.policy.reason(decision, self.alpha))
+            reason = self.policy.reason(decision, self.alpha)
+            self.setting = RoundSetting(decision.members, decision.gammas, reason, self.windows)
         return self.setting

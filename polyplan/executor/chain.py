@@ -321,6 +321,10 @@ class _StagedRun:
 
     def _apply(self, setting: RoundSetting) -> None:
         """Take the controller's setting for the next round (only ever between rounds)."""
+        for member, window in setting.windows:
+            d = self.drafters[member]
+            if d.processed == 0 and member in setting.members:
+                d.set_window(window)  # lazy prefill: the window is fixed by the member's first pass
         new = (tuple(setting.members), tuple(int(g) for g in setting.gammas))
         if new == (self.levels, self.gammas):
             return

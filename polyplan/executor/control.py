@@ -26,6 +26,9 @@ class RoundSetting(NamedTuple):
     gammas: tuple[int, ...]
     #: why this setting was chosen (shown in run statistics when the setting changes)
     reason: str = ""
+    #: (member, window) pairs: the window a member reads from its prefill on (None: the whole
+    #: sequence); applied when a round first uses the member, ignored once it is prefilled
+    windows: tuple[tuple[int, int | None], ...] = ()
 
 
 class Controller(Protocol):

@@ -92,6 +92,12 @@ class Drafter(ABC):
         """Point-mass drafters only: up to ``n`` proposed next tokens after ``context``."""
         raise NotImplementedError(f"{self.name} drafts by scoring; use score() and sample")
 
+    def set_window(self, window: int | None) -> None:
+        """Read only a window of the sequence from the next prefill on (a ``WindowedDrafter``);
+        a member that cannot (the target, model-free drafters) accepts only None."""
+        if window is not None:
+            raise UserError(f"{self.name} cannot read a window of the sequence")
+
     def decoding_alone(self) -> AbstractContextManager[None]:
         """Within this context the member runs as it does decoding alone, one token per pass
         (the autoregressive baseline). Only members with ``uniform_numerics`` differ."""

@@ -46,18 +46,18 @@ def check_window(name: str, window: int, sink: int, max_context: int | None = No
 
 class WindowedDrafter(Drafter):
     """``inner`` (a scoring drafter, never the target) drafting from its first ``sink`` and last
-    ``window`` tokens."""
+    ``window`` tokens; ``window=None`` reads everything until :meth:`set_window` gives it one."""
 
     point_mass = False
     bounded_context = True
 
-    def __init__(self, inner: Drafter, window: int, sink: int = DEFAULT_SINK) -> None:
+    def __init__(self, inner: Drafter, window: int | None, sink: int = DEFAULT_SINK) -> None:
         if inner.point_mass:
             raise UserError(f"{inner.name} is model-free: a window applies to model drafters only")
-        check_window(inner.name, window, sink, inner.max_context)
         self.inner = inner
-        self.window = int(window)
         self.sink = int(sink)
+        self.window: int | None = None
+        self.set_window(window)
         self.name = inner.name
         self.vocab_size = inner.vocab_size
         self.device = inner.device
@@ -83,7 +83,17 @@ class WindowedDrafter(Drafter):
         return self.inner.decoding_alone()
 
     def describe(self) -> str:
-        return f"{self.name} (window {self.window}, sink {self.sink})"
+        return self.name if self.window is None else f"{self.name} (window {self.window}, sink {self.sink})"
+
+    def set_window(self, window: int | None) -> None:
+        if self._processed_or_zero():
+            raise ValueError(f"{self.name}: the window changes only before the first pass of a sequence")
+        if window is not None:
+            check_window(self.inner.name, window, self.sink, self.inner.max_context)
+        self.window = None if window is None else int(window)
+
+    def _processed_or_zero(self) -> int:
+        return getattr(self, "_processed", 0)
 
     def reset(self) -> None:
         self.inner.reset()
@@ -101,6 +111,8 @@ class WindowedDrafter(Drafter):
         return end
 
     def _rebuild_needed(self, n: int) -> bool:
+        if self.window is None:
+            return False
         if self._stale or self.inner.processed == 0:
             return True
         limit = self.inner.max_context
@@ -136,7 +148,7 @@ class WindowedDrafter(Drafter):
             raise ValueError(f"cannot roll {self.name} back from {self._processed} to {length} tokens")
         if length == self._processed:
             return
-        if self._cut is None:
+        if self._cut is None and not self._stale:
             self.inner.rollback(length)
         elif length > self._cut:
             self.inner.rollback(self.sink + length - self._cut)
@@ -146,7 +158,8 @@ class WindowedDrafter(Drafter):
 
     @property
     def max_context(self) -> int | None:
-        return None  # the window keeps the inner state inside its own context
+        # with a window the inner state re-windows before it overflows; without one it is the inner's
+        return self.inner.max_context if self.window is None else None
 
 
 def windowed(drafter: Drafter, window: int | None, sink: int = DEFAULT_SINK) -> Drafter:
@@ -156,4 +169,6 @@ def windowed(drafter: Drafter, window: int | None, sink: int = DEFAULT_SINK) -> 
 
 def window_of(drafter: Any) -> tuple[int, int] | None:
     """(window, sink) of a windowed drafter, None for one that sees the whole sequence."""
-    return (drafter.window, drafter.sink) if isinstance(drafter, WindowedDrafter) else None
+    if isinstance(drafter, WindowedDrafter) and drafter.window is not None:
+        return drafter.window, drafter.sink
+    return None

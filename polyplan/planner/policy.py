@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import combinations, pairwise
+from itertools import combinations, pairwise, product
 from typing import Any
 
 from polyplan.documents.files import DocumentError
@@ -125,6 +125,8 @@ class StartDecision:
     #: the expected request (prefills + decode) of the chosen setting and of the target alone
     prediction: Any
     horizon: float
+    #: per member: the window it reads when a round first uses it in this request (None: all)
+    windows: dict[int, int | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -205,14 +207,25 @@ class Policy:
         for table in [self.plan, *self.tables]:
             cells = [cell(_axis_u(table.points), u_of_alpha(alpha[p])) for p in table.pairs]
             gammas = table.gammas[0] if table is self.plan else table.gammas[nearest(table.shape, cells)]
-            prediction = req.request(table.members, gammas, alpha, prompt_tokens, max_new_tokens)
+            drafters = table.members[1:]
+            combos = [dict(zip(drafters, c, strict=True)) for c in product(*(req.options(m) for m in drafters))]
+            prediction, windows = min(
+                ((req.request(table.members, gammas, alpha, prompt_tokens, max_new_tokens, w), w) for w in combos),
+                key=lambda o: o[0].request_s,
+            )
             tabulated = table.time_at(cells)
-            options.append((table, gammas, prediction, prediction.time_per_token_s / tabulated))
-        scale = {table.members: factor for table, _, _, factor in options[1:]}
+            options.append((table, gammas, prediction, prediction.time_per_token_s / tabulated, windows))
+        scale = {o[0].members: o[3] for o in options[1:]}
         best = min(options[1:], key=lambda o: o[2].request_s)
         plan = options[0]
         chosen, rule = (plan, "plan") if plan[2].request_s <= best[2].request_s * (1 + self.margin) else (best, "start")
-        table, gammas, prediction, _ = chosen
+        table, gammas, prediction, _, chosen_windows = chosen
+        # a member the start leaves out reads, if a later round brings it in, the window it has in
+        # the cheapest setting that uses it
+        windows: dict[int, int | None] = {}
+        for o in sorted(options, key=lambda o: o[2].request_s, reverse=True):
+            windows.update(o[4])
+        windows.update(chosen_windows)
         decision = Decision(
             table.members,
             tuple(gammas),
@@ -220,7 +233,7 @@ class Policy:
             best[2].request_s / max(best[2].horizon, 1e-9),
             rule,
         )
-        return StartDecision(decision, scale, prediction, prediction.horizon)
+        return StartDecision(decision, scale, prediction, prediction.horizon, windows)
 
     def reason(self, decision: Decision, alpha: Mapping[Pair, float]) -> str:
         """One line for the run statistics: the estimates and the model's verdict."""
@@ -421,7 +434,7 @@ def build_policy(
         plan=plan_table,
         tables=tables,
         point_mass=[profile.candidate(n).point_mass for n in names],
-        requests=request_model(profile, names, traces, windows),
+        requests=request_model(profile, names, traces, windows, mode),
     )
     policy.build_seconds = time.perf_counter() - started
     return policy

@@ -38,8 +38,13 @@ class RequestModel:
     point_mass: list[bool]
     latency: dict[str, LatencyCurve]
     prefill: dict[str, PrefillCurve]
-    #: member name -> [window, sink] for members that draft from a window
+    #: member name -> [window, sink] for members that always draft from a window (pool file)
     windows: dict[str, list[int]] = field(default_factory=dict)
+    #: member name -> [[window, factor], ...]: windows a request may give that drafter (the start
+    #: decides per prompt), each with what it keeps of the drafter's acceptance (alpha_W / alpha_full,
+    #: measured by the profiler on long prompts)
+    window_options: dict[str, list[list[float]]] = field(default_factory=dict)
+    window_sink: int = 4
     #: answer lengths observed on the profile's prompts, each at most ``observed_up_to``
     lengths: list[int] = field(default_factory=list)
     observed_up_to: int | None = None
@@ -49,29 +54,44 @@ class RequestModel:
         """E[min(max_new_tokens, L_eos)] of this workload."""
         return expected_horizon(max_new_tokens, self.lengths, self.observed_up_to)
 
-    def window(self, member: int) -> tuple[int | None, int]:
+    def window(self, member: int, chosen: int | None = None) -> tuple[int | None, int]:
+        """(window, sink) member ``member`` reads: its pool file's, else ``chosen``, else all."""
         w = self.windows.get(self.names[member])
-        return (None, 0) if w is None else (int(w[0]), int(w[1]))
+        if w is not None:
+            return int(w[0]), int(w[1])
+        return (None, 0) if chosen is None else (int(chosen), self.window_sink)
 
-    def prefill_s(self, member: int, prompt_tokens: float) -> float:
+    def options(self, member: int) -> list[int | None]:
+        """The windows a request may give member ``member`` (None: the whole sequence)."""
+        return [None, *(int(w) for w, _ in self.window_options.get(self.names[member], []))]
+
+    def factor(self, member: int, window: int | None) -> float:
+        for w, f in self.window_options.get(self.names[member], []):
+            if window is not None and int(w) == window:
+                return float(f)
+        return 1.0
+
+    def prefill_s(self, member: int, prompt_tokens: float, chosen: int | None = None) -> float:
         """What member ``member`` pays to read a prompt of ``prompt_tokens`` (its window of it)."""
         if self.point_mass[member]:
             return 0.0
         curve = self.prefill.get(self.names[member])
         if curve is None:
             return 0.0
-        window, sink = self.window(member)
+        window, sink = self.window(member, chosen)
         return prefill_seconds(curve, window_context(prompt_tokens, window, sink))
 
     @property
     def knows_prefill(self) -> bool:
         return all(self.point_mass[i] or n in self.prefill for i, n in enumerate(self.names))
 
-    def _latencies(self, members: Sequence[int], context: float, horizon: float) -> list[Any]:
+    def _latencies(
+        self, members: Sequence[int], context: float, horizon: float, chosen: Mapping[int, int | None]
+    ) -> list[Any]:
         out = []
         for m in members:
             curve = self.latency[self.names[m]]
-            window, sink = self.window(m)
+            window, sink = self.window(m, chosen.get(m))
             # a windowed member decodes over its window plus what the request appended to it
             c = context if window is None else min(context, sink + window + max(0.0, horizon - 1) / 2)
             memo: dict[float, float] = {}
@@ -86,13 +106,21 @@ class RequestModel:
         return out
 
     def time_per_token(
-        self, members: Sequence[int], gammas: Sequence[int], alpha: Mapping[Pair, float], context: float, horizon: float
+        self,
+        members: Sequence[int],
+        gammas: Sequence[int],
+        alpha: Mapping[Pair, float],
+        context: float,
+        horizon: float,
+        chosen: Mapping[int, int | None] | None = None,
     ) -> float:
-        """t_S at the mean decode context: the chain-model theorem with the curves there."""
-        latencies = self._latencies(members, context, horizon)
+        """t_S at the mean decode context: the chain-model theorem with the curves there; a drafter
+        given a window in ``chosen`` keeps ``factor`` of its acceptance."""
+        chosen = chosen or {}
+        latencies = self._latencies(members, context, horizon, chosen)
         if len(members) == 1:
             return float(latencies[0](1))
-        alphas = [min(alpha[p], 1 - 1e-9) for p in pairwise(members)]
+        alphas = [min(alpha[(v, d)] * self.factor(d, chosen.get(d)), 1 - 1e-9) for v, d in pairwise(members)]
         return float(predict_chain(alphas, list(gammas), latencies).time_per_token)
 
     def request(
@@ -102,13 +130,16 @@ class RequestModel:
         alpha: Mapping[Pair, float],
         prompt_tokens: float,
         max_new_tokens: int,
+        chosen: Mapping[int, int | None] | None = None,
     ) -> RequestPrediction:
-        """E[T_S(c)] of a request with this workload's horizon, beside the target alone's."""
+        """E[T_S(c)] of a request with this workload's horizon, beside the target alone's;
+        ``chosen``: windows given to drafters for this request (member -> window)."""
+        chosen = chosen or {}
         horizon = self.horizon(max_new_tokens)
         context = decode_context(prompt_tokens, horizon)
-        t_s = self.time_per_token(members, gammas, alpha, context, horizon)
+        t_s = self.time_per_token(members, gammas, alpha, context, horizon, chosen)
         t_ar = self.time_per_token((0,), (), alpha, context, horizon)
-        drafters = [self.prefill_s(m, prompt_tokens) for m in members[1:]]
+        drafters = [self.prefill_s(m, prompt_tokens, chosen.get(m)) for m in members[1:]]
         return predict_request(self.prefill_s(0, prompt_tokens), drafters, horizon, t_s, t_ar, prompt_tokens)
 
     # ---- (de)serialisation ----------------------------------------------------------------------
@@ -119,6 +150,8 @@ class RequestModel:
             "latency": {k: asdict(v) for k, v in self.latency.items()},
             "prefill": {k: asdict(v) for k, v in self.prefill.items()},
             "windows": {k: list(v) for k, v in self.windows.items()},
+            "window_options": {k: [list(o) for o in v] for k, v in self.window_options.items()},
+            "window_sink": self.window_sink,
             "lengths": list(self.lengths),
             "observed_up_to": self.observed_up_to,
         }
@@ -131,6 +164,8 @@ class RequestModel:
             latency={k: LatencyCurve(**v) for k, v in d["latency"].items()},
             prefill={k: PrefillCurve(**v) for k, v in d.get("prefill", {}).items()},
             windows={k: [int(v[0]), int(v[1])] for k, v in d.get("windows", {}).items()},
+            window_options={k: [[int(o[0]), float(o[1])] for o in v] for k, v in d.get("window_options", {}).items()},
+            window_sink=int(d.get("window_sink", 4)),
             lengths=[int(x) for x in d.get("lengths", [])],
             observed_up_to=None if d.get("observed_up_to") is None else int(d["observed_up_to"]),
         )
@@ -153,8 +188,18 @@ def request_model(
     names: Sequence[str],
     traces: Mapping[str, Any] | None = None,
     windows: Mapping[str, Sequence[int]] | None = None,
+    mode: str = "greedy",
 ) -> RequestModel:
-    """The request model of the members ``names`` (target first) from a profile."""
+    """The request model of the members ``names`` (target first) from a profile: ``windows`` are
+    fixed ones (pool file); the window options come from the profile's windowed acceptance."""
+    options: dict[str, list[list[float]]] = {}
+    for n in names[1:]:
+        if (windows or {}).get(n) is not None or profile.candidate(n).point_mass:
+            continue
+        for w in profile.window_sizes():
+            f = profile.window_factor(n, w, mode)
+            if f is not None:
+                options.setdefault(n, []).append([w, f])
     lengths = generation_lengths(traces)
     cap = profile.settings.get("max_new_tokens")
     if lengths and cap is not None:
@@ -167,6 +212,8 @@ def request_model(
         windows={n: [int(w[0]), int(w[1])] for n, w in (windows or {}).items() if n in names},
         lengths=lengths,
         observed_up_to=int(cap) if lengths and cap is not None else None,
+        window_options=options,
+        window_sink=int(profile.windows.get("sink", 4)),
     )
 
 

@@ -209,3 +209,55 @@ def score_reference(
         greedy={k: v.astype(np.float32) for k, v in greedy.items()},
         sampling={k: v.astype(np.float32) for k, v in sampling.items()},
     )
+
+
+@dataclass
+class WindowedAcceptance:
+    """Sums over teacher-forced positions of long prompts, per drafter and window (None: the whole
+    prompt): greedy agreement and sampling overlap with the target, and the position count."""
+
+    sums: dict[str, dict[int | None, list[float]]]
+
+    def add(self, name: str, window: int | None, greedy: float, sampling: float, positions: int) -> None:
+        row = self.sums.setdefault(name, {}).setdefault(window, [0.0, 0.0, 0])
+        row[0] += greedy
+        row[1] += sampling
+        row[2] += positions
+
+
+def score_windows(
+    target: Drafter,
+    drafters: Sequence[Drafter],
+    prompt_ids: Sequence[int],
+    reference: Sequence[int],
+    windows: Sequence[int],
+    sink: int,
+    temperature: float,
+    into: WindowedAcceptance,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    block: int = 8,
+) -> None:
+    """Acceptance by the target of each model drafter reading the whole prompt and reading only its
+    first ``sink`` and last ``window`` tokens (polyplan.models.windowed), on the same reference:
+    their ratio is what a window costs in acceptance (proofs/prefill.md, Corollary 4)."""
+    from polyplan.models.windowed import WindowedDrafter
+
+    p = teacher_force(target, prompt_ids, reference, block)
+    p_argmax = p.argmax(-1).cpu()
+    p_probs = processed_probs(p, temperature, top_k, top_p) if temperature > 0 else None
+    for d in drafters:
+        if d.point_mass or d.name == target.name:
+            continue
+        for window in [None, *windows]:
+            if window is not None and len(prompt_ids) <= sink + window:
+                continue  # the window would not cut this prompt
+            member = d if window is None else WindowedDrafter(d, window, sink)
+            q = teacher_force(member, prompt_ids, reference, block)
+            greedy = float((q.argmax(-1).cpu() == p_argmax).float().sum())
+            if p_probs is not None:
+                q_probs = processed_probs(q, temperature, top_k, top_p).to(p_probs.device)
+                sampling = float(torch.minimum(p_probs, q_probs).sum(-1).clamp(0.0, 1.0).sum())
+            else:
+                sampling = greedy
+            into.add(d.name, window, greedy, sampling, len(reference))

@@ -32,7 +32,7 @@ from polyplan.documents.profile import AcceptancePair, Candidate, LatencyCurve, 
 from polyplan.errors import UserError
 from polyplan.executor.sampling import SamplingParams
 from polyplan.models.drafter import Drafter, check_same_vocabulary
-from polyplan.profiler.acceptance import greedy_reference, score_reference
+from polyplan.profiler.acceptance import WindowedAcceptance, greedy_reference, score_reference, score_windows
 from polyplan.profiler.latency import fits_context, measure_context, measure_prefill
 from polyplan.profiler.machine import machine_facts, machine_fingerprint
 
@@ -61,6 +61,14 @@ class ProfileSettings:
     #: them and continues the last segment's slope beyond); [] skips the phase
     prefill_contexts: list[int] = field(default_factory=lambda: [128, 512, 2048])
     prefill_repeats: int = 3
+    #: windows whose cost in acceptance is measured on long prompts (polyplan.models.windowed);
+    #: [] skips the phase
+    windows: list[int] = field(default_factory=lambda: [256])
+    window_sink: int = 4
+    #: long prompts for it: the user's prompt file's prompts longer than sink + window, else the
+    #: built-in window set; each teacher-forces this many tokens of the target's answer
+    window_prompts: int = 2
+    window_reference_tokens: int = 32
     repeats: int = 5
     warmup: int = 1
     temperature: float = 1.0
@@ -89,6 +97,10 @@ class ProfileSettings:
             raise UserError("context lengths must be >= 0")
         if any(c < 1 for c in self.prefill_contexts) or self.prefill_repeats < 1:
             raise UserError("--prefill-contexts must be >= 1 token and --prefill-repeats >= 1")
+        if any(w <= self.window_sink for w in self.windows) or self.window_sink < 0:
+            raise UserError("--windows must be larger than the sink (4 tokens) and the sink >= 0")
+        if self.window_prompts < 0 or self.window_reference_tokens < 1:
+            raise UserError("--window-prompts must be >= 0 and the window reference >= 1 token")
         if self.repeats < 1 or self.warmup < 0:
             raise UserError("--repeats must be >= 1 and --warmup >= 0")
         SamplingParams(self.temperature, self.top_k, self.top_p)  # one clear error for bad values
@@ -344,7 +356,8 @@ def run_profile(
 
     units_done = 0
     units_skipped = 0
-    unit_durations: dict[str, list[float]] = {"latency": [], "prefill": [], "acceptance": []}
+    unit_durations: dict[str, list[float]] = {"latency": [], "prefill": [], "acceptance": [], "windows": []}
+    windows_doc: dict[str, Any] = dict(prev.windows) if prev else {}
     stopped_by_budget = False
 
     def over_budget(kind: str) -> bool:
@@ -373,6 +386,7 @@ def run_profile(
             traces=traces_file.name if traces.prompt_ids else None,
             complete=complete,
             prefill=prefill,
+            windows=windows_doc,
         )
         if traces.prompt_ids:
             atomic_write_bytes(traces_file, traces.to_npz(identity))
@@ -518,6 +532,53 @@ def run_profile(
         units_done += 1
         save(complete=False)
 
+    # ---- windows: one unit per long prompt ---------------------------------------------
+    if settings.windows and settings.window_prompts and not settings.random_weights and not stopped_by_budget:
+        long_prompts = _window_prompts(settings, source, inputs)
+        windows_doc.setdefault("sink", settings.window_sink)
+        windows_doc.setdefault("sizes", list(settings.windows))
+        done_w = set(windows_doc.setdefault("prompts", []))
+        todo_w = [(p, ids) for p, ids in long_prompts if p.id not in done_w]
+        units_skipped += len(long_prompts) - len(todo_w)
+        models = [d for d in inputs.drafters if not d.point_mass and d.name != inputs.target]
+        progress.begin("windows", len(todo_w))
+        for prompt, ids in todo_w:
+            if over_budget("windows"):
+                stopped_by_budget = True
+                break
+            t0 = clock()
+            reference = greedy_reference(inputs.target_drafter, ids, settings.window_reference_tokens, inputs.eos_ids)
+            sums = WindowedAcceptance({})
+            if reference:
+                score_windows(
+                    inputs.target_drafter,
+                    models,
+                    ids,
+                    reference,
+                    settings.windows,
+                    settings.window_sink,
+                    settings.temperature,
+                    sums,
+                    settings.top_k,
+                    settings.top_p,
+                    settings.block,
+                )
+            by = windows_doc.setdefault("by_drafter", {})
+            for name, per_window in sums.sums.items():
+                for window, (g, smp, n) in per_window.items():
+                    row = by.setdefault(name, {}).setdefault(
+                        "full" if window is None else str(window),
+                        {"greedy_sum": 0.0, "sampling_sum": 0.0, "positions": 0},
+                    )
+                    row["greedy_sum"] += g
+                    row["sampling_sum"] += smp
+                    row["positions"] += n
+            windows_doc["prompts"].append(prompt.id)
+            progress.advance("windows")
+            unit_durations["windows"].append(clock() - t0)
+            units_done += 1
+            save(complete=False)
+
     complete = not stopped_by_budget
     profile = save(complete=complete)
     return ProfileOutcome(
@@ -529,6 +590,28 @@ def run_profile(
         stopped_by_budget=stopped_by_budget,
         elapsed_s=clock() - t_start,
     )
+
+
+def _window_prompts(
+    settings: ProfileSettings, source: PromptSet, inputs: ProfileInputs
+) -> list[tuple[Prompt, list[int]]]:
+    """Long prompts for the windowed acceptance: the user's file's prompts that a window would cut,
+    else the built-in window set; each must leave the target room for the reference."""
+    from polyplan.data import window_prompts
+
+    shortest = settings.window_sink + min(settings.windows)
+    chosen: list[tuple[Prompt, list[int]]] = []
+    if settings.prompts_file is not None:
+        for prompt in source.select(None, None):
+            ids = inputs.encode(prompt.text)
+            if len(ids) > shortest:
+                chosen.append((prompt, ids))
+            if len(chosen) == settings.window_prompts:
+                break
+    if not chosen:
+        chosen = [(p, inputs.encode(p.text)) for p in window_prompts(settings.window_prompts)]
+    limit = inputs.target_drafter.max_context
+    return [(p, ids) for p, ids in chosen if limit is None or len(ids) + settings.window_reference_tokens <= limit]
 
 
 def load_traces(profile_path: str | Path) -> dict[str, np.ndarray]:
