@@ -69,11 +69,14 @@ def default_members(pool_name: str | None) -> Sequence[str]:
     return [load_pool(pool_name or "smollm2").target]
 
 
-def build_chain(spec: ChainSpec, controller: Any = None, windowable: dict[str, int] | None = None) -> Any:
+def build_chain(
+    spec: ChainSpec, controller: Any = None, windowable: dict[str, int] | None = None, window: int | None = None
+) -> Any:
     """Load every member (pool members through the pool, directories with transformers).
 
     ``windowable``: drafter name -> sink, for members a request may give a window (the policy's
-    start decides per prompt; polyplan.models.windowed)."""
+    start decides per prompt; polyplan.models.windowed). ``window``: every model drafter reads only
+    the first 4 and last ``window`` tokens."""
     from polyplan.executor.chain import Chain
     from polyplan.models.windowed import WindowedDrafter, window_of
 
@@ -95,7 +98,9 @@ def build_chain(spec: ChainSpec, controller: Any = None, windowable: dict[str, i
     if pool is not None and tokenizer is None:
         tokenizer = pool.tokenizer
     for i, d in enumerate(drafters[1:], start=1):
-        if d.name in (windowable or {}) and not d.point_mass and window_of(d) is None:
+        if window is not None and not d.point_mass:
+            drafters[i] = WindowedDrafter(d, window)
+        elif d.name in (windowable or {}) and not d.point_mass and window_of(d) is None:
             drafters[i] = WindowedDrafter(d, None, windowable[d.name])
     return Chain(drafters, spec.gammas, tokenizer=tokenizer, controller=controller)
 

@@ -112,6 +112,7 @@ def summarize(specs: list[MethodSpec], records: list[RunRecord]) -> list[dict[st
                 if a and b:
                     ratios.append(a / b)
             measured["speedup"] = statistics.median(ratios) if ratios else None
+            measured["worst_prompt_speedup"], measured["worst_prompt"] = worst_prompt_speedup(records, spec.name)
         mine = [r for r in records if r.method == spec.name]
         measured["new_tokens"] = sum(r.new_tokens for r in mine)
         measured.update(_level_stats(mine))
@@ -157,6 +158,68 @@ def by_category(specs: list[MethodSpec], records: list[RunRecord], categories: d
             "methods": {m["name"]: {k: m["measured"].get(k) for k in keep} for m in summarize(specs, mine)},
         }
     return out
+
+
+#: prompt-length ranges of the bench's per-length table: [previous edge, this edge) tokens
+LENGTH_EDGES = (256, 512, 1024, 2048)
+
+
+def length_bucket(tokens: int) -> str:
+    lo = 0
+    for edge in LENGTH_EDGES:
+        if tokens < edge:
+            return f"{lo}-{edge - 1}"
+        lo = edge
+    return f">= {lo}"
+
+
+def by_prompt_length(
+    specs: list[MethodSpec], records: list[RunRecord], decoded: list[RunRecord], lengths: dict[str, int]
+) -> dict[str, Any]:
+    """Per prompt-length range: every method's end-to-end and decode-only figures and its worst
+    prompt (end to end), aggregated as overall."""
+    buckets: dict[str, set[str]] = {}
+    for pid, n in sorted(lengths.items(), key=lambda kv: kv[1]):
+        buckets.setdefault(length_bucket(n), set()).add(pid)
+    out: dict[str, Any] = {}
+    for bucket, ids in buckets.items():
+        mine = [r for r in records if r.prompt in ids]
+        if not mine:
+            continue
+        e2e = summarize(specs, mine)
+        dec = {m["name"]: m["measured"] for m in summarize(specs, [r for r in decoded if r.prompt in ids])}
+        out[bucket] = {
+            "prompts": len(ids),
+            "prompt_tokens": [min(lengths[i] for i in ids), max(lengths[i] for i in ids)],
+            "methods": {
+                m["name"]: {
+                    "end_to_end_speedup": m["measured"].get("speedup"),
+                    "worst_prompt_end_to_end_speedup": m["measured"].get("worst_prompt_speedup"),
+                    "speedup": dec[m["name"]].get("speedup"),
+                    "matches_autoregressive": m["measured"].get("matches_autoregressive"),
+                }
+                for m in e2e
+            },
+        }
+    return out
+
+
+def worst_prompt_speedup(records: list[RunRecord], method: str) -> tuple[float | None, str | None]:
+    """The lowest per-prompt speedup over autoregressive decoding (median over repeats of the
+    paired ratio of request times) and which prompt it was."""
+    worst: tuple[float | None, str | None] = (None, None)
+    by: dict[tuple[str, str, int], float] = {(r.method, r.prompt, r.repeat): r.seconds for r in records}
+    for pid in dict.fromkeys(r.prompt for r in records):
+        ratios = [
+            by[(AUTOREGRESSIVE, pid, rep)] / by[(method, pid, rep)]
+            for (m, p, rep) in by
+            if m == method and p == pid and (AUTOREGRESSIVE, pid, rep) in by and by[(method, pid, rep)] > 0
+        ]
+        if ratios:
+            r = statistics.median(ratios)
+            if worst[0] is None or r < worst[0]:
+                worst = (r, pid)
+    return worst
 
 
 def _speedup_errors(methods: list[dict[str, Any]]) -> None:
@@ -261,10 +324,11 @@ def markdown_table(doc: dict[str, Any]) -> str:
         f"{s.get('max_new_tokens')} new tokens, {s.get('mode', 'greedy')} (temperature {s.get('temperature')}); "
         f"machine: {doc.get('machine', {}).get('summary', '?')}; {doc.get('created', '')}",
         "",
-        "| method | chain | gammas | tokens/s | speedup | accept len per level | L_i | L_i predicted (replay) "
+        "| method | chain | gammas | end to end | worst prompt | decode tokens/s | decode speedup "
+        "| accept len per level | L_i | L_i predicted (replay) "
         "| measured ms/token | predicted ms/token iid / replay | error iid / replay "
         "| speedup error iid / replay | = AR |",
-        "|---|---|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
     if doc.get("complete") is False:
         lines[1:1] = ["", f"**Incomplete**: {doc.get('stopped')}; figures cover the prompt runs measured."]
@@ -279,11 +343,15 @@ def markdown_table(doc: dict[str, Any]) -> str:
         mal = me.get("mean_acceptance_length")
         L = me.get("tokens_per_pass")
         lines.append(
-            "| {label} | {chain} | {gam} | {tps} | {sp} | {mal} | {L} | {Lp} | {mt} | {pi} / {pr_} | {ei} / {er_} "
+            "| {label} | {chain} | {gam} | {e2e} | {worst} | {tps} | {sp} | {mal} | {L} | {Lp} | {mt} | {pi} / {pr_} "
+            "| {ei} / {er_} "
             "| {si} / {sr} | {eq} |".format(
                 label=m["label"],
                 chain=" > ".join(m["chain"]),
                 gam=",".join("default" if g is None else str(g) for g in m["gammas"]) or "-",
+                e2e=_fmt(me.get("end_to_end_speedup"), ".2f") + ("x" if me.get("end_to_end_speedup") else ""),
+                worst=_fmt(me.get("worst_prompt_end_to_end_speedup"), ".2f")
+                + ("x" if me.get("worst_prompt_end_to_end_speedup") else ""),
                 tps=_fmt(me.get("tokens_per_s"), ".1f"),
                 sp=_fmt(me.get("speedup"), ".2f") + ("x" if me.get("speedup") else ""),
                 mal=" / ".join(_fmt(x, ".2f") for x in mal) if mal else "-",
@@ -300,6 +368,25 @@ def markdown_table(doc: dict[str, Any]) -> str:
             )
         )
     lines += _category_lines(doc)
+    labels, rows = length_rows(doc)
+    if rows:
+        lines += [
+            "",
+            "Per prompt length: end-to-end speedup / worst prompt / decode speedup",
+            "",
+            "| prompt tokens | prompts | " + " | ".join(labels) + " |",
+            "|---|---:|" + "---:|" * len(labels),
+        ]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    req = doc.get("requests")
+    if req and req.get("errors"):
+        lines += [
+            "",
+            "Request time predicted (proofs/prefill.md, at each run's horizon) vs measured: "
+            + "; ".join(
+                f"{m} median error {e['median_error']:.1%}, max {e['max_error']:.1%}" for m, e in req["errors"].items()
+            ),
+        ]
     r = doc.get("regret")
     if r:
         lines += [
@@ -325,6 +412,24 @@ def category_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
     rows = [[cat, str(c["prompts"]), *[cell(c["methods"].get(m["name"])) for m in methods]] for cat, c in cats.items()]
     rows.append(["all", str(doc.get("settings", {}).get("prompts", "")), *[cell(m["measured"]) for m in methods]])
+    return [m["label"] for m in methods], rows
+
+
+def length_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per prompt-length range: each method's end-to-end speedup / worst prompt / decode speedup."""
+    buckets = doc.get("by_prompt_length") or {}
+    methods = [m for m in doc.get("methods", []) if m["name"] != AUTOREGRESSIVE]
+    if not buckets or not methods:
+        return [], []
+
+    def cell(fig: dict[str, Any] | None) -> str:
+        fig = fig or {}
+        parts = [fig.get("end_to_end_speedup"), fig.get("worst_prompt_end_to_end_speedup"), fig.get("speedup")]
+        return " / ".join("-" if x is None else f"{x:.2f}x" for x in parts)
+
+    rows = [
+        [name, str(b["prompts"]), *[cell(b["methods"].get(m["name"])) for m in methods]] for name, b in buckets.items()
+    ]
     return [m["label"] for m in methods], rows
 
 

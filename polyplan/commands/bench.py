@@ -86,13 +86,17 @@ def bench_command(
 
 
 def print_table(doc: dict) -> None:
-    table = Table(title="polyplan bench (decode time per token; medians over repeats)")
+    table = Table(
+        title="polyplan bench: end to end (every prefill counted) first, then decode only; medians over repeats"
+    )
     for col in (
         "method",
         "chain",
         "gammas",
-        "tok/s",
-        "speedup",
+        "end to end",
+        "worst prompt",
+        "decode speedup",
+        "decode tok/s",
         "accept len",
         "ms/token",
         "pred iid",
@@ -111,8 +115,10 @@ def print_table(doc: dict) -> None:
             m["label"],
             " > ".join(m["chain"]),
             ",".join("auto" if g is None else str(g) for g in m["gammas"]) or "-",
-            f(me.get("tokens_per_s"), ".1f"),
+            f(me.get("end_to_end_speedup"), ".2f"),
+            f(me.get("worst_prompt_end_to_end_speedup"), ".2f"),
             f(me.get("speedup"), ".2f"),
+            f(me.get("tokens_per_s"), ".1f"),
             " / ".join(f(x, ".2f") for x in mal) if mal else "-",
             f(me.get("time_per_token_s"), ".2f", 1e3),
             f(pr.get("iid"), ".2f", 1e3),
@@ -120,7 +126,22 @@ def print_table(doc: dict) -> None:
             f(me.get("matches_autoregressive"), ".2f"),
         )
     Console().print(table)
-    from polyplan.bench.results import category_rows
+    from polyplan.bench.results import category_rows, length_rows
+
+    labels, rows = length_rows(doc)
+    if rows:
+        lengths = Table(title="per prompt length: end to end speedup / worst prompt / decode speedup")
+        for col in ("prompt tokens", "prompts", *labels):
+            lengths.add_column(col, justify="left" if col == "prompt tokens" else "right")
+        for row in rows:
+            lengths.add_row(*row)
+        Console().print(lengths)
+    req = doc.get("requests")
+    if req and req.get("errors"):
+        Console().print(
+            "request time predicted vs measured (median / max error): "
+            + "; ".join(f"{m} {e['median_error']:.1%} / {e['max_error']:.1%}" for m, e in req["errors"].items())
+        )
 
     labels, rows = category_rows(doc)
     if rows:

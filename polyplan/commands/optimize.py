@@ -121,6 +121,7 @@ def optimize_command(
     from polyplan.data.prompt_file import describe_workload
 
     console.print(f"planned for the workload the profile measured: {describe_workload(plan.profile.get('workload'))}")
+    _print_prompt_lengths(console, plan)
     ins = Table(title="why each model is in or out (insertion condition)")
     for col in ("model", "in?", "gain", "paper: T/L cost < verifier saving (ms/token)", "reason"):
         ins.add_column(col)
@@ -162,3 +163,37 @@ def _span(row: dict, key: str, fmt: str) -> str:
 
 def _horizon_text(max_new_tokens: int | None) -> str:
     return f"{max_new_tokens} new tokens" if max_new_tokens else "steady state"
+
+
+def _print_prompt_lengths(console, plan) -> None:
+    """The plan's table per prompt length: what a request runs and its predicted end-to-end speedup."""
+    from rich.table import Table
+
+    if not plan.by_prompt_length:
+        if len(plan.names) > 1:
+            console.print(
+                "no prefill measurements in the profile: requests start with the plan whatever the prompt "
+                "length (re-profile to let long prompts skip or window drafters)"
+            )
+        return
+    table = Table(
+        title="per prompt length, prefills counted (proofs/prefill.md; the adaptive start decides per request)"
+    )
+    for col in ("prompt tokens", "max new", "expected new", "runs", "windows", "end to end", "decode", "break-even"):
+        table.add_column(col, justify="left" if col in ("runs", "windows") else "right")
+    for r in plan.by_prompt_length:
+        lo, hi = r["prompt_tokens"]
+        chain = " <- ".join(r["members"]) + (f" ({','.join(map(str, r['gammas']))})" if r["gammas"] else " alone")
+        windows = ", ".join(f"{n}: {w}" for n, w in r["windows"].items()) or "-"
+        be = r.get("break_even_tokens")
+        table.add_row(
+            f"{lo}-{hi - 1}",
+            str(r["max_new_tokens"]),
+            f"{r['expected_new_tokens']:.0f}",
+            chain,
+            windows,
+            f"{r['end_to_end_speedup']:.2f}x",
+            f"{r['decode_speedup']:.2f}x",
+            "-" if be is None or len(r["members"]) == 1 else f"{be:.0f} tokens",
+        )
+    console.print(table)

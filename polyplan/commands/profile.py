@@ -128,7 +128,11 @@ def register(root: typer.Typer) -> None:
             "--prefill-contexts",
             help="Prompt lengths whose prefill P(c) is measured (one pass from an empty cache; '' skips).",
         ),
-        prefill_repeats: int = typer.Option(3, "--prefill-repeats", help="Timed prefills per prompt length."),
+        prefill_repeats: int = typer.Option(
+            3,
+            "--prefill-repeats",
+            help="Timed prefills per prompt length (up to ~1024 prompt tokens per length, at least one).",
+        ),
         windows: str = typer.Option(
             "256",
             "--windows",

@@ -32,6 +32,12 @@ def run_command(
         None, "--chain", help="comma-separated members, target first: pool member names or model directories"
     ),
     gammas: str | None = typer.Option(None, "--gammas", help="one speculation length per drafter, e.g. 6,3"),
+    window: int | None = typer.Option(
+        None,
+        "--window",
+        help="with --chain: every model drafter reads only the first 4 and last WINDOW tokens "
+        "(bounded prefill; the output is unchanged). A plan chooses windows per prompt itself.",
+    ),
     plan: Path | None = typer.Option(None, "--plan", help="plan.json from `polyplan optimize` (chain + gammas)"),
     prompt_file: Path | None = typer.Option(None, "--prompt-file", help="read the prompt from this file"),
     chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the tokenizer's chat template"),
@@ -70,12 +76,14 @@ def run_command(
     if plan is not None:
         if chain or gammas:
             raise UserError("give either a plan file or --chain/--gammas, not both")
+        if window is not None:
+            raise UserError("--window applies to --chain runs: a plan's start chooses each drafter's window per prompt")
         _warn_if_other_machine(plan)
         the_chain = chain_from_plan(plan, pool, static=static)
         planned = ChainSpec.from_plan(plan).temperature
     else:
         members = members_from_option(chain) or list(default_members(pool))
-        the_chain = build_chain(ChainSpec(members, parse_gammas(gammas), pool))
+        the_chain = build_chain(ChainSpec(members, parse_gammas(gammas), pool), window=window)
         planned = None
     if temperature is None:
         temperature = planned if planned is not None else 0.0
@@ -222,6 +230,7 @@ def print_stats(stats, gammas: list[int]) -> None:
         "rate",
         "accept len",
         "model s",
+        "prefill",
     ):
         table.add_column(col, justify="left" if col == "model" else "right")
 
@@ -241,10 +250,21 @@ def print_stats(stats, gammas: list[int]) -> None:
             f(lv.draft_acceptance_rate, ".3f"),
             f(lv.mean_acceptance_length, ".2f"),
             f(lv.model_time_s, ".3f"),
+            "-" if not lv.prefill_tokens else f"{lv.prefill_tokens} tok {lv.prefill_time_s:.2f} s",
         )
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
     console.print(table)
-    console.print("L_i = output tokens per forward pass; accept len = mean acceptance length incl. the +1 token")
+    console.print(
+        "L_i = output tokens per forward pass; accept len = mean acceptance length incl. the +1 token; "
+        "prefill = a member's first pass (lazy: a member the request never used has none)"
+    )
+    decode_rate = stats.new_tokens / stats.decode_time_s if stats.decode_time_s else 0.0
+    console.print(
+        f"end to end {stats.wall_time_s:.2f} s = prefills {stats.prefill_time_s:.2f} s + decode "
+        f"{stats.decode_time_s:.2f} s ({decode_rate:.1f} tok/s)"
+    )
+    for note in stats.notes:
+        console.print(f"note: {note}")
     hist = stats.levels[0].acceptance_length_histogram
     if hist:
         console.print("target acceptance-length histogram: " + ", ".join(f"{k}:{v}" for k, v in sorted(hist.items())))

@@ -66,14 +66,36 @@ def predict(
     latency: str = typer.Option(..., "--latency", help=LATENCY_HELP),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
     exact: bool = typer.Option(False, "--exact", help="rational arithmetic (inputs read as decimals)"),
+    prefill: str = typer.Option(
+        "",
+        "--prefill",
+        help="prefill cost per prompt token of each model P_1..P_k, comma-separated (same unit as "
+        "--latency): adds the whole request's time (proofs/prefill.md)",
+    ),
+    prompt_tokens: int | None = typer.Option(None, "--prompt-tokens", help="prompt length c for the request time"),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="horizon H of the request (new tokens; default 64 with --prefill)"
+    ),
+    window: str = typer.Option(
+        "", "--window", help="per drafter M_2..M_k: tokens it prefills at most (its window + sink; 0: all)"
+    ),
 ) -> None:
-    """Expected time per token, speedup, acceptance length and L_i of a chain (i.i.d. acceptance)."""
+    """Expected time per token, speedup, acceptance length and L_i of a chain (i.i.d. acceptance);
+    with --prefill and --prompt-tokens also the whole request: prefills + decode, its end-to-end
+    speedup over the target alone and the break-even horizon."""
     from polyplan.theory import predict_chain, predict_chain_exact
 
     alphas, gammas, latencies = _parse_chain(alpha, gamma, latency)
     prediction = (predict_chain_exact if exact else predict_chain)(alphas, gammas, latencies)
+    request = _request(prefill, prompt_tokens, max_new_tokens, window, latencies, prediction)
     if json_out:
-        print(json.dumps(prediction.to_dict()))
+        out = prediction.to_dict()
+        if request is not None:
+            out["request"] = request.to_dict()
+            out["end_to_end_speedup"] = request.end_to_end_speedup
+            out["request_time"] = request.request_s
+            out["break_even_tokens"] = out["request"]["break_even_tokens"]
+        print(json.dumps(out))
         return
     console = Console()
     k = len(latencies)
@@ -107,6 +129,50 @@ def predict(
     )
     if exact:
         console.print(f"exact time per token: {prediction.time_per_token}")
+    if request is not None:
+        be = request.break_even_tokens
+        console.print(
+            f"request of {request.prompt_tokens:g} prompt + {request.horizon:g} new tokens: "
+            f"[bold]{_fmt(request.request_s)}[/bold] (prefills {_fmt(request.target_prefill_s)} + "
+            f"{_fmt(sum(request.drafter_prefill_s))} for the drafters, decode {_fmt(request.decode_s)}) vs "
+            f"{_fmt(request.autoregressive_request_s)} for the target alone: end-to-end speedup "
+            f"[bold]{_fmt(request.end_to_end_speedup)}[/bold]; the drafters pay for their prefill after "
+            + ("never (no decode saving)" if be == float("inf") else f"{_fmt(be)} new tokens")
+        )
+
+
+def _request(prefill: str, prompt_tokens: int | None, max_new_tokens: int | None, window: str, latencies, prediction):
+    """The request-time prediction when --prefill/--prompt-tokens ask for it, else None."""
+    if not prefill.strip() and prompt_tokens is None:
+        if max_new_tokens is not None or window.strip():
+            raise UserError("--max-new-tokens and --window describe a request: give --prefill and --prompt-tokens too")
+        return None
+    from polyplan.theory.prefill import predict_request, prefill_seconds, window_context
+
+    costs = _numbers(prefill, "--prefill")
+    if len(costs) != len(latencies):
+        raise UserError(f"--prefill needs one cost per model ({len(latencies)}), got {len(costs)}")
+    if any(c < 0 for c in costs):
+        raise UserError("--prefill costs must be >= 0")
+    if prompt_tokens is None or prompt_tokens < 0:
+        raise UserError("--prompt-tokens (>= 0) is required with --prefill")
+    horizon = 64 if max_new_tokens is None else max_new_tokens
+    if horizon < 0:
+        raise UserError(f"--max-new-tokens must be >= 0, got {horizon}")
+    windows = _integers(window, "--window") if window.strip() else [0] * (len(latencies) - 1)
+    if len(windows) != len(latencies) - 1 or any(w < 0 for w in windows):
+        raise UserError(f"--window needs one value >= 0 per drafter ({len(latencies) - 1})")
+    drafters = [
+        prefill_seconds(c, window_context(prompt_tokens, w or None)) for c, w in zip(costs[1:], windows, strict=True)
+    ]
+    return predict_request(
+        prefill_seconds(costs[0], prompt_tokens),
+        drafters,
+        horizon,
+        float(prediction.time_per_token),
+        latencies[0],
+        prompt_tokens,
+    )
 
 
 @app.command()

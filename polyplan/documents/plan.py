@@ -19,6 +19,10 @@ JSON layout (version 1)::
      "two_level": {...an entry like runners_up: the best chain of exactly two levels...} or null,
      "exports": {"sub_plan": {...}, "transformers": {...}, "vllm": {...}, "llama_server": {...} (llama.cpp pairs)}
                 or {"note": ...},
+     "by_prompt_length": [{"prompt_tokens": [lo, hi], "at", "max_new_tokens", "expected_new_tokens", "members",
+                           "gammas", "windows", "request_s", "autoregressive_request_s", "end_to_end_speedup",
+                           "decode_speedup", "drafter_prefill_s", "break_even_tokens"}]
+               (what a request of that prompt length runs, prefills counted; optional),
      "policy": {...the adaptive executor's precomputed policy: polyplan.planner.policy.Policy.to_dict()}
                (optional: plans written before it existed load without it),
      "choice": {"rule": "robust"|"point", "tolerance", "quantiles": [lo, hi], "spread": {...what was resampled},
@@ -69,6 +73,8 @@ class Plan:
     policy: dict[str, Any] | None = None
     #: why this plan among the near-best (rule, candidates with intervals); {} in older plans
     choice: dict[str, Any] = field(default_factory=dict)
+    #: per prompt-length range: what a request runs and its predicted end-to-end speedup
+    by_prompt_length: list[dict[str, Any]] = field(default_factory=list)
     created: str = ""
     version: int = PLAN_VERSION
 
@@ -134,6 +140,7 @@ class Plan:
             "exports": self.exports,
             **({"policy": self.policy} if self.policy is not None else {}),
             **({"choice": self.choice} if self.choice else {}),
+            **({"by_prompt_length": self.by_prompt_length} if self.by_prompt_length else {}),
         }
 
     @classmethod
@@ -152,6 +159,7 @@ class Plan:
                 exports=dict(doc.get("exports", {})),
                 policy=dict(doc["policy"]) if doc.get("policy") is not None else None,
                 choice=dict(doc.get("choice") or {}),
+                by_prompt_length=list(doc.get("by_prompt_length") or []),
                 created=doc.get("created", ""),
                 version=doc["version"],
             )

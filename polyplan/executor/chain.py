@@ -199,14 +199,26 @@ class Chain:
         params = SamplingParams(float(temperature), top_k, top_p)
         eos = self.default_eos_token_ids() if eos_token_id is None else _as_id_list(eos_token_id)
         total = len(prompt) + max_new_tokens
-        for d in self.drafters:
+        notes = []
+        for i, d in enumerate(self.drafters):
             if d.max_context is not None and total > d.max_context:
-                raise UserError(
-                    f"{len(prompt)} prompt tokens + {max_new_tokens} new tokens exceed the context of "
-                    f"{d.name} ({d.max_context} tokens): shorten the prompt or lower max_new_tokens"
+                if i == 0 or d.point_mass:
+                    raise UserError(
+                        f"{len(prompt)} prompt tokens + {max_new_tokens} new tokens exceed the context of "
+                        f"{d.name} ({d.max_context} tokens): shorten the prompt or lower max_new_tokens"
+                    )
+                # a drafter only proposes: it drafts from a window that fits (output unchanged)
+                from polyplan.models.windowed import DEFAULT_SINK, WindowedDrafter
+
+                window = max(1, d.max_context // 2)
+                self.drafters[i] = WindowedDrafter(d, window, min(DEFAULT_SINK, window - 1))
+                notes.append(
+                    f"{d.name}: {total} tokens exceed its context of {d.max_context}: it drafts from its "
+                    f"first {min(DEFAULT_SINK, window - 1)} and last {window} tokens"
                 )
         control = controller or self.controller or StaticController(self.gammas)
         run = _StagedRun(self, prompt, max_new_tokens, params, seed, eos, stream, control)
+        run.stats.notes.extend(notes)
         alone = len(self.drafters) == 1 and not self.verification_numerics
         with self.drafters[0].decoding_alone() if alone else nullcontext():
             tokens, reason = run.run()

@@ -74,6 +74,9 @@ class GenerationStats:
     #: every change of the round setting: {"at_token", "members", "gammas", "reason"}; the
     #: first entry is the setting the generation started with
     setting_changes: list[dict[str, Any]] = field(default_factory=list)
+    #: what the chain adapted to this request before it ran (a member drafting from a window because
+    #: the sequence exceeds its context)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def model_time_s(self) -> float:
@@ -115,4 +118,5 @@ class GenerationStats:
             "tokens_per_second": self.tokens_per_second,
             "levels": [level.to_dict() for level in self.levels],
             "setting_changes": self.setting_changes,
+            "notes": self.notes,
         }

@@ -12,7 +12,7 @@ from polyplan.errors import UserError
 from polyplan.planner.chains import Chain, chain_problem, unit_cost
 from polyplan.planner.choice import DEFAULT_TOLERANCE, RULES, Choice, choose as choose_plan
 from polyplan.planner.exports import llama_server_export, transformers_export, vllm_export
-from polyplan.planner.policy import build_policy
+from polyplan.planner.policy import build_policy, prompt_length_table
 from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, load_traces, make_predictor
 from polyplan.planner.search import SearchResult, search, with_best
 
@@ -113,9 +113,12 @@ def optimize(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     if len(plan.names) > 1:  # the adaptive executor's table (proofs/adaptive-control.md)
-        plan.policy = build_policy(
+        policy = build_policy(
             profile, plan.names, plan.gammas, mode=mode, context=pred.context, max_gamma=max_gamma, traces=traces
-        ).to_dict()
+        )
+        plan.policy = policy.to_dict()
+        # what a request runs per prompt length, prefills counted (proofs/prefill.md)
+        plan.by_prompt_length = prompt_length_table(policy, sorted({max_new_tokens or DEFAULT_HORIZON, 256}))
     plan.validate()
     return plan, result
 

@@ -196,7 +196,9 @@ class Policy:
             return Decision(current_table.members, g, current_time, best_time, "stay")
         return Decision(best.members, best.gammas[nearest(best.shape, at(best))], best_time, best_time, "best")
 
-    def start(self, alpha: Mapping[Pair, float], prompt_tokens: int, max_new_tokens: int) -> StartDecision | None:
+    def start(
+        self, alpha: Mapping[Pair, float], prompt_tokens: int, max_new_tokens: int, exact_horizon: bool = False
+    ) -> StartDecision | None:
         """The setting with the least expected REQUEST time (prefills of the members it uses, on
         their windows, plus the decode over the workload's horizon) for this prompt length; None
         when the policy has no prefill curves (plans made before them: the tables decide)."""
@@ -210,7 +212,10 @@ class Policy:
             drafters = table.members[1:]
             combos = [dict(zip(drafters, c, strict=True)) for c in product(*(req.options(m) for m in drafters))]
             prediction, windows = min(
-                ((req.request(table.members, gammas, alpha, prompt_tokens, max_new_tokens, w), w) for w in combos),
+                (
+                    (req.request(table.members, gammas, alpha, prompt_tokens, max_new_tokens, w, exact_horizon), w)
+                    for w in combos
+                ),
                 key=lambda o: o[0].request_s,
             )
             tabulated = table.time_at(cells)
@@ -451,3 +456,39 @@ def policy_for_plan(plan: Any, profile: Profile, traces: Mapping[str, Any] | Non
         max_gamma=int(plan.settings.get("max_gamma") or 16),
         traces=traces,
     )
+
+
+def prompt_length_table(policy: Policy, horizons: Sequence[int]) -> list[dict[str, Any]]:
+    """What a request runs per prompt-length range (at the range's middle) and max_new_tokens,
+    as the policy's start decides it at the profile's acceptance, with its predicted end-to-end
+    speedup: the plan's table (empty without prefill curves)."""
+    from polyplan.planner.request_model import PROMPT_LENGTH_EDGES, finite
+
+    rows: list[dict[str, Any]] = []
+    lo = 0
+    for edge in PROMPT_LENGTH_EDGES:
+        at = (lo + edge) // 2
+        for horizon in horizons:
+            first = policy.start(dict(policy.priors), at, int(horizon))
+            if first is None:
+                return []
+            d, p = first.decision, first.prediction
+            rows.append(
+                {
+                    "prompt_tokens": [lo, edge],
+                    "at": at,
+                    "max_new_tokens": int(horizon),
+                    "expected_new_tokens": round(p.horizon, 1),
+                    "members": [policy.names[m] for m in d.members],
+                    "gammas": list(d.gammas),
+                    "windows": {policy.names[m]: w for m, w in first.windows.items() if w and m in d.members},
+                    "request_s": p.request_s,
+                    "autoregressive_request_s": p.autoregressive_request_s,
+                    "end_to_end_speedup": p.end_to_end_speedup,
+                    "decode_speedup": p.decode_speedup,
+                    "drafter_prefill_s": sum(p.drafter_prefill_s),
+                    "break_even_tokens": finite(p.break_even_tokens),
+                }
+            )
+        lo = edge
+    return rows

@@ -131,11 +131,13 @@ class RequestModel:
         prompt_tokens: float,
         max_new_tokens: int,
         chosen: Mapping[int, int | None] | None = None,
+        exact_horizon: bool = False,
     ) -> RequestPrediction:
-        """E[T_S(c)] of a request with this workload's horizon, beside the target alone's;
-        ``chosen``: windows given to drafters for this request (member -> window)."""
+        """E[T_S(c)] of a request with this workload's horizon (``exact_horizon``: exactly
+        ``max_new_tokens``), beside the target alone's; ``chosen``: windows given to drafters for
+        this request (member -> window)."""
         chosen = chosen or {}
-        horizon = self.horizon(max_new_tokens)
+        horizon = float(max_new_tokens) if exact_horizon else self.horizon(max_new_tokens)
         context = decode_context(prompt_tokens, horizon)
         t_s = self.time_per_token(members, gammas, alpha, context, horizon, chosen)
         t_ar = self.time_per_token((0,), (), alpha, context, horizon)

@@ -87,7 +87,7 @@ def teacher_force(
     if block <= 0:
         logits = drafter.score(torch.cat([prompt, body]))[len(prompt) - 1 :]
     else:
-        parts = [drafter.score(prompt)[-1:]]
+        parts = [drafter.score(prompt, last=1)]  # the prefill's last row, as the executor asks for it
         for start in range(0, len(body), block):
             parts.append(drafter.score(body[start : start + block]))
         logits = torch.cat(parts)

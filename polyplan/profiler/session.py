@@ -60,6 +60,7 @@ class ProfileSettings:
     #: prompt lengths whose prefill P(c) is measured (log-spaced; the planner interpolates between
     #: them and continues the last segment's slope beyond); [] skips the phase
     prefill_contexts: list[int] = field(default_factory=lambda: [128, 512, 2048])
+    #: timed prefills at the shortest lengths; longer ones get fewer (see prefill_repeats_at)
     prefill_repeats: int = 3
     #: windows whose cost in acceptance is measured on long prompts (polyplan.models.windowed);
     #: [] skips the phase
@@ -456,16 +457,21 @@ def run_profile(
             and (d.name not in prefill or c not in prefill[d.name].context)
         ]
 
+    def prefill_repeats_at(c: int) -> int:
+        # a long prefill takes seconds, so its timing noise is relatively small: about 1024 prompt
+        # tokens per length and model, at least one pass (keeps the embedded profile short)
+        return max(1, min(settings.prefill_repeats, 1024 // c))
+
     todo_prefill = [] if stopped_by_budget else [c for c in settings.prefill_contexts if prefill_missing(c)]
     units_skipped += len(settings.prefill_contexts) - len(todo_prefill)
-    progress.begin("prefill", sum(len(prefill_missing(c)) for c in todo_prefill) * settings.prefill_repeats)
+    progress.begin("prefill", sum(len(prefill_missing(c)) * prefill_repeats_at(c) for c in todo_prefill))
     for c in todo_prefill:
         if over_budget("prefill"):
             stopped_by_budget = True
             break
         t0 = clock()
         measured_prefill = measure_prefill(
-            prefill_missing(c), c, settings.prefill_repeats, settings.seed, on_pass=lambda: progress.advance("prefill")
+            prefill_missing(c), c, prefill_repeats_at(c), settings.seed, on_pass=lambda: progress.advance("prefill")
         )
         for name, times in measured_prefill.items():
             old = prefill.get(name)
@@ -487,7 +493,7 @@ def run_profile(
                 context=ctxs,
                 median_s=[rows[x][0] for x in ctxs],
                 spread_s=[rows[x][1] for x in ctxs],
-                repeats=settings.prefill_repeats,
+                repeats=prefill_repeats_at(c),
             )
         unit_durations["prefill"].append(clock() - t0)
         units_done += 1
