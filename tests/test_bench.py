@@ -396,3 +396,37 @@ def test_time_per_token_takes_each_prompts_median_over_repeats():
     (m,) = summarize([spec], runs)
     assert m["measured"]["time_per_token_s"] == pytest.approx((1.0 + 2.0) / 20)
     assert m["measured"]["time_per_token_by_repeat_s"] == pytest.approx([0.15, 0.55, 0.15])
+
+
+def test_worst_prompt_and_prompt_length_buckets_pair_each_prompt_with_the_target_alone():
+    from polyplan.bench.results import MethodSpec, RunRecord, by_prompt_length, length_bucket, summarize
+
+    ar = MethodSpec("autoregressive", "ar", "transformers", ["t"], [])
+    plan = MethodSpec("polyplan-plan", "plan", "polyplan", ["t", "d"], [4])
+    # prompt s (short): the plan 2x faster; prompt l (long): the plan 10% slower (its drafter's prefill)
+    times = {("autoregressive", "s"): 2.0, ("polyplan-plan", "s"): 1.0, ("autoregressive", "l"): 5.0}
+    times[("polyplan-plan", "l")] = 5.5
+    runs = [RunRecord(m, p, rep, 10, t * (1 + rep)) for (m, p), t in times.items() for rep in range(2)]
+    _, m = summarize([ar, plan], runs)
+    assert m["measured"]["worst_prompt_speedup"] == pytest.approx(5.0 / 5.5)
+    assert m["measured"]["worst_prompt"] == "l"
+    buckets = by_prompt_length([ar, plan], runs, runs, {"s": 100, "l": 900})
+    assert list(buckets) == [length_bucket(100), length_bucket(900)] == ["0-255", "512-1023"]
+    assert buckets["0-255"]["methods"]["polyplan-plan"]["end_to_end_speedup"] == pytest.approx(2.0)
+    assert buckets["512-1023"]["methods"]["polyplan-plan"]["worst_prompt_end_to_end_speedup"] == pytest.approx(5 / 5.5)
+    assert length_bucket(5000) == ">= 2048"
+
+
+def test_decode_only_time_subtracts_the_prefill_the_executor_timed():
+    from polyplan.bench.results import MethodSpec, RunRecord
+    from polyplan.bench.runner import BenchMethod, decode_records
+
+    spec = MethodSpec("polyplan-plan", "plan", "polyplan", ["t", "d"], [4])
+    method = BenchMethod(spec, ["t", "d"], lambda *a: ([], None))
+    # the drafter was never used (lazy prefill): only the target's prefill is subtracted, not the
+    # drafter's separately timed prefill
+    levels = [{"prefill_time_s": 0.5}, {"prefill_time_s": 0.0}]
+    (rec,) = decode_records([RunRecord("polyplan-plan", "p", 0, 10, 3.0, levels)], [method], {("p", "d"): 2.0})
+    assert rec.seconds == pytest.approx(2.5)
+    (old,) = decode_records([RunRecord("polyplan-plan", "p", 0, 10, 3.0)], [method], {("p", "d"): 2.0, ("p", "t"): 0.5})
+    assert old.seconds == pytest.approx(0.5)

@@ -84,7 +84,16 @@ def make_inputs(models, extra: list[Drafter] = ()) -> ProfileInputs:
     )
 
 
-SMALL = dict(prompts=3, max_new_tokens=12, contexts=[0, 32], new_tokens=[1, 4], repeats=2, warmup=1)
+SMALL = dict(
+    prompts=3,
+    max_new_tokens=12,
+    contexts=[0, 32],
+    new_tokens=[1, 4],
+    repeats=2,
+    warmup=1,
+    prefill_contexts=[16, 64],
+    windows=[],
+)
 
 
 # ---------------------------------------------------------------------------------- latency
@@ -297,7 +306,8 @@ def test_interrupted_run_keeps_measured_units_and_resumes(models, tmp_path):
     assert set(partial.latency) == {"target", "copy", "other"}
     assert partial.pair("target", "other").positions == 12  # exactly the first prompt
     resumed = run_profile(inputs, out, ProfileSettings(**SMALL))
-    assert resumed.complete and resumed.units_skipped == 2 + 1 and resumed.units_done == 2
+    # skipped: 2 latency contexts, 2 prefill lengths, the first prompt
+    assert resumed.complete and resumed.units_skipped == 2 + 2 + 1 and resumed.units_done == 2
     fresh = run_profile(inputs, tmp_path / "fresh.json", ProfileSettings(**SMALL))
     assert resumed.profile.pair("target", "other") == fresh.profile.pair("target", "other")
     np.testing.assert_array_equal(load_traces(out)["tokens"], load_traces(tmp_path / "fresh.json")["tokens"])
@@ -447,3 +457,46 @@ def test_bad_prompt_file_is_a_user_error_naming_the_line(models, tmp_path):
     pf.write_text('{"text": "ok"}\n{"turns": "not a list"}\n')
     with pytest.raises(UserError, match=r"bad\.jsonl:2: \"turns\" must be a list"):
         run_profile(make_inputs(models), tmp_path / "x.json", ProfileSettings(**{**SMALL, "prompts_file": str(pf)}))
+
+
+# ------------------------------------------------------------------------- prefill and windows
+
+
+def test_prefill_curves_are_measured_per_length_and_model(models, tmp_path):
+    out = tmp_path / "prefill.json"
+    prof = run_profile(make_inputs(models), out, ProfileSettings(**SMALL)).profile
+    assert set(prof.prefill) == {"target", "copy", "other"}
+    curve = prof.prefill["target"]
+    assert curve.context == [16, 64] and all(t > 0 for t in curve.median_s)
+    assert Profile.load(out).prefill["target"] == curve  # saved and read back
+
+
+def test_prefill_passes_ask_for_the_last_row_from_an_empty_cache():
+    from polyplan.profiler.latency import measure_prefill
+
+    sleepy = SleepyDrafter()
+    samples = measure_prefill([sleepy], 40, repeats=3)
+    assert len(samples["sleepy"]) == 3 and min(samples["sleepy"]) >= 0.040
+    assert sleepy.processed == 0  # reset after each pass
+
+
+def test_windowed_acceptance_is_measured_on_prompts_the_window_cuts(models, tmp_path):
+    """A drafter identical to the target keeps all its acceptance under any window? No: the window
+    hides the prompt's start, so even the target's own copy loses acceptance when the text needs
+    it; what must hold is that the full-prompt copy agrees everywhere and the phase records both."""
+    out = tmp_path / "windows.json"
+    long_encode = lambda text: [b % VOCAB for b in text.encode()[:120]]  # noqa: E731
+    inputs = make_inputs(models)
+    inputs.encode = long_encode
+    settings = ProfileSettings(**{**SMALL, "windows": [16], "window_prompts": 2, "window_reference_tokens": 8})
+    prof = run_profile(inputs, out, settings).profile
+    rows = prof.windows["by_drafter"]
+    assert set(rows) == {"copy", "other"} and prof.windows["sink"] == 4
+    assert rows["copy"]["full"]["positions"] == 16 and rows["copy"]["16"]["positions"] == 16
+    assert rows["copy"]["full"]["greedy_sum"] == 16  # the target's copy on the whole prompt
+    assert prof.window_factor("copy", 16, "greedy") == rows["copy"]["16"]["greedy_sum"] / 16
+    assert prof.window_factor("copy", 99, "greedy") is None
+    assert len(prof.windows["prompts"]) == 2
+    # resuming measures nothing again
+    again = run_profile(inputs, out, settings)
+    assert again.units_done == 0 and again.profile.windows == prof.windows

@@ -38,7 +38,7 @@ def register(root: typer.Typer) -> None:
         profile_path, plan_path = out / f"{stem}.profile.json", out / f"{stem}.plan.json"
         steps = [
             (
-                "1/4 profile: latency curves and acceptance of every pair",
+                "1/4 profile: latency and prefill curves, acceptance of every pair",
                 ["profile", "--pool", pool, "-o", str(profile_path)],
             ),
             (

@@ -71,6 +71,8 @@ class AdaptiveController:
         self.warm: set[int] = {0}
         self.scale: dict[tuple[int, ...], float] = {}
         self.windows: tuple[tuple[int, int | None], ...] = ()
+        #: per pair: what the drafter's window keeps of its acceptance (the prior is scaled by it)
+        self.prior_factor: dict[Pair, float] = {}
         self._reset(0)
 
     def _reset(self, seen: int) -> None:
@@ -93,12 +95,15 @@ class AdaptiveController:
         self.scale = {}
         self.horizon = 0.0
         self.windows = ()
+        self.prior_factor = {}
         first = self.policy.start(self.estimates(), len(prompt), max_new_tokens)
         if first is None:
             setting = self._decide()
         else:
             self.scale, self.horizon = first.scale, first.horizon
             self.windows = tuple(sorted(first.windows.items()))
+            req = self.policy.requests
+            self.prior_factor = {(v, d): req.factor(d, first.windows.get(d)) for v, d in self.pairs}
             self.alpha = self.estimates()
             d = first.decision
             self.setting = RoundSetting(d.members, d.gammas, self._start_reason(first), self.windows)
@@ -148,7 +153,7 @@ class AdaptiveController:
         policy, alpha = self.policy, {}
         for pair in self.pairs:
             v, d = pair
-            prior, strength = policy.priors[pair], policy.prior_strength[pair]
+            prior, strength = policy.priors[pair] * self.prior_factor.get(pair, 1.0), policy.prior_strength[pair]
             if v != 0 and d in self.shadow and (0, d) in alpha and (0, v) in alpha:
                 # centred on the shadow estimate, shifted as in the profile; as sure as the bound
                 prior = min(1.0, max(0.0, alpha[(0, d)] + policy.priors[pair] - policy.priors[(0, d)]))

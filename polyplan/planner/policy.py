@@ -52,6 +52,9 @@ PRIOR_STRENGTH_RANGE = (1.0, 1024.0)
 WINDOW_RANGE = (8.0, 256.0)
 #: stay with the plan's (or the current) members unless another setting is predicted this much faster
 DEFAULT_MARGIN = 0.02
+#: a request prefills drafters only when they are predicted at least this much faster than the target
+#: alone over the whole request (the request-time prediction's error on this project's CPUs)
+START_SAFETY = 0.05
 #: grid cells per subset table (the axis is the finest whose grid fits; 17 points at most)
 CELL_BUDGET = 300
 
@@ -207,23 +210,36 @@ class Policy:
             return None
         options = []
         for table in [self.plan, *self.tables]:
-            cells = [cell(_axis_u(table.points), u_of_alpha(alpha[p])) for p in table.pairs]
-            gammas = table.gammas[0] if table is self.plan else table.gammas[nearest(table.shape, cells)]
             drafters = table.members[1:]
-            combos = [dict(zip(drafters, c, strict=True)) for c in product(*(req.options(m) for m in drafters))]
-            prediction, windows = min(
-                (
-                    (req.request(table.members, gammas, alpha, prompt_tokens, max_new_tokens, w, exact_horizon), w)
-                    for w in combos
-                ),
-                key=lambda o: o[0].request_s,
-            )
-            tabulated = table.time_at(cells)
-            options.append((table, gammas, prediction, prediction.time_per_token_s / tabulated, windows))
+            candidates = []
+            for combo in product(*(req.options(m) for m in drafters)):
+                windows = dict(zip(drafters, combo, strict=True))
+                # a window lowers its drafter's acceptance: the table's gammas at that acceptance
+                seen = {(v, d): alpha[(v, d)] * req.factor(d, windows.get(d)) for v, d in table.pairs}
+                cells = [cell(_axis_u(table.points), u_of_alpha(seen[p])) for p in table.pairs]
+                gammas = table.gammas[0] if table is self.plan else table.gammas[nearest(table.shape, cells)]
+                prediction = req.request(
+                    table.members, gammas, alpha, prompt_tokens, max_new_tokens, windows, exact_horizon
+                )
+                candidates.append(
+                    (table, gammas, prediction, prediction.time_per_token_s / table.time_at(cells), windows)
+                )
+            options.append(min(candidates, key=lambda o: o[2].request_s))
         scale = {o[0].members: o[3] for o in options[1:]}
-        best = min(options[1:], key=lambda o: o[2].request_s)
+        alone = next(o for o in options[1:] if len(o[0].members) == 1)
+
+        def cost(o: tuple) -> float:
+            # paying drafter prefill on a prediction: only when it is clearly faster than the
+            # target alone (the request-time prediction errs by a few percent)
+            return o[2].request_s * (1 + START_SAFETY) if len(o[0].members) > 1 else o[2].request_s
+
+        best = min(options[1:], key=cost)
         plan = options[0]
-        chosen, rule = (plan, "plan") if plan[2].request_s <= best[2].request_s * (1 + self.margin) else (best, "start")
+        chosen, rule = (
+            (plan, "plan")
+            if cost(plan) <= cost(best) * (1 + self.margin) and cost(plan) < cost(alone)
+            else (best, "start")
+        )
         table, gammas, prediction, _, chosen_windows = chosen
         # a member the start leaves out reads, if a later round brings it in, the window it has in
         # the cheapest setting that uses it

@@ -1,0 +1,138 @@
+"""The request-time policy (proofs/prefill.md): which members a request uses, with which windows,
+decided from its prompt length and horizon before any drafter is prefilled. Pure: no torch.
+
+Built on the committed SmolLM2 profile with its 4-bit llama.cpp member, with prefill curves and
+windowed acceptance set here (the committed profile predates their measurement): per-token prefill
+costs as this project measured them on its CPU (the 4-bit drafter's prefill dearer than the float32
+target's)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from polyplan.documents import Profile
+from polyplan.documents.profile import PrefillCurve
+from polyplan.executor.adaptive import AdaptiveController
+from polyplan.planner.policy import START_SAFETY, Policy, build_policy, prompt_length_table
+from polyplan.planner.predictors import load_traces
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiles" / "smollm2-llamacpp-cpu.json"
+NAMES = ["smollm2-135m", "smollm2-135m:q4"]
+PER_TOKEN = {"smollm2-135m": 0.0028, "smollm2-135m:q4": 0.0045}
+
+
+def profile_with(per_token=PER_TOKEN, factor: float | None = None) -> Profile:
+    prof = copy.deepcopy(Profile.load(PROFILE))
+    prof.prefill = {n: PrefillCurve([128, 2048], [t * 128 + 0.01, t * 2048 + 0.01]) for n, t in per_token.items()}
+    if factor is not None:
+        full = {"greedy_sum": 100.0, "sampling_sum": 100.0, "positions": 100}
+        part = {"greedy_sum": 100.0 * factor, "sampling_sum": 100.0 * factor, "positions": 100}
+        prof.windows = {
+            "sink": 4,
+            "sizes": [256],
+            "prompts": ["a"],
+            "by_drafter": {NAMES[1]: {"full": full, "256": part}},
+        }
+    return prof
+
+
+def make_policy(prof: Profile) -> Policy:
+    traces = load_traces(prof, PROFILE)
+    return build_policy(prof, NAMES, [8], mode="greedy", context=113.875, traces=traces)
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return make_policy(profile_with())
+
+
+def test_short_prompts_run_the_plan_long_prompts_with_short_answers_skip_the_drafter(policy):
+    short = policy.start(dict(policy.priors), 100, 64)
+    assert short is not None and short.decision.members == (0, 1)
+    long = policy.start(dict(policy.priors), 3000, 16)
+    assert long.decision.members == (0,)
+    assert long.prediction.request_s == pytest.approx(long.prediction.autoregressive_request_s)
+
+
+def test_the_start_follows_the_break_even_theorem(policy):
+    """The drafter is used exactly when its prefill is repaid with the safety margin to spare."""
+    req = policy.requests
+    for prompt in (200, 800, 1600, 3000):
+        for horizon in (8, 32, 64, 256, 1024):
+            first = policy.start(dict(policy.priors), prompt, horizon)
+            chain = req.request((0, 1), policy.tables[1].gammas[-1], dict(policy.priors), prompt, horizon)
+            if first.decision.members == (0,):
+                # nothing with the drafter (at any gammas the table gives) was clearly faster
+                assert chain.request_s * (1 + START_SAFETY) >= chain.autoregressive_request_s * 0.97
+            else:
+                p = first.prediction
+                assert p.request_s * (1 + START_SAFETY) < p.autoregressive_request_s
+                assert horizon >= p.break_even_tokens
+
+
+def test_a_free_drafter_prefill_never_sends_a_request_to_the_target_alone():
+    policy = make_policy(profile_with({"smollm2-135m": 0.0028, "smollm2-135m:q4": 0.0}))
+    for prompt in (100, 1000, 4000):
+        assert policy.start(dict(policy.priors), prompt, 64).decision.members == (0, 1)
+
+
+def test_windows_are_chosen_when_they_keep_enough_acceptance():
+    keeps = make_policy(profile_with(factor=0.98))
+    first = keeps.start(dict(keeps.priors), 3000, 256)
+    assert first.decision.members == (0, 1) and first.windows == {1: 256}
+    assert first.prediction.drafter_prefill_s[0] == pytest.approx(PER_TOKEN[NAMES[1]] * 260 + 0.01, rel=1e-6)
+    # a short prompt is not cut by the window: the whole prompt is read
+    assert keeps.start(dict(keeps.priors), 200, 256).prediction.drafter_prefill_s[0] == pytest.approx(
+        PER_TOKEN[NAMES[1]] * 200 + 0.01, rel=0.05
+    )
+    loses = make_policy(profile_with(factor=0.2))
+    assert loses.start(dict(loses.priors), 3000, 256).windows.get(1) is None
+
+
+def test_prompt_length_table_rows(policy):
+    rows = prompt_length_table(policy, [64, 256])
+    assert len(rows) == 12 and {r["max_new_tokens"] for r in rows} == {64, 256}
+    at64 = [r for r in rows if r["max_new_tokens"] == 64]
+    assert at64[0]["members"] == NAMES and at64[-1]["members"] == NAMES[:1]
+    for r in rows:
+        assert r["end_to_end_speedup"] >= 1.0 - 1e-9  # the start never predicts a loss
+        assert r["request_s"] <= r["autoregressive_request_s"] + 1e-9
+
+
+def test_policy_round_trip_keeps_the_request_model(policy):
+    again = Policy.from_dict(policy.to_dict())
+    for prompt, horizon in ((100, 64), (3000, 16), (1500, 256)):
+        a, b = policy.start(dict(policy.priors), prompt, horizon), again.start(dict(again.priors), prompt, horizon)
+        assert a.decision == b.decision and a.prediction.request_s == pytest.approx(b.prediction.request_s)
+
+
+def test_without_prefill_curves_the_start_leaves_it_to_the_tables():
+    policy = make_policy(Profile.load(PROFILE))
+    assert policy.start(dict(policy.priors), 3000, 64) is None
+    controller = AdaptiveController(policy)
+    assert controller.start(2, [1] * 3000, 64).members == (0, 1)  # the plan, as before
+
+
+def test_controller_starts_alone_and_prices_the_cold_drafter(policy):
+    controller = AdaptiveController(policy)
+    prompt = [1] * 3000
+    setting = controller.start(2, prompt, 16)
+    assert setting.members == (0,) and "least expected request time" in setting.reason
+    assert controller.cold_cost()[1] > 0
+    tokens = list(prompt)
+    for _ in range(15):  # one token per round; the drafter never pays for its prefill now
+        tokens.append(7)
+        assert controller.next_round(tokens).members == (0,)
+    short = AdaptiveController(policy).start(2, [1] * 50, 64)
+    assert short.members == (0, 1)
+
+
+def test_horizon_uses_the_workloads_answer_lengths(policy):
+    req = policy.requests
+    assert req.lengths and req.observed_up_to == 64
+    assert req.horizon(64) == pytest.approx(sum(min(64, n) for n in req.lengths) / len(req.lengths))
+    assert req.horizon(256) >= req.horizon(64)
