@@ -144,15 +144,22 @@ def plan_policy(plan: Any, plan_path: str | Path, note: Note = _stderr) -> Any:
 
     if len(plan.names) < 2:
         return None
+    why = "has no adaptive policy"
     if plan.policy is not None:
-        return Policy.from_dict(plan.policy, f"{plan_path}: policy")
+        policy = Policy.from_dict(plan.policy, f"{plan_path}: policy")
+        stale = stale_policy(policy, plan)
+        if stale is None:
+            return policy
+        why = f"has a policy made for another plan ({stale})"
     profile_path = plan_profile_path(plan, plan_path)
     if profile_path is None:
         note(
-            f"note: {plan_path} has no adaptive policy and its profile is not at hand: running it static "
-            "(re-run `polyplan optimize` to add one)"
+            f"note: {plan_path} {why} and its profile is not at hand: running it static "
+            "(re-run `polyplan optimize` to make one)"
         )
         return None
+    if plan.policy is not None:
+        note(f"note: {plan_path} {why}: rebuilding it from {profile_path}")
     from polyplan.documents.profile import Profile
     from polyplan.planner.predictors import load_traces
 
@@ -162,6 +169,17 @@ def plan_policy(plan: Any, plan_path: str | Path, note: Note = _stderr) -> Any:
     except UserError:
         traces = None
     return policy_for_plan(plan, profile, traces)
+
+
+def stale_policy(policy: Any, plan: Any) -> str | None:
+    """What differs between a plan and the policy stored in it (an edited plan), or None."""
+    if list(policy.names) != list(plan.names):
+        return f"members {' <- '.join(policy.names)}, the plan runs {' <- '.join(plan.names)}"
+    if tuple(policy.plan.gammas[0]) != tuple(plan.gammas):
+        return f"gammas {list(policy.plan.gammas[0])}, the plan has {list(plan.gammas)}"
+    if policy.mode != plan.mode:
+        return f"{policy.mode} acceptance, the plan is {plan.mode}"
+    return None
 
 
 def adaptive_controller(policy: Any, drafters: Sequence[Any]) -> Any:

@@ -346,3 +346,25 @@ def test_profile_optimize_bench_with_a_llamacpp_target(tmp_path, smollm2_pool, q
     for m in chains:
         assert m["measured"]["time_per_token_s"] > 0
         assert m["measured"]["matches_autoregressive"] == 1.0, m["name"]
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_windowed_llamacpp_drafters_keep_long_prompts_lossless(smollm2_pool, q4, depth):
+    """A long prompt (the built-in window set), the 4-bit drafter reading only its first 4 and last
+    64 tokens (and the int8 copy a window of 96 as the middle level): token-identical to the target
+    decoding alone, every drafter's prefill bounded by its window."""
+    from polyplan.data import window_prompts
+    from polyplan.models.windowed import WindowedDrafter
+    from polyplan.profiler.pool_inputs import chat_encoder
+
+    prompt = chat_encoder(smollm2_pool.tokenizer)(window_prompts(1)[0].text)
+    assert len(prompt) > 500
+    target = smollm2_pool.drafter("smollm2-135m")
+    members = [target, WindowedDrafter(q4, 64)]
+    if depth == 3:
+        members.insert(1, WindowedDrafter(smollm2_pool.drafter("smollm2-135m:int8"), 96))
+    alone = Chain([target]).generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[])
+    result = Chain(members, [6, 3][: depth - 1]).generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[])
+    assert result.tokens == alone.tokens
+    assert all(m.rebuilds >= 1 for m in members[1:])
+    assert q4.processed <= 4 + 64 + NEW_TOKENS + 16  # the llama.cpp state never held the whole prompt

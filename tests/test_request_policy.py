@@ -136,3 +136,31 @@ def test_horizon_uses_the_workloads_answer_lengths(policy):
     assert req.lengths and req.observed_up_to == 64
     assert req.horizon(64) == pytest.approx(sum(min(64, n) for n in req.lengths) / len(req.lengths))
     assert req.horizon(256) >= req.horizon(64)
+
+
+def test_a_plan_edited_after_its_policy_is_rebuilt_or_run_static(tmp_path):
+    """issue 20 item 2: the stored policy is checked against the plan's members, gammas and mode."""
+    import json
+
+    from polyplan.assemble import plan_policy, stale_policy
+    from polyplan.documents import Plan
+
+    plan_path = ROOT / "profiles" / "smollm2-llamacpp-cpu.plan.json"
+    plan = Plan.load(plan_path)
+    stored = plan_policy(plan, plan_path)
+    assert stale_policy(stored, plan) is None
+    doc = json.loads(plan_path.read_text())
+    doc["gammas"] = [g + 1 for g in doc["gammas"]]
+    doc["profile"]["path"] = "nowhere/profile.json"
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(doc))
+    notes: list[str] = []
+    # its profile is not at hand: one note, then the plan runs static
+    assert plan_policy(Plan.load(edited), edited, notes.append) is None
+    assert len(notes) == 1 and "policy made for another plan (gammas" in notes[0]
+    doc["profile"]["path"] = str(ROOT / "profiles" / "smollm2-llamacpp-cpu.json")
+    edited.write_text(json.dumps(doc))
+    notes.clear()
+    rebuilt = plan_policy(Plan.load(edited), edited, notes.append)
+    assert rebuilt is not None and list(rebuilt.plan.gammas[0]) == doc["gammas"]
+    assert "rebuilding it from" in notes[0]

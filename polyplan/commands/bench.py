@@ -128,29 +128,29 @@ def print_table(doc: dict) -> None:
     Console().print(table)
     from polyplan.bench.results import category_rows, length_rows
 
-    labels, rows = length_rows(doc)
-    if rows:
-        lengths = Table(title="per prompt length: end to end speedup / worst prompt / decode speedup")
-        for col in ("prompt tokens", "prompts", *labels):
-            lengths.add_column(col, justify="left" if col == "prompt tokens" else "right")
-        for row in rows:
-            lengths.add_row(*row)
-        Console().print(lengths)
+    _print_rows(
+        "per prompt length: end to end speedup / worst prompt / decode speedup", "prompt tokens", *length_rows(doc)
+    )
     req = doc.get("requests")
     if req and req.get("errors"):
         Console().print(
             "request time predicted vs measured (median / max error): "
             + "; ".join(f"{m} {e['median_error']:.1%} / {e['max_error']:.1%}" for m, e in req["errors"].items())
         )
-
-    labels, rows = category_rows(doc)
-    if rows:
-        cats = Table(title=f"per category ({(doc.get('workload') or {}).get('name', '?')}): speedup (tok/s)")
-        for col in ("category", "prompts", *labels):
-            cats.add_column(col, justify="left" if col == "category" else "right")
-        for row in rows:
-            cats.add_row(*row)
-        Console().print(cats)
+    workload = (doc.get("workload") or {}).get("name", "?")
+    _print_rows(f"per category ({workload}): speedup (tok/s)", "category", *category_rows(doc))
     r = doc.get("regret")
     if r:
         Console().print(f"regret of the chosen plan vs best measured ({r['best_measured']}): {r['regret'] * 100:.1f}%")
+
+
+def _print_rows(title: str, first: str, labels: list[str], rows: list[list[str]]) -> None:
+    """One table of per-group rows (group, prompts, a cell per method); nothing without rows."""
+    if not rows:
+        return
+    table = Table(title=title)
+    for col in (first, "prompts", *labels):
+        table.add_column(col, justify="left" if col == first else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
