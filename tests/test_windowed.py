@@ -203,3 +203,34 @@ def test_pool_window_is_parsed_and_described(tmp_path):
     assert (spec.window, spec.sink) == (128, 2)
     assert spec.describe().endswith("window=128 sink=2")
     assert "window" not in pool.member("big").describe()
+
+
+def test_stats_report_the_gammas_each_level_really_used():
+    """issue 20 item 9: under a controller that changes gammas, stats say what ran, not the plan."""
+
+    class Alternating:
+        def start(self, chain_size, prompt, max_new_tokens=0):
+            self.n = 0
+            return RoundSetting((0, 1), (2,))
+
+        def observe(self, *args):
+            pass
+
+        def next_round(self, tokens):
+            self.n += 1
+            return RoundSetting((0, 1), (2 if self.n % 2 == 0 else 5,))
+
+    chain = Chain([TARGET.drafter("t"), CLOSE.drafter("c")], [3], controller=Alternating())
+    result = chain.generate(LONG_PROMPT, max_new_tokens=40, eos_token_id=[])
+    used = result.stats.levels[1].gammas_used
+    assert set(used) == {2, 5} and 3 not in used and sum(used.values()) == result.stats.levels[0].num_drafts
+
+
+def test_each_device_gets_its_own_seed():
+    """issue 20 item 8: the home device keeps the seed (same outputs as before), others differ."""
+    from polyplan.executor.chain import device_seed
+
+    cpu, gpu, gpu1 = torch.device("cpu"), torch.device("cuda:0"), torch.device("cuda:1")
+    assert device_seed(7, cpu, cpu) == 7
+    assert len({device_seed(7, cpu, cpu), device_seed(7, gpu, cpu), device_seed(7, gpu1, cpu)}) == 3
+    assert device_seed(7, gpu, cpu) == device_seed(7, gpu, cpu)  # deterministic

@@ -109,7 +109,10 @@ def run_command(
             json.dumps(
                 {
                     "chain": the_chain.names,
+                    # the chain's gammas; per level what the rounds really used (an adaptive plan
+                    # changes them): gammas_used, gamma -> blocks built with it
                     "gammas": the_chain.gammas,
+                    "gammas_used": [lv.to_dict()["gammas_used"] for lv in result.stats.levels[1:]],
                     "text": result.text,
                     "tokens": result.tokens,
                     "finish_reason": result.finish_reason,
@@ -241,7 +244,7 @@ def print_stats(stats, gammas: list[int]) -> None:
         table.add_row(
             str(i + 1),
             lv.name,
-            "-" if lv.gamma is None else str(lv.gamma),
+            _gammas_cell(lv),
             str(lv.forward_passes),
             f(lv.tokens_per_pass, ".2f"),
             str(lv.num_drafts),
@@ -268,3 +271,13 @@ def print_stats(stats, gammas: list[int]) -> None:
     hist = stats.levels[0].acceptance_length_histogram
     if hist:
         console.print("target acceptance-length histogram: " + ", ".join(f"{k}:{v}" for k, v in sorted(hist.items())))
+
+
+def _gammas_cell(level) -> str:
+    """The gamma a level ran with, or every gamma it used under adaptation (gamma x blocks)."""
+    used = level.gammas_used
+    if not used:
+        return "-" if level.gamma is None else str(level.gamma)
+    if len(used) == 1:
+        return str(next(iter(used)))
+    return " ".join(f"{g}x{n}" for g, n in sorted(used.items()))

@@ -24,6 +24,7 @@ token ids in one ``tolist``). Drafting, sampling and acceptance tests stay on th
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -228,6 +229,14 @@ class Chain:
         return GenerationResult(tokens=tokens, text=text, stats=run.stats, finish_reason=reason)
 
 
+def device_seed(seed: int, device: torch.device, home: torch.device) -> int:
+    """The seed of one device's generator: ``seed`` on the chain's home device (the target's), a
+    distinct one derived from it on every other, so two devices never draw the same stream."""
+    if device == home:
+        return seed
+    return (seed * 1_000_003 + zlib.crc32(str(device).encode())) % (2**63 - 1)
+
+
 def _as_id_list(eos: Any) -> list[int]:
     if eos is None:
         return []
@@ -319,7 +328,7 @@ class _StagedRun:
         gen = self.generators.get(device)
         if gen is None:
             gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
+            gen.manual_seed(device_seed(self.seed, device, self.home))
             self.generators[device] = gen
         return gen
 
@@ -388,6 +397,7 @@ class _StagedRun:
         """The bottom level drafts up to its gamma onto ``W``; returns the drafts' q (None when
         greedy)."""
         member = self.levels[level]
+        self.stats.levels[member].count_gamma(self.gammas[level - 1])
         d = self.drafters[member]
         base = self.length
         n = min(self.gammas[level - 1], self._cap(level) - base)
@@ -424,6 +434,7 @@ class _StagedRun:
         if level == len(self.levels) - 1:
             return self._draft_bottom(level)
         gamma, cap = self.gammas[level - 1], self._cap(level)
+        self.stats.levels[self.levels[level]].count_gamma(gamma)
         start = self.length
         parts: list[torch.Tensor] = []
         while self.length - start < gamma and self.length < cap:

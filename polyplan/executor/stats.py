@@ -16,7 +16,8 @@ from typing import Any
 @dataclass
 class LevelStats:
     name: str
-    #: speculation length (threshold) of this level as a drafter; None for the target
+    #: the chain's speculation length for this level as a drafter (an adaptive controller may use
+    #: others: ``gammas_used``); None for the target
     gamma: int | None
     forward_passes: int = 0
     #: tokens fed through this model (prefill included)
@@ -37,6 +38,11 @@ class LevelStats:
     acceptance_length_histogram: dict[int, int] = field(default_factory=dict)
     #: filled in at the end: final output tokens per forward pass (L_i)
     tokens_per_pass: float = 0.0
+    #: gamma -> how many blocks this level built with it (what it really ran under adaptation)
+    gammas_used: dict[int, int] = field(default_factory=dict)
+
+    def count_gamma(self, gamma: int) -> None:
+        self.gammas_used[gamma] = self.gammas_used.get(gamma, 0) + 1
 
     @property
     def draft_acceptance_rate(self) -> float | None:
@@ -60,6 +66,7 @@ class LevelStats:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["acceptance_length_histogram"] = {str(k): v for k, v in sorted(self.acceptance_length_histogram.items())}
+        d["gammas_used"] = {str(k): v for k, v in sorted(self.gammas_used.items())}
         d["draft_acceptance_rate"] = self.draft_acceptance_rate
         d["mean_acceptance_length"] = self.mean_acceptance_length
         return d
