@@ -150,6 +150,16 @@ def test_prompt_longer_than_the_context_names_file_and_line():
         check_prompt_fits(p, 510, 512, 3, "target")
 
 
+def test_long_prompt_files_parse_and_are_long():
+    """benchmarks/prompts/long: 500-3000 tokens each (about 3.3-4.5 characters a token)."""
+    files = sorted((ROOT / "benchmarks" / "prompts" / "long").glob("*.jsonl"))
+    assert [f.name for f in files] == ["code.jsonl", "rag.jsonl", "summarization.jsonl"]
+    for f in files:
+        ps = read_prompt_file(f)
+        assert len(ps.prompts) == 8 and len({p.category for p in ps.prompts}) == 1
+        assert all(1500 < len(p.text) < 13_500 for p in ps.prompts), f.name
+
+
 def test_shipped_mechanism_prompt_files_parse_with_categories_and_ids():
     files = sorted((ROOT / "benchmarks" / "prompts").glob("*.jsonl"))
     assert len(files) >= 3
@@ -163,10 +173,83 @@ def test_shipped_mechanism_prompt_files_parse_with_categories_and_ids():
 
 def test_sample_prompt_files_are_drawn_verbatim_from_the_mechanism_sets():
     shipped = {}
-    for f in (ROOT / "benchmarks" / "prompts").glob("*.jsonl"):
+    for f in [
+        *(ROOT / "benchmarks" / "prompts").glob("*.jsonl"),
+        *(ROOT / "benchmarks" / "prompts" / "long").glob("*.jsonl"),
+    ]:
         shipped.update({p.id: p.text for p in read_prompt_file(f).prompts})
     samples = sorted((ROOT / "benchmarks" / "prompts" / "samples").glob("*.jsonl"))
     assert samples
     for f in samples:
         for p in read_prompt_file(f).prompts:
             assert shipped.get(p.id) == p.text, (f.name, p.id)
+
+
+# ---- issue 20 item 7 ---------------------------------------------------------------------------------
+
+
+def test_a_json_array_file_is_read_as_prompts(tmp_path):
+    f = tmp_path / "prompts.json"
+    f.write_text(json.dumps([{"text": "one", "category": "a"}, {"turns": ["two", "later"], "id": 7}]))
+    ps = read_prompt_file(f)
+    assert [p.text for p in ps.prompts] == ["one", "two"] and ps.prompts[1].id == "7"
+    f.write_text(json.dumps([{"text": "one"}, {"nope": 1}]))
+    with pytest.raises(PromptFileError, match=r"prompts\.json: item 2: no \"text\" or \"turns\""):
+        read_prompt_file(f)
+    f.write_text("[]")
+    with pytest.raises(PromptFileError, match="non-empty array"):
+        read_prompt_file(f)
+
+
+def test_split_marks_which_prompts_profile_and_fit_use(tmp_path):
+    from polyplan.data.prompt_file import prompt_set
+
+    f = tmp_path / "mixed.jsonl"
+    rows = [{"text": "e1", "split": "eval"}, {"text": "f1", "split": "fit"}, {"text": "both"}]
+    f.write_text("\n".join(json.dumps(r) for r in rows))
+    assert [p.text for p in prompt_set(f, "eval").prompts] == ["e1", "both"]
+    assert [p.text for p in prompt_set(f, "fit").prompts] == ["f1", "both"]
+    f.write_text(json.dumps({"text": "x", "split": "train"}))
+    with pytest.raises(PromptFileError, match='"split" must be "eval" or "fit"'):
+        read_prompt_file(f)
+    f.write_text(json.dumps({"text": "only fit", "split": "fit"}))
+    with pytest.raises(PromptFileError, match="no prompt of split 'eval'"):
+        prompt_set(f, "eval")
+
+
+def test_form_feed_and_escape_are_text(tmp_path):
+    f = tmp_path / "code.jsonl"
+    f.write_text(json.dumps({"text": "def f():\n\x0c    pass  # \x1b[31mred\x1b[0m"}))
+    assert "\x0c" in read_prompt_file(f).prompts[0].text
+    f.write_text("plain \x1b[1mbold\x1b[0m line\n")
+    f = f.rename(tmp_path / "code.txt")
+    assert read_prompt_file(f).prompts[0].text.startswith("plain")
+
+
+def test_profiling_on_the_ngram_fit_file_warns(tmp_path):
+    from polyplan.commands.profile import fit_overlap_warnings
+    from polyplan.models.pools import _pool_from_text
+
+    f = tmp_path / "mine.jsonl"
+    f.write_text("\n".join(json.dumps({"text": t}) for t in ("a b c", "d e f")))
+    pool_text = "\n".join(
+        [
+            "[pool]",
+            'name = "p"',
+            'target = "t"',
+            "[[member]]",
+            'name = "t"',
+            'source = "smollm2-135m"',
+            "[[member]]",
+            'name = "ngram"',
+            'source = "ngram"',
+            'fit_prompts_file = "mine.jsonl"',
+        ]
+    )
+    pool = _pool_from_text(pool_text, str(tmp_path / "p.toml"), tmp_path, "install")
+    (warning,) = fit_overlap_warnings(pool, ["t", "ngram"], f)
+    assert "fitted on 2 of the prompts profiled here" in warning
+    assert fit_overlap_warnings(pool, ["t", "ngram"], None) == []
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"text": "z"}))
+    assert fit_overlap_warnings(pool, ["t", "ngram"], other) == []

@@ -233,6 +233,8 @@ def register(root: typer.Typer) -> None:
             inputs = inputs_from_pool(
                 the_pool, member_list, random_weights=random_weights, log=lambda msg: status.update(msg)
             )
+        for warning in fit_overlap_warnings(the_pool, [d.name for d in inputs.drafters], prompts_file):
+            print(warning, file=sys.stderr)
         if output is None:
             device = "cuda" if inputs.target_drafter.device.type == "cuda" else "cpu"
             output = Path("profiles") / f"{inputs.pool}-{device}{'-random' if random_weights else ''}.json"
@@ -267,3 +269,28 @@ def register(root: typer.Typer) -> None:
         _print_summary(outcome.profile, output, time.monotonic() - started)
         if outcome.stopped_by_budget:
             console.print(f"[yellow]time budget of {budget:g} s reached: rerun the same command to continue")
+
+
+def fit_overlap_warnings(pool, names: list[str], prompts_file: Path | None) -> list[str]:
+    """One line per n-gram member whose table was fitted on prompts this profile measures on: its
+    acceptance would be inflated (it has seen the answers). None on the built-in set, whose fit
+    and eval splits are disjoint."""
+    from polyplan.data.prompt_file import prompt_set
+
+    if prompts_file is None:
+        return []
+    measured = {p.text for p in prompt_set(prompts_file, "eval").prompts}
+    out = []
+    for name in names:
+        spec = pool.member(name)
+        fit_file = spec.options.get("fit_prompts_file") if spec.source == "ngram" else None
+        if not fit_file:
+            continue
+        shared = measured & {p.text for p in prompt_set(fit_file, "fit").prompts}
+        if shared:
+            out.append(
+                f"warning: {name} was fitted on {len(shared)} of the prompts profiled here ({fit_file}): its "
+                "acceptance will be inflated; fit and profile on different prompts "
+                '(or mark them "split": "fit" / "eval")'
+            )
+    return out

@@ -6,13 +6,19 @@ the default (see ``polyplan/data/prompts.jsonl``). A prompt file is one of two f
 JSONL
     One JSON object per non-blank line, with ``text`` (the prompt) or ``turns`` (a non-empty list
     of strings: the first is the prompt, the rest are kept as later user turns), not both;
-    optional ``category`` (default ``uncategorized``) and ``id`` (string or integer; default
-    ``<file stem>-<line>``). Other keys (answers, references) are ignored.
+    optional ``category`` (default ``uncategorized``), ``id`` (string or integer; default
+    ``<file stem>-<line>``) and ``split``: ``"eval"`` (profiling and benchmarks only) or ``"fit"``
+    (an n-gram drafter's table only), so one file can hold both without an n-gram drafter being
+    scored on its own training text; a prompt without ``split`` serves both. Other keys (answers,
+    references) are ignored.
+JSON
+    A ``.json`` file may also hold one JSON array of such objects (item ``N`` is named in errors).
 Plain text
     One prompt per non-blank line (a multi-line prompt needs JSONL), category ``uncategorized``,
     id ``<file stem>-<line>``.
 
-Which format, in this order: a ``.jsonl`` or ``.json`` name is JSONL and a ``.txt`` name is text;
+Which format, in this order: a ``.json`` name whose content starts with ``[`` is a JSON array; a
+``.jsonl`` or ``.json`` name is JSONL and a ``.txt`` name is text;
 any other name is JSONL when its first non-blank line starts with ``{``, else text. In a JSONL file
 every non-blank line must be a JSON object. In a text file a later line may start with ``{`` (code),
 but a line that is a whole JSON prompt record (an object with ``text`` or ``turns``) is refused:
@@ -40,8 +46,10 @@ DEFAULT_CATEGORY = "uncategorized"
 BUILTIN_NAME = "built-in"
 _JSONL_SUFFIXES = {".jsonl", ".json"}
 _TEXT_SUFFIXES = {".txt"}
-# control characters other than tab: a line holding them is binary data, not text
-_BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# control characters other than tab, form feed (source files) and escape (terminal logs): a line
+# holding them is binary data, not text
+_BINARY = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+SPLITS = ("eval", "fit")
 
 
 class PromptFileError(UserError):
@@ -77,8 +85,15 @@ def builtin_prompt_set(split: str = "eval") -> PromptSet:
 
 
 def prompt_set(path: str | Path | None, split: str = "eval") -> PromptSet:
-    """The prompts of the file at ``path``, or the built-in ``split`` when ``path`` is None."""
-    return builtin_prompt_set(split) if path is None else read_prompt_file(path)
+    """The prompts of ``split`` in the file at ``path`` (those marked with that split and those
+    with none), or the built-in ``split`` when ``path`` is None."""
+    if path is None:
+        return builtin_prompt_set(split)
+    whole = read_prompt_file(path)
+    kept = tuple(p for p in whole.prompts if p.split in (split, "file"))
+    if not kept:
+        raise PromptFileError(f'{path}: no prompt of split {split!r} (every prompt has another "split")')
+    return PromptSet(whole.name, whole.sha256, kept, whole.path)
 
 
 def read_prompt_file(path: str | Path) -> PromptSet:
@@ -93,6 +108,10 @@ def read_prompt_file(path: str | Path) -> PromptSet:
     except OSError as e:
         raise PromptFileError(f"{path}: cannot read the prompt file ({e.strerror})") from None
     lines = _decode_lines(path, data)
+    if path.suffix.lower() == ".json" and "\n".join(lines).lstrip().startswith("["):
+        prompts = _json_array_prompts(path, "\n".join(lines))
+        _check_unique_ids(path, prompts)
+        return PromptSet(path.name, hashlib.sha256(data).hexdigest(), tuple(prompts), str(path))
     numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
     if not numbered:
         raise PromptFileError(f"{path}: the prompt file is empty (no prompts)")
@@ -146,6 +165,16 @@ def _text_prompt(path: Path, number: int, line: str) -> Prompt:
     return Prompt(_id_for(path, number), DEFAULT_CATEGORY, "file", text, (), f"{path}:{number}")
 
 
+def _json_array_prompts(path: Path, text: str) -> list[Prompt]:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PromptFileError(f"{path}:{e.lineno}: not JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(items, list) or not items:
+        raise PromptFileError(f"{path}: a JSON prompt file holds a non-empty array of prompt objects")
+    return [_record_prompt(path, f"{path}: item {i}", record, i) for i, record in enumerate(items, start=1)]
+
+
 def _json_prompt(path: Path, number: int, line: str) -> Prompt:
     where = f"{path}:{number}"
     try:
@@ -154,6 +183,10 @@ def _json_prompt(path: Path, number: int, line: str) -> Prompt:
         raise PromptFileError(
             f"{where}: not JSON ({e.msg} at column {e.colno}); a JSONL prompt file needs one JSON object per line"
         ) from None
+    return _record_prompt(path, where, record, number)
+
+
+def _record_prompt(path: Path, where: str, record: Any, number: int) -> Prompt:
     if not isinstance(record, dict):
         raise PromptFileError(f'{where}: expected a JSON object with "text" or "turns", found {type(record).__name__}')
     has_text, has_turns = "text" in record, "turns" in record
@@ -183,7 +216,10 @@ def _json_prompt(path: Path, number: int, line: str) -> Prompt:
     pid = record.get("id", _id_for(path, number))
     if isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip():
         raise PromptFileError(f'{where}: "id" must be a non-empty string or an integer')
-    return Prompt(str(pid), category.strip(), "file", text, later, where)
+    split = record.get("split", "file")  # "file": no split given, the prompt serves both
+    if split != "file" and split not in SPLITS:
+        raise PromptFileError(f'{where}: "split" must be "eval" or "fit", got {split!r}')
+    return Prompt(str(pid), category.strip(), split, text, later, where)
 
 
 def _check_unique_ids(path: Path, prompts: Sequence[Prompt]) -> None:
