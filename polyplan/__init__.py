@@ -7,7 +7,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Chain", "__version__"]
+__all__ = ["Chain", "__version__", "chain_from_plan_file"]
+
+
+def chain_from_plan_file(path, pool=None):
+    """What ``polyplan.Chain.from_plan(path, pool)`` returns: the chain ``polyplan run PLAN`` runs
+    (``polyplan.assemble``, above the executor, which knows only drafters and controllers)."""
+    from polyplan.assemble import chain_from_plan
+
+    return chain_from_plan(path, pool)
 
 
 def __getattr__(name: str):

@@ -54,3 +54,14 @@ def test_the_executor_does_not_load_the_weight_source_machinery():
     must not import them (polyplan.models names them lazily)."""
     machinery = ("polyplan.models.pools", "polyplan.models.sources", "polyplan.models.derive")
     assert loaded_by("polyplan.executor", machinery) == []
+
+
+def test_nothing_in_the_executor_imports_the_assembly_above_it():
+    """issue 20 item 10: ``polyplan.Chain.from_plan`` lives above the executor (polyplan.assemble is
+    reached through the package root only when called)."""
+    from pathlib import Path
+
+    executor = Path(__file__).resolve().parents[1] / "polyplan" / "executor"
+    offenders = [f.name for f in executor.glob("*.py") if "polyplan.assemble" in f.read_text()]
+    assert offenders == []
+    assert loaded_by("polyplan.executor.chain", ("polyplan.assemble",)) == []

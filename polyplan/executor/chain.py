@@ -159,9 +159,9 @@ class Chain:
         """The chain exactly as ``polyplan run PLAN`` runs it: the plan's members (loaded from its
         pool, or ``pool``), its gammas and the adaptive controller built from the plan's policy
         (proofs/adaptive-control.md). A sampling plan's temperature is a ``generate`` argument."""
-        from polyplan.assemble import chain_from_plan  # above the executor: documents, pools, policy
+        import polyplan  # the package root joins plans, pools and policies above the executor
 
-        return chain_from_plan(path, pool)
+        return polyplan.chain_from_plan_file(path, pool)
 
     @property
     def names(self) -> list[str]:

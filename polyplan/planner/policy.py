@@ -270,9 +270,6 @@ class Policy:
             f"{decision.time_per_token * 1e3:.1f} ms/token predicted (acceptance estimates: {shown})"
         )
 
-    def prior_alpha(self) -> dict[Pair, float]:
-        return dict(self.priors)
-
     # ---- (de)serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {

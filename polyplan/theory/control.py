@@ -14,8 +14,8 @@ controller are built from:
 * ``interpolate``: multilinear interpolation in u of a table (the per-round lookup);
 * the estimator's algebra: ``verification_evidence`` (a verification of d drafts that accepted a
   of them is a successes, and one failure when a < d), ``posterior_mean`` (Beta prior of
-  strength n0, exponentially forgotten evidence), ``forgetting_window`` (the memory that
-  minimises the estimate's mean square error on piecewise-constant acceptance),
+  strength n0, exponentially forgotten evidence), ``pair_window`` (the memory that minimises the
+  estimate's mean square error on piecewise-constant acceptance),
   ``relax_tokens`` (how long a bypassed pair's estimate takes to drift back over a threshold:
   the re-probe interval) and ``transfer_bound`` (how far a point-mass drafter's acceptance by an
   intermediate level can be from its acceptance by the target).
@@ -210,17 +210,12 @@ def posterior_mean(prior_mean: float, prior_strength: float, successes: float, t
     return (prior_strength * prior_mean + successes) / (prior_strength + trials)
 
 
-def forgetting_window(variance: float, segment_tokens: float, jump: float) -> float:
-    """Memory W (tokens) minimising ``variance / (2 W) + jump**2 W / (2 H)``: the noise of an
-    exponential average of memory W plus its lag after the acceptance jumps by ``jump`` once per
-    ``H`` tokens. ``W* = sqrt(variance * H) / jump``."""
-    return math.sqrt(variance * segment_tokens) / jump
-
-
 def pair_window(prior_strength: float, segment_tokens: float) -> float:
-    """``forgetting_window`` of a pair whose acceptance jumps, when the text changes character, by
-    its prompt-to-prompt standard deviation: with a Beta prior of strength n0 matched to that
-    spread, ``variance / jump**2 = n0 + 1``, so ``W = sqrt((n0 + 1) H)``."""
+    """The memory W (tokens) minimising ``variance / (2 W) + jump**2 W / (2 H)`` -- the noise of an
+    exponential average of memory W plus its lag after the acceptance jumps by ``jump`` once per
+    ``H`` tokens, ``W* = sqrt(variance * H) / jump`` -- for a pair whose acceptance jumps, when the
+    text changes character, by its prompt-to-prompt standard deviation: with a Beta prior of
+    strength n0 matched to that spread, ``variance / jump**2 = n0 + 1``, so ``W = sqrt((n0 + 1) H)``."""
     return math.sqrt((prior_strength + 1.0) * segment_tokens)
 
 
@@ -246,10 +241,6 @@ def transfer_bound(alpha_target_intermediate: float) -> float:
     its proposal x is accepted by level i with probability p_i(x) (greedy: 1{x = argmax p_i}),
     and |p_1(x) - p_j(x)| <= TV(p_1, p_j) = 1 - sum min(p_1, p_j) (greedy: P(argmaxes differ))."""
     return 1.0 - alpha_target_intermediate
-
-
-def setting_key(members: Sequence[int]) -> str:
-    return ",".join(str(m) for m in members)
 
 
 def describe(members: Sequence[int], gammas: Sequence[int], names: Sequence[str]) -> str:
