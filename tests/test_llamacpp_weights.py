@@ -119,7 +119,7 @@ def q4_target(smollm2_pool, q4):
 
 def test_one_token_passes_use_other_kernels_unless_uniform(q4, q4_target, prompts):
     """Why a llama.cpp target needs uniform numerics: a one-token pass differs from the same
-    position inside a longer pass; with uniform_numerics it does not."""
+    position inside a longer pass; with pads_passes it does not."""
     ids = torch.tensor(prompts[1][:24])
     for d in (q4, q4_target):
         d.reset()
@@ -141,7 +141,7 @@ def test_one_token_passes_use_other_kernels_unless_uniform(q4, q4_target, prompt
     q4_target.score(ids[:16])
     with q4_target.decoding_alone():
         alone_single = q4_target.score(ids[16:17])
-    assert q4_target.uniform_numerics and torch.equal(alone_single, drafter_single)
+    assert q4_target.pads_passes and torch.equal(alone_single, drafter_single)
     q4.reset()
     q4_target.reset()
 
@@ -160,12 +160,12 @@ def test_a_one_member_chain_decodes_with_the_fast_one_token_kernels(q4, q4_targe
     score = q4_target.score
 
     def spy(ids, last=None):
-        seen.append(q4_target.uniform_numerics)
+        seen.append(q4_target.pads_passes)
         return score(ids, last)
 
     monkeypatch.setattr(q4_target, "score", spy)
     fast = Chain([q4_target]).generate(prompts[0], max_new_tokens=16, eos_token_id=eos)
-    assert seen and not any(seen) and q4_target.uniform_numerics  # one-token kernels, flag restored
+    assert seen and not any(seen) and q4_target.pads_passes  # one-token kernels, flag restored
     assert fast.tokens == Chain([q4]).generate(prompts[0], max_new_tokens=16, eos_token_id=eos).tokens
     seen.clear()
     Chain([q4_target], verification_numerics=True).generate(prompts[0], max_new_tokens=16, eos_token_id=eos)

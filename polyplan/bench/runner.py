@@ -313,7 +313,7 @@ def plan_methods(
                 eos=eos,
             )
         ]
-    if target.uniform_numerics:
+    if target.pads_passes:
         # Losslessness is judged against the target decoding in the numerics it verifies with
         # (docs/staged-decoding.md, "llama.cpp members"): its one-token kernels may flip a near-tie.
         methods.append(

@@ -54,7 +54,7 @@ class Drafter(ABC):
     #: True when this member, as a target, verifies with other numerics than it decodes with
     #: alone (a llama.cpp target: passes padded to ``min_pass`` tokens instead of its one-token
     #: kernels); see :meth:`decoding_alone`
-    uniform_numerics: bool = False
+    pads_passes: bool = False
     #: True when the member conditions on part of the sequence only (a window): it may draft and
     #: verify for the level above (the q it hands up is its own), but never be the target, whose
     #: distribution over the whole sequence the output follows
@@ -100,7 +100,7 @@ class Drafter(ABC):
 
     def decoding_alone(self) -> AbstractContextManager[None]:
         """Within this context the member runs as it does decoding alone, one token per pass
-        (the autoregressive baseline). Only members with ``uniform_numerics`` differ."""
+        (the autoregressive baseline). Only members with ``pads_passes`` differ."""
         return nullcontext()
 
     @property

@@ -195,7 +195,7 @@ class LlamaCppDrafter(Drafter):
         return out
 
     @property
-    def uniform_numerics(self) -> bool:  # type: ignore[override]
+    def pads_passes(self) -> bool:  # type: ignore[override]
         """True when passes are padded to ``min_pass`` > 1 tokens (see ``Drafter``)."""
         return self.min_pass > 1
 

@@ -76,8 +76,8 @@ class WindowedDrafter(Drafter):
         return self.inner.eos_token_ids
 
     @property
-    def uniform_numerics(self) -> bool:  # type: ignore[override]
-        return self.inner.uniform_numerics
+    def pads_passes(self) -> bool:  # type: ignore[override]
+        return self.inner.pads_passes
 
     def decoding_alone(self) -> AbstractContextManager[None]:
         return self.inner.decoding_alone()
