@@ -215,3 +215,31 @@ def test_catalog_gguf_is_kept_once_and_the_conversion_reuses_it(tmp_path, monkey
     kept.write_bytes(b"GGUF")  # damaged: refused with the fix named
     with pytest.raises(UserError, match=r"corrupt .*fake.gguf has 4 bytes.*polyplan models install fake --force"):
         gguf_files.require_gguf(source)
+
+
+def test_the_probe_runs_a_batched_pass_and_is_keyed_by_every_cpu_flag(monkeypatch, tmp_path):
+    """issue 20 item 5: a two-token probe never reaches the batched kernels (a prefill's)."""
+    assert "for i in range(63)" in runtime._PROBE_SCRIPT and "n_batch=64" in runtime._PROBE_SCRIPT
+    fake = types.SimpleNamespace(__file__=str(tmp_path / "llama_cpp" / "__init__.py"), __version__="0")
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: ["avx2", "fma"])
+    key = runtime._probe_key(fake, gguf)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: ["avx2", "fma", "avx512f"])
+    assert runtime._probe_key(fake, gguf) != key  # any flag, not only x86 "flags" lines
+
+
+def test_the_machine_fingerprint_keeps_cpu_features_and_the_llamacpp_version():
+    from polyplan.profiler.machine import machine_fingerprint
+
+    a = {"cpu": "AMD EPYC", "cpu_features": {"flags": ["avx2"]}, "llama_cpp_python": "0.3.36"}
+    assert machine_fingerprint(a) != machine_fingerprint({**a, "cpu_features": {"flags": ["avx2", "avx512f"]}})
+    assert machine_fingerprint(a) != machine_fingerprint({**a, "llama_cpp_python": "0.3.37"})
+
+
+def test_cpu_reader_reads_arm_features(monkeypatch):
+    from polyplan import cpu
+
+    monkeypatch.setattr(cpu, "_first_cpuinfo_block", lambda: {"features": "fp asimd sve i8mm", "cpu part": "0xd40"})
+    assert cpu.cpu_flags() == ["asimd", "fp", "i8mm", "sve"]
+    assert cpu.cpu_features()["flags"] == ["asimd", "sve", "i8mm"]

@@ -368,3 +368,14 @@ def test_windowed_llamacpp_drafters_keep_long_prompts_lossless(smollm2_pool, q4,
     assert result.tokens == alone.tokens
     assert all(m.rebuilds >= 1 for m in members[1:])
     assert q4.processed <= 4 + 64 + NEW_TOKENS + 16  # the llama.cpp state never held the whole prompt
+
+
+def test_a_recurrent_gguf_is_refused_at_load(smollm2_pool, q4, monkeypatch):
+    """issue 20 item 5: a recurrent or hybrid model fails at load, not mid-generation on seq_rm."""
+    from polyplan.models.llamacpp_drafter import LlamaCppDrafter
+    from polyplan.models.llamacpp_runtime import GGUFLoadError, import_llama_cpp
+
+    lc = import_llama_cpp()
+    monkeypatch.setattr(lc, "llama_model_is_recurrent", lambda model: True)
+    with pytest.raises(GGUFLoadError, match="is a recurrent model: its state cannot be cut back"):
+        LlamaCppDrafter(q4.gguf_path, "mamba-like", n_ctx=256)

@@ -82,6 +82,15 @@ class LlamaCppDrafter(Drafter):
             )
         except (ValueError, RuntimeError, OSError) as e:
             raise GGUFLoadError(f"{name}: llama.cpp cannot load {path} ({str(e).splitlines()[0][:160]})") from None
+        model = self._llama.model
+        for check, kind in (("llama_model_is_recurrent", "recurrent"), ("llama_model_is_hybrid", "hybrid")):
+            test = getattr(lc, check, None)
+            if test is not None and test(model):
+                self._llama.close()
+                raise GGUFLoadError(
+                    f"{name}: {path.name} is a {kind} model: its state cannot be cut back to an earlier "
+                    "position after a rejected draft, so it cannot sit in a chain"
+                )
         self._lc = lc
         self.name = name
         self.tokenizer = tokenizer
@@ -89,7 +98,6 @@ class LlamaCppDrafter(Drafter):
         self.threads = threads
         self._ctx = self._llama.ctx
         self._mem = lc.llama_get_memory(self._ctx)
-        model = self._llama.model
         self._vocab = lc.llama_model_get_vocab(model)
         self.vocab_size = int(lc.llama_vocab_n_tokens(self._vocab))
         self.n_ctx_train = int(lc.llama_model_n_ctx_train(model))

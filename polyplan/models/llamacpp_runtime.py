@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from polyplan.cpu import cpu_flags
 from polyplan.errors import UserError
 from polyplan.models import cache as model_cache
 
@@ -65,35 +66,30 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return ""
-
-
 def _probe_key(llama_cpp: ModuleType, gguf: Path) -> str:
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     libs = sorted(lib_dir.glob("*.so*")) if lib_dir.is_dir() else []
-    parts = [getattr(llama_cpp, "__version__", "?"), _cpu_flags(), str(gguf.resolve())]
+    parts = [_PROBE_VERSION, getattr(llama_cpp, "__version__", "?"), " ".join(cpu_flags()), str(gguf.resolve())]
     for p in [gguf, *libs]:
         st = p.stat()
         parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
+#: the probe runs a 64-token batch (the batched matmul kernels a prefill and a verification use,
+#: which a two-token pass never reaches) and then one token; bump to re-probe every machine
+_PROBE_VERSION = "2"
 _PROBE_SCRIPT = (
     "import sys, llama_cpp\n"
-    "m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=32, n_batch=8, n_threads=1, verbose=False)\n"
-    "m.eval([max(m.token_bos(), 0), 1])\n"
+    "m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=128, n_batch=64, n_ubatch=64, n_threads=2, verbose=False)\n"
+    "m.eval([max(m.token_bos(), 0)] + [(7 * i) % 100 + 1 for i in range(63)])\n"
+    "m.eval([1])\n"
 )
 
 
 def check_runs(gguf: Path) -> None:
-    """Load ``gguf`` and evaluate two tokens in a child process (once per library, CPU and file):
+    """Load ``gguf`` and evaluate a 64-token batch and one token in a child process (once per
+    library, CPU and file):
     a crash there is a one-line :class:`LlamaCppUnavailable` here instead of a dead process."""
     llama_cpp = import_llama_cpp()
     marker = model_cache.cache_root() / "llamacpp-probes" / _probe_key(llama_cpp, gguf)

@@ -12,46 +12,7 @@ from typing import Any
 
 import torch
 
-
-def _first_cpuinfo_block() -> dict[str, str]:
-    """The first processor's ``key: value`` lines of ``/proc/cpuinfo`` (lower-case keys; {} off Linux)."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.strip():
-                    if info:
-                        break
-                    continue
-                key, _, value = line.partition(":")
-                info.setdefault(key.strip().lower(), value.strip())
-    except OSError:
-        pass
-    return info
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, ``platform`` elsewhere)."""
-    return _first_cpuinfo_block().get("model name") or platform.processor() or platform.machine()
-
-
-#: instruction-set features that decide which matmul kernels run (bf16 and int8 speed above all):
-#: two CPUs sold under one name ("AMD EPYC") can differ in them, and their relative costs with them
-MATMUL_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
-
-
-def cpu_features() -> dict[str, Any] | None:
-    """x86 family/model numbers and the :data:`MATMUL_FLAGS` the CPU reports (Linux only; None
-    elsewhere)."""
-    info = _first_cpuinfo_block()
-    if "flags" not in info:
-        return None
-    flags = set(info["flags"].split())
-    return {
-        "family": info.get("cpu family"),
-        "model": info.get("model"),
-        "flags": [f for f in MATMUL_FLAGS if f in flags],
-    }
+from polyplan.cpu import cpu_features, cpu_model
 
 
 def _version(pkg: str) -> str | None:
@@ -91,7 +52,8 @@ def machine_facts(device: torch.device | str | None = None) -> dict[str, Any]:
 
 def machine_fingerprint(facts: dict[str, Any]) -> dict[str, Any]:
     """The facts that must match for two measurements to be merged into one profile."""
-    return {k: facts.get(k) for k in ("cpu", "cores", "device", "gpu", "torch", "transformers")}
+    keys = ("cpu", "cpu_features", "cores", "device", "gpu", "torch", "transformers", "llama_cpp_python")
+    return {k: facts.get(k) for k in keys}
 
 
 def current_models(recorded: dict[str, Any]) -> dict[str, Any]:
