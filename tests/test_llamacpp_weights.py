@@ -379,3 +379,24 @@ def test_a_recurrent_gguf_is_refused_at_load(smollm2_pool, q4, monkeypatch):
     monkeypatch.setattr(lc, "llama_model_is_recurrent", lambda model: True)
     with pytest.raises(GGUFLoadError, match="is a recurrent model: its state cannot be cut back"):
         LlamaCppDrafter(q4.gguf_path, "mamba-like", n_ctx=256)
+
+
+def test_long_prompts_are_decoded_in_balanced_pieces_that_keep_min_pass(smollm2_pool, q4_target, monkeypatch):
+    """issue 20 item 4: 514 prompt tokens used to be decoded as 512 + 2 (a tail piece out of the
+    padded regime of a min_pass target); now as 257 + 257. A step over the context is refused
+    before the padding rollback, leaving the state as it was."""
+    from polyplan.models.llamacpp_drafter import LlamaContextFull
+
+    sizes = []
+    decode = q4_target._lc.llama_decode
+    monkeypatch.setattr(
+        q4_target._lc, "llama_decode", lambda ctx, batch: sizes.append(batch.n_tokens) or decode(ctx, batch)
+    )
+    q4_target.reset()
+    q4_target.score(torch.arange(514) % 1000 + 5, last=1)
+    assert sizes == [257, 257]
+    processed = q4_target.processed
+    with pytest.raises(LlamaContextFull):
+        q4_target.score(torch.ones(q4_target.max_context, dtype=torch.long))
+    assert q4_target.processed == processed
+    q4_target.reset()

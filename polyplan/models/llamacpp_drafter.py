@@ -155,10 +155,17 @@ class LlamaCppDrafter(Drafter):
 
     def score(self, new_ids: torch.Tensor, last: int | None = None) -> torch.Tensor:
         """As :meth:`Drafter.score`. With ``last``, llama.cpp computes logits only for the last
-        ``last`` positions. Batches longer than 512 tokens are decoded in 512-token pieces."""
+        ``last`` positions. Batches longer than 512 tokens are decoded in balanced pieces of at most
+        512 (never a short tail piece: every piece of a padded target stays >= ``min_pass``)."""
         ids = new_ids.tolist()
         n = len(ids)
         keep = n if last is None else max(0, min(int(last), n))
+        if self._processed + n > self._max_context:
+            # before any padding rollback, so a refused step leaves the state as it was
+            raise LlamaContextFull(
+                f"{self.name} holds at most {self._max_context} tokens (n_ctx); this step would need "
+                f"{self._processed + n}: shorten the prompt, lower --max-new-tokens or raise the member's n_ctx"
+            )
         if 0 < n < self.min_pass and self._processed > 0:
             k = min(self.min_pass - n, self._processed)
             previous = self._tokens[-k:]
@@ -167,16 +174,13 @@ class LlamaCppDrafter(Drafter):
         out = torch.empty((keep, self.vocab_size), dtype=torch.float32)
         if n == 0:
             return out
-        if self._processed + n > self._max_context:
-            raise LlamaContextFull(
-                f"{self.name} holds at most {self._max_context} tokens (n_ctx); this step would need "
-                f"{self._processed + n}: shorten the prompt, lower --max-new-tokens or raise the member's n_ctx"
-            )
         first_out = n - keep
         row = 0
         batch = self._batch
-        for start in range(0, n, self._n_batch):
-            chunk = ids[start : start + self._n_batch]
+        pieces = -(-n // self._n_batch)
+        bounds = [n * i // pieces for i in range(pieces + 1)]
+        for start, stop in zip(bounds, bounds[1:], strict=False):
+            chunk = ids[start:stop]
             m = len(chunk)
             outputs = 0
             batch.n_tokens = m
