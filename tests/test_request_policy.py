@@ -164,3 +164,24 @@ def test_a_plan_edited_after_its_policy_is_rebuilt_or_run_static(tmp_path):
     rebuilt = plan_policy(Plan.load(edited), edited, notes.append)
     assert rebuilt is not None and list(rebuilt.plan.gammas[0]) == doc["gammas"]
     assert "rebuilding it from" in notes[0]
+
+
+def test_a_padded_target_alone_in_a_chain_costs_its_padded_pass():
+    """issue 20 item 3: inside a chain a llama.cpp target pads every pass (an empty block too) to
+    min_pass tokens; its T(1) is its one-token decoding alone, the wrong price for its rounds alone."""
+    from polyplan.planner.predictors import IidPredictor
+
+    path = ROOT / "profiles" / "qwen-coder-llamacpp-target-cpu.json"
+    prof = copy.deepcopy(Profile.load(path))
+    names = ["qwen2.5-coder-1.5b:q4", "qwen2.5-coder-0.5b:q4"]
+    curve = prof.latency[names[0]]
+    context = 100.0
+    plain = build_policy(prof, names, [4], mode="greedy", context=context)
+    prof.candidates[0].min_pass = 8
+    padded = build_policy(prof, names, [4], mode="greedy", context=context)
+    alone = next(t for t in padded.tables if t.members == (0,))
+    assert alone.times[0] == pytest.approx(curve(8, context))
+    assert next(t for t in plain.tables if t.members == (0,)).times[0] == pytest.approx(curve(1, context))
+    assert curve(8, context) > 1.5 * curve(1, context)  # the difference matters on this CPU
+    assert padded.requests.target_min_pass == 8
+    assert IidPredictor(prof, context=context).autoregressive_time() == pytest.approx(curve(1, context))

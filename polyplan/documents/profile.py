@@ -61,6 +61,9 @@ class Candidate:
     backend: str = "transformers"
     #: the GGUF file a llama.cpp candidate runs (what llama-server would be given), else ""
     gguf: str = ""
+    #: fewest tokens it scores per pass inside a chain (a llama.cpp target pads shorter passes to
+    #: min_pass, so such a pass costs T(min_pass); its T(1) is its one-token decoding alone)
+    min_pass: int = 1
 
 
 @dataclass

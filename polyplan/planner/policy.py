@@ -422,9 +422,10 @@ def build_policy(
     # own evidence over one window
     strengths = {p: min(n0, windows[p]) for p, n0 in strengths.items()}
     tables = []
+    min_pass = profile.candidate(names[0]).min_pass
     for members in members_list:
         chain = tuple(names[m] for m in members)
-        latency = predictor.latencies(chain)
+        latency = in_chain(predictor.latencies(chain), min_pass)
         points = max(2, points_per_axis(len(members) - 1, cell_budget))
         axes = [alpha_axis(points)] * (len(members) - 1)
         start = [max(1, min(max_gamma, 4))] * (len(members) - 1)
@@ -434,7 +435,7 @@ def build_policy(
     points = points_per_axis(len(names) - 1, cell_budget)
     g, t = setting_table(
         [alpha_axis(points)] * (len(names) - 1),
-        predictor.latencies(chain),
+        in_chain(predictor.latencies(chain), min_pass),
         max_gamma,
         list(gammas),
         fixed_gammas=list(gammas),
@@ -456,6 +457,15 @@ def build_policy(
     )
     policy.build_seconds = time.perf_counter() - started
     return policy
+
+
+def in_chain(latency: list[Any], min_pass: int) -> list[Any]:
+    """The latencies of a setting as the chain runs it: a target that pads its passes to
+    ``min_pass`` tokens pays T(min_pass) for shorter ones, an empty block (its rounds alone) too."""
+    if min_pass <= 1:
+        return latency
+    target = latency[0]
+    return [lambda n, t=target: t(max(n, min_pass)), *latency[1:]]
 
 
 def policy_for_plan(plan: Any, profile: Profile, traces: Mapping[str, Any] | None = None) -> Policy:

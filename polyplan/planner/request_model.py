@@ -45,6 +45,8 @@ class RequestModel:
     #: measured by the profiler on long prompts)
     window_options: dict[str, list[list[float]]] = field(default_factory=dict)
     window_sink: int = 4
+    #: the target's fewest tokens per pass inside a chain (Candidate.min_pass)
+    target_min_pass: int = 1
     #: answer lengths observed on the profile's prompts, each at most ``observed_up_to``
     lengths: list[int] = field(default_factory=list)
     observed_up_to: int | None = None
@@ -92,14 +94,17 @@ class RequestModel:
         for m in members:
             curve = self.latency[self.names[m]]
             window, sink = self.window(m, chosen.get(m))
+            floor = self.target_min_pass if m == 0 else 1
             # a windowed member decodes over its window plus what the request appended to it
             c = context if window is None else min(context, sink + window + max(0.0, horizon - 1) / 2)
             memo: dict[float, float] = {}
 
-            def at(n: float, curve: LatencyCurve = curve, c: float = c, memo: dict[float, float] = memo) -> float:
+            def at(
+                n: float, curve: LatencyCurve = curve, c: float = c, memo: dict[float, float] = memo, floor: int = floor
+            ) -> float:
                 v = memo.get(n)
                 if v is None:
-                    v = memo[n] = float(curve(n, c))
+                    v = memo[n] = float(curve(max(n, floor), c))
                 return v
 
             out.append(at)
@@ -154,6 +159,7 @@ class RequestModel:
             "windows": {k: list(v) for k, v in self.windows.items()},
             "window_options": {k: [list(o) for o in v] for k, v in self.window_options.items()},
             "window_sink": self.window_sink,
+            "target_min_pass": self.target_min_pass,
             "lengths": list(self.lengths),
             "observed_up_to": self.observed_up_to,
         }
@@ -168,6 +174,7 @@ class RequestModel:
             windows={k: [int(v[0]), int(v[1])] for k, v in d.get("windows", {}).items()},
             window_options={k: [[int(o[0]), float(o[1])] for o in v] for k, v in d.get("window_options", {}).items()},
             window_sink=int(d.get("window_sink", 4)),
+            target_min_pass=int(d.get("target_min_pass", 1)),
             lengths=[int(x) for x in d.get("lengths", [])],
             observed_up_to=None if d.get("observed_up_to") is None else int(d["observed_up_to"]),
         )
@@ -216,6 +223,7 @@ def request_model(
         observed_up_to=int(cap) if lengths and cap is not None else None,
         window_options=options,
         window_sink=int(profile.windows.get("sink", 4)),
+        target_min_pass=profile.candidate(names[0]).min_pass,
     )
 
 

@@ -85,8 +85,9 @@ def measure_context(
                     cuda_events.append((d.name, j, start, end))
             else:
                 # T(1) is a one-token pass as the member decodes alone: the autoregressive baseline
-                # of a target whose verification passes use other numerics (Drafter.decoding_alone);
-                # a verification always scores two tokens or more
+                # of a target whose verification passes use other numerics (Drafter.decoding_alone).
+                # Inside a chain such a target pads every pass to min_pass tokens (an empty block
+                # too), which the planner prices as T(max(n, min_pass)) (Candidate.min_pass)
                 with d.decoding_alone() if n == 1 else nullcontext():
                     t0 = time.perf_counter()
                     d.score(new)

@@ -128,6 +128,7 @@ def inputs_from_pool(
                 random_weights=bool(random_weights and not d.point_mass and not getattr(spec, "llama_cpp", False)),
                 backend=getattr(spec, "backend", "transformers"),
                 gguf=str(getattr(d, "gguf_path", "") or ""),
+                min_pass=int(getattr(d, "min_pass", 1)) if d.pads_passes else 1,
             )
         )
     tokenizer = pool.tokenizer
