@@ -18,7 +18,9 @@ from polyplan.planner.policy import Policy, build_policy, policy_for_plan, subse
 from polyplan.planner.predictors import IidPredictor, load_traces
 from polyplan.theory import search_gammas
 from polyplan.theory.control import (
+    MAX_U,
     alpha_axis,
+    evaluate_setting,
     pair_window,
     posterior_mean,
     relax_tokens,
@@ -32,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "smollm2-cpu.json"
 PLAN = ROOT / "profiles" / "smollm2-cpu.plan.json"
 NAMES = ["smollm2-135m", "smollm2-135m:bf16", "ngram"]
+#: grid points per acceptance axis of the plan's tables (CELL_BUDGET 300: 17 for one or two pairs)
+GRID_POINTS = 17
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +75,17 @@ def test_autoregressive_when_nothing_is_accepted(policy):
 
 def test_a_useless_ngram_under_a_good_bf16_level_is_turned_down(policy):
     alpha = {(0, 1): 0.98, (0, 2): 0.02, (1, 2): 0.02}
-    decision = policy.decide(alpha)
-    # a point-mass draft at gamma 1 costs nothing, so the n-gram may stay, but only at gamma 1
-    assert decision.members in ((0, 1), (0, 1, 2))
-    if decision.members == (0, 1, 2):
-        assert decision.gammas[-1] == 1
+    # a point-mass draft at gamma 1 costs nothing, so the n-gram may stay, but only at gamma 1:
+    # from scratch (and staying) it is kept at gamma 1; already without it, the chain stays without it
+    decisions = {current: policy.decide(alpha, current) for current in (None, (0, 1, 2), (0, 1))}
+    for decision in decisions.values():
+        assert decision.members in ((0, 1), (0, 1, 2))
+    kept, dropped = decisions[None], decisions[(0, 1)]
+    assert kept.members == (0, 1, 2) and kept.gammas[-1] == 1 and kept.rule == "best"
+    assert (decisions[(0, 1, 2)].members, decisions[(0, 1, 2)].gammas) == (kept.members, kept.gammas)
+    assert dropped.members == (0, 1) and dropped.rule == "stay"
+    # staying without the n-gram costs less than the margin
+    assert kept.time_per_token <= dropped.time_per_token <= kept.time_per_token * (1 + policy.margin)
 
 
 def test_a_great_ngram_drops_the_bf16_level(policy):
@@ -83,26 +93,63 @@ def test_a_great_ngram_drops_the_bf16_level(policy):
     assert decision.members == (0, 2) and decision.gammas[0] >= 12
 
 
-def test_decisions_are_within_the_margin_of_the_exact_optimum(policy, profile):
+def exact_best(predictor, profile, alpha) -> float:
+    """The exact model's fastest setting over every subset (exhaustive gamma search) at ``alpha``."""
+    best = math.inf
+    for members in subsets(NAMES, profile):
+        latency = predictor.latencies(tuple(NAMES[m] for m in members))
+        if len(members) == 1:
+            best = min(best, evaluate_setting([], [], latency))
+        else:
+            _, exact = search_gammas([alpha[p] for p in pairwise(members)], latency, max_gamma=16)
+            best = min(best, float(exact.time_per_token))
+    return best
+
+
+def on_grid(i_model: int, i_pm: int) -> dict[tuple[int, int], float]:
+    axis = alpha_axis(GRID_POINTS)
+    return {(0, 1): axis[i_model], (0, 2): axis[i_pm], (1, 2): axis[i_pm]}
+
+
+def test_decisions_at_grid_points_are_the_exact_model_within_the_margin(policy, profile):
+    """At the tables' own grid points nothing is interpolated: the decision's time is the exact
+    model's time of the decision's setting, and it is within the margin of the exact optimum."""
+    assert {t.points for t in policy.tables if len(t.members) > 1} == {GRID_POINTS} == {policy.plan.points}
     predictor = IidPredictor(profile, context=113.875)
+    rules = set()
+    for i_model, i_pm in ((16, 5), (14, 8), (10, 3), (6, 6), (3, 1)):
+        alpha = on_grid(i_model, i_pm)
+        decision = policy.decide(alpha)
+        rules.add(decision.rule)
+        latency = predictor.latencies(tuple(NAMES[m] for m in decision.members))
+        exact = evaluate_setting([alpha[p] for p in pairwise(decision.members)], decision.gammas, latency)
+        assert decision.time_per_token == pytest.approx(exact, rel=1e-9), (alpha, decision)
+        best = exact_best(predictor, profile, alpha)
+        assert decision.best_time_per_token == pytest.approx(best, rel=1e-9), (alpha, decision)
+        assert decision.time_per_token <= best * (1 + policy.margin) * (1 + 1e-9), (alpha, decision)
+    assert rules == {"plan", "best"}  # both branches of the rule were exercised
+
+
+def test_decisions_off_the_grid_are_bounded_by_the_exact_model_at_the_cells_corners(policy, profile):
+    """Between grid points the lookup interpolates. The exact optimum is monotone in acceptance,
+    so the best time at ``alpha`` lies between the exact optima at the corners of its grid cell
+    (every pair at its lower node, every pair at its upper node); the decision, within the margin
+    of the interpolated best, may be no faster than the upper corner's optimum and no slower than
+    the margin over the lower corner's. The interpolated best lies strictly between the two."""
+    predictor = IidPredictor(profile, context=113.875)
+    axis_u = [MAX_U * i / (GRID_POINTS - 1) for i in range(GRID_POINTS)]
     for a_model, a_pm in ((0.98, 0.3), (0.9, 0.5), (0.7, 0.47)):
         alpha = {(0, 1): a_model, (0, 2): a_pm, (1, 2): a_pm}
+        nodes = {p: max(i for i, u in enumerate(axis_u[:-1]) if u <= u_of_alpha(a)) for p, a in alpha.items()}
+        assert all(axis_u[i] <= u_of_alpha(alpha[p]) < axis_u[i + 1] for p, i in nodes.items())
+        slow = exact_best(predictor, profile, on_grid(nodes[(0, 1)], nodes[(0, 2)]))
+        fast = exact_best(predictor, profile, on_grid(nodes[(0, 1)] + 1, nodes[(0, 2)] + 1))
+        best = exact_best(predictor, profile, alpha)
+        assert fast <= best <= slow  # the monotonicity the bound rests on
         decision = policy.decide(alpha)
-        best = min(
-            (
-                predictor.predict(tuple(NAMES[m] for m in members), ()).time_per_token
-                if len(members) == 1
-                else float(
-                    search_gammas(
-                        [alpha[p] for p in pairwise(members)],
-                        predictor.latencies(tuple(NAMES[m] for m in members)),
-                        max_gamma=16,
-                    )[1].time_per_token
-                )
-            )
-            for members in subsets(NAMES, profile)
-        )
-        assert decision.time_per_token <= best * (1 + policy.margin) * 1.02
+        assert fast <= decision.time_per_token <= slow * (1 + policy.margin), (alpha, decision, fast, slow)
+        # interpolated, not read off a corner: strictly inside the corners' range
+        assert fast < decision.best_time_per_token < slow, (alpha, decision, fast, slow)
 
 
 def test_policy_round_trips_through_the_plan_json(policy, tmp_path):

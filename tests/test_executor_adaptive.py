@@ -111,10 +111,14 @@ def test_greedy_identity_with_the_adaptive_controller_when_the_prior_is_wrong():
     for prompt in PROMPTS:
         result = chain.generate(prompt, max_new_tokens=64, eos_token_id=[])
         assert result.tokens == hf_greedy(prompt, 64), prompt
-        changed += len(result.stats.setting_changes)
+        # the first entry is the setting the generation starts with; later ones are changes
+        first, *later = result.stats.setting_changes
+        assert first["at_token"] == 0
+        assert all(c["at_token"] > 0 for c in later)
+        changed += len(later)
         for change in result.stats.setting_changes:
             assert change["reason"] and change["members"][0] == "t"
-    assert changed >= len(PROMPTS)  # the controller did change the chain mid-generation
+    assert changed >= 1  # the controller did change the chain mid-generation
     assert chain.controller.alpha[(0, 3)] < 0.5  # and learned that the cycle is bad
 
 

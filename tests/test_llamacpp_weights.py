@@ -118,9 +118,12 @@ def q4_target(smollm2_pool, q4):
 
 
 def test_one_token_passes_use_other_kernels_unless_uniform(q4, q4_target, prompts):
-    """Why a llama.cpp target needs uniform numerics: a one-token pass differs from the same
-    position inside a longer pass; with pads_passes it does not."""
+    """Why a llama.cpp target needs uniform numerics: a one-token pass goes through other kernels
+    than the same position inside a longer pass, and may differ from it (by how much, if at all,
+    is a fact of the CPU and the llama.cpp build, not asserted here); with pads_passes every pass
+    is a multi-token one and the logits are identical."""
     ids = torch.tensor(prompts[1][:24])
+    diffs = {}
     for d in (q4, q4_target):
         d.reset()
         full = d.score(ids)
@@ -128,11 +131,10 @@ def test_one_token_passes_use_other_kernels_unless_uniform(q4, q4_target, prompt
         d.score(ids[:16])
         singles = torch.cat([d.score(ids[i : i + 1]) for i in range(16, 24)])
         d.reset()
-        diff = (singles - full[16:]).abs().max().item()
-        if d is q4:
-            assert diff > 0 and d.shape_sensitive
-        else:
-            assert diff == 0 and not d.shape_sensitive
+        diffs[d.name] = (singles - full[16:]).abs().max().item()
+    print(f"one-token vs in-batch logits, largest difference: {diffs}")
+    assert q4.shape_sensitive and not q4.pads_passes  # the drafter may differ: profiled in its run-time shapes
+    assert diffs[q4_target.name] == 0 and not q4_target.shape_sensitive
     # decoding alone (the autoregressive baseline), the target takes the one-token kernels again
     q4.reset()
     q4.score(ids[:16])
@@ -327,7 +329,7 @@ def test_profile_optimize_bench_with_a_llamacpp_target(tmp_path, smollm2_pool, q
         "--pool",
         str(pool_file),
         "--prompts",
-        "1",
+        "2",
         "--repeats",
         "1",
         "--max-new-tokens",
@@ -341,7 +343,22 @@ def test_profile_optimize_bench_with_a_llamacpp_target(tmp_path, smollm2_pool, q
     # the speed baseline decodes with llama.cpp's one-token kernels; losslessness is judged
     # against the target alone in the numerics it verifies with
     assert reference["name"] == REFERENCE and reference["measured"]["matches_autoregressive"] is None
-    assert 0.0 <= ar["measured"]["matches_autoregressive"] <= 1.0 and ar["predicted"] and not reference["predicted"]
+    assert ar["predicted"] and not reference["predicted"]
+    # whether the one-token decoding equals the reference is a fact of this CPU: measured here,
+    # on the bench's prompts, with the pool's own target: the bench must report the same
+    from polyplan.bench.runner import encode_prompts
+    from polyplan.models import load_pool
+
+    pool = load_pool(pool_file)
+    target = pool.drafter("q4")
+    eos, same, longest = list(target.eos_token_ids), [], 0
+    for _, prompt in encode_prompts(pool.tokenizer, 2)[1]:
+        alone = Chain([target]).generate(prompt, max_new_tokens=16, eos_token_id=eos).tokens
+        verifying = Chain([target], verification_numerics=True).generate(prompt, max_new_tokens=16, eos_token_id=eos)
+        same.append(alone == verifying.tokens)
+        longest = max(longest, len(alone))
+    assert longest == 16  # a prompt that really decodes (the first one ends at once in this pool)
+    assert ar["measured"]["matches_autoregressive"] == sum(same) / len(same)
     assert chains
     for m in chains:
         assert m["measured"]["time_per_token_s"] > 0

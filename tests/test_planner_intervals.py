@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -50,15 +51,60 @@ def two_level(per_prompt: list[float], *, latency_spread: bool = True):
     return prof, segment_traces({("target", "draft"): per_prompt})
 
 
+QUANTILES = [(0.25, 0.75), (0.1, 0.9), (0.02, 0.98)]
+
+
 @pytest.mark.parametrize("kind", ["replay", "iid"])
-def test_interval_contains_the_point_estimate(kind):
+def test_interval_is_a_percentile_spread_around_the_estimate(kind):
+    """The interval is made of the replicates' quantiles: wider quantiles give a strictly wider
+    interval on both sides, and with six disagreeing prompts the point estimate lies strictly
+    inside (not on a bound the interval was widened to). The target alone does not depend on
+    acceptance: its time spreads by latency only, and its speedup over itself is 1 in every
+    replicate (the plans share their latency draws)."""
     prof, tr = two_level([0.9, 0.5, 0.8, 0.6, 0.95, 0.4])
     pred = ReplayPredictor(prof, tr, horizon=64) if kind == "replay" else IidPredictor(prof, horizon=64)
-    estimates = [pred.best(("target", "draft")), pred.best(("target",))]
-    for e, iv in zip(estimates, plan_intervals(pred, estimates, traces=tr).intervals, strict=True):
+    plan, alone = pred.best(("target", "draft")), pred.best(("target",))
+    sets = [plan_intervals(pred, [plan, alone], traces=tr, quantiles=q).intervals for q in QUANTILES]
+    for (narrow, _), (wide, _) in pairwise(sets):
+        assert wide.time_per_token[0] < narrow.time_per_token[0] and narrow.time_per_token[1] < wide.time_per_token[1]
+        assert wide.speedup[0] < narrow.speedup[0] and narrow.speedup[1] < wide.speedup[1]
+    for iv, _ in sets:
         lo, hi = iv.time_per_token
-        assert lo <= e.time_per_token <= hi and lo < hi
-        assert iv.speedup[0] <= e.speedup <= iv.speedup[1]
+        assert lo < plan.time_per_token < hi and lo < hi
+        assert iv.speedup[0] < plan.speedup < iv.speedup[1]
+    for _, iv in sets:
+        assert alone.time_per_token * 0.8 < iv.time_per_token[0] < alone.time_per_token < iv.time_per_token[1]
+        assert iv.speedup == pytest.approx((1.0, 1.0), abs=1e-12)
+
+
+def test_replay_interval_is_the_bootstrap_of_the_prompts_own_replays():
+    """Without latency spread, each replicate of the replay predictor is the mean of resampled
+    prompts' own time per token (every prompt replays the same number of tokens here): the bounds
+    are the quantiles of that bootstrap, drawn here independently from each prompt replayed on its
+    own, and the speedup bounds are the target's time over the time bounds."""
+    prof, tr = two_level([0.9, 0.5, 0.8, 0.6, 0.95, 0.4], latency_spread=False)
+    pred = ReplayPredictor(prof, tr, horizon=64)
+    e = pred.best(("target", "draft"))
+    seg, key = tr["segments"], "greedy/target/draft"
+    per_prompt = np.array(
+        [
+            ReplayPredictor(prof, {"segments": np.array([0, b - a]), key: tr[key][a:b]}, horizon=64)
+            .predict(e.chain, e.gammas)
+            .time_per_token
+            for a, b in pairwise(seg)
+        ]
+    )
+    assert per_prompt.mean() == pytest.approx(e.time_per_token, rel=1e-9)
+    rng = np.random.default_rng(12345)
+    means = per_prompt[rng.integers(0, len(per_prompt), size=(50_000, len(per_prompt)))].mean(axis=1)
+    target_time = pred.best(("target",)).time_per_token
+    for q in QUANTILES:
+        iv = plan_intervals(pred, [e], traces=tr, quantiles=q).intervals[0]
+        # 2000 replicates of a discrete bootstrap (six prompts) against 50000: within a tenth of
+        # the prompts' spread (a wrong quantile or resampling is off by several tenths)
+        assert iv.time_per_token == pytest.approx(tuple(np.quantile(means, q)), abs=0.1 * per_prompt.std()), q
+        lo, hi = iv.time_per_token
+        assert iv.speedup == pytest.approx((target_time / hi, target_time / lo), rel=1e-3)
 
 
 def test_counted_passes_re_time_to_the_predictors_own_estimate():
@@ -154,8 +200,14 @@ def test_optimize_records_the_choice_and_the_plan_round_trips(tmp_path):
     assert [c["chain"] for c in choice["candidates"]][:2] == [["target", "bursty"], ["target", "steady"]]
     assert [c["chosen"] for c in choice["candidates"]][:2] == [False, True]
     assert choice["spread"]["acceptance"] == "prompts" and choice["spread"]["groups"] == 8
-    lo, hi = plan.prediction["interval"]["speedup"]
-    assert lo <= plan.prediction["speedup"] <= hi
+    # the plan carries the chosen plan's interval; the runner-up whose average rests on which
+    # prompts come has a much wider one, and a worse pessimistic time (why it was passed over)
+    chosen = next(c for c in choice["candidates"] if c["chosen"])
+    assert plan.prediction["interval"] == chosen["interval"]
+    mine, bursty = plan.prediction["interval"], plan.runners_up[0]["interval"]
+    width = {k: iv["speedup"][1] - iv["speedup"][0] for k, iv in (("steady", mine), ("bursty", bursty))}
+    assert 0 < 2 * width["steady"] < width["bursty"], width
+    assert mine["time_per_token_s"][1] < bursty["time_per_token_s"][1]
     # the point-best is now a runner-up, with its interval
     assert plan.runners_up[0]["chain"] == ["target", "bursty"] and "interval" in plan.runners_up[0]
     out = tmp_path / "plan.json"
