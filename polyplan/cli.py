@@ -6,6 +6,7 @@ Each subcommand group lives in ``polyplan/commands/<group>.py`` and exposes ``ap
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -65,8 +66,15 @@ def _load_groups() -> None:
 _load_groups()
 
 
+#: rich cuts tables to 80 columns when output is not a terminal (a log, a pipe): wide enough for
+#: every table instead, unless the user set COLUMNS
+PIPED_COLUMNS = "200"
+
+
 def main() -> None:
     """Console entry point: usage errors are click's; a UserError is one line and exit 2."""
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        os.environ["COLUMNS"] = PIPED_COLUMNS
     try:
         root()
     except UserError as e:
