@@ -113,6 +113,7 @@ def test_run_reads_top_k_0_and_top_p_1_as_off(model_dirs, capsys):
             seed=4,
             stats=False,
             as_json=True,
+            window=None,
         )
         outputs.append(json.loads(capsys.readouterr().out)["tokens"])
     assert outputs[0] == outputs[1] and len(outputs[0]) == 12
@@ -157,6 +158,7 @@ def test_run_bad_input_raises_user_error(model_dirs, kwargs, message):
         seed=0,
         stats=False,
         as_json=True,
+        window=None,
     )
     call.update(kwargs)
     if call["prompt_file"] is not None:

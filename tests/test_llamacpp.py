@@ -219,7 +219,7 @@ def test_catalog_gguf_is_kept_once_and_the_conversion_reuses_it(tmp_path, monkey
 
 def test_the_probe_runs_a_batched_pass_and_is_keyed_by_every_cpu_flag(monkeypatch, tmp_path):
     """issue 20 item 5: a two-token probe never reaches the batched kernels (a prefill's)."""
-    assert "for i in range(63)" in runtime._PROBE_SCRIPT and "n_batch=64" in runtime._PROBE_SCRIPT
+    assert "for i in range(64)" in runtime._PROBE_SCRIPT and "n_batch=64" in runtime._PROBE_SCRIPT
     fake = types.SimpleNamespace(__file__=str(tmp_path / "llama_cpp" / "__init__.py"), __version__="0")
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")

@@ -78,11 +78,11 @@ def _probe_key(llama_cpp: ModuleType, gguf: Path) -> str:
 
 #: the probe runs a 64-token batch (the batched matmul kernels a prefill and a verification use,
 #: which a two-token pass never reaches) and then one token; bump to re-probe every machine
-_PROBE_VERSION = "2"
+_PROBE_VERSION = "3"
 _PROBE_SCRIPT = (
     "import sys, llama_cpp\n"
     "m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=128, n_batch=64, n_ubatch=64, n_threads=2, verbose=False)\n"
-    "m.eval([max(m.token_bos(), 0)] + [(7 * i) % 100 + 1 for i in range(63)])\n"
+    "m.eval([(7 * i + 1) % m.n_vocab() for i in range(64)])\n"
     "m.eval([1])\n"
 )
 
