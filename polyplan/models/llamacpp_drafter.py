@@ -33,6 +33,8 @@ from polyplan.models.llamacpp_runtime import GGUFLoadError, check_runs, import_l
 DEFAULT_N_CTX = 4096
 #: both cores of the project's machines: chain levels run one after another, never together
 DEFAULT_THREADS = 2
+#: a pool's llama.cpp TARGET scores at least this many tokens per pass by default (see min_pass)
+DEFAULT_TARGET_MIN_PASS = 2
 _N_BATCH = 512
 
 

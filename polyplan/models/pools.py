@@ -58,6 +58,7 @@ from polyplan.errors import UserError
 from polyplan.models import cache as model_cache, gguf_files, sources as src
 from polyplan.models.derive import apply_derivation, check_derivation
 from polyplan.models.drafter import Drafter, VocabularyMismatch, check_same_vocabulary
+from polyplan.models.llamacpp_drafter import DEFAULT_N_CTX, DEFAULT_TARGET_MIN_PASS, DEFAULT_THREADS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,7 +79,7 @@ WINDOW_KEYS = {"window", "sink"}
 BACKENDS = ("transformers", "llama.cpp")
 #: llama.cpp member options and their defaults (see LlamaCppDrafter)
 #: min_pass: the fewest tokens the TARGET scores per pass (see LlamaCppDrafter); drafters ignore it
-LLAMACPP_OPTIONS = {"threads": 2, "n_ctx": 4096, "min_pass": 2}
+LLAMACPP_OPTIONS = {"threads": DEFAULT_THREADS, "n_ctx": DEFAULT_N_CTX, "min_pass": DEFAULT_TARGET_MIN_PASS}
 Log = Callable[[str], None]
 
 
