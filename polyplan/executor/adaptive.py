@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING
 
 from polyplan.executor.control import RoundSetting
 from polyplan.theory.control import (
-    describe,
     posterior_mean,
     transfer_bound,
     verification_evidence,
@@ -179,10 +178,10 @@ class AdaptiveController:
         names, d = self.policy.names, first.decision
         shown = ", ".join(f"{names[m]} window {w}" for m, w in sorted(first.windows.items()) if w and m in d.members)
         return (
-            f"{describe(d.members, d.gammas, names)}{' (' + shown + ')' if shown else ''}: least expected "
-            f"request time for {self.prompt_len} prompt "
-            f"tokens and ~{p.horizon:.0f} new: {p.request_s:.2f} s predicted vs {p.autoregressive_request_s:.2f} s "
-            f"for the target alone (drafter prefill {sum(p.drafter_prefill_s):.2f} s)"
+            f"least expected request time for {self.prompt_len} prompt tokens and ~{p.horizon:.0f} new"
+            f"{' (' + shown + ')' if shown else ''}: {p.request_s:.2f} s predicted vs "
+            f"{p.autoregressive_request_s:.2f} s for the target alone "
+            f"(drafter prefill {sum(p.drafter_prefill_s):.2f} s)"
         )
 
     def _decide(self) -> RoundSetting:
