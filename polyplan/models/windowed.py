@@ -122,6 +122,11 @@ class WindowedDrafter(Drafter):
         n = int(new_ids.shape[0])
         if n == 0:
             return self.inner.score(new_ids, last=last)
+        if self.window is None:
+            # no window for this sequence (set_window comes only before its first pass): nothing
+            # to rebuild from, so the decode loop pays no copy
+            self._processed += n
+            return self.inner.score(new_ids, last=last)
         end = self._store(new_ids)
         rows = n if last is None else min(last, n)
         if not self._rebuild_needed(n):
