@@ -24,7 +24,8 @@ BASE = '[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "gguf:a.gguf"\n'
     [
         (
             'name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\ndtype = "bf16"\n',
-            r"unknown keys \['dtype'\] for a llama.cpp member \(a llama.cpp member runs the GGUF's own quantization\)",
+            r"unknown keys \['dtype'\] for a llama.cpp member \(a llama.cpp member runs the GGUF's own quantization; "
+            r'derivation = "gguf:TYPE" picks another\)',
         ),
         ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\ndevice = "cuda"\n', "llama.cpp members run on the CPU"),
         ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\nthreads = 0\n', "threads must be a positive integer"),

@@ -94,3 +94,26 @@ def test_llamacpp_target_samples_its_own_distribution(models, tmp_path):
     assert_some_drafts_rejected(chain)
     counts_bottom = sample_counts(Chain([ModelDrafter(bottom, "b")]), PARAMS, N, LENGTH)
     assert chi_square_p(dist, counts_bottom, N) < 1e-6
+
+
+def test_a_level_quantized_by_llamacpp_samples_the_target_distribution(models, tmp_path, monkeypatch):
+    """A derived member (llama.cpp's quantizer, Q8_0 of the middle model's float32 GGUF) in the
+    middle of a transformers chain: the proposal changes, the output distribution does not."""
+    from polyplan.models.gguf_quantize import derive_gguf, gguf_file_type
+    from polyplan.models.llamacpp_drafter import LlamaCppDrafter
+
+    monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
+    target, middle, bottom = models
+    source = tiny_gguf(middle, tmp_path / "m.gguf")
+    derived = derive_gguf(source, "0" * 64, "tiny middle", "Q8_0", threads=1)
+    assert gguf_file_type(derived) == "Q8_0" and gguf_file_type(source) == "F32"
+    dist = exact_distribution(
+        lambda ctx: target(input_ids=torch.tensor([ctx])).logits[0, -1].float().detach(), PARAMS, PROMPT, LENGTH
+    )
+    chain = Chain(
+        [ModelDrafter(target, "t"), LlamaCppDrafter(derived, "m:q8_0", n_ctx=64, threads=1), ModelDrafter(bottom, "b")],
+        gammas=[2, 2],
+    )
+    counts = sample_counts(chain, PARAMS, N, LENGTH)
+    assert chi_square_p(dist, counts, N) > 1e-3
+    assert_some_drafts_rejected(chain)

@@ -217,9 +217,57 @@ def test_min_pass_pads_every_target_pass_and_keeps_chains_identical(smollm2_pool
 
 
 def test_llamacpp_middle_level_chain_matches_the_target_generate(smollm2_pool, q4, prompts):
+    _assert_matches_target_generate(smollm2_pool, ["smollm2-135m", Q4, "prompt-lookup"], [6, 3], prompts)
+
+
+#: the ladder llama.cpp's quantizer derives from the Q4_1 GGUF (made by `models install smollm2`)
+LADDER = ("smollm2-135m:q8_0", "smollm2-135m:q4_0", "smollm2-135m:iq4_nl")
+
+
+@pytest.mark.parametrize(
+    ("names", "gammas"),
+    [
+        (["smollm2-135m", "smollm2-135m:q4_0"], [6]),
+        (["smollm2-135m", "smollm2-135m:q8_0", "smollm2-135m:iq4_nl"], [8, 3]),
+        (["smollm2-135m", "smollm2-135m:bf16", "smollm2-135m:q4_0", "prompt-lookup"], [8, 4, 2]),
+    ],
+    ids=["depth2-q4_0", "depth3-q8_0-iq4_nl", "depth4-bf16-q4_0-lookup"],
+)
+def test_chains_with_derived_quantizations_match_the_target_generate(smollm2_pool, q4, prompts, names, gammas):
+    missing = [m for m in LADDER if not smollm2_pool.installed().get(m)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not made: run `polyplan models install smollm2`")
+    _assert_matches_target_generate(smollm2_pool, names, gammas, prompts)
+
+
+def test_the_derived_ladder_is_a_real_other_rounding(smollm2_pool, q4, prompts):
+    """The derived Q4_0 is not the target's weights again: its greedy choices differ from the
+    float32 target's at some positions where the Q4_1 copy's agree (the realistic case)."""
+    if not smollm2_pool.installed().get("smollm2-135m:q4_0"):
+        pytest.skip("smollm2-135m:q4_0 not made: run `polyplan models install smollm2`")
+    from polyplan.models.gguf_quantize import gguf_file_type
+
+    assert gguf_file_type(smollm2_pool.member_gguf("smollm2-135m:q4_0")) == "Q4_0"
     target = smollm2_pool.drafter("smollm2-135m")
-    eos = [smollm2_pool.tokenizer.eos_token_id]
-    chain = Chain(smollm2_pool.drafters(["smollm2-135m", Q4, "prompt-lookup"]), [6, 3])
+    agree = {}
+    for name in (Q4, "smollm2-135m:q4_0"):
+        d = smollm2_pool.drafter(name)
+        same = total = 0
+        for p in prompts:
+            ids = torch.tensor(p)
+            target.reset()
+            d.reset()
+            same += int((target.score(ids).argmax(-1) == d.score(ids).argmax(-1)).sum())
+            total += len(p)
+        agree[name] = same / total
+    target.reset()
+    assert agree["smollm2-135m:q4_0"] < agree[Q4] - 0.03, agree
+
+
+def _assert_matches_target_generate(pool, names: list[str], gammas: list[int], prompts) -> None:
+    target = pool.drafter("smollm2-135m")
+    eos = [pool.tokenizer.eos_token_id]
+    chain = Chain(pool.drafters(names), gammas)
     accepted = 0
     for p in prompts:
         with torch.inference_mode():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from polyplan.cpu import usable_cores
 from polyplan.errors import UserError
 from polyplan.models import MemberSpec, Pool, builtin_pools, load_pool
 from polyplan.models.drafter import VocabularyMismatch
@@ -80,16 +81,24 @@ def test_builtin_pools_parse():
         "smollm2-135m:bf16",
         "smollm2-135m:int8",
         "smollm2-135m:q4",
+        "smollm2-135m:q8_0",
+        "smollm2-135m:q4_0",
+        "smollm2-135m:iq4_nl",
         "prompt-lookup",
         "ngram",
     ]
+    # the ladder: llama.cpp quantizations of the Q4_1 GGUF, made once by llama.cpp's quantizer
+    assert [p.member(n).quantization for n in p.names if p.member(n).llama_cpp] == [None, "Q8_0", "Q4_0", "IQ4_NL"]
+    assert {p.source(n).label for n in p.names if p.member(n).llama_cpp} == {p.source("smollm2-135m").label}
     assert all(isinstance(m, MemberSpec) for m in p.members)
     assert p.member("smollm2-135m:int8").derivation == "int8"
     q = load_pool("qwen-coder")
     assert q.target == "qwen2.5-coder-1.5b" and q.member("qwen2.5-coder-0.5b").dtype == "bfloat16"
     assert {m.kind for m in q.members} == {"model", "llama.cpp", "prompt-lookup", "ngram"}
     assert q.source("qwen2.5-coder-1.5b:q4") == q.source("qwen2.5-coder-1.5b")  # same_as
-    assert q.member("qwen2.5-coder-0.5b:q4").options == {"threads": 2, "n_ctx": 4096, "min_pass": 2}
+    # threads default to the cores this process may use
+    assert q.member("qwen2.5-coder-0.5b:q4").options == {"threads": usable_cores(), "n_ctx": 4096, "min_pass": 2}
+    assert q.member("qwen2.5-coder-1.5b:q4_0").quantization == "Q4_0"
 
 
 def test_user_pool_file_builds_drafters_lazily(tiny_pool_file):
@@ -190,7 +199,10 @@ def test_missing_weights_name_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "empty-cache"))
     pool = load_pool("smollm2")
     members = ("smollm2-135m", "smollm2-135m:bf16", "smollm2-135m:int8", "smollm2-135m:q4")
-    assert pool.installed() == dict.fromkeys(members, False)
+    ladder = ("smollm2-135m:q8_0", "smollm2-135m:q4_0", "smollm2-135m:iq4_nl")
+    assert pool.installed() == dict.fromkeys(members + ladder, False)
+    with pytest.raises(UserError, match=r"Q4_0 GGUF .* not made yet; run `polyplan models install smollm2`"):
+        pool.drafter("smollm2-135m:q4_0")
     with pytest.raises(UserError, match=r"not installed; run `polyplan models install smollm2`"):
         pool.drafter("smollm2-135m:bf16")
     with pytest.raises(UserError, match=r"not installed; run `polyplan models install smollm2`"):

@@ -32,7 +32,7 @@ def list_pools(
         table = Table(
             title=f"pool {p.name}: {p.description}" if p.description else f"pool {p.name}", title_justify="left"
         )
-        for col in ("member", "role", "kind", "source / options", "installed"):
+        for col in ("member", "role", "kind", "weights", "source / options", "installed"):
             table.add_column(col)
         for m in p.members:
             role = "target" if m.name == p.target else "drafter"
@@ -42,7 +42,8 @@ def list_pools(
                 state = "-" if m.model_free else ("yes" if installed[m.name] else "no")
             if p.unavailable(m.name):
                 state = f"{state}, unavailable" if state == "yes" else "unavailable"
-            table.add_row(m.name, role, m.kind if m.derivation == "none" else m.derivation, m.describe(), state)
+            kind = m.kind if m.derivation == "none" else m.derivation
+            table.add_row(m.name, role, kind, p.weights_summary(m.name), m.describe(), state)
         _out.print(table)
         if not all(installed.values()):
             _out.print(f"  install with: {p.install_command}")

