@@ -4,6 +4,8 @@ share it without a layer crossing."""
 
 from __future__ import annotations
 
+import math
+import os
 import platform
 from typing import Any
 
@@ -68,3 +70,20 @@ def cpu_features() -> dict[str, Any] | None:
         "model": info.get("model") or info.get("cpu part"),
         "flags": [f for f in MATMUL_FLAGS if f in flags],
     }
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, capped by a cgroup CPU quota
+    (containers that see every host core but may use two)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)

@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from polyplan.cpu import usable_cores
 from polyplan.errors import UserError
 from polyplan.models.drafter import Drafter
 from polyplan.models.llamacpp_runtime import GGUFLoadError, check_runs, import_llama_cpp
 
 DEFAULT_N_CTX = 4096
-#: both cores of the project's machines: chain levels run one after another, never together
-DEFAULT_THREADS = 2
+#: every core this process may use: chain levels run one after another, never together
+DEFAULT_THREADS = usable_cores()
 #: a pool's llama.cpp TARGET scores at least this many tokens per pass by default (see min_pass)
 DEFAULT_TARGET_MIN_PASS = 2
 _N_BATCH = 512

@@ -25,9 +25,12 @@ from polyplan.cpu import cpu_flags
 from polyplan.errors import UserError
 from polyplan.models import cache as model_cache
 
-#: how llama.cpp members become available: setup.sh builds the extra with portable CPU flags
-#: (a plain `pip install llama-cpp-python` builds with -march=native; see the README)
-LLAMACPP_INSTALL = "scripts/setup.sh (builds the polyplan[llamacpp] extra with portable CPU flags)"
+#: how llama.cpp members become available: setup.sh builds the extra for the instruction sets this
+#: CPU reports, never AMX (a plain `pip install llama-cpp-python` builds with -march=native; see docs/pools.md)
+LLAMACPP_INSTALL = (
+    "scripts/setup.sh (builds the polyplan[llamacpp] extra for this CPU's instruction sets; "
+    "POLYPLAN_LLAMACPP_BUILD=portable for the AVX2 set)"
+)
 _PROBE_TIMEOUT_S = 300
 
 
@@ -55,6 +58,20 @@ def import_llama_cpp() -> ModuleType:
             f"rebuild it with {LLAMACPP_INSTALL}"
         ) from None
     return llama_cpp
+
+
+def build_features() -> str | None:
+    """The CPU features llama.cpp was built with (``AVX2 AVX512 ...`` from its system info), or
+    None without llama.cpp: the same GGUF runs at very different speeds in a portable and an
+    AVX-512 build, so profiles record it."""
+    try:
+        llama_cpp = import_llama_cpp()
+        info = llama_cpp.llama_print_system_info()
+    except (LlamaCppUnavailable, AttributeError, OSError):
+        return None
+    text = info.decode(errors="replace") if isinstance(info, bytes) else str(info)
+    flags = [part.split("=")[0].strip() for part in text.split("|") if part.strip().endswith("= 1")]
+    return " ".join(f.split(":")[-1].strip() for f in flags) or None
 
 
 def unavailable_reason() -> str | None:
@@ -121,3 +138,26 @@ def check_runs(gguf: Path) -> None:
     tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
     tmp.write_text(f"{gguf}\n")
     os.replace(tmp, marker)
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m polyplan.models.llamacpp_runtime POOL``: probe the installed llama.cpp build on
+    the pool's first llama.cpp member (setup.sh falls back to the portable build on failure)."""
+    from polyplan.models.pools import load_pool
+
+    pool = load_pool(argv[0] if argv else "smollm2")
+    member = next((m.name for m in pool.members if m.llama_cpp and m.quantization is None), None)
+    if member is None:
+        print(f"pool {pool.name} has no llama.cpp member to probe with", file=sys.stderr)
+        return 2
+    try:
+        check_runs(pool.member_gguf(member))
+    except UserError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    print(f"llama.cpp ({build_features()}) runs {member} here")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from polyplan.cpu import cpu_features, cpu_model
+from polyplan.cpu import cpu_features, cpu_model, usable_cores
+from polyplan.models.llamacpp_runtime import build_features
 
 
 def _version(pkg: str) -> str | None:
@@ -29,6 +30,7 @@ def machine_facts(device: torch.device | str | None = None) -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
+        "usable_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "device": device.type,
         "gpu": None,
@@ -38,6 +40,8 @@ def machine_facts(device: torch.device | str | None = None) -> dict[str, Any]:
         "transformers": _version("transformers"),
         # llama.cpp members' latency depends on it (None when the extra is not installed)
         "llama_cpp_python": _version("llama-cpp-python"),
+        # the kernels it was built with (a portable AVX2 or an AVX-512 build of the same version)
+        "llama_cpp_build": build_features() if _version("llama-cpp-python") else None,
     }
     with contextlib.suppress(ValueError, OSError, AttributeError):
         facts["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -52,7 +56,17 @@ def machine_facts(device: torch.device | str | None = None) -> dict[str, Any]:
 
 def machine_fingerprint(facts: dict[str, Any]) -> dict[str, Any]:
     """The facts that must match for two measurements to be merged into one profile."""
-    keys = ("cpu", "cpu_features", "cores", "device", "gpu", "torch", "transformers", "llama_cpp_python")
+    keys = (
+        "cpu",
+        "cpu_features",
+        "cores",
+        "device",
+        "gpu",
+        "torch",
+        "transformers",
+        "llama_cpp_python",
+        "llama_cpp_build",
+    )
     return {k: facts.get(k) for k in keys}
 
 
