@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from polyplan.documents import AcceptancePair, Candidate, LatencyCurve, Profile
+from polyplan.errors import UserError
 from polyplan.planner import (
     IidPredictor,
     ReplayPredictor,
@@ -381,3 +382,51 @@ def test_bad_horizon_is_a_user_error(horizon):
 
     with pytest.raises(UserError, match="horizon"):
         IidPredictor(make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS), horizon=horizon)
+
+
+def test_optimize_from_part_of_the_pool_plans_only_those_members(tmp_path):
+    """--members: the pool without its best drafter (e.g. a copy of the target's own weights)
+    plans from what is left, and says which members it was given."""
+    prof = make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS)
+    path = save(tmp_path, prof)
+    full, _ = optimize(path, top=3)
+    assert "mid" in full.names
+    plan, res = optimize(path, top=3, members=["tiny"])
+    assert plan.names == ["target", "tiny"] and plan.settings["members"] == ["tiny"]
+    assert {v["model"] for v in plan.insertion} == {"tiny"}
+    assert all("mid" not in r["chain"] for r in plan.runners_up)
+    # the profile on disk is untouched, and the plan still points at it
+    assert plan.check_profile(path) and [c.name for c in Profile.load(path).candidates] == list(THREE_LEVEL_COSTS)
+    with pytest.raises(UserError, match="the profile has no member 'huge'"):
+        optimize(path, members=["huge"])
+
+
+def test_each_generation_pays_its_drafters_prefill_once():
+    """With the workload's prompt length, a plan's time per token at a horizon includes each
+    drafter's prefill of the prompt, once per generation: it can decide between two drafters of
+    nearly equal decode speed (a cheap-to-decode drafter whose prefill is dear loses)."""
+    from polyplan.documents.profile import PrefillCurve
+
+    costs = {"target": 1.0, "a": 0.05, "b": 0.06}
+    alphas = {("target", "a"): 0.9, ("target", "b"): 0.9, ("a", "b"): 0.9}
+    prof = make_profile(costs, alphas)
+    prof.prefill = {
+        "target": PrefillCurve([128, 512], [1.0, 4.0]),
+        "a": PrefillCurve([128, 512], [5.0, 20.0]),
+        "b": PrefillCurve([128, 512], [0.5, 2.0]),
+    }
+    decode_only = IidPredictor(prof, horizon=64)
+    with_prefill = IidPredictor(prof, horizon=64, prompt_length=256)
+    a0, b0 = decode_only.best(("target", "a")), decode_only.best(("target", "b"))
+    assert a0.time_per_token < b0.time_per_token
+    a1 = with_prefill.predict(("target", "a"), a0.gammas)
+    b1 = with_prefill.predict(("target", "b"), b0.gammas)
+    assert b1.time_per_token < a1.time_per_token
+    # the same simulated generations, each 64 tokens long, plus one prefill of a 256-token prompt
+    assert a1.time_per_token - a0.time_per_token == pytest.approx(prof.prefill["a"](256) / 64)
+    assert with_prefill.drafter_prefill(("target", "a", "b")) == pytest.approx(10.0 + 1.0)
+    # the target's own prefill is the same with or without a chain: never counted
+    assert with_prefill.predict(("target",), ()).time_per_token == decode_only.predict(("target",), ()).time_per_token
+    # the steady state (an unbounded generation) amortizes any prefill to nothing
+    steady = IidPredictor(prof, horizon=None, prompt_length=256)
+    assert steady.drafter_prefill(("target", "a")) == 0.0

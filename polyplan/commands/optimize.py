@@ -54,6 +54,12 @@ def optimize_command(
         "considered by --choose",
     ),
     json_out: bool = typer.Option(False, "--json", help="print the plan as JSON instead of tables"),
+    members: str | None = typer.Option(
+        None,
+        "--members",
+        help="plan from only these profiled members (comma-separated; the target is always in), e.g. to "
+        "leave out a drafter that is the target's own weights",
+    ),
 ) -> None:
     """Pick the fastest lossless chain (subset, order, gammas) from a profile and write plan.json."""
     from polyplan.planner import optimize
@@ -73,6 +79,7 @@ def optimize_command(
         max_new_tokens=max_new_tokens or None,
         choose=choose,
         tolerance=near,
+        members=[m.strip() for m in members.split(",") if m.strip()] if members is not None else None,
     )
     plan.save(output)
     if json_out:
@@ -121,6 +128,12 @@ def optimize_command(
     from polyplan.data.prompt_file import describe_workload
 
     console.print(f"planned for the workload the profile measured: {describe_workload(plan.profile.get('workload'))}")
+    if plan.settings.get("prompt_length") is not None:
+        console.print(
+            f"ms/token counts each drafter's prefill of the workload's mean prompt "
+            f"({plan.settings['prompt_length']:.0f} tokens) once per generation; the target's own prefill is "
+            "the same for every plan and left out"
+        )
     _print_prompt_lengths(console, plan)
     ins = Table(title="why each model is in or out (insertion condition)")
     for col in ("model", "in?", "gain", "paper: T/L cost < verifier saving (ms/token)", "reason"):

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -200,6 +200,30 @@ class Profile:
 
     def window_sizes(self) -> list[int]:
         return [int(w) for w in self.windows.get("sizes", [])] if self.windows.get("by_drafter") else []
+
+    def restricted(self, names: list[str]) -> Profile:
+        """This profile with only the candidates ``names`` (the target always stays): what a
+        plan made from part of a measured pool sees. Unknown names are one error line."""
+        known = [c.name for c in self.candidates]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise DocumentError(
+                f"the profile has no member {', '.join(map(repr, unknown))} (members: {', '.join(known)})"
+            )
+        keep = {self.target, *names}
+        return replace(
+            self,
+            candidates=[c for c in self.candidates if c.name in keep],
+            latency={k: v for k, v in self.latency.items() if k in keep},
+            pairs=[p for p in self.pairs if p.verifier in keep and p.drafter in keep],
+            prefill={k: v for k, v in self.prefill.items() if k in keep},
+            windows={
+                **self.windows,
+                "by_drafter": {k: v for k, v in (self.windows.get("by_drafter") or {}).items() if k in keep},
+            }
+            if self.windows
+            else {},
+        )
 
     def validate(self) -> None:
         names = [c.name for c in self.candidates]

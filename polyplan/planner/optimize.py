@@ -33,6 +33,7 @@ def optimize(
     profile: Profile | None = None,
     choose: str = "robust",
     tolerance: float = DEFAULT_TOLERANCE,
+    members: list[str] | None = None,
 ) -> tuple[Plan, SearchResult]:
     """Search the profile's pool and return the plan document (not yet saved) and the search.
 
@@ -40,9 +41,13 @@ def optimize(
     ``max_new_tokens`` is the generation length planned for (None: the steady state of an
     unbounded generation). ``choose``: ``robust`` runs, among the plans near the best point
     estimate whose uncertainty intervals overlap it, the one with the best pessimistic quantile;
-    ``point`` runs the best point estimate (polyplan.planner.choice)."""
+    ``point`` runs the best point estimate (polyplan.planner.choice). ``members``: plan from only
+    these profiled members (and the target)."""
     profile_path = Path(profile_path)
     profile = profile or Profile.load(profile_path)
+    planned_from = None if members is None else list(members)
+    if planned_from is not None:
+        profile = profile.restricted(planned_from)
     if top < 0:
         raise UserError(f"--top must be >= 0, got {top}")
     if predictor not in ("auto", *PREDICTORS):
@@ -58,7 +63,17 @@ def optimize(
         predictor = "replay" if traces is not None else "iid"
     if context is None and traces is not None:
         context = decoding_context(traces, max_new_tokens)
-    pred = make_predictor(predictor, profile, mode=mode, context=context, traces=traces, horizon=max_new_tokens)
+    # plans are ranked by what a request of the workload costs: decode plus each drafter's prefill
+    prompt_length = workload_prompt_length(traces) if profile.prefill else None
+    pred = make_predictor(
+        predictor,
+        profile,
+        mode=mode,
+        context=context,
+        traces=traces,
+        horizon=max_new_tokens,
+        prompt_length=prompt_length,
+    )
     if choose not in RULES:
         raise UserError(f"--choose must be one of {', '.join(RULES)}, not {choose!r}")
     result = search(profile, pred, max_gamma=max_gamma, all_orders=all_orders)
@@ -69,7 +84,15 @@ def optimize(
     predictions = {pred.name: _prediction(profile, pred, result.best)}
     for other in ("iid", "replay"):
         if other != pred.name and (other == "iid" or traces is not None):
-            alt = make_predictor(other, profile, mode=mode, context=pred.context, traces=traces, horizon=max_new_tokens)
+            alt = make_predictor(
+                other,
+                profile,
+                mode=mode,
+                context=pred.context,
+                traces=traces,
+                horizon=max_new_tokens,
+                prompt_length=prompt_length,
+            )
             predictions[other] = _prediction(profile, alt, alt.predict(result.best.chain, result.best.gammas))
             if result.best_two_level is not None:
                 two = result.best_two_level
@@ -91,6 +114,9 @@ def optimize(
             "temperature": profile.temperature,
             "choose": choose,
             "tolerance": tolerance,
+            "members": planned_from,
+            # the prompt length whose drafter prefills the ranking counts (None: decode time only)
+            "prompt_length": prompt_length,
         },
         profile={
             "path": str(profile_path),
@@ -141,6 +167,7 @@ def _member(profile: Profile, name: str) -> dict:
 def _prediction(profile: Profile, pred: Predictor, e: Estimate) -> dict:
     return {
         **e.as_dict(),
+        "drafter_prefill_s": pred.drafter_prefill(e.chain),
         "autoregressive_time_per_token_s": pred.autoregressive_time(),
         "alphas": pred.alphas(e.chain),
         "unit_latency_s": [unit_cost(profile, n, pred.context) for n in e.chain],
@@ -167,6 +194,14 @@ def _exports(profile: Profile, pred: Predictor, best: Estimate, max_gamma: int, 
     if server is not None:
         exports["llama_server"] = server
     return exports
+
+
+def workload_prompt_length(traces: dict | None) -> float | None:
+    """The mean prompt length of the profiled workload, or None when the traces do not record it."""
+    lengths = None if traces is None else traces.get("prompt_lengths")
+    if lengths is None or len(lengths) == 0:
+        return None
+    return float(sum(int(x) for x in lengths) / len(lengths))
 
 
 def decoding_context(traces: dict, max_new_tokens: int | None = None) -> float | None:

@@ -77,7 +77,13 @@ class Predictor(ABC):
     name: str
 
     def __init__(
-        self, profile: Profile, *, mode: str = "greedy", context: float | None = None, horizon: int | None = None
+        self,
+        profile: Profile,
+        *,
+        mode: str = "greedy",
+        context: float | None = None,
+        horizon: int | None = None,
+        prompt_length: float | None = None,
     ) -> None:
         if mode not in MODES:
             raise UserError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -90,6 +96,10 @@ class Predictor(ABC):
             raise UserError(f"context must be >= 0, got {context}")
         self._curves = {n: _MemoCurve(c, self.context) for n, c in profile.latency.items()}
         self._best: dict[tuple[Chain, int], Estimate] = {}
+        #: the workload's prompt length: at a horizon every generation also pays each drafter's
+        #: prefill of the prompt (proofs/prefill.md), which can decide between two drafters of
+        #: nearly equal decode speed; None leaves prefill out (decode time only)
+        self.prompt_length = None if prompt_length is None else float(prompt_length)
 
     # ---- inputs of the theory --------------------------------------------------------------
     def alphas(self, chain: Chain) -> list[float]:
@@ -102,6 +112,15 @@ class Predictor(ABC):
         """Time per token of the target alone (at the horizon, the first token is the prefill's)."""
         t1 = self._curves[self.profile.target](1)
         return t1 if self.horizon is None else t1 * (self.horizon - 1) / self.horizon
+
+    def drafter_prefill(self, chain: Chain) -> float:
+        """Seconds one generation spends prefilling the prompt into the chain's drafters (the
+        target's prefill is the same with or without a chain, so it is left out); 0 without a
+        prompt length, in the steady state, or for members whose prefill was not measured."""
+        if self.prompt_length is None or self.horizon is None:
+            return 0.0
+        prefill = self.profile.prefill
+        return sum(prefill[n](self.prompt_length) for n in chain[1:] if n in prefill)
 
     # ---- predictions --------------------------------------------------------------------------
     @abstractmethod
@@ -148,7 +167,8 @@ class Predictor(ABC):
         return best
 
     def _from_simulations(self, chain: Chain, gammas: Sequence[int], sims) -> Estimate:
-        time = sum(s.total_time for s in sims)
+        # each simulated generation (one per horizon-long run or replayed prompt) prefills once
+        time = sum(s.total_time for s in sims) + len(sims) * self.drafter_prefill(chain)
         tokens = sum(s.output_tokens for s in sims)
         rounds = sum(s.rounds for s in sims)
         passes = np.sum([np.asarray(s.passes, dtype=float) for s in sims], axis=0)
@@ -277,8 +297,9 @@ class ReplayPredictor(Predictor):
         horizon: int | None = None,
         seed: int = 0,
         passes: int | None = None,
+        prompt_length: float | None = None,
     ) -> None:
-        super().__init__(profile, mode=mode, context=context, horizon=horizon)
+        super().__init__(profile, mode=mode, context=context, horizon=horizon, prompt_length=prompt_length)
         self.traces, self.seed = traces, seed
         # 0/1 traces (greedy agreement) replay deterministically: one pass says it all.
         # Per-position probabilities (sampling; greedy at near-tie positions averaged over pass
@@ -297,7 +318,7 @@ class ReplayPredictor(Predictor):
         full = max(b - a for a, b in pairwise(self.segments))
         reference_length = int(reference_length) if isinstance(reference_length, int) else full
         self._ended = [b - a < reference_length for a, b in pairwise(self.segments)]
-        self._iid = IidPredictor(profile, mode=mode, context=self.context, horizon=horizon)
+        self._iid = IidPredictor(profile, mode=mode, context=self.context, horizon=horizon, prompt_length=prompt_length)
 
     def level_traces(self, chain: Chain) -> list[np.ndarray]:
         out = []
@@ -385,13 +406,16 @@ def make_predictor(
     context: float | None = None,
     traces: dict[str, np.ndarray] | None = None,
     horizon: int | None = None,
+    prompt_length: float | None = None,
 ) -> Predictor:
     if name == "iid":
-        return IidPredictor(profile, mode=mode, context=context, horizon=horizon)
+        return IidPredictor(profile, mode=mode, context=context, horizon=horizon, prompt_length=prompt_length)
     if name == "replay":
         if traces is None:
             if profile_path is None:
                 raise UserError("the replay predictor needs the profile's traces")
             traces = load_traces(profile, profile_path)
-        return ReplayPredictor(profile, traces, mode=mode, context=context, horizon=horizon)
+        return ReplayPredictor(
+            profile, traces, mode=mode, context=context, horizon=horizon, prompt_length=prompt_length
+        )
     raise UserError(f"predictor must be one of {', '.join(PREDICTORS)}, not {name!r}")
