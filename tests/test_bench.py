@@ -150,9 +150,9 @@ def test_bench_sampling_plan_runs_and_is_seeded(tiny_plan, tmp_path):
     ]
 
 
-def test_bench_static_runs_the_plan_unchanged(tiny_plan):
-    plan, path = tiny_plan
-    res = run_bench(
+def _static_bench(plan, path, **kw):
+    """One short static run of the tiny plan on the first prompt (no transformers methods)."""
+    return run_bench(
         plan,
         path,
         pool=TinyPool(),
@@ -163,7 +163,13 @@ def test_bench_static_runs_the_plan_unchanged(tiny_plan):
         encoded_prompts=PROMPTS,
         eos=[],
         static=True,
+        **kw,
     )
+
+
+def test_bench_static_runs_the_plan_unchanged(tiny_plan):
+    plan, path = tiny_plan
+    res = _static_bench(plan, path)
     assert [m["name"] for m in res["methods"]] == ["autoregressive", "polyplan-two-level", "polyplan-plan"]
 
 
@@ -430,3 +436,36 @@ def test_decode_only_time_subtracts_the_prefill_the_executor_timed():
     assert rec.seconds == pytest.approx(2.5)
     (old,) = decode_records([RunRecord("polyplan-plan", "p", 0, 10, 3.0)], [method], {("p", "d"): 2.0, ("p", "t"): 0.5})
     assert old.seconds == pytest.approx(0.5)
+
+
+def test_bench_also_runs_the_chains_asked_for_in_the_same_run(tiny_plan):
+    """--also: a chain the plan did not choose (e.g. the realistic pair beside the plan) is measured
+    side by side; one that is already measured is not run twice."""
+    from polyplan.commands.bench import parse_also
+
+    plan, path = tiny_plan
+    same_as_plan = ",".join(plan.names) + "/" + ",".join(map(str, plan.gammas))
+    also = [parse_also("target,tiny/2", "target"), parse_also(same_as_plan, "target")]
+    res = _static_bench(plan, path, also=also)
+    rows = {m["name"]: m for m in res["methods"]}
+    assert list(rows) == ["autoregressive", "polyplan-two-level", "polyplan-plan", "also-1"]
+    assert rows["also-1"]["chain"] == ["target", "tiny"] and rows["also-1"]["gammas"] == [2]
+    assert rows["also-1"]["measured"]["matches_autoregressive"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("target,tiny", "give the chain"),
+        ("target,tiny/0", "one gamma >= 1 per drafter"),
+        ("target,mid,tiny/3", "one gamma >= 1 per drafter"),
+        ("mid,tiny/3", "must start with the plan's target target"),
+    ],
+)
+def test_bad_also_chains_are_one_line(text, message):
+    from polyplan.commands.bench import parse_also
+    from polyplan.errors import UserError
+
+    with pytest.raises(UserError, match=message) as info:
+        parse_also(text, "target")
+    assert "\n" not in str(info.value)

@@ -423,6 +423,25 @@ def plan_methods(
     return methods
 
 
+def also_methods(
+    methods: list[BenchMethod],
+    chains: list[tuple[list[str], list[int]]],
+    drafters: Callable[[str], Drafter],
+    temperature: float,
+    eos: list[int],
+) -> list[BenchMethod]:
+    """Static chains the user asked for (``bench --also``), except those already measured."""
+    seen = {(tuple(m.spec.chain), tuple(m.spec.gammas)) for m in methods if m.spec.engine == "polyplan"}
+    out = []
+    for names, gammas in chains:
+        if (tuple(names), tuple(gammas)) in seen:
+            continue
+        seen.add((tuple(names), tuple(gammas)))
+        label = " <- ".join(names) + f", gammas {gammas}"
+        out.append(_polyplan_chain(f"also-{len(out) + 1}", label, names, gammas, drafters, temperature, eos))
+    return out
+
+
 def _polyplan_chain(name, label, chain, gammas, drafters, temperature, eos) -> BenchMethod:
     return polyplan_method(
         MethodSpec(name, label, "polyplan", list(chain), list(gammas)),
@@ -609,11 +628,13 @@ def run_bench(
     prompts_file: str | Path | None = None,
     prompt_categories: dict[str, str] | None = None,
     static: bool = False,
+    also: list[tuple[list[str], list[int]]] | None = None,
 ) -> dict[str, Any]:
     """Run the comparison and return the results document (not yet saved; ``complete`` is false
     when it was interrupted). ``encoded_prompts`` (with ``prompt_categories``) replace the
     prompt set, for tests and callers that tokenise themselves. The chosen plan runs as
-    ``polyplan run`` runs it (adaptive) beside its static version; ``static``: static only."""
+    ``polyplan run`` runs it (adaptive) beside its static version; ``static``: static only.
+    ``also``: more static chains (names, gammas) measured in the same interleaved run."""
     log = log or (lambda msg: None)
     if repeats < 1 or prompts < 1 or max_new_tokens < 1:
         raise UserError("--repeats, --prompts and --max-new-tokens must all be >= 1")
@@ -656,6 +677,7 @@ def run_bench(
 
         policy = plan_policy(plan, plan_path, note=log)
     methods = plan_methods(plan, drafter, temperature=temperature, eos=eos, grid=grid, hf=hf, policy=policy)
+    methods += also_methods(methods, also or [], drafter, temperature, eos)
     check_prompts_fit(selected, encoded_prompts, list(loaded.values()), max_new_tokens)
     skipped = {}
     for m in list(methods):

@@ -39,6 +39,13 @@ def bench_command(
         help="run the plan static only (default: adaptive, as `polyplan run` runs it, beside the static plan)",
     ),
     no_hf: bool = typer.Option(False, "--no-hf", help="skip transformers assisted generation"),
+    also: list[str] = typer.Option(
+        [],
+        "--also",
+        metavar="CHAIN/GAMMAS",
+        help="also run this static chain in the same interleaved run, e.g. "
+        "'smollm2-135m,smollm2-135m:q4_0/16' (target first; repeatable)",
+    ),
 ) -> None:
     """Measure a plan: tokens/s, speedup, acceptance per level, predicted vs measured time per token."""
     from polyplan.bench.results import save_markdown, save_results
@@ -75,6 +82,7 @@ def bench_command(
         log=lambda m: console.print(f"[dim]{m}[/dim]"),
         prompts_file=prompts_file,
         static=static,
+        also=[parse_also(a, plan.target) for a in also],
     )
     save_results(output, doc)
     save_markdown(md, doc)
@@ -83,6 +91,26 @@ def bench_command(
     if not doc.get("complete", True):
         print(f"polyplan: {doc.get('stopped')}; what was measured is in {output}", file=sys.stderr)
         raise typer.Exit(130)
+
+
+def parse_also(text: str, target: str) -> tuple[list[str], list[int]]:
+    """``a,b,c/4,2`` -> (["a", "b", "c"], [4, 2]); anything else is one error line."""
+    from polyplan.errors import UserError
+
+    names_text, sep, gammas_text = text.rpartition("/")
+    names = [n.strip() for n in names_text.split(",") if n.strip()]
+    try:
+        gammas = [int(g) for g in gammas_text.split(",") if g.strip()]
+    except ValueError:
+        gammas = []
+    if not sep or len(names) < 2 or len(gammas) != len(names) - 1 or min(gammas) < 1:
+        raise UserError(
+            f"--also {text!r}: give the chain (target first) and one gamma >= 1 per drafter, "
+            "as 'target,drafter/16' or 'target,middle,bottom/4,2'"
+        )
+    if names[0] != target:
+        raise UserError(f"--also {text!r}: the chain must start with the plan's target {target}")
+    return names, gammas
 
 
 def print_table(doc: dict) -> None:
