@@ -72,6 +72,10 @@ def cpu_features() -> dict[str, Any] | None:
     }
 
 
+#: cgroup v2's CPU quota of this process's container ("max 100000", or "<quota> <period>")
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
 def usable_cores() -> int:
     """The cores this process may run on: its CPU affinity, capped by a cgroup CPU quota
     (containers that see every host core but may use two)."""
@@ -80,7 +84,7 @@ def usable_cores() -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     try:
-        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+        with open(CGROUP_CPU_MAX, encoding="ascii") as f:
             quota, period = f.read().split()[:2]
         if quota != "max":
             cores = min(cores, max(1, math.ceil(int(quota) / int(period))))

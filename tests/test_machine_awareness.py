@@ -96,3 +96,40 @@ def test_bench_warns_before_loading_any_model(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert lines[0].startswith("warning:") and "Imaginary CPU 9000" in lines[0]
     assert "no-such-pool" in lines[-1] and len(lines) == 2
+
+
+def test_usable_cores_follow_the_affinity_and_a_cgroup_quota(tmp_path, monkeypatch):
+    """llama.cpp and torch threads default to the cores this process may use: its CPU affinity,
+    capped by a container's CPU quota (which os.cpu_count() does not see)."""
+    import os
+
+    from polyplan import cpu
+
+    affinity = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    monkeypatch.setattr(cpu, "CGROUP_CPU_MAX", str(quota))
+    assert cpu.usable_cores() == affinity  # no quota file
+    quota.write_text("max 100000\n")
+    assert cpu.usable_cores() == affinity
+    quota.write_text("50000 100000\n")  # half a core: still one thread
+    assert cpu.usable_cores() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    quota.write_text("250000 100000\n")  # 2.5 cores of 8: three threads
+    assert cpu.usable_cores() == 3
+
+
+def test_plans_name_cached_ggufs_relative_to_the_cache(tmp_path, monkeypatch):
+    """A GGUF in the polyplan cache is recorded relative to it (shell syntax), so a plan made on
+    one machine names the same entry on another; a file elsewhere keeps its absolute path."""
+    import subprocess
+
+    from polyplan.profiler.pool_inputs import portable_gguf_path
+
+    monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
+    entry = tmp_path / "cache" / "gguf-derived" / "abc-q4_0" / "model-q4_0.gguf"
+    recorded = portable_gguf_path(entry)
+    assert recorded == "${POLYPLAN_CACHE:-$HOME/.cache/polyplan}/gguf-derived/abc-q4_0/model-q4_0.gguf"
+    shell = subprocess.run(["sh", "-c", f'echo "{recorded}"'], capture_output=True, text=True, check=True)
+    assert shell.stdout.strip() == str(entry)
+    assert portable_gguf_path(tmp_path / "mine.gguf") == str((tmp_path / "mine.gguf").resolve())
+    assert portable_gguf_path(None) == ""

@@ -125,7 +125,7 @@ def llama_server_export(
     ]
     notes = [
         "older llama-server builds name these --model-draft, --draft-max, --draft-min and --draft-p-min",
-        "the GGUF paths are this machine's polyplan cache entries",
+        "the GGUF paths are polyplan cache entries (POLYPLAN_CACHE, default ~/.cache/polyplan), in shell syntax",
     ]
     if mode == "sampling":
         notes.append(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -127,7 +129,7 @@ def inputs_from_pool(
                 point_mass=bool(d.point_mass),
                 random_weights=bool(random_weights and not d.point_mass and not getattr(spec, "llama_cpp", False)),
                 backend=getattr(spec, "backend", "transformers"),
-                gguf=str(getattr(d, "gguf_path", "") or ""),
+                gguf=portable_gguf_path(getattr(d, "gguf_path", None)),
                 min_pass=int(getattr(d, "min_pass", 1)) if d.pads_passes else 1,
             )
         )
@@ -143,3 +145,19 @@ def inputs_from_pool(
         if hasattr(target, "model")
         else list(getattr(target, "eos_token_ids", None) or eos_token_ids(tokenizer)),
     )
+
+
+def portable_gguf_path(path: str | os.PathLike | None) -> str:
+    """A GGUF path as profiles and plans record it: under the polyplan cache, relative to it in
+    shell syntax (``${POLYPLAN_CACHE:-$HOME/.cache/polyplan}/gguf/...``), so that a plan made on
+    one machine names the same entry on another; elsewhere the absolute path; '' for none."""
+    if not path:
+        return ""
+    from polyplan.models.cache import cache_root
+
+    resolved = Path(path).resolve()
+    try:
+        inside = resolved.relative_to(cache_root().resolve())
+    except ValueError:
+        return str(resolved)
+    return "${POLYPLAN_CACHE:-$HOME/.cache/polyplan}/" + inside.as_posix()
