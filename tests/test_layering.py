@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,11 @@ def test_nothing_in_the_executor_imports_the_assembly_above_it():
     offenders = [f.name for f in executor.glob("*.py") if "polyplan.assemble" in f.read_text()]
     assert offenders == []
     assert loaded_by("polyplan.executor.chain", ("polyplan.assemble",)) == []
+
+
+def test_weight_sources_do_not_reach_up_to_the_llamacpp_file_keeping():
+    """issue 20 item 10: ``sources`` (weights and their conversion) sits below ``gguf_files`` (GGUFs
+    kept for llama.cpp); both meet in the cache module through plain values."""
+    models = Path(__file__).resolve().parents[1] / "polyplan" / "models"
+    assert "gguf_files" not in (models / "sources.py").read_text()
+    assert loaded_by("polyplan.models.sources", ("polyplan.models.gguf_files",)) == []

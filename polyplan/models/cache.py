@@ -157,3 +157,21 @@ def read_manifest(entry: Path, fix: str, *, verify_hashes: bool = False) -> dict
         if verify_hashes and sha256_file(p) != meta.get("sha256"):
             raise corrupt(f"{rel} fails its sha256 check")
     return manifest
+
+
+def kept_gguf_dir(model_name: str, gguf_sha256: str) -> Path:
+    """The cache entry that keeps a catalog model's GGUF as it is (for llama.cpp members)."""
+    return cache_root() / "gguf" / f"{model_name}-{gguf_sha256[:12]}"
+
+
+def kept_gguf_file(model_name: str, gguf_sha256: str, gguf_name: str) -> Path | None:
+    """That entry's GGUF when the entry is intact (sizes match its manifest), else None: the
+    conversion reads it instead of fetching the wheels again."""
+    entry = kept_gguf_dir(model_name, gguf_sha256)
+    if not entry.is_dir():
+        return None
+    try:
+        read_manifest(entry, fix="")
+    except CorruptCache:
+        return None
+    return entry / gguf_name

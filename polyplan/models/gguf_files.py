@@ -23,21 +23,13 @@ GGUFSource = src.CatalogSource | src.GGUFFileSource
 
 
 def kept_dir(source: src.CatalogSource) -> Path:
-    m = source.model
-    return model_cache.cache_root() / "gguf" / f"{m.name}-{m.gguf_sha256[:12]}"
+    return model_cache.kept_gguf_dir(source.model.name, source.model.gguf_sha256)
 
 
 def kept_gguf(source: src.CatalogSource) -> Path | None:
-    """The kept, intact GGUF of a catalog model, or None (used by ``sources.prepare`` too, to
-    convert from it instead of fetching the wheels again)."""
-    entry = kept_dir(source)
-    if not entry.is_dir():
-        return None
-    try:
-        model_cache.read_manifest(entry, fix=f"{source.install_command} --force")
-    except model_cache.CorruptCache:
-        return None
-    return entry / source.model.gguf_name
+    """The kept, intact GGUF of a catalog model, or None."""
+    m = source.model
+    return model_cache.kept_gguf_file(m.name, m.gguf_sha256, m.gguf_name)
 
 
 def prepare_gguf(

@@ -478,11 +478,9 @@ def prepare(
         built = work / "entry"
         built.mkdir()
         if isinstance(source, CatalogSource):
-            from polyplan.models.gguf_files import kept_gguf
-
             m = source.model
             gguf = work / m.gguf_name
-            kept = None if force else kept_gguf(source)
+            kept = None if force else model_cache.kept_gguf_file(m.name, m.gguf_sha256, m.gguf_name)
             if kept is not None:
                 # a llama.cpp member keeps this GGUF, verified when it was kept: no second download
                 os.symlink(kept, gguf)
