@@ -1,0 +1,369 @@
+"""The methods ``polyplan bench`` compares, each a ``generate(prompt, max_new_tokens, seed)``:
+autoregressive decoding with the target (transformers ``generate``), transformers assisted
+generation (its defaults, and the plan's gamma for the same pair), polyplan's best two-level plan,
+the chosen plan as ``polyplan run`` runs it (adaptive) and static, the runners-up and gamma
+neighbours with ``grid``, and chains asked for with ``--also``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from polyplan.bench.results import (
+    AUTOREGRESSIVE,
+    REFERENCE,
+    MethodSpec,
+)
+from polyplan.documents.plan import Plan
+from polyplan.models.drafter import Drafter
+
+#: HF documents prompt_lookup_num_tokens=10 in its examples; it has no default of its own
+HF_PROMPT_LOOKUP_DEFAULT = 10
+
+
+@dataclass
+class BenchMethod:
+    spec: MethodSpec
+    members: list[str]  # pool members it needs (prefill accounting)
+    generate: Callable[[list[int], int, int], tuple[list[int], list[dict[str, Any]] | None]]
+
+
+def polyplan_method(
+    spec: MethodSpec,
+    drafters: Sequence[Drafter],
+    gammas: Sequence[int],
+    *,
+    temperature: float,
+    eos: list[int],
+    controller: Any = None,
+    verification_numerics: bool = False,
+) -> BenchMethod:
+    """``verification_numerics``: a one-member chain decodes in the numerics its member verifies
+    with, not as it does alone (see ``Chain``)."""
+    from polyplan.executor.chain import Chain
+
+    chain = Chain(
+        list(drafters), gammas=list(gammas), controller=controller, verification_numerics=verification_numerics
+    )
+
+    def generate(prompt: list[int], max_new_tokens: int, seed: int):
+        result = chain.generate(
+            prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, eos_token_id=eos
+        )
+        levels = [
+            {
+                "name": lv.name,
+                "gamma": lv.gamma,
+                "passes": lv.forward_passes,
+                "verifications": lv.num_drafts,
+                "accepted": lv.num_accepted_tokens,
+                "model_time_s": lv.model_time_s,
+                "prefill_tokens": lv.prefill_tokens,
+                "prefill_time_s": lv.prefill_time_s,
+            }
+            for lv in result.stats.levels
+        ]
+        return list(result.tokens), levels
+
+    return BenchMethod(spec, list(spec.chain), generate)
+
+
+def hf_method(
+    spec: MethodSpec,
+    target: Any,
+    *,
+    temperature: float,
+    eos: list[int],
+    assistant: Any = None,
+    assistant_config: dict[str, Any] | None = None,
+    prompt_lookup: tuple[int, int] | None = None,
+) -> BenchMethod:
+    """transformers ``generate`` on the target's HF model, optionally assisted.
+
+    The assistant's generation_config is restored to its pristine copy before every call: the
+    "heuristic" schedules adapt it in place and would leak state between prompts and methods."""
+    pristine = copy.deepcopy(assistant.generation_config) if assistant is not None else None
+    device = next(target.parameters()).device
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
+
+    def generate(prompt: list[int], max_new_tokens: int, seed: int):
+        ids = torch.tensor([prompt], device=device)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            attention_mask=torch.ones_like(ids),
+            eos_token_id=eos or None,
+            pad_token_id=(eos or [0])[0],
+            **sampling,
+        )
+        if assistant is not None:
+            assistant.generation_config = copy.deepcopy(pristine)
+            for k, v in (assistant_config or {}).items():
+                setattr(assistant.generation_config, k, v)
+            kwargs["assistant_model"] = assistant
+        if prompt_lookup is not None:
+            kwargs["prompt_lookup_num_tokens"], kwargs["max_matching_ngram_size"] = prompt_lookup
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = target.generate(ids, **kwargs)
+        return out[0, len(prompt) :].tolist(), None
+
+    return BenchMethod(spec, list(spec.chain), generate)
+
+
+def plan_methods(
+    plan: Plan,
+    drafters: Callable[[str], Drafter],
+    *,
+    temperature: float,
+    eos: list[int],
+    grid: bool = False,
+    hf: bool = True,
+    policy: Any = None,
+) -> list[BenchMethod]:
+    """The methods compared for ``plan`` (see the module doc); ``policy``: the plan's adaptive
+    policy (``polyplan.assemble.plan_policy``), None to run the plan static only."""
+    target = drafters(plan.target)
+    if getattr(target, "model", None) is not None:
+        methods = [
+            hf_method(
+                MethodSpec(AUTOREGRESSIVE, "autoregressive (transformers generate)", "transformers", [plan.target], []),
+                target.model,
+                temperature=temperature,
+                eos=eos,
+            )
+        ]
+    else:
+        # a llama.cpp target: its own one-token-per-pass decoding is the speed baseline (and
+        # transformers' assisted generation cannot drive it)
+        methods = [
+            polyplan_method(
+                MethodSpec(
+                    AUTOREGRESSIVE,
+                    "autoregressive (the target alone, one token per pass)",
+                    "llama.cpp",
+                    [plan.target],
+                    [],
+                ),
+                [target],
+                [],
+                temperature=temperature,
+                eos=eos,
+            )
+        ]
+    if target.pads_passes:
+        # Losslessness is judged against the target decoding in the numerics it verifies with
+        # (docs/staged-decoding.md, "llama.cpp members"): its one-token kernels may flip a near-tie.
+        methods.append(
+            polyplan_method(
+                MethodSpec(
+                    REFERENCE,
+                    "the target alone in its verification numerics (the lossless reference)",
+                    "llama.cpp",
+                    [plan.target],
+                    [],
+                ),
+                [target],
+                [],
+                temperature=temperature,
+                eos=eos,
+                verification_numerics=True,
+            )
+        )
+    two = plan.two_level
+    if two is not None:
+        d_name, g = two["chain"][1], int(two["gammas"][0])
+        d = drafters(d_name)
+        if hf and getattr(target, "model", None) is not None:
+            methods += _hf_assisted(plan.target, target, d_name, d, g, temperature, eos)
+        methods.append(
+            polyplan_method(
+                MethodSpec("polyplan-two-level", "polyplan best two-level plan", "polyplan", list(two["chain"]), [g]),
+                [target, d],
+                [g],
+                temperature=temperature,
+                eos=eos,
+            )
+        )
+    same_as_two = two is not None and list(two["chain"]) == plan.names and list(two["gammas"]) == plan.gammas
+    if policy is not None:
+        from polyplan.assemble import adaptive_controller, policy_windowable
+        from polyplan.models.windowed import WindowedDrafter
+
+        windowable = policy_windowable(policy)
+        members = [
+            WindowedDrafter(drafters(n), None, windowable[n]) if i and n in windowable else drafters(n)
+            for i, n in enumerate(plan.names)
+        ]
+        methods.append(
+            polyplan_method(
+                MethodSpec(
+                    "polyplan-plan",
+                    "polyplan chosen plan (adaptive, as `polyplan run`)",
+                    "polyplan",
+                    list(plan.names),
+                    list(plan.gammas),
+                ),
+                members,
+                plan.gammas,
+                temperature=temperature,
+                eos=eos,
+                controller=adaptive_controller(policy, members),
+            )
+        )
+        if not same_as_two:
+            methods.append(
+                _polyplan_chain(
+                    "polyplan-plan-static",
+                    "polyplan chosen plan (static)",
+                    plan.names,
+                    plan.gammas,
+                    drafters,
+                    temperature,
+                    eos,
+                )
+            )
+    elif not same_as_two:
+        methods.append(
+            _polyplan_chain(
+                "polyplan-plan", "polyplan chosen plan", plan.names, plan.gammas, drafters, temperature, eos
+            )
+        )
+    if grid:
+        seen = {(tuple(m.spec.chain), tuple(m.spec.gammas)) for m in methods if m.spec.engine == "polyplan"}
+        for i, r in enumerate(plan.runners_up, start=2):
+            key = (tuple(r["chain"]), tuple(r["gammas"]))
+            if key not in seen and len(r["chain"]) > 1:
+                seen.add(key)
+                methods.append(
+                    _polyplan_chain(
+                        f"grid-rank{i}", f"runner-up #{i}", r["chain"], r["gammas"], drafters, temperature, eos
+                    )
+                )
+        for level in range(len(plan.gammas)):
+            for step in (-1, 1):
+                g = list(plan.gammas)
+                g[level] += step
+                key = (tuple(plan.names), tuple(g))
+                if g[level] >= 1 and key not in seen:
+                    seen.add(key)
+                    methods.append(
+                        _polyplan_chain(
+                            f"grid-gamma{level + 2}{step:+d}",
+                            f"chosen chain, gammas {g}",
+                            plan.names,
+                            g,
+                            drafters,
+                            temperature,
+                            eos,
+                        )
+                    )
+    return methods
+
+
+def also_methods(
+    methods: list[BenchMethod],
+    chains: list[tuple[list[str], list[int]]],
+    drafters: Callable[[str], Drafter],
+    temperature: float,
+    eos: list[int],
+) -> list[BenchMethod]:
+    """Static chains the user asked for (``bench --also``), except those already measured."""
+    seen = {(tuple(m.spec.chain), tuple(m.spec.gammas)) for m in methods if m.spec.engine == "polyplan"}
+    out = []
+    for names, gammas in chains:
+        if (tuple(names), tuple(gammas)) in seen:
+            continue
+        seen.add((tuple(names), tuple(gammas)))
+        label = " <- ".join(names) + f", gammas {gammas}"
+        out.append(_polyplan_chain(f"also-{len(out) + 1}", label, names, gammas, drafters, temperature, eos))
+    return out
+
+
+def _polyplan_chain(name, label, chain, gammas, drafters, temperature, eos) -> BenchMethod:
+    return polyplan_method(
+        MethodSpec(name, label, "polyplan", list(chain), list(gammas)),
+        [drafters(n) for n in chain],
+        list(gammas),
+        temperature=temperature,
+        eos=eos,
+    )
+
+
+def _hf_assisted(target_name, target, d_name, d, g, temperature, eos) -> list[BenchMethod]:
+    from polyplan.models.model_free import PromptLookupDrafter
+
+    if d.point_mass:
+        # transformers has no fitted n-gram table: its prompt lookup is the closest model-free
+        # drafter it offers, so an n-gram plan is compared against that.
+        max_n = int(getattr(getattr(d, "_index", None), "max_n", 3)) if isinstance(d, PromptLookupDrafter) else 3
+        return [
+            hf_method(
+                MethodSpec(
+                    "hf-assisted-default",
+                    f"transformers prompt lookup ({HF_PROMPT_LOOKUP_DEFAULT} tokens)",
+                    "transformers",
+                    [target_name, d_name],
+                    [None],
+                ),
+                target.model,
+                temperature=temperature,
+                eos=eos,
+                prompt_lookup=(HF_PROMPT_LOOKUP_DEFAULT, max_n),
+            ),
+            hf_method(
+                MethodSpec(
+                    "hf-assisted-gamma",
+                    f"transformers prompt lookup, gamma {g}",
+                    "transformers",
+                    [target_name, d_name],
+                    [g],
+                ),
+                target.model,
+                temperature=temperature,
+                eos=eos,
+                prompt_lookup=(g, max_n),
+            ),
+        ]
+    if getattr(d, "model", None) is None:
+        return []
+    return [
+        hf_method(
+            MethodSpec(
+                "hf-assisted-default",
+                "transformers assisted generation (defaults)",
+                "transformers",
+                [target_name, d_name],
+                [None],
+            ),
+            target.model,
+            temperature=temperature,
+            eos=eos,
+            assistant=d.model,
+        ),
+        hf_method(
+            MethodSpec(
+                "hf-assisted-gamma",
+                f"transformers assisted generation, gamma {g}",
+                "transformers",
+                [target_name, d_name],
+                [g],
+            ),
+            target.model,
+            temperature=temperature,
+            eos=eos,
+            assistant=d.model,
+            assistant_config={
+                "num_assistant_tokens": g,
+                "num_assistant_tokens_schedule": "constant",
+                "assistant_confidence_threshold": 0.0,
+            },
+        ),
+    ]

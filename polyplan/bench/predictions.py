@@ -1,0 +1,107 @@
+"""What the profile predicts for each compared method: time per decoded token (both predictors,
+re-predicted at the bench's own context and length) and the adaptive plan's request time."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from polyplan.bench.methods import BenchMethod
+from polyplan.bench.results import (
+    AUTOREGRESSIVE,
+    REFERENCE,
+    RunRecord,
+)
+from polyplan.documents.plan import Plan
+from polyplan.documents.profile import Profile
+from polyplan.errors import UserError
+
+
+def request_predictions(
+    records: list[RunRecord], policy: Any, prompts: Sequence[tuple[str, list[int]]], max_new_tokens: int
+) -> dict[str, Any] | None:
+    """The adaptive plan's predicted request time (proofs/prefill.md, the setting its start picks)
+    beside the measured one, per prompt, given the horizon each run actually had (the answer's
+    length is the workload's, not the model's to predict per prompt); and the target alone's."""
+    if policy is None or getattr(policy, "requests", None) is None or not policy.requests.knows_prefill:
+        return None
+    rows, errors = [], {"polyplan-plan": [], AUTOREGRESSIVE: []}
+    for pid, ids in prompts:
+        for method in errors:
+            mine = [r for r in records if r.prompt == pid and r.method == method]
+            if not mine:
+                continue
+            horizon = int(statistics.median(r.new_tokens for r in mine))
+            first = policy.start(dict(policy.priors), len(ids), horizon, exact_horizon=True)
+            if first is None:
+                return None
+            p = first.prediction
+            predicted = p.request_s if method != AUTOREGRESSIVE else p.autoregressive_request_s
+            measured = statistics.median(r.seconds for r in mine)
+            errors[method].append(abs(predicted - measured) / measured)
+            rows.append(
+                {
+                    "prompt": pid,
+                    "method": method,
+                    "prompt_tokens": len(ids),
+                    "new_tokens": horizon,
+                    "setting": [policy.names[m] for m in first.decision.members],
+                    "predicted_s": predicted,
+                    "measured_s": measured,
+                }
+            )
+    summary = {m: {"median_error": statistics.median(e), "max_error": max(e)} for m, e in errors.items() if e}
+    return {"note": "predicted at the horizon each run had (its new tokens)", "errors": summary, "runs": rows}
+
+
+def attach_predictions(
+    methods: Sequence[BenchMethod],
+    plan: Plan,
+    profile: Profile | None,
+    profile_path: Path | None,
+    context: float,
+    max_new_tokens: int | None = None,
+) -> dict[str, Any]:
+    """Both predictors' time per token for every polyplan method, re-predicted at the bench's
+    actual mean context and generation length when the profile is at hand (else the plan's
+    stored predictions)."""
+    note: dict[str, Any] = {"context": context, "max_new_tokens": max_new_tokens, "source": "plan"}
+    predictors = {}
+    if profile is not None:
+        from polyplan.planner.predictors import load_traces, make_predictor
+
+        note["source"] = "profile"
+        try:
+            traces = load_traces(profile, profile_path) if profile.traces else None
+        except UserError:
+            traces = None
+        for name in ("iid", "replay"):
+            if name == "replay" and traces is None:
+                continue
+            predictors[name] = make_predictor(
+                name, profile, mode=plan.mode, context=context, traces=traces, horizon=max_new_tokens
+            )
+    for m in methods:
+        s = m.spec
+        if s.engine == "transformers" and s.name != AUTOREGRESSIVE and None in s.gammas:
+            continue  # adaptive schedule: no fixed-gamma prediction
+        if s.name == REFERENCE:
+            continue  # the profile's T_target(1) is the one-token decoding, not this run's passes
+        chain, gammas = tuple(s.chain), tuple(g for g in s.gammas if g is not None)
+        if predictors:
+            for name, p in predictors.items():
+                e = p.predict(chain, gammas)
+                s.predicted[name] = e.time_per_token
+                s.predicted_levels[name] = {
+                    "tokens_per_pass": [x if math.isfinite(x) else None for x in e.tokens_per_pass],
+                    "mean_acceptance_length": e.mean_acceptance_length,
+                }
+        else:
+            if s.name == "polyplan-plan":
+                s.predicted = {k: v["time_per_token_s"] for k, v in plan.predictions.items()}
+            elif s.name == AUTOREGRESSIVE:
+                s.predicted = {k: v["autoregressive_time_per_token_s"] for k, v in plan.predictions.items()}
+    return note
