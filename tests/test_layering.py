@@ -74,3 +74,11 @@ def test_weight_sources_do_not_reach_up_to_the_llamacpp_file_keeping():
     models = Path(__file__).resolve().parents[1] / "polyplan" / "models"
     assert "gguf_files" not in (models / "sources.py").read_text()
     assert loaded_by("polyplan.models.sources", ("polyplan.models.gguf_files",)) == []
+
+
+def test_the_ngram_fit_takes_plain_values_not_the_pool():
+    """issue 20 item 10: fitting an n-gram table needs the target's name, fingerprint, options and
+    prompts (``NgramFit``), not the pool that holds them."""
+    models = Path(__file__).resolve().parents[1] / "polyplan" / "models"
+    assert "pools" not in (models / "ngram_fit.py").read_text().replace("pool's", "")
+    assert loaded_by("polyplan.models.ngram_fit", ("polyplan.models.pools",)) == []

@@ -371,7 +371,7 @@ def test_ngram_fits_on_a_prompt_file_from_the_pool_file_or_models_install(tmp_pa
     assert f"fit_prompts_file={tmp_path / 'fit.txt'}" in pool.member("ng").describe()
     pool.drafter("ng")
     assert seen == [["w1 w2 w3", "w4 w5"]]  # relative to the pool file, not the working directory
-    table_doc = json.loads(ngram_fit.table_path(pool, pool.member("ng"))[0].read_text())
+    table_doc = json.loads(ngram_fit.table_path(pool.ngram_fit("ng"))[0].read_text())
     assert table_doc["workload"]["name"] == "fit.txt" and table_doc["workload"]["count"] == 2
     # models install --fit-prompts FILE: fitted now, and every later load of the pool uses it
     pool.install(fit_prompts=tmp_path / "other.jsonl")

@@ -37,7 +37,11 @@ def list_pools(
         for m in p.members:
             role = "target" if m.name == p.target else "drafter"
             if m.source == "ngram":
-                state = "fitted" if installed.get(p.target) and table_path(p, m)[0].is_file() else "not fitted"
+                state = (
+                    "fitted"
+                    if installed.get(p.target) and table_path(p.ngram_fit(m.name))[0].is_file()
+                    else "not fitted"
+                )
             else:
                 state = "-" if m.model_free else ("yes" if installed[m.name] else "no")
             if p.unavailable(m.name):

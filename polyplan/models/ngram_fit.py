@@ -14,18 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from polyplan.documents.files import atomic_write_json
 from polyplan.errors import UserError
 from polyplan.models import cache as model_cache
+from polyplan.models.drafter import Drafter
 from polyplan.models.model_free import NgramTable
-
-if TYPE_CHECKING:
-    from polyplan.models.pools import MemberSpec, Pool
 
 TABLE_SCHEMA = "polyplan.ngram-table"
 TABLE_VERSION = 1
@@ -105,10 +104,24 @@ def drafter_greedy_generations(
     return sequences
 
 
-def _table_key(pool: Pool, spec: MemberSpec, texts: list[str]) -> str:
+@dataclass(frozen=True)
+class NgramFit:
+    """What an n-gram member is fitted from, as plain values (the pool builds it): its target's
+    name and weights fingerprint, the table's order, the greedy answer length and the prompts."""
+
+    member: str
+    target: str
+    target_fingerprint: str
+    order: int
+    max_new_tokens: int
+    fit_prompts_file: str = ""
+    fit_prompts: int = 0
+
+
+def _table_key(fit: NgramFit, texts: list[str]) -> str:
     h = hashlib.sha256()
-    h.update(pool.fingerprint(pool.target).encode())
-    h.update(json.dumps([spec.options["order"], spec.options["max_new_tokens"], texts]).encode())
+    h.update(fit.target_fingerprint.encode())
+    h.update(json.dumps([fit.order, fit.max_new_tokens, texts]).encode())
     return h.hexdigest()[:20]
 
 
@@ -145,27 +158,33 @@ def record_fit_prompts(pool_name: str, member: str, path: str | None) -> None:
     atomic_write_json(_choices_path(), {k: v for k, v in choices.items() if v})
 
 
-def fit_prompts(spec: MemberSpec) -> tuple[list[str], dict[str, Any]]:
-    """The texts ``spec`` is fitted on and their workload (name, sha256, count, categories)."""
+def fit_prompts(fit: NgramFit) -> tuple[list[str], dict[str, Any]]:
+    """The texts ``fit`` is fitted on and their workload (name, sha256, count, categories)."""
     from polyplan.data.prompt_file import prompt_set
 
-    source = prompt_set(spec.options.get("fit_prompts_file") or None, split="fit")
-    chosen = source.select(limit=spec.options.get("fit_prompts") or None)
+    source = prompt_set(fit.fit_prompts_file or None, split="fit")
+    chosen = source.select(limit=fit.fit_prompts or None)
     return [p.text for p in chosen], source.workload(chosen)
 
 
-def table_path(pool: Pool, spec: MemberSpec) -> tuple[Path, list[str]]:
-    """Where the table of ``spec`` is cached, and the fit-prompt texts it is fitted on."""
-    texts, _ = fit_prompts(spec)
-    return model_cache.cache_root() / "ngram" / f"{pool.target}-{_table_key(pool, spec, texts)}.json", texts
+def table_path(fit: NgramFit) -> tuple[Path, list[str]]:
+    """Where the table of ``fit`` is cached, and the fit-prompt texts it is fitted on."""
+    texts, _ = fit_prompts(fit)
+    return model_cache.cache_root() / "ngram" / f"{fit.target}-{_table_key(fit, texts)}.json", texts
 
 
 def load_or_fit_table(
-    pool: Pool, spec: MemberSpec, *, force: bool = False, log: Callable[[str], None] | None = None
+    fit: NgramFit,
+    target: Callable[[], Drafter],
+    tokenizer: Any,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> NgramTable:
-    """The cached n-gram table of ``spec`` in ``pool``, fitted now when missing or unreadable."""
+    """The cached n-gram table of ``fit``, fitted now (on ``target()``'s greedy answers, the
+    target loaded only then) when missing or unreadable."""
     log = log or (lambda msg: None)
-    path, texts = table_path(pool, spec)
+    path, texts = table_path(fit)
     if path.is_file() and not force:
         try:
             doc = json.loads(path.read_text())
@@ -174,28 +193,28 @@ def load_or_fit_table(
         except (OSError, ValueError, KeyError, TypeError):
             pass
         log(f"n-gram table {path} is unreadable; fitting it again")
-    source = spec.options.get("fit_prompts_file") or "the built-in set"
+    source = fit.fit_prompts_file or "the built-in set"
     log(
-        f"{spec.name}: fitting an order-{spec.options['order']} table on {pool.target}'s greedy generations for "
+        f"{fit.member}: fitting an order-{fit.order} table on {fit.target}'s greedy generations for "
         f"{len(texts)} fit prompts of {source}"
     )
-    target = pool.drafter(pool.target)
-    if getattr(target, "model", None) is not None:
-        sequences = greedy_generations(target.model, pool.tokenizer, texts, spec.options["max_new_tokens"], log=log)
+    drafter = target()
+    if getattr(drafter, "model", None) is not None:
+        sequences = greedy_generations(drafter.model, tokenizer, texts, fit.max_new_tokens, log=log)
     else:
-        sequences = drafter_greedy_generations(target, pool.tokenizer, texts, spec.options["max_new_tokens"], log=log)
-    table = NgramTable.fit(sequences, spec.options["order"])
+        sequences = drafter_greedy_generations(drafter, tokenizer, texts, fit.max_new_tokens, log=log)
+    table = NgramTable.fit(sequences, fit.order)
     atomic_write_json(
         path,
         {
             "schema": TABLE_SCHEMA,
             "version": TABLE_VERSION,
-            "target": pool.target,
+            "target": fit.target,
             "prompts": len(texts),
-            "workload": fit_prompts(spec)[1],
+            "workload": fit_prompts(fit)[1],
             "tokens": sum(map(len, sequences)),
             "table": table.to_json(),
         },
     )
-    log(f"{spec.name}: {len(table)} contexts from {sum(map(len, sequences))} tokens -> {path}")
+    log(f"{fit.member}: {len(table)} contexts from {sum(map(len, sequences))} tokens -> {path}")
     return table

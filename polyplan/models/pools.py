@@ -589,7 +589,7 @@ class Pool:
             )
         from polyplan.models.ngram_fit import load_or_fit_table
 
-        table = load_or_fit_table(self, spec)
+        table = load_or_fit_table(self.ngram_fit(spec.name), lambda: self.drafter(self.target), self.tokenizer)
         return NgramDrafter(vocab, table, name=spec.name)
 
     # -- install / check ---------------------------------------------------------------------
@@ -634,7 +634,9 @@ class Pool:
             ngrams = [spec for spec in self.members if spec.source == "ngram"]
         for spec in ngrams:
             if fit_ngram:
-                load_or_fit_table(self, spec, force=force, log=log)
+                load_or_fit_table(
+                    self.ngram_fit(spec.name), lambda: self.drafter(self.target), self.tokenizer, force=force, log=log
+                )
 
     def _derive_ggufs(self, *, force: bool, log: Log) -> None:
         """Make every ``gguf:TYPE`` member's file once (skipped, with a line, without llama.cpp)."""
@@ -668,6 +670,21 @@ class Pool:
                 force=force,
                 log=log,
             )
+
+    def ngram_fit(self, name: str) -> Any:
+        """What n-gram member ``name`` is fitted from, as plain values (``ngram_fit.NgramFit``)."""
+        from polyplan.models.ngram_fit import NgramFit
+
+        spec = self.member(name)
+        return NgramFit(
+            member=spec.name,
+            target=self.target,
+            target_fingerprint=self.fingerprint(self.target),
+            order=int(spec.options["order"]),
+            max_new_tokens=int(spec.options["max_new_tokens"]),
+            fit_prompts_file=str(spec.options.get("fit_prompts_file") or ""),
+            fit_prompts=int(spec.options.get("fit_prompts") or 0),
+        )
 
     def _kept_as_gguf(self, source: src.Source) -> bool:
         return any(m.llama_cpp and self._sources[m.name].label == source.label for m in self.members)
