@@ -361,9 +361,12 @@ def test_profile_optimize_bench_with_a_llamacpp_target(tmp_path, smollm2_pool, q
         env=env,
     )
     assert r.returncode == 0, r.stderr[-800:]
+    from polyplan.profiler.pool_inputs import portable_gguf_path
+
     doc = json.loads(prof.read_text())
     cands = {c["name"]: c for c in doc["candidates"]}
-    assert cands["q4"]["backend"] == "llama.cpp" and cands["q4"]["gguf"] == str(gguf) and cands["q4"]["params"] > 0
+    assert cands["q4"]["backend"] == "llama.cpp" and cands["q4"]["params"] > 0
+    assert cands["q4"]["gguf"] == portable_gguf_path(gguf)  # relative to the cache, not this machine's path
     assert set(doc["latency"]) >= {"q4", "q4-copy"} and all(t > 0 for t in doc["latency"]["q4"]["median_s"][0])
     pair = next(p for p in doc["acceptance"]["pairs"] if p["verifier"] == "q4" and p["drafter"] == "q4-copy")
     assert pair["greedy"] == 1.0  # the same GGUF, other thread count: the same choices
