@@ -237,7 +237,7 @@ def plan_methods(
             )
         )
     if grid:
-        seen = {(tuple(m.spec.chain), tuple(m.spec.gammas)) for m in methods if m.spec.engine == "polyplan"}
+        seen = _measured_chains(methods)
         for i, r in enumerate(plan.runners_up, start=2):
             key = (tuple(r["chain"]), tuple(r["gammas"]))
             if key not in seen and len(r["chain"]) > 1:
@@ -268,6 +268,11 @@ def plan_methods(
     return methods
 
 
+def _measured_chains(methods: Sequence[BenchMethod]) -> set[tuple[tuple[str, ...], tuple[int, ...]]]:
+    """(chain, gammas) of the polyplan methods already in the comparison: not run twice."""
+    return {(tuple(m.spec.chain), tuple(m.spec.gammas)) for m in methods if m.spec.engine == "polyplan"}
+
+
 def also_methods(
     methods: list[BenchMethod],
     chains: list[tuple[list[str], list[int]]],
@@ -276,7 +281,7 @@ def also_methods(
     eos: list[int],
 ) -> list[BenchMethod]:
     """Static chains the user asked for (``bench --also``), except those already measured."""
-    seen = {(tuple(m.spec.chain), tuple(m.spec.gammas)) for m in methods if m.spec.engine == "polyplan"}
+    seen = _measured_chains(methods)
     out = []
     for names, gammas in chains:
         if (tuple(names), tuple(gammas)) in seen:
@@ -298,72 +303,40 @@ def _polyplan_chain(name, label, chain, gammas, drafters, temperature, eos) -> B
 
 
 def _hf_assisted(target_name, target, d_name, d, g, temperature, eos) -> list[BenchMethod]:
+    """transformers' own speculation for the plan's best pair: its defaults, and the plan's gamma."""
     from polyplan.models.model_free import PromptLookupDrafter
+
+    def row(name: str, label: str, gamma: int | None, **how: Any) -> BenchMethod:
+        spec = MethodSpec(name, label, "transformers", [target_name, d_name], [gamma])
+        return hf_method(spec, target.model, temperature=temperature, eos=eos, **how)
 
     if d.point_mass:
         # transformers has no fitted n-gram table: its prompt lookup is the closest model-free
         # drafter it offers, so an n-gram plan is compared against that.
         max_n = int(getattr(getattr(d, "_index", None), "max_n", 3)) if isinstance(d, PromptLookupDrafter) else 3
         return [
-            hf_method(
-                MethodSpec(
-                    "hf-assisted-default",
-                    f"transformers prompt lookup ({HF_PROMPT_LOOKUP_DEFAULT} tokens)",
-                    "transformers",
-                    [target_name, d_name],
-                    [None],
-                ),
-                target.model,
-                temperature=temperature,
-                eos=eos,
+            row(
+                "hf-assisted-default",
+                f"transformers prompt lookup ({HF_PROMPT_LOOKUP_DEFAULT} tokens)",
+                None,
                 prompt_lookup=(HF_PROMPT_LOOKUP_DEFAULT, max_n),
             ),
-            hf_method(
-                MethodSpec(
-                    "hf-assisted-gamma",
-                    f"transformers prompt lookup, gamma {g}",
-                    "transformers",
-                    [target_name, d_name],
-                    [g],
-                ),
-                target.model,
-                temperature=temperature,
-                eos=eos,
-                prompt_lookup=(g, max_n),
-            ),
+            row("hf-assisted-gamma", f"transformers prompt lookup, gamma {g}", g, prompt_lookup=(g, max_n)),
         ]
     if getattr(d, "model", None) is None:
         return []
+    constant = {
+        "num_assistant_tokens": g,
+        "num_assistant_tokens_schedule": "constant",
+        "assistant_confidence_threshold": 0.0,
+    }
     return [
-        hf_method(
-            MethodSpec(
-                "hf-assisted-default",
-                "transformers assisted generation (defaults)",
-                "transformers",
-                [target_name, d_name],
-                [None],
-            ),
-            target.model,
-            temperature=temperature,
-            eos=eos,
+        row("hf-assisted-default", "transformers assisted generation (defaults)", None, assistant=d.model),
+        row(
+            "hf-assisted-gamma",
+            f"transformers assisted generation, gamma {g}",
+            g,
             assistant=d.model,
-        ),
-        hf_method(
-            MethodSpec(
-                "hf-assisted-gamma",
-                f"transformers assisted generation, gamma {g}",
-                "transformers",
-                [target_name, d_name],
-                [g],
-            ),
-            target.model,
-            temperature=temperature,
-            eos=eos,
-            assistant=d.model,
-            assistant_config={
-                "num_assistant_tokens": g,
-                "num_assistant_tokens_schedule": "constant",
-                "assistant_confidence_threshold": 0.0,
-            },
+            assistant_config=constant,
         ),
     ]
