@@ -126,6 +126,26 @@ class TableDrafter(Drafter):
         assert 0 <= length <= len(self.history), (length, len(self.history))
         del self.history[length:]
 
+    # a table LM verifies trees exactly: each node's logits from the path to it
+    verifies_trees = True
+
+    def score_tree(self, prefix_ids, tree_ids, parents):
+        rows = [self.score(prefix_ids)[-1]]
+        self._tree_start = len(self.history)
+        tokens = tree_ids.tolist()
+        paths: list[list[int]] = []
+        for token, parent in zip(tokens, parents, strict=True):
+            path = (paths[parent] if parent >= 0 else []) + [token]
+            paths.append(path)
+            rows.append(self.lm.logits_after(self.history + path))
+        self.history.extend(tokens)  # the state holds every node until keep_tree_path
+        return torch.stack(rows)
+
+    def keep_tree_path(self, path):
+        start = self._tree_start
+        nodes = self.history[start:]
+        self.history[start:] = [nodes[i] for i in path]
+
 
 class CountingPointMass(Drafter):
     """A point-mass drafter proposing a fixed cycle of tokens (may return fewer than asked)."""

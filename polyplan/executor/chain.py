@@ -17,6 +17,10 @@ Follows docs/staged-decoding.md literally. Terms:
   verifies against, and why the chain is lossless (each buffer is distributed exactly as that
   level's autoregressive distribution, whatever its length).
 * target: verifies the block from level 1 in one pass and commits the accepted prefix + 1.
+* draft trees (``tree_nodes``): a member with ``tree_nodes > 1`` that is the bottom of a round
+  drafts a tree of up to that many nodes (depth up to its gamma) instead of a sequence; the level
+  above scores the whole tree in one pass and keeps one path (:mod:`polyplan.executor.tree`). What
+  that level hands up is its accepted path plus its own token: a sequence, as always.
 
 Host synchronisation: exactly one per verification (accepted count, next token and the block's
 token ids in one ``tolist``). Drafting, sampling and acceptance tests stay on the device."""
@@ -37,6 +41,7 @@ from polyplan.errors import UserError
 from polyplan.executor.control import Controller, RoundSetting, StaticController, check_setting
 from polyplan.executor.sampling import POINT_MASS, PointMass, SamplingParams, sample, verify_greedy, verify_sampled
 from polyplan.executor.stats import GenerationStats, LevelStats
+from polyplan.executor.tree import DraftTree, build_tree, common_prefix, walk_greedy, walk_sampled
 from polyplan.models.drafter import Drafter, check_same_vocabulary
 
 
@@ -110,7 +115,11 @@ class Chain:
     A chain of one member verifies nothing, so it decodes as that member does alone
     (``Drafter.decoding_alone``: for a llama.cpp target, its fast one-token kernels rather than the
     padded passes it verifies with). ``verification_numerics=True`` keeps the verification
-    numerics instead: the decoding every longer chain with this target is token-identical to."""
+    numerics instead: the decoding every longer chain with this target is token-identical to.
+
+    ``tree_nodes`` (one per drafter, top to bottom; default all 1): a drafter with ``n > 1`` drafts
+    a tree of up to ``n`` tokens, at most its gamma deep, whenever it is the bottom of a round;
+    every member above it must be able to verify a tree (transformers members can)."""
 
     def __init__(
         self,
@@ -119,6 +128,7 @@ class Chain:
         tokenizer: Any = None,
         controller: Controller | None = None,
         verification_numerics: bool = False,
+        tree_nodes: Sequence[int] | None = None,
     ) -> None:
         if isinstance(members, (Drafter, torch.nn.Module)):
             members = [members]
@@ -150,6 +160,7 @@ class Chain:
                 "follows the target's distribution over the whole sequence (windows are for drafters)"
             )
         check_same_vocabulary(self.drafters)
+        self.tree_nodes: list[int] = check_tree_nodes(self.drafters, tree_nodes)
         self.tokenizer = tokenizer if tokenizer is not None else self.drafters[0].tokenizer
         self.verification_numerics = verification_numerics
         self.controller = controller
@@ -168,7 +179,8 @@ class Chain:
         return [d.name for d in self.drafters]
 
     def __repr__(self) -> str:
-        return f"Chain({' <- '.join(self.names)}, gammas={self.gammas})"
+        trees = f", tree_nodes={self.tree_nodes}" if any(n > 1 for n in self.tree_nodes) else ""
+        return f"Chain({' <- '.join(self.names)}, gammas={self.gammas}{trees})"
 
     def default_eos_token_ids(self) -> list[int]:
         """The target's end-of-sequence ids, else the tokenizer's."""
@@ -227,6 +239,41 @@ class Chain:
         if self.tokenizer is not None:
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return GenerationResult(tokens=tokens, text=text, stats=run.stats, finish_reason=reason)
+
+
+def check_tree_nodes(drafters: Sequence[Drafter], tree_nodes: Sequence[int] | None) -> list[int]:
+    """One tree size per drafter (1 = a linear draft); one error line naming the level otherwise."""
+    n_drafters = len(drafters) - 1
+    if tree_nodes is None:
+        return [1] * n_drafters
+    sizes = list(tree_nodes)
+    if len(sizes) != n_drafters:
+        raise UserError(
+            f"a chain of {len(drafters)} members needs {n_drafters} tree sizes (one per drafter, top to bottom), "
+            f"got {len(sizes)}: {sizes}"
+        )
+    for level, (d, n) in enumerate(zip(drafters[1:], sizes, strict=True), start=2):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UserError(
+                f"level {level} ({d.name}): tree_nodes must be an integer >= 1 (1 = a linear draft), got {n!r}"
+            )
+        if n == 1:
+            continue
+        if d.point_mass:
+            raise UserError(
+                f"level {level} ({d.name}): a model-free drafter proposes one continuation and cannot rank "
+                "alternatives, so it cannot draft a tree (tree_nodes must be 1)"
+            )
+        for above, verifier in enumerate(drafters[: level - 1], start=1):
+            if not verifier.verifies_trees:
+                raise UserError(
+                    f"level {level} ({d.name}): its tree would be verified by level {above} ({verifier.name}), "
+                    "which cannot score a tree (only transformers members can): use tree_nodes 1 there"
+                )
+        context = d.max_context
+        if context is not None and n > context:
+            raise UserError(f"level {level} ({d.name}): a tree of {n} nodes exceeds the member's context of {context}")
+    return sizes
 
 
 def device_seed(seed: int, device: torch.device, home: torch.device) -> int:
@@ -315,6 +362,7 @@ class _StagedRun:
         # a member's first pass of a generation (lazy: when the chain first uses it) is its prefill
         self.prefill_clocks = [_ForwardClock(d.device) for d in self.drafters]
         self.point_mass = [d.point_mass for d in self.drafters]
+        self.tree_nodes = [1, *chain.tree_nodes]  # per member; the target's entry is unused
         # this round's levels (chain indices) and their gammas: set by _apply between rounds
         self.levels: tuple[int, ...] = ()
         self.gammas: tuple[int, ...] = ()
@@ -373,16 +421,22 @@ class _StagedRun:
 
     def _forward(self, member: int, feed: torch.Tensor, last: int) -> torch.Tensor:
         """One pass of ``member`` over ``feed``; logits of the last ``last`` fed positions."""
+        d = self.drafters[member]
+        return self._timed(member, int(feed.shape[0]), lambda: d.score(feed, last=last)[-last:])
+
+    def _timed(self, member: int, n_tokens: int, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run one pass of ``member`` over ``n_tokens`` tokens, counted and timed (its first pass
+        of the generation as its prefill)."""
         d, st = self.drafters[member], self.stats.levels[member]
         prefill = d.processed == 0
         clock = self.prefill_clocks[member] if prefill else self.clocks[member]
         started = clock.start()
-        logits = d.score(feed, last=last)[-last:]
+        logits = forward()
         clock.stop(started)
         if prefill:
-            st.prefill_tokens += int(feed.shape[0])
+            st.prefill_tokens += n_tokens
         st.forward_passes += 1
-        st.tokens_processed += int(feed.shape[0])
+        st.tokens_processed += n_tokens
         return logits
 
     def _through_eos(self, tokens: list[int]) -> list[int]:
@@ -393,14 +447,16 @@ class _StagedRun:
         return tokens
 
     # -- the three roles ---------------------------------------------------------------------
-    def _draft_bottom(self, level: int) -> torch.Tensor | PointMass | None:
+    def _draft_bottom(self, level: int) -> torch.Tensor | PointMass | DraftTree | None:
         """The bottom level drafts up to its gamma onto ``W``; returns the drafts' q (None when
-        greedy)."""
+        greedy), or a tree (its tokens not on ``W`` until verified)."""
         member = self.levels[level]
         self.stats.levels[member].count_gamma(self.gammas[level - 1])
         d = self.drafters[member]
         base = self.length
         n = min(self.gammas[level - 1], self._cap(level) - base)
+        if self.tree_nodes[member] > 1 and n > 0:
+            return self._draft_tree(member, base, n)
         if d.point_mass:
             proposal = self._through_eos([int(t) for t in d.propose(self.host, n)][:n]) if n > 0 else []
             if proposal:
@@ -428,6 +484,25 @@ class _StagedRun:
             self.length += 1
         return None if self.params.greedy else torch.cat(qs)
 
+    def _draft_tree(self, member: int, base: int, max_depth: int) -> DraftTree:
+        """The bottom member drafts a tree after ``W[:base]``: one pass for the root's distribution,
+        one per expanded node (the member's cache follows the path being expanded)."""
+        d = self.drafters[member]
+        root = self._forward(member, self.W[self._feed_from(member, base) : base], 1)[0]
+
+        def expand(tree: DraftTree, node: int) -> torch.Tensor:
+            path = tree.path_to(node)
+            keep = common_prefix(tree.drafter_path, path)
+            d.rollback(base + keep)
+            feed = torch.tensor([tree.tokens[i] for i in path[keep:]], dtype=torch.long, device=d.device)
+            tree.drafter_path = path
+            return self._forward(member, feed, 1)[0]
+
+        gen = None if self.params.greedy else self._generator(d.device)
+        tree = build_tree(base, root, expand, self.params, self.tree_nodes[member], max_depth, self.eos, gen)
+        self.stats.levels[member].record_tree(len(tree), tree.expansions)
+        return tree
+
     def _build_block(self, level: int) -> torch.Tensor | PointMass | None:
         """Level ``level`` (>= 1) builds its block on ``W``; returns the block's q (this level's
         own processed distributions), None when greedy."""
@@ -451,11 +526,13 @@ class _StagedRun:
         return torch.cat(parts) if parts else torch.empty(0, d.vocab_size, device=d.device)
 
     def _verify(
-        self, level: int, base: int, q: torch.Tensor | PointMass | None
+        self, level: int, base: int, q: torch.Tensor | PointMass | DraftTree | None
     ) -> tuple[list[int], torch.Tensor | None]:
-        """Level ``level`` verifies ``W[base:length]`` and commits its verdict. Returns the kept
-        tokens (accepted prefix + own token) and this level's p at those positions (None when
-        greedy)."""
+        """Level ``level`` verifies ``W[base:length]`` (or the tree ``q``) and commits its verdict.
+        Returns the kept tokens (accepted prefix + own token) and this level's p at those
+        positions (None when greedy)."""
+        if isinstance(q, DraftTree):
+            return self._verify_tree(level, base, q)
         verdict, block = self._score_and_accept(level, base, q)
         # the one host sync of this verification
         synced = torch.cat([verdict.accepted.view(1), verdict.token.view(1), block]).tolist()
@@ -463,6 +540,34 @@ class _StagedRun:
         kept = synced[2 : 2 + accepted] + [token]
         self._commit(level, base, accepted, verdict.token, kept)
         return kept, (None if verdict.p is None else verdict.p[: accepted + 1])
+
+    def _verify_tree(self, level: int, base: int, tree: DraftTree) -> tuple[list[int], torch.Tensor | None]:
+        """Level ``level`` scores the tree drafted after ``W[:base]`` in one pass, walks it
+        (greedy or recursive rejection), keeps the accepted path in every cache and commits it."""
+        member = self.levels[level]
+        d = self.drafters[member]
+        prefix = self.W[self._feed_from(member, base) : base]
+        nodes = torch.tensor(tree.tokens, dtype=torch.long, device=d.device)
+        rows = self._timed(member, int(prefix.shape[0]) + len(tree), lambda: d.score_tree(prefix, nodes, tree.parents))
+        if self.params.greedy:
+            path, token = walk_greedy(tree, rows.argmax(dim=-1).tolist())
+            own = None
+        else:
+            p = self.params.probs(rows)
+            path, token = walk_sampled(tree, p, self._generator(d.device))
+            own = p.index_select(0, torch.tensor([0] + [1 + i for i in path], device=p.device))
+        d.keep_tree_path(path)
+        drafter = self.drafters[self.levels[level + 1]]
+        if drafter.processed > base:  # its cache follows the last path it expanded
+            drafter.rollback(base + common_prefix(tree.drafter_path, path))
+        accepted = [tree.tokens[i] for i in path]
+        if accepted:
+            self.W[base : base + len(accepted)] = torch.tensor(accepted, dtype=torch.long, device=self.home)
+        self.length = base + len(accepted)
+        kept = [*accepted, token]
+        self.stats.levels[self.levels[level + 1]].record_tree_path(tree, path)
+        self._commit(level, base, len(accepted), torch.tensor(token), kept, drafted=len(tree), offered=tree.depth)
+        return kept, own
 
     def _score_and_accept(
         self, level: int, base: int, q: torch.Tensor | PointMass | None
@@ -482,10 +587,22 @@ class _StagedRun:
         accepted, token = verify_sampled(p, q_dev, block, self._generator(dev))
         return _Verdict(accepted, token, p), block
 
-    def _commit(self, level: int, base: int, accepted: int, token: torch.Tensor, kept: list[int]) -> None:
+    def _commit(
+        self,
+        level: int,
+        base: int,
+        accepted: int,
+        token: torch.Tensor,
+        kept: list[int],
+        drafted: int | None = None,
+        offered: int | None = None,
+    ) -> None:
         """Truncate ``W`` after the accepted prefix, append the verifier's token, roll back every
-        member that covered the discarded tail, and record the verification."""
-        drafted = self.length - base
+        member that covered the discarded tail, and record the verification. A tree passes its
+        node count as ``drafted`` and its depth as ``offered`` (the positions it proposed, what a
+        controller's per-position acceptance estimate counts)."""
+        drafted = self.length - base if drafted is None else drafted
+        offered = drafted if offered is None else offered
         new_len = base + accepted
         for d in self.drafters:
             if d.processed > new_len:
@@ -497,7 +614,7 @@ class _StagedRun:
         verifier = self.levels[level]
         self.stats.levels[verifier].record_verification(drafted, accepted)
         if level + 1 < len(self.levels):
-            self.controller.observe(verifier, self.levels[level + 1], drafted, accepted)
+            self.controller.observe(verifier, self.levels[level + 1], offered, accepted)
 
     # -- the target loop ---------------------------------------------------------------------
     def run(self) -> tuple[list[int], str]:

@@ -40,6 +40,16 @@ class LevelStats:
     tokens_per_pass: float = 0.0
     #: gamma -> how many blocks this level built with it (what it really ran under adaptation)
     gammas_used: dict[int, int] = field(default_factory=dict)
+    #: draft trees this level drafted (0 for linear drafts), their nodes and the drafter passes
+    #: spent expanding nodes
+    tree_rounds: int = 0
+    tree_nodes_drafted: int = 0
+    tree_expansions: int = 0
+    #: tree nodes the level above accepted, and how many of them were not the first-drawn child of
+    #: their parent (where a branch won over the drafter's first choice), by depth (1 = first token)
+    tree_nodes_accepted: int = 0
+    tree_branch_wins: int = 0
+    tree_branch_wins_by_depth: dict[int, int] = field(default_factory=dict)
 
     def count_gamma(self, gamma: int) -> None:
         self.gammas_used[gamma] = self.gammas_used.get(gamma, 0) + 1
@@ -63,8 +73,23 @@ class LevelStats:
         n = accepted + 1
         self.acceptance_length_histogram[n] = self.acceptance_length_histogram.get(n, 0) + 1
 
+    def record_tree(self, nodes: int, expansions: int) -> None:
+        self.tree_rounds += 1
+        self.tree_nodes_drafted += nodes
+        self.tree_expansions += expansions
+
+    def record_tree_path(self, tree: Any, path: list[int]) -> None:
+        """The accepted path of a tree this level drafted (``tree``: an executor DraftTree)."""
+        self.tree_nodes_accepted += len(path)
+        for node in path:
+            if tree.rank(node) > 1:
+                depth = tree.depths[node]
+                self.tree_branch_wins += 1
+                self.tree_branch_wins_by_depth[depth] = self.tree_branch_wins_by_depth.get(depth, 0) + 1
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["tree_branch_wins_by_depth"] = {str(k): v for k, v in sorted(self.tree_branch_wins_by_depth.items())}
         d["acceptance_length_histogram"] = {str(k): v for k, v in sorted(self.acceptance_length_histogram.items())}
         d["gammas_used"] = {str(k): v for k, v in sorted(self.gammas_used.items())}
         d["draft_acceptance_rate"] = self.draft_acceptance_rate

@@ -10,6 +10,9 @@ Semantics follow docs/staged-decoding.md. A drafter holds the state of ONE seque
   over a long prefill is not free).
 * ``rollback(length)`` -- forget everything after the first ``length`` processed tokens
   (rejected drafts). ``length <= processed`` always.
+* ``score_tree(prefix_ids, tree_ids, parents)`` then ``keep_tree_path(path)`` -- members that
+  verify draft trees (``verifies_trees``): one pass over the prefix and a tree of tokens, each
+  node attending to its ancestors only; then the cache keeps the prefix and one root-to-node path.
 * ``propose(context, n)`` -- only for point-mass (model-free) drafters: up to ``n`` next tokens
   for the token list ``context``. Model drafters draft by ``score`` + sampling in the executor,
   so the logits processing stays in one place.
@@ -59,6 +62,8 @@ class Drafter(ABC):
     #: verify for the level above (the q it hands up is its own), but never be the target, whose
     #: distribution over the whole sequence the output follows
     bounded_context: bool = False
+    #: True when the member implements ``score_tree`` / ``keep_tree_path`` (it can verify a tree)
+    verifies_trees: bool = False
     #: backing fields of ``processed`` and ``max_context`` for backends that keep a counter
     _processed: int = 0
     _max_context: int | None = None
@@ -87,6 +92,21 @@ class Drafter(ABC):
     @abstractmethod
     def rollback(self, length: int) -> None:
         """Keep only the first ``length`` processed tokens."""
+
+    def score_tree(self, prefix_ids: torch.Tensor, tree_ids: torch.Tensor, parents: Sequence[int]) -> torch.Tensor:
+        """One pass over ``prefix_ids`` (>= 1 tokens after the processed ones, causal as in ``score``)
+        followed by the draft tree ``tree_ids`` [n]: node i sits at the position after the prefix
+        plus its depth - 1 and attends to the whole prefix, its ancestors (``parents[i]``, -1 for a
+        depth-1 node; a parent precedes its children) and itself.
+
+        Returns float32 logits [1 + n, V]: after the last prefix token, then after each node. The
+        state then holds the prefix and all n nodes until :meth:`keep_tree_path`, which must follow."""
+        raise NotImplementedError(f"{self.name} cannot verify a draft tree")
+
+    def keep_tree_path(self, path: Sequence[int]) -> None:
+        """After ``score_tree``: keep the prefix and the nodes of ``path`` (a root-to-node list of
+        node indices, possibly empty) as an ordinary sequence; forget every other node."""
+        raise NotImplementedError(f"{self.name} cannot verify a draft tree")
 
     def propose(self, context: Sequence[int], n: int) -> list[int]:
         """Point-mass drafters only: up to ``n`` proposed next tokens after ``context``."""

@@ -71,3 +71,19 @@ def rollback_cache(cache: DynamicCache, current_length: int, keep: int) -> None:
     remove = current_length - keep
     if remove:
         cache.crop(-remove)  # transformers 5.x: negative = number of tokens to remove
+
+
+def keep_cache_positions(cache: DynamicCache, keep_until: int, extra: list[int]) -> None:
+    """Keep the first ``keep_until`` cached tokens followed by those at positions ``extra``
+    (increasing, all ``>= keep_until``), in that order; drop the rest (a verified tree's path).
+    The kept rows move down in place and the layer becomes a view: no copy of the prefix."""
+    for layer in cache.layers:
+        if not getattr(layer, "is_initialized", True) or layer.keys is None or layer.keys.numel() == 0:
+            continue
+        end = keep_until + len(extra)
+        if extra:
+            index = torch.tensor(extra, dtype=torch.long, device=layer.keys.device)
+            layer.keys[..., keep_until:end, :] = layer.keys.index_select(-2, index)
+            layer.values[..., keep_until:end, :] = layer.values.index_select(-2, index)
+        layer.keys = layer.keys[..., :end, :]
+        layer.values = layer.values[..., :end, :]

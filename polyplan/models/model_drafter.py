@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from polyplan.models.drafter import Drafter
 from polyplan.models.kv_cache import (
     cache_kwarg_name,
     check_rollbackable,
+    keep_cache_positions,
     new_rollbackable_cache,
     rollback_cache,
 )
@@ -29,6 +31,7 @@ class ModelDrafter(Drafter):
     length is tracked here (no device sync), rolled back with :func:`rollback_cache`."""
 
     point_mass = False
+    verifies_trees = True
 
     def __init__(self, model: Any, name: str, tokenizer: Any = None) -> None:
         if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
@@ -48,6 +51,8 @@ class ModelDrafter(Drafter):
         self._cache = new_rollbackable_cache(model, name)
         self._processed = 0
         self._checked_after_first_pass = False
+        #: after ``score_tree``: where the tree's nodes start in the cache (None otherwise)
+        self._tree_start: int | None = None
 
     def reset(self) -> None:
         self._cache = new_rollbackable_cache(self.model, self.name)
@@ -86,6 +91,61 @@ class ModelDrafter(Drafter):
             self._checked_after_first_pass = True
         logits = out.logits[0]
         return logits[-last:].float() if last is not None else logits.float()
+
+    def score_tree(self, prefix_ids: torch.Tensor, tree_ids: torch.Tensor, parents: Sequence[int]) -> torch.Tensor:
+        """As :meth:`Drafter.score_tree`: a 4D attention mask (additive, in the model's dtype, so
+        eager and SDPA attention read it alike) and explicit position ids."""
+        n_prefix, n_tree = int(prefix_ids.shape[0]), int(tree_ids.shape[0])
+        past = self._processed
+        depths: list[int] = []
+        for parent in parents:
+            depths.append(1 if parent < 0 else depths[parent] + 1)
+        reach = past + n_prefix + max(depths, default=0)
+        if self._max_context is not None and reach > self._max_context:
+            raise ContextTooLong(
+                f"{self.name} holds at most {self._max_context} tokens; this tree would reach position {reach}: "
+                "shorten the prompt or lower --max-new-tokens"
+            )
+        queries, keys = n_prefix + n_tree, past + n_prefix + n_tree
+        allowed = torch.zeros(queries, keys, dtype=torch.bool)
+        allowed[:, :past] = True
+        allowed[:n_prefix, past : past + n_prefix] = torch.ones(n_prefix, n_prefix, dtype=torch.bool).tril()
+        allowed[n_prefix:, past : past + n_prefix] = True
+        start = past + n_prefix
+        for i, parent in enumerate(parents):
+            row = allowed[n_prefix + i]
+            row[start + i] = True
+            if parent >= 0:
+                row[start:keys] |= allowed[n_prefix + parent, start:keys]
+        mask = torch.zeros(queries, keys, dtype=self.dtype).masked_fill(~allowed, torch.finfo(self.dtype).min)
+        positions = list(range(past, past + n_prefix)) + [start + d - 1 for d in depths]
+        ids = torch.cat([prefix_ids.to(self.device), tree_ids.to(self.device)]).view(1, queries)
+        kwargs = {self._cache_kwarg: self._cache}
+        if self._keeps_logits:
+            kwargs["logits_to_keep"] = n_tree + 1
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask.view(1, 1, queries, keys).to(self.device),
+                position_ids=torch.tensor([positions], device=self.device),
+                use_cache=True,
+                **kwargs,
+            )
+        self._processed += queries
+        self._tree_start = start
+        if not self._checked_after_first_pass:
+            check_rollbackable(self._cache, self.name)
+            self._checked_after_first_pass = True
+        return out.logits[0, -(n_tree + 1) :].float()
+
+    def keep_tree_path(self, path: Sequence[int]) -> None:
+        start = self._tree_start
+        if start is None:
+            raise RuntimeError(f"{self.name}: keep_tree_path without a tree pass before it")
+        with torch.inference_mode():  # the cache tensors are inference tensors
+            keep_cache_positions(self._cache, start, [start + i for i in path])
+        self._processed = start + len(path)
+        self._tree_start = None
 
     def rollback(self, length: int) -> None:
         rollback_cache(self._cache, self._processed, length)
