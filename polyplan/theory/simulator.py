@@ -232,3 +232,28 @@ class _AcceptanceSource:
             return self.trace[start:end]
         inside = self.trace[start:] if start < self.trace.size else self.trace[:0]
         return np.concatenate([inside, np.full(block - inside.size, self.fill)])
+
+
+def simulate_tree_verifications(
+    parents: Sequence[int], ranks: Sequence[int], rank_rates: Sequence[float], rounds: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Accepted nodes of ``rounds`` verifications of one draft tree, walked as the executor walks it:
+    at each node the verifier's token is the drafter's rank-r candidate with probability
+    ``rank_rates[r-1]`` (none of them with the rest); the walk follows the child of that rank while
+    the tree has one (polyplan.theory.trees, Theorem 1)."""
+    rates = np.asarray(rank_rates, dtype=float)
+    if rates.ndim != 1 or rates.size == 0 or (rates < 0).any() or rates.sum() > 1 + 1e-9:
+        raise UserError(f"rank acceptance rates must be in [0, 1] and sum to at most 1, got {list(rank_rates)}")
+    outcome = np.append(rates, max(0.0, 1.0 - rates.sum()))
+    child = {(int(p), int(r)): i for i, (p, r) in enumerate(zip(parents, ranks, strict=True))}
+    accepted = np.zeros(rounds, dtype=np.int64)
+    for k in range(rounds):
+        node, n = -1, 0
+        while True:
+            rank = int(rng.choice(outcome.size, p=outcome / outcome.sum())) + 1
+            nxt = child.get((node, rank))
+            if nxt is None:
+                break
+            node, n = nxt, n + 1
+        accepted[k] = n
+    return accepted

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from polyplan.theory import acceptance, accounting, gamma, insertion, prefill, two_level
+from polyplan.theory import acceptance, accounting, gamma, insertion, prefill, trees, two_level
 from polyplan.theory.acceptance import a, c, g
 
 
@@ -236,6 +236,20 @@ THEOREMS.append(
         prefill.break_even_latex,
         "polyplan.theory.prefill.predict_request",
         prefill.check_break_even,
+    )
+)
+
+THEOREMS.append(
+    Theorem(
+        "draft-trees",
+        "Draft trees: expected accepted length, optimal tree, lossless multi-draft sampling",
+        "E[A] = sum over nodes of prod a_rank along the path; the n nodes of largest path value form an "
+        "optimal n-node tree; t = (T_v(n+1) + passes T_d) / (1 + E[A]); recursive rejection without "
+        "replacement is exact.",
+        lambda: r"\mathbb{E}[A] = \sum_{v \in \mathcal{T}} \prod_{e \in \mathrm{path}(v)} a_{r(e)},\quad "
+        r"t = \frac{T_v(n+1) + \mathrm{passes}\,T_d}{1 + \mathbb{E}[A]}",
+        "polyplan.theory.trees.expected_accepted",
+        trees.check_tree_theorems,
     )
 )
 
