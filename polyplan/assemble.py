@@ -33,6 +33,8 @@ class ChainSpec:
     pool: str | None = None
     #: sampling settings a plan was optimised for (None: the user decides)
     temperature: float | None = None
+    #: draft tree size per drafter (None: all linear)
+    tree_nodes: list[int] | None = None
 
     @classmethod
     def from_plan(cls, path: str | Path) -> ChainSpec:
@@ -45,7 +47,8 @@ class ChainSpec:
         temperature = None
         if plan.mode == "sampling":
             temperature = float(plan.settings.get("temperature", 1.0) or 1.0)
-        return cls(list(plan.names), list(plan.gammas), plan.profile.get("pool") or None, temperature)
+        trees = list(plan.tree_nodes) or None
+        return cls(list(plan.names), list(plan.gammas), plan.profile.get("pool") or None, temperature, trees)
 
 
 def parse_gammas(text: str | None) -> list[int]:
@@ -56,6 +59,16 @@ def parse_gammas(text: str | None) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise UserError(f"--gammas must be comma-separated integers such as 6,3, got {text!r}") from None
+
+
+def parse_tree_nodes(text: str | None) -> list[int] | None:
+    """``"16,1"`` -> ``[16, 1]``; empty or None -> None (every drafter linear)."""
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--tree-nodes must be comma-separated integers such as 16,1, got {text!r}") from None
 
 
 def members_from_option(text: str | None) -> list[str]:
@@ -102,7 +115,7 @@ def build_chain(
             drafters[i] = WindowedDrafter(d, window)
         elif d.name in (windowable or {}) and not d.point_mass and window_of(d) is None:
             drafters[i] = WindowedDrafter(d, None, windowable[d.name])
-    return Chain(drafters, spec.gammas, tokenizer=tokenizer, controller=controller)
+    return Chain(drafters, spec.gammas, tokenizer=tokenizer, controller=controller, tree_nodes=spec.tree_nodes)
 
 
 def _load_model_dir(path: Path) -> tuple[Any, Any]:
@@ -195,7 +208,14 @@ def adaptive_controller(policy: Any, drafters: Sequence[Any]) -> Any:
     return AdaptiveController(policy, {i: d.propose for i, d in enumerate(drafters) if d.point_mass})
 
 
-def chain_from_plan(path: str | Path, pool: str | None = None, *, static: bool = False, note: Note = _stderr) -> Any:
+def chain_from_plan(
+    path: str | Path,
+    pool: str | None = None,
+    *,
+    static: bool = False,
+    note: Note = _stderr,
+    tree_nodes: list[int] | None = None,
+) -> Any:
     """The chain ``polyplan run PLAN`` runs: the plan's members and gammas, adaptive unless ``static``.
     (A sampling plan's temperature is a ``generate`` argument: ``ChainSpec.from_plan(path).temperature``.)"""
     from polyplan.documents.plan import Plan
@@ -204,6 +224,8 @@ def chain_from_plan(path: str | Path, pool: str | None = None, *, static: bool =
     spec = ChainSpec.of_plan(plan)
     if pool:
         spec.pool = pool
+    if tree_nodes is not None:
+        spec.tree_nodes = tree_nodes
     policy = None if static else plan_policy(plan, path, note)
     chain = build_chain(spec, windowable=policy_windowable(policy))
     if policy is not None:

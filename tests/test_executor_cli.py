@@ -103,6 +103,7 @@ def test_run_reads_top_k_0_and_top_p_1_as_off(model_dirs, capsys):
             pool=None,
             chain=f"{target_dir},{draft_dir}",
             gammas="2",
+            tree_nodes=None,
             plan=None,
             prompt_file=None,
             chat=False,
@@ -117,6 +118,19 @@ def test_run_reads_top_k_0_and_top_p_1_as_off(model_dirs, capsys):
         )
         outputs.append(json.loads(capsys.readouterr().out)["tokens"])
     assert outputs[0] == outputs[1] and len(outputs[0]) == 12
+
+
+def test_run_with_a_draft_tree_reports_it(model_dirs):
+    target_dir, draft_dir, _ = model_dirs
+    chain = f"{target_dir},{draft_dir}"
+    common = ("--chain", chain, "--gammas", "3", "--max-new-tokens", "12", "--json")
+    tree = polyplan("run", "w1 w2", *common, "--tree-nodes", "6", "--stats")
+    linear = polyplan("run", "w1 w2", *common)
+    assert tree.returncode == 0 and linear.returncode == 0, tree.stderr
+    doc = json.loads(tree.stdout)
+    assert doc["tree_nodes"] == [6] and doc["tokens"] == json.loads(linear.stdout)["tokens"]
+    assert doc["stats"]["levels"][1]["tree_rounds"] > 0
+    assert "trees at level 2" in tree.stderr
 
 
 def test_run_bad_input_is_one_line(model_dirs):
@@ -136,6 +150,9 @@ def test_run_bad_input_is_one_line(model_dirs):
         (dict(gammas="3", prompt_file=Path("/nonexistent/prompt.txt")), "cannot read"),
         (dict(gammas="3", args=["w1", "w2"]), "at most one prompt"),
         (dict(gammas="3", max_new_tokens=10_000), "exceed the context"),
+        (dict(gammas="3", tree_nodes="x"), "--tree-nodes must be comma-separated"),
+        (dict(gammas="3", tree_nodes="0"), r"level 2 .*tree_nodes must be an integer >= 1"),
+        (dict(gammas="3", tree_nodes="4,4"), "needs 1 tree sizes"),
     ],
 )
 def test_run_bad_input_raises_user_error(model_dirs, kwargs, message):
@@ -148,6 +165,7 @@ def test_run_bad_input_raises_user_error(model_dirs, kwargs, message):
         pool=None,
         chain=f"{target_dir},{draft_dir}",
         gammas=None,
+        tree_nodes=None,
         plan=None,
         prompt_file=None,
         chat=False,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import polyplan.executor.tree as tree_module
 from polyplan import Chain
 from polyplan.errors import UserError
 from polyplan.executor.sampling import SamplingParams
@@ -90,32 +91,24 @@ def test_sampled_trees_follow_the_target_distribution(depth, gammas, trees, para
     assert p_value > 1e-3, f"tree chain output differs from the target's distribution (p={p_value:.2e})"
 
 
-def test_negative_control_rejection_with_replacement_is_detected(monkeypatch):
-    """A classic multi-draft bug: testing every sibling against the same q (children drawn without
-    replacement need the drawn tokens removed from q) -- the chi-square test must reject it."""
+def test_negative_control_top_choices_as_samples_is_detected(monkeypatch):
+    """A natural bug: building the tree from the drafter's top choices (the greedy tree) under
+    sampling, while the rejection test assumes the children were drawn from q -- the chi-square
+    test must reject it."""
+    original = tree_module._Expanded.draw
 
-    def buggy_walk(tree, p, generator):
-        path, node = [], ROOT
-        while True:
-            target = p[node + 1]
-            accepted = None
-            for child in tree.children.get(node, ()):
-                q = tree.q[node] / tree.q[node].sum()
-                x = tree.tokens[child]
-                if bool(torch.rand((), generator=generator) * q[x] < target[x]):
-                    accepted = child
-                    break
-                residual = (target - q).clamp_min(0.0)
-                target = residual / residual.sum() if bool(residual.sum() > 0) else target
-            if accepted is None:
-                return path, int(torch.multinomial(target, 1, generator=generator))
-            path.append(accepted)
-            node = accepted
+    def top_choice(self, generator):
+        if self.greedy:
+            return original(self, generator)
+        token = int(self.remaining.argmax())
+        self.remaining[token] = 0.0
+        self.drawn += 1
+        return token, float(self.dist[token])
 
-    monkeypatch.setattr("polyplan.executor.chain.walk_sampled", buggy_walk)
+    monkeypatch.setattr(tree_module._Expanded, "draw", top_choice)
     params = SamplingParams(1.0)
     dist = exact_distribution(TARGET.logits_after, params, PROMPT, L)
-    counts = sample_counts(Chain([TARGET.drafter("t"), FAR.drafter("f")], [3], tree_nodes=[10]), params, N, L)
+    counts = sample_counts(Chain([TARGET.drafter("t"), OTHER.drafter("o")], [3], tree_nodes=[10]), params, N, L)
     assert chi_square_p(dist, counts, N) < 1e-6
 
 

@@ -135,6 +135,8 @@ def optimize_command(
             "the same for every plan and left out"
         )
     _print_prompt_lengths(console, plan)
+    if plan.trees:
+        console.print(f"draft tree at level {plan.trees['level']} ({plan.trees['member']}): {plan.trees['reason']}")
     ins = Table(title="why each model is in or out (insertion condition)")
     for col in ("model", "in?", "gain", "paper: T/L cost < verifier saving (ms/token)", "reason"):
         ins.add_column(col)

@@ -32,6 +32,12 @@ def run_command(
         None, "--chain", help="comma-separated members, target first: pool member names or model directories"
     ),
     gammas: str | None = typer.Option(None, "--gammas", help="one speculation length per drafter, e.g. 6,3"),
+    tree_nodes: str | None = typer.Option(
+        None,
+        "--tree-nodes",
+        help="draft tree size per drafter, e.g. 16,1 (1 = a linear draft; a tree is at most its gamma deep). "
+        "With a plan: replaces the plan's tree sizes",
+    ),
     window: int | None = typer.Option(
         None,
         "--window",
@@ -64,6 +70,7 @@ def run_command(
         default_members,
         members_from_option,
         parse_gammas,
+        parse_tree_nodes,
     )
 
     args = list(args or [])
@@ -79,11 +86,12 @@ def run_command(
         if window is not None:
             raise UserError("--window applies to --chain runs: a plan's start chooses each drafter's window per prompt")
         _warn_if_other_machine(plan)
-        the_chain = chain_from_plan(plan, pool, static=static)
+        the_chain = chain_from_plan(plan, pool, static=static, tree_nodes=parse_tree_nodes(tree_nodes))
         planned = ChainSpec.from_plan(plan).temperature
     else:
         members = members_from_option(chain) or list(default_members(pool))
-        the_chain = build_chain(ChainSpec(members, parse_gammas(gammas), pool), window=window)
+        spec = ChainSpec(members, parse_gammas(gammas), pool, tree_nodes=parse_tree_nodes(tree_nodes))
+        the_chain = build_chain(spec, window=window)
         planned = None
     if temperature is None:
         temperature = planned if planned is not None else 0.0
@@ -112,6 +120,7 @@ def run_command(
                     # the chain's gammas; per level what the rounds really used (an adaptive plan
                     # changes them): gammas_used, gamma -> blocks built with it
                     "gammas": the_chain.gammas,
+                    "tree_nodes": the_chain.tree_nodes,
                     "gammas_used": [lv.to_dict()["gammas_used"] for lv in result.stats.levels[1:]],
                     "text": result.text,
                     "tokens": result.tokens,
@@ -266,11 +275,26 @@ def print_stats(stats, gammas: list[int]) -> None:
         f"end to end {stats.wall_time_s:.2f} s = prefills {stats.prefill_time_s:.2f} s + decode "
         f"{stats.decode_time_s:.2f} s ({decode_rate:.1f} tok/s)"
     )
+    for i, lv in enumerate(stats.levels):
+        if lv.tree_rounds:
+            console.print(tree_line(i + 1, lv))
     for note in stats.notes:
         console.print(f"note: {note}")
     hist = stats.levels[0].acceptance_length_histogram
     if hist:
         console.print("target acceptance-length histogram: " + ", ".join(f"{k}:{v}" for k, v in sorted(hist.items())))
+
+
+def tree_line(level_number: int, lv) -> str:
+    """What a tree-drafting level did: nodes drafted, passes, path accepted, where branches won."""
+    rounds = lv.tree_rounds
+    wins = ", ".join(f"depth {d}: {n}" for d, n in sorted(lv.tree_branch_wins_by_depth.items()))
+    return (
+        f"trees at level {level_number} ({lv.name}): {rounds} trees of {lv.tree_nodes_drafted / rounds:.1f} nodes, "
+        f"{lv.tree_expansions / rounds:.1f} drafter passes each; accepted path {lv.tree_nodes_accepted / rounds:.2f} "
+        f"nodes per tree; a branch (not the drafter's first choice) won {lv.tree_branch_wins} times"
+        + (f" ({wins})" if wins else "")
+    )
 
 
 def _gammas_cell(level) -> str:

@@ -9,6 +9,9 @@ JSON layout (version 1)::
                   "all_orders", "temperature"},
      "chain": [{"name", "source", "derivation", "dtype", "point_mass"}, ...]   (target first),
      "gammas": [g2, ..., gk],
+     "tree_nodes": [n2, ..., nk]  (draft tree size per drafter, 1 = linear; optional, absent = all 1),
+     "trees": {"level", "member", "rank_rates", "nodes", "reason", "linear_tokens_per_pass",
+               "tree_tokens_per_pass", "predicted_gain"} (why the planner chose the tree size; optional),
      "prediction": {"time_per_token_s", "speedup", "mean_acceptance_length", "tokens_per_pass": [L_1..L_k],
                     "autoregressive_time_per_token_s", "alphas": [...], "unit_latency_s": [T_i(1, c)]},
      "predictions": {"iid": {...same keys...}, "replay": {...} or absent},
@@ -75,6 +78,10 @@ class Plan:
     choice: dict[str, Any] = field(default_factory=dict)
     #: per prompt-length range: what a request runs and its predicted end-to-end speedup
     by_prompt_length: list[dict[str, Any]] = field(default_factory=list)
+    #: draft tree size per drafter (1 = linear); [] = all linear (plans made before trees)
+    tree_nodes: list[int] = field(default_factory=list)
+    #: the planner's reasoning about trees (rank rates, sizes compared); {} when not considered
+    trees: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     version: int = PLAN_VERSION
 
@@ -110,6 +117,11 @@ class Plan:
             )
         if any(not isinstance(g, int) or isinstance(g, bool) or g < 1 for g in self.gammas):
             raise DocumentError(f"gammas must be integers >= 1, found {self.gammas}")
+        if self.tree_nodes and (
+            len(self.tree_nodes) != len(self.gammas)
+            or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in self.tree_nodes)
+        ):
+            raise DocumentError(f"tree_nodes needs one integer >= 1 per drafter, found {self.tree_nodes}")
         for m in self.chain[:-1]:
             if m.get("point_mass"):
                 raise DocumentError(f"{m['name']} is a point-mass drafter and may only sit at the bottom")
@@ -132,6 +144,8 @@ class Plan:
             "settings": self.settings,
             "chain": self.chain,
             "gammas": self.gammas,
+            **({"tree_nodes": self.tree_nodes} if any(n > 1 for n in self.tree_nodes) else {}),
+            **({"trees": self.trees} if self.trees else {}),
             "prediction": self.prediction,
             "predictions": self.predictions,
             "insertion": self.insertion,
@@ -160,6 +174,8 @@ class Plan:
                 policy=dict(doc["policy"]) if doc.get("policy") is not None else None,
                 choice=dict(doc.get("choice") or {}),
                 by_prompt_length=list(doc.get("by_prompt_length") or []),
+                tree_nodes=list(doc.get("tree_nodes") or []),
+                trees=dict(doc.get("trees") or {}),
                 created=doc.get("created", ""),
                 version=doc["version"],
             )

@@ -14,7 +14,8 @@ JSON layout (version 1)::
                             "spread_s": [[...]] (interquartile range), "repeats": int}},
      "acceptance": {"temperature": float,
                     "pairs": [{"verifier", "drafter", "greedy", "sampling", "positions",
-                               "by_category": {"<cat>": {"greedy", "sampling", "positions"}}}]},
+                               "by_category": {"<cat>": {"greedy", "sampling", "positions"}},
+                               "rank_rates": [a_1, ..., a_8] (greedy, draft trees; optional)}]},
      "prefill": {"<name>": {"context": [64, 256, ...], "median_s": [...], "spread_s": [...], "repeats": int}}
                 (optional: profiles before prefill was measured have none),
      "windows": {"sink": int, "sizes": [256, ...], "prompts": [ids of the long prompts measured],
@@ -144,6 +145,9 @@ class AcceptancePair:
     sampling: float
     positions: int
     by_category: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: greedy draft-tree rates a_1, a_2, ...: the verifier's argmax is the drafter's r-th choice
+    #: ([] in profiles made before trees)
+    rank_rates: list[float] = field(default_factory=list)
 
     def alpha(self, mode: str) -> float:
         if mode not in ("greedy", "sampling"):

@@ -15,6 +15,7 @@ from polyplan.planner.exports import llama_server_export, transformers_export, v
 from polyplan.planner.policy import build_policy, prompt_length_table
 from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, load_traces, make_predictor
 from polyplan.planner.search import SearchResult, search, with_best
+from polyplan.planner.trees import plan_trees
 
 #: the generation length planned for by default: what `polyplan bench` generates per prompt
 DEFAULT_HORIZON = 64
@@ -138,6 +139,8 @@ def optimize(
         choice=choice.as_dict(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+    # draft trees at the bottom where the theory says they pay (proofs/draft-trees.md)
+    plan.tree_nodes, plan.trees = plan_trees(profile, plan.names, plan.gammas, mode, pred.context)
     if len(plan.names) > 1:  # the adaptive executor's table (proofs/adaptive-control.md)
         policy = build_policy(
             profile, plan.names, plan.gammas, mode=mode, context=pred.context, max_gamma=max_gamma, traces=traces

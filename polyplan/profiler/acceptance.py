@@ -8,6 +8,11 @@ and ``q = P_D(.|r<t)``:
 * greedy acceptance   ``a_t = [argmax p == argmax q]``
 * sampling acceptance ``a_t = sum_x min(p(x), q(x))``  (= 1 - total variation; staged-decoding.md)
 
+Draft trees need the acceptance of second and third choices: for each model pair the *rank* of the
+verifier's argmax among the drafter's ``TREE_RANKS`` most probable tokens (0: not among them), from
+the first pass shape. Its histogram is the greedy ``rank_rates`` a_1, a_2, ... of
+polyplan.theory.trees (a_1 is the greedy acceptance rate).
+
 A point-mass drafter proposes ``x_t = propose(prompt + r<t, 1)``: greedy ``[x_t == argmax p]``,
 sampling ``p(x_t)`` (the probability that speculative sampling accepts a point mass), and 0 when it
 has nothing to propose. Every pair reuses the same logits, so k candidates cost k passes per
@@ -26,14 +31,18 @@ their flips are orders of magnitude rarer, and the extra passes would cost profi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from polyplan.executor.sampling import SamplingParams
+from polyplan.executor.tree import MAX_CHILDREN
 from polyplan.models.drafter import Drafter
+
+#: ranks measured for draft trees: as many candidates as a tree node may have children
+TREE_RANKS = MAX_CHILDREN
 
 
 def processed_probs(
@@ -122,6 +131,8 @@ class ScoredReference:
 
     greedy: dict[tuple[str, str], np.ndarray]
     sampling: dict[tuple[str, str], np.ndarray]
+    #: model pairs: rank (1..TREE_RANKS, 0 = below) of the verifier's argmax in the drafter's order
+    ranks: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
 
 def score_reference(
@@ -146,6 +157,7 @@ def score_reference(
     argmax: dict[str, list[torch.Tensor]] = {}
     probs: dict[str, list[torch.Tensor]] = {}
     proposals: dict[str, torch.Tensor] = {}
+    top_ids: dict[str, torch.Tensor] = {}
     for d in drafters:
         if d.point_mass:
             proposals[d.name] = torch.tensor(point_mass_proposals(d, prompt_ids, reference), dtype=torch.long)
@@ -153,6 +165,8 @@ def score_reference(
             for b in blocks if d.name != target and shape_sensitive(d) else blocks[:1]:
                 logits = teacher_force(d, prompt_ids, reference, b)
                 argmax.setdefault(d.name, []).append(logits.argmax(-1).cpu())
+                if d.name not in top_ids:
+                    top_ids[d.name] = logits.topk(min(TREE_RANKS, logits.shape[-1]), dim=-1).indices.cpu()
                 if temperature > 0:
                     probs.setdefault(d.name, []).append(processed_probs(logits, temperature, top_k, top_p))
                 del logits
@@ -169,6 +183,7 @@ def score_reference(
 
     greedy: dict[tuple[str, str], np.ndarray] = {}
     sampling: dict[tuple[str, str], np.ndarray] = {}
+    ranks: dict[tuple[str, str], np.ndarray] = {}
     for v in drafters:
         if v.point_mass:
             continue
@@ -194,6 +209,8 @@ def score_reference(
                 greedy[key] = mean_over_shapes(
                     v.name, d.name, fn=lambda s, v=v, d=d: per_shape(argmax, d.name, s) == per_shape(argmax, v.name, s)
                 ).numpy()
+                hit = top_ids[d.name] == argmax[v.name][0].unsqueeze(-1)
+                ranks[key] = torch.where(hit.any(-1), hit.to(torch.int8).argmax(-1) + 1, 0).numpy()
                 if temperature > 0:
 
                     def overlap(s: int, v=v, d=d) -> torch.Tensor:
@@ -208,6 +225,7 @@ def score_reference(
     return ScoredReference(
         greedy={k: v.astype(np.float32) for k, v in greedy.items()},
         sampling={k: v.astype(np.float32) for k, v in sampling.items()},
+        ranks={k: v.astype(np.float32) for k, v in ranks.items()},
     )
 
 

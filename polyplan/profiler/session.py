@@ -32,7 +32,13 @@ from polyplan.documents.profile import AcceptancePair, Candidate, LatencyCurve, 
 from polyplan.errors import UserError
 from polyplan.executor.sampling import SamplingParams
 from polyplan.models.drafter import Drafter, check_same_vocabulary
-from polyplan.profiler.acceptance import WindowedAcceptance, greedy_reference, score_reference, score_windows
+from polyplan.profiler.acceptance import (
+    TREE_RANKS,
+    WindowedAcceptance,
+    greedy_reference,
+    score_reference,
+    score_windows,
+)
 from polyplan.profiler.latency import fits_context, measure_context, measure_prefill
 from polyplan.profiler.machine import machine_facts, machine_fingerprint
 
@@ -168,6 +174,8 @@ class _Traces:
     tokens: list[np.ndarray] = field(default_factory=list)
     greedy: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
     sampling: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
+    #: model pairs: rank of the verifier's argmax among the drafter's top choices (draft trees)
+    ranks: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
 
     def segments(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum([len(t) for t in self.tokens])]).astype(np.int64)
@@ -181,7 +189,7 @@ class _Traces:
             "tokens": np.concatenate(self.tokens).astype(np.int64) if self.tokens else np.zeros(0, np.int64),
             "identity": np.array(json.dumps(identity, sort_keys=True)),
         }
-        for mode, table in (("greedy", self.greedy), ("sampling", self.sampling)):
+        for mode, table in (("greedy", self.greedy), ("sampling", self.sampling), ("ranks", self.ranks)):
             for (v, d), parts in table.items():
                 arrays[f"{mode}/{v}/{d}"] = np.concatenate(parts).astype(np.float32)
         buf = io.BytesIO()
@@ -205,7 +213,7 @@ class _Traces:
                 tr.tokens = [toks[seg[i] : seg[i + 1]] for i in range(len(seg) - 1)]
                 for key in z.files:
                     mode, _, rest = key.partition("/")
-                    if mode in ("greedy", "sampling") and rest:
+                    if mode in ("greedy", "sampling", "ranks") and rest:
                         v, d = rest.split("/", 1)
                         arr = z[key]
                         getattr(tr, mode)[(v, d)] = [arr[seg[i] : seg[i + 1]] for i in range(len(seg) - 1)]
@@ -226,6 +234,10 @@ class _Traces:
                 sc = np.concatenate([self.sampling.get(key, parts)[i] for i in idx])
                 if len(gc):
                     by_cat[cat] = {"greedy": float(gc.mean()), "sampling": float(sc.mean()), "positions": int(len(gc))}
+            rank_rates: list[float] = []
+            if key in self.ranks and len(g):
+                r = np.concatenate(self.ranks[key])
+                rank_rates = [round(float((r == k).mean()), 6) for k in range(1, TREE_RANKS + 1)]
             out.append(
                 AcceptancePair(
                     verifier=key[0],
@@ -234,6 +246,7 @@ class _Traces:
                     sampling=float(s.mean()) if len(s) else 0.0,
                     positions=int(len(g)),
                     by_category=by_cat,
+                    rank_rates=rank_rates,
                 )
             )
         return out
@@ -534,6 +547,8 @@ def run_profile(
             traces.greedy.setdefault(key, []).append(arr)
         for key, arr in scored.sampling.items():
             traces.sampling.setdefault(key, []).append(arr)
+        for key, arr in scored.ranks.items():
+            traces.ranks.setdefault(key, []).append(arr)
         unit_durations["acceptance"].append(clock() - t0)
         units_done += 1
         save(complete=False)

@@ -246,8 +246,10 @@ THEOREMS.append(
         "E[A] = sum over nodes of prod a_rank along the path; the n nodes of largest path value form an "
         "optimal n-node tree; t = (T_v(n+1) + passes T_d) / (1 + E[A]); recursive rejection without "
         "replacement is exact.",
-        lambda: r"\mathbb{E}[A] = \sum_{v \in \mathcal{T}} \prod_{e \in \mathrm{path}(v)} a_{r(e)},\quad "
-        r"t = \frac{T_v(n+1) + \mathrm{passes}\,T_d}{1 + \mathbb{E}[A]}",
+        lambda: (
+            r"\mathbb{E}[A] = \sum_{v \in \mathcal{T}} \prod_{e \in \mathrm{path}(v)} a_{r(e)},\quad "
+            r"t = \frac{T_v(n+1) + \mathrm{passes}\,T_d}{1 + \mathbb{E}[A]}"
+        ),
         "polyplan.theory.trees.expected_accepted",
         trees.check_tree_theorems,
     )
