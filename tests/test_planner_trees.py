@@ -8,6 +8,7 @@ from dataclasses import replace
 from polyplan.documents.plan import Plan
 from polyplan.planner import optimize
 from polyplan.planner.trees import plan_trees
+
 from test_planner import curve, make_profile, save
 
 
