@@ -445,12 +445,20 @@ def test_bench_also_runs_the_chains_asked_for_in_the_same_run(tiny_plan):
 
     plan, path = tiny_plan
     same_as_plan = ",".join(plan.names) + "/" + ",".join(map(str, plan.gammas))
-    also = [parse_also("target,tiny/2", "target"), parse_also(same_as_plan, "target")]
+    also = [
+        parse_also("target,tiny/2", "target"),
+        parse_also(same_as_plan, "target"),
+        parse_also("target,tiny/2/6", "target"),
+    ]
     res = _static_bench(plan, path, also=also)
     rows = {m["name"]: m for m in res["methods"]}
-    assert list(rows) == ["autoregressive", "polyplan-two-level", "polyplan-plan", "also-1"]
+    assert list(rows) == ["autoregressive", "polyplan-two-level", "polyplan-plan", "also-1", "also-2"], res.get(
+        "skipped"
+    )
     assert rows["also-1"]["chain"] == ["target", "tiny"] and rows["also-1"]["gammas"] == [2]
     assert rows["also-1"]["measured"]["matches_autoregressive"] == 1.0
+    # the same pair drafting a tree of 6 nodes: its own row, lossless too
+    assert rows["also-2"]["tree_nodes"] == [6] and rows["also-2"]["measured"]["matches_autoregressive"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -460,6 +468,9 @@ def test_bench_also_runs_the_chains_asked_for_in_the_same_run(tiny_plan):
         ("target,tiny/0", "one gamma >= 1 per drafter"),
         ("target,mid,tiny/3", "one gamma >= 1 per drafter"),
         ("mid,tiny/3", "must start with the plan's target target"),
+        ("target,tiny/3/0", "one tree size >= 1 per drafter"),
+        ("target,tiny/3/x", "one tree size >= 1 per drafter"),
+        ("target,tiny/3/4/5", "give the chain"),
     ],
 )
 def test_bad_also_chains_are_one_line(text, message):

@@ -43,11 +43,15 @@ def polyplan_method(
     verification_numerics: bool = False,
 ) -> BenchMethod:
     """``verification_numerics``: a one-member chain decodes in the numerics its member verifies
-    with, not as it does alone (see ``Chain``)."""
+    with, not as it does alone (see ``Chain``). Draft trees: ``spec.tree_nodes``."""
     from polyplan.executor.chain import Chain
 
     chain = Chain(
-        list(drafters), gammas=list(gammas), controller=controller, verification_numerics=verification_numerics
+        list(drafters),
+        gammas=list(gammas),
+        controller=controller,
+        verification_numerics=verification_numerics,
+        tree_nodes=list(spec.tree_nodes) or None,
     )
 
     def generate(prompt: list[int], max_new_tokens: int, seed: int):
@@ -64,6 +68,11 @@ def polyplan_method(
                 "model_time_s": lv.model_time_s,
                 "prefill_tokens": lv.prefill_tokens,
                 "prefill_time_s": lv.prefill_time_s,
+                **(
+                    {"tree_nodes_drafted": lv.tree_nodes_drafted, "tree_nodes_accepted": lv.tree_nodes_accepted}
+                    if lv.tree_rounds
+                    else {}
+                ),
             }
             for lv in result.stats.levels
         ]
@@ -192,7 +201,10 @@ def plan_methods(
                 eos=eos,
             )
         )
-    same_as_two = two is not None and list(two["chain"]) == plan.names and list(two["gammas"]) == plan.gammas
+    trees = list(plan.tree_nodes) if any(n > 1 for n in plan.tree_nodes) else []
+    same_as_two = (
+        two is not None and list(two["chain"]) == plan.names and list(two["gammas"]) == plan.gammas and not trees
+    )
     if policy is not None:
         from polyplan.assemble import adaptive_controller, policy_windowable
         from polyplan.models.windowed import WindowedDrafter
@@ -210,6 +222,7 @@ def plan_methods(
                     "polyplan",
                     list(plan.names),
                     list(plan.gammas),
+                    tree_nodes=trees,
                 ),
                 members,
                 plan.gammas,
@@ -228,12 +241,25 @@ def plan_methods(
                     drafters,
                     temperature,
                     eos,
+                    trees,
                 )
             )
     elif not same_as_two:
         methods.append(
             _polyplan_chain(
-                "polyplan-plan", "polyplan chosen plan", plan.names, plan.gammas, drafters, temperature, eos
+                "polyplan-plan", "polyplan chosen plan", plan.names, plan.gammas, drafters, temperature, eos, trees
+            )
+        )
+    if trees:  # the same members and gammas with linear drafts: what the trees add
+        methods.append(
+            _polyplan_chain(
+                "polyplan-plan-linear",
+                "polyplan chosen plan without trees (static, linear drafts)",
+                plan.names,
+                plan.gammas,
+                drafters,
+                temperature,
+                eos,
             )
         )
     if grid:
@@ -268,33 +294,45 @@ def plan_methods(
     return methods
 
 
-def _measured_chains(methods: Sequence[BenchMethod]) -> set[tuple[tuple[str, ...], tuple[int, ...]]]:
-    """(chain, gammas) of the polyplan methods already in the comparison: not run twice."""
-    return {(tuple(m.spec.chain), tuple(m.spec.gammas)) for m in methods if m.spec.engine == "polyplan"}
+ChainKey = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]
+
+
+def _chain_key(chain: Sequence[str], gammas: Sequence[int | None], trees: Sequence[int]) -> ChainKey:
+    return tuple(chain), tuple(gammas), tuple(n for n in trees if any(t > 1 for t in trees))
+
+
+def _measured_chains(methods: Sequence[BenchMethod]) -> set[ChainKey]:
+    """(chain, gammas, tree sizes) of the polyplan methods already in the comparison: not run twice."""
+    return {_chain_key(m.spec.chain, m.spec.gammas, m.spec.tree_nodes) for m in methods if m.spec.engine == "polyplan"}
 
 
 def also_methods(
     methods: list[BenchMethod],
-    chains: list[tuple[list[str], list[int]]],
+    chains: Sequence[tuple[list[str], list[int]] | tuple[list[str], list[int], list[int]]],
     drafters: Callable[[str], Drafter],
     temperature: float,
     eos: list[int],
 ) -> list[BenchMethod]:
-    """Static chains the user asked for (``bench --also``), except those already measured."""
+    """Static chains the user asked for (``bench --also``), except those already measured. Each is
+    (names, gammas) or (names, gammas, tree sizes)."""
     seen = _measured_chains(methods)
     out = []
-    for names, gammas in chains:
-        if (tuple(names), tuple(gammas)) in seen:
+    for names, gammas, *rest in chains:
+        trees = rest[0] if rest else []
+        key = _chain_key(names, gammas, trees)
+        if key in seen:
             continue
-        seen.add((tuple(names), tuple(gammas)))
-        label = " <- ".join(names) + f", gammas {gammas}"
-        out.append(_polyplan_chain(f"also-{len(out) + 1}", label, names, gammas, drafters, temperature, eos))
+        seen.add(key)
+        label = " <- ".join(names) + f", gammas {gammas}" + (f", tree nodes {trees}" if key[2] else "")
+        out.append(
+            _polyplan_chain(f"also-{len(out) + 1}", label, names, gammas, drafters, temperature, eos, list(key[2]))
+        )
     return out
 
 
-def _polyplan_chain(name, label, chain, gammas, drafters, temperature, eos) -> BenchMethod:
+def _polyplan_chain(name, label, chain, gammas, drafters, temperature, eos, trees=()) -> BenchMethod:
     return polyplan_method(
-        MethodSpec(name, label, "polyplan", list(chain), list(gammas)),
+        MethodSpec(name, label, "polyplan", list(chain), list(gammas), tree_nodes=list(trees)),
         [drafters(n) for n in chain],
         list(gammas),
         temperature=temperature,

@@ -72,6 +72,7 @@ def attach_predictions(
     predictors = {}
     if profile is not None:
         from polyplan.planner.predictors import load_traces, make_predictor
+        from polyplan.planner.trees import tree_time_ratio
 
         note["source"] = "profile"
         try:
@@ -92,9 +93,14 @@ def attach_predictions(
             continue  # the profile's T_target(1) is the one-token decoding, not this run's passes
         chain, gammas = tuple(s.chain), tuple(g for g in s.gammas if g is not None)
         if predictors:
+            # a tree at the bottom: the linear chain's prediction times the tree theory's ratio
+            trees = [n for n in s.tree_nodes if n > 1]
+            ratio = tree_time_ratio(profile, list(chain), list(gammas), s.tree_nodes[-1], context) if trees else 1.0
+            if ratio is None:
+                continue  # no rank rates measured: no prediction for a tree
             for name, p in predictors.items():
                 e = p.predict(chain, gammas)
-                s.predicted[name] = e.time_per_token
+                s.predicted[name] = e.time_per_token * ratio
                 s.predicted_levels[name] = {
                     "tokens_per_pass": [x if math.isfinite(x) else None for x in e.tokens_per_pass],
                     "mean_acceptance_length": e.mean_acceptance_length,

@@ -72,6 +72,8 @@ class MethodSpec:
     predicted: dict[str, float] = field(default_factory=dict)  # predictor -> seconds per token
     #: predictor -> {"tokens_per_pass": [L_1..L_k], "mean_acceptance_length"}: where a miss comes from
     predicted_levels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: draft tree size per drafter ([] or all 1: linear drafts)
+    tree_nodes: list[int] = field(default_factory=list)
 
 
 def summarize(specs: list[MethodSpec], records: list[RunRecord]) -> list[dict[str, Any]]:
@@ -133,6 +135,7 @@ def summarize(specs: list[MethodSpec], records: list[RunRecord]) -> list[dict[st
                 "engine": spec.engine,
                 "chain": spec.chain,
                 "gammas": spec.gammas,
+                **({"tree_nodes": spec.tree_nodes} if any(n > 1 for n in spec.tree_nodes) else {}),
                 "measured": measured,
                 "predicted": dict(spec.predicted),
                 "predicted_levels": dict(spec.predicted_levels),

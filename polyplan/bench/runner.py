@@ -192,13 +192,13 @@ def run_bench(
     prompts_file: str | Path | None = None,
     prompt_categories: dict[str, str] | None = None,
     static: bool = False,
-    also: list[tuple[list[str], list[int]]] | None = None,
+    also: list[tuple[list[str], list[int], list[int]]] | None = None,
 ) -> dict[str, Any]:
     """Run the comparison and return the results document (not yet saved; ``complete`` is false
     when it was interrupted). ``encoded_prompts`` (with ``prompt_categories``) replace the
     prompt set, for tests and callers that tokenise themselves. The chosen plan runs as
     ``polyplan run`` runs it (adaptive) beside its static version; ``static``: static only.
-    ``also``: more static chains (names, gammas) measured in the same interleaved run."""
+    ``also``: more static chains (names, gammas, tree sizes) measured in the same interleaved run."""
     log = log or (lambda msg: None)
     if repeats < 1 or prompts < 1 or max_new_tokens < 1:
         raise UserError("--repeats, --prompts and --max-new-tokens must all be >= 1")

@@ -42,8 +42,8 @@ def bench_command(
     also: list[str] = typer.Option(
         [],
         "--also",
-        metavar="CHAIN/GAMMAS",
-        help="also run this static chain in the same interleaved run, e.g. "
+        metavar="CHAIN/GAMMAS[/TREE_NODES]",
+        help="also run this static chain in the same interleaved run (CHAIN/GAMMAS[/TREE_NODES]), e.g. "
         "'smollm2-135m,smollm2-135m:q4_0/16' (target first; repeatable)",
     ),
 ) -> None:
@@ -93,24 +93,36 @@ def bench_command(
         raise typer.Exit(130)
 
 
-def parse_also(text: str, target: str) -> tuple[list[str], list[int]]:
-    """``a,b,c/4,2`` -> (["a", "b", "c"], [4, 2]); anything else is one error line."""
+def parse_also(text: str, target: str) -> tuple[list[str], list[int], list[int]]:
+    """``a,b,c/4,2`` -> (["a", "b", "c"], [4, 2], []); ``a,b/8/16``: a draft tree of 16 nodes at
+    the drafter; anything else is one error line."""
     from polyplan.errors import UserError
 
-    names_text, sep, gammas_text = text.rpartition("/")
-    names = [n.strip() for n in names_text.split(",") if n.strip()]
-    try:
-        gammas = [int(g) for g in gammas_text.split(",") if g.strip()]
-    except ValueError:
-        gammas = []
-    if not sep or len(names) < 2 or len(gammas) != len(names) - 1 or min(gammas) < 1:
+    parts = text.split("/")
+    names = [n.strip() for n in parts[0].split(",") if n.strip()]
+
+    def ints(i: int) -> list[int]:
+        try:
+            return [int(g) for g in parts[i].split(",") if g.strip()] if i < len(parts) else []
+        except ValueError:
+            return [0]
+
+    gammas, trees = ints(1), ints(2)
+    n_drafters = len(names) - 1
+    if (
+        len(parts) not in (2, 3)
+        or len(names) < 2
+        or len(gammas) != n_drafters
+        or min(gammas) < 1
+        or (len(parts) == 3 and (len(trees) != n_drafters or min(trees) < 1))
+    ):
         raise UserError(
-            f"--also {text!r}: give the chain (target first) and one gamma >= 1 per drafter, "
-            "as 'target,drafter/16' or 'target,middle,bottom/4,2'"
+            f"--also {text!r}: give the chain (target first), one gamma >= 1 per drafter and optionally one "
+            "tree size >= 1 per drafter, as 'target,drafter/16', 'target,middle,bottom/4,2' or 'target,drafter/8/16'"
         )
     if names[0] != target:
         raise UserError(f"--also {text!r}: the chain must start with the plan's target {target}")
-    return names, gammas
+    return names, gammas, trees
 
 
 def print_table(doc: dict) -> None:

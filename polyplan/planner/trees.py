@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from polyplan.documents.profile import Profile
-from polyplan.theory.trees import choose_tree_nodes
+from polyplan.theory.trees import choose_tree_nodes, predict_tree_round
 
 #: node budgets compared (1 = linear); 31 nodes + the re-fed token is the profile's largest pass
 TREE_SIZES = (1, 8, 12, 16, 24, 31)
@@ -62,3 +62,20 @@ def plan_trees(
             predicted_gain=round(linear.time_per_token / prediction.time_per_token - 1, 4),
         )
     return sizes, doc
+
+
+def tree_time_ratio(
+    profile: Profile, chain: list[str], gammas: list[int], nodes: int, context: float | None
+) -> float | None:
+    """Predicted time per token of the bottom drafting a tree of ``nodes`` over drafting linearly
+    (Corollary 3 of proofs/draft-trees.md for the bottom pair), None when the profile lacks the pair's
+    rank rates or latency curves."""
+    if len(chain) < 2:
+        return None
+    pair = next((p for p in profile.pairs if p.verifier == chain[-2] and p.drafter == chain[-1]), None)
+    if pair is None or not pair.rank_rates or chain[-2] not in profile.latency or chain[-1] not in profile.latency:
+        return None
+    curve, t_draft = profile.latency[chain[-2]], profile.latency[chain[-1]](1, context)
+    tree = predict_tree_round(pair.rank_rates, nodes, gammas[-1], lambda n: curve(n, context), t_draft)
+    linear = predict_tree_round(pair.rank_rates, 1, gammas[-1], lambda n: curve(n, context), t_draft)
+    return tree.time_per_token / linear.time_per_token
