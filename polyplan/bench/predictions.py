@@ -95,7 +95,9 @@ def attach_predictions(
         if predictors:
             # a tree at the bottom: the linear chain's prediction times the tree theory's ratio
             trees = [n for n in s.tree_nodes if n > 1]
-            ratio = tree_time_ratio(profile, list(chain), list(gammas), s.tree_nodes[-1], context) if trees else 1.0
+            ratio = (
+                tree_time_ratio(profile, list(chain), list(gammas), s.tree_nodes[-1], context, traces) if trees else 1.0
+            )
             if ratio is None:
                 continue  # no rank rates measured: no prediction for a tree
             for name, p in predictors.items():

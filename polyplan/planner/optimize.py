@@ -140,7 +140,9 @@ def optimize(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     # draft trees at the bottom where the theory says they pay (proofs/draft-trees.md)
-    plan.tree_nodes, plan.trees = plan_trees(profile, plan.names, plan.gammas, mode, pred.context)
+    plan.tree_nodes, plan.gammas, plan.trees = plan_trees(
+        profile, plan.names, plan.gammas, mode, pred.context, traces=traces, max_gamma=max_gamma
+    )
     if len(plan.names) > 1:  # the adaptive executor's table (proofs/adaptive-control.md)
         policy = build_policy(
             profile, plan.names, plan.gammas, mode=mode, context=pred.context, max_gamma=max_gamma, traces=traces

@@ -11,20 +11,81 @@ from __future__ import annotations
 
 from typing import Any
 
-from polyplan.documents.profile import Profile
-from polyplan.theory.trees import choose_tree_nodes, predict_tree_round
+import numpy as np
 
-#: node budgets compared (1 = linear); 31 nodes + the re-fed token is the profile's largest pass
-TREE_SIZES = (1, 8, 12, 16, 24, 31)
+from polyplan.documents.profile import Profile
+from polyplan.theory.trees import TreeShape, best_first_tree, expected_accepted, linear_shape
+
+#: node budgets compared (each with every depth from the linear gamma to max_gamma)
+TREE_SIZES = (8, 12, 16, 24, 31)
+
+
+def rank_traces(traces: dict[str, np.ndarray] | None, verifier: str, drafter: str) -> list[np.ndarray]:
+    """Per reference, the rank of the verifier's argmax among the drafter's choices at each position
+    (0: below the measured ranks); [] when the traces have none (profiled before draft trees)."""
+    key = f"ranks/{verifier}/{drafter}"
+    if not traces or key not in traces or "segments" not in traces:
+        return []
+    seg, ranks = traces["segments"], traces[key].astype(np.int64)
+    return [ranks[seg[i] : seg[i + 1]] for i in range(len(seg) - 1)]
+
+
+def replay_tokens_per_pass(ranks: list[np.ndarray], shape: TreeShape) -> float:
+    """Tokens per verifier pass of a fixed tree ``shape`` replayed on measured rank traces: each
+    round walks the tree along the trace's ranks (the child of the measured rank, while the tree has
+    one) and the next round starts after the accepted nodes and the verifier's own token. Unlike the
+    i.i.d. formula this keeps where the drafter is unsure together (hard stretches of text)."""
+    child = {(p, r): i for i, (p, r) in enumerate(zip(shape.parents, shape.ranks, strict=True))}
+    tokens = rounds = 0
+    for trace in ranks:
+        t = 0
+        while t < len(trace):
+            node, accepted = -1, 0
+            while t + accepted < len(trace):
+                nxt = child.get((node, int(trace[t + accepted])))
+                if nxt is None:
+                    break
+                node, accepted = nxt, accepted + 1
+            tokens += accepted + 1
+            rounds += 1
+            t += accepted + 1
+    return tokens / rounds if rounds else 1.0
+
+
+def tree_round(
+    profile: Profile,
+    verifier: str,
+    drafter: str,
+    depth: int,
+    nodes: int,
+    context: float | None,
+    ranks: list[np.ndarray],
+) -> tuple[float, float]:
+    """(time per token, tokens per verifier pass) of ``drafter`` drafting for ``verifier`` a tree of
+    ``nodes`` (1: linear) at most ``depth`` deep (Corollary 3 of proofs/draft-trees.md), with tokens
+    per pass replayed on ``ranks`` when given, else from the pair's i.i.d. rank rates."""
+    rates = profile.pair(verifier, drafter).rank_rates
+    curve, t_draft = profile.latency[verifier], profile.latency[drafter](1, context)
+    shape = linear_shape(depth) if nodes <= 1 else best_first_tree(rates, nodes, depth)
+    per_pass = replay_tokens_per_pass(ranks, shape) if ranks else 1.0 + expected_accepted(shape, rates)
+    return (curve(shape.nodes + 1, context) + shape.passes * t_draft) / per_pass, per_pass
 
 
 def plan_trees(
-    profile: Profile, chain: list[str], gammas: list[int], mode: str, context: float | None
-) -> tuple[list[int], dict[str, Any]]:
-    """Tree size per drafter (1 = linear) and the reasoning recorded in the plan."""
+    profile: Profile,
+    chain: list[str],
+    gammas: list[int],
+    mode: str,
+    context: float | None,
+    traces: dict[str, np.ndarray] | None = None,
+    max_gamma: int = 16,
+) -> tuple[list[int], list[int], dict[str, Any]]:
+    """Tree size per drafter (1 = linear), the gammas (a tree may want its bottom deeper than the
+    linear optimum) and the reasoning recorded in the plan. Tokens per verifier pass come from the
+    rank traces replayed when the profile has them, else from the i.i.d. formula (Theorem 1)."""
     sizes = [1] * len(gammas)
     if len(chain) < 2:
-        return sizes, {}
+        return sizes, list(gammas), {}
     bottom, verifier = chain[-1], chain[-2]
     doc: dict[str, Any] = {"level": len(chain), "member": bottom, "nodes": 1}
     candidate = {c.name: c for c in profile.candidates}
@@ -41,41 +102,64 @@ def plan_trees(
     elif verifier not in profile.latency or bottom not in profile.latency:
         doc["reason"] = "linear: the profile has no latency curve for the pair"
     else:
-        curve, drafter_curve = profile.latency[verifier], profile.latency[bottom]
-        nodes, prediction, why = choose_tree_nodes(
-            pair.rank_rates,
-            gammas[-1],
-            lambda n: curve(n, context),
-            drafter_curve(1, context),
-            candidates=[n for n in TREE_SIZES if n < max(curve.new_tokens)],
-        )
-        _, linear, _ = choose_tree_nodes(
-            pair.rank_rates, gammas[-1], lambda n: curve(n, context), drafter_curve(1, context), candidates=[1]
-        )
-        sizes[-1] = nodes
+        ranks = rank_traces(traces, verifier, bottom)
+        largest = max(profile.latency[verifier].new_tokens) - 1  # nodes + the re-fed token, as measured
+
+        def estimate(depth: int, nodes: int) -> tuple[float, float]:
+            return tree_round(profile, verifier, bottom, depth, nodes, context, ranks)
+
+        linear_time, linear_per_pass = estimate(gammas[-1], 1)
+        best = (linear_time, linear_per_pass, gammas[-1], 1)
+        for depth in range(gammas[-1], max(gammas[-1], max_gamma) + 1):
+            for nodes in TREE_SIZES:
+                if depth < nodes <= largest:
+                    time, per_pass = estimate(depth, nodes)
+                    if time < best[0]:
+                        best = (time, per_pass, depth, nodes)
+        time, per_pass, depth, nodes = best
         doc.update(
-            nodes=nodes,
             rank_rates=[round(a, 4) for a in pair.rank_rates],
-            reason=why,
-            linear_tokens_per_pass=round(linear.tokens_per_pass, 3),
-            tree_tokens_per_pass=round(prediction.tokens_per_pass, 3),
-            predicted_gain=round(linear.time_per_token / prediction.time_per_token - 1, 4),
+            acceptance_from="rank traces replayed" if ranks else "i.i.d. rank rates",
+            linear_tokens_per_pass=round(linear_per_pass, 3),
+            tree_tokens_per_pass=round(per_pass, 3),
+            predicted_gain=round(linear_time / time - 1, 4),
         )
-    return sizes, doc
+        if nodes == 1:
+            doc["reason"] = (
+                f"linear: no tree beats it (the verifier's extra width costs more than the "
+                f"{pair.rank_rates[1] if len(pair.rank_rates) > 1 else 0:.2f} second-choice acceptance returns)"
+            )
+        else:
+            sizes[-1] = nodes
+            gammas = [*gammas[:-1], depth]
+            doc.update(
+                nodes=nodes,
+                depth=depth,
+                reason=(
+                    f"tree of {nodes} nodes, {depth} deep: {per_pass:.2f} tokens per verifier pass vs "
+                    f"{linear_per_pass:.2f} linear, {linear_time / time - 1:+.1%} predicted"
+                ),
+            )
+    return sizes, list(gammas), doc
 
 
 def tree_time_ratio(
-    profile: Profile, chain: list[str], gammas: list[int], nodes: int, context: float | None
+    profile: Profile,
+    chain: list[str],
+    gammas: list[int],
+    nodes: int,
+    context: float | None,
+    traces: dict[str, np.ndarray] | None = None,
 ) -> float | None:
     """Predicted time per token of the bottom drafting a tree of ``nodes`` over drafting linearly
-    (Corollary 3 of proofs/draft-trees.md for the bottom pair), None when the profile lacks the pair's
-    rank rates or latency curves."""
+    (as the planner estimates it), None when the profile lacks the pair's rank rates or latency."""
     if len(chain) < 2:
         return None
-    pair = next((p for p in profile.pairs if p.verifier == chain[-2] and p.drafter == chain[-1]), None)
-    if pair is None or not pair.rank_rates or chain[-2] not in profile.latency or chain[-1] not in profile.latency:
+    verifier, drafter = chain[-2], chain[-1]
+    pair = next((p for p in profile.pairs if p.verifier == verifier and p.drafter == drafter), None)
+    if pair is None or not pair.rank_rates or verifier not in profile.latency or drafter not in profile.latency:
         return None
-    curve, t_draft = profile.latency[chain[-2]], profile.latency[chain[-1]](1, context)
-    tree = predict_tree_round(pair.rank_rates, nodes, gammas[-1], lambda n: curve(n, context), t_draft)
-    linear = predict_tree_round(pair.rank_rates, 1, gammas[-1], lambda n: curve(n, context), t_draft)
-    return tree.time_per_token / linear.time_per_token
+    ranks = rank_traces(traces, verifier, drafter)
+    tree, _ = tree_round(profile, verifier, drafter, gammas[-1], nodes, context, ranks)
+    linear, _ = tree_round(profile, verifier, drafter, gammas[-1], 1, context, ranks)
+    return tree / linear
