@@ -127,8 +127,10 @@ def test_negative_control_wrong_correction_is_detected(monkeypatch):
     assert chi_square_p(dist, counts, N) < 1e-6
 
 
-def test_transformers_models_chain_samples_the_target_distribution():
-    """Same test through ModelDrafter and real KV-cache rollbacks (fewer samples: HF forwards are slow)."""
+@pytest.mark.parametrize("trees", [None, [1, 4]], ids=["linear", "tree-at-the-bottom"])
+def test_transformers_models_chain_samples_the_target_distribution(trees):
+    """Same test through ModelDrafter and real KV-cache rollbacks (fewer samples: HF forwards are
+    slow); with a draft tree, through tree attention and cache compaction too."""
     target = tiny_llama(vocab_size=V, num_layers=1, seed=11, hidden_size=16, logit_scale=4.0)
     middle = perturbed_copy(target, 0.05, seed=12)
     bottom = tiny_llama(vocab_size=V, num_layers=1, seed=13, hidden_size=16, logit_scale=4.0)
@@ -140,7 +142,7 @@ def test_transformers_models_chain_samples_the_target_distribution():
             return target(input_ids=torch.tensor([context])).logits[0, -1].float()
 
     dist = exact_distribution(logits_after, params, PROMPT, length)
-    chain = Chain([ModelDrafter(target, "t"), middle, bottom], gammas=[2, 2])
+    chain = Chain([ModelDrafter(target, "t"), middle, bottom], gammas=[2, 2], tree_nodes=trees)
     counts = sample_counts(chain, params, n, length)
     p_value = chi_square_p(dist, counts, n)
     assert p_value > 1e-3, p_value

@@ -22,7 +22,6 @@ from test_executor_sampling import (
     TARGET,
     L,
     N,
-    V,
     chi_square_p,
     exact_distribution,
     sample_counts,
@@ -110,23 +109,6 @@ def test_negative_control_top_choices_as_samples_is_detected(monkeypatch):
     dist = exact_distribution(TARGET.logits_after, params, PROMPT, L)
     counts = sample_counts(Chain([TARGET.drafter("t"), OTHER.drafter("o")], [3], tree_nodes=[10]), params, N, L)
     assert chi_square_p(dist, counts, N) < 1e-6
-
-
-def test_transformers_tree_chain_samples_the_target_distribution():
-    """Through ModelDrafter's tree attention and cache compaction (fewer samples: HF forwards)."""
-    target = tiny_llama(vocab_size=V, num_layers=1, seed=11, hidden_size=16, logit_scale=4.0)
-    bottom = tiny_llama(vocab_size=V, num_layers=1, seed=13, hidden_size=16, logit_scale=4.0)
-    params = SamplingParams(0.9, top_k=4)
-    length, n = 2, 600
-
-    def logits_after(context):
-        with torch.inference_mode():
-            return target(input_ids=torch.tensor([context])).logits[0, -1].float()
-
-    dist = exact_distribution(logits_after, params, PROMPT, length)
-    chain = Chain([ModelDrafter(target, "t"), bottom], gammas=[2], tree_nodes=[4])
-    counts = sample_counts(chain, params, n, length)
-    assert chi_square_p(dist, counts, n) > 1e-3
 
 
 def test_tree_attention_scores_each_node_as_its_own_sequence():
