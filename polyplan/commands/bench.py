@@ -43,8 +43,8 @@ def bench_command(
         [],
         "--also",
         metavar="CHAIN/GAMMAS(/TREE_NODES)",
-        help="also run this static chain in the same interleaved run (CHAIN/GAMMAS, or CHAIN/GAMMAS/TREE_NODES for trees), e.g. "
-        "'smollm2-135m,smollm2-135m:q4_0/16' (target first; repeatable)",
+        help="also run this static chain in the same interleaved run (CHAIN/GAMMAS, or "
+        "CHAIN/GAMMAS/TREE_NODES for trees), e.g. 'smollm2-135m,smollm2-135m:q4_0/16' (target first; repeatable)",
     ),
 ) -> None:
     """Measure a plan: tokens/s, speedup, acceptance per level, predicted vs measured time per token."""
