@@ -94,49 +94,50 @@ class ModelDrafter(Drafter):
 
     def score_tree(self, prefix_ids: torch.Tensor, tree_ids: torch.Tensor, parents: Sequence[int]) -> torch.Tensor:
         """As :meth:`Drafter.score_tree`: a 4D attention mask (additive, in the model's dtype, so
-        eager and SDPA attention read it alike) and explicit position ids."""
-        n_prefix, n_tree = int(prefix_ids.shape[0]), int(tree_ids.shape[0])
+        eager and SDPA attention read it alike) and explicit position ids. A prefix longer than
+        one token (a prefill, a member catching up) goes through the causal kernel first: the
+        masked pass then covers the last prefix token and the tree only, and its mask stays small."""
+        if int(prefix_ids.shape[0]) > 1:
+            self.score(prefix_ids[:-1], last=1)
+            prefix_ids = prefix_ids[-1:]
+        n_tree = int(tree_ids.shape[0])
         past = self._processed
         depths: list[int] = []
         for parent in parents:
             depths.append(1 if parent < 0 else depths[parent] + 1)
-        reach = past + n_prefix + max(depths, default=0)
+        reach = past + 1 + max(depths, default=0)
         if self._max_context is not None and reach > self._max_context:
             raise ContextTooLong(
                 f"{self.name} holds at most {self._max_context} tokens; this tree would reach position {reach}: "
                 "shorten the prompt or lower --max-new-tokens"
             )
-        queries, keys = n_prefix + n_tree, past + n_prefix + n_tree
-        allowed = torch.zeros(queries, keys, dtype=torch.bool)
-        allowed[:, :past] = True
-        allowed[:n_prefix, past : past + n_prefix] = torch.ones(n_prefix, n_prefix, dtype=torch.bool).tril()
-        allowed[n_prefix:, past : past + n_prefix] = True
-        start = past + n_prefix
+        # query 0 is the last prefix token (at `past`), query 1 + i node i; node i sees the cache,
+        # that token, its ancestors and itself
+        start, keys = past + 1, past + 1 + n_tree
+        allowed = torch.zeros(1 + n_tree, keys, dtype=torch.bool)
+        allowed[:, :start] = True
         for i, parent in enumerate(parents):
-            row = allowed[n_prefix + i]
-            row[start + i] = True
+            row = allowed[1 + i]
             if parent >= 0:
-                row[start:keys] |= allowed[n_prefix + parent, start:keys]
-        mask = torch.zeros(queries, keys, dtype=self.dtype).masked_fill(~allowed, torch.finfo(self.dtype).min)
-        positions = list(range(past, past + n_prefix)) + [start + d - 1 for d in depths]
-        ids = torch.cat([prefix_ids.to(self.device), tree_ids.to(self.device)]).view(1, queries)
-        kwargs = {self._cache_kwarg: self._cache}
-        if self._keeps_logits:
-            kwargs["logits_to_keep"] = n_tree + 1
+                row[start:] = allowed[1 + parent, start:]
+            row[start + i] = True
+        mask = torch.zeros(1 + n_tree, keys, dtype=self.dtype).masked_fill(~allowed, torch.finfo(self.dtype).min)
+        positions = [past] + [past + d for d in depths]
+        ids = torch.cat([prefix_ids.to(self.device), tree_ids.to(self.device)]).view(1, 1 + n_tree)
         with torch.inference_mode():
             out = self.model(
                 input_ids=ids,
-                attention_mask=mask.view(1, 1, queries, keys).to(self.device),
+                attention_mask=mask.view(1, 1, 1 + n_tree, keys).to(self.device),
                 position_ids=torch.tensor([positions], device=self.device),
                 use_cache=True,
-                **kwargs,
+                **{self._cache_kwarg: self._cache},
             )
-        self._processed += queries
+        self._processed += 1 + n_tree
         self._tree_start = start
         if not self._checked_after_first_pass:
             check_rollbackable(self._cache, self.name)
             self._checked_after_first_pass = True
-        return out.logits[0, -(n_tree + 1) :].float()
+        return out.logits[0].float()
 
     def keep_tree_path(self, path: Sequence[int]) -> None:
         start = self._tree_start
