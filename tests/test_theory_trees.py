@@ -11,7 +11,7 @@ from polyplan.errors import UserError
 from polyplan.theory.simulator import simulate_tree_verifications
 from polyplan.theory.trees import (
     best_first_tree,
-    choose_tree_nodes,
+    choose_tree,
     expected_accepted,
     linear_shape,
     predict_tree_round,
@@ -63,11 +63,14 @@ def test_trees_pay_on_flat_verifiers_and_unsure_drafters_only():
         return 0.045 * n
 
     unsure = [0.6, 0.2, 0.08]
-    nodes, prediction, why = choose_tree_nodes(unsure, 6, flat, 0.005)
-    assert nodes > 1 and prediction.tokens_per_pass > predict_tree_round(unsure, 1, 6, flat, 0.005).tokens_per_pass
-    assert "tree of" in why
-    nodes, _, why = choose_tree_nodes(unsure, 6, compute_bound, 0.005)
-    assert nodes == 1 and why.startswith("linear")
+    choice = choose_tree(unsure, 6, flat, 0.005)
+    prediction = choice.tree
+    assert (
+        choice.nodes > 1 and prediction.tokens_per_pass > predict_tree_round(unsure, 1, 6, flat, 0.005).tokens_per_pass
+    )
+    assert "tree of" in choice.reason
+    choice = choose_tree(unsure, 6, compute_bound, 0.005)
+    assert choice.nodes == 1 and choice.reason.startswith("linear")
 
 
 def test_bad_rates_are_one_clear_error():

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from polyplan.documents.profile import Profile
-from polyplan.theory.trees import TreeShape, best_first_tree, expected_accepted, linear_shape
+from polyplan.theory.trees import TreeShape, choose_tree, predict_tree_round
 
 #: node budgets compared (each with every depth from the linear gamma to max_gamma)
 TREE_SIZES = (8, 12, 16, 24, 31)
@@ -52,23 +52,22 @@ def replay_tokens_per_pass(ranks: list[np.ndarray], shape: TreeShape) -> float:
     return tokens / rounds if rounds else 1.0
 
 
-def tree_round(
-    profile: Profile,
-    verifier: str,
-    drafter: str,
-    depth: int,
-    nodes: int,
-    context: float | None,
-    ranks: list[np.ndarray],
-) -> tuple[float, float]:
-    """(time per token, tokens per verifier pass) of ``drafter`` drafting for ``verifier`` a tree of
-    ``nodes`` (1: linear) at most ``depth`` deep (Corollary 3 of proofs/draft-trees.md), with tokens
-    per pass replayed on ``ranks`` when given, else from the pair's i.i.d. rank rates."""
-    rates = profile.pair(verifier, drafter).rank_rates
-    curve, t_draft = profile.latency[verifier], profile.latency[drafter](1, context)
-    shape = linear_shape(depth) if nodes <= 1 else best_first_tree(rates, nodes, depth)
-    per_pass = replay_tokens_per_pass(ranks, shape) if ranks else 1.0 + expected_accepted(shape, rates)
-    return (curve(shape.nodes + 1, context) + shape.passes * t_draft) / per_pass, per_pass
+def _pair_model(
+    profile: Profile, verifier: str, drafter: str, context: float | None, traces: dict[str, np.ndarray] | None
+) -> dict[str, Any] | None:
+    """The inputs of the tree theory for one pair (rank rates, latencies at ``context``, the replay
+    of its rank traces when there are any), None when the profile lacks its rates or curves."""
+    pair = next((p for p in profile.pairs if p.verifier == verifier and p.drafter == drafter), None)
+    if pair is None or not pair.rank_rates or verifier not in profile.latency or drafter not in profile.latency:
+        return None
+    curve = profile.latency[verifier]
+    ranks = rank_traces(traces, verifier, drafter)
+    return {
+        "rank_rates": pair.rank_rates,
+        "verifier_latency": lambda n: curve(n, context),
+        "drafter_latency": profile.latency[drafter](1, context),
+        "tokens_per_pass": (lambda shape: replay_tokens_per_pass(ranks, shape)) if ranks else None,
+    }
 
 
 def plan_trees(
@@ -90,56 +89,36 @@ def plan_trees(
     doc: dict[str, Any] = {"level": len(chain), "member": bottom, "nodes": 1}
     candidate = {c.name: c for c in profile.candidates}
     not_trees = [n for n in chain[:-1] if candidate[n].backend != "transformers" or candidate[n].point_mass]
-    pair = next((p for p in profile.pairs if p.verifier == verifier and p.drafter == bottom), None)
+    model = _pair_model(profile, verifier, bottom, context, traces)
     if mode != "greedy":
         doc["reason"] = "linear: rank rates are measured for greedy decoding only"
     elif candidate[bottom].point_mass:
         doc["reason"] = f"linear: {bottom} is model-free and cannot rank alternatives"
     elif not_trees:
         doc["reason"] = f"linear: {', '.join(not_trees)} cannot verify a tree (llama.cpp scores one sequence per pass)"
-    elif pair is None or not pair.rank_rates:
-        doc["reason"] = "linear: the profile has no rank rates for this pair (profiled before draft trees)"
-    elif verifier not in profile.latency or bottom not in profile.latency:
-        doc["reason"] = "linear: the profile has no latency curve for the pair"
+    elif model is None:
+        doc["reason"] = "linear: the profile has no rank rates or latency curves for this pair (profiled before trees)"
     else:
-        ranks = rank_traces(traces, verifier, bottom)
-        largest = max(profile.latency[verifier].new_tokens) - 1  # nodes + the re-fed token, as measured
-
-        def estimate(depth: int, nodes: int) -> tuple[float, float]:
-            return tree_round(profile, verifier, bottom, depth, nodes, context, ranks)
-
-        linear_time, linear_per_pass = estimate(gammas[-1], 1)
-        best = (linear_time, linear_per_pass, gammas[-1], 1)
-        for depth in range(gammas[-1], max(gammas[-1], max_gamma) + 1):
-            for nodes in TREE_SIZES:
-                if depth < nodes <= largest:
-                    time, per_pass = estimate(depth, nodes)
-                    if time < best[0]:
-                        best = (time, per_pass, depth, nodes)
-        time, per_pass, depth, nodes = best
-        doc.update(
-            rank_rates=[round(a, 4) for a in pair.rank_rates],
-            acceptance_from="rank traces replayed" if ranks else "i.i.d. rank rates",
-            linear_tokens_per_pass=round(linear_per_pass, 3),
-            tree_tokens_per_pass=round(per_pass, 3),
-            predicted_gain=round(linear_time / time - 1, 4),
+        choice = choose_tree(
+            gamma=gammas[-1],
+            max_depth=max_gamma,
+            sizes=TREE_SIZES,
+            largest=max(profile.latency[verifier].new_tokens) - 1,  # nodes + the re-fed token, as measured
+            **model,
         )
-        if nodes == 1:
-            doc["reason"] = (
-                f"linear: no tree beats it (the verifier's extra width costs more than the "
-                f"{pair.rank_rates[1] if len(pair.rank_rates) > 1 else 0:.2f} second-choice acceptance returns)"
-            )
-        else:
-            sizes[-1] = nodes
-            gammas = [*gammas[:-1], depth]
-            doc.update(
-                nodes=nodes,
-                depth=depth,
-                reason=(
-                    f"tree of {nodes} nodes, {depth} deep: {per_pass:.2f} tokens per verifier pass vs "
-                    f"{linear_per_pass:.2f} linear, {linear_time / time - 1:+.1%} predicted"
-                ),
-            )
+        doc.update(
+            nodes=choice.nodes,
+            rank_rates=[round(a, 4) for a in model["rank_rates"]],
+            acceptance_from="rank traces replayed" if model["tokens_per_pass"] else "i.i.d. rank rates",
+            linear_tokens_per_pass=round(choice.linear.tokens_per_pass, 3),
+            tree_tokens_per_pass=round(choice.tree.tokens_per_pass, 3),
+            predicted_gain=round(choice.gain, 4),
+            reason=choice.reason,
+        )
+        if choice.nodes > 1:
+            sizes[-1] = choice.nodes
+            gammas = [*gammas[:-1], choice.depth]
+            doc["depth"] = choice.depth
     return sizes, list(gammas), doc
 
 
@@ -153,13 +132,9 @@ def tree_time_ratio(
 ) -> float | None:
     """Predicted time per token of the bottom drafting a tree of ``nodes`` over drafting linearly
     (as the planner estimates it), None when the profile lacks the pair's rank rates or latency."""
-    if len(chain) < 2:
+    model = _pair_model(profile, chain[-2], chain[-1], context, traces) if len(chain) >= 2 else None
+    if model is None:
         return None
-    verifier, drafter = chain[-2], chain[-1]
-    pair = next((p for p in profile.pairs if p.verifier == verifier and p.drafter == drafter), None)
-    if pair is None or not pair.rank_rates or verifier not in profile.latency or drafter not in profile.latency:
-        return None
-    ranks = rank_traces(traces, verifier, drafter)
-    tree, _ = tree_round(profile, verifier, drafter, gammas[-1], nodes, context, ranks)
-    linear, _ = tree_round(profile, verifier, drafter, gammas[-1], 1, context, ranks)
-    return tree / linear
+    tree = predict_tree_round(nodes=nodes, max_depth=gammas[-1], **model)
+    linear = predict_tree_round(nodes=1, max_depth=gammas[-1], **model)
+    return tree.time_per_token / linear.time_per_token

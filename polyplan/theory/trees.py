@@ -140,39 +140,69 @@ def predict_tree_round(
     max_depth: int,
     verifier_latency: Callable[[int], float],
     drafter_latency: float,
+    tokens_per_pass: Callable[[TreeShape], float] | None = None,
 ) -> TreePrediction:
-    """Two levels, a tree at the bottom: time per token = (T_v(n + 1) + passes * T_d) / L."""
+    """Two levels, a tree at the bottom: time per token = (T_v(n + 1) + passes * T_d) / L, with L
+    from Theorem 1, or from ``tokens_per_pass(shape)`` (e.g. measured traces replayed)."""
     shape = linear_shape(max_depth) if nodes <= 1 else best_first_tree(rank_rates, nodes, max_depth)
-    accepted = expected_accepted(shape, rank_rates)
-    per_token = (verifier_latency(shape.nodes + 1) + shape.passes * drafter_latency) / (1.0 + accepted)
-    return TreePrediction(shape, accepted, 1.0 + accepted, per_token, verifier_latency(1) / per_token)
+    per_pass = tokens_per_pass(shape) if tokens_per_pass else 1.0 + expected_accepted(shape, rank_rates)
+    per_token = (verifier_latency(shape.nodes + 1) + shape.passes * drafter_latency) / per_pass
+    return TreePrediction(shape, per_pass - 1.0, per_pass, per_token, verifier_latency(1) / per_token)
 
 
-def choose_tree_nodes(
+@dataclass(frozen=True)
+class TreeChoice:
+    nodes: int  # 1: linear
+    depth: int  # the bottom's gamma: the linear one, or the deeper one the tree wants
+    tree: TreePrediction
+    linear: TreePrediction
+    reason: str
+
+    @property
+    def gain(self) -> float:
+        return self.linear.time_per_token / self.tree.time_per_token - 1
+
+
+def choose_tree(
     rank_rates: Sequence[float],
-    max_depth: int,
+    gamma: int,
     verifier_latency: Callable[[int], float],
     drafter_latency: float,
-    candidates: Sequence[int] = (1, 4, 8, 12, 16, 24, 32),
-) -> tuple[int, TreePrediction, str]:
-    """The node budget (1 = linear) with the least predicted time per token, and why. Budgets up to
-    ``max_depth`` are left out: they only shorten the draft, which is the gamma's choice."""
-    sizes = sorted({1, *(n for n in candidates if n > max_depth)})
-    results = {n: predict_tree_round(rank_rates, n, max_depth, verifier_latency, drafter_latency) for n in sizes}
-    best = min(results, key=lambda n: results[n].time_per_token)
-    linear = results[1]
-    if best == 1:
-        why = (
-            f"linear: no tree beats it (each extra node costs the verifier more than the "
-            f"{(rank_rates[1] if len(rank_rates) > 1 else 0):.2f} second-choice acceptance returns)"
+    *,
+    max_depth: int | None = None,
+    sizes: Sequence[int] = (8, 12, 16, 24, 31),
+    largest: int | None = None,
+    tokens_per_pass: Callable[[TreeShape], float] | None = None,
+) -> TreeChoice:
+    """The tree (size, depth from ``gamma`` to ``max_depth``) with the least predicted time per
+    token, or the linear draft of depth ``gamma`` when none beats it, and why. A size must exceed
+    its depth (smaller budgets only shorten the draft: the gamma's choice) and stay within
+    ``largest`` (e.g. the widest pass the profile measured, less the re-fed token)."""
+
+    def predict(nodes: int, depth: int) -> TreePrediction:
+        return predict_tree_round(rank_rates, nodes, depth, verifier_latency, drafter_latency, tokens_per_pass)
+
+    linear = predict(1, gamma)
+    best = (linear, 1, gamma)
+    for depth in range(gamma, max(gamma, max_depth or gamma) + 1):
+        for nodes in sizes:
+            if depth < nodes and (largest is None or nodes <= largest):
+                tree = predict(nodes, depth)
+                if tree.time_per_token < best[0].time_per_token:
+                    best = (tree, nodes, depth)
+    tree, nodes, depth = best
+    if nodes == 1:
+        second = rank_rates[1] if len(rank_rates) > 1 else 0.0
+        reason = (
+            "linear: no tree beats it (the verifier's extra width costs more than the "
+            f"{second:.2f} second-choice acceptance returns)"
         )
     else:
-        gain = linear.time_per_token / results[best].time_per_token - 1
-        why = (
-            f"tree of {best}: {results[best].tokens_per_pass:.2f} tokens per verifier pass vs "
-            f"{linear.tokens_per_pass:.2f} linear, {gain:+.0%} predicted"
+        reason = (
+            f"tree of {nodes} nodes, {depth} deep: {tree.tokens_per_pass:.2f} tokens per verifier pass vs "
+            f"{linear.tokens_per_pass:.2f} linear, {linear.time_per_token / tree.time_per_token - 1:+.1%} predicted"
         )
-    return best, results[best], why
+    return TreeChoice(nodes, depth, tree, linear, reason)
 
 
 def check_tree_theorems() -> bool:
