@@ -98,20 +98,22 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class _Expanded:
-    """A node whose distribution is known: what is left to draw among its children."""
+    """A node whose distribution is known: what is left to draw among its children. Greedy: the
+    drafter's top choices with their probabilities under its own softmax (read once, on the host);
+    sampling: its processed q, drawn tokens zeroed in ``remaining``."""
 
-    def __init__(self, value: float, dist: torch.Tensor, greedy: bool) -> None:
+    def __init__(self, value: float, logits: torch.Tensor, params: SamplingParams) -> None:
         self.value = value
-        self.greedy = greedy
-        self.dist = dist
-        if greedy:
-            probs, ids = torch.topk(dist, min(MAX_CHILDREN, dist.shape[-1]))
-            self.candidates = list(zip(ids.tolist(), probs.tolist(), strict=True))
-            self.remaining = dist  # unused
-        else:
-            self.candidates = []
-            self.remaining = dist.clone()  # q with the drawn tokens zeroed
+        self.greedy = params.greedy
         self.drawn = 0
+        if self.greedy:
+            # probabilities of the top tokens only: no softmax over the vocabulary
+            top, ids = torch.topk(logits.float(), min(MAX_CHILDREN, logits.shape[-1]))
+            probs = torch.exp(top - torch.logsumexp(logits.float(), dim=-1))
+            self.candidates = list(zip(ids.tolist(), probs.tolist(), strict=True))
+        else:
+            self.dist = params.probs(logits.view(1, -1))[0]
+            self.remaining = self.dist.clone()
 
     def best_left(self) -> float:
         """Largest probability among the tokens not drawn yet (0 when none can be drawn)."""
@@ -155,20 +157,15 @@ def build_tree(
     tree = DraftTree(base=base)
     greedy = params.greedy
 
-    def dist(logits: torch.Tensor) -> torch.Tensor:
-        # greedy values rank by the drafter's own softmax; sampling draws from its processed q
-        return torch.softmax(logits.float(), dim=-1) if greedy else params.probs(logits.view(1, -1))[0]
-
     expanded: dict[int, _Expanded] = {}
     value_of: dict[int, float] = {}
     order = itertools.count()
     queue: list[tuple[float, int, bool, int]] = []  # (-priority, tie, is_expand, node)
 
     def open_node(node: int, logits: torch.Tensor, value: float) -> None:
-        d = dist(logits)
+        expanded[node] = _Expanded(value, logits, params)
         if not greedy:
-            tree.q[node] = d
-        expanded[node] = _Expanded(value, d, greedy)
+            tree.q[node] = expanded[node].dist
         best = expanded[node].best_left()
         if best > 0:
             heapq.heappush(queue, (-value * best, next(order), False, node))
