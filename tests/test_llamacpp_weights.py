@@ -195,18 +195,24 @@ def test_llamacpp_target_chain_is_token_identical_to_its_own_decoding(
     assert accepted > 0
 
 
-def test_min_pass_pads_every_target_pass_and_keeps_chains_identical(smollm2_pool, q4_target, prompts, monkeypatch):
-    """min_pass = 4: every pass after the prompt scores at least 4 tokens (the tokens before the
-    new ones re-fed), and a chain equals the target decoding alone in those numerics."""
-    eos = q4_target.eos_token_ids
+def batch_sizes(drafter, monkeypatch) -> list[int]:
+    """The token count of every llama_decode batch of ``drafter`` from now on (a spy)."""
     sizes: list[int] = []
-    llama_decode = q4_target._lc.llama_decode
+    llama_decode = drafter._lc.llama_decode
 
     def spy(ctx, batch):
         sizes.append(int(batch.n_tokens))
         return llama_decode(ctx, batch)
 
-    monkeypatch.setattr(q4_target._lc, "llama_decode", spy)
+    monkeypatch.setattr(drafter._lc, "llama_decode", spy)
+    return sizes
+
+
+def test_min_pass_pads_every_target_pass_and_keeps_chains_identical(smollm2_pool, q4_target, prompts, monkeypatch):
+    """min_pass = 4: every pass after the prompt scores at least 4 tokens (the tokens before the
+    new ones re-fed), and a chain equals the target decoding alone in those numerics."""
+    eos = q4_target.eos_token_ids
+    sizes = batch_sizes(q4_target, monkeypatch)
     monkeypatch.setattr(q4_target, "min_pass", 4)
     chain = Chain([q4_target, *smollm2_pool.drafters(["prompt-lookup"])], [2])
     for p in prompts[:2]:
@@ -214,6 +220,27 @@ def test_min_pass_pads_every_target_pass_and_keeps_chains_identical(smollm2_pool
         result = chain.generate(p, max_new_tokens=24, eos_token_id=eos)
         assert sizes[0] >= len(p) - 1 and len(sizes) > 2 and min(sizes[1:]) >= 4, sizes
         assert result.tokens == _alone(q4_target, p, eos)[: len(result.tokens)]
+
+
+def test_a_prompt_shorter_than_min_pass_is_padded_after_its_tokens(smollm2_pool, q4_target, monkeypatch):
+    """A first pass cannot re-feed earlier tokens: it gets padding after its own, dropped again, so
+    a two-token prompt is scored in the padded regime too (the same logits as inside a longer pass)."""
+    sizes = batch_sizes(q4_target, monkeypatch)
+    monkeypatch.setattr(q4_target, "min_pass", 6)
+    ids = torch.tensor(smollm2_pool.tokenizer("Hello there, how are you today?")["input_ids"])
+    q4_target.reset()
+    short = q4_target.score(ids[:2])
+    assert sizes == [6] and q4_target.processed == 2 and short.shape == (2, q4_target.vocab_size)
+    q4_target.reset()
+    longer = q4_target.score(ids[:6])
+    assert torch.equal(short, longer[:2])  # the real rows of a padded pass are those of a full one
+    q4_target.reset()
+    last = q4_target.score(ids[:2], last=1)
+    assert torch.equal(last, longer[1:2]) and q4_target.processed == 2
+    assert q4_target._tokens == ids[:2].tolist()
+    monkeypatch.setattr(q4_target, "min_pass", 1)  # no re-feed: this pass reads the cache as left
+    again = q4_target.score(ids[2:6])  # the padding left no trace in the cache
+    torch.testing.assert_close(again, longer[2:6], atol=1e-3, rtol=1e-3)
 
 
 def test_llamacpp_middle_level_chain_matches_the_target_generate(smollm2_pool, q4, prompts):

@@ -169,6 +169,13 @@ class LlamaCppDrafter(Drafter):
                 f"{self.name} holds at most {self._max_context} tokens (n_ctx); this step would need "
                 f"{self._processed + n}: shorten the prompt, lower --max-new-tokens or raise the member's n_ctx"
             )
+        if 0 < n < self.min_pass and self._processed == 0:
+            # a first pass (a prompt) shorter than min_pass: padded AFTER its tokens (causal, no
+            # real row sees the padding), which is then dropped, so it too stays in the regime
+            pad = self.min_pass - n
+            out = self.score(torch.tensor(ids + ids[-1:] * pad), last=keep + pad)
+            self.rollback(n)
+            return out[:keep]
         if 0 < n < self.min_pass and self._processed > 0:
             k = min(self.min_pass - n, self._processed)
             previous = self._tokens[-k:]
