@@ -38,6 +38,7 @@ from polyplan.executor.control import RoundSetting
 from polyplan.theory.control import (
     posterior_mean,
     transfer_bound,
+    transfer_strength,
     verification_evidence,
 )
 
@@ -156,8 +157,10 @@ class AdaptiveController:
             if v != 0 and d in self.shadow and (0, d) in alpha and (0, v) in alpha:
                 # centred on the shadow estimate, shifted as in the profile; as sure as the bound
                 prior = min(1.0, max(0.0, alpha[(0, d)] + policy.priors[pair] - policy.priors[(0, d)]))
-                bound = max(transfer_bound(alpha[(0, v)]), 1e-3)
-                strength = min(MAX_TRANSFER_STRENGTH, max(1.0, prior * (1 - prior) / bound**2 - 1))
+                shadow_strength = policy.prior_strength[(0, d)] + self.trials[(0, d)]
+                strength = transfer_strength(
+                    prior, transfer_bound(alpha[(0, v)]), shadow_strength, MAX_TRANSFER_STRENGTH
+                )
             alpha[pair] = posterior_mean(prior, strength, self.successes[pair], self.trials[pair])
         return alpha
 

@@ -33,6 +33,7 @@ from polyplan.theory.control import (
     cell,
     corner_offsets,
     describe,
+    grid_error,
     interpolate,
     nearest,
     pair_window,
@@ -55,6 +56,8 @@ DEFAULT_MARGIN = 0.02
 #: a request prefills drafters only when they are predicted at least this much faster than the target
 #: alone over the whole request (the request-time prediction's error on this project's CPUs)
 START_SAFETY = 0.05
+#: the most the i.i.d. model's doubt about the (replay-chosen) plan at the priors may widen rule 1
+PLAN_OFFSET_CAP = 1.25
 #: grid cells per subset table (the axis is the finest whose grid fits; 17 points at most)
 CELL_BUDGET = 300
 
@@ -69,6 +72,8 @@ class SettingTable:
     points: int  # grid points per axis (alpha_axis(points))
     gammas: list[tuple[int, ...]]  # row-major over the pairs' axes, last pair fastest
     times: list[float]  # expected seconds per output token at those gammas
+    #: what the lookup costs against the exact model (theory.control.grid_error); None: not measured
+    grid_error: float | None = None
 
     def __post_init__(self) -> None:
         # fixed views, computed once: the per-round lookup reads them
@@ -79,19 +84,29 @@ class SettingTable:
     def time_at(self, cells: Sequence[tuple[int, float]]) -> float:
         return interpolate(self.times, self.shape, cells, self.corners)
 
+    def time_at_alpha(self, alpha: Mapping[Pair, float]) -> float:
+        """The interpolated time at acceptance estimates ``alpha`` (every pair of the table)."""
+        axis = _axis_u(self.points)
+        return self.time_at([cell(axis, u_of_alpha(alpha[p])) for p in self.pairs])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "members": list(self.members),
             "points": self.points,
             "gammas": [list(g) for g in self.gammas],
             "times": [float(f"{t:.7g}") for t in self.times],
+            **({} if self.grid_error is None else {"grid_error": float(f"{self.grid_error:.4g}")}),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SettingTable:
         members = tuple(int(m) for m in d["members"])
         table = cls(
-            members, int(d["points"]), [tuple(int(x) for x in g) for g in d["gammas"]], [float(t) for t in d["times"]]
+            members,
+            int(d["points"]),
+            [tuple(int(x) for x in g) for g in d["gammas"]],
+            [float(t) for t in d["times"]],
+            None if d.get("grid_error") is None else float(d["grid_error"]),
         )
         size = table.points ** (len(members) - 1)
         if (
@@ -149,6 +164,7 @@ class Policy:
     #: prefill curves, windows, latency curves and answer lengths: the request-time theorem
     #: (proofs/prefill.md); None in plans made before it (the start then ignores prefill)
     requests: RequestModel | None = None
+    _plan_offset: float | None = field(default=None, repr=False, compare=False)
 
     # ---- the per-round rule ---------------------------------------------------------------------
     def decide(
@@ -184,6 +200,7 @@ class Policy:
 
         best, best_time, current_table, current_time = None, math.inf, None, math.inf
         current = tuple(current) if current is not None else None
+        offset = self.plan_offset()
         for table in self.tables:
             t = priced(table, table.time_at(at(table)))
             if t < best_time:
@@ -192,12 +209,28 @@ class Policy:
                 current_table, current_time = table, t
         assert best is not None
         plan_time = priced(self.plan, self.plan.time_at(at(self.plan)))
-        if plan_time <= best_time * (1 + self.margin):
+        if plan_time <= best_time * (1 + self.margin) * offset:
             return Decision(self.plan.members, self.plan.gammas[0], plan_time, best_time, "plan")
         if current_table is not None and current_time <= best_time * (1 + self.margin):
             g = current_table.gammas[nearest(current_table.shape, at(current_table))]
             return Decision(current_table.members, g, current_time, best_time, "stay")
         return Decision(best.members, best.gammas[nearest(best.shape, at(best))], best_time, best_time, "best")
+
+    def grid_error(self) -> float | None:
+        """The largest lookup error of any table (None when a table was stored without it)."""
+        errors = [t.grid_error for t in [self.plan, *self.tables]]
+        return None if any(e is None for e in errors) else max(errors)
+
+    def plan_offset(self) -> float:
+        """How much slower than the best setting this policy's i.i.d. model prices the plan at the
+        priors (>= 1, at most PLAN_OFFSET_CAP). The plan was chosen there, by the replay predictor
+        when the profile has traces (it sees correlations the i.i.d. model does not): rule 1 keeps
+        it until the estimates move its i.i.d. standing by more than the margin, so no round
+        overrides the plan on the prior alone (proofs/adaptive-control.md)."""
+        if self._plan_offset is None:
+            best = min(t.time_at_alpha(self.priors) for t in self.tables)
+            self._plan_offset = min(PLAN_OFFSET_CAP, max(1.0, self.plan.time_at_alpha(self.priors) / best))
+        return self._plan_offset
 
     def start(
         self, alpha: Mapping[Pair, float], prompt_tokens: int, max_new_tokens: int, exact_horizon: bool = False
@@ -430,17 +463,12 @@ def build_policy(
         axes = [alpha_axis(points)] * (len(members) - 1)
         start = [max(1, min(max_gamma, 4))] * (len(members) - 1)
         g, t = setting_table(axes, latency, max_gamma, start)
-        tables.append(SettingTable(members, points, g, t))
+        tables.append(SettingTable(members, points, g, t, grid_error(points, g, t, latency, max_gamma)))
     chain = tuple(names)
     points = points_per_axis(len(names) - 1, cell_budget)
-    g, t = setting_table(
-        [alpha_axis(points)] * (len(names) - 1),
-        in_chain(predictor.latencies(chain), min_pass),
-        max_gamma,
-        list(gammas),
-        fixed_gammas=list(gammas),
-    )
-    plan_table = SettingTable(full, points, g, t)
+    latency = in_chain(predictor.latencies(chain), min_pass)
+    g, t = setting_table([alpha_axis(points)] * (len(names) - 1), latency, max_gamma, list(gammas), list(gammas))
+    plan_table = SettingTable(full, points, g, t, grid_error(points, g, t, latency, max_gamma, fixed=True))
     policy = Policy(
         names=names,
         mode=mode,

@@ -127,6 +127,39 @@ def setting_table(
     return gammas, times
 
 
+def grid_error(
+    points: int,
+    gammas: Sequence[tuple[int, ...]],
+    times: Sequence[float],
+    latency: Sequence[Latency],
+    max_gamma: int,
+    fixed: bool = False,
+) -> float:
+    """What a table's lookup costs against the exact model, measured at the centre of every grid
+    cell (the point farthest from the grid): ``max(t_run / t_cmp) * max(t_cmp / t_opt) - 1``, where
+    the rule compares the interpolated time ``t_cmp``, runs the nearest node's gammas (time
+    ``t_run``) and the exact optimum there is ``t_opt`` (local descent from those gammas; with
+    ``fixed`` gammas the optimum is their own time). 0 for a table without pairs."""
+    depth = len(latency) - 1
+    if depth == 0:
+        return 0.0
+    shape = [points] * depth
+    corners = corner_offsets(shape)
+    axis_u = [MAX_U * i / (points - 1) for i in range(points)]
+    run_over_cmp, cmp_over_opt = 1.0, 1.0
+    for index in product(range(points - 1), repeat=depth):
+        u = [(axis_u[i] + axis_u[i + 1]) / 2 for i in index]
+        alpha = [alpha_of_u(x) for x in u]
+        cells = [cell(axis_u, x) for x in u]
+        compared = interpolate(times, shape, cells, corners)
+        run_gammas = gammas[nearest(shape, cells)]
+        run = float(predict_chain(alpha, list(run_gammas), latency).time_per_token)
+        optimum = run if fixed else descend_gammas(alpha, latency, run_gammas, max_gamma)[1]
+        run_over_cmp = max(run_over_cmp, run / compared)
+        cmp_over_opt = max(cmp_over_opt, compared / optimum)
+    return run_over_cmp * cmp_over_opt - 1.0
+
+
 def snake_order(shape: Sequence[int]) -> list[tuple[int, ...]]:
     """Every index of the grid, consecutive ones adjacent (boustrophedon on each axis)."""
     if not shape:
@@ -241,6 +274,18 @@ def transfer_bound(alpha_target_intermediate: float) -> float:
     its proposal x is accepted by level i with probability p_i(x) (greedy: 1{x = argmax p_i}),
     and |p_1(x) - p_j(x)| <= TV(p_1, p_j) = 1 - sum min(p_1, p_j) (greedy: P(argmaxes differ))."""
     return 1.0 - alpha_target_intermediate
+
+
+def transfer_strength(prior_mean: float, bound: float, shadow_strength: float, cap: float) -> float:
+    """Pseudo-trials of the prior of ``(M_j, pm)`` centred on the shadow estimate of ``(M_1, pm)``.
+
+    Its error is the transfer's (at most ``bound``, taken as a standard deviation) plus the shadow
+    estimate's own: a Beta posterior over ``shadow_strength`` pseudo-trials (prior plus forgotten
+    evidence) has variance ``m (1 - m) / (shadow_strength + 1)``. The Beta of that total variance
+    has strength ``m (1 - m) / variance - 1``, kept in ``[1, cap]``."""
+    spread = prior_mean * (1.0 - prior_mean)
+    variance = max(bound, 1e-3) ** 2 + spread / (shadow_strength + 1.0)
+    return min(cap, max(1.0, spread / variance - 1.0))
 
 
 def describe(members: Sequence[int], gammas: Sequence[int], names: Sequence[str]) -> str:
