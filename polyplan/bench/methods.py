@@ -167,15 +167,16 @@ def plan_methods(
                 eos=eos,
             )
         ]
-    if target.pads_passes:
+    if target.exact_as_target:
         # Losslessness is judged against the target decoding in the numerics it verifies with
-        # (docs/staged-decoding.md, "llama.cpp members"): its one-token kernels may flip a near-tie.
+        # (docs/staged-decoding.md, "Numerics"): llama.cpp's one-token kernels, or transformers'
+        # one-token SDPA passes of a half-precision model, may flip a near-tie.
         methods.append(
             polyplan_method(
                 MethodSpec(
                     REFERENCE,
                     "the target alone in its verification numerics (the lossless reference)",
-                    "llama.cpp",
+                    "llama.cpp" if target.pads_passes else "polyplan",
                     [plan.target],
                     [],
                 ),

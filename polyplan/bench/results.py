@@ -42,7 +42,8 @@ BENCH_SCHEMA = "polyplan.bench"
 BENCH_VERSION = 1
 AUTOREGRESSIVE = "autoregressive"
 #: a target whose one-token decoding differs numerically from its verification (a llama.cpp
-#: target) also runs alone in its verification numerics: that output is the lossless reference
+#: target, an exact half-precision one) also runs alone in its verification numerics: that output is
+#: the lossless reference
 REFERENCE = "target-verification-numerics"
 
 

@@ -233,7 +233,7 @@ class Chain:
         run = _StagedRun(self, prompt, max_new_tokens, params, seed, eos, stream, control)
         run.stats.notes.extend(notes)
         alone = len(self.drafters) == 1 and not self.verification_numerics
-        with self.drafters[0].decoding_alone() if alone else nullcontext():
+        with self.drafters[0].as_target(), self.drafters[0].decoding_alone() if alone else nullcontext():
             tokens, reason = run.run()
         text = None
         if self.tokenizer is not None:
@@ -621,6 +621,10 @@ class _StagedRun:
         started = time.perf_counter()
         for d in self.drafters:
             d.reset()
+        target = self.drafters[0]
+        if target.prefills_apart and self.prompt_len > 1:
+            # the prompt's last token then goes with the first verification, alone or in a chain alike
+            self._timed(0, self.prompt_len - 1, lambda: target.score(self.W[: self.prompt_len - 1], last=1))
         setting = self.controller.start(len(self.drafters), list(self.host), self.total - self.prompt_len)
         out: list[int] = []
         reason = "length"

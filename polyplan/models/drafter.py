@@ -64,6 +64,10 @@ class Drafter(ABC):
     bounded_context: bool = False
     #: True when the member implements ``score_tree`` / ``keep_tree_path`` (it can verify a tree)
     verifies_trees: bool = False
+    #: True when, as a target (:meth:`as_target`), the member wants the prompt but its last token
+    #: prefilled in a pass of its own: its later passes use other kernels than its prefill, and a
+    #: chain's first verification must not mix them (a half-precision ``ModelDrafter``)
+    prefills_apart: bool = False
     #: backing fields of ``processed`` and ``max_context`` for backends that keep a counter
     _processed: int = 0
     _max_context: int | None = None
@@ -121,6 +125,20 @@ class Drafter(ABC):
     def decoding_alone(self) -> AbstractContextManager[None]:
         """Within this context the member runs as it does decoding alone, one token per pass
         (the autoregressive baseline). Only members with ``pads_passes`` differ."""
+        return nullcontext()
+
+    @property
+    def exact_as_target(self) -> bool:
+        """True when, as a chain's target, the member scores in other numerics than its fastest
+        decoding alone (llama.cpp ``min_pass`` padding; a half-precision model's exact regime
+        against transformers' ``generate``): its chains equal it decoding alone in those numerics,
+        which bench then runs as the lossless reference."""
+        return self.pads_passes
+
+    def as_target(self) -> AbstractContextManager[None]:
+        """Within this context the member is a chain's target: a member whose numerics depend on
+        the shape of its passes scores them in one batch-invariant regime, so the chain's output
+        is token for token the member's own decoding (``ModelDrafter.exact``)."""
         return nullcontext()
 
     @property

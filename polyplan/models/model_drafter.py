@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -23,17 +24,31 @@ class ContextTooLong(UserError):
     """The sequence would exceed the model's context window."""
 
 
+#: dtypes whose passes round differently with the pass's shape under torch's CPU kernels
+HALF_PRECISION = (torch.bfloat16, torch.float16)
+#: the attention kernel whose rows do not depend on the pass's shape (measured: docs/staged-decoding.md)
+INVARIANT_ATTENTION = "eager"
+
+
 class ModelDrafter(Drafter):
     """Wraps a transformers causal LM (batch size 1) behind the :class:`Drafter` interface.
 
     Device and dtype are the model's; ``score`` is one forward pass under ``torch.inference_mode``
     and returns float32 logits on the model's device. The KV cache is a ``DynamicCache`` whose
-    length is tracked here (no device sync), rolled back with :func:`rollback_cache`."""
+    length is tracked here (no device sync), rolled back with :func:`rollback_cache`.
+
+    ``exact``: as a chain's target (:meth:`as_target`), score every pass after the prefill in one
+    batch-invariant regime, so that a token's logits do not depend on how many tokens share its
+    pass: eager attention and at least two rows in every matmul (a one-token pass gets one
+    padding token after it, dropped from the cache). On CPU, torch's SDPA kernel and its
+    one-row matmuls round a half-precision row differently with the pass's shape, which flips
+    near-ties between a chain and the target decoding alone. The prefill keeps the fast kernel:
+    it is the same pass in both. None (the default) turns it on for half precision on CPU."""
 
     point_mass = False
     verifies_trees = True
 
-    def __init__(self, model: Any, name: str, tokenizer: Any = None) -> None:
+    def __init__(self, model: Any, name: str, tokenizer: Any = None, exact: bool | None = None) -> None:
         if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
             raise UserError(f"{name}: expected a transformers causal LM, got {type(model).__name__}")
         self.model = model.eval()
@@ -53,6 +68,40 @@ class ModelDrafter(Drafter):
         self._checked_after_first_pass = False
         #: after ``score_tree``: where the tree's nodes start in the cache (None otherwise)
         self._tree_start: int | None = None
+        self.exact = (self.dtype in HALF_PRECISION and self.device.type == "cpu") if exact is None else bool(exact)
+        self._exact_now = False
+        self._fast_attention = model.config._attn_implementation
+
+    @property
+    def exact_as_target(self) -> bool:  # type: ignore[override]
+        return self.exact
+
+    @property
+    def prefills_apart(self) -> bool:  # type: ignore[override]
+        """True while in the exact regime (see ``Drafter.prefills_apart``)."""
+        return self._exact_now
+
+    @contextmanager
+    def as_target(self) -> Iterator[None]:
+        """The exact regime (class docstring) when ``exact`` is set."""
+        saved, self._exact_now = self._exact_now, self.exact
+        try:
+            yield
+        finally:
+            self._exact_now = saved
+
+    @contextmanager
+    def _pass_regime(self) -> Iterator[None]:
+        """The attention kernel of the next pass: the fast one unless in the exact regime after the prefill."""
+        if not self._exact_now or self._processed == 0:
+            yield
+            return
+        config = self.model.config
+        config._attn_implementation = INVARIANT_ATTENTION
+        try:
+            yield
+        finally:
+            config._attn_implementation = self._fast_attention
 
     def reset(self) -> None:
         self._cache = new_rollbackable_cache(self.model, self.name)
@@ -78,18 +127,28 @@ class ModelDrafter(Drafter):
                 f"{self.name} holds at most {self._max_context} tokens; this step would need "
                 f"{self._processed + n}: shorten the prompt or lower --max-new-tokens"
             )
-        ids = new_ids.to(self.device, non_blocking=True).view(1, n)
+        ids = new_ids.to(self.device, non_blocking=True)
+        pad = 0
+        keep = last
+        if self._exact_now and self._processed > 0:
+            # two rows at least, through every matmul up to the LM head (one row takes another kernel)
+            pad = 1 if n == 1 else 0
+            keep = None if keep is None else max(keep, 2) + pad
+            if pad:
+                ids = torch.cat([ids, ids[-1:]])
         kwargs = {self._cache_kwarg: self._cache}
-        if last is not None and self._keeps_logits and last < n:
-            kwargs["logits_to_keep"] = last
-        with torch.inference_mode():
-            out = self.model(input_ids=ids, use_cache=True, **kwargs)
+        if keep is not None and self._keeps_logits and keep < n + pad:
+            kwargs["logits_to_keep"] = keep
+        with torch.inference_mode(), self._pass_regime():
+            out = self.model(input_ids=ids.view(1, n + pad), use_cache=True, **kwargs)
+        if pad:
+            rollback_cache(self._cache, self._processed + n + pad, self._processed + n)
         self._processed += n
         if not self._checked_after_first_pass:
             # layers of a config-less DynamicCache appear lazily: check again once they exist
             check_rollbackable(self._cache, self.name)
             self._checked_after_first_pass = True
-        logits = out.logits[0]
+        logits = out.logits[0, : out.logits.shape[1] - pad]
         return logits[-last:].float() if last is not None else logits.float()
 
     def score_tree(self, prefix_ids: torch.Tensor, tree_ids: torch.Tensor, parents: Sequence[int]) -> torch.Tensor:
@@ -124,7 +183,7 @@ class ModelDrafter(Drafter):
         mask = torch.zeros(1 + n_tree, keys, dtype=self.dtype).masked_fill(~allowed, torch.finfo(self.dtype).min)
         positions = [past] + [past + d for d in depths]
         ids = torch.cat([prefix_ids.to(self.device), tree_ids.to(self.device)]).view(1, 1 + n_tree)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._pass_regime():
             out = self.model(
                 input_ids=ids,
                 attention_mask=mask.view(1, 1, 1 + n_tree, keys).to(self.device),

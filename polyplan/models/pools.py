@@ -17,6 +17,8 @@ A pool file::
     dtype = "bfloat16"              # float32 | bfloat16 | float16
     derivation = "none"             # none | int8 | int8-dynamic (torchao); llama.cpp: gguf:TYPE
     device = "cpu"                  # cpu | cuda | cuda:N | auto
+    exact = true                    # as the target: every pass in one batch-invariant regime, so
+                                    # chains equal it decoding alone (default: half precision on CPU)
 
     [[member]]
     name = "big:q4"
@@ -79,7 +81,7 @@ MODEL_FREE = {
     "ngram": {"order": 4, "fit_prompts": 0, "max_new_tokens": 64, "fit_prompts_file": ""},
 }
 _STRING_OPTIONS = {"fit_prompts_file"}
-_MEMBER_KEYS = {"name", "source", "dtype", "derivation", "device", "backend"}
+_MEMBER_KEYS = {"name", "source", "dtype", "derivation", "device", "backend", "exact"}
 #: drafting from a bounded context (polyplan.models.windowed), any model member but the target
 WINDOW_KEYS = {"window", "sink"}
 BACKENDS = ("transformers", "llama.cpp")
@@ -158,7 +160,8 @@ class MemberSpec:
                 described += f" min_pass={opts['min_pass']}"  # only when set, so older profiles still match
             return described
         deriv = "" if self.derivation == "none" else f", {self.derivation}"
-        return f"{self.source}, {self.dtype}{deriv}, {self.device}"
+        exact = f", exact={str(self.options['exact']).lower()}" if "exact" in self.options else ""  # only when set
+        return f"{self.source}, {self.dtype}{deriv}, {self.device}{exact}"
 
 
 def _parse_member(raw: Any, where: str) -> MemberSpec:
@@ -198,9 +201,13 @@ def _parse_member(raw: Any, where: str) -> MemberSpec:
         raise PoolFileError(
             f"{where}: member {name!r}: unknown keys {sorted(unknown)} (allowed: {sorted(_MEMBER_KEYS)})"
         )
+    exact = raw.get("exact")
+    if exact is not None and not isinstance(exact, bool):
+        raise PoolFileError(f"{where}: member {name!r}: exact must be true or false")
     return MemberSpec(
         name=name,
         source=source,
+        options={} if exact is None else {"exact": exact},
         dtype=src.dtype_name(raw.get("dtype", "float32")),
         derivation=check_derivation(raw.get("derivation", "none")),
         device=str(raw.get("device", "cpu")),
@@ -491,7 +498,9 @@ class Pool:
         _match_torch_threads()
         model = src.load_model(self._location(spec.name), spec.dtype, device, fix=self._fix_command(spec.name))
         apply_derivation(model, spec.derivation)
-        return ModelDrafter(model, spec.name, tokenizer=self._maybe_tokenizer(self.source(spec.name)))
+        return ModelDrafter(
+            model, spec.name, tokenizer=self._maybe_tokenizer(self.source(spec.name)), exact=spec.options.get("exact")
+        )
 
     def _llamacpp_drafter(self, spec: MemberSpec) -> Drafter:
         from polyplan.models.llamacpp_drafter import LlamaCppDrafter

@@ -48,8 +48,10 @@ def measure_context(
     warmup: int,
     seed: int = 0,
     on_pass: Callable[[], None] | None = None,
+    target: str | None = None,
 ) -> dict[str, LatencyRow]:
-    """T(n, context) for every drafter and every n in ``new_tokens``.
+    """T(n, context) for every drafter and every n in ``new_tokens``; the drafter named ``target``
+    in the numerics it verifies with as a chain's target (``Drafter.as_target``).
 
     Model drafters: build ``context`` tokens of KV cache, then time ``score`` of ``n`` tokens and
     roll back to ``context`` after each pass. Point-mass drafters: time ``propose(ctx, n)``."""
@@ -101,8 +103,9 @@ def measure_context(
     for rep in range(warmup + repeats):
         record = rep >= warmup
         for d in drafters:
-            for j, n in enumerate(new_tokens):
-                one_pass(d, j, n, record)
+            with d.as_target() if d.name == target else nullcontext():
+                for j, n in enumerate(new_tokens):
+                    one_pass(d, j, n, record)
 
     if cuda_events:
         torch.cuda.synchronize()

@@ -434,6 +434,7 @@ def run_profile(
             settings.warmup,
             seed=settings.seed,
             on_pass=lambda: progress.advance("latency"),
+            target=inputs.target,
         )
         for name, row in measured.items():
             curve = latency.get(name)
