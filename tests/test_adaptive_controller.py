@@ -214,3 +214,23 @@ def test_decision_cost_counts_start_and_every_round_only(policy, monkeypatch):
     world.run(controller, 200)
     assert controller.rounds == 200
     assert controller.seconds == 201.0
+
+
+def test_a_windowed_drafters_prior_weighs_like_a_handful_of_verifications(policy):
+    """What a window keeps of a pair's acceptance is measured on a few prompts: with a window the
+    pair's prior is weak, so this request's own evidence moves the estimate within a few rounds
+    (a summary's source outside the window drafted at 0.3 where the profile's factor said 0.7)."""
+    from polyplan.executor.adaptive import WINDOWED_PRIOR_STRENGTH
+
+    pair = (0, 1)
+    plain, windowed = AdaptiveController(policy), AdaptiveController(policy)
+    for c in (plain, windowed):
+        c.start(3, list(PROMPT))
+    windowed.prior_factor = {pair: 0.7}
+    assert policy.prior_strength[pair] > 4 * WINDOWED_PRIOR_STRENGTH  # the unwindowed prior is strong
+    for c in (plain, windowed):
+        c.successes[pair], c.trials[pair] = 10.0, 30.0  # acceptance 1/3 over 30 trials
+    prior = policy.priors[pair] * 0.7
+    want = (WINDOWED_PRIOR_STRENGTH * prior + 10.0) / (WINDOWED_PRIOR_STRENGTH + 30.0)
+    assert windowed.estimates()[pair] == pytest.approx(want)
+    assert windowed.estimates()[pair] < 0.5 < plain.estimates()[pair]

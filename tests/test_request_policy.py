@@ -16,7 +16,7 @@ import pytest
 from polyplan.documents import Profile
 from polyplan.documents.profile import PrefillCurve
 from polyplan.executor.adaptive import AdaptiveController
-from polyplan.planner.policy import START_SAFETY, Policy, build_policy, prompt_length_table
+from polyplan.planner.policy import START_SAFETY, WINDOWED_START_SAFETY, Policy, build_policy, prompt_length_table
 from polyplan.planner.predictors import load_traces
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +91,28 @@ def test_windows_are_chosen_when_they_keep_enough_acceptance():
     )
     loses = make_policy(profile_with(factor=0.2))
     assert loses.start(dict(loses.priors), 3000, 256).windows.get(1) is None
+
+
+def test_a_windowed_drafter_must_be_predicted_clearly_faster():
+    """A window's share of the acceptance is uncertain: a windowed start needs WINDOWED_START_SAFETY
+    over the target alone, an unwindowed one START_SAFETY."""
+    keeps = make_policy(profile_with(factor=0.98))
+    req = keeps.requests
+    seen = set()
+    for horizon in range(8, 400, 8):
+        first = keeps.start(dict(keeps.priors), 3000, horizon)
+        gain = first.prediction.autoregressive_request_s / first.prediction.request_s - 1
+        windowed = bool(first.windows.get(1)) and first.decision.members == (0, 1)
+        if windowed:
+            assert gain > WINDOWED_START_SAFETY
+        elif first.decision.members == (0,):
+            # nothing windowed was predicted that much faster
+            best = min(
+                req.request((0, 1), (g,), dict(keeps.priors), 3000, horizon, {1: 256}).request_s for g in range(1, 17)
+            )
+            assert first.prediction.autoregressive_request_s <= best * (1 + WINDOWED_START_SAFETY) * 1.001
+        seen.add("window" if windowed else first.decision.members)
+    assert {"window", (0,)} <= seen  # both sides of the threshold were reached
 
 
 def test_prompt_length_table_rows(policy):

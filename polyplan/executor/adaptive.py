@@ -50,6 +50,10 @@ Propose = Callable[[list[int], int], list[int]]
 
 #: the strongest prior the shadow transfer may claim (pseudo-trials)
 MAX_TRANSFER_STRENGTH = 256.0
+#: the prior of a pair whose drafter reads a window: what a window keeps of the acceptance is
+#: measured on a few long prompts and varies with the text (a summary's source lies outside the
+#: window, a code file's definitions may not), so it weighs like a handful of verifications
+WINDOWED_PRIOR_STRENGTH = 8.0
 
 
 class AdaptiveController:
@@ -153,7 +157,10 @@ class AdaptiveController:
         policy, alpha = self.policy, {}
         for pair in self.pairs:
             v, d = pair
-            prior, strength = policy.priors[pair] * self.prior_factor.get(pair, 1.0), policy.prior_strength[pair]
+            factor = self.prior_factor.get(pair, 1.0)
+            prior, strength = policy.priors[pair] * factor, policy.prior_strength[pair]
+            if factor < 1.0:
+                strength = min(strength, WINDOWED_PRIOR_STRENGTH)
             if v != 0 and d in self.shadow and (0, d) in alpha and (0, v) in alpha:
                 # centred on the shadow estimate, shifted as in the profile; as sure as the bound
                 prior = min(1.0, max(0.0, alpha[(0, d)] + policy.priors[pair] - policy.priors[(0, d)]))
