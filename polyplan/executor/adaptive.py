@@ -86,6 +86,9 @@ class AdaptiveController:
         self.seen = seen
         self.setting: RoundSetting | None = None
         self.alpha: dict[Pair, float] = dict(self.policy.priors)
+        #: the start sent this request to the target alone and no evidence has come since: later
+        #: rounds would judge the same estimates with less of the request left to repay a prefill
+        self._hold = False
 
     # ---- the Controller protocol -------------------------------------------------------------
     def start(self, chain_size: int, prompt: list[int], max_new_tokens: int = 0) -> RoundSetting:
@@ -112,6 +115,7 @@ class AdaptiveController:
             d = first.decision
             self.setting = RoundSetting(d.members, d.gammas, self._start_reason(first), self.windows)
             setting = self.setting
+            self._hold = d.members == (0,) and not self.shadow
         self.warm.update(setting.members)
         self.seconds += time.perf_counter() - started
         return setting
@@ -123,6 +127,7 @@ class AdaptiveController:
         s, n = verification_evidence(drafted, accepted)
         pending[0] += s
         pending[1] += n
+        self._hold = False
 
     def next_round(self, tokens: list[int]) -> RoundSetting:
         started = time.perf_counter()
@@ -137,7 +142,7 @@ class AdaptiveController:
             self._shadow_check((0, j), propose, tokens)
         self.seen = len(tokens)
         self.rounds += 1
-        setting = self._decide()
+        setting = self.setting if self._hold and self.setting is not None else self._decide()
         self.warm.update(setting.members)
         self.seconds += time.perf_counter() - started
         return setting
@@ -183,6 +188,15 @@ class AdaptiveController:
         windows = dict(self.windows)
         return {m: req.prefill_s(m, self.seen, windows.get(m)) / remaining for m in cold}
 
+    def _anchor(self) -> float:
+        """The target's prefill per token still expected: the request's shared part, on which the
+        start took its margin (``Policy.decide``)."""
+        req = self.policy.requests
+        if req is None or not self.horizon:
+            return 0.0
+        remaining = max(1.0, self.horizon - (self.seen - self.prompt_len))
+        return req.prefill_s(0, self.prompt_len) / remaining
+
     def _start_reason(self, first: StartDecision) -> str:
         p = first.prediction
         names, d = self.policy.names, first.decision
@@ -197,7 +211,10 @@ class AdaptiveController:
     def _decide(self) -> RoundSetting:
         self.alpha = self.estimates()
         current = self.setting.members if self.setting is not None else None
-        decision = self.policy.decide(self.alpha, current, self.scale, self.cold_cost())
+        cold = self.cold_cost()
+        windows = dict(self.windows)
+        safety = {m: self.policy.start_safety(bool(windows.get(m))) for m in cold}
+        decision = self.policy.decide(self.alpha, current, self.scale, cold, safety, self._anchor())
         if self.setting is None or (decision.members, decision.gammas) != (self.setting.members, self.setting.gammas):
             reason = self.policy.reason(decision, self.alpha)
             self.setting = RoundSetting(decision.members, decision.gammas, reason, self.windows)

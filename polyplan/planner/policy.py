@@ -177,19 +177,28 @@ class Policy:
         current: Sequence[int] | None = None,
         scale: Mapping[tuple[int, ...], float] | None = None,
         cold_cost: Mapping[int, float] | None = None,
+        cold_safety: Mapping[int, float] | None = None,
+        anchor: float = 0.0,
     ) -> Decision:
         """The setting for acceptance estimates ``alpha`` (every pair of ``self.priors``).
 
         ``scale``: per setting, a factor on its tabulated time (this request's context, see
         :meth:`start`); ``cold_cost``: per member not yet prefilled in this request, its prefill
-        spread over the tokens still expected (Corollary 3 of proofs/prefill.md)."""
+        spread over the tokens still expected (Corollary 3 of proofs/prefill.md); ``cold_safety``: per
+        such member, the margin a setting that prefills it must clear, taken as at the start on the
+        request's time (:meth:`start_safety`; ``anchor``: the target's prefill per token still
+        expected, the part of the request every setting shares), so a later round does not take,
+        on the same estimates, the bet the start declined."""
         cells: dict[tuple[Pair, int], tuple[int, float]] = {}
 
         def priced(table: SettingTable, t: float) -> float:
             if scale:
                 t *= scale.get(table.members, 1.0)
             if cold_cost:
-                t += sum(cold_cost.get(m, 0.0) for m in table.members)
+                cold = [m for m in table.members if m in cold_cost]
+                t += sum(cold_cost[m] for m in cold)
+                if cold and cold_safety:
+                    t = (t + anchor) * (1 + max(cold_safety.get(m, 0.0) for m in cold)) - anchor
             return t
 
         def at(table: SettingTable) -> list[tuple[int, float]]:
@@ -219,6 +228,11 @@ class Policy:
             g = current_table.gammas[nearest(current_table.shape, at(current_table))]
             return Decision(current_table.members, g, current_time, best_time, "stay")
         return Decision(best.members, best.gammas[nearest(best.shape, at(best))], best_time, best_time, "best")
+
+    @staticmethod
+    def start_safety(windowed: bool) -> float:
+        """How much faster than without it a setting must be predicted to pay a drafter's prefill."""
+        return WINDOWED_START_SAFETY if windowed else START_SAFETY
 
     def grid_error(self) -> float | None:
         """The largest lookup error of any table (None when a table was stored without it)."""
@@ -271,7 +285,7 @@ class Policy:
             if len(o[0].members) == 1:
                 return o[2].request_s
             windowed = any(o[4].get(m) for m in o[0].members[1:])
-            return o[2].request_s * (1 + (WINDOWED_START_SAFETY if windowed else START_SAFETY))
+            return o[2].request_s * (1 + self.start_safety(windowed))
 
         best = min(options[1:], key=cost)
         plan = options[0]
