@@ -93,6 +93,8 @@ SMALL = dict(
     warmup=1,
     prefill_contexts=[16, 64],
     windows=[],
+    # same-size tiny models: which one is slower is timing noise (screening has its own tests)
+    screen=False,
 )
 
 
@@ -163,6 +165,42 @@ def test_teacher_forced_greedy_equals_direct_comparison(models):
         direct.append(float(int(logits.argmax()) == reference[k]))
     np.testing.assert_array_equal(scored.greedy[("target", "other")], np.array(direct, dtype=np.float32))
     assert 0.0 <= scored.greedy[("target", "other")].mean() < 0.6
+
+
+def test_a_reference_written_with_a_helper_is_the_targets_own(models):
+    target, other = models
+    t, copy, o = ModelDrafter(target, "target"), ModelDrafter(target, "copy"), ModelDrafter(other, "other")
+    for text in ("Why is the sky blue?", "def add(a, b):", "1, 2, 3, 4"):
+        prompt = encode(text)
+        alone = greedy_reference(t, prompt, 20)
+        # a perfect helper (the target's weights) and a poor one: the same tokens either way
+        assert greedy_reference(t, prompt, 20, helper=copy, gamma=6) == alone
+        assert greedy_reference(t, prompt, 20, helper=o, gamma=3) == alone
+        assert t.processed == copy.processed == o.processed == 0
+    # an end-of-sequence token ends it, with the helper as without
+    eos = [alone[7]]
+    cut = greedy_reference(t, prompt, 20, eos_ids=eos)
+    assert cut[-1] == eos[0] and greedy_reference(t, prompt, 20, eos_ids=eos, helper=copy, gamma=6) == cut
+
+
+def test_the_reference_helper_is_the_drafter_predicted_fastest_or_none(models):
+    from polyplan.documents.profile import LatencyCurve
+    from polyplan.profiler.session import _Traces, reference_helper
+
+    fast, slow = ModelDrafter(models[0], "fast"), ModelDrafter(models[1], "slow")
+
+    def curve(t1: float, t9: float) -> LatencyCurve:
+        return LatencyCurve(new_tokens=[1, 9, 17], context=[64], median_s=[[t1, t9, t9 * 1.5]])
+
+    latency = {"target": curve(0.1, 0.12), "fast": curve(0.01, 0.05), "slow": curve(0.2, 0.3)}
+    traces = _Traces()
+    assert reference_helper([fast, slow], "target", latency, traces, 64) == (None, 1)  # nothing measured yet
+    traces.greedy[("target", "fast")] = [np.full(10, 0.9, np.float32)]
+    traces.greedy[("target", "slow")] = [np.ones(10, np.float32)]
+    helper, gamma = reference_helper([fast, slow], "target", latency, traces, 64)
+    assert helper is fast and 4 <= gamma <= 16
+    traces.greedy[("target", "fast")] = [np.zeros(10, np.float32)]  # never right: not worth a draft
+    assert reference_helper([fast, slow], "target", latency, traces, 64) == (None, 1)
 
 
 def test_sampling_acceptance_is_sum_of_min_by_hand(models):
@@ -282,6 +320,38 @@ def test_profile_run_writes_valid_profile_and_traces(models, tmp_path):
     assert traces["segments"].tolist() == [0, 12, 24, 36]
     assert len(traces["categories"]) == 3
     assert traces["greedy/target/other"].mean() == pytest.approx(pair.greedy)
+
+
+class SlowCopy(ModelDrafter):
+    """The target's model, 30 ms slower per pass: slower than the target at every pass size."""
+
+    def score(self, new_ids, last=None):
+        time.sleep(0.03)
+        return super().score(new_ids, last)
+
+
+def test_a_member_slower_than_the_target_at_every_pass_size_is_screened(models, tmp_path):
+    from polyplan.planner.chains import chain_problem
+
+    out = tmp_path / "screen.json"
+    inputs = make_inputs(models, [SlowCopy(models[0], "slow")])
+    settings = {**SMALL, "screen": True, "repeats": 1}
+    outcome = run_profile(inputs, out, ProfileSettings(**settings))
+    prof = Profile.load(out)
+    assert outcome.complete and list(prof.screened) == ["slow"]
+    assert "slower than the target at every pass size" in prof.screened["slow"]
+    # found on the first context's latency row, then measured no further
+    assert prof.latency["slow"].context == [0] and prof.latency["copy"].context == [0, 32]
+    assert "slow" not in prof.prefill and "copy" in prof.prefill
+    assert not [p for p in prof.pairs if "slow" in (p.drafter, p.verifier)]
+    assert "screened out by the profiler" in chain_problem(prof, ("target", "slow"))
+    assert chain_problem(prof, ("target", "copy")) is None
+    # resuming keeps the verdict; --no-screen measures it like any member
+    again = run_profile(inputs, out, ProfileSettings(**settings))
+    assert again.units_done == 0 and Profile.load(out).screened == prof.screened
+    full = run_profile(inputs, tmp_path / "all.json", ProfileSettings(**{**settings, "screen": False}))
+    assert not full.profile.screened and full.profile.latency["slow"].context == [0, 32]
+    assert full.profile.pair("target", "slow").greedy == 1.0
 
 
 class Crash(ProgressHooks):

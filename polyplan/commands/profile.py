@@ -11,7 +11,7 @@ import typer
 from polyplan.commands import sampling_filters
 from polyplan.errors import UserError
 
-DEFAULTS_NOTE = "Defaults profile the embedded SmolLM2 pool (9 members) in about 5 minutes on a 2-core CPU."
+DEFAULTS_NOTE = "Defaults profile the embedded SmolLM2 pool (9 members) in about 3 minutes on a 2-core CPU."
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -48,6 +48,8 @@ def _print_summary(profile, path: Path, elapsed: float | None) -> None:
         for name, row in grid.iterrows():
             table.add_row(str(name), *[f"{v:.1f}" for v in row])
         console.print(table)
+    for name, why in profile.screened.items():
+        console.print(f"screened out: {name}, {why} (--no-screen measures it)", highlight=False)
     if profile.prefill:
         lengths = sorted({c for curve in profile.prefill.values() for c in curve.context})
         table = Table(title="prefill, ms per prompt (median; one pass from an empty cache)")
@@ -176,6 +178,11 @@ def register(root: typer.Typer) -> None:
             "--random-weights",
             help="Latency only, of each architecture with random weights (marked in the profile).",
         ),
+        screen: bool = typer.Option(
+            True,
+            "--screen/--no-screen",
+            help="Measure no further a member slower than the target at every pass size (it cannot pay).",
+        ),
         force: bool = typer.Option(
             False, "--force", help="Start over even if the output was measured with other settings (overwrites it)."
         ),
@@ -221,6 +228,7 @@ def register(root: typer.Typer) -> None:
             categories=[c.strip() for c in categories.split(",")] if categories else None,
             prompts_file=str(prompts_file) if prompts_file is not None else None,
             random_weights=random_weights,
+            screen=screen,
         )
         settings.validate()
         if prompts_file is not None:

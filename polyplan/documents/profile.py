@@ -22,6 +22,8 @@ JSON layout (version 1)::
                  "by_drafter": {"<name>": {"full" | "<size>": {"greedy_sum", "sampling_sum", "positions"}}}}
                 (optional: acceptance by the target of each drafter reading the whole long prompt or
                  only its sink + last <size> tokens, teacher-forced on the same references),
+     "screened": {"<name>": "<reason>"} (optional: members measured no further than their first
+                 latency row, slower than the target at every pass size; polyplan.profiler.screen),
      "traces": "<sidecar file name, relative to the profile>" or null,
      "complete": bool (optional, default true; false while a measurement is unfinished)}
 
@@ -174,6 +176,9 @@ class Profile:
     prefill: dict[str, PrefillCurve] = field(default_factory=dict)
     #: windowed acceptance on long prompts (see the module doc); {} when not measured
     windows: dict[str, Any] = field(default_factory=dict)
+    #: members the profiler measured no further than their first latency row, with the reason
+    #: (polyplan.profiler.screen); the planner leaves them out
+    screened: dict[str, str] = field(default_factory=dict)
 
     # ---- queries the planner uses -------------------------------------------------------
     def candidate(self, name: str) -> Candidate:
@@ -227,6 +232,7 @@ class Profile:
             }
             if self.windows
             else {},
+            screened={k: v for k, v in self.screened.items() if k in keep},
         )
 
     def validate(self) -> None:
@@ -235,7 +241,7 @@ class Profile:
             raise DocumentError("profile lists a candidate twice")
         if self.target not in names:
             raise DocumentError(f"profile target {self.target!r} is not among its candidates")
-        for name in [*self.latency, *self.prefill]:
+        for name in [*self.latency, *self.prefill, *self.screened]:
             if name not in names:
                 raise DocumentError(f"latency or prefill for unknown candidate {name!r}")
         for p in self.pairs:
@@ -259,6 +265,7 @@ class Profile:
             "latency": {k: asdict(v) for k, v in self.latency.items()},
             "prefill": {k: asdict(v) for k, v in self.prefill.items()},
             "windows": self.windows,
+            "screened": self.screened,
             "acceptance": {"temperature": self.temperature, "pairs": [asdict(p) for p in self.pairs]},
             "traces": self.traces,
             "complete": self.complete,
@@ -282,6 +289,7 @@ class Profile:
                 complete=bool(doc.get("complete", True)),
                 prefill={k: PrefillCurve(**v) for k, v in (doc.get("prefill") or {}).items()},
                 windows=dict(doc.get("windows") or {}),
+                screened={str(k): str(v) for k, v in (doc.get("screened") or {}).items()},
             )
         except DocumentError as e:
             raise DocumentError(f"{origin}: {e}") from None

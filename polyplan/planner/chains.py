@@ -35,6 +35,8 @@ def chain_problem(profile: Profile, chain: Chain) -> str | None:
         return "a model appears twice"
     for i, name in enumerate(chain):
         cand = profile.candidate(name)
+        if i > 0 and name in profile.screened:
+            return f"{name} was screened out by the profiler: {profile.screened[name]}"
         if cand.point_mass and i != len(chain) - 1:
             return f"{name} is a point-mass (model-free) drafter and may only sit at the bottom"
         if i == 0 and cand.point_mass:

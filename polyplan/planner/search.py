@@ -138,6 +138,8 @@ def with_best(
 
 
 def _why_never(profile: Profile, name: str) -> str:
+    if name in profile.screened:
+        return f"screened out by the profiler: {profile.screened[name]}"
     if name not in profile.latency:
         return "no latency curve in the profile"
     if not any(p.drafter == name and p.verifier == profile.target for p in profile.pairs) and not any(

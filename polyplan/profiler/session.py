@@ -41,6 +41,7 @@ from polyplan.profiler.acceptance import (
 )
 from polyplan.profiler.latency import fits_context, measure_context, measure_prefill
 from polyplan.profiler.machine import machine_facts, machine_fingerprint
+from polyplan.profiler.screen import slower_than_target
 
 # settings that may differ between a run and the run that resumes it
 _VOLATILE_SETTINGS = ("budget_s", "elapsed_s", "phase_s")
@@ -58,7 +59,7 @@ def new_token_grid(max_new: int) -> list[int]:
 class ProfileSettings:
     """What is measured; two runs with equal settings may be merged (resumed)."""
 
-    # defaults: the embedded SmolLM2 pool (9 members) profiles in about 5 minutes on a 2-core CPU
+    # defaults: the embedded SmolLM2 pool (9 members) profiles in about 3 minutes on a 2-core CPU
     prompts: int = 8
     max_new_tokens: int = 64
     new_tokens: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
@@ -92,6 +93,9 @@ class ProfileSettings:
     prompts_file: str | None = None
     random_weights: bool = False
     seed: int = 0
+    #: measure no further a member slower than the target at every pass size of the first
+    #: context (polyplan.profiler.screen)
+    screen: bool = True
 
     def validate(self) -> None:
         if self.prompts < 0:
@@ -299,6 +303,8 @@ def _check_resumable(prev: Profile, inputs: ProfileInputs, settings_doc: dict, f
         old["top_k"] = None  # profiles from before None meant "off" recorded top-k 0 ...
     if old.get("top_p") == 1.0:
         old["top_p"] = None  # ... and top-p 1
+    if "screen" not in old:
+        old["screen"] = new.get("screen")  # profiles from before screening measured every member
     old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
     for k in sorted(set(old) | set(new)):
         if old.get(k) != new.get(k):
@@ -372,6 +378,8 @@ def run_profile(
     units_skipped = 0
     unit_durations: dict[str, list[float]] = {"latency": [], "prefill": [], "acceptance": [], "windows": []}
     windows_doc: dict[str, Any] = dict(prev.windows) if prev else {}
+    screened: dict[str, str] = dict(prev.screened) if prev else {}
+    point_mass = {d.name: d.point_mass for d in inputs.drafters}
     stopped_by_budget = False
 
     def over_budget(kind: str) -> bool:
@@ -401,6 +409,7 @@ def run_profile(
             complete=complete,
             prefill=prefill,
             windows=windows_doc,
+            screened=screened,
         )
         if traces.prompt_ids:
             atomic_write_bytes(traces_file, traces.to_npz(identity))
@@ -414,7 +423,9 @@ def run_profile(
         return [
             d
             for d in inputs.drafters
-            if fits_context(d, c, max_new) and (d.name not in latency or c not in latency[d.name].context)
+            if d.name not in screened
+            and fits_context(d, c, max_new)
+            and (d.name not in latency or c not in latency[d.name].context)
         ]
 
     todo_contexts = [c for c in settings.contexts if missing(c)]
@@ -457,6 +468,8 @@ def run_profile(
                 spread_s=[rows[x][1] for x in ctxs],
                 repeats=settings.repeats,
             )
+        if settings.screen:
+            screened.update(slower_than_target(latency, inputs.target, settings.contexts[0], point_mass))
         unit_durations["latency"].append(clock() - t0)
         units_done += 1
         save(complete=False)
@@ -467,6 +480,7 @@ def run_profile(
             d
             for d in inputs.drafters
             if not d.point_mass
+            and d.name not in screened
             and fits_context(d, c, 0)
             and (d.name not in prefill or c not in prefill[d.name].context)
         ]
@@ -517,20 +531,24 @@ def run_profile(
     done = set(traces.prompt_ids)
     todo_prompts = [] if stopped_by_budget else [p for p in prompts if p.id not in done]
     units_skipped += sum(p.id in done for p in prompts)
-    progress.begin("acceptance", len(todo_prompts) * (len(inputs.drafters) + 1))
+    profiled = [d for d in inputs.drafters if d.name not in screened]
+    progress.begin("acceptance", len(todo_prompts) * (len(profiled) + 1))
     for prompt in todo_prompts:
         if over_budget("acceptance"):
             stopped_by_budget = True
             break
         t0 = clock()
         prompt_ids = encoded[prompt.id]
-        reference = greedy_reference(inputs.target_drafter, prompt_ids, settings.max_new_tokens, inputs.eos_ids)
+        helper, gamma = reference_helper(profiled, inputs.target, latency, traces, settings.contexts[0])
+        reference = greedy_reference(
+            inputs.target_drafter, prompt_ids, settings.max_new_tokens, inputs.eos_ids, helper, gamma
+        )
         progress.advance("acceptance")
         if not reference:
             progress.note(f"prompt {prompt.id} leaves no room for a continuation: skipped")
             continue
         scored = score_reference(
-            inputs.drafters,
+            profiled,
             prompt_ids,
             reference,
             settings.temperature,
@@ -562,7 +580,7 @@ def run_profile(
         done_w = set(windows_doc.setdefault("prompts", []))
         todo_w = [(p, ids) for p, ids in long_prompts if p.id not in done_w]
         units_skipped += len(long_prompts) - len(todo_w)
-        models = [d for d in inputs.drafters if not d.point_mass and d.name != inputs.target]
+        models = [d for d in profiled if not d.point_mass and d.name != inputs.target]
         progress.begin("windows", len(todo_w))
         for prompt, ids in todo_w:
             if over_budget("windows"):
@@ -612,6 +630,34 @@ def run_profile(
         stopped_by_budget=stopped_by_budget,
         elapsed_s=clock() - t_start,
     )
+
+
+def reference_helper(
+    drafters: list[Drafter], target: str, latency: dict[str, LatencyCurve], traces: _Traces, context: int
+) -> tuple[Drafter | None, int]:
+    """The model drafter (and gamma) that generates the target's greedy references fastest by
+    speculative decoding, judged from the latency and greedy acceptance measured so far; (None, 1)
+    while nothing is measured or nothing beats the target decoding alone by 20%. Which helper
+    writes a reference changes its cost, not its tokens (greedy chains are lossless)."""
+    from polyplan.theory.acceptance import mean_acceptance_length
+
+    alone = latency.get(target)
+    if alone is None:
+        return None, 1
+    t_alone = alone(1, context)
+    best: tuple[float, Drafter | None, int] = (0.8 * t_alone, None, 1)
+    for d in drafters:
+        parts = traces.greedy.get((target, d.name))
+        if d.point_mass or d.name == target or not parts or d.name not in latency:
+            continue
+        rate = min(float(np.concatenate(parts).mean()), 0.99)
+        for gamma in range(1, 17):
+            per_token = (gamma * latency[d.name](1, context) + alone(gamma + 1, context)) / mean_acceptance_length(
+                rate, gamma
+            )
+            if per_token < best[0]:
+                best = (per_token, d, gamma)
+    return best[1], best[2]
 
 
 def _window_prompts(
