@@ -173,6 +173,25 @@ def test_bench_static_runs_the_plan_unchanged(tiny_plan):
     assert [m["name"] for m in res["methods"]] == ["autoregressive", "polyplan-two-level", "polyplan-plan"]
 
 
+def test_a_tree_plan_whose_linear_chain_is_the_best_two_level_plan_runs_it_once(tiny_plan, tmp_path):
+    from dataclasses import replace
+
+    plan, _ = tiny_plan
+    two = plan.two_level
+    pair = [c for c in plan.chain if c["name"] in two["chain"]]
+    prediction = {**plan.prediction, "tokens_per_pass": plan.prediction["tokens_per_pass"][:2]}
+    tree_plan = replace(
+        plan, chain=pair, gammas=list(two["gammas"]), tree_nodes=[6], policy=None, prediction=prediction
+    )
+    path = tmp_path / "tree-plan.json"
+    tree_plan.save(path)
+    res = _static_bench(tree_plan, path)
+    rows = {m["name"]: m for m in res["methods"]}
+    assert list(rows) == ["autoregressive", "polyplan-two-level", "polyplan-plan"]
+    assert rows["polyplan-plan"]["tree_nodes"] == [6]
+    assert "without trees" in rows["polyplan-two-level"]["label"]
+
+
 def test_bench_refuses_bad_settings(tiny_plan):
     from polyplan.errors import UserError
 

@@ -1,8 +1,9 @@
 """The methods ``polyplan bench`` compares, each a ``generate(prompt, max_new_tokens, seed)``:
 autoregressive decoding with the target (transformers ``generate``), transformers assisted
 generation (its defaults, and the plan's gamma for the same pair), polyplan's best two-level plan,
-the chosen plan as ``polyplan run`` runs it (adaptive) and static, the runners-up and gamma
-neighbours with ``grid``, and chains asked for with ``--also``."""
+the chosen plan as ``polyplan run`` runs it (adaptive) and static, a tree plan's chain with linear
+drafts (unless that is the best two-level plan, already run), the runners-up and gamma neighbours
+with ``grid``, and chains asked for with ``--also``. No chain runs twice."""
 
 from __future__ import annotations
 
@@ -188,24 +189,27 @@ def plan_methods(
             )
         )
     two = plan.two_level
+    trees = list(plan.tree_nodes) if any(n > 1 for n in plan.tree_nodes) else []
+    # the plan's members and gammas with linear drafts are the best two-level plan: run once
+    linear_is_two = two is not None and list(two["chain"]) == plan.names and list(two["gammas"]) == plan.gammas
+    same_as_two = linear_is_two and not trees
     if two is not None:
         d_name, g = two["chain"][1], int(two["gammas"][0])
         d = drafters(d_name)
         if hf and getattr(target, "model", None) is not None:
             methods += _hf_assisted(plan.target, target, d_name, d, g, temperature, eos)
+        label = "polyplan best two-level plan" + (
+            " (= the chosen plan without trees)" if trees and linear_is_two else ""
+        )
         methods.append(
             polyplan_method(
-                MethodSpec("polyplan-two-level", "polyplan best two-level plan", "polyplan", list(two["chain"]), [g]),
+                MethodSpec("polyplan-two-level", label, "polyplan", list(two["chain"]), [g]),
                 [target, d],
                 [g],
                 temperature=temperature,
                 eos=eos,
             )
         )
-    trees = list(plan.tree_nodes) if any(n > 1 for n in plan.tree_nodes) else []
-    same_as_two = (
-        two is not None and list(two["chain"]) == plan.names and list(two["gammas"]) == plan.gammas and not trees
-    )
     if policy is not None:
         from polyplan.assemble import adaptive_controller, policy_windowable
         from polyplan.models.windowed import WindowedDrafter
@@ -251,7 +255,7 @@ def plan_methods(
                 "polyplan-plan", "polyplan chosen plan", plan.names, plan.gammas, drafters, temperature, eos, trees
             )
         )
-    if trees:  # the same members and gammas with linear drafts: what the trees add
+    if trees and not linear_is_two:  # the same members and gammas with linear drafts: what the trees add
         methods.append(
             _polyplan_chain(
                 "polyplan-plan-linear",
