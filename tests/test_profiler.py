@@ -322,6 +322,33 @@ def test_profile_run_writes_valid_profile_and_traces(models, tmp_path):
     assert traces["greedy/target/other"].mean() == pytest.approx(pair.greedy)
 
 
+class Counter(ProgressHooks):
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def advance(self, stage: str, amount: int = 1) -> None:
+        self.counts[stage] = self.counts.get(stage, 0) + amount
+
+
+def test_a_latency_context_that_is_a_one_pass_prefill_length_times_that_prefill_as_it_builds(models, tmp_path):
+    settings = {**SMALL, "contexts": [0, 64], "prefill_contexts": [16, 64], "prefill_repeats": 1}
+    counter = Counter()
+    outcome = run_profile(make_inputs(models), tmp_path / "p.json", ProfileSettings(**settings), progress=counter)
+    for name in ("target", "copy", "other"):
+        curve = outcome.profile.prefill[name]
+        assert curve.context == [16, 64] and all(t > 0 for t in curve.median_s)
+    # the prefill phase timed only the length no latency context built: one pass per model
+    assert counter.counts["prefill"] == 3
+
+
+def test_long_latency_contexts_take_fewer_timed_passes(models, tmp_path):
+    settings = {**SMALL, "contexts": [0, 480], "repeats": 8, "prefill_contexts": []}
+    counter = Counter()
+    run_profile(make_inputs(models), tmp_path / "l.json", ProfileSettings(**settings), progress=counter)
+    # 3 models x 2 pass sizes: 8 timed passes each at 0 cached tokens, 2560 // 480 = 5 at 480
+    assert counter.counts["latency"] == 3 * 2 * (8 + 5)
+
+
 class SlowCopy(ModelDrafter):
     """The target's model, 30 ms slower per pass: slower than the target at every pass size."""
 

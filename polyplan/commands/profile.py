@@ -124,7 +124,12 @@ def register(root: typer.Typer) -> None:
             "(replay predicts generations up to this long from measured traces).",
         ),
         new_tokens: str = typer.Option("1,2,4,8,16,32", "--new-tokens", help="Latency grid: new tokens per pass."),
-        contexts: str = typer.Option("64,512", "--contexts", help="Latency grid: cached tokens."),
+        contexts: str = typer.Option(
+            "64,512,2048",
+            "--contexts",
+            help="Latency grid: cached tokens (fewer timed passes past 512; a context that is also a "
+            "--prefill-contexts length times its prefill as it builds the cache).",
+        ),
         prefill_contexts: str = typer.Option(
             "128,512,2048",
             "--prefill-contexts",

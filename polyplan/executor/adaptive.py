@@ -72,6 +72,7 @@ class AdaptiveController:
         self.rounds = 0
         self.prompt_len = 0
         self.horizon = 0.0
+        self.target_prefill_s = 0.0
         self.warm: set[int] = {0}
         self.scale: dict[tuple[int, ...], float] = {}
         self.windows: tuple[tuple[int, int | None], ...] = ()
@@ -103,6 +104,9 @@ class AdaptiveController:
         self.horizon = 0.0
         self.windows = ()
         self.prior_factor = {}
+        req = self.policy.requests
+        # the target's prefill: a per-request constant the margins below are anchored on
+        self.target_prefill_s = req.prefill_s(0, len(prompt)) if req is not None else 0.0
         first = self.policy.start(self.estimates(), len(prompt), max_new_tokens)
         if first is None:
             setting = self._decide()
@@ -182,20 +186,20 @@ class AdaptiveController:
         req = self.policy.requests
         if req is None or not self.horizon:
             return {}
-        generated = self.seen - self.prompt_len
-        remaining = max(1.0, self.horizon - generated)
         cold = [m for m in range(len(self.policy.names)) if m not in self.warm]
         windows = dict(self.windows)
-        return {m: req.prefill_s(m, self.seen, windows.get(m)) / remaining for m in cold}
+        return {m: req.prefill_s(m, self.seen, windows.get(m)) / self._remaining() for m in cold}
+
+    def _remaining(self) -> float:
+        """Tokens this request is still expected to generate (at least one)."""
+        return max(1.0, self.horizon - (self.seen - self.prompt_len))
 
     def _anchor(self) -> float:
         """The target's prefill per token still expected: the request's shared part, on which the
         start took its margin (``Policy.decide``)."""
-        req = self.policy.requests
-        if req is None or not self.horizon:
+        if self.policy.requests is None or not self.horizon:
             return 0.0
-        remaining = max(1.0, self.horizon - (self.seen - self.prompt_len))
-        return req.prefill_s(0, self.prompt_len) / remaining
+        return self.target_prefill_s / self._remaining()
 
     def _start_reason(self, first: StartDecision) -> str:
         p = first.prediction

@@ -27,6 +27,9 @@ class LatencyRow:
     median_s: list[float]
     spread_s: list[float]
     samples_s: list[list[float]]
+    #: the pass that built the context (``context`` tokens from an empty cache, the last row's
+    #: logits only): one sample of the prefill P(context); None for point-mass drafters and c = 0
+    build_s: float | None = None
 
 
 def fits_context(drafter: Drafter, context: int, max_new: int) -> bool:
@@ -53,13 +56,15 @@ def measure_context(
     """T(n, context) for every drafter and every n in ``new_tokens``; the drafter named ``target``
     in the numerics it verifies with as a chain's target (``Drafter.as_target``).
 
-    Model drafters: build ``context`` tokens of KV cache, then time ``score`` of ``n`` tokens and
-    roll back to ``context`` after each pass. Point-mass drafters: time ``propose(ctx, n)``."""
+    Model drafters: build ``context`` tokens of KV cache (one prefill pass, timed: ``build_s``),
+    then time ``score`` of ``n`` tokens and roll back to ``context`` after each pass. Point-mass
+    drafters: time ``propose(ctx, n)``."""
     if repeats < 1 or warmup < 0:
         raise ValueError("need repeats >= 1 and warmup >= 0")
     samples: dict[str, list[list[float]]] = {d.name: [[] for _ in new_tokens] for d in drafters}
     cuda_events: list[tuple[str, int, torch.cuda.Event, torch.cuda.Event]] = []
     inputs: dict[str, tuple[list[int], torch.Tensor]] = {}
+    builds: dict[str, float] = {}
 
     for d in drafters:
         ids = _context_ids(d.vocab_size, context + max(new_tokens), seed, d.device)
@@ -67,7 +72,7 @@ def measure_context(
         if not d.point_mass:
             d.reset()
             if context:
-                d.score(ids[:context])
+                builds[d.name] = _timed_prefill(d, ids[:context])
 
     def one_pass(d: Drafter, j: int, n: int, record: bool) -> None:
         ids_list, ids = inputs[d.name]
@@ -122,8 +127,20 @@ def measure_context(
             median_s=[float(np.median(a)) for a in arr],
             spread_s=[float(np.percentile(a, 75) - np.percentile(a, 25)) for a in arr],
             samples_s=[a.tolist() for a in arr],
+            build_s=builds.get(name),
         )
     return rows
+
+
+def _timed_prefill(d: Drafter, ids: torch.Tensor) -> float:
+    """Seconds of one pass over ``ids`` asking for the last row only, as a request's first pass."""
+    if d.device.type == "cuda":
+        torch.cuda.synchronize(d.device)
+    t0 = time.perf_counter()
+    d.score(ids, last=1)
+    if d.device.type == "cuda":
+        torch.cuda.synchronize(d.device)
+    return time.perf_counter() - t0
 
 
 def measure_prefill(
@@ -144,13 +161,7 @@ def measure_prefill(
                 continue
             ids = _context_ids(d.vocab_size, context, seed, d.device)
             d.reset()
-            if d.device.type == "cuda":
-                torch.cuda.synchronize(d.device)
-            t0 = time.perf_counter()
-            d.score(ids, last=1)
-            if d.device.type == "cuda":
-                torch.cuda.synchronize(d.device)
-            samples[d.name].append(time.perf_counter() - t0)
+            samples[d.name].append(_timed_prefill(d, ids))
             d.reset()
             if on_pass is not None:
                 on_pass()

@@ -63,7 +63,9 @@ class ProfileSettings:
     prompts: int = 8
     max_new_tokens: int = 64
     new_tokens: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
-    contexts: list[int] = field(default_factory=lambda: [64, 512])
+    #: cached-token counts of the latency grid; past 512 fewer timed passes (latency_repeats_at in
+    #: run_profile), and the pass building a context that is also a prefill length is its P(c)
+    contexts: list[int] = field(default_factory=lambda: [64, 512, 2048])
     #: prompt lengths whose prefill P(c) is measured (log-spaced; the planner interpolates between
     #: them and continues the last segment's slope beyond); [] skips the phase
     prefill_contexts: list[int] = field(default_factory=lambda: [128, 512, 2048])
@@ -428,10 +430,41 @@ def run_profile(
             and (d.name not in latency or c not in latency[d.name].context)
         ]
 
+    def latency_repeats_at(c: int) -> int:
+        # a pass over a long context costs more and varies less: about 2560 cached tokens per
+        # timed pass, at least two (at 2048: two of the five)
+        return max(min(2, settings.repeats), min(settings.repeats, 2560 // max(c, 1)))
+
+    def prefill_repeats_at(c: int) -> int:
+        # a long prefill takes seconds, so its timing noise is relatively small: about 1024 prompt
+        # tokens per length and model, at least one pass (keeps the embedded profile short)
+        return max(1, min(settings.prefill_repeats, 1024 // c))
+
+    def add_prefill(name: str, c: int, times: list[float]) -> None:
+        old = prefill.get(name)
+        rows = (
+            {}
+            if old is None
+            else dict(
+                zip(old.context, zip(old.median_s, old.spread_s or [0.0] * len(old.context), strict=True), strict=True)
+            )
+        )
+        arr = np.asarray(times, dtype=np.float64)
+        rows[c] = (float(np.median(arr)), float(np.percentile(arr, 75) - np.percentile(arr, 25)))
+        ctxs = sorted(rows)
+        prefill[name] = PrefillCurve(
+            context=ctxs,
+            median_s=[rows[x][0] for x in ctxs],
+            spread_s=[rows[x][1] for x in ctxs],
+            repeats=prefill_repeats_at(c),
+        )
+
     todo_contexts = [c for c in settings.contexts if missing(c)]
     units_skipped += len(settings.contexts) - len(todo_contexts)
-    passes_per_context = settings.repeats * len(settings.new_tokens)
-    progress.begin("latency", sum(len(missing(c)) for c in todo_contexts) * passes_per_context)
+    progress.begin(
+        "latency",
+        sum(len(missing(c)) * latency_repeats_at(c) * len(settings.new_tokens) for c in todo_contexts),
+    )
     for c in todo_contexts:
         if over_budget("latency"):
             stopped_by_budget = True
@@ -441,7 +474,7 @@ def run_profile(
             missing(c),
             c,
             settings.new_tokens,
-            settings.repeats,
+            latency_repeats_at(c),
             settings.warmup,
             seed=settings.seed,
             on_pass=lambda: progress.advance("latency"),
@@ -468,6 +501,15 @@ def run_profile(
                 spread_s=[rows[x][1] for x in ctxs],
                 repeats=settings.repeats,
             )
+            # the pass that built this context is a prefill of c tokens: where one timed prefill is
+            # all the prefill phase would take at c, it is that measurement (a pass saved per member)
+            if (
+                row.build_s is not None
+                and c in settings.prefill_contexts
+                and prefill_repeats_at(c) == 1
+                and (name not in prefill or c not in prefill[name].context)
+            ):
+                add_prefill(name, c, [row.build_s])
         if settings.screen:
             screened.update(slower_than_target(latency, inputs.target, settings.contexts[0], point_mass))
         unit_durations["latency"].append(clock() - t0)
@@ -485,11 +527,6 @@ def run_profile(
             and (d.name not in prefill or c not in prefill[d.name].context)
         ]
 
-    def prefill_repeats_at(c: int) -> int:
-        # a long prefill takes seconds, so its timing noise is relatively small: about 1024 prompt
-        # tokens per length and model, at least one pass (keeps the embedded profile short)
-        return max(1, min(settings.prefill_repeats, 1024 // c))
-
     todo_prefill = [] if stopped_by_budget else [c for c in settings.prefill_contexts if prefill_missing(c)]
     units_skipped += len(settings.prefill_contexts) - len(todo_prefill)
     progress.begin("prefill", sum(len(prefill_missing(c)) * prefill_repeats_at(c) for c in todo_prefill))
@@ -502,27 +539,7 @@ def run_profile(
             prefill_missing(c), c, prefill_repeats_at(c), settings.seed, on_pass=lambda: progress.advance("prefill")
         )
         for name, times in measured_prefill.items():
-            old = prefill.get(name)
-            rows = (
-                {}
-                if old is None
-                else dict(
-                    zip(
-                        old.context,
-                        zip(old.median_s, old.spread_s or [0.0] * len(old.context), strict=True),
-                        strict=True,
-                    )
-                )
-            )
-            arr = np.asarray(times, dtype=np.float64)
-            rows[c] = (float(np.median(arr)), float(np.percentile(arr, 75) - np.percentile(arr, 25)))
-            ctxs = sorted(rows)
-            prefill[name] = PrefillCurve(
-                context=ctxs,
-                median_s=[rows[x][0] for x in ctxs],
-                spread_s=[rows[x][1] for x in ctxs],
-                repeats=prefill_repeats_at(c),
-            )
+            add_prefill(name, c, times)
         unit_durations["prefill"].append(clock() - t0)
         units_done += 1
         save(complete=False)
