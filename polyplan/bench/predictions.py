@@ -29,6 +29,7 @@ def request_predictions(
     if policy is None or getattr(policy, "requests", None) is None or not policy.requests.knows_prefill:
         return None
     rows, errors = [], {"polyplan-plan": [], AUTOREGRESSIVE: []}
+    parts = {m: {"prefill": [], "decode": []} for m in errors}
     for pid, ids in prompts:
         for method in errors:
             mine = [r for r in records if r.prompt == pid and r.method == method]
@@ -42,19 +43,49 @@ def request_predictions(
             predicted = p.request_s if method != AUTOREGRESSIVE else p.autoregressive_request_s
             measured = statistics.median(r.seconds for r in mine)
             errors[method].append(abs(predicted - measured) / measured)
-            rows.append(
-                {
-                    "prompt": pid,
-                    "method": method,
-                    "prompt_tokens": len(ids),
-                    "new_tokens": horizon,
-                    "setting": [policy.names[m] for m in first.decision.members],
-                    "predicted_s": predicted,
-                    "measured_s": measured,
+            row = {
+                "prompt": pid,
+                "method": method,
+                "prompt_tokens": len(ids),
+                "new_tokens": horizon,
+                "setting": [policy.names[m] for m in first.decision.members],
+                "predicted_s": predicted,
+                "measured_s": measured,
+            }
+            # Where a miss comes from: the prefills (latency model) or the decode (latency and the
+            # acceptance this prompt had, which the profile's workload can only average).
+            prefills = [_measured_prefill_s(r) for r in mine]
+            if all(x is not None for x in prefills):
+                predicted_prefill = p.target_prefill_s + (sum(p.drafter_prefill_s) if method != AUTOREGRESSIVE else 0.0)
+                predicted_decode = predicted - predicted_prefill
+                measured_prefill = statistics.median(prefills)
+                measured_decode = statistics.median(r.seconds - x for r, x in zip(mine, prefills, strict=True))
+                row |= {
+                    "predicted_prefill_s": predicted_prefill,
+                    "measured_prefill_s": measured_prefill,
+                    "predicted_decode_s": predicted_decode,
+                    "measured_decode_s": measured_decode,
                 }
-            )
-    summary = {m: {"median_error": statistics.median(e), "max_error": max(e)} for m, e in errors.items() if e}
+                parts[method]["prefill"].append(abs(predicted_prefill - measured_prefill) / measured_prefill)
+                if measured_decode > 0:
+                    parts[method]["decode"].append(abs(predicted_decode - measured_decode) / measured_decode)
+            rows.append(row)
+    summary = {}
+    for m, e in errors.items():
+        if not e:
+            continue
+        summary[m] = {"median_error": statistics.median(e), "max_error": max(e)}
+        for part, pe in parts[m].items():
+            if pe:
+                summary[m][f"{part}_median_error"] = statistics.median(pe)
     return {"note": "predicted at the horizon each run had (its new tokens)", "errors": summary, "runs": rows}
+
+
+def _measured_prefill_s(record: RunRecord) -> float | None:
+    """The prefill seconds the executor measured over all members of one run (None without them)."""
+    if not record.levels or any("prefill_time_s" not in lv for lv in record.levels):
+        return None
+    return float(sum(lv["prefill_time_s"] for lv in record.levels))
 
 
 def attach_predictions(

@@ -77,6 +77,17 @@ class MethodSpec:
     tree_nodes: list[int] = field(default_factory=list)
 
 
+def request_error_text(errors: dict[str, dict[str, float]]) -> str:
+    """One line per bench: each method's request-time error, split into prefills and decode where
+    the executor measured its prefills."""
+    out = []
+    for method, e in errors.items():
+        text = f"{method} median error {e['median_error']:.1%}, max {e['max_error']:.1%}"
+        split = [f"{part} {e[key]:.1%}" for part in ("prefill", "decode") if (key := f"{part}_median_error") in e]
+        out.append(text + (f" (median: {', '.join(split)})" if split else ""))
+    return "; ".join(out)
+
+
 def summarize(specs: list[MethodSpec], records: list[RunRecord]) -> list[dict[str, Any]]:
     """Per method: medians over repeats, paired speedups, per-level acceptance, prediction errors."""
     repeats = sorted({r.repeat for r in records})
@@ -387,9 +398,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
         lines += [
             "",
             "Request time predicted (proofs/prefill.md, at each run's horizon) vs measured: "
-            + "; ".join(
-                f"{m} median error {e['median_error']:.1%}, max {e['max_error']:.1%}" for m, e in req["errors"].items()
-            ),
+            + request_error_text(req["errors"]),
         ]
     r = doc.get("regret")
     if r:

@@ -166,17 +166,14 @@ def print_table(doc: dict) -> None:
             f(me.get("matches_autoregressive"), ".2f"),
         )
     Console().print(table)
-    from polyplan.bench.results import category_rows, length_rows
+    from polyplan.bench.results import category_rows, length_rows, request_error_text
 
     _print_rows(
         "per prompt length: end to end speedup / worst prompt / decode speedup", "prompt tokens", *length_rows(doc)
     )
     req = doc.get("requests")
     if req and req.get("errors"):
-        Console().print(
-            "request time predicted vs measured (median / max error): "
-            + "; ".join(f"{m} {e['median_error']:.1%} / {e['max_error']:.1%}" for m, e in req["errors"].items())
-        )
+        Console().print("request time predicted vs measured: " + request_error_text(req["errors"]))
     workload = (doc.get("workload") or {}).get("name", "?")
     _print_rows(f"per category ({workload}): speedup (tok/s)", "category", *category_rows(doc))
     r = doc.get("regret")
