@@ -152,7 +152,7 @@ def register(root: typer.Typer) -> None:
             help="Long prompts for it: your --prompts-file's longer than the window, else built-in ones.",
         ),
         repeats: int = typer.Option(5, "--repeats", help="Timed passes per grid point (median and IQR)."),
-        warmup: int = typer.Option(1, "--warmup", help="Untimed passes per grid point first."),
+        warmup: int = typer.Option(1, "--warmup", help="Untimed passes per pass size first, at the first context."),
         temperature: float = typer.Option(1.0, "--temperature", help="Sampling acceptance temperature (0: greedy)."),
         top_k: int | None = typer.Option(
             None, "--top-k", help="Top-k of the processed distributions (default or 0: off)."
