@@ -18,7 +18,6 @@ from polyplan.documents.profile import PrefillCurve
 from polyplan.executor.adaptive import AdaptiveController
 from polyplan.planner.policy import START_SAFETY, WINDOWED_START_SAFETY, Policy, build_policy, prompt_length_table
 from polyplan.planner.predictors import load_traces
-from polyplan.planner.request_model import window_factor_at
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "smollm2-llamacpp-cpu.json"
@@ -26,7 +25,7 @@ NAMES = ["smollm2-135m", "smollm2-135m:q4"]
 PER_TOKEN = {"smollm2-135m": 0.0028, "smollm2-135m:q4": 0.0045}
 
 
-def profile_with(per_token=PER_TOKEN, factor: float | None = None, measured_at: int | None = None) -> Profile:
+def profile_with(per_token=PER_TOKEN, factor: float | None = None) -> Profile:
     prof = copy.deepcopy(Profile.load(PROFILE))
     prof.prefill = {n: PrefillCurve([128, 2048], [t * 128 + 0.01, t * 2048 + 0.01]) for n, t in per_token.items()}
     if factor is not None:
@@ -38,8 +37,6 @@ def profile_with(per_token=PER_TOKEN, factor: float | None = None, measured_at: 
             "prompts": ["a"],
             "by_drafter": {NAMES[1]: {"full": full, "256": part}},
         }
-        if measured_at is not None:
-            prof.windows["prompt_tokens"] = [measured_at]
     return prof
 
 
@@ -259,35 +256,3 @@ def test_the_bench_splits_a_request_time_miss_into_prefills_and_decode(policy):
     assert plan["median_error"] == pytest.approx(p.decode_s / plan_s)
     assert alone["median_error"] == pytest.approx(0.1 / 1.1) and "prefill_median_error" not in alone
     assert "prefill 0.0%, decode 50.0%" in request_error_text(out["errors"])
-
-
-def test_a_windows_acceptance_loss_grows_with_the_share_of_the_prompt_it_leaves_out():
-    """Measured at 780 tokens (window 256 + sink 4 leave out 2/3), a factor of 0.7 is 0.7 there,
-    1 on a prompt the window covers, and loses in proportion to the uncovered share beyond."""
-    assert window_factor_at(0.7, 260, 780, 780) == pytest.approx(0.7)
-    assert window_factor_at(0.7, 260, 200, 780) == 1.0
-    assert window_factor_at(0.7, 260, 520, 780) == pytest.approx(1 - 0.3 * 0.5 / (2 / 3))
-    assert window_factor_at(0.7, 260, 2600, 780) == pytest.approx(1 - 0.3 * 0.9 / (2 / 3))
-    assert window_factor_at(0.1, 260, 100_000, 780) == 0.0  # never below nothing
-    assert window_factor_at(0.7, 260, 2600, None) == 0.7  # profiles before the lengths were recorded
-    assert window_factor_at(0.7, 260, 2600, 200) == 0.7  # measured where the window covered all
-
-
-def test_the_start_and_the_controller_read_a_windows_factor_at_the_requests_length():
-    """With the factor measured on ~780-token prompts, a 3000-token request expects less of the
-    windowed drafter than the same profile read at any length, and the controller's prior agrees."""
-    at_any = make_policy(profile_with(factor=0.9))
-    by_length = make_policy(profile_with(factor=0.9, measured_at=780))
-    assert by_length.requests.to_dict()["window_measured_at"] == 780
-    assert by_length.requests.factor(1, 256, 3000) < by_length.requests.factor(1, 256, 780) == pytest.approx(0.9)
-    for prompt, horizon in ((3000, 256), (3000, 1024)):
-        a, b = (
-            at_any.start(dict(at_any.priors), prompt, horizon),
-            by_length.start(dict(by_length.priors), prompt, horizon),
-        )
-        assert b.windows.get(1) == a.windows.get(1) == 256 and 1 in b.decision.members
-        assert b.prediction.request_s > a.prediction.request_s
-    controller = AdaptiveController(by_length)
-    controller.start(2, [1] * 3000, 1024)
-    assert dict(controller.windows).get(1) == 256
-    assert controller.prior_factor[(0, 1)] == pytest.approx(by_length.requests.factor(1, 256, 3000))

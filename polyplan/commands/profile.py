@@ -11,7 +11,7 @@ import typer
 from polyplan.commands import sampling_filters
 from polyplan.errors import UserError
 
-DEFAULTS_NOTE = "Defaults profile the embedded SmolLM2 pool (9 members) in about 3 minutes on a 2-core CPU."
+DEFAULTS_NOTE = "Defaults profile the embedded SmolLM2 pool (9 members) in 3-5 minutes on a 2-core CPU."
 
 
 def _int_list(text: str, what: str) -> list[int]:

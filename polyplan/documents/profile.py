@@ -207,12 +207,6 @@ class Profile:
         a_part = part[key] / part["positions"]
         return 1.0 if a_full <= 0 else max(0.0, min(1.0, a_part / a_full))
 
-    def window_prompt_tokens(self) -> float | None:
-        """Mean length of the long prompts the window factors were measured on (None: not recorded,
-        profiles before it)."""
-        lengths = self.windows.get("prompt_tokens") or []
-        return float(sum(lengths)) / len(lengths) if lengths else None
-
     def window_sizes(self) -> list[int]:
         return [int(w) for w in self.windows.get("sizes", [])] if self.windows.get("by_drafter") else []
 

@@ -266,7 +266,7 @@ class Policy:
             for combo in product(*(req.options(m) for m in drafters)):
                 windows = dict(zip(drafters, combo, strict=True))
                 # a window lowers its drafter's acceptance: the table's gammas at that acceptance
-                seen = {(v, d): alpha[(v, d)] * req.factor(d, windows.get(d), prompt_tokens) for v, d in table.pairs}
+                seen = {(v, d): alpha[(v, d)] * req.factor(d, windows.get(d)) for v, d in table.pairs}
                 cells = [cell(_axis_u(table.points), u_of_alpha(seen[p])) for p in table.pairs]
                 gammas = table.gammas[0] if table is self.plan else table.gammas[nearest(table.shape, cells)]
                 prediction = req.request(

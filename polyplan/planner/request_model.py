@@ -45,8 +45,6 @@ class RequestModel:
     #: measured by the profiler on long prompts)
     window_options: dict[str, list[list[float]]] = field(default_factory=dict)
     window_sink: int = 4
-    #: mean prompt length the window factors were measured at (None: used as measured at any length)
-    window_measured_at: float | None = None
     #: the target's fewest tokens per pass inside a chain (Candidate.min_pass)
     target_min_pass: int = 1
     #: answer lengths observed on the profile's prompts, each at most ``observed_up_to``
@@ -69,18 +67,10 @@ class RequestModel:
         """The windows a request may give member ``member`` (None: the whole sequence)."""
         return [None, *(int(w) for w, _ in self.window_options.get(self.names[member], []))]
 
-    def factor(self, member: int, window: int | None, prompt_tokens: float | None = None) -> float:
-        """What ``window`` keeps of member ``member``'s acceptance on a prompt of ``prompt_tokens``.
-
-        Measured on the profile's long prompts; on another length the loss ``1 - factor`` is taken
-        in proportion to the share of the prompt the window leaves out (a window covers all of a
-        short prompt and a shrinking share of a long one, where what the answer needs more often
-        lies outside it)."""
-        if window is None:
-            return 1.0
+    def factor(self, member: int, window: int | None) -> float:
         for w, f in self.window_options.get(self.names[member], []):
-            if int(w) == window:
-                return window_factor_at(float(f), window + self.window_sink, prompt_tokens, self.window_measured_at)
+            if window is not None and int(w) == window:
+                return float(f)
         return 1.0
 
     def prefill_s(self, member: int, prompt_tokens: float, chosen: int | None = None) -> float:
@@ -128,17 +118,14 @@ class RequestModel:
         context: float,
         horizon: float,
         chosen: Mapping[int, int | None] | None = None,
-        prompt_tokens: float | None = None,
     ) -> float:
         """t_S at the mean decode context: the chain-model theorem with the curves there; a drafter
-        given a window in ``chosen`` keeps ``factor`` of its acceptance (at ``prompt_tokens``)."""
+        given a window in ``chosen`` keeps ``factor`` of its acceptance."""
         chosen = chosen or {}
         latencies = self._latencies(members, context, horizon, chosen)
         if len(members) == 1:
             return float(latencies[0](1))
-        alphas = [
-            min(alpha[(v, d)] * self.factor(d, chosen.get(d), prompt_tokens), 1 - 1e-9) for v, d in pairwise(members)
-        ]
+        alphas = [min(alpha[(v, d)] * self.factor(d, chosen.get(d)), 1 - 1e-9) for v, d in pairwise(members)]
         return float(predict_chain(alphas, list(gammas), latencies).time_per_token)
 
     def request(
@@ -157,7 +144,7 @@ class RequestModel:
         chosen = chosen or {}
         horizon = float(max_new_tokens) if exact_horizon else self.horizon(max_new_tokens)
         context = decode_context(prompt_tokens, horizon)
-        t_s = self.time_per_token(members, gammas, alpha, context, horizon, chosen, prompt_tokens)
+        t_s = self.time_per_token(members, gammas, alpha, context, horizon, chosen)
         t_ar = self.time_per_token((0,), (), alpha, context, horizon)
         drafters = [self.prefill_s(m, prompt_tokens, chosen.get(m)) for m in members[1:]]
         return predict_request(self.prefill_s(0, prompt_tokens), drafters, horizon, t_s, t_ar, prompt_tokens)
@@ -172,7 +159,6 @@ class RequestModel:
             "windows": {k: list(v) for k, v in self.windows.items()},
             "window_options": {k: [list(o) for o in v] for k, v in self.window_options.items()},
             "window_sink": self.window_sink,
-            "window_measured_at": self.window_measured_at,
             "target_min_pass": self.target_min_pass,
             "lengths": list(self.lengths),
             "observed_up_to": self.observed_up_to,
@@ -188,7 +174,6 @@ class RequestModel:
             windows={k: [int(v[0]), int(v[1])] for k, v in d.get("windows", {}).items()},
             window_options={k: [[int(o[0]), float(o[1])] for o in v] for k, v in d.get("window_options", {}).items()},
             window_sink=int(d.get("window_sink", 4)),
-            window_measured_at=None if d.get("window_measured_at") is None else float(d["window_measured_at"]),
             target_min_pass=int(d.get("target_min_pass", 1)),
             lengths=[int(x) for x in d.get("lengths", [])],
             observed_up_to=None if d.get("observed_up_to") is None else int(d["observed_up_to"]),
@@ -197,18 +182,6 @@ class RequestModel:
         if missing or len(model.point_mass) != len(model.names):
             raise DocumentError(f"request model without latency curves for {missing}")
         return model
-
-
-def window_factor_at(factor: float, covered: float, prompt_tokens: float | None, measured_at: float | None) -> float:
-    """``factor`` measured on prompts of ``measured_at`` tokens, carried to ``prompt_tokens``: the
-    loss scales with the share of the prompt outside the ``covered`` tokens (window and sink)."""
-    if prompt_tokens is None or measured_at is None:
-        return factor
-    outside_measured = 1.0 - covered / measured_at
-    if outside_measured <= 0:
-        return factor
-    outside = max(0.0, 1.0 - covered / prompt_tokens) if prompt_tokens > 0 else 0.0
-    return max(0.0, min(1.0, 1.0 - (1.0 - factor) * outside / outside_measured))
 
 
 def generation_lengths(traces: Mapping[str, Any] | None) -> list[int]:
@@ -250,7 +223,6 @@ def request_model(
         observed_up_to=int(cap) if lengths and cap is not None else None,
         window_options=options,
         window_sink=int(profile.windows.get("sink", 4)),
-        window_measured_at=profile.window_prompt_tokens(),
         target_min_pass=profile.candidate(names[0]).min_pass,
     )
 

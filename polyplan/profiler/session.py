@@ -59,7 +59,7 @@ def new_token_grid(max_new: int) -> list[int]:
 class ProfileSettings:
     """What is measured; two runs with equal settings may be merged (resumed)."""
 
-    # defaults: the embedded SmolLM2 pool (9 members) profiles in about 3 minutes on a 2-core CPU
+    # defaults: the embedded SmolLM2 pool (9 members) profiles in 3-5 minutes on a 2-core CPU
     prompts: int = 8
     max_new_tokens: int = 64
     new_tokens: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
