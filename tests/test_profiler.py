@@ -349,6 +349,22 @@ def test_long_latency_contexts_take_fewer_timed_passes(models, tmp_path):
     assert counter.counts["latency"] == 3 * 2 * (8 + 5)
 
 
+def test_warm_up_passes_run_at_the_first_latency_context_only(models, tmp_path, monkeypatch):
+    """Every pass size has run at the first context; a later context starts with its own prefill."""
+    import polyplan.profiler.session as session
+
+    warmups = []
+
+    def spy(drafters, context, new_tokens, repeats, warmup, **kw):
+        warmups.append((context, warmup))
+        return measure_context(drafters, context, new_tokens, repeats, warmup, **kw)
+
+    monkeypatch.setattr(session, "measure_context", spy)
+    settings = {**SMALL, "contexts": [0, 16, 32], "warmup": 2, "prefill_contexts": []}
+    run_profile(make_inputs(models), tmp_path / "w.json", ProfileSettings(**settings))
+    assert warmups == [(0, 2), (16, 0), (32, 0)]
+
+
 class SlowCopy(ModelDrafter):
     """The target's model, 30 ms slower per pass: slower than the target at every pass size."""
 

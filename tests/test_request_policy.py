@@ -231,8 +231,8 @@ def test_a_drafter_the_start_declined_is_not_brought_in_on_the_same_estimates(fa
 
 def test_the_bench_splits_a_request_time_miss_into_prefills_and_decode(policy):
     """A run whose prefills took what was predicted and whose decode took twice as long shows a
-    0% prefill error and a 100% decode error; the target alone (transformers generate, no
-    per-level record) gets only the whole request's error."""
+    0% prefill error and a 50% decode error (the miss over what was measured); the target alone
+    (transformers generate, no per-level record) gets only the whole request's error."""
     from polyplan.bench.predictions import request_predictions
     from polyplan.bench.results import AUTOREGRESSIVE, RunRecord, request_error_text
 
