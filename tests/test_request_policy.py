@@ -256,3 +256,12 @@ def test_the_bench_splits_a_request_time_miss_into_prefills_and_decode(policy):
     assert plan["median_error"] == pytest.approx(p.decode_s / plan_s)
     assert alone["median_error"] == pytest.approx(0.1 / 1.1) and "prefill_median_error" not in alone
     assert "prefill 0.0%, decode 50.0%" in request_error_text(out["errors"])
+    # the target's first pass also verified a first draft block of 15 tokens: its prefill is
+    # compared with P at 115 tokens and the decode keeps the rest of the prediction
+    first_pass = policy.requests.prefill_s(0, 115)
+    levels = [dict(levels[0], prefill_tokens=115, prefill_time_s=first_pass), levels[1]]
+    records[0] = RunRecord("polyplan-plan", "a", 0, 64, plan_s, levels=levels)
+    row = request_predictions(records, policy, [("a", ids)], 64)["runs"][0]
+    assert first_pass > p.target_prefill_s
+    assert row["predicted_prefill_s"] == pytest.approx(first_pass + p.drafter_prefill_s[0])
+    assert row["predicted_prefill_s"] + row["predicted_decode_s"] == pytest.approx(p.request_s)

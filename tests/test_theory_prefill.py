@@ -108,3 +108,17 @@ def test_predict_request_fields():
     assert r.end_to_end_speedup == pytest.approx(r.autoregressive_request_s / r.request_s)
     assert r.break_even_tokens == pytest.approx(0.3 / 0.05)
     assert r.to_dict()["prompt_tokens"] == 300
+
+
+def test_a_prefill_curve_below_its_shortest_length_keeps_that_lengths_cost_per_token():
+    """llama.cpp's Q8_0 SmolLM2 as profiled: 0.289 s for 128 tokens, 1.52 s for 512 (its cost per
+    token rises with length). The 128->512 slope alone would give 50 tokens 0.04 s; they took
+    0.105-0.142 s. A flatter curve (fixed costs) keeps its own extrapolation."""
+    from polyplan.documents.profile import PrefillCurve
+
+    q8 = PrefillCurve([128, 512], [0.289, 1.52])
+    assert q8(50) == pytest.approx(0.289 * 50 / 128)
+    assert q8(128) == pytest.approx(0.289) and q8(320) == pytest.approx((0.289 + 1.52) / 2)
+    flat = PrefillCurve([128, 512], [0.366, 1.306])
+    assert flat(64) == pytest.approx(0.366 - (1.306 - 0.366) * 64 / 384)
+    assert flat(0) == 0.0 and q8(1) > 0

@@ -105,8 +105,10 @@ def _interp(xs: list[int], ys: list[float], x: float) -> float:
 @dataclass
 class PrefillCurve:
     """Median time P(c) of one pass over ``c`` prompt tokens from an empty cache (a member's
-    prefill). Piecewise-linear between measured contexts; beyond them, the nearest segment's
-    slope (prefill is close to linear in c at these lengths), never below zero."""
+    prefill). Piecewise-linear between measured contexts; past the longest, the last segment's
+    slope; below the shortest, the first segment's slope but never below the shortest's cost per
+    token times ``c`` (a llama.cpp prefill's cost per token falls with length: extrapolating its
+    128->512 slope priced 50 tokens at a third of what they took)."""
 
     context: list[int]
     median_s: list[float]
@@ -132,7 +134,10 @@ class PrefillCurve:
         else:
             i = bisect.bisect_right(xs, c)
         x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-        return max(0.0, y0 + (y1 - y0) * (c - x0) / (x1 - x0))
+        linear = y0 + (y1 - y0) * (c - x0) / (x1 - x0)
+        if c < xs[0]:
+            return max(0.0, linear, ys[0] * c / xs[0])
+        return max(0.0, linear)
 
     @property
     def measured_up_to(self) -> int:
