@@ -58,13 +58,14 @@ def request_predictions(
             if all(x is not None for x in prefills):
                 # the executor's target prefill is its first pass, which also verifies the first draft
                 # block: compare it with P at the tokens that pass read, the rest counts as decode
-                target_tokens = [(r.levels or [{}])[0].get("prefill_tokens") for r in mine]
+                alone = method == AUTOREGRESSIVE
+                target_tokens = [r.levels[0].get("prefill_tokens") for r in mine]  # levels: checked above
                 target_prefill = (
                     policy.requests.prefill_s(0, statistics.median(target_tokens))
-                    if method != AUTOREGRESSIVE and all(target_tokens)
+                    if not alone and all(target_tokens)
                     else p.target_prefill_s
                 )
-                predicted_prefill = target_prefill + (sum(p.drafter_prefill_s) if method != AUTOREGRESSIVE else 0.0)
+                predicted_prefill = target_prefill + (0.0 if alone else sum(p.drafter_prefill_s))
                 predicted_decode = predicted - predicted_prefill
                 measured_prefill = statistics.median(prefills)
                 measured_decode = statistics.median(r.seconds - x for r, x in zip(mine, prefills, strict=True))

@@ -107,7 +107,7 @@ class PrefillCurve:
     """Median time P(c) of one pass over ``c`` prompt tokens from an empty cache (a member's
     prefill). Piecewise-linear between measured contexts; past the longest, the last segment's
     slope; below the shortest, the first segment's slope but never below the shortest's cost per
-    token times ``c`` (a llama.cpp prefill's cost per token falls with length: extrapolating its
+    token times ``c`` (a llama.cpp prefill's cost per token rises with length: extrapolating its
     128->512 slope priced 50 tokens at a third of what they took)."""
 
     context: list[int]

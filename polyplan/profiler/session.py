@@ -633,7 +633,7 @@ def run_profile(
                     row["sampling_sum"] += smp
                     row["positions"] += n
             windows_doc["prompts"].append(prompt.id)
-            # where the factor was measured: a longer prompt leaves more of itself outside a window
+            # how long the prompts the factor was measured on are (a reader's context; nothing reads it)
             windows_doc.setdefault("prompt_tokens", []).append(len(ids))
             progress.advance("windows")
             unit_durations["windows"].append(clock() - t0)
