@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from polyplan.documents.files import DocumentError
-from polyplan.documents.profile import Candidate, Profile
+from polyplan.documents.profile import Candidate, LatencyCurve, Profile
 from polyplan.errors import UserError
 from polyplan.models.drafter import Drafter
 from polyplan.models.model_drafter import ModelDrafter
@@ -184,7 +184,6 @@ def test_a_reference_written_with_a_helper_is_the_targets_own(models):
 
 
 def test_the_reference_helper_is_the_drafter_predicted_fastest_or_none(models):
-    from polyplan.documents.profile import LatencyCurve
     from polyplan.profiler.session import _Traces, reference_helper
 
     fast, slow = ModelDrafter(models[0], "fast"), ModelDrafter(models[1], "slow")
@@ -366,10 +365,14 @@ def test_warm_up_passes_run_at_the_first_latency_context_only(models, tmp_path, 
 
 
 class SlowCopy(ModelDrafter):
-    """The target's model, 30 ms slower per pass: slower than the target at every pass size."""
+    """The target's model with a fixed sleep added to every pass."""
+
+    def __init__(self, model, name: str, sleep_s: float) -> None:
+        super().__init__(model, name)
+        self.sleep_s = sleep_s
 
     def score(self, new_ids, last=None):
-        time.sleep(0.03)
+        time.sleep(self.sleep_s)
         return super().score(new_ids, last)
 
 
@@ -377,7 +380,10 @@ def test_a_member_slower_than_the_target_at_every_pass_size_is_screened(models, 
     from polyplan.planner.chains import chain_problem
 
     out = tmp_path / "screen.json"
-    inputs = make_inputs(models, [SlowCopy(models[0], "slow")])
+    # the target sleeps 10 ms a pass and "slow" 40 ms, so "copy" (no sleep) is faster and "slow"
+    # slower by far more than timing noise on any machine
+    inputs = make_inputs(models, [SlowCopy(models[0], "slow", 0.04)])
+    inputs.drafters[0] = SlowCopy(models[0], "target", 0.01)
     settings = {**SMALL, "screen": True, "repeats": 1}
     outcome = run_profile(inputs, out, ProfileSettings(**settings))
     prof = Profile.load(out)
@@ -395,6 +401,24 @@ def test_a_member_slower_than_the_target_at_every_pass_size_is_screened(models, 
     full = run_profile(inputs, tmp_path / "all.json", ProfileSettings(**{**settings, "screen": False}))
     assert not full.profile.screened and full.profile.latency["slow"].context == [0, 32]
     assert full.profile.pair("target", "slow").greedy == 1.0
+
+
+def test_screening_needs_a_margin_over_the_target():
+    from polyplan.profiler.screen import SCREEN_MARGIN, slower_than_target
+
+    def curve(ms):
+        return LatencyCurve(new_tokens=[1, 4], context=[0], median_s=[[m / 1e3 for m in ms]])
+
+    target = curve([100, 120])
+    latency = {
+        "target": target,
+        "noise": curve([104, 125]),  # within timing noise: left to the planner
+        "short": curve([99 * SCREEN_MARGIN, 119 * SCREEN_MARGIN]),
+        "int8": curve([170, 210]),
+        "mixed": curve([200, 110]),  # faster at one size: may pay there
+        "edge": curve([101 * SCREEN_MARGIN, 121 * SCREEN_MARGIN]),
+    }
+    assert set(slower_than_target(latency, "target", 0, {})) == {"int8", "edge"}
 
 
 class Crash(ProgressHooks):
