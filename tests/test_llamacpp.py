@@ -31,6 +31,7 @@ BASE = '[pool]\ntarget = "a"\n[[member]]\nname = "a"\nsource = "gguf:a.gguf"\n'
         ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\nthreads = 0\n', "threads must be a positive integer"),
         ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\nmin_pass = 0\n', "min_pass must be a positive integer"),
         ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\nn_ctx = "big"\n', "n_ctx must be a positive integer"),
+        ('name = "q"\nsame_as = "a"\nbackend = "llama.cpp"\nflash_attn = 1\n', "flash_attn must be true or false"),
         ('name = "q"\nsame_as = "a"\nbackend = "onnx"\n', "unknown backend 'onnx'"),
         ('name = "q"\nsame_as = "zz"\nbackend = "llama.cpp"\n', "same_as 'zz' is not a member with a source"),
         ('name = "q"\nsame_as = "a"\nsource = "gguf:a.gguf"\n', "give source or same_as, not both"),
@@ -54,11 +55,27 @@ def test_llamacpp_member_parses_with_defaults_and_same_as(tmp_path):
     path.write_text(BASE + '[[member]]\nname = "a:q"\nsame_as = "a"\nbackend = "llama.cpp"\nthreads = 1\n')
     pool = load_pool(path)
     spec = pool.member("a:q")
-    assert spec.llama_cpp and spec.kind == "llama.cpp" and spec.options == {"threads": 1, "n_ctx": 4096, "min_pass": 2}
+    # a drafter gets flash attention by default; the pool records that in its description
+    options = {"threads": 1, "n_ctx": 4096, "min_pass": 2, "flash_attn": True}
+    assert spec.llama_cpp and spec.kind == "llama.cpp" and spec.options == options
     assert pool.source("a:q") == pool.source("a")
-    assert "llama.cpp threads=1" in spec.describe()
+    assert spec.describe().endswith("llama.cpp threads=1 n_ctx=4096 flash_attn")
     assert len(pool.fingerprint("a:q")) == 16  # from the GGUF itself: no converted cache needed
     assert pool.installed() == {"a": False, "a:q": True}  # the GGUF file is all a llama.cpp member needs
+
+
+def test_flash_attention_is_on_for_llamacpp_drafters_and_off_for_the_target_unless_set(tmp_path):
+    (tmp_path / "a.gguf").write_bytes(b"GGUF")
+    members = '[[member]]\nname = "a:q"\nsame_as = "a"\nbackend = "llama.cpp"\n'
+    path = tmp_path / "p.toml"
+    path.write_text(BASE.replace('target = "a"', 'target = "a:q"') + members)
+    assert load_pool(path).member("a:q").options["flash_attn"] is False
+    assert "flash_attn" not in load_pool(path).member("a:q").describe()
+    path.write_text(BASE.replace('target = "a"', 'target = "a:q"') + members + "flash_attn = true\n")
+    assert load_pool(path).member("a:q").options["flash_attn"] is True
+    path.write_text(BASE + members + "flash_attn = false\n")
+    assert load_pool(path).member("a:q").options["flash_attn"] is False
+    assert load_pool(path).member("a").options == {}  # transformers members have no such option
 
 
 def test_missing_library_is_one_line_with_the_install_command(monkeypatch):

@@ -97,7 +97,12 @@ def test_builtin_pools_parse():
     assert {m.kind for m in q.members} == {"model", "llama.cpp", "prompt-lookup", "ngram"}
     assert q.source("qwen2.5-coder-1.5b:q4") == q.source("qwen2.5-coder-1.5b")  # same_as
     # threads default to the cores this process may use
-    assert q.member("qwen2.5-coder-0.5b:q4").options == {"threads": usable_cores(), "n_ctx": 4096, "min_pass": 2}
+    assert q.member("qwen2.5-coder-0.5b:q4").options == {
+        "threads": usable_cores(),
+        "n_ctx": 4096,
+        "min_pass": 2,
+        "flash_attn": True,
+    }
     assert q.member("qwen2.5-coder-1.5b:q4_0").quantization == "Q4_0"
 
 
