@@ -466,7 +466,10 @@ def test_profile_optimize_bench_with_a_llamacpp_target(tmp_path, smollm2_pool, q
     assert chains
     for m in chains:
         assert m["measured"]["time_per_token_s"] > 0
-        assert m["measured"]["matches_autoregressive"] == 1.0, m["name"]
+        # a plan of the target alone (which timing noise in a one-repeat profile may choose) decodes
+        # with the one-token kernels, as the autoregressive baseline does
+        want = 1.0 if len(m["chain"]) > 1 else ar["measured"]["matches_autoregressive"]
+        assert m["measured"]["matches_autoregressive"] == want, m["name"]
 
 
 @pytest.mark.parametrize("depth", [2, 3])

@@ -384,7 +384,7 @@ def test_a_member_slower_than_the_target_at_every_pass_size_is_screened(models, 
     # slower by far more than timing noise on any machine
     inputs = make_inputs(models, [SlowCopy(models[0], "slow", 0.04)])
     inputs.drafters[0] = SlowCopy(models[0], "target", 0.01)
-    settings = {**SMALL, "screen": True, "repeats": 1}
+    settings = {**SMALL, "screen": True, "repeats": 3}  # a median absorbs one stalled pass
     outcome = run_profile(inputs, out, ProfileSettings(**settings))
     prof = Profile.load(out)
     assert outcome.complete and list(prof.screened) == ["slow"]
@@ -432,7 +432,13 @@ class Crash(ProgressHooks):
                 raise KeyboardInterrupt
 
 
-def test_interrupted_run_keeps_measured_units_and_resumes(models, tmp_path):
+def test_interrupted_run_keeps_measured_units_and_resumes(models, tmp_path, monkeypatch):
+    import polyplan.profiler.session as session
+
+    # which drafter helps write references follows measured latencies (kept by the resumed run,
+    # re-measured by the fresh one); references are the same either way up to float near-ties,
+    # which this test's token-for-token comparison must not meet
+    monkeypatch.setattr(session, "reference_helper", lambda *args, **kwargs: (None, 1))
     out = tmp_path / "resume.json"
     inputs = make_inputs(models)
     per_prompt = len(inputs.drafters) + 1
