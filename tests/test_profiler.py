@@ -631,14 +631,22 @@ def test_windowed_acceptance_is_measured_on_prompts_the_window_cuts(models, tmp_
     long_encode = lambda text: [b % VOCAB for b in text.encode()[:120]]  # noqa: E731
     inputs = make_inputs(models)
     inputs.encode = long_encode
-    settings = ProfileSettings(**{**SMALL, "windows": [16], "window_prompts": 2, "window_reference_tokens": 8})
+    settings = ProfileSettings(**{**SMALL, "windows": [16], "window_prompts": 2, "window_reference_tokens": 40})
     prof = run_profile(inputs, out, settings).profile
     rows = prof.windows["by_drafter"]
     assert set(rows) == {"copy", "other"} and prof.windows["sink"] == 4
-    assert rows["copy"]["full"]["positions"] == 16 and rows["copy"]["16"]["positions"] == 16
-    assert rows["copy"]["full"]["greedy_sum"] == 16  # the target's copy on the whole prompt
-    assert prof.window_factor("copy", 16, "greedy") == rows["copy"]["16"]["greedy_sum"] / 16
+    assert rows["copy"]["full"]["positions"] == 80 and rows["copy"]["16"]["positions"] == 80
+    assert rows["copy"]["full"]["greedy_sum"] == 80  # the target's copy on the whole prompt
+    assert prof.window_factor("copy", 16, "greedy") == rows["copy"]["16"]["greedy_sum"] / 80
     assert prof.window_factor("copy", 99, "greedy") is None
+    # and by answer position: buckets [0, 32) and [32, 40) of both prompts
+    buckets = rows["copy"]["16"]["by_position"]
+    assert {k: v[2] for k, v in buckets.items()} == {"0": 64, "32": 16}
+    assert sum(v[0] for v in buckets.values()) == rows["copy"]["16"]["greedy_sum"]
+    assert prof.window_factor_by_position("copy", 16, "greedy") == [
+        [0, buckets["0"][0] / 64],
+        [32, buckets["32"][0] / 16],
+    ]
     assert len(prof.windows["prompts"]) == 2
     assert prof.windows["prompt_tokens"] == [120, 120]
     # resuming measures nothing again

@@ -93,6 +93,35 @@ def test_windows_are_chosen_when_they_keep_enough_acceptance():
     assert loses.start(dict(loses.priors), 3000, 256).windows.get(1) is None
 
 
+def test_a_window_measured_by_answer_position_is_priced_at_the_requests_horizon():
+    """A window loses acceptance early in the answer and little once the answer fills it: measured
+    by position, its factor is the mean over the answer's first H tokens, so long answers get the
+    window and short ones do not (the same overall factor would price both alike)."""
+    from polyplan.planner.request_model import mean_over_answer
+
+    assert mean_over_answer([[0, 0.5], [32, 0.75], [64, 1.0]], 32) == pytest.approx(0.5)
+    assert mean_over_answer([[0, 0.5], [32, 0.75], [64, 1.0]], 128) == pytest.approx((16 + 24 + 64) / 128)
+    assert mean_over_answer([[0, 0.5]], 1000) == pytest.approx(0.5)  # the last step reaches on
+
+    prof = profile_with(factor=0.5)
+    row = prof.windows["by_drafter"][NAMES[1]]
+    row["full"]["by_position"] = {"0": [32.0, 32.0, 32], "32": [32.0, 32.0, 32], "64": [36.0, 36.0, 36]}
+    row["256"]["by_position"] = {"0": [8.0, 8.0, 32], "32": [16.0, 16.0, 32], "64": [36.0, 36.0, 36]}
+    assert prof.window_factor_by_position(NAMES[1], 256, "greedy") == [[0, 0.25], [32, 0.5], [64, 1.0]]
+    by_position = make_policy(prof)
+    req = by_position.requests
+    assert req.factor(1, 256) == 0.5  # no horizon: the overall factor
+    assert req.factor(1, 256, 16) == pytest.approx(0.25)
+    assert req.factor(1, 256, 256) == pytest.approx((32 * 0.25 + 32 * 0.5 + 192) / 256)
+    assert req.to_dict()["window_options"] == type(req).from_dict(req.to_dict()).to_dict()["window_options"]
+    flat = make_policy(profile_with(factor=0.5))
+    long_answer = by_position.start(dict(by_position.priors), 3000, 512)
+    assert long_answer.windows.get(1) == 256 and long_answer.decision.members == (0, 1)
+    assert flat.start(dict(flat.priors), 3000, 512).windows.get(1) is None
+    # a short answer reads the window where it keeps least: the target runs alone
+    assert by_position.start(dict(by_position.priors), 3000, 16).decision.members == (0,)
+
+
 def test_a_windowed_drafter_must_be_predicted_clearly_faster():
     """A window's share of the acceptance is uncertain: a windowed start needs WINDOWED_START_SAFETY
     over the target alone, an unwindowed one START_SAFETY."""

@@ -208,9 +208,21 @@ class Profile:
         if not full or not part or not full.get("positions") or not part.get("positions"):
             return None
         key = "greedy_sum" if mode == "greedy" else "sampling_sum"
-        a_full = full[key] / full["positions"]
-        a_part = part[key] / part["positions"]
-        return 1.0 if a_full <= 0 else max(0.0, min(1.0, a_part / a_full))
+        return _kept(part[key] / part["positions"], full[key] / full["positions"])
+
+    def window_factor_by_position(self, drafter: str, window: int, mode: str) -> list[list[float]]:
+        """``[[first position, factor], ...]`` by answer-position bucket (the last bucket reaching as
+        far as the reference did); empty when the profile did not measure by position."""
+        rows = (self.windows.get("by_drafter") or {}).get(drafter) or {}
+        full = (rows.get("full") or {}).get("by_position") or {}
+        part = (rows.get(str(window)) or {}).get("by_position") or {}
+        index = 0 if mode == "greedy" else 1
+        out = []
+        for lo in sorted(set(full) & set(part), key=int):
+            f, p = full[lo], part[lo]
+            if f[2] > 0 and p[2] > 0:
+                out.append([int(lo), _kept(p[index] / p[2], f[index] / f[2])])
+        return out
 
     def window_sizes(self) -> list[int]:
         return [int(w) for w in self.windows.get("sizes", [])] if self.windows.get("by_drafter") else []
@@ -316,3 +328,8 @@ class Profile:
 
     def traces_path(self, profile_path: str | Path) -> Path | None:
         return None if not self.traces else Path(profile_path).parent / self.traces
+
+
+def _kept(a_part: float, a_full: float) -> float:
+    """What a window keeps of an acceptance: a_part / a_full within [0, 1]."""
+    return 1.0 if a_full <= 0 else max(0.0, min(1.0, a_part / a_full))

@@ -114,7 +114,7 @@ class AdaptiveController:
             self.scale, self.horizon = first.scale, first.horizon
             self.windows = tuple(sorted(first.windows.items()))
             req = self.policy.requests
-            self.prior_factor = {(v, d): req.factor(d, first.windows.get(d)) for v, d in self.pairs}
+            self.prior_factor = {(v, d): req.factor(d, first.windows.get(d), first.horizon) for v, d in self.pairs}
             self.alpha = self.estimates()
             d = first.decision
             self.setting = RoundSetting(d.members, d.gammas, self._start_reason(first), self.windows)

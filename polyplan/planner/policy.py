@@ -259,6 +259,7 @@ class Policy:
         req = self.requests
         if req is None or not req.knows_prefill or max_new_tokens <= 0:
             return None
+        horizon = float(max_new_tokens) if exact_horizon else req.horizon(max_new_tokens)
         options = []
         for table in [self.plan, *self.tables]:
             drafters = table.members[1:]
@@ -266,7 +267,7 @@ class Policy:
             for combo in product(*(req.options(m) for m in drafters)):
                 windows = dict(zip(drafters, combo, strict=True))
                 # a window lowers its drafter's acceptance: the table's gammas at that acceptance
-                seen = {(v, d): alpha[(v, d)] * req.factor(d, windows.get(d)) for v, d in table.pairs}
+                seen = {(v, d): alpha[(v, d)] * req.factor(d, windows.get(d), horizon) for v, d in table.pairs}
                 cells = [cell(_axis_u(table.points), u_of_alpha(seen[p])) for p in table.pairs]
                 gammas = table.gammas[0] if table is self.plan else table.gammas[nearest(table.shape, cells)]
                 prediction = req.request(

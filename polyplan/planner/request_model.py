@@ -42,8 +42,9 @@ class RequestModel:
     windows: dict[str, list[int]] = field(default_factory=dict)
     #: member name -> [[window, factor], ...]: windows a request may give that drafter (the start
     #: decides per prompt), each with what it keeps of the drafter's acceptance (alpha_W / alpha_full,
-    #: measured by the profiler on long prompts)
-    window_options: dict[str, list[list[float]]] = field(default_factory=dict)
+    #: measured by the profiler on long prompts); a third element, when the profile measured it,
+    #: [[first answer position, factor], ...] by answer position (the answer fills the window)
+    window_options: dict[str, list[list[Any]]] = field(default_factory=dict)
     window_sink: int = 4
     #: the target's fewest tokens per pass inside a chain (Candidate.min_pass)
     target_min_pass: int = 1
@@ -65,12 +66,17 @@ class RequestModel:
 
     def options(self, member: int) -> list[int | None]:
         """The windows a request may give member ``member`` (None: the whole sequence)."""
-        return [None, *(int(w) for w, _ in self.window_options.get(self.names[member], []))]
+        return [None, *(int(o[0]) for o in self.window_options.get(self.names[member], []))]
 
-    def factor(self, member: int, window: int | None) -> float:
-        for w, f in self.window_options.get(self.names[member], []):
-            if window is not None and int(w) == window:
-                return float(f)
+    def factor(self, member: int, window: int | None, horizon: float | None = None) -> float:
+        """What ``window`` keeps of member ``member``'s acceptance, averaged over the answer's first
+        ``horizon`` tokens where the profile measured it by position (else over its reference)."""
+        for option in self.window_options.get(self.names[member], []):
+            if window is not None and int(option[0]) == window:
+                by_position = option[2] if len(option) > 2 else []
+                if horizon is None or horizon <= 0 or not by_position:
+                    return float(option[1])
+                return mean_over_answer(by_position, horizon)
         return 1.0
 
     def prefill_s(self, member: int, prompt_tokens: float, chosen: int | None = None) -> float:
@@ -125,7 +131,7 @@ class RequestModel:
         latencies = self._latencies(members, context, horizon, chosen)
         if len(members) == 1:
             return float(latencies[0](1))
-        alphas = [min(alpha[(v, d)] * self.factor(d, chosen.get(d)), 1 - 1e-9) for v, d in pairwise(members)]
+        alphas = [min(alpha[(v, d)] * self.factor(d, chosen.get(d), horizon), 1 - 1e-9) for v, d in pairwise(members)]
         return float(predict_chain(alphas, list(gammas), latencies).time_per_token)
 
     def request(
@@ -172,7 +178,13 @@ class RequestModel:
             latency={k: LatencyCurve(**v) for k, v in d["latency"].items()},
             prefill={k: PrefillCurve(**v) for k, v in d.get("prefill", {}).items()},
             windows={k: [int(v[0]), int(v[1])] for k, v in d.get("windows", {}).items()},
-            window_options={k: [[int(o[0]), float(o[1])] for o in v] for k, v in d.get("window_options", {}).items()},
+            window_options={
+                k: [
+                    [int(o[0]), float(o[1]), *([[[int(a), float(b)] for a, b in o[2]]] if len(o) > 2 else [])]
+                    for o in v
+                ]
+                for k, v in d.get("window_options", {}).items()
+            },
             window_sink=int(d.get("window_sink", 4)),
             target_min_pass=int(d.get("target_min_pass", 1)),
             lengths=[int(x) for x in d.get("lengths", [])],
@@ -208,7 +220,8 @@ def request_model(
         for w in profile.window_sizes():
             f = profile.window_factor(n, w, mode)
             if f is not None:
-                options.setdefault(n, []).append([w, f])
+                by_position = profile.window_factor_by_position(n, w, mode)
+                options.setdefault(n, []).append([w, f, by_position] if by_position else [w, f])
     lengths = generation_lengths(traces)
     cap = profile.settings.get("max_new_tokens")
     if lengths and cap is not None:
@@ -225,6 +238,17 @@ def request_model(
         window_sink=int(profile.windows.get("sink", 4)),
         target_min_pass=profile.candidate(names[0]).min_pass,
     )
+
+
+def mean_over_answer(by_position: Sequence[Sequence[float]], horizon: float) -> float:
+    """The mean over answer positions [0, horizon) of a step function given as ``[[first position,
+    value], ...]`` (sorted; the last step reaches past the horizon, the first is read from 0)."""
+    total = 0.0
+    for i, (start, value) in enumerate(by_position):
+        lo = 0.0 if i == 0 else float(start)
+        hi = float(by_position[i + 1][0]) if i + 1 < len(by_position) else math.inf
+        total += float(value) * max(0.0, min(hi, horizon) - lo)
+    return total / horizon
 
 
 def describe_request(names: Sequence[str], members: Sequence[int], gammas: Sequence[int]) -> str:

@@ -247,18 +247,42 @@ def score_reference(
     )
 
 
-@dataclass
+#: answer-position buckets [edge_i, edge_i+1) a window's acceptance is also summed over: what a
+#: window loses shrinks as the answer fills it (benchmarks/results/window-position-smollm2-q8_0.md)
+WINDOW_POSITION_EDGES = (0, 32, 64, 128, 256)
+
+
 class WindowedAcceptance:
     """Sums over teacher-forced positions of long prompts, per drafter and window (None: the whole
-    prompt): greedy agreement and sampling overlap with the target, and the position count."""
+    prompt): greedy agreement and sampling overlap with the target, and the position count; the
+    same per answer-position bucket (key: the bucket's first position)."""
 
     sums: dict[str, dict[int | None, list[float]]]
+    by_position: dict[str, dict[int | None, dict[int, list[float]]]]
+
+    def __init__(self, sums: dict[str, dict[int | None, list[float]]] | None = None) -> None:
+        self.sums = {} if sums is None else sums
+        self.by_position = {}
 
     def add(self, name: str, window: int | None, greedy: float, sampling: float, positions: int) -> None:
         row = self.sums.setdefault(name, {}).setdefault(window, [0.0, 0.0, 0])
         row[0] += greedy
         row[1] += sampling
         row[2] += positions
+
+    def add_positions(self, name: str, window: int | None, greedy: torch.Tensor, sampling: torch.Tensor) -> None:
+        """Per-position agreement and overlap (1-D, answer position 0 first), summed by bucket and in all."""
+        n = int(greedy.shape[0])
+        self.add(name, window, float(greedy.sum()), float(sampling.sum()), n)
+        buckets = self.by_position.setdefault(name, {}).setdefault(window, {})
+        edges = [*WINDOW_POSITION_EDGES, None]
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            if lo >= n:
+                break
+            row = buckets.setdefault(lo, [0.0, 0.0, 0])
+            row[0] += float(greedy[lo:hi].sum())
+            row[1] += float(sampling[lo:hi].sum())
+            row[2] += int(greedy[lo:hi].shape[0])
 
 
 def score_windows(
@@ -290,10 +314,10 @@ def score_windows(
                 continue  # the window would not cut this prompt
             member = d if window is None else WindowedDrafter(d, window, sink)
             q = teacher_force(member, prompt_ids, reference, block)
-            greedy = float((q.argmax(-1).cpu() == p_argmax).float().sum())
+            greedy = (q.argmax(-1).cpu() == p_argmax).float()
             if p_probs is not None:
                 q_probs = processed_probs(q, temperature, top_k, top_p).to(p_probs.device)
-                sampling = float(torch.minimum(p_probs, q_probs).sum(-1).clamp(0.0, 1.0).sum())
+                sampling = torch.minimum(p_probs, q_probs).sum(-1).clamp(0.0, 1.0).cpu()
             else:
                 sampling = greedy
-            into.add(d.name, window, greedy, sampling, len(reference))
+            into.add_positions(d.name, window, greedy, sampling)

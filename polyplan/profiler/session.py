@@ -78,7 +78,9 @@ class ProfileSettings:
     #: long prompts for it: the user's prompt file's prompts longer than sink + window, else the
     #: built-in window set; each teacher-forces this many tokens of the target's answer
     window_prompts: int = 2
-    window_reference_tokens: int = 32
+    #: answer tokens the window measurement reads: a window's loss shrinks as the answer fills it, so
+    #: it is measured by position out to 128 (the request model reads it at a request's horizon)
+    window_reference_tokens: int = 128
     repeats: int = 5
     warmup: int = 1
     temperature: float = 1.0
@@ -606,8 +608,17 @@ def run_profile(
                 stopped_by_budget = True
                 break
             t0 = clock()
-            reference = greedy_reference(inputs.target_drafter, ids, settings.window_reference_tokens, inputs.eos_ids)
-            sums = WindowedAcceptance({})
+            # written by speculative decoding when a measured drafter pays (the same tokens)
+            helper, gamma = reference_helper(profiled, inputs.target, latency, traces, settings.contexts[0])
+            reference = greedy_reference(
+                inputs.target_drafter,
+                ids,
+                settings.window_reference_tokens,
+                inputs.eos_ids,
+                helper=helper,
+                gamma=gamma,
+            )
+            sums = WindowedAcceptance()
             if reference:
                 score_windows(
                     inputs.target_drafter,
@@ -632,6 +643,11 @@ def run_profile(
                     row["greedy_sum"] += g
                     row["sampling_sum"] += smp
                     row["positions"] += n
+                    # by answer position (key: a bucket's first position; WINDOW_POSITION_EDGES)
+                    buckets = row.setdefault("by_position", {})
+                    for lo, (bg, bs, bn) in sums.by_position.get(name, {}).get(window, {}).items():
+                        cell = buckets.setdefault(str(lo), [0.0, 0.0, 0])
+                        cell[0], cell[1], cell[2] = cell[0] + bg, cell[1] + bs, cell[2] + bn
             windows_doc["prompts"].append(prompt.id)
             # how long the prompts the factor was measured on are (a reader's context; nothing reads it)
             windows_doc.setdefault("prompt_tokens", []).append(len(ids))
