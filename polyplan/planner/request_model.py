@@ -178,13 +178,7 @@ class RequestModel:
             latency={k: LatencyCurve(**v) for k, v in d["latency"].items()},
             prefill={k: PrefillCurve(**v) for k, v in d.get("prefill", {}).items()},
             windows={k: [int(v[0]), int(v[1])] for k, v in d.get("windows", {}).items()},
-            window_options={
-                k: [
-                    [int(o[0]), float(o[1]), *([[[int(a), float(b)] for a, b in o[2]]] if len(o) > 2 else [])]
-                    for o in v
-                ]
-                for k, v in d.get("window_options", {}).items()
-            },
+            window_options={k: [_window_option(o) for o in v] for k, v in d.get("window_options", {}).items()},
             window_sink=int(d.get("window_sink", 4)),
             target_min_pass=int(d.get("target_min_pass", 1)),
             lengths=[int(x) for x in d.get("lengths", [])],
@@ -238,6 +232,12 @@ def request_model(
         window_sink=int(profile.windows.get("sink", 4)),
         target_min_pass=profile.candidate(names[0]).min_pass,
     )
+
+
+def _window_option(o: Sequence[Any]) -> list[Any]:
+    """``[window, factor]`` or ``[window, factor, [[first position, factor], ...]]`` as read from JSON."""
+    by_position = [[[int(a), float(b)] for a, b in o[2]]] if len(o) > 2 else []
+    return [int(o[0]), float(o[1]), *by_position]
 
 
 def mean_over_answer(by_position: Sequence[Sequence[float]], horizon: float) -> float:

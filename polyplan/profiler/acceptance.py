@@ -254,35 +254,24 @@ WINDOW_POSITION_EDGES = (0, 32, 64, 128, 256)
 
 class WindowedAcceptance:
     """Sums over teacher-forced positions of long prompts, per drafter and window (None: the whole
-    prompt): greedy agreement and sampling overlap with the target, and the position count; the
-    same per answer-position bucket (key: the bucket's first position)."""
+    prompt): greedy agreement and sampling overlap with the target, and the position count, in all
+    and per answer-position bucket (key: the bucket's first position)."""
 
-    sums: dict[str, dict[int | None, list[float]]]
-    by_position: dict[str, dict[int | None, dict[int, list[float]]]]
-
-    def __init__(self, sums: dict[str, dict[int | None, list[float]]] | None = None) -> None:
-        self.sums = {} if sums is None else sums
-        self.by_position = {}
-
-    def add(self, name: str, window: int | None, greedy: float, sampling: float, positions: int) -> None:
-        row = self.sums.setdefault(name, {}).setdefault(window, [0.0, 0.0, 0])
-        row[0] += greedy
-        row[1] += sampling
-        row[2] += positions
+    def __init__(self) -> None:
+        self.sums: dict[str, dict[int | None, list[float]]] = {}
+        self.by_position: dict[str, dict[int | None, dict[int, list[float]]]] = {}
 
     def add_positions(self, name: str, window: int | None, greedy: torch.Tensor, sampling: torch.Tensor) -> None:
         """Per-position agreement and overlap (1-D, answer position 0 first), summed by bucket and in all."""
-        n = int(greedy.shape[0])
-        self.add(name, window, float(greedy.sum()), float(sampling.sum()), n)
         buckets = self.by_position.setdefault(name, {}).setdefault(window, {})
+        total = self.sums.setdefault(name, {}).setdefault(window, [0.0, 0.0, 0])
         edges = [*WINDOW_POSITION_EDGES, None]
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-            if lo >= n:
+            if lo >= greedy.shape[0]:
                 break
-            row = buckets.setdefault(lo, [0.0, 0.0, 0])
-            row[0] += float(greedy[lo:hi].sum())
-            row[1] += float(sampling[lo:hi].sum())
-            row[2] += int(greedy[lo:hi].shape[0])
+            part = (float(greedy[lo:hi].sum()), float(sampling[lo:hi].sum()), int(greedy[lo:hi].shape[0]))
+            for row in (buckets.setdefault(lo, [0.0, 0.0, 0]), total):
+                row[0], row[1], row[2] = row[0] + part[0], row[1] + part[1], row[2] + part[2]
 
 
 def score_windows(

@@ -603,13 +603,13 @@ def run_profile(
         units_skipped += len(long_prompts) - len(todo_w)
         models = [d for d in profiled if not d.point_mass and d.name != inputs.target]
         progress.begin("windows", len(todo_w))
+        # references written by speculative decoding when a measured drafter pays (the same tokens)
+        helper, gamma = reference_helper(profiled, inputs.target, latency, traces, settings.contexts[0])
         for prompt, ids in todo_w:
             if over_budget("windows"):
                 stopped_by_budget = True
                 break
             t0 = clock()
-            # written by speculative decoding when a measured drafter pays (the same tokens)
-            helper, gamma = reference_helper(profiled, inputs.target, latency, traces, settings.contexts[0])
             reference = greedy_reference(
                 inputs.target_drafter,
                 ids,
