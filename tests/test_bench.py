@@ -381,7 +381,12 @@ def test_bench_smollm2_smoke(tmp_path):
         assert m["measured"]["time_per_token_s"] > 0
         if m["engine"] == "polyplan":
             assert m["predicted"]["iid"] > 0 and "replay" in m["predicted"]  # the profile has traces
-    assert (tmp_path / "bench.md").exists()
+    # the calibration timed the plan's members before the repeat; each request is priced both ways
+    speed = doc["settings"]["speed"]
+    assert speed["smollm2-135m"]["decode"] > 0 and speed["smollm2-135m"]["prefill"] > 0
+    errors = doc["requests"]["errors"]["autoregressive"]
+    assert errors["calibrated_median_error"] >= 0 and errors["median_error"] >= 0
+    assert "time now / as profiled" in (tmp_path / "bench.md").read_text()
 
 
 def _timed(name: str, by_repeat: list[float]) -> dict:

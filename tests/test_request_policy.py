@@ -294,3 +294,41 @@ def test_the_bench_splits_a_request_time_miss_into_prefills_and_decode(policy):
     assert first_pass > p.target_prefill_s
     assert row["predicted_prefill_s"] == pytest.approx(first_pass + p.drafter_prefill_s[0])
     assert row["predicted_prefill_s"] + row["predicted_decode_s"] == pytest.approx(p.request_s)
+
+
+def test_a_request_priced_at_the_speed_measured_now():
+    """Curves scaled by a calibration's factors: every member twice as slow doubles the request
+    exactly; a faster drafter alone leaves the target's prefill and the target alone's request as
+    they were. The bench reports the error of both prices."""
+    from polyplan.bench.predictions import request_predictions
+    from polyplan.bench.results import AUTOREGRESSIVE, RunRecord, request_error_text
+    from polyplan.profiler.calibrate import SpeedFactor
+
+    policy = make_policy(profile_with())
+    req, alpha = policy.requests, dict(policy.priors)
+    base = req.request((0, 1), (8,), alpha, 600, 64, {}, True)
+    slow = req.at_speed({n: {"decode": 2.0, "prefill": 2.0} for n in NAMES}).request(
+        (0, 1), (8,), alpha, 600, 64, {}, True
+    )
+    assert slow.request_s == pytest.approx(2 * base.request_s)
+    assert slow.autoregressive_request_s == pytest.approx(2 * base.autoregressive_request_s)
+    fast = req.at_speed({NAMES[1]: {"decode": 0.5, "prefill": 0.5}}).request((0, 1), (8,), alpha, 600, 64, {}, True)
+    assert fast.target_prefill_s == pytest.approx(base.target_prefill_s)
+    assert fast.drafter_prefill_s[0] == pytest.approx(base.drafter_prefill_s[0] / 2)
+    assert fast.autoregressive_request_s == pytest.approx(base.autoregressive_request_s)
+    assert fast.request_s < base.request_s
+    assert req.latency[NAMES[1]](1, 64) > 0 and req.at_speed({}).latency == req.latency  # the original kept
+
+    ids = list(range(100))
+    p = policy.start(alpha, len(ids), 64, exact_horizon=True).prediction
+    records = [
+        RunRecord("polyplan-plan", "a", 0, 64, 2 * p.request_s),
+        RunRecord(AUTOREGRESSIVE, "a", 0, 64, 2 * p.autoregressive_request_s),
+    ]
+    speed = {n: SpeedFactor(decode=2.0, prefill=2.0) for n in NAMES}
+    out = request_predictions(records, policy, [("a", ids)], 64, speed)
+    for method in ("polyplan-plan", AUTOREGRESSIVE):
+        e = out["errors"][method]
+        assert e["median_error"] == pytest.approx(0.5) and e["calibrated_median_error"] == pytest.approx(0.0, abs=1e-9)
+    assert out["runs"][0]["calibrated_predicted_s"] == pytest.approx(2 * p.request_s)
+    assert "at the speed measured now 0.0%" in request_error_text(out["errors"])

@@ -6,8 +6,12 @@ gives nearly uniform ones, too weak for distribution tests and their negative co
 
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+from polyplan.models.model_drafter import ModelDrafter
 
 
 def tiny_llama(
@@ -244,3 +248,15 @@ def tiny_gguf(model: LlamaForCausalLM, path, *, bos: int = 0, eos: int = 1):
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+class SlowCopy(ModelDrafter):
+    """A model drafter with a fixed sleep added to every pass: a member whose speed a test sets."""
+
+    def __init__(self, model, name: str, sleep_s: float) -> None:
+        super().__init__(model, name)
+        self.sleep_s = sleep_s
+
+    def score(self, new_ids, last=None):
+        time.sleep(self.sleep_s)
+        return super().score(new_ids, last)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,21 @@ from polyplan.errors import UserError
 
 
 def request_predictions(
-    records: list[RunRecord], policy: Any, prompts: Sequence[tuple[str, list[int]]], max_new_tokens: int
+    records: list[RunRecord],
+    policy: Any,
+    prompts: Sequence[tuple[str, list[int]]],
+    max_new_tokens: int,
+    speed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The adaptive plan's predicted request time (proofs/prefill.md, the setting its start picks)
     beside the measured one, per prompt, given the horizon each run actually had (the answer's
-    length is the workload's, not the model's to predict per prompt); and the target alone's."""
+    length is the workload's, not the model's to predict per prompt); and the target alone's.
+    ``speed``: per member, the machine's speed now against the profile's (profiler/calibrate.py):
+    the same settings are then also predicted on curves scaled by it (``calibrated_*``)."""
     if policy is None or getattr(policy, "requests", None) is None or not policy.requests.knows_prefill:
         return None
+    at_speed = policy.requests.at_speed({n: f.as_dict() for n, f in speed.items()}) if speed else None
+    calibrated: dict[str, list[float]] = {"polyplan-plan": [], AUTOREGRESSIVE: []}
     rows, errors = [], {"polyplan-plan": [], AUTOREGRESSIVE: []}
     parts = {m: {"prefill": [], "decode": []} for m in errors}
     for pid, ids in prompts:
@@ -52,6 +60,14 @@ def request_predictions(
                 "predicted_s": predicted,
                 "measured_s": measured,
             }
+            if at_speed is not None:
+                # the setting the run's start picked (on the profile's costs), priced at today's speed
+                members = (0,) if method == AUTOREGRESSIVE else first.decision.members
+                gammas = () if method == AUTOREGRESSIVE else first.decision.gammas
+                windows = {m: first.windows.get(m) for m in members[1:]}
+                now = at_speed.request(members, gammas, dict(policy.priors), len(ids), horizon, windows, True)
+                row["calibrated_predicted_s"] = now.request_s
+                calibrated[method].append(abs(now.request_s - measured) / measured)
             # Where a miss comes from: the prefills (latency model) or the decode (latency and the
             # acceptance this prompt had, which the profile's workload can only average).
             prefills = [_measured_prefill_s(r) for r in mine]
@@ -84,6 +100,11 @@ def request_predictions(
         if not e:
             continue
         summary[m] = {"median_error": statistics.median(e), "max_error": max(e)}
+        if calibrated[m]:
+            summary[m] |= {
+                "calibrated_median_error": statistics.median(calibrated[m]),
+                "calibrated_max_error": max(calibrated[m]),
+            }
         for part, pe in parts[m].items():
             if pe:
                 summary[m][f"{part}_median_error"] = statistics.median(pe)

@@ -84,8 +84,21 @@ def request_error_text(errors: dict[str, dict[str, float]]) -> str:
     for method, e in errors.items():
         text = f"{method} median error {e['median_error']:.1%}, max {e['max_error']:.1%}"
         split = [f"{part} {e[key]:.1%}" for part in ("prefill", "decode") if (key := f"{part}_median_error") in e]
-        out.append(text + (f" (median: {', '.join(split)})" if split else ""))
+        text += f" (median: {', '.join(split)})" if split else ""
+        if "calibrated_median_error" in e:
+            text += (
+                f", at the speed measured now {e['calibrated_median_error']:.1%} (max {e['calibrated_max_error']:.1%})"
+            )
+        out.append(text)
     return "; ".join(out)
+
+
+def speed_text(speed: dict[str, dict[str, float]] | None) -> str:
+    """The calibration's factors in one line (time now / as profiled, per member)."""
+    if not speed:
+        return ""
+    parts = [f"{n} decode {f['decode']:.2f}, prefill {f['prefill']:.2f}" for n, f in speed.items()]
+    return "time now / as profiled (calibration passes, median over repeats): " + "; ".join(parts)
 
 
 def summarize(specs: list[MethodSpec], records: list[RunRecord]) -> list[dict[str, Any]]:
@@ -400,6 +413,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
             "Request time predicted (proofs/prefill.md, at each run's horizon) vs measured: "
             + request_error_text(req["errors"]),
         ]
+        speed = speed_text(doc.get("settings", {}).get("speed"))
+        lines += [f"({speed})"] if speed else []
     r = doc.get("regret")
     if r:
         lines += [

@@ -46,6 +46,7 @@ from polyplan.documents.plan import Plan, file_sha256
 from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
 from polyplan.models.drafter import Drafter
+from polyplan.profiler.calibrate import measure_speed, median_factors
 
 Log = Callable[[str], None]
 
@@ -88,10 +89,12 @@ def run_interleaved(
     seed: int = 0,
     warmup: bool = True,
     log: Log | None = None,
+    before_repeat: Callable[[int], None] | None = None,
 ) -> tuple[list[RunRecord], dict[tuple[str, str], float]]:
     """Run every method on every prompt, interleaved, ``repeats`` times. Returns the run records
     and the median prefill time of each (prompt, member). Ctrl-C raises :class:`BenchInterrupted`
-    with every (repeat, prompt) whose methods all ran (a half-run prompt would unpair the ratios)."""
+    with every (repeat, prompt) whose methods all ran (a half-run prompt would unpair the ratios).
+    ``before_repeat(rep)`` runs before each repeat's first prompt (the speed calibration)."""
     log = log or (lambda msg: None)
     if warmup and prompts:
         for m in methods:  # first-call costs (allocations, lazy init) stay out of the figures
@@ -100,6 +103,8 @@ def run_interleaved(
     records: list[RunRecord] = []
     try:
         for rep in range(repeats):
+            if before_repeat is not None:
+                before_repeat(rep)
             for pid, prompt in prompts:
                 group: list[RunRecord] = []
                 timed_prefill = {}
@@ -268,6 +273,15 @@ def run_bench(
     prediction_note = attach_predictions(methods, plan, profile, profile_path, context, max_new_tokens)
 
     log(f"{len(methods)} methods x {len(encoded_prompts)} prompts x {repeats} repeats")
+    calibrations: list[dict[str, Any]] = []
+    calibrate = None
+    if policy is not None and policy.requests is not None:
+        req = policy.requests
+
+        def calibrate(rep: int) -> None:
+            members = [loaded[n] for n in req.names if n in loaded]
+            calibrations.append(measure_speed(members, req.latency, req.prefill, plan.target, seed=seed + rep))
+
     stopped = None
     try:
         records, prefill = run_interleaved(
@@ -278,6 +292,7 @@ def run_bench(
             max_new_tokens=max_new_tokens,
             seed=seed,
             log=log,
+            before_repeat=calibrate,
         )
     except BenchInterrupted as stop:
         records, prefill = stop.records, stop.prefill
@@ -300,6 +315,7 @@ def run_bench(
         for k in ("time_per_token_s", "tokens_per_s", "speedup", "time_per_token_by_repeat_s"):
             e2e["measured"][k] = dec["measured"].get(k)
         e2e["error"], e2e["error_speedup"] = dec["error"], dec["error_speedup"]
+    speed = median_factors(calibrations) if calibrations else None
     chosen = "polyplan-plan" if any(m.spec.name == "polyplan-plan" for m in methods) else "polyplan-two-level"
     from polyplan.profiler.machine import machine_facts
 
@@ -327,6 +343,7 @@ def run_bench(
             "seed": seed,
             "grid": grid,
             "prediction": prediction_note,
+            "speed": None if speed is None else {n: f.as_dict() for n, f in speed.items()},
             "timing": "decode-only (each member's prefill pass timed separately and subtracted); "
             "end-to-end figures under end_to_end_*",
         },
@@ -336,7 +353,7 @@ def run_bench(
         "methods": end_to_end,
         "by_category": by_category(specs, decoded, {p.id: p.category for p in selected}),
         "by_prompt_length": by_prompt_length(specs, records, decoded, {pid: len(ids) for pid, ids in encoded_prompts}),
-        "requests": request_predictions(records, policy, encoded_prompts, max_new_tokens),
+        "requests": request_predictions(records, policy, encoded_prompts, max_new_tokens, speed),
         "regret": regret(end_to_end, chosen) if grid else None,
         "skipped": skipped,
         "prefill_s": {f"{p}/{n}": v for (p, n), v in prefill.items()},

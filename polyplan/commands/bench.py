@@ -166,7 +166,7 @@ def print_table(doc: dict) -> None:
             f(me.get("matches_autoregressive"), ".2f"),
         )
     Console().print(table)
-    from polyplan.bench.results import category_rows, length_rows, request_error_text
+    from polyplan.bench.results import category_rows, length_rows, request_error_text, speed_text
 
     _print_rows(
         "per prompt length: end to end speedup / worst prompt / decode speedup", "prompt tokens", *length_rows(doc)
@@ -174,6 +174,9 @@ def print_table(doc: dict) -> None:
     req = doc.get("requests")
     if req and req.get("errors"):
         Console().print("request time predicted vs measured: " + request_error_text(req["errors"]))
+        speed = speed_text(doc.get("settings", {}).get("speed"))
+        if speed:
+            Console().print(speed)
     workload = (doc.get("workload") or {}).get("name", "?")
     _print_rows(f"per category ({workload}): speedup (tok/s)", "category", *category_rows(doc))
     r = doc.get("regret")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
@@ -154,6 +154,22 @@ class RequestModel:
         t_ar = self.time_per_token((0,), (), alpha, context, horizon)
         drafters = [self.prefill_s(m, prompt_tokens, chosen.get(m)) for m in members[1:]]
         return predict_request(self.prefill_s(0, prompt_tokens), drafters, horizon, t_s, t_ar, prompt_tokens)
+
+    def at_speed(self, factors: Mapping[str, Mapping[str, float]]) -> RequestModel:
+        """This model with each member's latency and prefill curves times its measured speed
+        factors (``{"decode": f, "prefill": g}``, measured now / profiled: profiler/calibrate.py);
+        members without factors keep their curves."""
+        latency = dict(self.latency)
+        prefill = dict(self.prefill)
+        for name, f in factors.items():
+            if name in latency:
+                c = latency[name]
+                rows = [[t * f["decode"] for t in row] for row in c.median_s]
+                latency[name] = replace(c, median_s=rows)
+            if name in prefill:
+                p = prefill[name]
+                prefill[name] = replace(p, median_s=[t * f["prefill"] for t in p.median_s])
+        return replace(self, latency=latency, prefill=prefill)
 
     # ---- (de)serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,83 @@
+"""The machine's speed now against a profile's: a few timed passes per member at points the
+profile measured, as factors on its latency and prefill curves.
+
+A profile is a fact about one machine at one time, and this project's CPUs drift: the same VM ran
+the same passes 1.5x slower or faster within hours (docs/results.md). A prediction made from the
+profile's absolute seconds then misses by the drift, not by anything the theory got wrong. These
+factors let a bench say both: the error as profiled, and the error at the speed measured now."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+from polyplan.documents.profile import LatencyCurve, PrefillCurve
+from polyplan.models.drafter import Drafter
+from polyplan.profiler.latency import measure_context, measure_prefill
+
+#: the new-token counts timed per member: a decoding pass and a verification-sized one
+CALIBRATION_NEW_TOKENS = (1, 8)
+
+
+@dataclass(frozen=True)
+class SpeedFactor:
+    """Measured now / the profile's, for one member (1.0: as profiled; 0.8: 20% faster now)."""
+
+    decode: float
+    prefill: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def measure_speed(
+    drafters: Sequence[Drafter],
+    latency: Mapping[str, LatencyCurve],
+    prefill: Mapping[str, PrefillCurve],
+    target: str,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, SpeedFactor]:
+    """Factors for every model member with curves: T(n) at the profile's first context for n in
+    CALIBRATION_NEW_TOKENS (``repeats`` interleaved passes after one warm-up, the target in its
+    verification numerics beyond one token, as profiled) and ``repeats`` prefills at the shortest
+    prefill context, each median divided by the profile's own value there."""
+    models = [d for d in drafters if not d.point_mass and d.name in latency]
+    if not models:
+        return {}
+    context = min(latency[d.name].context[0] for d in models)
+    rows = measure_context(models, context, CALIBRATION_NEW_TOKENS, repeats, warmup=1, seed=seed, target=target)
+    with_prefill = [d for d in models if d.name in prefill]
+    lengths = {d.name: prefill[d.name].context[0] for d in with_prefill}
+    prefill_samples: dict[str, list[float]] = {}
+    for length in sorted(set(lengths.values())):
+        group = [d for d in with_prefill if lengths[d.name] == length]
+        prefill_samples |= measure_prefill(group, length, repeats=repeats, seed=seed)
+    factors = {}
+    for d in models:
+        curve = latency[d.name]
+        decode = statistics.median(
+            measured / curve(n, context)
+            for n, measured in zip(CALIBRATION_NEW_TOKENS, rows[d.name].median_s, strict=True)
+            if curve(n, context) > 0
+        )
+        samples = prefill_samples.get(d.name)
+        profiled = prefill[d.name](lengths[d.name]) if samples else 0.0
+        factors[d.name] = SpeedFactor(
+            decode=float(decode),
+            prefill=float(statistics.median(samples) / profiled) if samples and profiled > 0 else float(decode),
+        )
+    return factors
+
+
+def median_factors(runs: Sequence[Mapping[str, SpeedFactor]]) -> dict[str, SpeedFactor]:
+    """Per member, the median of several calibrations' factors (one per bench repeat)."""
+    names = sorted({n for r in runs for n in r})
+    return {
+        n: SpeedFactor(
+            decode=statistics.median(r[n].decode for r in runs if n in r),
+            prefill=statistics.median(r[n].prefill for r in runs if n in r),
+        )
+        for n in names
+    }
