@@ -31,7 +31,7 @@ from polyplan.profiler import (
     sidecar_path,
 )
 
-from tiny_models import tiny_llama
+from tiny_models import SlowCopy, tiny_llama
 
 VOCAB = 64
 
@@ -344,8 +344,8 @@ def test_long_latency_contexts_take_fewer_timed_passes(models, tmp_path):
     settings = {**SMALL, "contexts": [0, 480], "repeats": 8, "prefill_contexts": []}
     counter = Counter()
     run_profile(make_inputs(models), tmp_path / "l.json", ProfileSettings(**settings), progress=counter)
-    # 3 models x 2 pass sizes: 8 timed passes each at 0 cached tokens, 2560 // 480 = 5 at 480
-    assert counter.counts["latency"] == 3 * 2 * (8 + 5)
+    # 3 models x 2 pass sizes: 8 timed passes each at 0 cached tokens, 1536 // 480 = 3 at 480
+    assert counter.counts["latency"] == 3 * 2 * (8 + 3)
 
 
 def test_warm_up_passes_run_at_the_first_latency_context_only(models, tmp_path, monkeypatch):
@@ -362,18 +362,6 @@ def test_warm_up_passes_run_at_the_first_latency_context_only(models, tmp_path, 
     settings = {**SMALL, "contexts": [0, 16, 32], "warmup": 2, "prefill_contexts": []}
     run_profile(make_inputs(models), tmp_path / "w.json", ProfileSettings(**settings))
     assert warmups == [(0, 2), (16, 0), (32, 0)]
-
-
-class SlowCopy(ModelDrafter):
-    """The target's model with a fixed sleep added to every pass."""
-
-    def __init__(self, model, name: str, sleep_s: float) -> None:
-        super().__init__(model, name)
-        self.sleep_s = sleep_s
-
-    def score(self, new_ids, last=None):
-        time.sleep(self.sleep_s)
-        return super().score(new_ids, last)
 
 
 def test_a_member_slower_than_the_target_at_every_pass_size_is_screened(models, tmp_path):
@@ -652,3 +640,22 @@ def test_windowed_acceptance_is_measured_on_prompts_the_window_cuts(models, tmp_
     # resuming measures nothing again
     again = run_profile(inputs, out, settings)
     assert again.units_done == 0 and again.profile.windows == prof.windows
+
+
+def test_windows_are_measured_for_the_drafters_ranked_fastest(models, tmp_path):
+    """--window-drafters 1: only the drafter the two-level theorem ranks first (the target's own
+    copy, acceptance 1, against a model of other random weights) pays the windows phase."""
+    from polyplan.profiler.session import _Traces, two_level_ranking
+
+    inputs = make_inputs(models)
+    inputs.encode = lambda text: [b % VOCAB for b in text.encode()[:120]]
+    settings = {**SMALL, "windows": [16], "window_prompts": 1, "window_reference_tokens": 16}
+    prof = run_profile(inputs, tmp_path / "w1.json", ProfileSettings(**settings, window_drafters=1)).profile
+    assert set(prof.windows["by_drafter"]) == {"copy"}
+    assert prof.settings["window_drafters"] == 1
+    traces = _Traces()
+    traces.greedy = {("target", "copy"): [np.ones(8)], ("target", "other"): [np.zeros(8)]}
+    ranked = two_level_ranking(inputs.drafters, "target", prof.latency, traces, 0)
+    assert [d.name for _, d, _ in ranked] == ["copy", "other"]
+    with pytest.raises(UserError, match="--window-drafters"):
+        ProfileSettings(**SMALL, window_drafters=-1).validate()

@@ -151,6 +151,12 @@ def register(root: typer.Typer) -> None:
             "--window-prompts",
             help="Long prompts for it: your --prompts-file's longer than the window, else built-in ones.",
         ),
+        window_drafters: int = typer.Option(
+            2,
+            "--window-drafters",
+            help="Drafters it measures: those ranked fastest under the target by the acceptance measured "
+            "(0: every model drafter).",
+        ),
         repeats: int = typer.Option(5, "--repeats", help="Timed passes per grid point (median and IQR)."),
         warmup: int = typer.Option(1, "--warmup", help="Untimed passes per pass size first, at the first context."),
         temperature: float = typer.Option(1.0, "--temperature", help="Sampling acceptance temperature (0: greedy)."),
@@ -223,6 +229,7 @@ def register(root: typer.Typer) -> None:
             prefill_repeats=prefill_repeats,
             windows=_int_list(windows, "--windows") if windows.strip() else [],
             window_prompts=window_prompts,
+            window_drafters=window_drafters,
             repeats=repeats,
             warmup=warmup,
             temperature=temperature,

@@ -81,6 +81,9 @@ class ProfileSettings:
     #: answer tokens the window measurement reads: a window's loss shrinks as the answer fills it, so
     #: it is measured by position out to 128 (the request model reads it at a request's horizon)
     window_reference_tokens: int = 128
+    #: drafters it measures: those the two-level theorem ranks fastest on the acceptance phase's
+    #: figures (two_level_ranking; a plan's drafters come from the top), 0: every model drafter
+    window_drafters: int = 2
     repeats: int = 5
     warmup: int = 1
     temperature: float = 1.0
@@ -114,8 +117,8 @@ class ProfileSettings:
             raise UserError("--prefill-contexts must be >= 1 token and --prefill-repeats >= 1")
         if any(w <= self.window_sink for w in self.windows) or self.window_sink < 0:
             raise UserError("--windows must be larger than the sink (4 tokens) and the sink >= 0")
-        if self.window_prompts < 0 or self.window_reference_tokens < 1:
-            raise UserError("--window-prompts must be >= 0 and the window reference >= 1 token")
+        if self.window_prompts < 0 or self.window_reference_tokens < 1 or self.window_drafters < 0:
+            raise UserError("--window-prompts and --window-drafters must be >= 0 and the window reference >= 1 token")
         if self.repeats < 1 or self.warmup < 0:
             raise UserError("--repeats must be >= 1 and --warmup >= 0")
         SamplingParams(self.temperature, self.top_k, self.top_p)  # one clear error for bad values
@@ -433,9 +436,9 @@ def run_profile(
         ]
 
     def latency_repeats_at(c: int) -> int:
-        # a pass over a long context costs more and varies less: about 2560 cached tokens per
-        # timed pass, at least two (at 2048: two of the five)
-        return max(min(2, settings.repeats), min(settings.repeats, 2560 // max(c, 1)))
+        # a pass over a long context costs more and varies less: about 1536 cached tokens per
+        # timed pass, at least two (at 512: three of the five, at 2048: two)
+        return max(min(2, settings.repeats), min(settings.repeats, 1536 // max(c, 1)))
 
     def prefill_repeats_at(c: int) -> int:
         # a long prefill takes seconds, so its timing noise is relatively small: about 1024 prompt
@@ -601,7 +604,12 @@ def run_profile(
         done_w = set(windows_doc.setdefault("prompts", []))
         todo_w = [(p, ids) for p, ids in long_prompts if p.id not in done_w]
         units_skipped += len(long_prompts) - len(todo_w)
+        ranked = two_level_ranking(profiled, inputs.target, latency, traces, settings.contexts[0])
         models = [d for d in profiled if not d.point_mass and d.name != inputs.target]
+        if settings.window_drafters:
+            ranking = [d.name for _, d, _ in ranked]
+            models.sort(key=lambda d: ranking.index(d.name) if d.name in ranking else len(ranking))
+            models = models[: settings.window_drafters]
         progress.begin("windows", len(todo_w))
         # references written by speculative decoding when a measured drafter pays (the same tokens)
         helper, gamma = reference_helper(profiled, inputs.target, latency, traces, settings.contexts[0])
@@ -669,6 +677,30 @@ def run_profile(
     )
 
 
+def two_level_ranking(
+    drafters: list[Drafter], target: str, latency: dict[str, LatencyCurve], traces: _Traces, context: int
+) -> list[tuple[float, Drafter, int]]:
+    """Every model drafter with measured latency and greedy acceptance, as (predicted seconds per
+    token under the target at its best gamma <= 16, drafter, gamma), fastest first."""
+    from polyplan.theory.acceptance import mean_acceptance_length
+
+    alone = latency.get(target)
+    if alone is None:
+        return []
+    ranked: list[tuple[float, Drafter, int]] = []
+    for d in drafters:
+        parts = traces.greedy.get((target, d.name))
+        if d.point_mass or d.name == target or not parts or d.name not in latency:
+            continue
+        rate = min(float(np.concatenate(parts).mean()), 0.99)
+        step = latency[d.name](1, context)
+        per_token, gamma = min(
+            ((g * step + alone(g + 1, context)) / mean_acceptance_length(rate, g), g) for g in range(1, 17)
+        )
+        ranked.append((per_token, d, gamma))
+    return sorted(ranked, key=lambda r: r[0])
+
+
 def reference_helper(
     drafters: list[Drafter], target: str, latency: dict[str, LatencyCurve], traces: _Traces, context: int
 ) -> tuple[Drafter | None, int]:
@@ -676,25 +708,10 @@ def reference_helper(
     speculative decoding, judged from the latency and greedy acceptance measured so far; (None, 1)
     while nothing is measured or nothing beats the target decoding alone by 20%. Which helper
     writes a reference changes its cost, not its tokens (greedy chains are lossless)."""
-    from polyplan.theory.acceptance import mean_acceptance_length
-
-    alone = latency.get(target)
-    if alone is None:
+    ranked = two_level_ranking(drafters, target, latency, traces, context)
+    if not ranked or ranked[0][0] >= 0.8 * latency[target](1, context):
         return None, 1
-    t_alone = alone(1, context)
-    best: tuple[float, Drafter | None, int] = (0.8 * t_alone, None, 1)
-    for d in drafters:
-        parts = traces.greedy.get((target, d.name))
-        if d.point_mass or d.name == target or not parts or d.name not in latency:
-            continue
-        rate = min(float(np.concatenate(parts).mean()), 0.99)
-        for gamma in range(1, 17):
-            per_token = (gamma * latency[d.name](1, context) + alone(gamma + 1, context)) / mean_acceptance_length(
-                rate, gamma
-            )
-            if per_token < best[0]:
-                best = (per_token, d, gamma)
-    return best[1], best[2]
+    return ranked[0][1], ranked[0][2]
 
 
 def _window_prompts(
