@@ -54,12 +54,14 @@ WINDOW_RANGE = (8.0, 256.0)
 #: stay with the plan's (or the current) members unless another setting is predicted this much faster
 DEFAULT_MARGIN = 0.02
 #: a request prefills drafters only when they are predicted at least this much faster than the target
-#: alone over the whole request (the request-time prediction's error on this project's CPUs)
-START_SAFETY = 0.05
+#: alone over the whole request: the decision compares two predictions, each off by 5-7% median on
+#: this project's CPU (bench, long prompts, 2026-12-03), and a prompt predicted 10% faster
+#: (1111 tokens, 64 new) ran 0.93-1.02x of the target alone
+START_SAFETY = 0.10
 #: ... and at least this much when a drafter reads a window: what a window keeps of the acceptance
 #: is measured on a few prompts and varies with the text (the window-256 Q8_0 drafter: 0.70 of its
 #: acceptance on the profile's two long prompts, 0.31 of the target's tokens on a long summary)
-WINDOWED_START_SAFETY = 0.10
+WINDOWED_START_SAFETY = 0.15
 #: the most the i.i.d. model's doubt about the (replay-chosen) plan at the priors may widen rule 1
 PLAN_OFFSET_CAP = 1.25
 #: grid cells per subset table (the axis is the finest whose grid fits; 17 points at most)
