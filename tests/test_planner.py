@@ -430,3 +430,29 @@ def test_each_generation_pays_its_drafters_prefill_once():
     # the steady state (an unbounded generation) amortizes any prefill to nothing
     steady = IidPredictor(prof, horizon=None, prompt_length=256)
     assert steady.drafter_prefill(("target", "a")) == 0.0
+
+
+def test_optimize_says_when_the_profiles_traces_are_missing(tmp_path):
+    """A profile copied without its sidecar is planned with the i.i.d. model, and the command says so."""
+    import shutil
+    from pathlib import Path
+
+    profile = Path(__file__).resolve().parents[1] / "profiles" / "smollm2-cpu.json"
+    shutil.copy(profile, tmp_path / "copied.json")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "polyplan.cli",
+            "optimize",
+            str(tmp_path / "copied.json"),
+            "-o",
+            str(tmp_path / "p.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "traces sidecar named by the profile is missing: planned with the i.i.d. predictor" in r.stdout
+    assert json.loads((tmp_path / "p.json").read_text())["settings"]["predictor"] == "iid"
