@@ -447,6 +447,40 @@ def test_worst_prompt_and_prompt_length_buckets_pair_each_prompt_with_the_target
     assert length_bucket(5000) == ">= 2048"
 
 
+def test_prompts_the_start_sent_to_the_target_alone_are_told_apart_from_speculation():
+    """A prompt the plan ran with no drafter pass in any repeat is the same work as autoregressive
+    decoding: the bench reports the spread of its ratios and the worst prompt where it speculated."""
+    from polyplan.bench.results import MethodSpec, RunRecord, alone_lines, summarize
+
+    ar = MethodSpec("autoregressive", "ar", "transformers", ["t"], [])
+    plan = MethodSpec("polyplan-plan", "plan", "polyplan", ["t", "d"], [4])
+    used = [{"name": "t", "passes": 3}, {"name": "d", "passes": 12}]
+    alone = [{"name": "t", "passes": 10}, {"name": "d", "passes": 0}]
+    runs = []
+    for rep, (ar_long, plan_long) in enumerate([(5.0, 5.5), (5.0, 4.8)]):
+        runs += [
+            RunRecord("autoregressive", "s", rep, 10, 2.0),
+            RunRecord("polyplan-plan", "s", rep, 10, 1.25 if rep else 1.0, levels=used),
+            RunRecord("autoregressive", "l", rep, 10, ar_long),
+            RunRecord("polyplan-plan", "l", rep, 10, plan_long, levels=alone),
+        ]
+    _, m = summarize([ar, plan], runs)
+    me = m["measured"]
+    assert me["worst_prompt"] == "l" and me["target_alone_prompts"] == ["l"]
+    assert me["target_alone_ratio_range"] == pytest.approx([5.0 / 5.5, 5.0 / 4.8])
+    assert me["worst_prompt_speculating"] == "s"
+    assert me["worst_prompt_speculating_end_to_end_speedup"] == pytest.approx((2.0 + 1.6) / 2)
+    doc = {"methods": [{"name": "polyplan-plan", "measured": me}]}
+    assert alone_lines(doc) == [
+        "polyplan-plan: 1 prompt(s) ran the target alone, their repeats 0.91-1.04x of autoregressive for the "
+        "same work; worst prompt where it speculated 1.80x (s)"
+    ]
+    # a prompt drafted in one repeat of two is a prompt where it speculated
+    runs[-1] = RunRecord("polyplan-plan", "l", 1, 10, 4.8, levels=used)
+    _, m = summarize([ar, plan], runs)
+    assert "target_alone_prompts" not in m["measured"]
+
+
 def test_decode_only_time_subtracts_the_prefill_the_executor_timed():
     from polyplan.bench.results import MethodSpec, RunRecord
     from polyplan.bench.runner import BenchMethod, decode_records

@@ -93,6 +93,26 @@ def request_error_text(errors: dict[str, dict[str, float]]) -> str:
     return "; ".join(out)
 
 
+def alone_lines(doc: dict[str, Any]) -> list[str]:
+    """One line per method whose start sent some prompts to the target alone."""
+    out = []
+    for m in doc.get("methods", []):
+        me = m.get("measured", {})
+        alone = me.get("target_alone_prompts")
+        if not alone:
+            continue
+        lo, hi = me.get("target_alone_ratio_range") or (None, None)
+        spread = f", their repeats {lo:.2f}-{hi:.2f}x of autoregressive for the same work" if lo is not None else ""
+        worst = me.get("worst_prompt_speculating_end_to_end_speedup")
+        where = (
+            f"; worst prompt where it speculated {worst:.2f}x ({me.get('worst_prompt_speculating')})"
+            if worst is not None
+            else ""
+        )
+        out.append(f"{m['name']}: {len(alone)} prompt(s) ran the target alone{spread}{where}")
+    return out
+
+
 def speed_text(speed: dict[str, dict[str, float]] | None) -> str:
     """The calibration's factors in one line (time now / as profiled, per member)."""
     if not speed:
@@ -140,6 +160,7 @@ def summarize(specs: list[MethodSpec], records: list[RunRecord]) -> list[dict[st
                     ratios.append(a / b)
             measured["speedup"] = statistics.median(ratios) if ratios else None
             measured["worst_prompt_speedup"], measured["worst_prompt"] = worst_prompt_speedup(records, spec.name)
+            measured.update(alone_and_speculating(records, spec.name))
         mine = [r for r in records if r.method == spec.name]
         measured["new_tokens"] = sum(r.new_tokens for r in mine)
         measured.update(_level_stats(mine))
@@ -232,22 +253,58 @@ def by_prompt_length(
     return out
 
 
-def worst_prompt_speedup(records: list[RunRecord], method: str) -> tuple[float | None, str | None]:
-    """The lowest per-prompt speedup over autoregressive decoding (median over repeats of the
-    paired ratio of request times) and which prompt it was."""
-    worst: tuple[float | None, str | None] = (None, None)
+def prompt_ratios(records: list[RunRecord], method: str) -> dict[str, list[float]]:
+    """Per prompt, the paired ratios autoregressive / ``method`` request time, one per repeat."""
     by: dict[tuple[str, str, int], float] = {(r.method, r.prompt, r.repeat): r.seconds for r in records}
-    for pid in dict.fromkeys(r.prompt for r in records):
-        ratios = [
-            by[(AUTOREGRESSIVE, pid, rep)] / by[(method, pid, rep)]
-            for (m, p, rep) in by
-            if m == method and p == pid and (AUTOREGRESSIVE, pid, rep) in by and by[(method, pid, rep)] > 0
-        ]
-        if ratios:
-            r = statistics.median(ratios)
-            if worst[0] is None or r < worst[0]:
-                worst = (r, pid)
+    out: dict[str, list[float]] = {}
+    for (m, pid, rep), seconds in by.items():
+        if m == method and (AUTOREGRESSIVE, pid, rep) in by and seconds > 0:
+            out.setdefault(pid, []).append(by[(AUTOREGRESSIVE, pid, rep)] / seconds)
+    return out
+
+
+def worst_prompt_speedup(
+    records: list[RunRecord], method: str, prompts: set[str] | None = None
+) -> tuple[float | None, str | None]:
+    """The lowest per-prompt speedup over autoregressive decoding (median over repeats of the
+    paired ratio of request times) and which prompt it was; ``prompts``: among those only."""
+    worst: tuple[float | None, str | None] = (None, None)
+    for pid, ratios in prompt_ratios(records, method).items():
+        if prompts is not None and pid not in prompts:
+            continue
+        r = statistics.median(ratios)
+        if worst[0] is None or r < worst[0]:
+            worst = (r, pid)
     return worst
+
+
+def target_alone_prompts(records: list[RunRecord], method: str) -> set[str]:
+    """The prompts a polyplan method ran with its target alone in every repeat (no drafter pass:
+    the start's choice), whose ratio to autoregressive decoding is the same work timed twice."""
+    used: dict[str, bool] = {}
+    for r in records:
+        if r.method == method and r.levels:
+            drafted = any(lv.get("passes", 0) > 0 for lv in r.levels[1:])
+            used[r.prompt] = used.get(r.prompt, False) or drafted
+    return {pid for pid, drafted in used.items() if not drafted}
+
+
+def alone_and_speculating(records: list[RunRecord], method: str) -> dict[str, Any]:
+    """What separates the start's choices from the machine's noise in a per-prompt worst case: the
+    prompts run by the target alone with the spread of their per-repeat ratios, and the worst
+    prompt among those where the method speculated."""
+    alone = target_alone_prompts(records, method)
+    if not alone:
+        return {}
+    ratios = [x for pid, rs in prompt_ratios(records, method).items() if pid in alone for x in rs]
+    speculated = {r.prompt for r in records if r.method == method} - alone
+    worst, pid = worst_prompt_speedup(records, method, speculated)
+    return {
+        "target_alone_prompts": sorted(alone),
+        "target_alone_ratio_range": [min(ratios), max(ratios)] if ratios else None,
+        "worst_prompt_speculating_end_to_end_speedup": worst,
+        "worst_prompt_speculating": pid,
+    }
 
 
 def _speedup_errors(methods: list[dict[str, Any]]) -> None:
@@ -415,6 +472,9 @@ def markdown_table(doc: dict[str, Any]) -> str:
         ]
         speed = speed_text(doc.get("settings", {}).get("speed"))
         lines += [f"({speed})"] if speed else []
+    alone = alone_lines(doc)
+    if alone:
+        lines += ["", *(f"- {line}" for line in alone)]
     r = doc.get("regret")
     if r:
         lines += [

@@ -166,8 +166,10 @@ def print_table(doc: dict) -> None:
             f(me.get("matches_autoregressive"), ".2f"),
         )
     Console().print(table)
-    from polyplan.bench.results import category_rows, length_rows, request_error_text, speed_text
+    from polyplan.bench.results import alone_lines, category_rows, length_rows, request_error_text, speed_text
 
+    for line in alone_lines(doc):
+        Console().print(line, highlight=False)
     _print_rows(
         "per prompt length: end to end speedup / worst prompt / decode speedup", "prompt tokens", *length_rows(doc)
     )
