@@ -475,6 +475,10 @@ def test_prompts_the_start_sent_to_the_target_alone_are_told_apart_from_speculat
         "polyplan-plan: 1 prompt(s) ran the target alone, their repeats 0.91-1.04x of autoregressive for the "
         "same work; worst prompt where it speculated 1.80x (s)"
     ]
+    # a one-member chain (the target's verification numerics) has no start: nothing to tell apart
+    one = [RunRecord("reference", r.prompt, r.repeat, 10, r.seconds, levels=r.levels[:1]) for r in runs if r.levels]
+    _, m = summarize([ar, MethodSpec("reference", "ref", "polyplan", ["t"], [])], runs[::2] + one)
+    assert "target_alone_prompts" not in m["measured"]
     # a prompt drafted in one repeat of two is a prompt where it speculated
     runs[-1] = RunRecord("polyplan-plan", "l", 1, 10, 4.8, levels=used)
     _, m = summarize([ar, plan], runs)

@@ -283,7 +283,7 @@ def target_alone_prompts(records: list[RunRecord], method: str) -> set[str]:
     the start's choice), whose ratio to autoregressive decoding is the same work timed twice."""
     used: dict[str, bool] = {}
     for r in records:
-        if r.method == method and r.levels:
+        if r.method == method and r.levels and len(r.levels) > 1:  # a one-member chain has no start to choose
             drafted = any(lv.get("passes", 0) > 0 for lv in r.levels[1:])
             used[r.prompt] = used.get(r.prompt, False) or drafted
     return {pid for pid, drafted in used.items() if not drafted}
