@@ -381,12 +381,16 @@ def test_bench_smollm2_smoke(tmp_path):
         assert m["measured"]["time_per_token_s"] > 0
         if m["engine"] == "polyplan":
             assert m["predicted"]["iid"] > 0 and "replay" in m["predicted"]  # the profile has traces
-    # the calibration timed the plan's members before the repeat; each request is priced both ways
+    # a plan with a drafter (which one wins here is this CPU's timing): the calibration timed its members
+    # before the repeat and each request is priced both ways; the target alone has no start to price
     speed = doc["settings"]["speed"]
-    assert speed["smollm2-135m"]["decode"] > 0 and speed["smollm2-135m"]["prefill"] > 0
-    errors = doc["requests"]["errors"]["autoregressive"]
-    assert errors["calibrated_median_error"] >= 0 and errors["median_error"] >= 0
-    assert "time now / as profiled" in (tmp_path / "bench.md").read_text()
+    if len(doc["plan"]["chain"]) > 1:
+        assert speed["smollm2-135m"]["decode"] > 0 and speed["smollm2-135m"]["prefill"] > 0
+        errors = doc["requests"]["errors"]["autoregressive"]
+        assert errors["calibrated_median_error"] >= 0 and errors["median_error"] >= 0
+        assert "time now / as profiled" in (tmp_path / "bench.md").read_text()
+    else:
+        assert speed is None and doc["requests"] is None
 
 
 def _timed(name: str, by_repeat: list[float]) -> dict:
