@@ -268,11 +268,15 @@ def worst_prompt_speedup(
 ) -> tuple[float | None, str | None]:
     """The lowest per-prompt speedup over autoregressive decoding (median over repeats of the
     paired ratio of request times) and which prompt it was; ``prompts``: among those only."""
+    return _worst(prompt_ratios(records, method), prompts)
+
+
+def _worst(ratios: dict[str, list[float]], prompts: set[str] | None = None) -> tuple[float | None, str | None]:
     worst: tuple[float | None, str | None] = (None, None)
-    for pid, ratios in prompt_ratios(records, method).items():
+    for pid, rs in ratios.items():
         if prompts is not None and pid not in prompts:
             continue
-        r = statistics.median(ratios)
+        r = statistics.median(rs)
         if worst[0] is None or r < worst[0]:
             worst = (r, pid)
     return worst
@@ -296,9 +300,9 @@ def alone_and_speculating(records: list[RunRecord], method: str) -> dict[str, An
     alone = target_alone_prompts(records, method)
     if not alone:
         return {}
-    ratios = [x for pid, rs in prompt_ratios(records, method).items() if pid in alone for x in rs]
-    speculated = {r.prompt for r in records if r.method == method} - alone
-    worst, pid = worst_prompt_speedup(records, method, speculated)
+    per_prompt = prompt_ratios(records, method)
+    ratios = [x for pid, rs in per_prompt.items() if pid in alone for x in rs]
+    worst, pid = _worst(per_prompt, set(per_prompt) - alone)
     return {
         "target_alone_prompts": sorted(alone),
         "target_alone_ratio_range": [min(ratios), max(ratios)] if ratios else None,

@@ -91,8 +91,11 @@ def optimize_command(
             "[yellow]warning: the profile is unfinished (rerun `polyplan profile` to complete it); "
             "this plan uses what was measured so far[/yellow]"
         )
-    if predictor == "auto" and plan.settings.get("predictor") == "iid":
-        _note_missing_traces(console, profile)
+    if plan.settings.get("unread_traces"):
+        console.print(
+            f"[yellow]warning: {plan.settings['unread_traces']}: planned with the i.i.d. predictor "
+            "instead of replay[/yellow]"
+        )
     if plan.profile.get("random_weights"):
         console.print(
             f"[yellow]warning: latency of {', '.join(plan.profile['random_weights'])} was measured with "
@@ -180,20 +183,6 @@ def _span(row: dict, key: str, fmt: str) -> str:
 
 def _horizon_text(max_new_tokens: int | None) -> str:
     return f"{max_new_tokens} new tokens" if max_new_tokens else "steady state"
-
-
-def _note_missing_traces(console, profile_path: Path) -> None:
-    """Say so when a profile names a traces sidecar that cannot be read: the plan fell back to the
-    i.i.d. model, which ranks plans differently (a profile copied without its .npz, or renamed)."""
-    from polyplan.documents.profile import Profile
-    from polyplan.planner.predictors import load_traces
-
-    prof = Profile.load(profile_path)
-    if prof.traces:
-        try:
-            load_traces(prof, profile_path)
-        except UserError as e:
-            console.print(f"[yellow]warning: {e}: planned with the i.i.d. predictor instead of replay[/yellow]")
 
 
 def _print_prompt_lengths(console, plan) -> None:

@@ -54,12 +54,14 @@ def optimize(
     if predictor not in ("auto", *PREDICTORS):
         raise UserError(f"predictor must be auto or one of {', '.join(PREDICTORS)}, not {predictor!r}")
     traces = None
+    unread_traces = None  # why --predictor auto could not replay the traces the profile names
     if predictor in ("auto", "replay") or profile.traces_path(profile_path) is not None:
         try:
             traces = load_traces(profile, profile_path)
-        except UserError:
+        except UserError as e:
             if predictor == "replay":
                 raise
+            unread_traces = str(e) if profile.traces else None
     if predictor == "auto":
         predictor = "replay" if traces is not None else "iid"
     if context is None and traces is not None:
@@ -108,6 +110,7 @@ def optimize(
         settings={
             "mode": mode,
             "predictor": pred.name,
+            **({"unread_traces": unread_traces} if unread_traces else {}),
             "max_gamma": max_gamma,
             "max_new_tokens": max_new_tokens,
             "context": pred.context,

@@ -612,7 +612,7 @@ def run_profile(
             models = models[: settings.window_drafters]
         progress.begin("windows", len(todo_w))
         # references written by speculative decoding when a measured drafter pays (the same tokens)
-        helper, gamma = reference_helper(profiled, inputs.target, latency, traces, settings.contexts[0])
+        helper, gamma = helper_of(ranked, latency[inputs.target](1, settings.contexts[0])) if ranked else (None, 1)
         for prompt, ids in todo_w:
             if over_budget("windows"):
                 stopped_by_budget = True
@@ -708,8 +708,12 @@ def reference_helper(
     speculative decoding, judged from the latency and greedy acceptance measured so far; (None, 1)
     while nothing is measured or nothing beats the target decoding alone by 20%. Which helper
     writes a reference changes its cost, not its tokens (greedy chains are lossless)."""
-    ranked = two_level_ranking(drafters, target, latency, traces, context)
-    if not ranked or ranked[0][0] >= 0.8 * latency[target](1, context):
+    return helper_of(two_level_ranking(drafters, target, latency, traces, context), latency[target](1, context))
+
+
+def helper_of(ranked: list[tuple[float, Drafter, int]], target_step_s: float) -> tuple[Drafter | None, int]:
+    """The first of a ``two_level_ranking`` if it beats the target's one-token pass by 20%, else (None, 1)."""
+    if not ranked or ranked[0][0] >= 0.8 * target_step_s:
         return None, 1
     return ranked[0][1], ranked[0][2]
 
