@@ -169,16 +169,17 @@ def register(root: typer.Typer) -> None:
         block: int = typer.Option(
             8,
             "--block",
-            help="Teacher-force in blocks of this many tokens, the "
-            "verifier's run-time shape (0: one pass per reference).",
+            help="Teacher-force shape-sensitive models in blocks of this "
+            "many tokens, the verifier's run-time shape (0: one pass); others "
+            "take one pass per reference.",
         ),
         extra_blocks: str = typer.Option(
             "5",
             "--extra-blocks",
-            help="More block sizes for every model but "
-            "the target; acceptance is averaged over the shapes, since a "
-            "low-precision argmax flips with the pass shape at near-ties "
-            "('' for none).",
+            help="More block sizes: the eval prompts take "
+            "turns over --block and these, so a shape-sensitive model's "
+            "acceptance (bf16/fp16, llama.cpp; its argmax flips with the pass "
+            "shape at near-ties) mixes the shapes ('' for none).",
         ),
         categories: str | None = typer.Option(None, "--categories", help="Comma-separated prompt categories."),
         budget: float | None = typer.Option(

@@ -24,8 +24,10 @@ other than the target is teacher-forced once per block size in ``blocks`` and a 
 acceptance is the mean over those shapes: a position whose argmax flips with the shape gets a
 fractional rate (replay draws it), not a 0 or 1 that one shape happened to give. (Measured on the
 SmolLM2 pool: the bf16 copy's run-time rejections by the float32 target fell on exactly such
-positions. float32 models, int8 weight-only ones included, accumulate in float32 and get one shape:
-their flips are orders of magnitude rarer, and the extra passes would cost profile time.)
+positions. float32 models, int8 weight-only ones included, accumulate in float32 and take one pass
+over prompt and reference: their flips are orders of magnitude rarer, and a pass per block would
+cost profile time.) The profiler passes one size per prompt, the sizes taking turns over the
+prompts (session.shape_of_prompt): the mixture over shapes at half the passes.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def teacher_force(
     body = torch.tensor(list(reference[:-1]), dtype=torch.long)
     n = len(reference)
     if block <= 0:
-        logits = drafter.score(torch.cat([prompt, body]))[len(prompt) - 1 :]
+        logits = drafter.score(torch.cat([prompt, body]), last=n)
     else:
         parts = [drafter.score(prompt, last=1)]  # the prefill's last row, as the executor asks for it
         for start in range(0, len(body), block):
@@ -130,6 +132,16 @@ def shape_sensitive(drafter: Drafter) -> bool:
     if declared is not None:
         return bool(declared)
     return getattr(getattr(drafter, "model", None), "dtype", None) in (torch.bfloat16, torch.float16)
+
+
+def _pass_shapes(drafter: Drafter, blocks: list[int], target: str | None) -> list[int]:
+    """The teacher-forcing block sizes of one model (module doc, "Pass shapes"): every size for a
+    shape-sensitive model, the first for a shape-sensitive target (its verdict is final, not
+    averaged), and one pass over the whole text (0) for any other model: float32 numerics barely
+    depend on the split, and one pass costs a fraction of a prefill plus one pass per block."""
+    if not shape_sensitive(drafter):
+        return [0]
+    return blocks[:1] if drafter.name == target else blocks
 
 
 def point_mass_proposals(drafter: Drafter, prompt_ids: Sequence[int], reference: Sequence[int]) -> list[int]:
@@ -180,7 +192,7 @@ def score_reference(
         if d.point_mass:
             proposals[d.name] = torch.tensor(point_mass_proposals(d, prompt_ids, reference), dtype=torch.long)
         else:
-            for b in blocks if d.name != target and shape_sensitive(d) else blocks[:1]:
+            for b in _pass_shapes(d, blocks, target):
                 logits = teacher_force(d, prompt_ids, reference, b)
                 argmax.setdefault(d.name, []).append(logits.argmax(-1).cpu())
                 if d.name not in top_ids:
@@ -292,7 +304,7 @@ def score_windows(
     their ratio is what a window costs in acceptance (proofs/prefill.md, Corollary 4)."""
     from polyplan.models.windowed import WindowedDrafter
 
-    p = teacher_force(target, prompt_ids, reference, block)
+    p = teacher_force(target, prompt_ids, reference, _pass_shapes(target, [block], target.name)[0])
     p_argmax = p.argmax(-1).cpu()
     p_probs = processed_probs(p, temperature, top_k, top_p) if temperature > 0 else None
     for d in drafters:

@@ -52,12 +52,16 @@ def measure_context(
     seed: int = 0,
     on_pass: Callable[[], None] | None = None,
     target: str | None = None,
+    keep_state: bool = False,
 ) -> dict[str, LatencyRow]:
     """T(n, context) for every drafter and every n in ``new_tokens``; the drafter named ``target``
     in the numerics it verifies with as a chain's target (``Drafter.as_target``).
 
     Model drafters: build ``context`` tokens of KV cache (one prefill pass, timed: ``build_s``),
-    then time ``score`` of ``n`` tokens and roll back to ``context`` after each pass. Point-mass
+    then time ``score`` of ``n`` tokens and roll back to ``context`` after each pass. A drafter
+    that already holds ``context`` tokens or more (left by a call with ``keep_state``) is rolled
+    back to ``context`` instead of rebuilt: latency does not depend on which tokens are cached, and
+    a rollback is what every rejected draft costs anyway, while a rebuild is a prefill. Point-mass
     drafters: time ``propose(ctx, n)``."""
     if repeats < 1 or warmup < 0:
         raise ValueError("need repeats >= 1 and warmup >= 0")
@@ -70,6 +74,9 @@ def measure_context(
         ids = _context_ids(d.vocab_size, context + max(new_tokens), seed, d.device)
         inputs[d.name] = (ids.tolist(), ids)
         if not d.point_mass:
+            if context and d.processed >= context:
+                d.rollback(context)
+                continue
             d.reset()
             if context:
                 builds[d.name] = _timed_prefill(d, ids[:context])
@@ -117,7 +124,7 @@ def measure_context(
         for name, j, start, end in cuda_events:
             samples[name][j].append(start.elapsed_time(end) / 1000.0)
     for d in drafters:
-        if not d.point_mass:
+        if not d.point_mass and not keep_state:
             d.reset()
 
     rows = {}

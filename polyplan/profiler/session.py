@@ -441,9 +441,10 @@ def run_profile(
         return max(min(2, settings.repeats), min(settings.repeats, 1536 // max(c, 1)))
 
     def prefill_repeats_at(c: int) -> int:
-        # a long prefill takes seconds, so its timing noise is relatively small: about 1024 prompt
-        # tokens per length and model, at least one pass (keeps the embedded profile short)
-        return max(1, min(settings.prefill_repeats, 1024 // c))
+        # a long prefill takes a second or more, so its timing noise is relatively small: about 512
+        # prompt tokens per length and model, at least one pass (keeps the embedded profile short;
+        # repeated 512-token prefills of one member read 0.92-1.07 of each other on the 2-core VM)
+        return max(1, min(settings.prefill_repeats, 512 // c))
 
     def add_prefill(name: str, c: int, times: list[float]) -> None:
         old = prefill.get(name)
@@ -464,7 +465,10 @@ def run_profile(
             repeats=prefill_repeats_at(c),
         )
 
-    todo_contexts = [c for c in settings.contexts if missing(c)]
+    # the first context alone (its passes screen members before any long prefill), then the others
+    # longest first, each member's cache rolled back from one to the next: one build of the longest
+    # context (a prefill the profile keeps) instead of one per context
+    todo_contexts = [c for c in [*settings.contexts[:1], *sorted(settings.contexts[1:], reverse=True)] if missing(c)]
     units_skipped += len(settings.contexts) - len(todo_contexts)
     progress.begin(
         "latency",
@@ -486,6 +490,7 @@ def run_profile(
             seed=settings.seed,
             on_pass=lambda: progress.advance("latency"),
             target=inputs.target,
+            keep_state=0 < i < len(todo_contexts) - 1,
         )
         for name, row in measured.items():
             curve = latency.get(name)
@@ -522,6 +527,10 @@ def run_profile(
         unit_durations["latency"].append(clock() - t0)
         units_done += 1
         save(complete=False)
+
+    for d in inputs.drafters:  # a budget stop between contexts may leave a kept cache
+        if not d.point_mass:
+            d.reset()
 
     # ---- prefill: one unit per prompt length ---------------------------------------------
     def prefill_missing(c: int) -> list[Drafter]:
@@ -563,7 +572,10 @@ def run_profile(
             break
         t0 = clock()
         prompt_ids = encoded[prompt.id]
-        helper, gamma = reference_helper(profiled, inputs.target, latency, traces, settings.contexts[0])
+        ranked = two_level_ranking(profiled, inputs.target, latency, traces, settings.contexts[0])
+        helper, gamma = reference_helper(
+            ranked, latency[inputs.target](1, settings.contexts[0]), prefill, len(prompt_ids), settings.max_new_tokens
+        )
         reference = greedy_reference(
             inputs.target_drafter, prompt_ids, settings.max_new_tokens, inputs.eos_ids, helper, gamma
         )
@@ -578,7 +590,7 @@ def run_profile(
             settings.temperature,
             settings.top_k,
             settings.top_p,
-            [settings.block, *settings.extra_blocks],
+            [shape_of_prompt(settings, prompts.index(prompt))],
             on_candidate=lambda: progress.advance("acceptance"),
             target=inputs.target,
         )
@@ -611,13 +623,19 @@ def run_profile(
             models.sort(key=lambda d: ranking.index(d.name) if d.name in ranking else len(ranking))
             models = models[: settings.window_drafters]
         progress.begin("windows", len(todo_w))
-        # references written by speculative decoding when a measured drafter pays (the same tokens)
-        helper, gamma = helper_of(ranked, latency[inputs.target](1, settings.contexts[0])) if ranked else (None, 1)
         for prompt, ids in todo_w:
             if over_budget("windows"):
                 stopped_by_budget = True
                 break
             t0 = clock()
+            # references written by speculative decoding when a measured drafter pays (the same tokens)
+            helper, gamma = reference_helper(
+                ranked,
+                latency[inputs.target](1, settings.contexts[0]),
+                prefill,
+                len(ids),
+                settings.window_reference_tokens,
+            )
             reference = greedy_reference(
                 inputs.target_drafter,
                 ids,
@@ -677,6 +695,16 @@ def run_profile(
     )
 
 
+def shape_of_prompt(settings: ProfileSettings, index: int) -> int:
+    """The teacher-forcing block size of the ``index``-th eval prompt: the sizes ``block`` and
+    ``extra_blocks`` take turns over the prompts. A shape-sensitive model's acceptance is then a
+    mixture over the pass shapes a verifier sees at run time (acceptance.py, "Pass shapes") at the
+    cost of one shape per prompt: two per prompt took a third of the embedded profile's
+    acceptance phase (four llama.cpp members and a bf16 copy each prefilled every prompt twice)."""
+    sizes = [settings.block, *settings.extra_blocks]
+    return sizes[index % len(sizes)]
+
+
 def two_level_ranking(
     drafters: list[Drafter], target: str, latency: dict[str, LatencyCurve], traces: _Traces, context: int
 ) -> list[tuple[float, Drafter, int]]:
@@ -702,20 +730,25 @@ def two_level_ranking(
 
 
 def reference_helper(
-    drafters: list[Drafter], target: str, latency: dict[str, LatencyCurve], traces: _Traces, context: int
+    ranked: list[tuple[float, Drafter, int]],
+    target_step_s: float,
+    prefill: dict[str, PrefillCurve],
+    prompt_tokens: int,
+    new_tokens: int,
 ) -> tuple[Drafter | None, int]:
-    """The model drafter (and gamma) that generates the target's greedy references fastest by
-    speculative decoding, judged from the latency and greedy acceptance measured so far; (None, 1)
-    while nothing is measured or nothing beats the target decoding alone by 20%. Which helper
-    writes a reference changes its cost, not its tokens (greedy chains are lossless)."""
-    return helper_of(two_level_ranking(drafters, target, latency, traces, context), latency[target](1, context))
-
-
-def helper_of(ranked: list[tuple[float, Drafter, int]], target_step_s: float) -> tuple[Drafter | None, int]:
-    """The first of a ``two_level_ranking`` if it beats the target's one-token pass by 20%, else (None, 1)."""
-    if not ranked or ranked[0][0] >= 0.8 * target_step_s:
-        return None, 1
-    return ranked[0][1], ranked[0][2]
+    """The model drafter (and gamma) of a ``two_level_ranking`` that writes the target's greedy
+    reference of ``new_tokens`` after ``prompt_tokens`` fastest by speculative decoding, its
+    prefill of the prompt counted where measured (on a long prompt a quick decoder with a slow
+    prefill loses: SmolLM2's Q4_1 copy prefills 616 tokens in 2.7 s, its Q8_0 copy in 1.0 s);
+    (None, 1) while nothing is measured or nothing beats the target decoding alone by 20%. Which
+    helper writes a reference changes its cost, not its tokens (greedy chains are lossless)."""
+    best: tuple[float, Drafter | None, int] = (0.8 * new_tokens * target_step_s, None, 1)
+    for per_token, d, gamma in ranked:
+        curve = prefill.get(d.name)
+        cost = new_tokens * per_token + (curve(prompt_tokens) if curve is not None else 0.0)
+        if cost < best[0]:
+            best = (cost, d, gamma)
+    return best[1], best[2]
 
 
 def _window_prompts(
