@@ -228,9 +228,24 @@ def chain_from_plan(
         spec.tree_nodes = tree_nodes
     policy = None if static else plan_policy(plan, path, note)
     chain = build_chain(spec, windowable=policy_windowable(policy))
+    apply_exactness(plan, chain.drafters[0], note)
     if policy is not None:
         chain.controller = adaptive_controller(policy, chain.drafters)
     return chain
+
+
+def apply_exactness(plan: Any, target: Any, note: Note = _stderr) -> None:
+    """Give a half-precision target the exact regime its profile probed on the machine (the
+    profile's ``machine["exact"]``, copied into the plan), and say what it promises; a plan
+    from before the probe keeps the target's default regime."""
+    recorded = (plan.profile.get("machine") or {}).get("exact")
+    if recorded is None or not getattr(target, "exact", False):
+        return
+    from polyplan.models.exactness import ExactProbe
+
+    probe = ExactProbe.from_dict(recorded)
+    target.exact_regime = probe.regime
+    note(f"{target.name}: {probe.summary()}")
 
 
 def policy_windowable(policy: Any) -> dict[str, int]:

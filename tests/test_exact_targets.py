@@ -3,11 +3,14 @@ is token for token the target decoding alone (docs/staged-decoding.md, "Exact ha
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
 from polyplan import Chain
 from polyplan.models import load_pool
+from polyplan.models.exactness import FIXED_WIDTH, TWO_ROWS, ExactProbe, ExactRegime, probe_exact
 from polyplan.models.model_drafter import ModelDrafter
 from polyplan.models.pools import PoolFileError
 
@@ -93,10 +96,83 @@ def test_pool_option_exact(tmp_path):
         load_pool(path)
 
 
-@pytest.mark.weights
-def test_exact_regime_is_batch_invariant_on_smollm2_bf16(smollm2_pool):
-    """Every pass after the prefill: a token's logits are bitwise the same whatever pass it shares."""
+class ShapeSensitive:
+    """A stand-in target whose logits depend on its pass width unless every pass has the same
+    width: the kernels of a CPU where only a fixed-width regime is batch invariant."""
+
+    name = "shape-sensitive"
+    vocab_size = 8
+    tokenizer = None
+
+    def __init__(self, invariant_when_fixed: bool = True) -> None:
+        self.exact_regime = TWO_ROWS
+        self.invariant_when_fixed = invariant_when_fixed
+        self.processed = 0
+
+    @contextmanager
+    def as_target(self):
+        yield
+
+    def reset(self) -> None:
+        self.processed = 0
+
+    def score(self, ids, last=None):
+        n = int(ids.shape[0])
+        rows = torch.nn.functional.one_hot(ids % 8, 8).float()
+        fixed = self.exact_regime is not None and self.exact_regime.fixed
+        if self.processed and not (fixed and self.invariant_when_fixed):
+            rows = rows + 1e-3 * n  # the pass's shape leaks into every row
+        self.processed += n
+        return rows[-last:] if last is not None else rows
+
+
+def test_probe_takes_the_first_regime_that_holds_and_says_why_none_does():
+    d = ShapeSensitive()
+    probe = probe_exact(d)
+    assert probe.holds and probe.regime == FIXED_WIDTH and d.exact_regime == FIXED_WIDTH
+    assert "agree bit for bit" in probe.reason
+    d = ShapeSensitive(invariant_when_fixed=False)
+    probe = probe_exact(d)
+    assert not probe.holds and d.exact_regime is None
+    assert ">= 2 rows" in probe.reason and "every pass 16 rows" in probe.reason and "apart" in probe.reason
+    assert "NOT token-identical" in probe.summary()
+    assert ExactProbe.from_dict(probe.to_dict()) == probe
+
+
+def test_fixed_width_regime_pads_every_pass_and_splits_longer_ones():
+    model = tiny_llama(vocab_size=16, num_layers=2, seed=8, dtype=torch.bfloat16)
+    d = ModelDrafter(model, "b")
+    d.exact_regime = ExactRegime(4, fixed=True)
+    widths = PassWidths(model)
+    ids = torch.arange(20) % 16
+    with d.as_target():
+        d.score(ids[:10], last=1)
+        one = d.score(ids[10:11])
+        assert one.shape == (1, 16) and d.processed == 11 and d._cache.get_seq_length() == 11
+        six = d.score(ids[11:17], last=2)
+        assert six.shape == (2, 16) and d.processed == 17 and d._cache.get_seq_length() == 17
+    assert widths.widths == [10, 4, 4, 4]  # 1 padded to 4; 6 scored as 4 + (2 padded to 4)
+
+
+@pytest.fixture(scope="module")
+def smollm2_bf16(smollm2_pool):
+    """The bf16 target, in the regime the probe found on this machine; skips with the probe's
+    reason where none holds (a property of the CPU's kernels, docs/staged-decoding.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tests' threads (one_torch_thread): the regime is probed with them
     d = smollm2_pool.drafter("smollm2-135m:bf16")
+    probe = probe_exact(d)
+    torch.set_num_threads(before)
+    if not probe.holds:
+        pytest.skip(f"no batch-invariant regime on this CPU: {probe.reason}")
+    return d
+
+
+@pytest.mark.weights
+def test_exact_regime_is_batch_invariant_on_smollm2_bf16(smollm2_pool, smollm2_bf16):
+    """Every pass after the prefill: a token's logits are bitwise the same whatever pass it shares
+    (other text and splits than the probe's)."""
+    d = smollm2_bf16
     ids = smollm2_pool.tokenizer("def f(x):\n    return x * 2\n\nThe quick brown fox jumps over the lazy dog.")[
         "input_ids"
     ]
@@ -125,9 +201,10 @@ def test_exact_regime_is_batch_invariant_on_smollm2_bf16(smollm2_pool):
         pytest.param(["smollm2-135m:bf16", "smollm2-135m", "prompt-lookup"], [5, 3], id="bf16<-f32<-lookup"),
     ],
 )
-def test_chain_over_bf16_target_equals_it_decoding_alone(smollm2_pool, names, gammas):
+def test_chain_over_bf16_target_equals_it_decoding_alone(smollm2_pool, smollm2_bf16, names, gammas):
     tok = smollm2_pool.tokenizer
     members = smollm2_pool.drafters(names)
+    assert members[0] is smollm2_bf16
     alone = Chain(members[:1], [], tokenizer=tok)
     chain = Chain(members, gammas, tokenizer=tok)
     for text in (

@@ -48,6 +48,11 @@ def _print_summary(profile, path: Path, elapsed: float | None) -> None:
         for name, row in grid.iterrows():
             table.add_row(str(name), *[f"{v:.1f}" for v in row])
         console.print(table)
+    exact = profile.machine.get("exact")
+    if exact is not None:
+        from polyplan.models.exactness import ExactProbe
+
+        console.print(f"{exact.get('member')} as target: {ExactProbe.from_dict(exact).summary()}", highlight=False)
     for name, why in profile.screened.items():
         console.print(f"screened out: {name}, {why} (--no-screen measures it)", highlight=False)
     if profile.prefill:

@@ -11,6 +11,7 @@ import torch
 
 from polyplan.errors import UserError
 from polyplan.models.drafter import Drafter
+from polyplan.models.exactness import TWO_ROWS, ExactRegime
 from polyplan.models.kv_cache import (
     cache_kwarg_name,
     check_rollbackable,
@@ -38,12 +39,15 @@ class ModelDrafter(Drafter):
     length is tracked here (no device sync), rolled back with :func:`rollback_cache`.
 
     ``exact``: as a chain's target (:meth:`as_target`), score every pass after the prefill in one
-    batch-invariant regime, so that a token's logits do not depend on how many tokens share its
-    pass: eager attention and at least two rows in every matmul (a one-token pass gets one
-    padding token after it, dropped from the cache). On CPU, torch's SDPA kernel and its
-    one-row matmuls round a half-precision row differently with the pass's shape, which flips
-    near-ties between a chain and the target decoding alone. The prefill keeps the fast kernel:
-    it is the same pass in both. None (the default) turns it on for half precision on CPU."""
+    batch-invariant regime (``exact_regime``, polyplan.models.exactness), so that a token's logits
+    do not depend on how many tokens share its pass: eager attention and at least two rows in
+    every matmul (a one-token pass gets one padding token after it, dropped from the cache), or
+    every pass at one fixed width where the CPU's kernels need it. On CPU, torch's SDPA kernel
+    and its one-row matmuls round a half-precision row differently with the pass's shape, which
+    flips near-ties between a chain and the target decoding alone. The prefill keeps the fast
+    kernel: it is the same pass in both. None (the default) turns it on for half precision on
+    CPU, in the two-row regime until :func:`polyplan.models.exactness.probe_exact` says which
+    regime holds on this machine."""
 
     point_mass = False
     verifies_trees = True
@@ -68,9 +72,15 @@ class ModelDrafter(Drafter):
         self._checked_after_first_pass = False
         #: after ``score_tree``: where the tree's nodes start in the cache (None otherwise)
         self._tree_start: int | None = None
-        self.exact = (self.dtype in HALF_PRECISION and self.device.type == "cpu") if exact is None else bool(exact)
+        on = (self.dtype in HALF_PRECISION and self.device.type == "cpu") if exact is None else bool(exact)
+        #: the batch-invariant regime as a target (None: the fast kernels, no promise of bit-identity)
+        self.exact_regime: ExactRegime | None = TWO_ROWS if on else None
         self._exact_now = False
         self._fast_attention = model.config._attn_implementation
+
+    @property
+    def exact(self) -> bool:
+        return self.exact_regime is not None
 
     @property
     def exact_as_target(self) -> bool:  # type: ignore[override]
@@ -127,15 +137,22 @@ class ModelDrafter(Drafter):
                 f"{self.name} holds at most {self._max_context} tokens; this step would need "
                 f"{self._processed + n}: shorten the prompt or lower --max-new-tokens"
             )
+        regime = self.exact_regime if self._exact_now and self._processed > 0 else None
+        if regime is not None and regime.fixed and n > regime.rows:
+            # one pass shape for every matmul: a longer pass is scored in pieces of that width
+            pieces = [self.score(new_ids[i : i + regime.rows]) for i in range(0, n, regime.rows)]
+            logits = torch.cat(pieces)
+            return logits[-last:] if last is not None else logits
         ids = new_ids.to(self.device, non_blocking=True)
         pad = 0
         keep = last
-        if self._exact_now and self._processed > 0:
-            # two rows at least, through every matmul up to the LM head (one row takes another kernel)
-            pad = 1 if n == 1 else 0
-            keep = None if keep is None else max(keep, 2) + pad
+        if regime is not None:
+            # the regime's rows at least, through every matmul up to the LM head (one row takes
+            # another kernel; on some CPUs every row count does)
+            pad = max(0, regime.rows - n)
+            keep = None if keep is None or regime.fixed else max(keep, regime.rows) + pad
             if pad:
-                ids = torch.cat([ids, ids[-1:]])
+                ids = torch.cat([ids, ids[-1:].expand(pad)])
         kwargs = {self._cache_kwarg: self._cache}
         if keep is not None and self._keeps_logits and keep < n + pad:
             kwargs["logits_to_keep"] = keep

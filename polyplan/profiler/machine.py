@@ -6,6 +6,7 @@ import contextlib
 import os
 import platform
 import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,20 @@ def other_machine_warning(
         f"its timings and choice of chain may not hold here; re-profile: polyplan profile --pool {pool} -o {here} "
         f"&& polyplan optimize {here} -o {plan_path}"
     )
+
+
+def with_exactness(facts: dict[str, Any], target: Any, note: Callable[[str], None]) -> dict[str, Any]:
+    """``facts`` with ``"exact"``: which batch-invariant regime makes ``target`` exact on this machine
+    (polyplan.models.exactness), probed once per profile (a resumed one reads what it recorded).
+    The target takes that regime for the rest of the profile: its latency is timed as a chain runs it."""
+    if not getattr(target, "exact", False):
+        return facts
+    from polyplan.models.exactness import ExactProbe, probe_exact
+
+    recorded = facts.get("exact")
+    if recorded is not None:
+        target.exact_regime = ExactProbe.from_dict(recorded).regime
+        return facts
+    probe = probe_exact(target)
+    note(f"{target.name} as target: {probe.summary()}")
+    return {**facts, "exact": {"member": target.name, **probe.to_dict()}}

@@ -40,7 +40,7 @@ from polyplan.profiler.acceptance import (
     score_windows,
 )
 from polyplan.profiler.latency import fits_context, measure_context, measure_prefill
-from polyplan.profiler.machine import machine_facts, machine_fingerprint
+from polyplan.profiler.machine import machine_facts, machine_fingerprint, with_exactness
 from polyplan.profiler.screen import slower_than_target
 
 # settings that may differ between a run and the run that resumes it
@@ -369,6 +369,7 @@ def run_profile(
         prev = Profile.load(output)  # a truncated or newer file raises here: nothing is overwritten
         _check_resumable(prev, inputs, settings_doc, machine_fingerprint(machine))
         machine = prev.machine  # keep the facts of the first run (thread count, date)
+    machine = with_exactness(machine, inputs.target_drafter, progress.note)
 
     latency: dict[str, LatencyCurve] = dict(prev.latency) if prev else {}
     prefill: dict[str, PrefillCurve] = dict(prev.prefill) if prev else {}
