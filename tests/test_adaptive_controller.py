@@ -6,6 +6,7 @@ with i.i.d. acceptance; the n-gram is shadow-checked through a scripted proposer
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -234,3 +235,130 @@ def test_a_windowed_drafters_prior_weighs_like_a_handful_of_verifications(policy
     want = (WINDOWED_PRIOR_STRENGTH * prior + 10.0) / (WINDOWED_PRIOR_STRENGTH + 30.0)
     assert windowed.estimates()[pair] == pytest.approx(want)
     assert windowed.estimates()[pair] < 0.5 < plain.estimates()[pair]
+
+
+# ---- the time guard (proofs/adaptive-control.md, section 5): round times fed directly ----------
+
+
+def timed_run(controller, world, rounds, alone, spec, first=None):
+    """``world.run`` with each round's time reported through observe_round: a round of the target
+    alone takes ``alone`` s per token, a speculative one ``spec(done, committed)`` s (``done``:
+    tokens committed before it); the request's first round (its prefill) takes ``first`` if given.
+    Returns the settings and, per round, (speculative, committed)."""
+    setting = controller.start(3, list(PROMPT))
+    history, rounds_run = [setting], []
+    for i in range(rounds):
+        before = len(world.tokens)
+        world.round(controller, setting)
+        committed = len(world.tokens) - before
+        speculative = len(setting.members) > 1
+        seconds = spec(before - len(PROMPT), committed) if speculative else alone * committed
+        controller.observe_round(first if i == 0 and first is not None else seconds, committed)
+        rounds_run.append((speculative, committed))
+        setting = controller.next_round(world.tokens)
+        history.append(setting)
+    return history, rounds_run
+
+
+def per_token(rate):
+    return lambda done, committed: rate * committed
+
+
+def speculated_share(rounds_run) -> float:
+    return sum(c for s, c in rounds_run if s) / sum(c for _, c in rounds_run)
+
+
+def test_guard_falls_back_when_speculation_is_measured_slower_than_the_target_alone(policy):
+    """The Xeon case: acceptance as profiled, but every speculative token costs 1.5x the target
+    alone's. Two warm rounds after the prefill round, the guard stops speculating to measure the
+    target alone; measured faster, it holds it; probes then fail on measurements (backoff doubles)."""
+    from polyplan.executor.adaptive import GUARD_MIN_ROUNDS
+
+    world = World(0.982, 0.47, seed=21)
+    controller = AdaptiveController(policy, {2: world.propose})
+    controller.start(3, list(PROMPT))
+    alone = controller.predicted_alone()
+    history, rounds_run = timed_run(controller, world, 300, alone, per_token(1.5 * alone))
+    falls = [i for i in range(1, len(history)) if history[i].members == (0,) and len(history[i - 1].members) > 1]
+    assert falls[0] == 1 + GUARD_MIN_ROUNDS  # the prefill round is not evidence
+    assert "fell back to measure the target alone" in history[falls[0]].reason
+    # the probes are judged on two measurements
+    assert len(falls) > 1 and all("measured: fell back" in history[i].reason for i in falls[1:])
+    # the first stretch and each probe: a prefill/catch-up round and two measured ones
+    assert speculated_share(rounds_run) < 0.3
+    assert controller.guard.backoff > 32
+
+
+def test_guard_keeps_speculating_when_it_is_measured_faster(policy):
+    """Speculation at half the target alone's predicted time, each round costing the same whatever
+    it commits (so the per-token rate is as noisy as acceptance), after a prefill round 100x
+    longer: it never falls back."""
+    world = World(0.982, 0.47, seed=22)
+    controller = AdaptiveController(policy, {2: world.propose})
+    controller.start(3, list(PROMPT))
+    alone = controller.predicted_alone()
+    history, _ = timed_run(controller, world, 200, alone, lambda done, c: 0.5 * alone * 10.7, first=100 * alone)
+    assert all(len(s.members) > 1 for s in history)
+
+
+def test_guard_measures_the_target_alone_when_the_prediction_cannot_tell(policy):
+    """The machine is 1.3x slower than profiled for every member; speculation still beats the target
+    alone (1.15x vs 1.3x its predicted time) but not its prediction. The guard measures the target
+    alone for two rounds, finds it slower than speculation, and speculates for the rest."""
+    from polyplan.executor.adaptive import GUARD_MIN_ROUNDS
+
+    world = World(0.982, 0.47, seed=23)
+    controller = AdaptiveController(policy, {2: world.propose})
+    controller.start(3, list(PROMPT))
+    predicted = controller.predicted_alone()
+    history, rounds_run = timed_run(controller, world, 150, 1.3 * predicted, per_token(1.15 * predicted))
+    alone_rounds = [r for r in rounds_run if not r[0]]
+    assert len(alone_rounds) == GUARD_MIN_ROUNDS
+    back = next(s for s in history if len(s.members) > 1 and s.reason.startswith("the target alone measured"))
+    assert "ms speculating: back; " in back.reason and "ms/token predicted" in back.reason  # then the policy's
+    assert all(len(s.members) > 1 for s in history[-100:])
+
+
+def test_guard_speculates_again_when_a_probe_measures_it_faster(policy):
+    """Speculation slow for the first 60 tokens (a drafter slowed by other load), fast after: the
+    guard falls back, its probe after the backoff finds speculation faster, and it stays."""
+    world = World(0.982, 0.47, seed=24)
+    controller = AdaptiveController(policy, {2: world.propose})
+    controller.start(3, list(PROMPT))
+    alone = controller.predicted_alone()
+
+    def spec(done: int, committed: int) -> float:
+        return (1.5 if done < 60 else 0.5) * alone * committed
+
+    history, rounds_run = timed_run(controller, world, 120, alone, spec)
+    assert any(s.members == (0,) for s in history[:8])
+    assert any(s.reason.startswith("probe after") for s in history)
+    assert all(len(s.members) > 1 for s in history[-40:])
+
+
+def test_guard_probes_a_losing_speculation_logarithmically_often(policy):
+    """Backoff doubles at each fall-back: over ~1000 tokens of a speculation that always loses, a
+    handful of probes (32, 64, 128, 256, 512 tokens apart), each a few rounds."""
+    from polyplan.executor.adaptive import GUARD_BACKOFF
+
+    world = World(0.982, 0.47, seed=25)
+    controller = AdaptiveController(policy, {2: world.propose})
+    controller.start(3, list(PROMPT))
+    alone = controller.predicted_alone()
+    history, rounds_run = timed_run(controller, world, 1000, alone, per_token(1.3 * alone))
+    falls = sum(1 for a, b in zip(history, history[1:], strict=False) if len(a.members) > 1 and b.members == (0,))
+    tokens = sum(c for _, c in rounds_run)
+    assert tokens > 900
+    assert falls <= 2 + math.log2(tokens / GUARD_BACKOFF)
+    assert speculated_share(rounds_run) < 0.15
+
+
+def test_a_new_request_forgets_the_guards_measurements(policy):
+    world = World(0.982, 0.47, seed=26)
+    controller = AdaptiveController(policy, {2: world.propose})
+    controller.start(3, list(PROMPT))
+    alone = controller.predicted_alone()
+    timed_run(controller, world, 40, alone, per_token(1.5 * alone))
+    again = controller.start(3, list(PROMPT))
+    assert again.members == (0, 1, 2) and controller.guard.held_until is None
+    assert controller.guard.alone.rounds == 0 and controller.guard.backoff == 32

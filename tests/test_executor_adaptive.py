@@ -122,6 +122,27 @@ def test_greedy_identity_with_the_adaptive_controller_when_the_prior_is_wrong():
     assert chain.controller.alpha[(0, 3)] < 0.5  # and learned that the cycle is bad
 
 
+def test_greedy_identity_with_the_time_guard_switching(monkeypatch):
+    """The guard acting on measured round times changes settings between rounds only: on a clock
+    that ticks one second per reading (each forward reads it twice), every round looks ~100x slower
+    than the policy predicts the target alone, so the guard falls back to measure the target alone,
+    and then holds it or speculates again on measured times; the output stays the target's."""
+    import types
+
+    from polyplan.executor import chain as chain_module
+
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(chain_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    chain = tiny_adaptive_chain(0.9)
+    guarded = 0
+    for prompt in PROMPTS:
+        result = chain.generate(prompt, max_new_tokens=64, eos_token_id=[])
+        assert result.tokens == hf_greedy(prompt, 64), prompt
+        reasons = [c["reason"] for c in result.stats.setting_changes]
+        guarded += sum("fell back" in r for r in reasons)
+    assert guarded >= len(PROMPTS)
+
+
 SAMPLING_SETTINGS = [
     ((0, 1, 2), (3, 2)),
     ((0,), ()),

@@ -24,6 +24,12 @@ setting of least expected REQUEST time, prefills counted, from the policy's requ
 rounds price each member not yet prefilled at its prefill spread over the tokens still expected,
 and every setting at this request's decode context (the start's scale on the tables).
 
+Time guard (:class:`SpeedGuard`, proofs/adaptive-control.md section 5): the policy prices settings
+with the profile's latencies, which drift at run time (another CPU, other load), and member by
+member. The chain reports each round's wall time and committed tokens; the guard holds the target
+alone while speculation is MEASURED slower than the target alone, and tries speculation again when
+the evidence says so.
+
 Pure Python; the executor calls it only between target rounds, so every round is a complete
 staged round of a valid chain and the output distribution is the target's whatever it decides."""
 
@@ -32,6 +38,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from polyplan.executor.control import RoundSetting
@@ -54,6 +61,30 @@ MAX_TRANSFER_STRENGTH = 256.0
 #: measured on a few long prompts and varies with the text (a summary's source lies outside the
 #: window, a code file's definitions may not), so it weighs like a handful of verifications
 WINDOWED_PRIOR_STRENGTH = 8.0
+
+# The time guard's constants (proofs/adaptive-control.md, section 5). They describe measurement
+# noise and the cost of a wrong verdict, not a plan, so they live here rather than in the policy.
+#: warm rounds of a kind (speculating / the target alone) before their measured rate is used: a
+#: speculative round commits 1..gamma+1 tokens at about the same cost, so one round is luck; two
+#: rounds act early in a short request, and a wrong verdict costs at most one backoff (below)
+GUARD_MIN_ROUNDS = 2
+#: fall back when speculation is measured this much slower than the target alone measured (and come
+#: back when the target alone is measured this much slower than speculation was): per-round time
+#: noise on a loaded CPU is a few percent, and the goal is >= 0.95x of the target alone
+GUARD_MARGIN = 0.05
+#: how far the policy's predicted target-alone time may be off the machine now: profile vs run-time
+#: drift was 18% on the target of a Xeon and 5-24% on this project's VM (bench's calibration). A
+#: speculation measured within this of the prediction cannot be judged on it: the guard measures
+#: the target alone (a couple of tokens) instead of trusting the prediction either way
+GUARD_PREDICTION_ERROR = 0.25
+#: the measured rates forget over this many tokens of their own kind (the text's and the machine's
+#: character change over a paragraph: SEGMENT_TOKENS / 2 of the policy)
+GUARD_WINDOW = 64.0
+#: tokens on the target alone after the request's first fall-back before speculation is tried again;
+#: doubled at each fall-back (at most GUARD_MAX_BACKOFF), so a speculation that keeps losing is
+#: probed O(log n) times in n tokens
+GUARD_BACKOFF = 32
+GUARD_MAX_BACKOFF = 512
 
 
 class AdaptiveController:
@@ -78,6 +109,12 @@ class AdaptiveController:
         self.windows: tuple[tuple[int, int | None], ...] = ()
         #: per pair: what the drafter's window keeps of its acceptance (the prior is scaled by it)
         self.prior_factor: dict[Pair, float] = {}
+        self.guard = SpeedGuard()
+        #: the setting the chain runs now (the guard's, when it holds the target alone), and whether
+        #: its round is cold: the request's first, or one bringing in a member that must prefill
+        #: or catch up (a one-off cost the guard's rates leave out)
+        self.running = RoundSetting((0,), ())
+        self._cold = True
         self._reset(0)
 
     def _reset(self, seen: int) -> None:
@@ -120,6 +157,8 @@ class AdaptiveController:
             self.setting = RoundSetting(d.members, d.gammas, self._start_reason(first), self.windows)
             setting = self.setting
             self._hold = d.members == (0,) and not self.shadow
+        self.guard.start(self.predicted_alone())
+        self.running, self._cold = setting, True
         self.warm.update(setting.members)
         self.seconds += time.perf_counter() - started
         return setting
@@ -147,9 +186,15 @@ class AdaptiveController:
         self.seen = len(tokens)
         self.rounds += 1
         setting = self.setting if self._hold and self.setting is not None else self._decide()
+        setting = self.guard.apply(setting)
+        self._cold = not set(setting.members) <= set(self.running.members)
+        self.running = setting
         self.warm.update(setting.members)
         self.seconds += time.perf_counter() - started
         return setting
+
+    def observe_round(self, seconds: float, committed: int) -> None:
+        self.guard.observe(seconds, committed, len(self.running.members) > 1, self._cold)
 
     # ---- estimates and decisions ---------------------------------------------------------------
     def _shadow_check(self, pair: Pair, propose: Propose, tokens: list[int]) -> None:
@@ -179,6 +224,12 @@ class AdaptiveController:
                 )
             alpha[pair] = posterior_mean(prior, strength, self.successes[pair], self.trials[pair])
         return alpha
+
+    def predicted_alone(self) -> float:
+        """The policy's target alone, seconds per token at this request's context (NaN without a
+        table for it: the guard then never stops speculation on the prediction)."""
+        table = next((t for t in self.policy.tables if t.members == (0,)), None)
+        return math.nan if table is None else table.times[0] * self.scale.get((0,), 1.0)
 
     def cold_cost(self) -> dict[int, float]:
         """Per member not yet prefilled in this request: its prefill (at the context reached)
@@ -223,3 +274,108 @@ class AdaptiveController:
             reason = self.policy.reason(decision, self.alpha)
             self.setting = RoundSetting(decision.members, decision.gammas, reason, self.windows)
         return self.setting
+
+
+@dataclass
+class MeasuredRate:
+    """Seconds per committed token over the last ~GUARD_WINDOW tokens of one kind of round: a
+    ratio of sums (time over tokens), the renewal-reward estimate of a setting's time per token."""
+
+    seconds: float = 0.0
+    tokens: float = 0.0
+    rounds: int = 0
+
+    def add(self, seconds: float, tokens: int) -> None:
+        keep = math.exp(-tokens / GUARD_WINDOW)
+        self.seconds = self.seconds * keep + seconds
+        self.tokens = self.tokens * keep + tokens
+        self.rounds += 1
+
+    @property
+    def known(self) -> bool:
+        return self.rounds >= GUARD_MIN_ROUNDS
+
+    @property
+    def value(self) -> float:
+        return self.seconds / self.tokens if self.tokens else math.nan
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+class SpeedGuard:
+    """Runs the target alone while speculation is measured slower than it (proofs/adaptive-control.md,
+    section 5). ``observe`` takes each round's wall time; ``apply`` filters the policy's setting for
+    the next round. Verdicts compare a measurement with a measurement; the policy's predicted
+    target-alone time only decides whether the target alone is worth measuring."""
+
+    def __init__(self) -> None:
+        self.start(math.nan)
+
+    def start(self, predicted_alone: float) -> None:
+        """A new request; ``predicted_alone``: the policy's target alone, seconds per token here."""
+        self.predicted = predicted_alone
+        self.speculating = MeasuredRate()  # since speculation last (re)started
+        self.alone = MeasuredRate()
+        self.done = 0  # tokens committed in this request
+        self.held_until: int | None = None  # the target alone runs until this many are committed
+        self.held_since = 0
+        self.held_reason = ""
+        self.speculated = math.nan  # speculation's measured rate when it was stopped
+        self.backoff = GUARD_BACKOFF
+
+    def observe(self, seconds: float, committed: int, speculative: bool, cold: bool) -> None:
+        """One round: a ``cold`` one (the request's first, or one that prefilled or caught up a
+        member) pays a one-off cost the steady rates must not carry."""
+        self.done += committed
+        if cold or committed <= 0:
+            return
+        if speculative:
+            self.speculating.add(seconds, committed)
+        else:
+            self.alone.add(seconds, committed)
+
+    def apply(self, setting: RoundSetting) -> RoundSetting:
+        """The policy's ``setting``, or the target alone while the guard holds it."""
+        if self.held_until is not None:
+            return self._held(setting)
+        why = self._losing() if len(setting.members) > 1 else None
+        if why is None:
+            return setting
+        self.speculated, self.speculating = self.speculating.value, MeasuredRate()
+        self.held_since, self.held_until = self.done, self.done + self.backoff
+        self.held_reason = f"{why} (for up to {self.backoff} tokens)"
+        self.backoff = min(2 * self.backoff, GUARD_MAX_BACKOFF)
+        return RoundSetting((0,), (), self.held_reason, setting.windows)
+
+    def _losing(self) -> str | None:
+        """Why speculation stops now, or None: measured slower than the target alone measured, or,
+        before the target alone is measured, not clearly faster than its prediction."""
+        if not self.speculating.known:
+            return None
+        rate = self.speculating.value
+        if self.alone.known:
+            alone = self.alone.value
+            if rate > alone * (1 + GUARD_MARGIN):
+                return f"measured {_ms(rate)}/token against the target alone's {_ms(alone)} measured: fell back"
+        elif rate * (1 + GUARD_PREDICTION_ERROR) > self.predicted:
+            return (
+                f"measured {_ms(rate)}/token, not clearly below the target alone's {_ms(self.predicted)} "
+                "predicted: fell back to measure the target alone"
+            )
+        return None
+
+    def _held(self, setting: RoundSetting) -> RoundSetting:
+        """Keep the target alone, unless it is measured slower than speculation was (the prediction
+        it was judged on was wrong) or the backoff is over (a probe: speculation is measured again)."""
+        alone = self.alone.value
+        assert self.held_until is not None
+        if self.alone.known and alone > self.speculated * (1 + GUARD_MARGIN):
+            why = f"the target alone measured {_ms(alone)}/token against {_ms(self.speculated)} speculating: back"
+        elif self.done >= self.held_until:
+            why = f"probe after {self.done - self.held_since} tokens on the target alone ({_ms(alone)}/token)"
+        else:
+            return RoundSetting((0,), (), self.held_reason, setting.windows)
+        self.held_until = None
+        return setting._replace(reason=f"{why}; {setting.reason}") if len(setting.members) > 1 else setting

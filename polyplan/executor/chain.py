@@ -349,6 +349,8 @@ class _StagedRun:
         self.eos = set(eos)
         self.stream = stream
         self.controller = controller
+        # each round's measured time, for a controller that judges speed (optional in the protocol)
+        self.observe_round = getattr(controller, "observe_round", None)
         self.prompt_len = len(prompt)
         self.total = len(prompt) + max_new_tokens
         self.home = self.drafters[0].device
@@ -631,9 +633,12 @@ class _StagedRun:
         while self.length < self.total:
             self._apply(setting)
             base = self.length
+            round_started = time.perf_counter()
             # a round of the target alone verifies an empty block: plain autoregressive decoding
             q = self._build_block(1) if len(self.levels) > 1 else None
             new, _ = self._verify(0, base, q)
+            if self.observe_round is not None:
+                self.observe_round(time.perf_counter() - round_started, len(new))
             if not self.eos.isdisjoint(new):
                 new, reason = self._through_eos(new), "eos"
             out.extend(new)

@@ -9,7 +9,8 @@ chain, and each such round commits tokens distributed exactly as the target's ow
 switching settings cannot change the output distribution (greedy output stays token-identical).
 
 ``StaticController`` is the classic fixed chain. Adaptive controllers (estimates of each pair's
-acceptance on this very generation, fed by :meth:`Controller.observe`) live beside it."""
+acceptance on this very generation, fed by :meth:`Controller.observe`, and each round's measured
+time, fed by :meth:`Controller.observe_round`) live beside it."""
 
 from __future__ import annotations
 
@@ -50,6 +51,12 @@ class Controller(Protocol):
         (read-only)."""
         ...
 
+    def observe_round(self, seconds: float, committed: int) -> None:
+        """After each target round, before ``next_round``: its wall time (``perf_counter``, from
+        the round's first draft to the target's verdict, which the loop already syncs on) and the
+        tokens it committed. Optional: the chain skips a controller without it."""
+        ...
+
 
 class StaticController:
     """Every round runs the whole chain with fixed gammas."""
@@ -67,6 +74,9 @@ class StaticController:
 
     def next_round(self, tokens: list[int]) -> RoundSetting:
         return self.setting
+
+    def observe_round(self, seconds: float, committed: int) -> None:
+        pass
 
 
 def check_setting(setting: RoundSetting, point_mass: Sequence[bool]) -> None:
