@@ -546,3 +546,132 @@ def test_bad_also_chains_are_one_line(text, message):
     with pytest.raises(UserError, match=message) as info:
         parse_also(text, "target")
     assert "\n" not in str(info.value)
+
+
+# ---- the llama.cpp-alone speed reference ---------------------------------------------------------
+
+
+def _fake_llamacpp_alone(pool: TinyPool, wrong_prompt: str):
+    """A stand-in for the llama.cpp-alone row on tiny models: the target's greedy tokens (computed
+    once, so it is the fastest row), with the last token changed on ``wrong_prompt`` (a quantized
+    copy's near-tie), and the prefill level the real loop reports."""
+    from polyplan.bench.methods import BenchMethod
+    from polyplan.bench.results import LLAMACPP_ALONE, MethodSpec
+    from polyplan.executor.chain import Chain
+
+    alone = Chain([pool.made["target"]])
+    cache: dict[tuple[tuple[int, ...], int], list[int]] = {}
+    wrong = dict(PROMPTS)[wrong_prompt]
+
+    def generate(prompt, max_new_tokens, seed):
+        key = (tuple(prompt), max_new_tokens)
+        if key not in cache:
+            cache[key] = list(alone.generate(prompt, max_new_tokens=max_new_tokens, temperature=0.0).tokens)
+        tokens = list(cache[key])
+        if list(prompt) == wrong:
+            tokens[-1] = (tokens[-1] + 1) % VOCAB
+        return tokens, [{"name": "target-gguf", "passes": len(tokens), "prefill_time_s": 0.0}]
+
+    spec = MethodSpec(
+        LLAMACPP_ALONE,
+        "llama.cpp alone (target-gguf), not lossless",
+        "llama.cpp",
+        ["target-gguf"],
+        [],
+        speed_reference={"gguf": "target-gguf", "lossless": False},
+    )
+    return BenchMethod(spec, ["target-gguf"], generate)
+
+
+@pytest.fixture
+def fake_gguf(monkeypatch):
+    """run_bench with a TinyPool whose target has 'its own GGUF' (the fake row above)."""
+    pool = TinyPool()
+    calls = []
+
+    def method(the_pool, plan, *, temperature, eos, longest):
+        calls.append(longest)
+        return _fake_llamacpp_alone(pool, "p1"), None
+
+    monkeypatch.setattr("polyplan.bench.runner.llamacpp_alone_method", method)
+    return pool, calls
+
+
+def test_the_llamacpp_alone_row_is_measured_counted_and_kept_out_of_the_plan_comparisons(tiny_plan, fake_gguf):
+    plan, path = tiny_plan
+    pool, calls = fake_gguf
+    settings = dict(prompts=2, repeats=2, max_new_tokens=6, grid=True, hf=False, encoded_prompts=PROMPTS, eos=[])
+    doc = run_bench(plan, path, pool=pool, **settings)
+    assert calls == [max(len(p) for _, p in PROMPTS) + 6]  # the longest request, for its n_ctx
+    rows = {m["name"]: m for m in doc["methods"]}
+    row = rows["llamacpp-alone"]
+    assert row["speed_reference"]["lossless"] is False and row["engine"] == "llama.cpp"
+    me = row["measured"]
+    # timed interleaved like every method, end to end and decode (its own prefill level subtracted)
+    assert {r["method"] for r in doc["runs"] if r["prompt"] == "p0" and r["repeat"] == 0} == set(rows)
+    assert me["tokens_per_s"] > 0 and me["end_to_end_speedup"] > 0 and me["speedup"] > 0
+    # its tokens equal the target's on p0 only: counted, not asserted
+    assert me["equal_prompts"] == 1 and me["compared_prompts"] == 2 and me["matches_autoregressive"] == 0.5
+    assert me["chosen_plan_vs_this"]["method"] == "polyplan-plan" and me["chosen_plan_vs_this"]["end_to_end"] > 0
+    # never a plan: no prediction, and the regret picks among polyplan plans only (it is the fastest row)
+    assert row["predicted"] == {} and row["error"] == {}
+    assert doc["regret"]["best_measured"] != "llamacpp-alone"
+    assert "llamacpp-alone" not in doc["skipped"]
+    md = markdown_table(doc)
+    assert "llama.cpp alone (target-gguf), not lossless: " in md and "tok/s end to end" in md
+    assert "its tokens equal the target's on 1 of 2 prompts" in md and "the chosen plan (polyplan-plan) runs" in md
+
+
+def test_no_llamacpp_alone_removes_the_row(tiny_plan, fake_gguf):
+    plan, path = tiny_plan
+    pool, calls = fake_gguf
+    doc = _static_bench(plan, path, llamacpp_alone=False)
+    assert calls == [] and "llamacpp-alone" not in [m["name"] for m in doc["methods"]]
+    assert "llamacpp-alone" not in doc["skipped"] and "llama.cpp alone" not in markdown_table(doc)
+
+
+def test_a_pool_without_the_targets_gguf_is_said_plainly(tiny_plan, tmp_path):
+    plan, path = tiny_plan
+    doc = _static_bench(plan, path)
+    assert "llamacpp-alone" not in [m["name"] for m in doc["methods"]]
+    why = doc["skipped"]["llamacpp-alone"]
+    assert "no llama.cpp member running the GGUF of the target's own weights" in why
+    out = tmp_path / "bench.json"
+    save_results(out, doc)
+    assert f"No llama.cpp-alone reference: {why}" in markdown_table(load_results(out))
+
+
+def test_the_targets_own_gguf_is_the_llamacpp_member_running_its_source_as_it_is():
+    from pathlib import Path
+
+    from polyplan.bench.llamacpp_alone import own_gguf_member
+    from polyplan.models import load_pool
+
+    pools = Path(__file__).resolve().parents[1] / "benchmarks" / "pools"
+    assert own_gguf_member(load_pool("smollm2")) == "smollm2-135m:q4"  # not :q8_0 etc. (quantizer-made)
+    assert own_gguf_member(load_pool("qwen-coder")) == "qwen2.5-coder-1.5b:q4"  # not the 0.5B's
+    assert own_gguf_member(load_pool(pools / "qwen-coder-llamacpp.toml")) == "qwen2.5-coder-1.5b:q4"  # the target
+    assert own_gguf_member(load_pool(pools / "smollm2-bf16-trees.toml")) is None  # only derived GGUFs
+    assert own_gguf_member(TinyPool()) is None
+
+
+@pytest.mark.weights
+def test_bench_smollm2_llamacpp_alone_row(tmp_path):
+    """Real weights: the float32 target's own Q4_1 GGUF decoded by llama.cpp alone, beside the plan."""
+    from pathlib import Path
+
+    from polyplan.models import load_pool
+    from polyplan.models.llamacpp_runtime import unavailable_reason
+
+    pool = load_pool("smollm2")
+    if unavailable_reason() or not all(pool.installed().values()):
+        pytest.skip("smollm2 pool or llama-cpp-python not installed")
+    path = Path(__file__).resolve().parents[1] / "profiles" / "smollm2-ladder-cpu.plan.json"
+    plan = Plan.load(path)
+    doc = run_bench(plan, path, pool=pool, prompts=2, repeats=1, max_new_tokens=16, hf=False, static=True)
+    row = next(m for m in doc["methods"] if m["name"] == "llamacpp-alone")
+    assert row["chain"] == ["smollm2-135m:q4"] and row["speed_reference"]["lossless"] is False
+    assert row["measured"]["new_tokens"] > 0 and row["measured"]["tokens_per_s"] > 0
+    assert 0 <= row["measured"]["equal_prompts"] <= row["measured"]["compared_prompts"] == 2
+    assert row["measured"]["chosen_plan_vs_this"]["end_to_end"] > 0
+    assert "llama.cpp alone (smollm2-135m:q4), not lossless: " in markdown_table(doc)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from polyplan.assemble import apply_exactness
 from polyplan.bench.results import (
     AUTOREGRESSIVE,
     REFERENCE,
@@ -141,6 +142,7 @@ def plan_methods(
     """The methods compared for ``plan`` (see the module doc); ``policy``: the plan's adaptive
     policy (``polyplan.assemble.plan_policy``), None to run the plan static only."""
     target = drafters(plan.target)
+    apply_exactness(plan, target, note=lambda _: None)  # the regime the profile probed on this machine
     if getattr(target, "model", None) is not None:
         methods = [
             hf_method(

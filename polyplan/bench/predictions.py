@@ -152,6 +152,8 @@ def attach_predictions(
             continue  # adaptive schedule: no fixed-gamma prediction
         if s.name == REFERENCE:
             continue  # the profile's T_target(1) is the one-token decoding, not this run's passes
+        if s.speed_reference:
+            continue  # not a chain of the plan's pool: llama.cpp's own loop, outside the theory
         chain, gammas = tuple(s.chain), tuple(g for g in s.gammas if g is not None)
         if predictors:
             # a tree at the bottom: the linear chain's prediction times the tree theory's ratio

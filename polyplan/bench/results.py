@@ -45,6 +45,9 @@ AUTOREGRESSIVE = "autoregressive"
 #: target, an exact half-precision one) also runs alone in its verification numerics: that output is
 #: the lossless reference
 REFERENCE = "target-verification-numerics"
+#: the target's own GGUF decoded by llama.cpp alone (polyplan.bench.llamacpp_alone): a speed
+#: reference, not lossless, kept out of every comparison between plans
+LLAMACPP_ALONE = "llamacpp-alone"
 
 
 @dataclass
@@ -75,6 +78,9 @@ class MethodSpec:
     predicted_levels: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: draft tree size per drafter ([] or all 1: linear drafts)
     tree_nodes: list[int] = field(default_factory=list)
+    #: set on a row that is a speed reference, not a lossless method (``lossless``: false, and how
+    #: it ran); None on every other row
+    speed_reference: dict[str, Any] | None = None
 
 
 def request_error_text(errors: dict[str, dict[str, float]]) -> str:
@@ -182,6 +188,7 @@ def summarize(specs: list[MethodSpec], records: list[RunRecord]) -> list[dict[st
                 "chain": spec.chain,
                 "gammas": spec.gammas,
                 **({"tree_nodes": spec.tree_nodes} if any(n > 1 for n in spec.tree_nodes) else {}),
+                **({"speed_reference": spec.speed_reference} if spec.speed_reference else {}),
                 "measured": measured,
                 "predicted": dict(spec.predicted),
                 "predicted_levels": dict(spec.predicted_levels),
@@ -190,6 +197,81 @@ def summarize(specs: list[MethodSpec], records: list[RunRecord]) -> list[dict[st
         )
     _speedup_errors(out)
     return out
+
+
+def _per_repeat_tpt(records: list[RunRecord], method: str) -> dict[int, float]:
+    """Seconds per new token of ``method`` in each repeat (all prompts of the repeat together)."""
+    sums: dict[int, list[float]] = {}
+    for r in records:
+        if r.method == method:
+            acc = sums.setdefault(r.repeat, [0.0, 0.0])
+            acc[0] += r.seconds
+            acc[1] += r.new_tokens
+    return {rep: s / n for rep, (s, n) in sums.items() if n}
+
+
+def _paired(records: list[RunRecord], slower: str, faster: str) -> float | None:
+    """Median over repeats of ``slower``'s time per token / ``faster``'s (paired: drift cancels)."""
+    a, b = _per_repeat_tpt(records, slower), _per_repeat_tpt(records, faster)
+    ratios = [a[rep] / b[rep] for rep in a if rep in b and b[rep] > 0]
+    return statistics.median(ratios) if ratios else None
+
+
+def add_speed_reference_figures(
+    methods: list[dict[str, Any]], records: list[RunRecord], decoded: list[RunRecord], chosen: str
+) -> None:
+    """On each speed-reference row (``speed_reference``): on how many prompts its tokens equal the
+    target's in every repeat (``equal_prompts`` of ``compared_prompts``; the reference is the one
+    ``matches_autoregressive`` uses), and the chosen plan's speed over its own, end to end and decode
+    (``chosen_plan_vs_this``, > 1: the plan is faster). Nothing is asserted: it is not lossless."""
+    ref = REFERENCE if any(r.method == REFERENCE for r in records) else AUTOREGRESSIVE
+    reference = {(r.prompt, r.repeat): r.tokens for r in records if r.method == ref}
+    for m in methods:
+        if not m.get("speed_reference"):
+            continue
+        same: dict[str, bool] = {}
+        for r in records:
+            if r.method == m["name"] and (r.prompt, r.repeat) in reference:
+                same[r.prompt] = same.get(r.prompt, True) and r.tokens == reference[(r.prompt, r.repeat)]
+        m["measured"]["equal_prompts"] = sum(same.values())
+        m["measured"]["compared_prompts"] = len(same)
+        m["measured"]["chosen_plan_vs_this"] = (
+            {
+                "method": chosen,
+                "end_to_end": _paired(records, m["name"], chosen),
+                "decode": _paired(decoded, m["name"], chosen),
+            }
+            if any(r.method == chosen for r in records)
+            else None
+        )
+
+
+def speed_reference_lines(doc: dict[str, Any]) -> list[str]:
+    """One plain line per speed-reference row: its speed, how its tokens compare with the target's
+    and where the chosen plan stands against it."""
+    out = []
+    for m in doc.get("methods", []):
+        if not m.get("speed_reference"):
+            continue
+        me = m["measured"]
+        e2e = me.get("end_to_end_time_per_token_s")
+        text = (
+            f"{m['label']}: {_fmt(e2e and 1 / e2e, '.1f')} tok/s end to end, "
+            f"{_fmt(me.get('end_to_end_speedup'), '.2f')}x of the target "
+            f"(decode {_fmt(me.get('tokens_per_s'), '.1f')} tok/s, {_fmt(me.get('speedup'), '.2f')}x); "
+            f"its tokens equal the target's on {me.get('equal_prompts', '?')} of {me.get('compared_prompts', '?')} "
+            "prompts"
+        )
+        vs = me.get("chosen_plan_vs_this")
+        if vs and vs.get("end_to_end") is not None:
+            faster = "the plan is faster here" if vs["end_to_end"] > 1 else "llama.cpp alone is faster here"
+            text += (
+                f"; the chosen plan ({vs['method']}) runs {vs['end_to_end']:.2f}x its speed end to end "
+                f"(decode {_fmt(vs.get('decode'), '.2f')}x): {faster}"
+            )
+        out.append(text)
+    why = (doc.get("skipped") or {}).get(LLAMACPP_ALONE)
+    return out + ([f"No llama.cpp-alone reference: {why}"] if why else [])
 
 
 def by_category(specs: list[MethodSpec], records: list[RunRecord], categories: dict[str, str]) -> dict[str, Any]:
@@ -404,6 +486,38 @@ def _levels(predicted: dict[str, Any] | None) -> str:
     return " / ".join(_fmt(x, ".2f") for x in L) if L and len(L) > 1 else "-"
 
 
+def _method_row(m: dict[str, Any]) -> str:
+    """One method's row of the Markdown table."""
+    me, pr, er = m["measured"], m["predicted"], m["error"]
+    mal = me.get("mean_acceptance_length")
+    L = me.get("tokens_per_pass")
+    return (
+        "| {label} | {chain} | {gam} | {e2e} | {worst} | {tps} | {sp} | {mal} | {L} | {Lp} | {mt} | {pi} / {pr_} "
+        "| {ei} / {er_} "
+        "| {si} / {sr} | {eq} |".format(
+            label=m["label"],
+            chain=" > ".join(m["chain"]),
+            gam=",".join("default" if g is None else str(g) for g in m["gammas"]) or "-",
+            e2e=_fmt(me.get("end_to_end_speedup"), ".2f") + ("x" if me.get("end_to_end_speedup") else ""),
+            worst=_fmt(me.get("worst_prompt_end_to_end_speedup"), ".2f")
+            + ("x" if me.get("worst_prompt_end_to_end_speedup") else ""),
+            tps=_fmt(me.get("tokens_per_s"), ".1f"),
+            sp=_fmt(me.get("speedup"), ".2f") + ("x" if me.get("speedup") else ""),
+            mal=" / ".join(_fmt(x, ".2f") for x in mal) if mal else "-",
+            L=" / ".join(_fmt(x, ".2f") for x in L) if L else "-",
+            Lp=_levels(m.get("predicted_levels", {}).get("replay")),
+            mt=_fmt(me.get("time_per_token_s") and me["time_per_token_s"] * 1e3, ".2f"),
+            pi=_fmt(pr.get("iid") and pr["iid"] * 1e3, ".2f"),
+            pr_=_fmt(pr.get("replay") and pr["replay"] * 1e3, ".2f"),
+            ei=_fmt(er.get("iid") and er["iid"] * 100, ".1f") + ("%" if "iid" in er else ""),
+            er_=_fmt(er.get("replay") and er["replay"] * 100, ".1f") + ("%" if "replay" in er else ""),
+            si=_percent(m.get("error_speedup", {}).get("iid")),
+            sr=_percent(m.get("error_speedup", {}).get("replay")),
+            eq=_fmt(me.get("matches_autoregressive"), ".2f"),
+        )
+    )
+
+
 def markdown_table(doc: dict[str, Any]) -> str:
     s = doc.get("settings", {})
     w = doc.get("workload") or {}
@@ -427,35 +541,9 @@ def markdown_table(doc: dict[str, Any]) -> str:
             "Speedups are over the target's own one-token decoding; `= AR` compares outputs with the target "
             "decoding alone in the numerics it verifies with (its one-token kernels may flip a near-tie).",
         ]
-    for m in doc["methods"]:
-        me, pr, er = m["measured"], m["predicted"], m["error"]
-        mal = me.get("mean_acceptance_length")
-        L = me.get("tokens_per_pass")
-        lines.append(
-            "| {label} | {chain} | {gam} | {e2e} | {worst} | {tps} | {sp} | {mal} | {L} | {Lp} | {mt} | {pi} / {pr_} "
-            "| {ei} / {er_} "
-            "| {si} / {sr} | {eq} |".format(
-                label=m["label"],
-                chain=" > ".join(m["chain"]),
-                gam=",".join("default" if g is None else str(g) for g in m["gammas"]) or "-",
-                e2e=_fmt(me.get("end_to_end_speedup"), ".2f") + ("x" if me.get("end_to_end_speedup") else ""),
-                worst=_fmt(me.get("worst_prompt_end_to_end_speedup"), ".2f")
-                + ("x" if me.get("worst_prompt_end_to_end_speedup") else ""),
-                tps=_fmt(me.get("tokens_per_s"), ".1f"),
-                sp=_fmt(me.get("speedup"), ".2f") + ("x" if me.get("speedup") else ""),
-                mal=" / ".join(_fmt(x, ".2f") for x in mal) if mal else "-",
-                L=" / ".join(_fmt(x, ".2f") for x in L) if L else "-",
-                Lp=_levels(m.get("predicted_levels", {}).get("replay")),
-                mt=_fmt(me.get("time_per_token_s") and me["time_per_token_s"] * 1e3, ".2f"),
-                pi=_fmt(pr.get("iid") and pr["iid"] * 1e3, ".2f"),
-                pr_=_fmt(pr.get("replay") and pr["replay"] * 1e3, ".2f"),
-                ei=_fmt(er.get("iid") and er["iid"] * 100, ".1f") + ("%" if "iid" in er else ""),
-                er_=_fmt(er.get("replay") and er["replay"] * 100, ".1f") + ("%" if "replay" in er else ""),
-                si=_percent(m.get("error_speedup", {}).get("iid")),
-                sr=_percent(m.get("error_speedup", {}).get("replay")),
-                eq=_fmt(me.get("matches_autoregressive"), ".2f"),
-            )
-        )
+    lines += [_method_row(m) for m in doc["methods"]]
+    # the speed reference in words under the table: what it is (not lossless) and where the plan stands
+    lines += [f"\n{line}" for line in speed_reference_lines(doc)]
     lines += _category_lines(doc)
     labels, rows = length_rows(doc)
     if rows:

@@ -10,6 +10,8 @@ Compared, in one run on the same prompts:
   E. polyplan's chosen plan as `polyplan run` runs it: adaptive (proofs/adaptive-control.md) when the
      plan has a policy, plus the same plan static (skipped when it is D); with ``static`` only the
      static plan (skipped when it is D).
+  F. where the pool has the GGUF of the target's own weights, that GGUF decoded by llama.cpp alone
+     (``polyplan.bench.llamacpp_alone``): a speed reference, not lossless, never compared as a plan.
 With ``grid``: also the runners-up and gamma neighbours of the chosen plan (regret).
 
 Time per token is measured end to end (prefill included) and, for the prediction error, per
@@ -31,11 +33,14 @@ from typing import Any
 
 import torch
 
+from polyplan.bench.llamacpp_alone import llamacpp_alone_method
 from polyplan.bench.methods import BenchMethod, also_methods, plan_methods
 from polyplan.bench.predictions import attach_predictions, request_predictions
 from polyplan.bench.results import (
     AUTOREGRESSIVE,
+    LLAMACPP_ALONE,
     RunRecord,
+    add_speed_reference_figures,
     by_category,
     by_prompt_length,
     regret,
@@ -108,7 +113,8 @@ def run_interleaved(
             for pid, prompt in prompts:
                 group: list[RunRecord] = []
                 timed_prefill = {}
-                for name in sorted({n for m in methods for n in m.members}):
+                # a member no chain loaded (the llama.cpp speed reference's GGUF) times its own prefill
+                for name in sorted({n for m in methods for n in m.members if n in drafters}):
                     timed_prefill[(pid, name)] = time_prefill(drafters[name], prompt)
                 for m in methods:
                     dev = getattr(drafters.get(m.members[0]), "device", torch.device("cpu"))
@@ -177,6 +183,36 @@ def check_prompts_fit(
                 check_prompt_fits(prompt, len(ids), d.max_context, max_new_tokens, d.name)
 
 
+def _drop_failing_hf(methods: list[BenchMethod], prompt: list[int], seed: int, log: Log) -> dict[str, str]:
+    """Remove the transformers assisted methods that fail on a short run; returns {name: why}."""
+    skipped = {}
+    for m in list(methods):
+        if m.spec.engine == "transformers" and m.spec.name != AUTOREGRESSIVE:
+            # transformers may not support every derived drafter (e.g. a quantized assistant):
+            # say so in the results instead of failing the whole comparison
+            try:
+                m.generate(prompt, 4, seed)
+            except Exception as e:  # noqa: BLE001 - any library failure means "not comparable here"
+                log(f"skipping {m.spec.label}: {type(e).__name__}: {e}")
+                skipped[m.spec.name] = f"{type(e).__name__}: {e}"
+                methods.remove(m)
+    return skipped
+
+
+def _merge_decode(end_to_end: list[dict[str, Any]], decode: list[dict[str, Any]]) -> None:
+    """Each row's headline figures become end to end (``end_to_end_*``) and its per-token ones decode-only."""
+    for e2e, dec in zip(end_to_end, decode, strict=True):
+        e2e["measured"]["end_to_end_time_per_token_s"] = e2e["measured"].get("time_per_token_s")
+        e2e["measured"]["end_to_end_speedup"] = e2e["measured"].get("speedup")
+        e2e["measured"]["worst_prompt_end_to_end_speedup"] = e2e["measured"].pop("worst_prompt_speedup", None)
+        e2e["measured"]["worst_prompt_end_to_end"] = e2e["measured"].pop("worst_prompt", None)
+        # The per-token figures are decode-only, like the per-token prediction they are compared
+        # with; the end-to-end ones above are what a user waits for (reported first).
+        for k in ("time_per_token_s", "tokens_per_s", "speedup", "time_per_token_by_repeat_s"):
+            e2e["measured"][k] = dec["measured"].get(k)
+        e2e["error"], e2e["error_speedup"] = dec["error"], dec["error_speedup"]
+
+
 # ---- building the comparison from a plan --------------------------------------------------------
 
 
@@ -198,12 +234,15 @@ def run_bench(
     prompt_categories: dict[str, str] | None = None,
     static: bool = False,
     also: list[tuple[list[str], list[int], list[int]]] | None = None,
+    llamacpp_alone: bool = True,
 ) -> dict[str, Any]:
     """Run the comparison and return the results document (not yet saved; ``complete`` is false
     when it was interrupted). ``encoded_prompts`` (with ``prompt_categories``) replace the
     prompt set, for tests and callers that tokenise themselves. The chosen plan runs as
     ``polyplan run`` runs it (adaptive) beside its static version; ``static``: static only.
-    ``also``: more static chains (names, gammas, tree sizes) measured in the same interleaved run."""
+    ``also``: more static chains (names, gammas, tree sizes) measured in the same interleaved run.
+    ``llamacpp_alone``: add the target's own GGUF decoded by llama.cpp alone, a speed reference that
+    is not lossless (``polyplan.bench.llamacpp_alone``), where the pool has one."""
     log = log or (lambda msg: None)
     if repeats < 1 or prompts < 1 or max_new_tokens < 1:
         raise UserError("--repeats, --prompts and --max-new-tokens must all be >= 1")
@@ -248,17 +287,14 @@ def run_bench(
     methods = plan_methods(plan, drafter, temperature=temperature, eos=eos, grid=grid, hf=hf, policy=policy)
     methods += also_methods(methods, also or [], drafter, temperature, eos)
     check_prompts_fit(selected, encoded_prompts, list(loaded.values()), max_new_tokens)
-    skipped = {}
-    for m in list(methods):
-        if m.spec.engine == "transformers" and m.spec.name != AUTOREGRESSIVE:
-            # transformers may not support every derived drafter (e.g. a quantized assistant):
-            # say so in the results instead of failing the whole comparison
-            try:
-                m.generate(encoded_prompts[0][1], 4, seed)
-            except Exception as e:  # noqa: BLE001 - any library failure means "not comparable here"
-                log(f"skipping {m.spec.label}: {type(e).__name__}: {e}")
-                skipped[m.spec.name] = f"{type(e).__name__}: {e}"
-                methods.remove(m)
+    skipped = _drop_failing_hf(methods, encoded_prompts[0][1], seed, log)
+    if llamacpp_alone:
+        longest = max(len(ids) for _, ids in encoded_prompts) + max_new_tokens
+        alone, why = llamacpp_alone_method(pool, plan, temperature=temperature, eos=eos, longest=longest)
+        methods += [alone] if alone is not None else []
+        if why is not None:
+            log(f"no llama.cpp-alone reference: {why}")
+            skipped[LLAMACPP_ALONE] = why
 
     profile = profile_path = None
     pp = Path(plan.profile.get("path", ""))
@@ -304,19 +340,10 @@ def run_bench(
     specs = [m.spec for m in methods]
     end_to_end = summarize(specs, records)
     decoded = decode_records(records, methods, prefill)
-    decode = summarize(specs, decoded)
-    for e2e, dec in zip(end_to_end, decode, strict=True):
-        e2e["measured"]["end_to_end_time_per_token_s"] = e2e["measured"].get("time_per_token_s")
-        e2e["measured"]["end_to_end_speedup"] = e2e["measured"].get("speedup")
-        e2e["measured"]["worst_prompt_end_to_end_speedup"] = e2e["measured"].pop("worst_prompt_speedup", None)
-        e2e["measured"]["worst_prompt_end_to_end"] = e2e["measured"].pop("worst_prompt", None)
-        # The per-token figures are decode-only, like the per-token prediction they are compared
-        # with; the end-to-end ones above are what a user waits for (reported first).
-        for k in ("time_per_token_s", "tokens_per_s", "speedup", "time_per_token_by_repeat_s"):
-            e2e["measured"][k] = dec["measured"].get(k)
-        e2e["error"], e2e["error_speedup"] = dec["error"], dec["error_speedup"]
+    _merge_decode(end_to_end, summarize(specs, decoded))
     speed = median_factors(calibrations) if calibrations else None
     chosen = "polyplan-plan" if any(m.spec.name == "polyplan-plan" for m in methods) else "polyplan-two-level"
+    add_speed_reference_figures(end_to_end, records, decoded, chosen)
     from polyplan.profiler.machine import machine_facts
 
     machine = machine_facts(target.device)

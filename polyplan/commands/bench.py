@@ -39,6 +39,12 @@ def bench_command(
         help="run the plan static only (default: adaptive, as `polyplan run` runs it, beside the static plan)",
     ),
     no_hf: bool = typer.Option(False, "--no-hf", help="skip transformers assisted generation"),
+    no_llamacpp_alone: bool = typer.Option(
+        False,
+        "--no-llamacpp-alone",
+        help="skip the speed reference: the GGUF of the target's own weights decoded by llama.cpp alone "
+        "(not lossless; run by default where the pool has that GGUF and llama-cpp-python is installed)",
+    ),
     also: list[str] = typer.Option(
         [],
         "--also",
@@ -79,6 +85,7 @@ def bench_command(
         seed=seed,
         grid=grid,
         hf=not no_hf,
+        llamacpp_alone=not no_llamacpp_alone,
         log=lambda m: console.print(f"[dim]{m}[/dim]"),
         prompts_file=prompts_file,
         static=static,
@@ -166,9 +173,16 @@ def print_table(doc: dict) -> None:
             f(me.get("matches_autoregressive"), ".2f"),
         )
     Console().print(table)
-    from polyplan.bench.results import alone_lines, category_rows, length_rows, request_error_text, speed_text
+    from polyplan.bench.results import (
+        alone_lines,
+        category_rows,
+        length_rows,
+        request_error_text,
+        speed_reference_lines,
+        speed_text,
+    )
 
-    for line in alone_lines(doc):
+    for line in speed_reference_lines(doc) + alone_lines(doc):
         Console().print(line, highlight=False)
     _print_rows(
         "per prompt length: end to end speedup / worst prompt / decode speedup", "prompt tokens", *length_rows(doc)
