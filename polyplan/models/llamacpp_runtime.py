@@ -8,7 +8,9 @@ fails are not Python errors that a ``try`` can turn into one line:
 * a library built with ``-march=native`` on another CPU, or one whose CPU reports features the
   VM does not allow (AMX on some Xeon VMs), dies with SIGILL on the first ``eval``: that kills
   the process. :func:`check_runs` therefore loads the GGUF and evaluates one token in a child
-  process first, once per (library, CPU, GGUF); the outcome is remembered in the cache.
+  process first, once per (library, CPU, GGUF); the outcome is remembered in the cache. A build
+  with AMX also runs a torch bf16 matmul between two batched passes there: oneDNN's AMX kernels
+  replace the thread's tile configuration, which unpatched ggml assumed it still held (SIGILL).
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from polyplan.errors import UserError
 from polyplan.models import cache as model_cache
 
 #: how llama.cpp members become available: setup.sh builds the extra for the instruction sets this
-#: CPU reports, never AMX (a plain `pip install llama-cpp-python` builds with -march=native; see docs/pools.md)
+#: CPU reports, AMX only where the kernel grants it and from patched source (a plain
+#: `pip install llama-cpp-python` builds with -march=native; see docs/pools.md)
 LLAMACPP_INSTALL = (
     "scripts/setup.sh (builds the polyplan[llamacpp] extra for this CPU's instruction sets; "
-    "POLYPLAN_LLAMACPP_BUILD=portable for the AVX2 set)"
+    "POLYPLAN_LLAMACPP_BUILD=portable for the AVX2 set, noamx for one without AMX)"
 )
 _PROBE_TIMEOUT_S = 300
 
@@ -83,10 +86,12 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _probe_key(llama_cpp: ModuleType, gguf: Path) -> str:
+def _probe_key(llama_cpp: ModuleType, gguf: Path, with_torch: bool = False) -> str:
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     libs = sorted(lib_dir.glob("*.so*")) if lib_dir.is_dir() else []
     parts = [_PROBE_VERSION, getattr(llama_cpp, "__version__", "?"), " ".join(cpu_flags()), str(gguf.resolve())]
+    if with_torch:  # only then: the markers of plain probes made before this option stay valid
+        parts.append("torch between passes")
     for p in [gguf, *libs]:
         st = p.stat()
         parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
@@ -94,27 +99,44 @@ def _probe_key(llama_cpp: ModuleType, gguf: Path) -> str:
 
 
 #: the probe runs a 64-token batch (the batched matmul kernels a prefill and a verification use,
-#: which a two-token pass never reaches) and then one token; bump to re-probe every machine
+#: which a two-token pass never reaches) and then one token; bump to re-probe every machine.
+#: With "torch" after the GGUF it runs a torch bf16 matmul (oneDNN's AMX kernels where the CPU has
+#: them, which load their own tile configuration on this thread) and another batched pass between
+#: the two: the sequence that killed ggml's unpatched AMX kernels in a process that also runs torch.
 _PROBE_VERSION = "3"
 _PROBE_SCRIPT = (
     "import sys, llama_cpp\n"
     "m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=128, n_batch=64, n_ubatch=64, n_threads=2, verbose=False)\n"
     "m.eval([(7 * i + 1) % m.n_vocab() for i in range(64)])\n"
+    "if sys.argv[2:] == ['torch']:\n"
+    "    import torch\n"
+    "    a = torch.randn(512, 512).to(torch.bfloat16)\n"
+    "    float((a @ a).float().sum())\n"
+    "    m.eval([(5 * i + 3) % m.n_vocab() for i in range(32)])\n"
     "m.eval([1])\n"
 )
 
 
-def check_runs(gguf: Path) -> None:
+def built_with_amx() -> bool:
+    """Whether the installed llama.cpp was built with AMX kernels (its system info says AMX_INT8)."""
+    return "AMX" in (build_features() or "")
+
+
+def check_runs(gguf: Path, *, with_torch: bool | None = None) -> None:
     """Load ``gguf`` and evaluate a 64-token batch and one token in a child process (once per
     library, CPU and file):
-    a crash there is a one-line :class:`LlamaCppUnavailable` here instead of a dead process."""
+    a crash there is a one-line :class:`LlamaCppUnavailable` here instead of a dead process.
+    ``with_torch`` adds a torch bf16 matmul and a second batch between them; by default it does so
+    for a build with AMX (the kernels whose tile state torch's oneDNN replaces)."""
     llama_cpp = import_llama_cpp()
-    marker = model_cache.cache_root() / "llamacpp-probes" / _probe_key(llama_cpp, gguf)
+    if with_torch is None:
+        with_torch = built_with_amx()
+    marker = model_cache.cache_root() / "llamacpp-probes" / _probe_key(llama_cpp, gguf, with_torch)
     if marker.exists():
         return
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _PROBE_SCRIPT, str(gguf)],
+            [sys.executable, "-c", _PROBE_SCRIPT, str(gguf), *(["torch"] if with_torch else [])],
             capture_output=True,
             text=True,
             timeout=_PROBE_TIMEOUT_S,
@@ -141,21 +163,25 @@ def check_runs(gguf: Path) -> None:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m polyplan.models.llamacpp_runtime POOL``: probe the installed llama.cpp build on
-    the pool's first llama.cpp member (setup.sh falls back to the portable build on failure)."""
+    """``python -m polyplan.models.llamacpp_runtime POOL [--torch]``: probe the installed llama.cpp
+    build on the pool's first llama.cpp member (setup.sh falls back to a build without AMX, then to
+    the portable one, on failure); ``--torch`` runs the torch step even where the build has no AMX."""
     from polyplan.models.pools import load_pool
 
-    pool = load_pool(argv[0] if argv else "smollm2")
+    with_torch = "--torch" in argv or built_with_amx()
+    names = [a for a in argv if a != "--torch"]
+    pool = load_pool(names[0] if names else "smollm2")
     member = next((m.name for m in pool.members if m.llama_cpp and m.quantization is None), None)
     if member is None:
         print(f"pool {pool.name} has no llama.cpp member to probe with", file=sys.stderr)
         return 2
     try:
-        check_runs(pool.member_gguf(member))
+        check_runs(pool.member_gguf(member), with_torch=with_torch)
     except UserError as e:
         print(str(e), file=sys.stderr)
         return 1
-    print(f"llama.cpp ({build_features()}) runs {member} here")
+    torch_step = ", a torch bf16 matmul between its passes too" if with_torch else ""
+    print(f"llama.cpp ({build_features()}) runs {member} here{torch_step}")
     return 0
 
 
