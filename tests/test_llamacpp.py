@@ -261,3 +261,72 @@ def test_cpu_reader_reads_arm_features(monkeypatch):
     monkeypatch.setattr(cpu, "_first_cpuinfo_block", lambda: {"features": "fp asimd sve i8mm", "cpu part": "0xd40"})
     assert cpu.cpu_flags() == ["asimd", "fp", "i8mm", "sve"]
     assert cpu.cpu_features()["flags"] == ["asimd", "sve", "i8mm"]
+
+
+# -- the member's passes on real weights (issue 29: what polyplan adds per pass) --------------------
+
+
+@pytest.fixture(scope="module")
+def q8(smollm2_pool):
+    if LLAMACPP_MISSING is not None:
+        pytest.skip(LLAMACPP_MISSING)
+    if not smollm2_pool.installed().get("smollm2-135m:q8_0"):
+        pytest.skip("the derived Q8_0 GGUF is missing: run `polyplan models install smollm2`")
+    return smollm2_pool.drafter("smollm2-135m:q8_0")
+
+
+def _context(vocab: int, n: int, seed: int = 0):
+    import torch
+
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.weights
+def test_score_argmax_is_the_argmax_of_score_and_advances_the_same(q8):
+    """The greedy path (argmax on llama.cpp's buffer, no row copied) drafts the token score's row
+    gives, for one-token and longer passes, and leaves the same state behind."""
+    ids = _context(q8.vocab_size, 96)
+    q8.reset()
+    q8.score(ids[:64], last=1)
+    for start, stop in ((64, 65), (65, 81), (81, 82), (82, 96)):
+        rows = q8.score(ids[start:stop], last=1)
+        q8.rollback(start)
+        token = q8.score_argmax(ids[start:stop])
+        assert token.dtype == ids.dtype and token.shape == (1,)
+        assert token.tolist() == rows[-1:].argmax(dim=-1).tolist()
+        assert q8.processed == stop
+        # the base class's default (score + torch argmax) agrees: the executor's token is unchanged
+        q8.rollback(start)
+        assert type(q8).__mro__[1].score_argmax(q8, ids[start:stop]).tolist() == token.tolist()
+
+
+@pytest.mark.weights
+def test_reused_batch_gives_fresh_passes_logits_bitwise(q8):
+    """One batch and its views serve passes of every size: after passes of 16, 1, 5 and 16 tokens
+    (rolled back), the logits equal those of a freshly loaded member's same passes, bit for bit."""
+    import torch
+
+    from polyplan.models.llamacpp_drafter import LlamaCppDrafter
+
+    ids = _context(q8.vocab_size, 80, seed=1)
+    # its own instance (the pool caches its drafters): same file, threads and attention kernel
+    fresh = LlamaCppDrafter(q8.gguf_path, "fresh", threads=q8.threads, flash_attn=q8.flash_attn, probe=False)
+    try:
+        fresh.reset()
+        fresh.score(ids[:48], last=1)
+        expected = {}
+        for n in (1, 5, 16):
+            expected[n] = fresh.score(ids[48 : 48 + n], last=n)
+            fresh.rollback(48)
+        q8.reset()
+        q8.score(ids[:48], last=1)
+        for n in (16, 1, 5, 16, 1):
+            got = q8.score(ids[48 : 48 + n], last=n)
+            q8.rollback(48)
+            for k in (n, 1):
+                # a fresh member's pass of the same size, its last k rows
+                torch.testing.assert_close(got[-k:], expected[n][-k:], atol=0, rtol=0)
+        partial = q8.score(ids[48:64], last=3)  # rows asked for part of a pass: those rows only
+        torch.testing.assert_close(partial, expected[16][-3:], atol=0, rtol=0)
+    finally:
+        fresh.close()

@@ -8,6 +8,8 @@ Semantics follow docs/staged-decoding.md. A drafter holds the state of ONE seque
   forward pass; the KV cache grows by ``len(new_ids)``). ``logits[i]`` is the distribution of the
   token AFTER ``new_ids[i]``. A backend may skip computing rows nobody asked for (the LM head
   over a long prefill is not free).
+* ``score_argmax(new_ids)`` -- ``score(new_ids, last=1)`` reduced to the argmax of that row (greedy
+  drafting); the default calls ``score``, a backend may take it without building the row.
 * ``rollback(length)`` -- forget everything after the first ``length`` processed tokens
   (rejected drafts). ``length <= processed`` always.
 * ``score_tree(prefix_ids, tree_ids, parents)`` then ``keep_tree_path(path)`` -- members that
@@ -92,6 +94,12 @@ class Drafter(ABC):
         Returns float32 logits of shape ``(len(new_ids), vocab_size)``, or ``(last, vocab_size)``
         for the last ``last`` positions when ``last`` is given."""
         raise NotImplementedError(f"{self.name} is a point-mass drafter and cannot score tokens")
+
+    def score_argmax(self, new_ids: torch.Tensor) -> torch.Tensor:
+        """``score(new_ids, last=1)`` reduced to its argmax: the greedy draft after ``new_ids``
+        (non-empty) as a LongTensor of shape [1]. A backend may take it without building the
+        logits row (a llama.cpp member reads llama.cpp's buffer in place); the token is the same."""
+        return self.score(new_ids, last=1)[-1:].argmax(dim=-1)
 
     @abstractmethod
     def rollback(self, length: int) -> None:

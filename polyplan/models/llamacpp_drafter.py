@@ -5,7 +5,9 @@ loop instead of ``Llama.eval``: ``eval`` copies the logits of EVERY fed position
 ``n_ctx x vocab`` float32 array when ``logits_all`` is on (2.5 GB for Qwen at n_ctx 4096), and
 none at all when it is off. Here the batch asks llama.cpp for logits only at the rows ``score``
 returns (``last``), so the LM head runs only there, and those rows are copied once, straight
-into the torch tensor handed back.
+into the torch tensor handed back. Greedy drafting (``score_argmax``) asks for the last row only
+and takes its argmax in place on llama.cpp's buffer, copying no row. One ``llama_batch``, made at
+load, serves every pass through numpy views over its arrays (no per-pass loop of ctypes stores).
 
 State: one sequence (seq id 0) in llama.cpp's KV cache. ``rollback`` removes the cache cells
 at positions >= length (``llama_memory_seq_rm``); the next batch is placed at position
@@ -120,6 +122,7 @@ class LlamaCppDrafter(Drafter):
         self._n_batch = n_batch
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self._free_batch = weakref.finalize(self, lc.llama_batch_free, self._batch)
+        self._bind_batch(n_batch)
         self._eos_ids = self._end_of_generation_ids()
         #: llama.cpp picks kernels by the number of tokens in a pass, and their logits differ: a
         #: one-token pass differs from a longer one (by up to ~1.1 on SmolLM2 Q4_1), and for Qwen
@@ -130,6 +133,21 @@ class LlamaCppDrafter(Drafter):
         self.min_pass = min_pass
         self._tokens: list[int] = []
         self._processed = 0
+
+    def _bind_batch(self, n_batch: int) -> None:
+        """numpy views over the batch's arrays, made once: a pass then fills them with a few slice
+        assignments instead of a Python loop of ctypes stores. Every token belongs to sequence 0
+        alone, so ``n_seq_id`` and ``seq_id`` are written here once (llama_decode only reads the
+        batch)."""
+        batch = self._batch
+        self._batch_token = np.ctypeslib.as_array(batch.token, shape=(n_batch,))
+        self._batch_pos = np.ctypeslib.as_array(batch.pos, shape=(n_batch,))
+        self._batch_wanted = np.ctypeslib.as_array(batch.logits, shape=(n_batch,))
+        np.ctypeslib.as_array(batch.n_seq_id, shape=(n_batch,))[:] = 1
+        for i in range(n_batch):
+            batch.seq_id[i][0] = 0
+        self._offsets = np.arange(n_batch, dtype=self._batch_pos.dtype)
+        self._row_bytes = self.vocab_size * ctypes.sizeof(ctypes.c_float)
 
     def _end_of_generation_ids(self) -> list[int]:
         """Every token llama.cpp itself stops a generation on (EOS, EOT, ...: ``is_eog``),
@@ -169,58 +187,81 @@ class LlamaCppDrafter(Drafter):
         ids = new_ids.tolist()
         n = len(ids)
         keep = n if last is None else max(0, min(int(last), n))
+        self._check_room(n)
+        if 0 < n < self.min_pass:
+            return self._score_padded(ids, keep)
+        out = torch.empty((keep, self.vocab_size), dtype=torch.float32)
+        row = 0
+        for outputs in self._decode(ids, n - keep):
+            if outputs:
+                # one copy, from llama.cpp's output buffer (reused by the next decode) into ours:
+                # its rows are contiguous and in batch order, as ``out``'s are
+                dst = out.data_ptr() + row * self._row_bytes
+                ctypes.memmove(dst, self._lc.llama_get_logits(self._ctx), outputs * self._row_bytes)
+                row += outputs
+        return out
+
+    def score_argmax(self, new_ids: torch.Tensor) -> torch.Tensor:
+        """As :meth:`Drafter.score_argmax`: llama.cpp computes the last row only and its argmax
+        is taken in place, on a numpy view of llama.cpp's output buffer (no copy of the row).
+        ``np.argmax`` and ``torch.argmax`` both return the first of tied maxima: the same token."""
+        n = int(new_ids.shape[0])
+        if n == 0 or n < self.min_pass:
+            return super().score_argmax(new_ids)  # padding (a target's regime) goes through score
+        ids = new_ids.tolist()
+        self._check_room(n)
+        for _ in self._decode(ids, n - 1):
+            pass
+        row = np.ctypeslib.as_array(self._lc.llama_get_logits_ith(self._ctx, -1), shape=(self.vocab_size,))
+        return torch.tensor([int(row.argmax())], dtype=torch.long)
+
+    def _check_room(self, n: int) -> None:
+        """Refuse a pass that would overflow the context, before any padding rollback, so a
+        refused step leaves the state as it was."""
         if self._processed + n > self._max_context:
-            # before any padding rollback, so a refused step leaves the state as it was
             raise LlamaContextFull(
                 f"{self.name} holds at most {self._max_context} tokens (n_ctx); this step would need "
                 f"{self._processed + n}: shorten the prompt, lower --max-new-tokens or raise the member's n_ctx"
             )
-        if 0 < n < self.min_pass and self._processed == 0:
+
+    def _score_padded(self, ids: list[int], keep: int) -> torch.Tensor:
+        """A pass of 0 < n < ``min_pass`` tokens, scored as ``min_pass`` tokens (see ``min_pass``)."""
+        n = len(ids)
+        if self._processed == 0:
             # a first pass (a prompt) shorter than min_pass: padded AFTER its tokens (causal, no
             # real row sees the padding), which is then dropped, so it too stays in the regime
             pad = self.min_pass - n
             out = self.score(torch.tensor(ids + ids[-1:] * pad), last=keep + pad)
             self.rollback(n)
             return out[:keep]
-        if 0 < n < self.min_pass and self._processed > 0:
-            k = min(self.min_pass - n, self._processed)
-            previous = self._tokens[-k:]
-            self.rollback(self._processed - k)
-            return self.score(torch.tensor(previous + ids), last=keep)
-        out = torch.empty((keep, self.vocab_size), dtype=torch.float32)
-        if n == 0:
-            return out
-        first_out = n - keep
-        row = 0
-        batch = self._batch
+        k = min(self.min_pass - n, self._processed)
+        previous = self._tokens[-k:]
+        self.rollback(self._processed - k)
+        return self.score(torch.tensor(previous + ids), last=keep)
+
+    def _decode(self, ids: list[int], first_out: int) -> Iterator[int]:
+        """Decode ``ids`` after the processed tokens in balanced pieces of at most ``n_batch``,
+        asking for logits at positions ``>= first_out`` (of ``ids``) only. Yields each piece's
+        number of output rows right after its decode, while they sit in llama.cpp's output buffer."""
+        n = len(ids)
         pieces = -(-n // self._n_batch)
-        bounds = [n * i // pieces for i in range(pieces + 1)]
-        for start, stop in zip(bounds, bounds[1:], strict=False):
-            chunk = ids[start:stop]
-            m = len(chunk)
-            outputs = 0
-            batch.n_tokens = m
-            for i, token in enumerate(chunk):
-                batch.token[i] = token
-                batch.pos[i] = self._processed + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                wanted = start + i >= first_out
-                batch.logits[i] = wanted
-                outputs += wanted
-            rc = self._lc.llama_decode(self._ctx, batch)
+        for piece in range(pieces):
+            start, stop = n * piece // pieces, n * (piece + 1) // pieces
+            m = stop - start
+            self._batch.n_tokens = m
+            self._batch_token[:m] = ids[start:stop]
+            np.add(self._offsets[:m], self._processed, out=self._batch_pos[:m])
+            first = min(max(first_out - start, 0), m)
+            self._batch_wanted[:first] = 0
+            self._batch_wanted[first:m] = 1
+            rc = self._lc.llama_decode(self._ctx, self._batch)
             if rc != 0:
                 # the cells of a failed batch may be partly written: drop them
                 self._lc.llama_memory_seq_rm(self._mem, 0, self._processed, -1)
                 raise RuntimeError(f"{self.name}: llama_decode returned {rc} at position {self._processed}")
-            if outputs:
-                flat = np.ctypeslib.as_array(self._lc.llama_get_logits(self._ctx), shape=(outputs * self.vocab_size,))
-                # one copy, from llama.cpp's output buffer (reused by the next decode) into ours
-                out[row : row + outputs].copy_(torch.from_numpy(flat).view(outputs, self.vocab_size))
-                row += outputs
-            self._tokens.extend(chunk)
+            self._tokens.extend(ids[start:stop])
             self._processed += m
-        return out
+            yield m - first
 
     @property
     def pads_passes(self) -> bool:  # type: ignore[override]
