@@ -114,8 +114,10 @@ def _greedy_loop(lc: Any, llama: Any, member: str, eos: list[int]) -> Callable[.
     stop = set(eos)
 
     def decode(ids: list[int]) -> None:
-        # ``llama`` is read here so the closure keeps the model and its context alive
-        rc = lc.llama_decode(llama.ctx, lc.llama_batch_get_one((lc.llama_token * len(ids))(*ids), len(ids)))
+        # the batch only points at ``tokens``: it must stay referenced until llama_decode returns.
+        # ``llama`` is read here so the closure keeps the model and its context alive.
+        tokens = (lc.llama_token * len(ids))(*ids)
+        rc = lc.llama_decode(llama.ctx, lc.llama_batch_get_one(tokens, len(ids)))
         if rc != 0:
             raise RuntimeError(f"{member}: llama_decode returned {rc}")
 
