@@ -14,6 +14,7 @@ import pytest
 
 from polyplan.documents import Profile
 from polyplan.executor.adaptive import AdaptiveController
+from polyplan.executor.control import RoundTiming
 from polyplan.planner.policy import build_policy
 from polyplan.planner.predictors import load_traces
 from polyplan.theory.control import relax_tokens
@@ -240,10 +241,11 @@ def test_a_windowed_drafters_prior_weighs_like_a_handful_of_verifications(policy
 # ---- the time guard (proofs/adaptive-control.md, section 5): round times fed directly ----------
 
 
-def timed_run(controller, world, rounds, alone, spec, first=None):
+def timed_run(controller, world, rounds, alone, spec, first=None, timing=None):
     """``world.run`` with each round's time reported through observe_round: a round of the target
     alone takes ``alone`` s per token, a speculative one ``spec(done, committed)`` s (``done``:
     tokens committed before it); the request's first round (its prefill) takes ``first`` if given.
+    ``timing(i, seconds, committed)`` makes the RoundTiming (default: the time alone, as on CUDA).
     Returns the settings and, per round, (speculative, committed)."""
     setting = controller.start(3, list(PROMPT))
     history, rounds_run = [setting], []
@@ -253,7 +255,8 @@ def timed_run(controller, world, rounds, alone, spec, first=None):
         committed = len(world.tokens) - before
         speculative = len(setting.members) > 1
         seconds = spec(before - len(PROMPT), committed) if speculative else alone * committed
-        controller.observe_round(first if i == 0 and first is not None else seconds, committed)
+        seconds = first if i == 0 and first is not None else seconds
+        controller.observe_round(timing(i, seconds, committed) if timing else RoundTiming(seconds, committed))
         rounds_run.append((speculative, committed))
         setting = controller.next_round(world.tokens)
         history.append(setting)
@@ -270,21 +273,20 @@ def speculated_share(rounds_run) -> float:
 
 def test_guard_falls_back_when_speculation_is_measured_slower_than_the_target_alone(policy):
     """The Xeon case: acceptance as profiled, but every speculative token costs 1.5x the target
-    alone's. Two warm rounds after the prefill round, the guard stops speculating to measure the
-    target alone; measured faster, it holds it; probes then fail on measurements (backoff doubles)."""
-    from polyplan.executor.adaptive import GUARD_MIN_ROUNDS
-
+    alone's. After one warm round past the prefill round (even its best case, every draft accepted,
+    is not clearly faster than the prediction) the guard stops speculating to measure the target
+    alone; measured faster, it holds it; probes then fail on measurements (backoff doubles)."""
     world = World(0.982, 0.47, seed=21)
     controller = AdaptiveController(policy, {2: world.propose})
     controller.start(3, list(PROMPT))
     alone = controller.predicted_alone()
     history, rounds_run = timed_run(controller, world, 300, alone, per_token(1.5 * alone))
     falls = [i for i in range(1, len(history)) if history[i].members == (0,) and len(history[i - 1].members) > 1]
-    assert falls[0] == 1 + GUARD_MIN_ROUNDS  # the prefill round is not evidence
+    assert falls[0] == 2  # the prefill round is not evidence (not timed apart here)
     assert "fell back to measure the target alone" in history[falls[0]].reason
-    # the probes are judged on two measurements
+    # the probes are judged on measurements
     assert len(falls) > 1 and all("measured: fell back" in history[i].reason for i in falls[1:])
-    # the first stretch and each probe: a prefill/catch-up round and two measured ones
+    # the first stretch and each probe: a prefill/catch-up round and one or two measured ones
     assert speculated_share(rounds_run) < 0.3
     assert controller.guard.backoff > 32
 
@@ -320,7 +322,7 @@ def test_guard_measures_the_target_alone_when_the_prediction_cannot_tell(policy)
 
 
 def test_guard_speculates_again_when_a_probe_measures_it_faster(policy):
-    """Speculation slow for the first 60 tokens (a drafter slowed by other load), fast after: the
+    """Speculation slow for the first 40 tokens (a drafter slowed by other load), fast after: the
     guard falls back, its probe after the backoff finds speculation faster, and it stays."""
     world = World(0.982, 0.47, seed=24)
     controller = AdaptiveController(policy, {2: world.propose})
@@ -328,7 +330,7 @@ def test_guard_speculates_again_when_a_probe_measures_it_faster(policy):
     alone = controller.predicted_alone()
 
     def spec(done: int, committed: int) -> float:
-        return (1.5 if done < 60 else 0.5) * alone * committed
+        return (1.5 if done < 40 else 0.5) * alone * committed
 
     history, rounds_run = timed_run(controller, world, 120, alone, spec)
     assert any(s.members == (0,) for s in history[:8])
@@ -362,3 +364,51 @@ def test_a_new_request_forgets_the_guards_measurements(policy):
     again = controller.start(3, list(PROMPT))
     assert again.members == (0, 1, 2) and controller.guard.held_until is None
     assert controller.guard.alone.rounds == 0 and controller.guard.backoff == 32
+
+
+def test_a_timed_prefill_is_taken_out_and_the_first_round_counts(policy):
+    """Where the chain times each pass (CPU), the request's first round is its prefill plus a
+    round like the others: with the prefill subtracted it is evidence, so the guard acts a round
+    earlier than when only the round's whole time is known."""
+    controller = AdaptiveController(policy)
+    controller.start(3, list(PROMPT))
+    alone, prefill = controller.predicted_alone(), 50 * controller.predicted_alone()
+
+    def timing(i, seconds, committed):
+        return RoundTiming(seconds + (prefill if i == 0 else 0.0), committed, prefill if i == 0 else 0.0)
+
+    def first_fall(timing) -> int:
+        world = World(0.982, 0.47, seed=27)
+        controller = AdaptiveController(policy, {2: world.propose})
+        history, _ = timed_run(controller, world, 40, alone, per_token(1.5 * alone), timing=timing)
+        return next(i for i in range(1, len(history)) if history[i].members == (0,))
+
+    assert first_fall(timing) == 1  # the first round, its prefill taken out, is evidence
+    assert first_fall(None) == 2  # untimed, the request's first round is left out
+
+
+def test_the_targets_own_passes_rescale_the_prediction(policy):
+    """The machine runs the target twice as fast as profiled (another CPU): speculation at 0.75x of
+    the profile's target alone is then 1.5x the target alone now. The target's verification passes,
+    timed against the profile's curve, halve the prediction, so the guard measures the target alone
+    and holds it; without them it would trust the stale prediction and keep speculating."""
+    curve = policy.requests.latency[policy.names[0]]
+    controller = AdaptiveController(policy)
+    controller.start(3, list(PROMPT))
+    alone = controller.predicted_alone()
+
+    def run(with_target_passes: bool):
+        world = World(0.982, 0.47, seed=28)
+        controller = AdaptiveController(policy, {2: world.propose})
+
+        def timing(i, seconds, committed):
+            passes = ((0.5 * curve(16, 200), 16, 200),) if with_target_passes else ()
+            return RoundTiming(seconds, committed, 0.0, passes)
+
+        return timed_run(controller, world, 60, 0.5 * alone, per_token(0.75 * alone), timing=timing)
+
+    calibrated, _ = run(True)
+    stale, _ = run(False)
+    assert any(s.members == (0,) for s in calibrated[:4])
+    assert "fell back to measure the target alone" in next(s.reason for s in calibrated if s.members == (0,))
+    assert all(len(s.members) > 1 for s in stale)

@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from polyplan.executor.control import RoundSetting
+from polyplan.executor.control import RoundSetting, RoundTiming
 from polyplan.theory.control import (
     posterior_mean,
     transfer_bound,
@@ -115,6 +115,7 @@ class AdaptiveController:
         #: or catch up (a one-off cost the guard's rates leave out)
         self.running = RoundSetting((0,), ())
         self._cold = True
+        self._catching_up = False
         self._reset(0)
 
     def _reset(self, seen: int) -> None:
@@ -158,7 +159,7 @@ class AdaptiveController:
             setting = self.setting
             self._hold = d.members == (0,) and not self.shadow
         self.guard.start(self.predicted_alone())
-        self.running, self._cold = setting, True
+        self.running, self._cold, self._catching_up = setting, True, False
         self.warm.update(setting.members)
         self.seconds += time.perf_counter() - started
         return setting
@@ -187,14 +188,32 @@ class AdaptiveController:
         self.rounds += 1
         setting = self.setting if self._hold and self.setting is not None else self._decide()
         setting = self.guard.apply(setting)
-        self._cold = not set(setting.members) <= set(self.running.members)
+        joining = set(setting.members) - set(self.running.members)
+        self._cold = bool(joining)
+        # members that ran earlier in this request and missed tokens since: their catch-up pass is
+        # a one-off no prefill clock sees
+        self._catching_up = bool(joining & self.warm)
         self.running = setting
         self.warm.update(setting.members)
         self.seconds += time.perf_counter() - started
         return setting
 
-    def observe_round(self, seconds: float, committed: int) -> None:
-        self.guard.observe(seconds, committed, len(self.running.members) > 1, self._cold)
+    def observe_round(self, timing: RoundTiming) -> None:
+        """Feed the guard: the round's time without its prefills where the chain timed them (a
+        round is then left out only while a member catches up), and the target's own passes
+        against the profile's curve (how fast the target runs now)."""
+        if timing.prefill_s is None:
+            seconds, cold = timing.seconds, self._cold
+        else:
+            seconds, cold = timing.seconds - timing.prefill_s, self._catching_up
+        speculative = len(self.running.members) > 1
+        # a round commits at most its top gamma + 1 tokens (a tree's depth is capped by its gamma)
+        most = self.running.gammas[0] + 1 if speculative else 1
+        self.guard.observe(seconds, timing.committed, speculative, cold, most)
+        curve = self.policy.requests.latency.get(self.policy.names[0]) if self.policy.requests else None
+        if curve is not None:
+            for measured, fed, cached in timing.target_passes:
+                self.guard.calibrate(measured, curve(fed, cached))
 
     # ---- estimates and decisions ---------------------------------------------------------------
     def _shadow_check(self, pair: Pair, propose: Propose, tokens: list[int]) -> None:
@@ -323,16 +342,38 @@ class SpeedGuard:
         self.held_since = 0
         self.held_reason = ""
         self.speculated = math.nan  # speculation's measured rate when it was stopped
+        #: the lowest time per token a warm speculative round since speculation (re)started would have
+        #: had with every draft accepted: no acceptance luck makes speculation faster than this
+        self.best_case = math.inf
         self.backoff = GUARD_BACKOFF
+        # the target's passes in this request, measured and as the profile prices them
+        self.target_measured = self.target_profiled = 0.0
 
-    def observe(self, seconds: float, committed: int, speculative: bool, cold: bool) -> None:
+    def calibrate(self, measured: float, profiled: float) -> None:
+        """One pass of the target: ``measured`` seconds where the profile's curve says ``profiled``."""
+        if profiled > 0 and measured > 0:
+            self.target_measured += measured
+            self.target_profiled += profiled
+
+    @property
+    def predicted_now(self) -> float:
+        """The policy's target-alone time, rescaled by how fast the target's own passes ran in this
+        request (a ratio of sums): the prediction at the machine's speed now, not the profile's."""
+        if self.target_profiled > 0:
+            return self.predicted * self.target_measured / self.target_profiled
+        return self.predicted
+
+    def observe(self, seconds: float, committed: int, speculative: bool, cold: bool, most: int = 0) -> None:
         """One round: a ``cold`` one (the request's first, or one that prefilled or caught up a
-        member) pays a one-off cost the steady rates must not carry."""
+        member) pays a one-off cost the steady rates must not carry. ``most``: the tokens a
+        speculative round could have committed had every draft been accepted."""
         self.done += committed
         if cold or committed <= 0:
             return
         if speculative:
             self.speculating.add(seconds, committed)
+            if most > 0:
+                self.best_case = min(self.best_case, seconds / max(most, committed))
         else:
             self.alone.add(seconds, committed)
 
@@ -344,6 +385,7 @@ class SpeedGuard:
         if why is None:
             return setting
         self.speculated, self.speculating = self.speculating.value, MeasuredRate()
+        self.best_case = math.inf
         self.held_since, self.held_until = self.done, self.done + self.backoff
         self.held_reason = f"{why} (for up to {self.backoff} tokens)"
         self.backoff = min(2 * self.backoff, GUARD_MAX_BACKOFF)
@@ -353,15 +395,30 @@ class SpeedGuard:
         """Why speculation stops now, or None: measured slower than the target alone measured, or,
         before the target alone is measured, not clearly faster than its prediction."""
         if not self.speculating.known:
+            # one round is luck for the rate, not for its best case: even with every draft accepted
+            # it would have been this slow
+            best = self.best_case
+            if not math.isfinite(best):
+                return None
+            if self.alone.known and best > self.alone.value * (1 + GUARD_MARGIN):
+                return (
+                    f"{_ms(best)}/token even had every draft been accepted, against the target alone's "
+                    f"{_ms(self.alone.value)} measured: fell back"
+                )
+            if not self.alone.known and best * (1 + GUARD_PREDICTION_ERROR) > self.predicted_now:
+                return (
+                    f"{_ms(best)}/token even had every draft been accepted, not clearly below the "
+                    f"target alone's {_ms(self.predicted_now)} predicted: fell back to measure the target alone"
+                )
             return None
         rate = self.speculating.value
         if self.alone.known:
             alone = self.alone.value
             if rate > alone * (1 + GUARD_MARGIN):
                 return f"measured {_ms(rate)}/token against the target alone's {_ms(alone)} measured: fell back"
-        elif rate * (1 + GUARD_PREDICTION_ERROR) > self.predicted:
+        elif rate * (1 + GUARD_PREDICTION_ERROR) > self.predicted_now:
             return (
-                f"measured {_ms(rate)}/token, not clearly below the target alone's {_ms(self.predicted)} "
+                f"measured {_ms(rate)}/token, not clearly below the target alone's {_ms(self.predicted_now)} "
                 "predicted: fell back to measure the target alone"
             )
         return None
@@ -378,4 +435,5 @@ class SpeedGuard:
         else:
             return RoundSetting((0,), (), self.held_reason, setting.windows)
         self.held_until = None
+        self.speculating, self.best_case = MeasuredRate(), math.inf
         return setting._replace(reason=f"{why}; {setting.reason}") if len(setting.members) > 1 else setting

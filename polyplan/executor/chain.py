@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import torch
 
 from polyplan.errors import UserError
-from polyplan.executor.control import Controller, RoundSetting, StaticController, check_setting
+from polyplan.executor.control import Controller, RoundSetting, RoundTiming, StaticController, check_setting
 from polyplan.executor.sampling import POINT_MASS, PointMass, SamplingParams, sample, verify_greedy, verify_sampled
 from polyplan.executor.stats import GenerationStats, LevelStats
 from polyplan.executor.tree import DraftTree, build_tree, common_prefix, walk_greedy, walk_sampled
@@ -87,13 +87,16 @@ class _ForwardClock:
             return event
         return time.perf_counter()
 
-    def stop(self, started: Any) -> None:
+    def stop(self, started: Any) -> float | None:
+        """The pass's seconds on CPU; None on CUDA (known only when ``total`` syncs)."""
         if self.cuda:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
             self._events.append((started, end))
-        else:
-            self.seconds += time.perf_counter() - started
+            return None
+        seconds = time.perf_counter() - started
+        self.seconds += seconds
+        return seconds
 
     def total(self) -> float:
         if self._events:
@@ -363,6 +366,9 @@ class _StagedRun:
         self.clocks = [_ForwardClock(d.device) for d in self.drafters]
         # a member's first pass of a generation (lazy: when the chain first uses it) is its prefill
         self.prefill_clocks = [_ForwardClock(d.device) for d in self.drafters]
+        # the current round's prefill seconds and target passes (RoundTiming)
+        self.round_prefill_s: float | None = 0.0
+        self.round_target: list[tuple[float, int, int]] = []
         self.point_mass = [d.point_mass for d in self.drafters]
         self.tree_nodes = [1, *chain.tree_nodes]  # per member; the target's entry is unused
         # this round's levels (chain indices) and their gammas: set by _apply between rounds
@@ -430,16 +436,27 @@ class _StagedRun:
         """Run one pass of ``member`` over ``n_tokens`` tokens, counted and timed (its first pass
         of the generation as its prefill)."""
         d, st = self.drafters[member], self.stats.levels[member]
-        prefill = d.processed == 0
+        prefill, cached = d.processed == 0, d.processed
         clock = self.prefill_clocks[member] if prefill else self.clocks[member]
         started = clock.start()
         logits = forward()
-        clock.stop(started)
+        seconds = clock.stop(started)
+        self._round_pass(member, prefill, seconds, n_tokens, cached)
         if prefill:
             st.prefill_tokens += n_tokens
         st.forward_passes += 1
         st.tokens_processed += n_tokens
         return logits
+
+    def _round_pass(self, member: int, prefill: bool, seconds: float | None, n_tokens: int, cached: int) -> None:
+        """Note a pass for this round's :class:`RoundTiming` (what a time-judging controller reads)."""
+        if seconds is None:
+            self.round_prefill_s = None  # not host-timed: the round's prefill share is unknown
+        elif prefill:
+            if self.round_prefill_s is not None:
+                self.round_prefill_s += seconds
+        elif member == 0:
+            self.round_target.append((seconds, n_tokens, cached))
 
     def _through_eos(self, tokens: list[int]) -> list[int]:
         """``tokens`` up to and including the first end-of-sequence token."""
@@ -632,12 +649,14 @@ class _StagedRun:
         while self.length < self.total:
             self._apply(setting)
             base = self.length
+            self.round_prefill_s, self.round_target = 0.0, []
             round_started = time.perf_counter()
             # a round of the target alone verifies an empty block: plain autoregressive decoding
             q = self._build_block(1) if len(self.levels) > 1 else None
             new, _ = self._verify(0, base, q)
             if self.observe_round is not None:
-                self.observe_round(time.perf_counter() - round_started, len(new))
+                seconds = time.perf_counter() - round_started
+                self.observe_round(RoundTiming(seconds, len(new), self.round_prefill_s, tuple(self.round_target)))
             if not self.eos.isdisjoint(new):
                 new, reason = self._through_eos(new), "eos"
             out.extend(new)

@@ -32,6 +32,20 @@ class RoundSetting(NamedTuple):
     windows: tuple[tuple[int, int | None], ...] = ()
 
 
+class RoundTiming(NamedTuple):
+    """One target round as the chain timed it (``perf_counter``)."""
+
+    #: from the round's first draft to the target's verdict (which the loop already syncs on)
+    seconds: float
+    #: tokens the round committed
+    committed: int
+    #: inside ``seconds``, the members' first passes of the request (their prefills, one-off
+    #: costs); None where passes cannot be timed on the host (CUDA runs them asynchronously)
+    prefill_s: float | None = None
+    #: the target's other passes in the round: (seconds, tokens fed, tokens cached before each)
+    target_passes: tuple[tuple[float, int, int], ...] = ()
+
+
 class Controller(Protocol):
     """Chooses the setting of every target round of one generation."""
 
@@ -51,10 +65,9 @@ class Controller(Protocol):
         (read-only)."""
         ...
 
-    def observe_round(self, seconds: float, committed: int) -> None:
-        """After each target round, before ``next_round``: its wall time (``perf_counter``, from
-        the round's first draft to the target's verdict, which the loop already syncs on) and the
-        tokens it committed. Optional: the chain skips a controller without it."""
+    def observe_round(self, timing: RoundTiming) -> None:
+        """After each target round, before ``next_round``: its measured time and the tokens it
+        committed. Optional: the chain skips a controller without it."""
         ...
 
 
@@ -75,7 +88,7 @@ class StaticController:
     def next_round(self, tokens: list[int]) -> RoundSetting:
         return self.setting
 
-    def observe_round(self, seconds: float, committed: int) -> None:
+    def observe_round(self, timing: RoundTiming) -> None:
         pass
 
 
