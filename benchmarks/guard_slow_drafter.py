@@ -22,8 +22,8 @@ from typing import Any
 
 import polyplan
 from polyplan.data import load_prompts
-from polyplan.executor.adaptive import SpeedGuard
 from polyplan.executor.control import RoundSetting
+from polyplan.executor.guard import SpeedGuard
 
 
 class NoGuard(SpeedGuard):

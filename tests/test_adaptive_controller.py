@@ -307,7 +307,7 @@ def test_guard_measures_the_target_alone_when_the_prediction_cannot_tell(policy)
     """The machine is 1.3x slower than profiled for every member; speculation still beats the target
     alone (1.15x vs 1.3x its predicted time) but not its prediction. The guard measures the target
     alone for two rounds, finds it slower than speculation, and speculates for the rest."""
-    from polyplan.executor.adaptive import GUARD_MIN_ROUNDS
+    from polyplan.executor.guard import GUARD_MIN_ROUNDS
 
     world = World(0.982, 0.47, seed=23)
     controller = AdaptiveController(policy, {2: world.propose})
@@ -341,7 +341,7 @@ def test_guard_speculates_again_when_a_probe_measures_it_faster(policy):
 def test_guard_probes_a_losing_speculation_logarithmically_often(policy):
     """Backoff doubles at each fall-back: over ~1000 tokens of a speculation that always loses, a
     handful of probes (32, 64, 128, 256, 512 tokens apart), each a few rounds."""
-    from polyplan.executor.adaptive import GUARD_BACKOFF
+    from polyplan.executor.guard import GUARD_BACKOFF
 
     world = World(0.982, 0.47, seed=25)
     controller = AdaptiveController(policy, {2: world.propose})
@@ -402,7 +402,7 @@ def test_the_targets_own_passes_rescale_the_prediction(policy):
         controller = AdaptiveController(policy, {2: world.propose})
 
         def timing(i, seconds, committed):
-            passes = ((0.5 * curve(16, 200), 16, 200),) if with_target_passes else ()
+            passes = ((0, 0.5 * curve(16, 200), 16, 200),) if with_target_passes else ()
             return RoundTiming(seconds, committed, 0.0, passes)
 
         return timed_run(controller, world, 60, 0.5 * alone, per_token(0.75 * alone), timing=timing)
@@ -412,3 +412,4 @@ def test_the_targets_own_passes_rescale_the_prediction(policy):
     assert any(s.members == (0,) for s in calibrated[:4])
     assert "fell back to measure the target alone" in next(s.reason for s in calibrated if s.members == (0,))
     assert all(len(s.members) > 1 for s in stale)
+

@@ -16,6 +16,7 @@ import pytest
 from polyplan.documents import Profile
 from polyplan.documents.profile import PrefillCurve
 from polyplan.executor.adaptive import AdaptiveController
+from polyplan.executor.control import RoundTiming
 from polyplan.planner.policy import START_SAFETY, WINDOWED_START_SAFETY, Policy, build_policy, prompt_length_table
 from polyplan.planner.predictors import load_traces
 
@@ -332,3 +333,27 @@ def test_a_request_priced_at_the_speed_measured_now():
         assert e["median_error"] == pytest.approx(0.5) and e["calibrated_median_error"] == pytest.approx(0.0, abs=1e-9)
     assert out["runs"][0]["calibrated_predicted_s"] == pytest.approx(2 * p.request_s)
     assert "at the speed measured now 0.0%" in request_error_text(out["errors"])
+
+
+def test_members_measured_slower_in_the_chain_re_time_the_next_start(policy):
+    """Costs as the chain pays them: the drafter's passes in the chain take 8x what the profile's
+    curve prices them at; the next request starts on the request model re-timed by that
+    measurement (a ratio of sums), so the start leaves the drafter out. Prefills re-time alike."""
+    names = policy.names
+    curve = policy.requests.latency[names[1]]
+    prompt = list(range(100))
+    controller = AdaptiveController(policy)
+    assert controller.start(2, prompt, 64).members == (0, 1)
+    slow = tuple((1, 8.0 * curve(1, 120), 1, 120) for _ in range(8))
+    target_prefill = policy.requests.prefill_s(0, 99)
+    controller.observe_round(RoundTiming(1.0, 10, 0.0, slow, ((0, 2.0 * target_prefill, 99),)))
+    factors = controller.speed.factors(names)
+    assert factors[names[1]] == pytest.approx({"decode": 8.0, "prefill": 1.0})
+    assert factors[names[0]] == pytest.approx({"decode": 1.0, "prefill": 2.0})
+    again = controller.start(2, prompt, 64)
+    assert again.members == (0,) and "least expected request time" in again.reason
+    assert controller.target_prefill_s == pytest.approx(2.0 * policy.requests.prefill_s(0, len(prompt)))
+    # the evidence fades with the requests that follow: SPEED_MEMORY per start
+    assert controller.speed.decode[1][2] == pytest.approx(4.0)
+    # as profiled, the same request still starts with the drafter
+    assert AdaptiveController(policy).start(2, prompt, 64).members == (0, 1)

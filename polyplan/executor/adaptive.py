@@ -38,19 +38,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from polyplan.executor.control import RoundSetting, RoundTiming
+from polyplan.executor.guard import MemberSpeed, SpeedGuard
 from polyplan.theory.control import (
     posterior_mean,
     transfer_bound,
     transfer_strength,
     verification_evidence,
 )
+from polyplan.theory.prefill import prefill_seconds
 
 if TYPE_CHECKING:  # the policy is data from the plan; the executor does not import the planner
     from polyplan.planner.policy import Policy, StartDecision
+    from polyplan.planner.request_model import RequestModel
 
 Pair = tuple[int, int]
 Propose = Callable[[list[int], int], list[int]]
@@ -61,30 +63,6 @@ MAX_TRANSFER_STRENGTH = 256.0
 #: measured on a few long prompts and varies with the text (a summary's source lies outside the
 #: window, a code file's definitions may not), so it weighs like a handful of verifications
 WINDOWED_PRIOR_STRENGTH = 8.0
-
-# The time guard's constants (proofs/adaptive-control.md, section 5). They describe measurement
-# noise and the cost of a wrong verdict, not a plan, so they live here rather than in the policy.
-#: warm rounds of a kind (speculating / the target alone) before their measured rate is used: a
-#: speculative round commits 1..gamma+1 tokens at about the same cost, so one round is luck; two
-#: rounds act early in a short request, and a wrong verdict costs at most one backoff (below)
-GUARD_MIN_ROUNDS = 2
-#: fall back when speculation is measured this much slower than the target alone measured (and come
-#: back when the target alone is measured this much slower than speculation was): per-round time
-#: noise on a loaded CPU is a few percent, and the goal is >= 0.95x of the target alone
-GUARD_MARGIN = 0.05
-#: how far the policy's predicted target-alone time may be off the machine now: profile vs run-time
-#: drift was 18% on the target of a Xeon and 5-24% on this project's VM (bench's calibration). A
-#: speculation measured within this of the prediction cannot be judged on it: the guard measures
-#: the target alone (a couple of tokens) instead of trusting the prediction either way
-GUARD_PREDICTION_ERROR = 0.25
-#: the measured rates forget over this many tokens of their own kind (the text's and the machine's
-#: character change over a paragraph: SEGMENT_TOKENS / 2 of the policy)
-GUARD_WINDOW = 64.0
-#: tokens on the target alone after the request's first fall-back before speculation is tried again;
-#: doubled at each fall-back (at most GUARD_MAX_BACKOFF), so a speculation that keeps losing is
-#: probed O(log n) times in n tokens
-GUARD_BACKOFF = 32
-GUARD_MAX_BACKOFF = 512
 
 
 class AdaptiveController:
@@ -110,6 +88,10 @@ class AdaptiveController:
         #: per pair: what the drafter's window keeps of its acceptance (the prior is scaled by it)
         self.prior_factor: dict[Pair, float] = {}
         self.guard = SpeedGuard()
+        #: the members' speed as the chain runs them, carried across requests; ``requests`` is the
+        #: policy's request model re-timed by it at each start (the profile's until measured)
+        self.speed = MemberSpeed()
+        self.requests = policy.requests
         #: the setting the chain runs now (the guard's, when it holds the target alone), and whether
         #: its round is cold: the request's first, or one bringing in a member that must prefill
         #: or catch up (a one-off cost the guard's rates leave out)
@@ -142,16 +124,17 @@ class AdaptiveController:
         self.horizon = 0.0
         self.windows = ()
         self.prior_factor = {}
-        req = self.policy.requests
+        req = self.requests = self._retimed()
+        self.speed.new_request()
         # the target's prefill: a per-request constant the margins below are anchored on
         self.target_prefill_s = req.prefill_s(0, len(prompt)) if req is not None else 0.0
-        first = self.policy.start(self.estimates(), len(prompt), max_new_tokens)
+        first = self.policy.start(self.estimates(), len(prompt), max_new_tokens, requests=req)
         if first is None:
             setting = self._decide()
         else:
             self.scale, self.horizon = first.scale, first.horizon
             self.windows = tuple(sorted(first.windows.items()))
-            req = self.policy.requests
+            assert req is not None
             self.prior_factor = {(v, d): req.factor(d, first.windows.get(d), first.horizon) for v, d in self.pairs}
             self.alpha = self.estimates()
             d = first.decision
@@ -210,10 +193,25 @@ class AdaptiveController:
         # a round commits at most its top gamma + 1 tokens (a tree's depth is capped by its gamma)
         most = self.running.gammas[0] + 1 if speculative else 1
         self.guard.observe(seconds, timing.committed, speculative, cold, most)
-        curve = self.policy.requests.latency.get(self.policy.names[0]) if self.policy.requests else None
-        if curve is not None:
-            for measured, fed, cached in timing.target_passes:
-                self.guard.calibrate(measured, curve(fed, cached))
+        profiled, now = self.policy.requests, self.requests
+        if profiled is None or now is None:
+            return
+        names = self.policy.names
+        for m, measured, fed, cached in timing.passes:
+            curve = profiled.latency.get(names[m])
+            if curve is not None:
+                self.speed.add(self.speed.decode, m, measured, curve(fed, cached))
+            if m == 0 and names[0] in now.latency:  # the guard: drift since this request's start
+                self.guard.calibrate(measured, now.latency[names[0]](fed, cached))
+        for m, measured, fed in timing.prefills:
+            if names[m] in profiled.prefill:
+                self.speed.add(self.speed.prefill, m, measured, prefill_seconds(profiled.prefill[names[m]], fed))
+
+    def _retimed(self) -> RequestModel | None:
+        """The policy's request model at the members' speed measured in earlier requests."""
+        req = self.policy.requests
+        factors = self.speed.factors(self.policy.names)
+        return req.at_speed(factors) if req is not None and factors else req
 
     # ---- estimates and decisions ---------------------------------------------------------------
     def _shadow_check(self, pair: Pair, propose: Propose, tokens: list[int]) -> None:
@@ -253,7 +251,7 @@ class AdaptiveController:
     def cold_cost(self) -> dict[int, float]:
         """Per member not yet prefilled in this request: its prefill (at the context reached)
         spread over the tokens still expected (proofs/prefill.md, Corollary 3)."""
-        req = self.policy.requests
+        req = self.requests
         if req is None or not self.horizon:
             return {}
         cold = [m for m in range(len(self.policy.names)) if m not in self.warm]
@@ -293,147 +291,3 @@ class AdaptiveController:
             reason = self.policy.reason(decision, self.alpha)
             self.setting = RoundSetting(decision.members, decision.gammas, reason, self.windows)
         return self.setting
-
-
-@dataclass
-class MeasuredRate:
-    """Seconds per committed token over the last ~GUARD_WINDOW tokens of one kind of round: a
-    ratio of sums (time over tokens), the renewal-reward estimate of a setting's time per token."""
-
-    seconds: float = 0.0
-    tokens: float = 0.0
-    rounds: int = 0
-
-    def add(self, seconds: float, tokens: int) -> None:
-        keep = math.exp(-tokens / GUARD_WINDOW)
-        self.seconds = self.seconds * keep + seconds
-        self.tokens = self.tokens * keep + tokens
-        self.rounds += 1
-
-    @property
-    def known(self) -> bool:
-        return self.rounds >= GUARD_MIN_ROUNDS
-
-    @property
-    def value(self) -> float:
-        return self.seconds / self.tokens if self.tokens else math.nan
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms"
-
-
-class SpeedGuard:
-    """Runs the target alone while speculation is measured slower than it (proofs/adaptive-control.md,
-    section 5). ``observe`` takes each round's wall time; ``apply`` filters the policy's setting for
-    the next round. Verdicts compare a measurement with a measurement; the policy's predicted
-    target-alone time only decides whether the target alone is worth measuring."""
-
-    def __init__(self) -> None:
-        self.start(math.nan)
-
-    def start(self, predicted_alone: float) -> None:
-        """A new request; ``predicted_alone``: the policy's target alone, seconds per token here."""
-        self.predicted = predicted_alone
-        self.speculating = MeasuredRate()  # since speculation last (re)started
-        self.alone = MeasuredRate()
-        self.done = 0  # tokens committed in this request
-        self.held_until: int | None = None  # the target alone runs until this many are committed
-        self.held_since = 0
-        self.held_reason = ""
-        self.speculated = math.nan  # speculation's measured rate when it was stopped
-        #: the lowest time per token a warm speculative round since speculation (re)started would have
-        #: had with every draft accepted: no acceptance luck makes speculation faster than this
-        self.best_case = math.inf
-        self.backoff = GUARD_BACKOFF
-        # the target's passes in this request, measured and as the profile prices them
-        self.target_measured = self.target_profiled = 0.0
-
-    def calibrate(self, measured: float, profiled: float) -> None:
-        """One pass of the target: ``measured`` seconds where the profile's curve says ``profiled``."""
-        if profiled > 0 and measured > 0:
-            self.target_measured += measured
-            self.target_profiled += profiled
-
-    @property
-    def predicted_now(self) -> float:
-        """The policy's target-alone time, rescaled by how fast the target's own passes ran in this
-        request (a ratio of sums): the prediction at the machine's speed now, not the profile's."""
-        if self.target_profiled > 0:
-            return self.predicted * self.target_measured / self.target_profiled
-        return self.predicted
-
-    def observe(self, seconds: float, committed: int, speculative: bool, cold: bool, most: int = 0) -> None:
-        """One round: a ``cold`` one (the request's first, or one that prefilled or caught up a
-        member) pays a one-off cost the steady rates must not carry. ``most``: the tokens a
-        speculative round could have committed had every draft been accepted."""
-        self.done += committed
-        if cold or committed <= 0:
-            return
-        if speculative:
-            self.speculating.add(seconds, committed)
-            if most > 0:
-                self.best_case = min(self.best_case, seconds / max(most, committed))
-        else:
-            self.alone.add(seconds, committed)
-
-    def apply(self, setting: RoundSetting) -> RoundSetting:
-        """The policy's ``setting``, or the target alone while the guard holds it."""
-        if self.held_until is not None:
-            return self._held(setting)
-        why = self._losing() if len(setting.members) > 1 else None
-        if why is None:
-            return setting
-        self.speculated, self.speculating = self.speculating.value, MeasuredRate()
-        self.best_case = math.inf
-        self.held_since, self.held_until = self.done, self.done + self.backoff
-        self.held_reason = f"{why} (for up to {self.backoff} tokens)"
-        self.backoff = min(2 * self.backoff, GUARD_MAX_BACKOFF)
-        return RoundSetting((0,), (), self.held_reason, setting.windows)
-
-    def _losing(self) -> str | None:
-        """Why speculation stops now, or None: measured slower than the target alone measured, or,
-        before the target alone is measured, not clearly faster than its prediction."""
-        if not self.speculating.known:
-            # one round is luck for the rate, not for its best case: even with every draft accepted
-            # it would have been this slow
-            best = self.best_case
-            if not math.isfinite(best):
-                return None
-            if self.alone.known and best > self.alone.value * (1 + GUARD_MARGIN):
-                return (
-                    f"{_ms(best)}/token even had every draft been accepted, against the target alone's "
-                    f"{_ms(self.alone.value)} measured: fell back"
-                )
-            if not self.alone.known and best * (1 + GUARD_PREDICTION_ERROR) > self.predicted_now:
-                return (
-                    f"{_ms(best)}/token even had every draft been accepted, not clearly below the "
-                    f"target alone's {_ms(self.predicted_now)} predicted: fell back to measure the target alone"
-                )
-            return None
-        rate = self.speculating.value
-        if self.alone.known:
-            alone = self.alone.value
-            if rate > alone * (1 + GUARD_MARGIN):
-                return f"measured {_ms(rate)}/token against the target alone's {_ms(alone)} measured: fell back"
-        elif rate * (1 + GUARD_PREDICTION_ERROR) > self.predicted_now:
-            return (
-                f"measured {_ms(rate)}/token, not clearly below the target alone's {_ms(self.predicted_now)} "
-                "predicted: fell back to measure the target alone"
-            )
-        return None
-
-    def _held(self, setting: RoundSetting) -> RoundSetting:
-        """Keep the target alone, unless it is measured slower than speculation was (the prediction
-        it was judged on was wrong) or the backoff is over (a probe: speculation is measured again)."""
-        alone = self.alone.value
-        assert self.held_until is not None
-        if self.alone.known and alone > self.speculated * (1 + GUARD_MARGIN):
-            why = f"the target alone measured {_ms(alone)}/token against {_ms(self.speculated)} speculating: back"
-        elif self.done >= self.held_until:
-            why = f"probe after {self.done - self.held_since} tokens on the target alone ({_ms(alone)}/token)"
-        else:
-            return RoundSetting((0,), (), self.held_reason, setting.windows)
-        self.held_until = None
-        self.speculating, self.best_case = MeasuredRate(), math.inf
-        return setting._replace(reason=f"{why}; {setting.reason}") if len(setting.members) > 1 else setting

@@ -366,9 +366,10 @@ class _StagedRun:
         self.clocks = [_ForwardClock(d.device) for d in self.drafters]
         # a member's first pass of a generation (lazy: when the chain first uses it) is its prefill
         self.prefill_clocks = [_ForwardClock(d.device) for d in self.drafters]
-        # the current round's prefill seconds and target passes (RoundTiming)
+        # for RoundTiming: the current round's prefill seconds, the passes since the last report
         self.round_prefill_s: float | None = 0.0
-        self.round_target: list[tuple[float, int, int]] = []
+        self.pass_log: list[tuple[int, float, int, int]] = []
+        self.prefill_log: list[tuple[int, float, int]] = []
         self.point_mass = [d.point_mass for d in self.drafters]
         self.tree_nodes = [1, *chain.tree_nodes]  # per member; the target's entry is unused
         # this round's levels (chain indices) and their gammas: set by _apply between rounds
@@ -449,14 +450,21 @@ class _StagedRun:
         return logits
 
     def _round_pass(self, member: int, prefill: bool, seconds: float | None, n_tokens: int, cached: int) -> None:
-        """Note a pass for this round's :class:`RoundTiming` (what a time-judging controller reads)."""
+        """Note a pass for the next :class:`RoundTiming` (what a time-judging controller reads)."""
         if seconds is None:
             self.round_prefill_s = None  # not host-timed: the round's prefill share is unknown
         elif prefill:
             if self.round_prefill_s is not None:
                 self.round_prefill_s += seconds
-        elif member == 0:
-            self.round_target.append((seconds, n_tokens, cached))
+            self.prefill_log.append((member, seconds, n_tokens))
+        else:
+            self.pass_log.append((member, seconds, n_tokens, cached))
+
+    def _report_round(self, seconds: float, committed: int) -> None:
+        timing = RoundTiming(seconds, committed, self.round_prefill_s, tuple(self.pass_log), tuple(self.prefill_log))
+        self.pass_log.clear()
+        self.prefill_log.clear()
+        self.observe_round(timing)
 
     def _through_eos(self, tokens: list[int]) -> list[int]:
         """``tokens`` up to and including the first end-of-sequence token."""
@@ -649,14 +657,13 @@ class _StagedRun:
         while self.length < self.total:
             self._apply(setting)
             base = self.length
-            self.round_prefill_s, self.round_target = 0.0, []
+            self.round_prefill_s = 0.0
             round_started = time.perf_counter()
             # a round of the target alone verifies an empty block: plain autoregressive decoding
             q = self._build_block(1) if len(self.levels) > 1 else None
             new, _ = self._verify(0, base, q)
             if self.observe_round is not None:
-                seconds = time.perf_counter() - round_started
-                self.observe_round(RoundTiming(seconds, len(new), self.round_prefill_s, tuple(self.round_target)))
+                self._report_round(time.perf_counter() - round_started, len(new))
             if not self.eos.isdisjoint(new):
                 new, reason = self._through_eos(new), "eos"
             out.extend(new)

@@ -42,8 +42,11 @@ class RoundTiming(NamedTuple):
     #: inside ``seconds``, the members' first passes of the request (their prefills, one-off
     #: costs); None where passes cannot be timed on the host (CUDA runs them asynchronously)
     prefill_s: float | None = None
-    #: the target's other passes in the round: (seconds, tokens fed, tokens cached before each)
-    target_passes: tuple[tuple[float, int, int], ...] = ()
+    #: the members' other passes since the last report: (member, seconds, tokens fed, tokens cached)
+    passes: tuple[tuple[int, float, int, int], ...] = ()
+    #: the members' first passes since the last report: (member, seconds, tokens fed); the target's
+    #: prompt, read before the first round, comes with the first
+    prefills: tuple[tuple[int, float, int], ...] = ()
 
 
 class Controller(Protocol):

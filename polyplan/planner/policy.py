@@ -253,12 +253,19 @@ class Policy:
         return self._plan_offset
 
     def start(
-        self, alpha: Mapping[Pair, float], prompt_tokens: int, max_new_tokens: int, exact_horizon: bool = False
+        self,
+        alpha: Mapping[Pair, float],
+        prompt_tokens: int,
+        max_new_tokens: int,
+        exact_horizon: bool = False,
+        requests: RequestModel | None = None,
     ) -> StartDecision | None:
         """The setting with the least expected REQUEST time (prefills of the members it uses, on
         their windows, plus the decode over the workload's horizon) for this prompt length; None
-        when the policy has no prefill curves (plans made before them: the tables decide)."""
-        req = self.requests
+        when the policy has no prefill curves (plans made before them: the tables decide).
+        ``requests``: the request model to price with (default this policy's; the executor passes
+        it re-timed at the speed it measured)."""
+        req = requests or self.requests
         if req is None or not req.knows_prefill or max_new_tokens <= 0:
             return None
         horizon = float(max_new_tokens) if exact_horizon else req.horizon(max_new_tokens)
