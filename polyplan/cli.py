@@ -51,12 +51,7 @@ GROUPS = ["theory", "models", "run", "profile", "optimize", "bench", "plot", "qu
 
 def _load_groups() -> None:
     for group in GROUPS:
-        try:
-            module = importlib.import_module(f"polyplan.commands.{group}")
-        except ModuleNotFoundError as e:
-            if e.name == f"polyplan.commands.{group}":
-                continue  # group not built yet
-            raise
+        module = importlib.import_module(f"polyplan.commands.{group}")
         if hasattr(module, "register"):
             module.register(root)
         else:

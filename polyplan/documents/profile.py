@@ -139,10 +139,6 @@ class PrefillCurve:
             return max(0.0, linear, ys[0] * c / xs[0])
         return max(0.0, linear)
 
-    @property
-    def measured_up_to(self) -> int:
-        return self.context[-1]
-
 
 @dataclass
 class AcceptancePair:

@@ -267,12 +267,5 @@ def mean_over_answer(by_position: Sequence[Sequence[float]], horizon: float) -> 
     return total / horizon
 
 
-def describe_request(names: Sequence[str], members: Sequence[int], gammas: Sequence[int]) -> str:
-    if len(members) == 1:
-        return f"{names[0]} alone"
-    chain = " <- ".join(names[m] for m in members)
-    return f"{chain} (gammas {','.join(str(g) for g in gammas)})"
-
-
 def finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
