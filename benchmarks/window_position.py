@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from polyplan.data.prompt_file import read_prompt_file
+from polyplan.documents.profile import WINDOW_SINK
 from polyplan.models.pools import load_pool
-from polyplan.models.windowed import DEFAULT_SINK, WindowedDrafter
+from polyplan.models.windowed import WindowedDrafter
 from polyplan.profiler.acceptance import greedy_reference, teacher_force
 from polyplan.profiler.machine import machine_facts
 from polyplan.profiler.pool_inputs import chat_encoder
@@ -44,7 +45,7 @@ def main() -> None:
     ap.add_argument("--pool", default="smollm2")
     ap.add_argument("--member", default="smollm2-135m:q8_0")
     ap.add_argument("--window", type=int, default=256)
-    ap.add_argument("--sink", type=int, default=DEFAULT_SINK)
+    ap.add_argument("--sink", type=int, default=WINDOW_SINK)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("-o", "--output", default="benchmarks/results/window-position.json")
     args = ap.parse_args()

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from polyplan.commands import sampling_filters
+from polyplan.documents.profile import WINDOW_SINK
 from polyplan.errors import UserError
 
 DEFAULTS_NOTE = "Defaults profile the embedded SmolLM2 pool (9 members) in 3-5 minutes on a 2-core CPU."
@@ -148,7 +149,7 @@ def register(root: typer.Typer) -> None:
         windows: str = typer.Option(
             "256",
             "--windows",
-            help="Drafter windows whose cost in acceptance is measured on long prompts (sink of 4 "
+            help=f"Drafter windows whose cost in acceptance is measured on long prompts (sink of {WINDOW_SINK} "
             "tokens + the last W; '' skips).",
         ),
         window_prompts: int = typer.Option(

@@ -46,6 +46,12 @@ from typing import Any
 
 from polyplan.documents.files import DocumentError, atomic_write_json, read_json
 
+#: the sink of a windowed drafter where neither its pool file nor the profile names one: it reads the
+#: first WINDOW_SINK tokens of the sequence (StreamingLLM keeps four initial tokens as attention
+#: sinks) and its last ``window`` (polyplan.models.windowed). The one home of the number: the pure
+#: planner, the profiler and the models all read it from here.
+WINDOW_SINK = 4
+
 PROFILE_SCHEMA = "polyplan.profile"
 PROFILE_VERSION = 1
 

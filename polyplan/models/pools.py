@@ -34,7 +34,8 @@ A pool file::
     backend = "llama.cpp"
     derivation = "gguf:Q4_0"        # llama.cpp's quantizer makes this type from the GGUF (once, cached)
     window = 256                    # any model drafter: draft from the last 256 tokens plus
-    sink = 4                        # the first 4 (attention sinks); prefills at most 260 tokens
+    sink = 4                        # the first 4 (attention sinks; the default, WINDOW_SINK);
+                                    # prefills at most 260 tokens
 
     [[member]]
     name = "prompt-lookup"
@@ -63,6 +64,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from polyplan.documents.profile import WINDOW_SINK
 from polyplan.errors import UserError
 from polyplan.models import cache as model_cache, gguf_files, gguf_quantize, sources as src
 from polyplan.models.derive import apply_derivation, check_derivation
@@ -126,7 +128,7 @@ class MemberSpec:
     backend: str = "transformers"
     #: draft from the first ``sink`` and last ``window`` tokens (None: the whole sequence)
     window: int | None = None
-    sink: int = 4
+    sink: int = WINDOW_SINK
 
     @property
     def model_free(self) -> bool:
@@ -225,13 +227,13 @@ def _parse_member(raw: Any, where: str) -> MemberSpec:
 
 def _parse_window(raw: dict[str, Any], name: str, where: str) -> tuple[int | None, int]:
     """``window``/``sink`` of a model member, checked (one error line at pool load)."""
-    from polyplan.models.windowed import DEFAULT_SINK, check_window
+    from polyplan.models.windowed import check_window
 
     if "window" not in raw:
         if "sink" in raw:
             raise PoolFileError(f"{where}: member {name!r}: sink is set but window is not")
-        return None, DEFAULT_SINK
-    window, sink = raw["window"], raw.get("sink", DEFAULT_SINK)
+        return None, WINDOW_SINK
+    window, sink = raw["window"], raw.get("sink", WINDOW_SINK)
     n_ctx = raw.get("n_ctx", LLAMACPP_OPTIONS["n_ctx"]) if raw.get("backend") == "llama.cpp" else None
     try:
         check_window(f"{where}: member {name!r}", window, sink, n_ctx if isinstance(n_ctx, int) else None)

@@ -24,11 +24,12 @@ from typing import Any
 
 import torch
 
+from polyplan.documents.profile import WINDOW_SINK
 from polyplan.errors import UserError
 from polyplan.models.drafter import Drafter
 
-#: StreamingLLM keeps four initial tokens as attention sinks
-DEFAULT_SINK = 4
+#: the name polyplan.executor.chain imports for WINDOW_SINK (polyplan.documents.profile)
+DEFAULT_SINK = WINDOW_SINK
 
 
 def check_window(name: str, window: int, sink: int, max_context: int | None = None) -> None:
@@ -51,7 +52,7 @@ class WindowedDrafter(Drafter):
     point_mass = False
     bounded_context = True
 
-    def __init__(self, inner: Drafter, window: int | None, sink: int = DEFAULT_SINK) -> None:
+    def __init__(self, inner: Drafter, window: int | None, sink: int = WINDOW_SINK) -> None:
         if inner.point_mass:
             raise UserError(f"{inner.name} is model-free: a window applies to model drafters only")
         self.inner = inner
@@ -167,7 +168,7 @@ class WindowedDrafter(Drafter):
         return self.inner.max_context if self.window is None else None
 
 
-def windowed(drafter: Drafter, window: int | None, sink: int = DEFAULT_SINK) -> Drafter:
+def windowed(drafter: Drafter, window: int | None, sink: int = WINDOW_SINK) -> Drafter:
     """``drafter`` drafting from a window, or as it is when ``window`` is None."""
     return drafter if window is None else WindowedDrafter(drafter, window, sink)
 

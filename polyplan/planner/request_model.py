@@ -15,7 +15,7 @@ from itertools import pairwise
 from typing import Any
 
 from polyplan.documents.files import DocumentError
-from polyplan.documents.profile import LatencyCurve, PrefillCurve, Profile
+from polyplan.documents.profile import WINDOW_SINK, LatencyCurve, PrefillCurve, Profile
 from polyplan.theory.chain_model import predict_chain
 from polyplan.theory.prefill import (
     RequestPrediction,
@@ -45,7 +45,7 @@ class RequestModel:
     #: measured by the profiler on long prompts); a third element, when the profile measured it,
     #: [[first answer position, factor], ...] by answer position (the answer fills the window)
     window_options: dict[str, list[list[Any]]] = field(default_factory=dict)
-    window_sink: int = 4
+    window_sink: int = WINDOW_SINK
     #: the target's fewest tokens per pass inside a chain (Candidate.min_pass)
     target_min_pass: int = 1
     #: answer lengths observed on the profile's prompts, each at most ``observed_up_to``
@@ -195,7 +195,7 @@ class RequestModel:
             prefill={k: PrefillCurve(**v) for k, v in d.get("prefill", {}).items()},
             windows={k: [int(v[0]), int(v[1])] for k, v in d.get("windows", {}).items()},
             window_options={k: [_window_option(o) for o in v] for k, v in d.get("window_options", {}).items()},
-            window_sink=int(d.get("window_sink", 4)),
+            window_sink=int(d.get("window_sink", WINDOW_SINK)),
             target_min_pass=int(d.get("target_min_pass", 1)),
             lengths=[int(x) for x in d.get("lengths", [])],
             observed_up_to=None if d.get("observed_up_to") is None else int(d["observed_up_to"]),
@@ -245,7 +245,7 @@ def request_model(
         lengths=lengths,
         observed_up_to=int(cap) if lengths and cap is not None else None,
         window_options=options,
-        window_sink=int(profile.windows.get("sink", 4)),
+        window_sink=int(profile.windows.get("sink", WINDOW_SINK)),
         target_min_pass=profile.candidate(names[0]).min_pass,
     )
 

@@ -28,7 +28,7 @@ import numpy as np
 from polyplan.data import Prompt
 from polyplan.data.prompt_file import PromptSet, check_prompt_fits, prompt_set
 from polyplan.documents.files import DocumentError, atomic_write_bytes, check_writable
-from polyplan.documents.profile import AcceptancePair, Candidate, LatencyCurve, PrefillCurve, Profile
+from polyplan.documents.profile import WINDOW_SINK, AcceptancePair, Candidate, LatencyCurve, PrefillCurve, Profile
 from polyplan.errors import UserError
 from polyplan.executor.sampling import SamplingParams
 from polyplan.models.drafter import Drafter, check_same_vocabulary
@@ -74,7 +74,7 @@ class ProfileSettings:
     #: windows whose cost in acceptance is measured on long prompts (polyplan.models.windowed);
     #: [] skips the phase
     windows: list[int] = field(default_factory=lambda: [256])
-    window_sink: int = 4
+    window_sink: int = WINDOW_SINK
     #: long prompts for it: the user's prompt file's prompts longer than sink + window, else the
     #: built-in window set; each teacher-forces this many tokens of the target's answer
     window_prompts: int = 2
@@ -116,7 +116,7 @@ class ProfileSettings:
         if any(c < 1 for c in self.prefill_contexts) or self.prefill_repeats < 1:
             raise UserError("--prefill-contexts must be >= 1 token and --prefill-repeats >= 1")
         if any(w <= self.window_sink for w in self.windows) or self.window_sink < 0:
-            raise UserError("--windows must be larger than the sink (4 tokens) and the sink >= 0")
+            raise UserError(f"--windows must be larger than the sink ({self.window_sink} tokens) and the sink >= 0")
         if self.window_prompts < 0 or self.window_reference_tokens < 1 or self.window_drafters < 0:
             raise UserError("--window-prompts and --window-drafters must be >= 0 and the window reference >= 1 token")
         if self.repeats < 1 or self.warmup < 0:
