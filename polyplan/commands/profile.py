@@ -144,7 +144,8 @@ def register(root: typer.Typer) -> None:
         prefill_repeats: int = typer.Option(
             3,
             "--prefill-repeats",
-            help="Timed prefills per prompt length (up to ~1024 prompt tokens per length, at least one).",
+            help="Timed prefills per prompt length (at most 512 // length, about 512 prompt tokens per length; "
+            "at least one).",
         ),
         windows: str = typer.Option(
             "256",
