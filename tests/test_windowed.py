@@ -15,7 +15,7 @@ from polyplan.models.pools import PoolFileError, _pool_from_text
 from polyplan.models.windowed import WindowedDrafter
 
 from test_executor_sampling import PROMPT, TARGET, V, chi_square_p, exact_distribution, sample_counts
-from tiny_models import perturbed_copy, tiny_llama
+from tiny_models import TableDrafter, perturbed_copy, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -58,6 +58,50 @@ def test_asked_rows_are_always_real_positions():
     # the window grew to the five asked positions (cut at 3), after the one sink token
     for i in range(5):
         assert torch.equal(out[i], CLOSE.logits_after([2, *LONG_PROMPT[3 : 4 + i]]))
+
+
+class _OwnGreedyPath(TableDrafter):
+    """A table drafter with its own ``score_argmax`` (as a llama.cpp member has): records each pass."""
+
+    def __init__(self, lm, name):
+        super().__init__(lm, name)
+        self.argmax_passes: list[list[int]] = []
+
+    def score_argmax(self, new_ids):
+        self.argmax_passes.append(new_ids.tolist())
+        return super().score_argmax(new_ids)
+
+
+@pytest.mark.parametrize(
+    "window,passes",
+    [
+        # a rebuild that cuts (sink 2 + last 3), the tail, a rollback inside it, one before the cut
+        (3, [[2, 4, 2, 2, 4], [1], [3, 0], [2], [2, 4, 1, 3, 3]]),
+        (None, [LONG_PROMPT, [1], [3, 0], [2], [3]]),  # no window: the tokens as they come
+    ],
+    ids=["window3-sink2", "no-window"],
+)
+def test_score_argmax_passes_through_to_the_inner_drafter(window, passes):
+    """``score_argmax`` reaches the inner drafter's own (llama.cpp's argmax without copying the
+    row) with the content ``score`` would feed it: the token is ``score(ids, last=1)``'s argmax and
+    the state (positions, cut, rebuilds) is the one ``score`` leaves."""
+    by_score = WindowedDrafter(CLOSE.drafter("close"), window=window, sink=2)
+    inner = _OwnGreedyPath(CLOSE, "close")
+    by_argmax = WindowedDrafter(inner, window=window, sink=2)
+    for step in (LONG_PROMPT, [1], [3, 0], 9, [2], 4, [3]):  # an int: roll back to that length
+        if isinstance(step, int):
+            by_score.rollback(step)
+            by_argmax.rollback(step)
+            continue
+        ids = torch.tensor(step)
+        token = by_argmax.score_argmax(ids)
+        assert token.shape == (1,) and token.tolist() == by_score.score(ids, last=1).argmax(dim=-1).tolist()
+        assert (by_argmax.processed, by_argmax.rebuilds, inner.history) == (
+            by_score.processed,
+            by_score.rebuilds,
+            by_score.inner.history,
+        )
+    assert inner.argmax_passes == passes
 
 
 @pytest.mark.parametrize(

@@ -119,35 +119,57 @@ class WindowedDrafter(Drafter):
         limit = self.inner.max_context
         return limit is not None and self.inner.processed + n > limit
 
-    def score(self, new_ids: torch.Tensor, last: int | None = None) -> torch.Tensor:
+    def _unwindowed(self, new_ids: torch.Tensor) -> bool:
+        """True (and ``new_ids`` counted) when the inner model takes ``new_ids`` as they are, with
+        nothing kept: an empty pass, or no window for this sequence (set_window comes only before
+        its first pass), so there is nothing to rebuild from and the decode loop pays no copy."""
         n = int(new_ids.shape[0])
-        if n == 0:
-            return self.inner.score(new_ids, last=last)
-        if self.window is None:
-            # no window for this sequence (set_window comes only before its first pass): nothing
-            # to rebuild from, so the decode loop pays no copy
-            self._processed += n
-            return self.inner.score(new_ids, last=last)
+        if n and self.window is not None:
+            return False
+        self._processed += n
+        return True
+
+    def _advance(self, new_ids: torch.Tensor, rows: int) -> tuple[int, torch.Tensor | None]:
+        """Store ``new_ids`` (non-empty, with a window) and, where the inner state must be
+        (re)built, reset it and give what it is rebuilt from: the sink and the last ``max(window,
+        rows)`` tokens, so every row asked for has a real position. Returns the virtual length after
+        the pass and that content (None: the inner model takes ``new_ids`` on its state as it is).
+        The caller runs the inner pass, then sets ``_processed`` to the length."""
         end = self._store(new_ids)
-        rows = n if last is None else min(last, n)
-        if not self._rebuild_needed(n):
-            logits = self.inner.score(new_ids, last=last)
+        if not self._rebuild_needed(int(new_ids.shape[0])):
+            return end, None
+        keep = max(self.window, rows)
+        if self.inner.processed:
+            self.inner.reset()
+        if end > self.sink + keep:
+            self._cut = end - keep
+            content = torch.cat([self._tokens[: self.sink], self._tokens[self._cut : end]])
+            self.rebuilds += 1
         else:
-            # keep at least the rows asked for, so every returned row has a real position
-            keep = max(self.window, rows)
-            if self.inner.processed:
-                self.inner.reset()
-            if end > self.sink + keep:
-                self._cut = end - keep
-                content = torch.cat([self._tokens[: self.sink], self._tokens[self._cut : end]])
-                self.rebuilds += 1
-            else:
-                self._cut = None
-                content = self._tokens[:end]
-            self._stale = False
-            logits = self.inner.score(content, last=rows)
+            self._cut = None
+            content = self._tokens[:end]
+        self._stale = False
+        return end, content
+
+    def score(self, new_ids: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        if self._unwindowed(new_ids):
+            return self.inner.score(new_ids, last=last)
+        n = int(new_ids.shape[0])
+        rows = n if last is None else min(last, n)
+        end, content = self._advance(new_ids, rows)
+        logits = self.inner.score(new_ids, last=last) if content is None else self.inner.score(content, last=rows)
         self._processed = end
         return logits[-rows:]
+
+    def score_argmax(self, new_ids: torch.Tensor) -> torch.Tensor:
+        """The inner drafter's own greedy path (llama.cpp's argmax without copying the row) on
+        the same content ``score(new_ids, last=1)`` would feed it: the same token, the same state."""
+        if self._unwindowed(new_ids):
+            return self.inner.score_argmax(new_ids)
+        end, content = self._advance(new_ids, 1)
+        token = self.inner.score_argmax(new_ids if content is None else content)
+        self._processed = end
+        return token
 
     def rollback(self, length: int) -> None:
         if length < 0 or length > self._processed:
