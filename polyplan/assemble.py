@@ -51,30 +51,6 @@ class ChainSpec:
         return cls(list(plan.names), list(plan.gammas), plan.profile.get("pool") or None, temperature, trees)
 
 
-def parse_gammas(text: str | None) -> list[int]:
-    """``"6,3"`` -> ``[6, 3]``; empty or None -> ``[]``."""
-    if not text:
-        return []
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--gammas must be comma-separated integers such as 6,3, got {text!r}") from None
-
-
-def parse_tree_nodes(text: str | None) -> list[int] | None:
-    """``"16,1"`` -> ``[16, 1]``; empty or None -> None (every drafter linear)."""
-    if not text:
-        return None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--tree-nodes must be comma-separated integers such as 16,1, got {text!r}") from None
-
-
-def members_from_option(text: str | None) -> list[str]:
-    return [part.strip() for part in (text or "").split(",") if part.strip()]
-
-
 def default_members(pool_name: str | None) -> Sequence[str]:
     """No --chain: the pool's target alone (plain autoregressive decoding)."""
     from polyplan.models import load_pool

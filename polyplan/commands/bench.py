@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from polyplan.commands import comma_list
+
 
 def register(root: typer.Typer) -> None:
     root.command("bench")(bench_command)
@@ -106,11 +108,11 @@ def parse_also(text: str, target: str) -> tuple[list[str], list[int], list[int]]
     from polyplan.errors import UserError
 
     parts = text.split("/")
-    names = [n.strip() for n in parts[0].split(",") if n.strip()]
+    names = comma_list(parts[0])
 
     def ints(i: int) -> list[int]:
         try:
-            return [int(g) for g in parts[i].split(",") if g.strip()] if i < len(parts) else []
+            return [int(g) for g in comma_list(parts[i])] if i < len(parts) else []
         except ValueError:
             return [0]
 

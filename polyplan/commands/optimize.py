@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from polyplan.commands import comma_list
 from polyplan.errors import UserError
 
 
@@ -79,7 +80,7 @@ def optimize_command(
         max_new_tokens=max_new_tokens or None,
         choose=choose,
         tolerance=near,
-        members=[m.strip() for m in members.split(",") if m.strip()] if members is not None else None,
+        members=comma_list(members) if members is not None else None,
     )
     plan.save(output)
     if json_out:

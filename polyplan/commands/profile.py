@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from polyplan.commands import sampling_filters
+from polyplan.commands import comma_ints, comma_list, sampling_filters
 from polyplan.documents.profile import WINDOW_SINK
 from polyplan.errors import UserError
 
@@ -16,10 +16,7 @@ DEFAULTS_NOTE = "Defaults profile the embedded SmolLM2 pool (9 members) in 3-5 m
 
 
 def _int_list(text: str, what: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
+    values = comma_ints(text, what)
     if not values:
         raise UserError(f"{what} needs at least one value")
     return values
@@ -256,7 +253,7 @@ def register(root: typer.Typer) -> None:
 
             read_prompt_file(prompts_file).select(settings.categories, prompts)  # bad file: fail before loading models
         the_pool = load_pool(pool)
-        member_list = [m.strip() for m in members.split(",") if m.strip()] if members else None
+        member_list = comma_list(members) if members else None
         with console.status("loading models...") as status:
             inputs = inputs_from_pool(
                 the_pool, member_list, random_weights=random_weights, log=lambda msg: status.update(msg)

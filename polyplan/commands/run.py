@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from polyplan.commands import sampling_filters
+from polyplan.commands import comma_ints, comma_list, sampling_filters
 from polyplan.errors import UserError
 
 
@@ -63,15 +63,7 @@ def run_command(
     ),
 ) -> None:
     """Generate text with a chain of drafters (lossless staged speculative decoding)."""
-    from polyplan.assemble import (
-        ChainSpec,
-        build_chain,
-        chain_from_plan,
-        default_members,
-        members_from_option,
-        parse_gammas,
-        parse_tree_nodes,
-    )
+    from polyplan.assemble import ChainSpec, build_chain, chain_from_plan, default_members
 
     args = list(args or [])
     if args and plan is None and args[0].endswith(".json") and Path(args[0]).is_file():
@@ -86,11 +78,11 @@ def run_command(
         if window is not None:
             raise UserError("--window applies to --chain runs: a plan's start chooses each drafter's window per prompt")
         _warn_if_other_machine(plan)
-        the_chain = chain_from_plan(plan, pool, static=static, tree_nodes=parse_tree_nodes(tree_nodes))
+        the_chain = chain_from_plan(plan, pool, static=static, tree_nodes=_tree_nodes(tree_nodes))
         planned = ChainSpec.from_plan(plan).temperature
     else:
-        members = members_from_option(chain) or list(default_members(pool))
-        spec = ChainSpec(members, parse_gammas(gammas), pool, tree_nodes=parse_tree_nodes(tree_nodes))
+        members = comma_list(chain) or list(default_members(pool))
+        spec = ChainSpec(members, comma_ints(gammas, "--gammas", "6,3"), pool, tree_nodes=_tree_nodes(tree_nodes))
         the_chain = build_chain(spec, window=window)
         planned = None
     if temperature is None:
@@ -158,6 +150,11 @@ def print_setting_changes(stats, names: list[str], controller) -> None:
         print(line, file=sys.stderr)
     if changes and list(changes[-1]["members"]) == names[:1]:
         print("adaptation ended on autoregressive decoding: speculation did not pay on this prompt", file=sys.stderr)
+
+
+def _tree_nodes(text: str | None) -> list[int] | None:
+    """``--tree-nodes 16,1`` -> ``[16, 1]``; not given -> None (every drafter linear)."""
+    return comma_ints(text, "--tree-nodes", "16,1") if text else None
 
 
 def _warn_if_other_machine(plan_path: Path) -> None:
