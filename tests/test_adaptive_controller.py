@@ -412,4 +412,3 @@ def test_the_targets_own_passes_rescale_the_prediction(policy):
     assert any(s.members == (0,) for s in calibrated[:4])
     assert "fell back to measure the target alone" in next(s.reason for s in calibrated if s.members == (0,))
     assert all(len(s.members) > 1 for s in stale)
-

@@ -224,13 +224,14 @@ class Chain:
                         f"{d.name} ({d.max_context} tokens): shorten the prompt or lower max_new_tokens"
                     )
                 # a drafter only proposes: it drafts from a window that fits (output unchanged)
-                from polyplan.models.windowed import DEFAULT_SINK, WindowedDrafter
+                from polyplan.documents.profile import WINDOW_SINK
+                from polyplan.models.windowed import WindowedDrafter
 
                 window = max(1, d.max_context // 2)
-                self.drafters[i] = WindowedDrafter(d, window, min(DEFAULT_SINK, window - 1))
+                self.drafters[i] = WindowedDrafter(d, window, min(WINDOW_SINK, window - 1))
                 notes.append(
                     f"{d.name}: {total} tokens exceed its context of {d.max_context}: it drafts from its "
-                    f"first {min(DEFAULT_SINK, window - 1)} and last {window} tokens"
+                    f"first {min(WINDOW_SINK, window - 1)} and last {window} tokens"
                 )
         control = controller or self.controller or StaticController(self.gammas)
         run = _StagedRun(self, prompt, max_new_tokens, params, seed, eos, stream, control)

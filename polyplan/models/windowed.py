@@ -28,9 +28,6 @@ from polyplan.documents.profile import WINDOW_SINK
 from polyplan.errors import UserError
 from polyplan.models.drafter import Drafter
 
-#: the name polyplan.executor.chain imports for WINDOW_SINK (polyplan.documents.profile)
-DEFAULT_SINK = WINDOW_SINK
-
 
 def check_window(name: str, window: int, sink: int, max_context: int | None = None) -> None:
     """One clear error for a window that cannot work (raised at pool load and CLI parsing)."""
