@@ -66,7 +66,11 @@ def test_adaptive_plan_is_token_identical_to_the_target(chain, smollm2_pool):
     assert 0 < decision_seconds < 0.25 * result.stats.wall_time_s
 
 
-def test_from_plan_generates_what_polyplan_run_generates(chain, smollm2_pool):
+def test_from_plan_generates_what_polyplan_run_generates(smollm2_pool):
+    """The same tokens, and the same first setting from a fresh chain (the start prices with the
+    plan's costs until the chain has measured its members). Later settings may differ: the guard
+    and the members' measured speeds act on wall time, which differs between two processes."""
+    chain = polyplan.Chain.from_plan(PLAN)
     out = subprocess.run(
         [sys.executable, "-m", "polyplan.cli", "run", str(PLAN), PROMPT, "--max-new-tokens", "24", "--json"],
         capture_output=True,
@@ -79,6 +83,9 @@ def test_from_plan_generates_what_polyplan_run_generates(chain, smollm2_pool):
     ids = smollm2_pool.tokenizer(PROMPT)["input_ids"]
     mine = chain.generate(ids, max_new_tokens=24)
     assert doc["tokens"] == mine.tokens
-    assert [(c["at_token"], c["members"], c["gammas"]) for c in doc["stats"]["setting_changes"]] == [
-        (c["at_token"], c["members"], c["gammas"]) for c in mine.stats.setting_changes
-    ]
+    first = doc["stats"]["setting_changes"][0]
+    assert (first["at_token"], first["members"], first["gammas"]) == (
+        0,
+        mine.stats.setting_changes[0]["members"],
+        mine.stats.setting_changes[0]["gammas"],
+    )
