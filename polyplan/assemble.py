@@ -24,6 +24,10 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _silent(message: str) -> None:
+    pass
+
+
 @dataclass
 class ChainSpec:
     """Names a chain: ``members`` are pool member names or model directories, target first."""
@@ -67,8 +71,15 @@ def build_chain(
     start decides per prompt; polyplan.models.windowed). ``window``: every model drafter reads only
     the first 4 and last ``window`` tokens."""
     from polyplan.executor.chain import Chain
-    from polyplan.models.windowed import WindowedDrafter, window_of
 
+    drafters, tokenizer = load_members(spec)
+    drafters = with_windows(drafters, windowable, window)
+    return Chain(drafters, spec.gammas, tokenizer=tokenizer, controller=controller, tree_nodes=spec.tree_nodes)
+
+
+def load_members(spec: ChainSpec) -> tuple[list[Any], Any]:
+    """The members of ``spec`` loaded (pool members through the pool, directories with
+    transformers) and the chain's tokenizer: the first directory's, else the pool's."""
     pool = None
     drafters: list[Any] = []
     tokenizer = None
@@ -86,12 +97,24 @@ def build_chain(
         drafters.append(pool.drafter(name))
     if pool is not None and tokenizer is None:
         tokenizer = pool.tokenizer
-    for i, d in enumerate(drafters[1:], start=1):
+    return drafters, tokenizer
+
+
+def with_windows(
+    drafters: Sequence[Any], windowable: dict[str, int] | None = None, window: int | None = None
+) -> list[Any]:
+    """``drafters`` with the model drafters below the target wrapped in a ``WindowedDrafter``:
+    every one reading a ``window`` when given, else those in ``windowable`` (name -> sink) that
+    have no window yet, for the policy's start to window per request."""
+    from polyplan.models.windowed import WindowedDrafter, window_of
+
+    out = list(drafters)
+    for i, d in enumerate(out[1:], start=1):
         if window is not None and not d.point_mass:
-            drafters[i] = WindowedDrafter(d, window)
+            out[i] = WindowedDrafter(d, window)
         elif d.name in (windowable or {}) and not d.point_mass and window_of(d) is None:
-            drafters[i] = WindowedDrafter(d, None, windowable[d.name])
-    return Chain(drafters, spec.gammas, tokenizer=tokenizer, controller=controller, tree_nodes=spec.tree_nodes)
+            out[i] = WindowedDrafter(d, None, windowable[d.name])
+    return out
 
 
 def _load_model_dir(path: Path) -> tuple[Any, Any]:
@@ -184,6 +207,56 @@ def adaptive_controller(policy: Any, drafters: Sequence[Any]) -> Any:
     return AdaptiveController(policy, {i: d.propose for i, d in enumerate(drafters) if d.point_mass})
 
 
+@dataclass
+class AssembledPlan:
+    """Everything running a plan needs, built once by :func:`assemble_plan` for ``polyplan run``,
+    ``polyplan bench`` and ``polyplan.Chain.from_plan``."""
+
+    plan: Any
+    spec: ChainSpec
+    #: the chain ``polyplan run PLAN`` runs: the members (the drafters the policy may window per
+    #: request wrapped, ``with_windows``), the target in its exact regime, and the adaptive
+    #: controller of ``policy`` (None: static)
+    chain: Any
+    #: the plan's adaptive policy (``plan_policy``); None when static was asked for or none is at hand
+    policy: Any
+
+
+def assemble_plan(
+    plan: Any,
+    plan_path: str | Path,
+    load: Callable[[str], Any] | None = None,
+    *,
+    pool: str | None = None,
+    static: bool = False,
+    tree_nodes: list[int] | None = None,
+    note: Note = _stderr,
+    say_exactness: bool = True,
+) -> AssembledPlan:
+    """A loaded plan (read from ``plan_path``) made runnable: its members loaded (by ``load``,
+    name -> drafter, else from its pool, or ``pool``) and windowed as its policy asks, the target
+    in the exact regime its profile probed (said on ``note`` unless not ``say_exactness``), and the
+    adaptive controller unless ``static``. ``tree_nodes`` replaces the plan's tree sizes."""
+    from polyplan.executor.chain import Chain
+
+    spec = ChainSpec.of_plan(plan)
+    if pool:
+        spec.pool = pool
+    if tree_nodes is not None:
+        spec.tree_nodes = tree_nodes
+    policy = None if static else plan_policy(plan, plan_path, note)
+    if load is None:
+        drafters, tokenizer = load_members(spec)
+    else:
+        drafters, tokenizer = [load(name) for name in spec.members], None
+    members = with_windows(drafters, policy_windowable(policy))
+    chain = Chain(members, spec.gammas, tokenizer=tokenizer, tree_nodes=spec.tree_nodes)
+    apply_exactness(plan, chain.drafters[0], note if say_exactness else _silent)
+    if policy is not None:
+        chain.controller = adaptive_controller(policy, chain.drafters)
+    return AssembledPlan(plan, spec, chain, policy)
+
+
 def chain_from_plan(
     path: str | Path,
     pool: str | None = None,
@@ -196,18 +269,7 @@ def chain_from_plan(
     (A sampling plan's temperature is a ``generate`` argument: ``ChainSpec.from_plan(path).temperature``.)"""
     from polyplan.documents.plan import Plan
 
-    plan = Plan.load(path)
-    spec = ChainSpec.of_plan(plan)
-    if pool:
-        spec.pool = pool
-    if tree_nodes is not None:
-        spec.tree_nodes = tree_nodes
-    policy = None if static else plan_policy(plan, path, note)
-    chain = build_chain(spec, windowable=policy_windowable(policy))
-    apply_exactness(plan, chain.drafters[0], note)
-    if policy is not None:
-        chain.controller = adaptive_controller(policy, chain.drafters)
-    return chain
+    return assemble_plan(Plan.load(path), path, pool=pool, static=static, tree_nodes=tree_nodes, note=note).chain
 
 
 def apply_exactness(plan: Any, target: Any, note: Note = _stderr) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from polyplan.assemble import apply_exactness
+from polyplan.assemble import AssembledPlan
 from polyplan.bench.results import (
     AUTOREGRESSIVE,
     REFERENCE,
@@ -130,66 +130,20 @@ def hf_method(
 
 
 def plan_methods(
-    plan: Plan,
+    assembled: AssembledPlan,
     drafters: Callable[[str], Drafter],
     *,
     temperature: float,
     eos: list[int],
     grid: bool = False,
     hf: bool = True,
-    policy: Any = None,
 ) -> list[BenchMethod]:
-    """The methods compared for ``plan`` (see the module doc); ``policy``: the plan's adaptive
-    policy (``polyplan.assemble.plan_policy``), None to run the plan static only."""
+    """The methods compared for ``assembled.plan`` (see the module doc). ``assembled``: the plan as
+    ``polyplan run`` runs it (``polyplan.assemble.assemble_plan`` with ``drafters`` as the loader);
+    without a policy the plan runs static only."""
+    plan = assembled.plan
     target = drafters(plan.target)
-    apply_exactness(plan, target, note=lambda _: None)  # the regime the profile probed on this machine
-    if getattr(target, "model", None) is not None:
-        methods = [
-            hf_method(
-                MethodSpec(AUTOREGRESSIVE, "autoregressive (transformers generate)", "transformers", [plan.target], []),
-                target.model,
-                temperature=temperature,
-                eos=eos,
-            )
-        ]
-    else:
-        # a llama.cpp target: its own one-token-per-pass decoding is the speed baseline (and
-        # transformers' assisted generation cannot drive it)
-        methods = [
-            polyplan_method(
-                MethodSpec(
-                    AUTOREGRESSIVE,
-                    "autoregressive (the target alone, one token per pass)",
-                    "llama.cpp",
-                    [plan.target],
-                    [],
-                ),
-                [target],
-                [],
-                temperature=temperature,
-                eos=eos,
-            )
-        ]
-    if target.exact_as_target:
-        # Losslessness is judged against the target decoding in the numerics it verifies with
-        # (docs/staged-decoding.md, "Numerics"): llama.cpp's one-token kernels, or transformers'
-        # one-token SDPA passes of a half-precision model, may flip a near-tie.
-        methods.append(
-            polyplan_method(
-                MethodSpec(
-                    REFERENCE,
-                    "the target alone in its verification numerics (the lossless reference)",
-                    "llama.cpp" if target.pads_passes else "polyplan",
-                    [plan.target],
-                    [],
-                ),
-                [target],
-                [],
-                temperature=temperature,
-                eos=eos,
-                verification_numerics=True,
-            )
-        )
+    methods = _target_methods(plan.target, target, temperature, eos)
     two = plan.two_level
     trees = list(plan.tree_nodes) if any(n > 1 for n in plan.tree_nodes) else []
     # the plan's members and gammas with linear drafts are the best two-level plan: run once
@@ -212,51 +166,7 @@ def plan_methods(
                 eos=eos,
             )
         )
-    if policy is not None:
-        from polyplan.assemble import adaptive_controller, policy_windowable
-        from polyplan.models.windowed import WindowedDrafter
-
-        windowable = policy_windowable(policy)
-        members = [
-            WindowedDrafter(drafters(n), None, windowable[n]) if i and n in windowable else drafters(n)
-            for i, n in enumerate(plan.names)
-        ]
-        methods.append(
-            polyplan_method(
-                MethodSpec(
-                    "polyplan-plan",
-                    "polyplan chosen plan (adaptive, as `polyplan run`)",
-                    "polyplan",
-                    list(plan.names),
-                    list(plan.gammas),
-                    tree_nodes=trees,
-                ),
-                members,
-                plan.gammas,
-                temperature=temperature,
-                eos=eos,
-                controller=adaptive_controller(policy, members),
-            )
-        )
-        if not same_as_two:
-            methods.append(
-                _polyplan_chain(
-                    "polyplan-plan-static",
-                    "polyplan chosen plan (static)",
-                    plan.names,
-                    plan.gammas,
-                    drafters,
-                    temperature,
-                    eos,
-                    trees,
-                )
-            )
-    elif not same_as_two:
-        methods.append(
-            _polyplan_chain(
-                "polyplan-plan", "polyplan chosen plan", plan.names, plan.gammas, drafters, temperature, eos, trees
-            )
-        )
+    methods += _chosen_plan_methods(assembled, drafters, trees, same_as_two, temperature, eos)
     if trees and not linear_is_two:  # the same members and gammas with linear drafts: what the trees add
         methods.append(
             _polyplan_chain(
@@ -270,35 +180,143 @@ def plan_methods(
             )
         )
     if grid:
-        seen = _measured_chains(methods)
-        for i, r in enumerate(plan.runners_up, start=2):
-            key = (tuple(r["chain"]), tuple(r["gammas"]))
-            if key not in seen and len(r["chain"]) > 1:
+        methods += _grid_methods(plan, methods, drafters, temperature, eos)
+    return methods
+
+
+def _target_methods(name: str, target: Drafter, temperature: float, eos: list[int]) -> list[BenchMethod]:
+    """The target alone: the speed baseline, and the lossless reference where that differs."""
+    if getattr(target, "model", None) is not None:
+        methods = [
+            hf_method(
+                MethodSpec(AUTOREGRESSIVE, "autoregressive (transformers generate)", "transformers", [name], []),
+                target.model,
+                temperature=temperature,
+                eos=eos,
+            )
+        ]
+    else:
+        # a llama.cpp target: its own one-token-per-pass decoding is the speed baseline (and
+        # transformers' assisted generation cannot drive it)
+        methods = [
+            polyplan_method(
+                MethodSpec(
+                    AUTOREGRESSIVE,
+                    "autoregressive (the target alone, one token per pass)",
+                    "llama.cpp",
+                    [name],
+                    [],
+                ),
+                [target],
+                [],
+                temperature=temperature,
+                eos=eos,
+            )
+        ]
+    if target.exact_as_target:
+        # Losslessness is judged against the target decoding in the numerics it verifies with
+        # (docs/staged-decoding.md, "Numerics"): llama.cpp's one-token kernels, or transformers'
+        # one-token SDPA passes of a half-precision model, may flip a near-tie.
+        methods.append(
+            polyplan_method(
+                MethodSpec(
+                    REFERENCE,
+                    "the target alone in its verification numerics (the lossless reference)",
+                    "llama.cpp" if target.pads_passes else "polyplan",
+                    [name],
+                    [],
+                ),
+                [target],
+                [],
+                temperature=temperature,
+                eos=eos,
+                verification_numerics=True,
+            )
+        )
+    return methods
+
+
+def _chosen_plan_methods(
+    assembled: AssembledPlan,
+    drafters: Callable[[str], Drafter],
+    trees: list[int],
+    same_as_two: bool,
+    temperature: float,
+    eos: list[int],
+) -> list[BenchMethod]:
+    """The chosen plan as ``polyplan run`` runs it (adaptive: the assembled members and controller)
+    beside its static version, or static only without a policy; none that is the two-level plan."""
+    plan = assembled.plan
+    if assembled.policy is None:
+        if same_as_two:
+            return []
+        return [
+            _polyplan_chain(
+                "polyplan-plan", "polyplan chosen plan", plan.names, plan.gammas, drafters, temperature, eos, trees
+            )
+        ]
+    adaptive = polyplan_method(
+        MethodSpec(
+            "polyplan-plan",
+            "polyplan chosen plan (adaptive, as `polyplan run`)",
+            "polyplan",
+            list(plan.names),
+            list(plan.gammas),
+            tree_nodes=trees,
+        ),
+        assembled.chain.drafters,
+        plan.gammas,
+        temperature=temperature,
+        eos=eos,
+        controller=assembled.chain.controller,
+    )
+    if same_as_two:
+        return [adaptive]
+    static = _polyplan_chain(
+        "polyplan-plan-static",
+        "polyplan chosen plan (static)",
+        plan.names,
+        plan.gammas,
+        drafters,
+        temperature,
+        eos,
+        trees,
+    )
+    return [adaptive, static]
+
+
+def _grid_methods(
+    plan: Plan, methods: Sequence[BenchMethod], drafters: Callable[[str], Drafter], temperature: float, eos: list[int]
+) -> list[BenchMethod]:
+    """``grid``: the runners-up and the chosen chain's gamma neighbours not measured yet."""
+    seen = _measured_chains(methods)
+    out = []
+    for i, r in enumerate(plan.runners_up, start=2):
+        key = (tuple(r["chain"]), tuple(r["gammas"]))
+        if key not in seen and len(r["chain"]) > 1:
+            seen.add(key)
+            out.append(
+                _polyplan_chain(f"grid-rank{i}", f"runner-up #{i}", r["chain"], r["gammas"], drafters, temperature, eos)
+            )
+    for level in range(len(plan.gammas)):
+        for step in (-1, 1):
+            g = list(plan.gammas)
+            g[level] += step
+            key = (tuple(plan.names), tuple(g))
+            if g[level] >= 1 and key not in seen:
                 seen.add(key)
-                methods.append(
+                out.append(
                     _polyplan_chain(
-                        f"grid-rank{i}", f"runner-up #{i}", r["chain"], r["gammas"], drafters, temperature, eos
+                        f"grid-gamma{level + 2}{step:+d}",
+                        f"chosen chain, gammas {g}",
+                        plan.names,
+                        g,
+                        drafters,
+                        temperature,
+                        eos,
                     )
                 )
-        for level in range(len(plan.gammas)):
-            for step in (-1, 1):
-                g = list(plan.gammas)
-                g[level] += step
-                key = (tuple(plan.names), tuple(g))
-                if g[level] >= 1 and key not in seen:
-                    seen.add(key)
-                    methods.append(
-                        _polyplan_chain(
-                            f"grid-gamma{level + 2}{step:+d}",
-                            f"chosen chain, gammas {g}",
-                            plan.names,
-                            g,
-                            drafters,
-                            temperature,
-                            eos,
-                        )
-                    )
-    return methods
+    return out
 
 
 ChainKey = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]

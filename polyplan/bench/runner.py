@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from polyplan.assemble import assemble_plan
 from polyplan.bench.llamacpp_alone import llamacpp_alone_method
 from polyplan.bench.methods import BenchMethod, also_methods, plan_methods
 from polyplan.bench.predictions import attach_predictions, request_predictions
@@ -279,12 +280,10 @@ def run_bench(
             if hasattr(target, "model")
             else list(getattr(target, "eos_token_ids", None) or eos_token_ids(pool.tokenizer))
         )
-    policy = None
-    if not static:
-        from polyplan.assemble import plan_policy
-
-        policy = plan_policy(plan, plan_path, note=log)
-    methods = plan_methods(plan, drafter, temperature=temperature, eos=eos, grid=grid, hf=hf, policy=policy)
+    # the chosen plan as `polyplan run` runs it; the regime the profile probed on this machine
+    assembled = assemble_plan(plan, plan_path, drafter, static=static, note=log, say_exactness=False)
+    policy = assembled.policy
+    methods = plan_methods(assembled, drafter, temperature=temperature, eos=eos, grid=grid, hf=hf)
     methods += also_methods(methods, also or [], drafter, temperature, eos)
     check_prompts_fit(selected, encoded_prompts, list(loaded.values()), max_new_tokens)
     skipped = _drop_failing_hf(methods, encoded_prompts[0][1], seed, log)
