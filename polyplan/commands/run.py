@@ -63,7 +63,7 @@ def run_command(
     ),
 ) -> None:
     """Generate text with a chain of drafters (lossless staged speculative decoding)."""
-    from polyplan.assemble import ChainSpec, build_chain, chain_from_plan, default_members
+    from polyplan.assemble import ChainSpec, build_chain, default_members
 
     args = list(args or [])
     if args and plan is None and args[0].endswith(".json") and Path(args[0]).is_file():
@@ -77,9 +77,9 @@ def run_command(
             raise UserError("give either a plan file or --chain/--gammas, not both")
         if window is not None:
             raise UserError("--window applies to --chain runs: a plan's start chooses each drafter's window per prompt")
-        _warn_if_other_machine(plan)
-        the_chain = chain_from_plan(plan, pool, static=static, tree_nodes=_tree_nodes(tree_nodes))
-        planned = ChainSpec.from_plan(plan).temperature
+        assembled = _assemble(plan, pool, static=static, tree_nodes=_tree_nodes(tree_nodes))
+        the_chain = assembled.chain
+        planned = assembled.spec.temperature
     else:
         members = comma_list(chain) or list(default_members(pool))
         spec = ChainSpec(members, comma_ints(gammas, "--gammas", "6,3"), pool, tree_nodes=_tree_nodes(tree_nodes))
@@ -157,12 +157,21 @@ def _tree_nodes(text: str | None) -> list[int] | None:
     return comma_ints(text, "--tree-nodes", "16,1") if text else None
 
 
-def _warn_if_other_machine(plan_path: Path) -> None:
-    """One line on stderr when the plan was profiled on another CPU or GPU model (before loading)."""
+def _assemble(plan_path: Path, pool: str | None, *, static: bool, tree_nodes: list[int] | None):
+    """The plan, read once, as ``polyplan run`` runs it (``polyplan.assemble.assemble_plan``)."""
+    from polyplan.assemble import assemble_plan
     from polyplan.documents.plan import Plan
+
+    plan = Plan.load(plan_path)
+    _warn_if_other_machine(plan, plan_path)
+    return assemble_plan(plan, plan_path, pool=pool, static=static, tree_nodes=tree_nodes)
+
+
+def _warn_if_other_machine(plan, plan_path: Path) -> None:
+    """One line on stderr when the plan was profiled on another CPU or GPU model (before loading)."""
     from polyplan.profiler.machine import other_machine_warning
 
-    warning = other_machine_warning(Plan.load(plan_path).profile, plan_path)
+    warning = other_machine_warning(plan.profile, plan_path)
     if warning:
         print(warning, file=sys.stderr)
 
