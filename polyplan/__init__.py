@@ -5,6 +5,8 @@ imports torch lazily so that ``import polyplan`` stays light."""
 
 from __future__ import annotations
 
+from polyplan import hooks as _hooks
+
 __version__ = "0.1.0"
 
 __all__ = ["Chain", "__version__", "chain_from_plan_file"]
@@ -16,6 +18,9 @@ def chain_from_plan_file(path, pool=None):
     from polyplan.assemble import chain_from_plan
 
     return chain_from_plan(path, pool)
+
+
+_hooks.plan_chain = chain_from_plan_file
 
 
 def __getattr__(name: str):

@@ -68,6 +68,25 @@ def test_nothing_in_the_executor_imports_the_assembly_above_it():
     assert loaded_by("polyplan.executor.chain", ("polyplan.assemble",)) == []
 
 
+def test_the_executor_reaches_the_assembly_only_through_the_hook_the_root_sets():
+    """issue 30 item 4: ``Chain.from_plan`` calls ``polyplan.hooks.plan_chain``, which the package
+    root sets; the executor imports nothing above it, lazily or not (no bare ``import polyplan``)."""
+    import re
+
+    executor = Path(__file__).resolve().parents[1] / "polyplan" / "executor"
+    above = "assemble|bench|commands|cli|profiler"
+    upward = re.compile(rf"^\s*(import polyplan\s*($|#)|(from|import) polyplan\.({above})\b)")
+    lines = [(f.name, line) for f in executor.glob("*.py") for line in f.read_text().splitlines()]
+    offenders = [f"{name}: {line.strip()}" for name, line in lines if upward.match(line)]
+    assert offenders == []
+    code = (
+        "from polyplan.executor.chain import Chain; import polyplan, polyplan.hooks as h; "
+        "print(h.plan_chain is polyplan.chain_from_plan_file)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
+
+
 def test_weight_sources_do_not_reach_up_to_the_llamacpp_file_keeping():
     """issue 20 item 10: ``sources`` (weights and their conversion) sits below ``gguf_files`` (GGUFs
     kept for llama.cpp); both meet in the cache module through plain values."""

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from polyplan import hooks
 from polyplan.errors import UserError
 from polyplan.executor.control import Controller, RoundSetting, RoundTiming, StaticController, check_setting
 from polyplan.executor.sampling import POINT_MASS, PointMass, SamplingParams, sample, verify_greedy, verify_sampled
@@ -173,9 +174,7 @@ class Chain:
         """The chain exactly as ``polyplan run PLAN`` runs it: the plan's members (loaded from its
         pool, or ``pool``), its gammas and the adaptive controller built from the plan's policy
         (proofs/adaptive-control.md). A sampling plan's temperature is a ``generate`` argument."""
-        import polyplan  # the package root joins plans, pools and policies above the executor
-
-        return polyplan.chain_from_plan_file(path, pool)
+        return hooks.plan_chain(path, pool)  # set by the package root: plans are assembled above the executor
 
     @property
     def names(self) -> list[str]:
