@@ -344,9 +344,9 @@ def test_members_measured_slower_in_the_chain_re_time_the_next_start(policy):
     prompt = list(range(100))
     controller = AdaptiveController(policy)
     assert controller.start(2, prompt, 64).members == (0, 1)
-    slow = tuple((1, 8.0 * curve(1, 120), 1, 120) for _ in range(8))
-    target_prefill = policy.requests.prefill_s(0, 99)
-    controller.observe_round(RoundTiming(1.0, 10, 0.0, slow, ((0, 2.0 * target_prefill, 99),)))
+    slow = tuple((1, 8.0 * curve(1, 120), 1, 120) for _ in range(9))  # the first, cold, is left out
+    prefill = ((0, 2.0 * policy.requests.prefill_s(0, 99), 99),)
+    controller.observe_round(RoundTiming(1.0, 10, 0.0, slow, prefill + prefill))
     factors = controller.speed.factors(names)
     assert factors[names[1]] == pytest.approx({"decode": 8.0, "prefill": 1.0})
     assert factors[names[0]] == pytest.approx({"decode": 1.0, "prefill": 2.0})
@@ -357,3 +357,15 @@ def test_members_measured_slower_in_the_chain_re_time_the_next_start(policy):
     assert controller.speed.decode[1][2] == pytest.approx(4.0)
     # as profiled, the same request still starts with the drafter
     assert AdaptiveController(policy).start(2, prompt, 64).members == (0, 1)
+
+
+def test_the_measured_speeds_print_as_one_line(policy):
+    controller = AdaptiveController(policy)
+    controller.start(2, list(range(100)), 64)
+    assert controller.speed.summary(policy.names) == ""
+    curve = policy.requests.latency[policy.names[1]]
+    cold = ((1, 10 * curve(1, 120), 1, 120),)  # a member's first pass in the process: left out
+    passes = cold + tuple((1, 1.5 * curve(1, 120), 1, 120) for _ in range(4))
+    prefill = (0, 2.0 * policy.requests.prefill_s(0, 99), 99)
+    controller.observe_round(RoundTiming(1.0, 10, 0.0, passes, (prefill, prefill)))
+    assert controller.speed.summary(policy.names) == "smollm2-135m prefill 2.00; smollm2-135m:q4 decode 1.50 (4 passes)"

@@ -148,6 +148,10 @@ def print_setting_changes(stats, names: list[str], controller) -> None:
     print(f"chain settings: {len(changes)} change(s){cost}", file=sys.stderr)
     for line in lines:
         print(line, file=sys.stderr)
+    speed = getattr(controller, "speed", None)
+    measured = speed.summary(names) if speed is not None else ""
+    if measured:
+        print(f"time in the chain / as profiled (re-times the next request): {measured}", file=sys.stderr)
     if changes and list(changes[-1]["members"]) == names[:1]:
         print("adaptation ended on autoregressive decoding: speculation did not pay on this prompt", file=sys.stderr)
 

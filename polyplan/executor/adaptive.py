@@ -200,12 +200,12 @@ class AdaptiveController:
         for m, measured, fed, cached in timing.passes:
             curve = profiled.latency.get(names[m])
             if curve is not None:
-                self.speed.add(self.speed.decode, m, measured, curve(fed, cached))
+                self.speed.add("decode", m, measured, curve(fed, cached))
             if m == 0 and names[0] in now.latency:  # the guard: drift since this request's start
                 self.guard.calibrate(measured, now.latency[names[0]](fed, cached))
         for m, measured, fed in timing.prefills:
             if names[m] in profiled.prefill:
-                self.speed.add(self.speed.prefill, m, measured, prefill_seconds(profiled.prefill[names[m]], fed))
+                self.speed.add("prefill", m, measured, prefill_seconds(profiled.prefill[names[m]], fed))
 
     def _retimed(self) -> RequestModel | None:
         """The policy's request model at the members' speed measured in earlier requests."""

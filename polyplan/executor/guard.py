@@ -198,14 +198,22 @@ class MemberSpeed:
         #: member -> [measured seconds, profiled seconds, passes]
         self.decode: dict[int, list[float]] = {}
         self.prefill: dict[int, list[float]] = {}
+        #: (kind, member) seen once: a member's first pass of each kind in this process is cold
+        #: (kernel selection, buffers, graph building: a first torch prefill read 2.2x its profile)
+        self._cold_done: set[tuple[str, int]] = set()
 
     def new_request(self) -> None:
         for evidence in (self.decode, self.prefill):
             for e in evidence.values():
                 e[:] = [x * SPEED_MEMORY for x in e]
 
-    @staticmethod
-    def add(evidence: dict[int, list[float]], member: int, measured: float, profiled: float) -> None:
+    def add(self, kind: str, member: int, measured: float, profiled: float) -> None:
+        """One pass of ``kind`` ("decode" or "prefill") of ``member``: its seconds and the profile's."""
+        evidence = self.decode if kind == "decode" else self.prefill
+        key = (kind, member)
+        if key not in self._cold_done:
+            self._cold_done.add(key)
+            return
         if measured > 0 and profiled > 0:
             e = evidence.setdefault(member, [0.0, 0.0, 0.0])
             e[0] += measured
@@ -222,3 +230,15 @@ class MemberSpeed:
             if decode is not None or prefill is not None:
                 out[name] = {"decode": decode or 1.0, "prefill": prefill or 1.0}
         return out
+
+    def summary(self, names: list[str]) -> str:
+        """One line: each measured member's time in the chain over its profiled time (this request's
+        passes and, faded, earlier ones'), e.g. ``q4 decode 1.12 (40 passes), prefill 1.03``."""
+        parts = []
+        for m, name in enumerate(names):
+            d, p = self.decode.get(m), self.prefill.get(m)
+            kinds = [f"decode {d[0] / d[1]:.2f} ({d[2]:.0f} passes)"] if d and d[1] > 0 else []
+            kinds += [f"prefill {p[0] / p[1]:.2f}"] if p and p[1] > 0 else []
+            if kinds:
+                parts.append(f"{name} " + ", ".join(kinds))
+        return "; ".join(parts)
