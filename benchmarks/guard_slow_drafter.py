@@ -34,16 +34,21 @@ class NoGuard(SpeedGuard):
 
 
 class Slowed:
-    """Sleeps ``delay`` seconds in every forward pass of ``drafter`` (while ``delay`` > 0)."""
+    """Sleeps ``delay`` seconds in every forward pass of ``drafter`` (while ``delay`` > 0): its
+    ``score`` and its greedy ``score_argmax`` (the executor's greedy drafting calls the latter)."""
 
     def __init__(self, drafter: Any) -> None:
-        self.drafter, self.delay, self.score = drafter, 0.0, drafter.score
-        drafter.score = self
+        self.drafter, self.delay = drafter, 0.0
+        for name in ("score", "score_argmax"):
+            setattr(drafter, name, self._slowed(getattr(drafter, name)))
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.delay > 0:
-            time.sleep(self.delay)
-        return self.score(*args, **kwargs)
+    def _slowed(self, forward: Any) -> Any:
+        def slowed(*args: Any, **kwargs: Any) -> Any:
+            if self.delay > 0:
+                time.sleep(self.delay)
+            return forward(*args, **kwargs)
+
+        return slowed
 
 
 def prompt_ids(tokenizer: Any, text: str) -> list[int]:
