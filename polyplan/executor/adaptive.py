@@ -77,7 +77,7 @@ class AdaptiveController:
         self.shadow = {int(j): f for j, f in (shadow or {}).items() if (0, int(j)) in policy.priors}
         self._bulk = [p for p in self.pairs if not (p[0] == 0 and p[1] in self.shadow)]
         self.decay = {p: math.exp(-1.0 / policy.window[p]) for p in self.pairs}
-        self.seconds = 0.0  # time spent in start/next_round (the decision cost)
+        self.seconds = 0.0  # time spent in start, next_round and observe_round (the decision cost)
         self.rounds = 0
         self.prompt_len = 0
         self.horizon = 0.0
@@ -92,6 +92,7 @@ class AdaptiveController:
         #: policy's request model re-timed by it at each start (the profile's until measured)
         self.speed = MemberSpeed()
         self.requests = policy.requests
+        self.factors: dict[str, dict[str, float]] = {}  # the speed factors ``requests`` was re-timed by
         #: the setting the chain runs now (the guard's, when it holds the target alone), and whether
         #: its round is cold: the request's first, or one bringing in a member that must prefill
         #: or catch up (a one-off cost the guard's rates leave out)
@@ -184,7 +185,8 @@ class AdaptiveController:
     def observe_round(self, timing: RoundTiming) -> None:
         """Feed the guard: the round's time without its prefills where the chain timed them (a
         round is then left out only while a member catches up), and the target's own passes
-        against the profile's curve (how fast the target runs now)."""
+        against the profile's curve (how fast the target runs now); feed the members' speeds."""
+        started = time.perf_counter()
         if timing.prefill_s is None:
             seconds, cold = timing.seconds, self._cold
         else:
@@ -193,16 +195,23 @@ class AdaptiveController:
         # a round commits at most its top gamma + 1 tokens (a tree's depth is capped by its gamma)
         most = self.running.gammas[0] + 1 if speculative else 1
         self.guard.observe(seconds, timing.committed, speculative, cold, most)
-        profiled, now = self.policy.requests, self.requests
-        if profiled is None or now is None:
-            return
-        names = self.policy.names
+        if self.policy.requests is not None:
+            self._observe_passes(timing)
+        self.seconds += time.perf_counter() - started
+
+    def _observe_passes(self, timing: RoundTiming) -> None:
+        """Each pass against the profile's curve: the members' speeds, and for the target's passes
+        the guard's drift since this request's start (the start priced them at its factor)."""
+        profiled, names = self.policy.requests, self.policy.names
+        assert profiled is not None
+        target_factor = self.factors.get(names[0], {}).get("decode", 1.0)
         for m, measured, fed, cached in timing.passes:
             curve = profiled.latency.get(names[m])
             if curve is not None:
-                self.speed.add("decode", m, measured, curve(fed, cached))
-            if m == 0 and names[0] in now.latency:  # the guard: drift since this request's start
-                self.guard.calibrate(measured, now.latency[names[0]](fed, cached))
+                price = curve(fed, cached)
+                self.speed.add("decode", m, measured, price)
+                if m == 0:
+                    self.guard.calibrate(measured, price * target_factor)
         for m, measured, fed in timing.prefills:
             if names[m] in profiled.prefill:
                 self.speed.add("prefill", m, measured, prefill_seconds(profiled.prefill[names[m]], fed))
@@ -210,8 +219,8 @@ class AdaptiveController:
     def _retimed(self) -> RequestModel | None:
         """The policy's request model at the members' speed measured in earlier requests."""
         req = self.policy.requests
-        factors = self.speed.factors(self.policy.names)
-        return req.at_speed(factors) if req is not None and factors else req
+        self.factors = self.speed.factors(self.policy.names) if req is not None else {}
+        return req.at_speed(self.factors) if req is not None and self.factors else req
 
     # ---- estimates and decisions ---------------------------------------------------------------
     def _shadow_check(self, pair: Pair, propose: Propose, tokens: list[int]) -> None:

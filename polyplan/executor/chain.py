@@ -451,6 +451,8 @@ class _StagedRun:
 
     def _round_pass(self, member: int, prefill: bool, seconds: float | None, n_tokens: int, cached: int) -> None:
         """Note a pass for the next :class:`RoundTiming` (what a time-judging controller reads)."""
+        if self.observe_round is None:
+            return
         if seconds is None:
             self.round_prefill_s = None  # not host-timed: the round's prefill share is unknown
         elif prefill:

@@ -91,9 +91,6 @@ class StaticController:
     def next_round(self, tokens: list[int]) -> RoundSetting:
         return self.setting
 
-    def observe_round(self, timing: RoundTiming) -> None:
-        pass
-
 
 def check_setting(setting: RoundSetting, point_mass: Sequence[bool]) -> None:
     """Refuse a setting the staged algorithm cannot run (a controller bug, not user input)."""
