@@ -259,3 +259,56 @@ def test_cli_shows_the_interval_and_the_reason(tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "--choose" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def prefill_case(quick_prefill_s_per_token: float, slow_prefill_s_per_token: float):
+    """Two drafters of one cost and near one acceptance; "slowfill" (the point-best by a hair)
+    reads prompts at ``slow_prefill_s_per_token``, "quickfill" at ``quick_prefill_s_per_token``."""
+    from polyplan.documents.profile import PrefillCurve
+
+    costs = {"target": 1.0, "slowfill": 0.05, "quickfill": 0.05}
+    prof = make_profile(costs, {("target", "slowfill"): 0.81, ("target", "quickfill"): 0.79})
+    lengths = [128, 512, 2048]
+    per_token = {"target": 0.004, "slowfill": slow_prefill_s_per_token, "quickfill": quick_prefill_s_per_token}
+    prof.prefill = {n: PrefillCurve(context=lengths, median_s=[c * x for x in lengths]) for n, c in per_token.items()}
+    tr = segment_traces({("target", "slowfill"): [0.81] * 8, ("target", "quickfill"): [0.79] * 8})
+    return prof, tr
+
+
+def test_robust_choice_prefers_the_near_equal_plan_that_no_prompt_length_punishes(tmp_path):
+    """Per token the two plans tie (the point estimate and the intervals cannot tell them apart);
+    on a long prompt one drafter's prefill costs as much as the target's: the robust rule runs the
+    other, says why, and records each plan's worst regret over prompt lengths."""
+    prof, tr = prefill_case(0.001, 0.004)
+    prof.traces = "profile.traces.npz"
+    np.savez(tmp_path / "profile.traces.npz", **tr)
+    path = save(tmp_path, prof)
+    plan, _ = optimize(path)
+    assert plan.names == ["target", "quickfill"]
+    pred = ReplayPredictor(prof, tr, horizon=64)
+    assert choose(pred, search(prof, pred).ranked, traces=tr).chosen.chain == ("target", "slowfill")
+    regrets = {tuple(c["chain"]): c["prompt_length_regret"] for c in plan.choice["candidates"] if c["near_equal"]}
+    assert regrets[("target", "quickfill")] < regrets[("target", "slowfill")]
+    assert regrets[("target", "slowfill")] > 1.05 and "prompt lengths" in plan.choice["reason"]
+    # the same prefills for both: the choice is the one the intervals alone make
+    from polyplan.planner.optimize import plan_request_times
+
+    prof, tr = prefill_case(0.001, 0.001)
+    pred = ReplayPredictor(prof, tr, horizon=64)
+    ranked = search(prof, pred).ranked
+    priced = plan_request_times(prof, "greedy", pred.context, 16, tr, [64, 256])
+    with_prices = choose(pred, ranked, traces=tr, request_times=priced)
+    assert with_prices.chosen == choose(pred, ranked, traces=tr).chosen
+
+
+def test_prompt_length_regrets_need_every_plan_priced_alike():
+    from polyplan.planner.choice import prompt_length_regrets
+
+    prof, tr = prefill_case(0.001, 0.004)
+    pred = ReplayPredictor(prof, tr, horizon=64)
+    a, b = search(prof, pred).ranked[:2]
+    table = {a.chain: [1.0, 2.0], b.chain: [1.5, 1.0]}
+    regrets = prompt_length_regrets([a, b], lambda e: table[e.chain])
+    assert regrets == {(a.chain, a.gammas): 2.0, (b.chain, b.gammas): 1.5}
+    assert prompt_length_regrets([a, b], lambda e: None if e is b else [1.0, 2.0]) == {}
+    assert prompt_length_regrets([a], lambda e: [1.0]) == {}

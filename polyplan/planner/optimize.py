@@ -10,7 +10,7 @@ from polyplan.documents.plan import Plan, file_sha256
 from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
 from polyplan.planner.chains import Chain, chain_problem, unit_cost
-from polyplan.planner.choice import DEFAULT_TOLERANCE, RULES, Choice, choose as choose_plan
+from polyplan.planner.choice import DEFAULT_TOLERANCE, RULES, Choice, RequestTimes, choose as choose_plan
 from polyplan.planner.exports import llama_server_export, transformers_export, vllm_export
 from polyplan.planner.policy import build_policy, prompt_length_table
 from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, load_traces, make_predictor
@@ -80,7 +80,9 @@ def optimize(
     if choose not in RULES:
         raise UserError(f"--choose must be one of {', '.join(RULES)}, not {choose!r}")
     result = search(profile, pred, max_gamma=max_gamma, all_orders=all_orders)
-    choice = choose_plan(pred, result.ranked, rule=choose, tolerance=tolerance, traces=traces)
+    horizons = sorted({max_new_tokens or DEFAULT_HORIZON, 256})
+    priced = plan_request_times(profile, mode, pred.context, max_gamma, traces, horizons)
+    choice = choose_plan(pred, result.ranked, rule=choose, tolerance=tolerance, traces=traces, request_times=priced)
     result = with_best(profile, pred, result, choice.chosen, max_gamma)
 
     # Both predictors' views of the chosen plan, so bench can say which one was right.
@@ -152,9 +154,30 @@ def optimize(
         )
         plan.policy = policy.to_dict()
         # what a request runs per prompt length, prefills counted (proofs/prefill.md)
-        plan.by_prompt_length = prompt_length_table(policy, sorted({max_new_tokens or DEFAULT_HORIZON, 256}))
+        plan.by_prompt_length = prompt_length_table(policy, horizons)
     plan.validate()
     return plan, result
+
+
+def plan_request_times(
+    profile: Profile, mode: str, context: float, max_gamma: int, traces: dict | None, horizons: list[int]
+) -> RequestTimes:
+    """Each plan's predicted request time per row of the plan's prompt-length table (``horizons``
+    new tokens), as the adaptive start of its own policy would run it, over the prompt lengths
+    that every member's prefill curve reaches (no extrapolated prefills); None for a plan that
+    cannot be priced so (no prefill curves, one member)."""
+
+    def times(e: Estimate) -> list[float] | None:
+        if len(e.chain) < 2 or any(n not in profile.prefill for n in e.chain if not profile.candidate(n).point_mass):
+            return None
+        reach = min(profile.prefill[n].context[-1] for n in e.chain if n in profile.prefill)
+        policy = build_policy(
+            profile, e.chain, e.gammas, mode=mode, context=context, max_gamma=max_gamma, traces=traces
+        )
+        rows = [r for r in prompt_length_table(policy, horizons) if r["at"] <= reach]
+        return [float(r["request_s"]) for r in rows] or None
+
+    return times
 
 
 def _others(ranked: list[Estimate], best: Estimate) -> list[Estimate]:
