@@ -184,7 +184,8 @@ def test_a_reference_written_with_a_helper_is_the_targets_own(models):
 
 
 def test_the_reference_helper_is_the_drafter_predicted_fastest_or_none(models):
-    from polyplan.profiler.session import _Traces, reference_helper, two_level_ranking
+    from polyplan.profiler.recorder import TraceRecorder
+    from polyplan.profiler.session import reference_helper, two_level_ranking
 
     fast, slow = ModelDrafter(models[0], "fast"), ModelDrafter(models[1], "slow")
 
@@ -192,7 +193,7 @@ def test_the_reference_helper_is_the_drafter_predicted_fastest_or_none(models):
         return LatencyCurve(new_tokens=[1, 9, 17], context=[64], median_s=[[t1, t9, t9 * 1.5]])
 
     latency = {"target": curve(0.1, 0.12), "fast": curve(0.01, 0.05), "slow": curve(0.2, 0.3)}
-    traces = _Traces()
+    traces = TraceRecorder()
 
     def helper(prefill=None, prompt_tokens=100, new_tokens=64):
         ranked = two_level_ranking([fast, slow], "target", latency, traces, 64)
@@ -698,7 +699,8 @@ def test_windows_are_measured_for_the_drafters_ranked_fastest(models, tmp_path):
     measurements pays the windows phase. Which one that is rests on measured passes of tiny models
     (a timing spike can rank either first), so the test ranks from the profile it wrote; with equal
     costs the target's own copy (acceptance 1) must rank above a model of other random weights."""
-    from polyplan.profiler.session import _Traces, two_level_ranking
+    from polyplan.profiler.recorder import TraceRecorder
+    from polyplan.profiler.session import two_level_ranking
 
     inputs = make_inputs(models)
     inputs.encode = lambda text: [b % VOCAB for b in text.encode()[:120]]
@@ -707,7 +709,7 @@ def test_windows_are_measured_for_the_drafters_ranked_fastest(models, tmp_path):
     prof = run_profile(inputs, out, ProfileSettings(**settings, window_drafters=1)).profile
     assert prof.settings["window_drafters"] == 1
     written = load_traces(out)
-    traces = _Traces()
+    traces = TraceRecorder()
     traces.greedy = {("target", d): [written[f"greedy/target/{d}"]] for d in ("copy", "other")}
     ranked = two_level_ranking(inputs.drafters, "target", prof.latency, traces, SMALL["contexts"][0])
     assert set(prof.windows["by_drafter"]) == {ranked[0][1].name}

@@ -13,7 +13,6 @@ the models' context before anything is measured.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -27,13 +26,13 @@ import numpy as np
 
 from polyplan.data import Prompt
 from polyplan.data.prompt_file import PromptSet, check_prompt_fits, prompt_set
-from polyplan.documents.files import DocumentError, atomic_write_bytes, check_writable
-from polyplan.documents.profile import WINDOW_SINK, AcceptancePair, Candidate, LatencyCurve, PrefillCurve, Profile
+from polyplan.documents.files import check_writable
+from polyplan.documents.profile import WINDOW_SINK, Candidate, LatencyCurve, PrefillCurve, Profile
+from polyplan.documents.traces import Traces
 from polyplan.errors import UserError
 from polyplan.executor.sampling import SamplingParams
 from polyplan.models.drafter import Drafter, check_same_vocabulary
 from polyplan.profiler.acceptance import (
-    TREE_RANKS,
     WindowedAcceptance,
     greedy_reference,
     score_reference,
@@ -41,6 +40,7 @@ from polyplan.profiler.acceptance import (
 )
 from polyplan.profiler.latency import fits_context, measure_context, measure_prefill
 from polyplan.profiler.machine import machine_facts, machine_fingerprint, with_exactness
+from polyplan.profiler.recorder import TraceRecorder
 from polyplan.profiler.screen import slower_than_target
 
 # settings that may differ between a run and the run that resumes it
@@ -174,95 +174,6 @@ class ProfileOutcome:
     elapsed_s: float
 
 
-# --------------------------------------------------------------------------- traces
-
-
-@dataclass
-class _Traces:
-    prompt_ids: list[str] = field(default_factory=list)
-    categories: list[str] = field(default_factory=list)
-    prompt_lengths: list[int] = field(default_factory=list)
-    tokens: list[np.ndarray] = field(default_factory=list)
-    greedy: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
-    sampling: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
-    #: model pairs: rank of the verifier's argmax among the drafter's top choices (draft trees)
-    ranks: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
-
-    def segments(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum([len(t) for t in self.tokens])]).astype(np.int64)
-
-    def to_npz(self, identity: dict[str, Any]) -> bytes:
-        arrays: dict[str, np.ndarray] = {
-            "segments": self.segments(),
-            "categories": np.array(self.categories, dtype=str),
-            "prompt_ids": np.array(self.prompt_ids, dtype=str),
-            "prompt_lengths": np.array(self.prompt_lengths, dtype=np.int64),
-            "tokens": np.concatenate(self.tokens).astype(np.int64) if self.tokens else np.zeros(0, np.int64),
-            "identity": np.array(json.dumps(identity, sort_keys=True)),
-        }
-        for mode, table in (("greedy", self.greedy), ("sampling", self.sampling), ("ranks", self.ranks)):
-            for (v, d), parts in table.items():
-                arrays[f"{mode}/{v}/{d}"] = np.concatenate(parts).astype(np.float32)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        return buf.getvalue()
-
-    @classmethod
-    def from_npz(cls, path: Path, identity: dict[str, Any]) -> _Traces | None:
-        """The traces saved by an interrupted run with the same identity, or None."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if json.loads(str(z["identity"])) != json.loads(json.dumps(identity, sort_keys=True)):
-                    return None
-                seg = z["segments"]
-                tr = cls(
-                    prompt_ids=[str(x) for x in z["prompt_ids"]],
-                    categories=[str(x) for x in z["categories"]],
-                    prompt_lengths=[int(x) for x in z["prompt_lengths"]],
-                )
-                toks = z["tokens"]
-                tr.tokens = [toks[seg[i] : seg[i + 1]] for i in range(len(seg) - 1)]
-                for key in z.files:
-                    mode, _, rest = key.partition("/")
-                    if mode in ("greedy", "sampling", "ranks") and rest:
-                        v, d = rest.split("/", 1)
-                        arr = z[key]
-                        getattr(tr, mode)[(v, d)] = [arr[seg[i] : seg[i + 1]] for i in range(len(seg) - 1)]
-                return tr
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
-            return None  # missing or truncated: re-measure the acceptance part
-
-    def pairs(self) -> list[AcceptancePair]:
-        out = []
-        cats = sorted(set(self.categories))
-        for key, parts in self.greedy.items():
-            g = np.concatenate(parts)
-            s = np.concatenate(self.sampling.get(key, parts))
-            by_cat = {}
-            for cat in cats:
-                idx = [i for i, c in enumerate(self.categories) if c == cat]
-                gc = np.concatenate([parts[i] for i in idx])
-                sc = np.concatenate([self.sampling.get(key, parts)[i] for i in idx])
-                if len(gc):
-                    by_cat[cat] = {"greedy": float(gc.mean()), "sampling": float(sc.mean()), "positions": int(len(gc))}
-            rank_rates: list[float] = []
-            if key in self.ranks and len(g):
-                r = np.concatenate(self.ranks[key])
-                rank_rates = [round(float((r == k).mean()), 6) for k in range(1, TREE_RANKS + 1)]
-            out.append(
-                AcceptancePair(
-                    verifier=key[0],
-                    drafter=key[1],
-                    greedy=float(g.mean()) if len(g) else 0.0,
-                    sampling=float(s.mean()) if len(s) else 0.0,
-                    positions=int(len(g)),
-                    by_category=by_cat,
-                    rank_rates=rank_rates,
-                )
-            )
-        return out
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -373,9 +284,9 @@ def run_profile(
 
     latency: dict[str, LatencyCurve] = dict(prev.latency) if prev else {}
     prefill: dict[str, PrefillCurve] = dict(prev.prefill) if prev else {}
-    traces = _Traces()
+    traces = TraceRecorder()
     if prev and prev.traces and traces_file.exists():
-        loaded = _Traces.from_npz(traces_file, identity)
+        loaded = TraceRecorder.resumed(traces_file, identity)
         if loaded is None:
             progress.note(f"{traces_file.name} is unreadable or from other settings: acceptance is re-measured")
         else:
@@ -420,7 +331,7 @@ def run_profile(
             screened=screened,
         )
         if traces.prompt_ids:
-            atomic_write_bytes(traces_file, traces.to_npz(identity))
+            traces.traces(identity).save(traces_file)
         prof.save(output)
         return prof
 
@@ -595,16 +506,7 @@ def run_profile(
             on_candidate=lambda: progress.advance("acceptance"),
             target=inputs.target,
         )
-        traces.prompt_ids.append(prompt.id)
-        traces.categories.append(prompt.category)
-        traces.prompt_lengths.append(len(prompt_ids))
-        traces.tokens.append(np.asarray(reference, dtype=np.int64))
-        for key, arr in scored.greedy.items():
-            traces.greedy.setdefault(key, []).append(arr)
-        for key, arr in scored.sampling.items():
-            traces.sampling.setdefault(key, []).append(arr)
-        for key, arr in scored.ranks.items():
-            traces.ranks.setdefault(key, []).append(arr)
+        traces.add(prompt.id, prompt.category, len(prompt_ids), reference, scored)
         unit_durations["acceptance"].append(clock() - t0)
         units_done += 1
         save(complete=False)
@@ -707,7 +609,7 @@ def shape_of_prompt(settings: ProfileSettings, index: int) -> int:
 
 
 def two_level_ranking(
-    drafters: list[Drafter], target: str, latency: dict[str, LatencyCurve], traces: _Traces, context: int
+    drafters: list[Drafter], target: str, latency: dict[str, LatencyCurve], traces: TraceRecorder, context: int
 ) -> list[tuple[float, Drafter, int]]:
     """Every model drafter with measured latency and greedy acceptance, as (predicted seconds per
     token under the target at its best gamma <= 16, drafter, gamma), fastest first."""
@@ -775,16 +677,6 @@ def _window_prompts(
 
 
 def load_traces(profile_path: str | Path) -> dict[str, np.ndarray]:
-    """The sidecar of a profile as a dict of arrays (keys as in the profile docstring)."""
-    profile_path = Path(profile_path)
-    prof = Profile.load(profile_path)
-    path = prof.traces_path(profile_path)
-    if path is None:
-        raise DocumentError(f"{profile_path}: this profile has no acceptance traces")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise DocumentError(f"{path}: traces sidecar is missing") from None
-    except (OSError, ValueError) as e:
-        raise DocumentError(f"{path}: traces sidecar is unreadable (truncated?): {e}") from None
+    """The sidecar of a profile as a dict of arrays (keys as in polyplan.documents.traces; the
+    typed reader is ``Traces.of_profile``)."""
+    return Traces.of_profile(Profile.load(profile_path), profile_path).as_dict()
