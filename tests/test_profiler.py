@@ -720,3 +720,16 @@ def test_windows_are_measured_for_the_drafters_ranked_fastest(models, tmp_path):
     assert [d.name for _, d, _ in ranked] == ["copy", "other"]
     with pytest.raises(UserError, match="--window-drafters"):
         ProfileSettings(**SMALL, window_drafters=-1).validate()
+
+
+def test_curves_with_row_add_a_context_in_order_and_replace_a_measured_one():
+    lat = LatencyCurve(new_tokens=[1, 2], context=[64, 2048], median_s=[[1.0, 2.0], [3.0, 4.0]], repeats=5)
+    added = lat.with_row(512, [2.0, 3.0], [0.1, 0.2], new_tokens=[1, 2], repeats=3)
+    assert added.context == [64, 512, 2048] and added.median_s[1] == [2.0, 3.0] and added.repeats == 3
+    assert added.spread_s == [[], [0.1, 0.2], []]  # rows measured before spreads were recorded stay empty
+    assert added.with_row(64, [0.5, 0.6], [0.0, 0.0], new_tokens=[1, 2], repeats=3).median_s[0] == [0.5, 0.6]
+    pre = PrefillCurve(context=[128, 2048], median_s=[0.1, 1.6])
+    more = pre.with_row(512, 0.4, 0.01, repeats=1)
+    assert (more.context, more.median_s, more.repeats) == ([128, 512, 2048], [0.1, 0.4, 1.6], 1)
+    assert more.spread_s == [0.0, 0.01, 0.0]
+    assert more.with_row(128, 0.2, 0.0, repeats=1).median_s == [0.2, 0.4, 1.6]
