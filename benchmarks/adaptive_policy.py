@@ -20,8 +20,9 @@ from itertools import pairwise
 from pathlib import Path
 
 from polyplan.documents import Plan, Profile
+from polyplan.documents.traces import Traces
 from polyplan.planner.policy import Policy, build_policy
-from polyplan.planner.predictors import IidPredictor, load_traces
+from polyplan.planner.predictors import IidPredictor
 from polyplan.theory import search_gammas
 from polyplan.theory.control import alpha_of_u, evaluate_setting, posterior_mean, relax_tokens, u_of_alpha
 
@@ -59,7 +60,7 @@ def main() -> None:
     if not profile_path.exists():
         profile_path = args.plan.parent / profile_path.name
     profile = Profile.load(profile_path)
-    traces = load_traces(profile, profile_path) if profile.traces else None
+    traces = Traces.of_profile(profile, profile_path) if profile.traces else None
     started = time.perf_counter()
     policy = build_policy(
         profile,

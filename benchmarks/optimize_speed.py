@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from polyplan.documents import AcceptancePair, Candidate, LatencyCurve, Profile
+from polyplan.documents.traces import Traces
 from polyplan.planner import optimize
 
 NEW = [1, 2, 4, 8, 16, 32]
@@ -51,7 +52,7 @@ def synthetic_profile(folder: Path, trace_len: int = 2000, segments: int = 10) -
         pairs=pairs,
         traces="profile.traces.npz",
     )
-    np.savez(folder / "profile.traces.npz", **traces)
+    Traces(traces).save(folder / "profile.traces.npz")
     path = folder / "profile.json"
     prof.save(path)
     return path

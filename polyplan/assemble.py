@@ -173,11 +173,11 @@ def plan_policy(plan: Any, plan_path: str | Path, note: Note = _stderr) -> Any:
     if plan.policy is not None:
         note(f"note: {plan_path} {why}: rebuilding it from {profile_path}")
     from polyplan.documents.profile import Profile
-    from polyplan.planner.predictors import load_traces
+    from polyplan.documents.traces import Traces
 
     profile = Profile.load(profile_path)
     try:
-        traces = load_traces(profile, profile_path) if profile.traces else None
+        traces = Traces.of_profile(profile, profile_path) if profile.traces else None
     except UserError:
         traces = None
     return policy_for_plan(plan, profile, traces)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from polyplan.documents import Profile
+from polyplan.documents.traces import Traces
 from polyplan.executor.adaptive import AdaptiveController
 from polyplan.executor.control import RoundTiming
 from polyplan.planner.policy import build_policy
-from polyplan.planner.predictors import load_traces
 from polyplan.theory.control import relax_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,8 @@ PROMPT = list(range(1000, 1040))
 @pytest.fixture(scope="module")
 def policy():
     profile = Profile.load(PROFILE)
-    return build_policy(profile, NAMES, [11, 5], mode="greedy", context=113.875, traces=load_traces(profile, PROFILE))
+    traces = Traces.of_profile(profile, PROFILE)
+    return build_policy(profile, NAMES, [11, 5], mode="greedy", context=113.875, traces=traces)
 
 
 class World:

@@ -14,8 +14,9 @@ import pytest
 
 from polyplan.documents import Plan, Profile
 from polyplan.documents.files import DocumentError
+from polyplan.documents.traces import Traces
 from polyplan.planner.policy import Policy, build_policy, policy_for_plan, subsets
-from polyplan.planner.predictors import IidPredictor, load_traces
+from polyplan.planner.predictors import IidPredictor
 from polyplan.theory import search_gammas
 from polyplan.theory.control import (
     MAX_U,
@@ -46,7 +47,8 @@ def profile() -> Profile:
 
 @pytest.fixture(scope="module")
 def policy(profile) -> Policy:
-    return build_policy(profile, NAMES, [11, 5], mode="greedy", context=113.875, traces=load_traces(profile, PROFILE))
+    traces = Traces.of_profile(profile, PROFILE)
+    return build_policy(profile, NAMES, [11, 5], mode="greedy", context=113.875, traces=traces)
 
 
 def test_every_order_keeping_subset_with_the_target_is_a_candidate(profile):
@@ -284,12 +286,11 @@ def test_relax_tokens_matches_the_decay_of_the_evidence():
 
 
 def test_transfer_bound_holds_on_the_profiles_traces(profile):
-    traces = load_traces(profile, PROFILE)
-    seg = [int(x) for x in traces["segments"]]
-    top = traces["greedy/smollm2-135m/ngram"]
-    mid = traces["greedy/smollm2-135m:bf16/ngram"]
-    agree = traces["greedy/smollm2-135m/smollm2-135m:bf16"]
-    for a, b in pairwise(seg):
+    traces = Traces.of_profile(profile, PROFILE)
+    top = traces.pair("greedy", "smollm2-135m", "ngram")
+    mid = traces.pair("greedy", "smollm2-135m:bf16", "ngram")
+    agree = traces.pair("greedy", "smollm2-135m", "smollm2-135m:bf16")
+    for a, b in traces.bounds():
         gap = abs(float(top[a:b].mean()) - float(mid[a:b].mean()))
         assert gap <= transfer_bound(float(agree[a:b].mean())) + 1e-9
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from polyplan.documents import AcceptancePair, Candidate, LatencyCurve, Profile
+from polyplan.documents.traces import Traces
 from polyplan.errors import UserError
 from polyplan.planner import (
     IidPredictor,
@@ -186,13 +187,13 @@ def test_coordinate_search_matches_exhaustive_on_random_deep_chains():
         assert est.time_per_token <= t * 1.005
 
 
-def bernoulli_traces(prof: Profile, mode: str, *, segments: int, length: int, seed: int = 0) -> dict:
+def bernoulli_traces(prof: Profile, mode: str, *, segments: int, length: int, seed: int = 0) -> Traces:
     rng = np.random.default_rng(seed)
     out = {"segments": np.arange(segments + 1, dtype=np.int64) * length}
     for p in prof.pairs:
         a = p.alpha(mode)
         out[f"{mode}/{p.verifier}/{p.drafter}"] = (rng.random(segments * length) < a).astype(np.float32)
-    return out
+    return Traces(out)
 
 
 def test_replay_agrees_with_iid_on_iid_bernoulli_traces():
@@ -214,7 +215,7 @@ def test_replay_follows_the_trace_position_by_position():
     costs = {"target": 1.0, "ngram": 0.001}
     prof = make_profile(costs, {("target", "ngram"): 0.5}, point_mass=("ngram",))
     runs = np.concatenate([np.ones(50), np.zeros(50)] * 40).astype(np.float32)
-    traces = {"greedy/target/ngram": runs, "segments": np.array([0, len(runs)])}
+    traces = Traces({"greedy/target/ngram": runs, "segments": np.array([0, len(runs)])})
     iid, replay = IidPredictor(prof), ReplayPredictor(prof, traces, passes=1)
     a, b = iid.predict(("target", "ngram"), (8,)), replay.predict(("target", "ngram"), (8,))
     assert b.mean_acceptance_length == pytest.approx(100 / 55, rel=1e-3)
@@ -253,7 +254,7 @@ def test_optimize_writes_a_complete_plan(tmp_path):
 def test_optimize_with_replay_records_both_predictors(tmp_path):
     prof = make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS)
     prof.traces = "profile.traces.npz"
-    np.savez(tmp_path / "profile.traces.npz", **bernoulli_traces(prof, "greedy", segments=4, length=200))
+    bernoulli_traces(prof, "greedy", segments=4, length=200).save(tmp_path / "profile.traces.npz")
     path = save(tmp_path, prof)
     plan, _ = optimize(path, predictor="replay", top=2)
     assert plan.settings["predictor"] == "replay"
@@ -324,9 +325,8 @@ def test_insertion_verdicts_carry_the_papers_condition():
 def test_default_context_comes_from_the_profiled_references(tmp_path):
     prof = make_profile(THREE_LEVEL_COSTS, THREE_LEVEL_ALPHAS)
     prof.traces = "profile.traces.npz"
-    traces = bernoulli_traces(prof, "greedy", segments=2, length=40)
-    traces["prompt_lengths"] = np.array([100, 60])
-    np.savez(tmp_path / "profile.traces.npz", **traces)
+    traces = bernoulli_traces(prof, "greedy", segments=2, length=40).as_dict()
+    Traces({**traces, "prompt_lengths": np.array([100, 60])}).save(tmp_path / "profile.traces.npz")
     plan, _ = optimize(save(tmp_path, prof), max_new_tokens=None)  # steady state: the references' middle
     assert plan.settings["context"] == pytest.approx(80 + 20)
     plan, _ = optimize(save(tmp_path, prof))  # the middle of the planned 64-token generation
@@ -342,7 +342,7 @@ def test_horizon_truncates_the_last_round():
     costs = {"target": 1.0, "ngram": 0.0}
     prof = make_profile(costs, {("target", "ngram"): 1.0}, point_mass=("ngram",))
     prof.settings["max_new_tokens"] = 40
-    traces = {"greedy/target/ngram": np.ones(80, dtype=np.float32), "segments": np.array([0, 40, 80])}
+    traces = Traces({"greedy/target/ngram": np.ones(80, dtype=np.float32), "segments": np.array([0, 40, 80])})
     for steady, short in [
         (IidPredictor(prof), IidPredictor(prof, horizon=20)),
         (ReplayPredictor(prof, traces), ReplayPredictor(prof, traces, horizon=20)),
@@ -360,7 +360,7 @@ def test_replay_horizon_keeps_references_that_ended_early():
     costs = {"target": 1.0, "ngram": 0.0}
     prof = make_profile(costs, {("target", "ngram"): 0.5}, point_mass=("ngram",))
     prof.settings["max_new_tokens"] = 48
-    traces = {"greedy/target/ngram": np.ones(78, dtype=np.float32), "segments": np.array([0, 48, 78])}
+    traces = Traces({"greedy/target/ngram": np.ones(78, dtype=np.float32), "segments": np.array([0, 48, 78])})
     assert ReplayPredictor(prof, traces).segment_lengths() == [48, 30]
     assert ReplayPredictor(prof, traces, horizon=64).segment_lengths() == [64, 30]
     assert ReplayPredictor(prof, traces, horizon=16).segment_lengths() == [16, 16]

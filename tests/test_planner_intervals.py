@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from polyplan.documents import LatencyCurve, Plan
+from polyplan.documents.traces import Traces
 from polyplan.planner import IidPredictor, ReplayPredictor, optimize, search
 from polyplan.planner.choice import choose
 from polyplan.planner.intervals import acceptance_groups, count_passes, plan_intervals
@@ -23,14 +24,14 @@ from test_planner import make_profile, save
 REPO = Path(__file__).resolve().parents[1]
 
 
-def segment_traces(rates: dict[tuple[str, str], list[float]], *, length: int = 200, seed: int = 0) -> dict:
+def segment_traces(rates: dict[tuple[str, str], list[float]], *, length: int = 200, seed: int = 0) -> Traces:
     """0/1 greedy traces, one segment (prompt) per rate, each position accepted with that rate."""
     rng = np.random.default_rng(seed)
     segments = len(next(iter(rates.values())))
     out = {"segments": np.arange(segments + 1, dtype=np.int64) * length}
     for (v, d), per_prompt in rates.items():
         out[f"greedy/{v}/{d}"] = np.concatenate([(rng.random(length) < r).astype(np.float32) for r in per_prompt])
-    return out
+    return Traces(out)
 
 
 def with_latency_spread(prof, iqr_fraction: float = 0.1, repeats: int = 5):
@@ -85,13 +86,13 @@ def test_replay_interval_is_the_bootstrap_of_the_prompts_own_replays():
     prof, tr = two_level([0.9, 0.5, 0.8, 0.6, 0.95, 0.4], latency_spread=False)
     pred = ReplayPredictor(prof, tr, horizon=64)
     e = pred.best(("target", "draft"))
-    seg, key = tr["segments"], "greedy/target/draft"
+    key = "greedy/target/draft"
     per_prompt = np.array(
         [
-            ReplayPredictor(prof, {"segments": np.array([0, b - a]), key: tr[key][a:b]}, horizon=64)
+            ReplayPredictor(prof, Traces({"segments": np.array([0, len(part)]), key: part}), horizon=64)
             .predict(e.chain, e.gammas)
             .time_per_token
-            for a, b in pairwise(seg)
+            for part in tr.per_prompt("greedy", "target", "draft")
         ]
     )
     assert per_prompt.mean() == pytest.approx(e.time_per_token, rel=1e-9)
@@ -190,7 +191,7 @@ def test_robust_choice_keeps_the_point_best_when_nothing_is_near(tmp_path):
 def test_optimize_records_the_choice_and_the_plan_round_trips(tmp_path):
     prof, tr = robust_case()
     prof.traces = "profile.traces.npz"
-    np.savez(tmp_path / "profile.traces.npz", **tr)
+    tr.save(tmp_path / "profile.traces.npz")
     path = save(tmp_path, prof)
     plan, res = optimize(path)
     assert plan.names == ["target", "steady"] and res.best.chain == ("target", "steady")
@@ -233,7 +234,7 @@ def test_plans_written_before_intervals_still_load(tmp_path):
 def test_cli_shows_the_interval_and_the_reason(tmp_path):
     prof, tr = robust_case()
     prof.traces = "profile.traces.npz"
-    np.savez(tmp_path / "profile.traces.npz", **tr)
+    tr.save(tmp_path / "profile.traces.npz")
     path = save(tmp_path, prof)
     r = subprocess.run(
         [sys.executable, "-m", "polyplan.cli", "optimize", str(path), "-o", str(tmp_path / "plan.json")],

@@ -184,7 +184,8 @@ def test_a_reference_written_with_a_helper_is_the_targets_own(models):
 
 
 def test_the_reference_helper_is_the_drafter_predicted_fastest_or_none(models):
-    from polyplan.profiler.session import _Traces, reference_helper, two_level_ranking
+    from polyplan.profiler.recorder import TraceRecorder
+    from polyplan.profiler.session import reference_helper, two_level_ranking
 
     fast, slow = ModelDrafter(models[0], "fast"), ModelDrafter(models[1], "slow")
 
@@ -192,7 +193,7 @@ def test_the_reference_helper_is_the_drafter_predicted_fastest_or_none(models):
         return LatencyCurve(new_tokens=[1, 9, 17], context=[64], median_s=[[t1, t9, t9 * 1.5]])
 
     latency = {"target": curve(0.1, 0.12), "fast": curve(0.01, 0.05), "slow": curve(0.2, 0.3)}
-    traces = _Traces()
+    traces = TraceRecorder()
 
     def helper(prefill=None, prompt_tokens=100, new_tokens=64):
         ranked = two_level_ranking([fast, slow], "target", latency, traces, 64)
@@ -698,7 +699,8 @@ def test_windows_are_measured_for_the_drafters_ranked_fastest(models, tmp_path):
     measurements pays the windows phase. Which one that is rests on measured passes of tiny models
     (a timing spike can rank either first), so the test ranks from the profile it wrote; with equal
     costs the target's own copy (acceptance 1) must rank above a model of other random weights."""
-    from polyplan.profiler.session import _Traces, two_level_ranking
+    from polyplan.profiler.recorder import TraceRecorder
+    from polyplan.profiler.session import two_level_ranking
 
     inputs = make_inputs(models)
     inputs.encode = lambda text: [b % VOCAB for b in text.encode()[:120]]
@@ -707,7 +709,7 @@ def test_windows_are_measured_for_the_drafters_ranked_fastest(models, tmp_path):
     prof = run_profile(inputs, out, ProfileSettings(**settings, window_drafters=1)).profile
     assert prof.settings["window_drafters"] == 1
     written = load_traces(out)
-    traces = _Traces()
+    traces = TraceRecorder()
     traces.greedy = {("target", d): [written[f"greedy/target/{d}"]] for d in ("copy", "other")}
     ranked = two_level_ranking(inputs.drafters, "target", prof.latency, traces, SMALL["contexts"][0])
     assert set(prof.windows["by_drafter"]) == {ranked[0][1].name}
@@ -718,3 +720,16 @@ def test_windows_are_measured_for_the_drafters_ranked_fastest(models, tmp_path):
     assert [d.name for _, d, _ in ranked] == ["copy", "other"]
     with pytest.raises(UserError, match="--window-drafters"):
         ProfileSettings(**SMALL, window_drafters=-1).validate()
+
+
+def test_curves_with_row_add_a_context_in_order_and_replace_a_measured_one():
+    lat = LatencyCurve(new_tokens=[1, 2], context=[64, 2048], median_s=[[1.0, 2.0], [3.0, 4.0]], repeats=5)
+    added = lat.with_row(512, [2.0, 3.0], [0.1, 0.2], new_tokens=[1, 2], repeats=3)
+    assert added.context == [64, 512, 2048] and added.median_s[1] == [2.0, 3.0] and added.repeats == 3
+    assert added.spread_s == [[], [0.1, 0.2], []]  # rows measured before spreads were recorded stay empty
+    assert added.with_row(64, [0.5, 0.6], [0.0, 0.0], new_tokens=[1, 2], repeats=3).median_s[0] == [0.5, 0.6]
+    pre = PrefillCurve(context=[128, 2048], median_s=[0.1, 1.6])
+    more = pre.with_row(512, 0.4, 0.01, repeats=1)
+    assert (more.context, more.median_s, more.repeats) == ([128, 512, 2048], [0.1, 0.4, 1.6], 1)
+    assert more.spread_s == [0.0, 0.01, 0.0]
+    assert more.with_row(128, 0.2, 0.0, repeats=1).median_s == [0.2, 0.4, 1.6]

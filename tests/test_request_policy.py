@@ -15,10 +15,10 @@ import pytest
 
 from polyplan.documents import Profile
 from polyplan.documents.profile import PrefillCurve
+from polyplan.documents.traces import Traces
 from polyplan.executor.adaptive import AdaptiveController
 from polyplan.executor.control import RoundTiming
 from polyplan.planner.policy import START_SAFETY, WINDOWED_START_SAFETY, Policy, build_policy, prompt_length_table
-from polyplan.planner.predictors import load_traces
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "smollm2-llamacpp-cpu.json"
@@ -42,7 +42,7 @@ def profile_with(per_token=PER_TOKEN, factor: float | None = None) -> Profile:
 
 
 def make_policy(prof: Profile) -> Policy:
-    traces = load_traces(prof, PROFILE)
+    traces = Traces.of_profile(prof, PROFILE)
     return build_policy(prof, NAMES, [8], mode="greedy", context=113.875, traces=traces)
 
 

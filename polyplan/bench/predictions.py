@@ -132,12 +132,13 @@ def attach_predictions(
     note: dict[str, Any] = {"context": context, "max_new_tokens": max_new_tokens, "source": "plan"}
     predictors = {}
     if profile is not None:
-        from polyplan.planner.predictors import load_traces, make_predictor
+        from polyplan.documents.traces import Traces
+        from polyplan.planner.predictors import make_predictor
         from polyplan.planner.trees import tree_time_ratio
 
         note["source"] = "profile"
         try:
-            traces = load_traces(profile, profile_path) if profile.traces else None
+            traces = Traces.of_profile(profile, profile_path) if profile.traces else None
         except UserError:
             traces = None
         for name in ("iid", "replay"):

@@ -31,7 +31,8 @@ Acceptance values are per-token acceptance probabilities (``alpha`` in staged-de
 greedy = argmax agreement; sampling = sum_x min(p, q) at ``temperature``. The sidecar (.npz)
 holds per-position traces under keys ``greedy/<verifier>/<drafter>`` and
 ``sampling/<verifier>/<drafter>`` (float32, concatenated over references) and ``segments``
-(int64 start offsets of each reference, plus the total at the end) and ``categories``.
+(int64 start offsets of each reference, plus the total at the end) and ``categories``; its one
+reader and writer is ``polyplan.documents.traces.Traces`` (every key listed there).
 A candidate whose latency was measured with random weights is marked ``random_weights``.
 """
 
@@ -97,6 +98,16 @@ class LatencyCurve:
         row = [_interp(self.context, [r[j] for r in self.median_s], c) for j in range(len(self.new_tokens))]
         return _interp(self.new_tokens, row, n)
 
+    def with_row(
+        self, context: int, median_s: list[float], spread_s: list[float], *, new_tokens: list[int], repeats: int
+    ) -> LatencyCurve:
+        """This curve with the row of ``context`` added (or replaced), on the grid ``new_tokens``."""
+        spreads = self.spread_s or [[]] * len(self.context)
+        rows = {c: (m, s) for c, m, s in zip(self.context, self.median_s, spreads, strict=True)}
+        rows[context] = (median_s, spread_s)
+        ctxs = sorted(rows)
+        return LatencyCurve(new_tokens, ctxs, [rows[c][0] for c in ctxs], [rows[c][1] for c in ctxs], repeats)
+
 
 def _interp(xs: list[int], ys: list[float], x: float) -> float:
     if x <= xs[0]:
@@ -144,6 +155,14 @@ class PrefillCurve:
         if c < xs[0]:
             return max(0.0, linear, ys[0] * c / xs[0])
         return max(0.0, linear)
+
+    def with_row(self, context: int, median_s: float, spread_s: float, repeats: int) -> PrefillCurve:
+        """This curve with the prefill of ``context`` tokens added (or replaced)."""
+        spreads = self.spread_s or [0.0] * len(self.context)
+        rows = dict(zip(self.context, zip(self.median_s, spreads, strict=True), strict=True))
+        rows[context] = (median_s, spread_s)
+        ctxs = sorted(rows)
+        return PrefillCurve(ctxs, [rows[c][0] for c in ctxs], [rows[c][1] for c in ctxs], repeats)
 
 
 @dataclass

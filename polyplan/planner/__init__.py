@@ -7,6 +7,7 @@ Pure Python (theory + numpy): it never loads a model.
     plan.save("plan.json")
 """
 
+from polyplan.documents.traces import Traces
 from polyplan.planner.chains import Chain, chain_problem, enumerate_chains, unit_cost
 from polyplan.planner.exports import transformers_export, vllm_export
 from polyplan.planner.optimize import optimize
@@ -18,7 +19,6 @@ from polyplan.planner.predictors import (
     Predictor,
     ReplayPredictor,
     default_context,
-    load_traces,
     make_predictor,
 )
 from polyplan.planner.search import InsertionVerdict, SearchResult, search
@@ -36,7 +36,7 @@ __all__ = [
     "chain_problem",
     "default_context",
     "enumerate_chains",
-    "load_traces",
+    "Traces",
     "make_predictor",
     "optimize",
     "search",

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from polyplan.documents.traces import Traces
 from polyplan.errors import UserError
 from polyplan.planner.intervals import Interval, plan_intervals
 from polyplan.planner.predictors import Estimate, Predictor
@@ -91,7 +92,7 @@ def choose(
     *,
     rule: str = "robust",
     tolerance: float = DEFAULT_TOLERANCE,
-    traces: dict | None = None,
+    traces: Traces | None = None,
     quantiles: tuple[float, float] = (0.1, 0.9),
     draws: int = 2000,
     seed: int = 0,

@@ -34,6 +34,7 @@ from itertools import pairwise
 import numpy as np
 
 from polyplan.documents.profile import LatencyCurve, Profile
+from polyplan.documents.traces import Traces
 from polyplan.errors import UserError
 from polyplan.planner.chains import Chain
 from polyplan.planner.predictors import Estimate, IidPredictor, Predictor, ReplayPredictor
@@ -90,22 +91,20 @@ class AcceptanceGroups:
     weights: np.ndarray
 
 
-def acceptance_groups(profile: Profile, traces: dict | None, mode: str) -> AcceptanceGroups:
+def acceptance_groups(profile: Profile, traces: Traces | None, mode: str) -> AcceptanceGroups:
     """Per-prompt rates from the traces when they exist, else per-category rates from the profile."""
-    if traces is not None and traces.get("segments") is not None and len(traces["segments"]) >= 2:
-        seg = [int(x) for x in traces["segments"]]
-        keep = [i for i, (a, b) in enumerate(pairwise(seg)) if b > a]
+    if traces is not None and traces.bounds():
+        keep = [(i, (a, b)) for i, (a, b) in enumerate(traces.bounds()) if b > a]
+        bounds = [ab for _, ab in keep]
         alphas = {}
         for p in profile.pairs:
-            tr = traces.get(f"{mode}/{p.verifier}/{p.drafter}")
+            tr = traces.pair(mode, p.verifier, p.drafter)
             if tr is not None:
-                alphas[(p.verifier, p.drafter)] = np.array([float(np.mean(tr[seg[i] : seg[i + 1]])) for i in keep])
-        ids = traces.get("prompt_ids")
-        labels = tuple(str(ids[i]) if ids is not None and i < len(ids) else f"prompt {i}" for i in keep)
+                alphas[(p.verifier, p.drafter)] = np.array(traces.prompt_means(tr, bounds))
+        ids = traces.prompt_ids
+        labels = tuple(ids[i] if i < len(ids) else f"prompt {i}" for i, _ in keep)
         if alphas and keep:
-            return AcceptanceGroups(
-                "prompts", labels, alphas, np.array([seg[i + 1] - seg[i] for i in keep], dtype=float)
-            )
+            return AcceptanceGroups("prompts", labels, alphas, np.array([b - a for a, b in bounds], dtype=float))
     cats = None
     for p in profile.pairs:
         have = {c for c, v in p.by_category.items() if v.get("positions", 0) > 0}
@@ -234,7 +233,7 @@ def plan_intervals(
     predictor: Predictor,
     estimates: Sequence[Estimate],
     *,
-    traces: dict | None = None,
+    traces: Traces | None = None,
     quantiles: tuple[float, float] = (0.1, 0.9),
     draws: int = 2000,
     seed: int = 0,

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from polyplan.documents.plan import Plan, file_sha256
 from polyplan.documents.profile import Profile
+from polyplan.documents.traces import Traces
 from polyplan.errors import UserError
 from polyplan.planner.chains import Chain, chain_problem, unit_cost
 from polyplan.planner.choice import DEFAULT_TOLERANCE, RULES, Choice, RequestTimes, choose as choose_plan
 from polyplan.planner.exports import llama_server_export, transformers_export, vllm_export
 from polyplan.planner.policy import build_policy, prompt_length_table
-from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, load_traces, make_predictor
+from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, make_predictor
 from polyplan.planner.search import SearchResult, search, with_best
 from polyplan.planner.trees import plan_trees
 
@@ -55,9 +56,11 @@ def optimize(
         raise UserError(f"predictor must be auto or one of {', '.join(PREDICTORS)}, not {predictor!r}")
     traces = None
     unread_traces = None  # why --predictor auto could not replay the traces the profile names
+    if predictor == "replay" and profile.traces_path(profile_path) is None:
+        raise UserError(f"{profile_path}: the profile has no traces sidecar; use --predictor iid")
     if predictor in ("auto", "replay") or profile.traces_path(profile_path) is not None:
         try:
-            traces = load_traces(profile, profile_path)
+            traces = Traces.of_profile(profile, profile_path)
         except UserError as e:
             if predictor == "replay":
                 raise
@@ -227,21 +230,11 @@ def _exports(profile: Profile, pred: Predictor, best: Estimate, max_gamma: int, 
     return exports
 
 
-def workload_prompt_length(traces: dict | None) -> float | None:
+def workload_prompt_length(traces: Traces | None) -> float | None:
     """The mean prompt length of the profiled workload, or None when the traces do not record it."""
-    lengths = None if traces is None else traces.get("prompt_lengths")
-    if lengths is None or len(lengths) == 0:
-        return None
-    return float(sum(int(x) for x in lengths) / len(lengths))
+    return None if traces is None else traces.mean_prompt_length()
 
 
-def decoding_context(traces: dict, max_new_tokens: int | None = None) -> float | None:
-    """The mean KV-cache length while decoding: mean prompt length plus half the generation
-    (``max_new_tokens``, or the mean reference length when None); None when the traces do not
-    record prompt lengths."""
-    lengths, seg = traces.get("prompt_lengths"), traces.get("segments")
-    if lengths is None or seg is None or len(lengths) == 0 or len(seg) != len(lengths) + 1:
-        return None
-    refs = [int(b) - int(a) for a, b in zip(seg, seg[1:], strict=False)]
-    generated = max_new_tokens if max_new_tokens is not None else sum(refs) / len(refs)
-    return float(sum(int(x) for x in lengths) / len(lengths) + generated / 2)
+def decoding_context(traces: Traces, max_new_tokens: int | None = None) -> float | None:
+    """The mean KV-cache length while decoding (``Traces.decoding_context``)."""
+    return traces.decoding_context(max_new_tokens)

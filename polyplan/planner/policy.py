@@ -25,6 +25,7 @@ from typing import Any
 
 from polyplan.documents.files import DocumentError
 from polyplan.documents.profile import Profile
+from polyplan.documents.traces import Traces
 from polyplan.planner.chains import chain_problem
 from polyplan.planner.request_model import RequestModel, request_model
 from polyplan.theory.control import (
@@ -429,18 +430,17 @@ def subsets(names: Sequence[str], profile: Profile) -> list[tuple[int, ...]]:
 
 
 def prior_strengths(
-    profile: Profile, names: Sequence[str], pairs: Sequence[Pair], mode: str, traces: Mapping[str, Any] | None
+    profile: Profile, names: Sequence[str], pairs: Sequence[Pair], mode: str, traces: Traces | None
 ) -> dict[Pair, float]:
     """Empirical Bayes: the Beta prior whose variance is the profile's prompt-to-prompt variance of
     each pair's acceptance (per-prompt means of the traces, less their own binomial noise):
     ``n0 = m (1 - m) / v - 1``, clamped to PRIOR_STRENGTH_RANGE; DEFAULT_PRIOR_STRENGTH without traces."""
     out = {pair: DEFAULT_PRIOR_STRENGTH for pair in pairs}
-    segments = traces.get("segments") if traces is not None else None
-    if segments is None or len(segments) < 3:
+    if traces is None or len(traces.bounds()) < 2:
         return out
-    bounds = [(int(a), int(b)) for a, b in pairwise(segments) if int(b) - int(a) >= 2]
+    bounds = [(a, b) for a, b in traces.bounds() if b - a >= 2]
     for v, d in pairs:
-        trace = traces.get(f"{mode}/{names[v]}/{names[d]}")
+        trace = traces.pair(mode, names[v], names[d])
         if trace is None or len(bounds) < 2:
             continue
         means = [float(sum(trace[a:b])) / (b - a) for a, b in bounds]
@@ -461,7 +461,7 @@ def build_policy(
     mode: str,
     context: float,
     max_gamma: int = 16,
-    traces: Mapping[str, Any] | None = None,
+    traces: Traces | None = None,
     cell_budget: int = CELL_BUDGET,
     margin: float = DEFAULT_MARGIN,
     windows: Mapping[str, Sequence[int]] | None = None,
@@ -527,7 +527,7 @@ def in_chain(latency: list[Any], min_pass: int) -> list[Any]:
     return [lambda n, t=target: t(max(n, min_pass)), *latency[1:]]
 
 
-def policy_for_plan(plan: Any, profile: Profile, traces: Mapping[str, Any] | None = None) -> Policy:
+def policy_for_plan(plan: Any, profile: Profile, traces: Traces | None = None) -> Policy:
     """The policy of a plan document (``polyplan.documents.plan.Plan``) rebuilt from its profile."""
     return build_policy(
         profile,

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from polyplan.documents.profile import Profile
+from polyplan.documents.traces import Traces, pair_key
 from polyplan.errors import UserError
 from polyplan.planner.chains import Chain
 from polyplan.theory import SimulationResult, predict_chain, search_gammas, simulate_chain
@@ -290,7 +291,7 @@ class ReplayPredictor(Predictor):
     def __init__(
         self,
         profile: Profile,
-        traces: dict[str, np.ndarray],
+        traces: Traces,
         *,
         mode: str = "greedy",
         context: float | None = None,
@@ -304,14 +305,13 @@ class ReplayPredictor(Predictor):
         # 0/1 traces (greedy agreement) replay deterministically: one pass says it all.
         # Per-position probabilities (sampling; greedy at near-tie positions averaged over pass
         # shapes) are drawn, so average a few passes.
-        binary = all(np.isin(v, (0.0, 1.0)).all() for k, v in traces.items() if k.startswith(f"{mode}/"))
+        measured = traces.mode_traces(mode)
+        binary = all(np.isin(v, (0.0, 1.0)).all() for v in measured)
         self.passes = passes if passes is not None else (1 if binary else 4)
-        seg = traces.get("segments")
-        first = next((v for k, v in traces.items() if k.startswith(f"{mode}/")), None)
-        if first is None:
+        if not measured:
             raise UserError(f"the traces hold no {mode} acceptance traces; re-run `polyplan profile`")
-        total = len(first)
-        self.segments = [int(x) for x in seg] if seg is not None and len(seg) >= 2 else [0, total]
+        seg = traces.segments
+        self.segments = [int(x) for x in seg] if seg is not None and len(seg) >= 2 else [0, len(measured[0])]
         # A reference shorter than the profile's reference length stopped at end-of-sequence: a
         # generation of that prompt stops there too, whatever the horizon.
         reference_length = profile.settings.get("max_new_tokens")
@@ -323,10 +323,11 @@ class ReplayPredictor(Predictor):
     def level_traces(self, chain: Chain) -> list[np.ndarray]:
         out = []
         for u, d in pairwise(chain):
-            key = f"{self.mode}/{u}/{d}"
-            if key not in self.traces:
+            trace = self.traces.pair(self.mode, u, d)
+            if trace is None:
+                key = pair_key(self.mode, u, d)
                 raise UserError(f"the traces have no {key!r}; re-run `polyplan profile` with these candidates")
-            out.append(np.asarray(self.traces[key], dtype=np.float64))
+            out.append(np.asarray(trace, dtype=np.float64))
         return out
 
     def segment_lengths(self) -> list[int]:
@@ -384,19 +385,6 @@ class ReplayPredictor(Predictor):
         return self._descend(chain, self._iid.steady_best(chain, max_gamma), max_gamma)
 
 
-def load_traces(profile: Profile, profile_path: str | Path) -> dict[str, np.ndarray]:
-    path = profile.traces_path(profile_path)
-    if path is None:
-        raise UserError(f"{profile_path}: the profile has no traces sidecar; use --predictor iid")
-    if not path.exists():
-        raise UserError(f"{path}: traces sidecar named by the profile is missing")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read traces ({e})") from None
-
-
 def make_predictor(
     name: str,
     profile: Profile,
@@ -404,7 +392,7 @@ def make_predictor(
     profile_path: str | Path | None = None,
     mode: str = "greedy",
     context: float | None = None,
-    traces: dict[str, np.ndarray] | None = None,
+    traces: Traces | None = None,
     horizon: int | None = None,
     prompt_length: float | None = None,
 ) -> Predictor:
@@ -414,7 +402,7 @@ def make_predictor(
         if traces is None:
             if profile_path is None:
                 raise UserError("the replay predictor needs the profile's traces")
-            traces = load_traces(profile, profile_path)
+            traces = Traces.of_profile(profile, profile_path)
         return ReplayPredictor(
             profile, traces, mode=mode, context=context, horizon=horizon, prompt_length=prompt_length
         )

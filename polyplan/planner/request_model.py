@@ -16,6 +16,7 @@ from typing import Any
 
 from polyplan.documents.files import DocumentError
 from polyplan.documents.profile import WINDOW_SINK, LatencyCurve, PrefillCurve, Profile
+from polyplan.documents.traces import Traces
 from polyplan.theory.chain_model import predict_chain
 from polyplan.theory.prefill import (
     RequestPrediction,
@@ -206,18 +207,15 @@ class RequestModel:
         return model
 
 
-def generation_lengths(traces: Mapping[str, Any] | None) -> list[int]:
+def generation_lengths(traces: Traces | None) -> list[int]:
     """The target's reference answer lengths on the profile's prompts (from the traces' segments)."""
-    seg = None if traces is None else traces.get("segments")
-    if seg is None or len(seg) < 2:
-        return []
-    return [int(b) - int(a) for a, b in pairwise(seg)]
+    return [] if traces is None else traces.generation_lengths()
 
 
 def request_model(
     profile: Profile,
     names: Sequence[str],
-    traces: Mapping[str, Any] | None = None,
+    traces: Traces | None = None,
     windows: Mapping[str, Sequence[int]] | None = None,
     mode: str = "greedy",
 ) -> RequestModel:

@@ -14,20 +14,20 @@ from typing import Any
 import numpy as np
 
 from polyplan.documents.profile import Profile
+from polyplan.documents.traces import Traces
 from polyplan.theory.trees import TreeShape, choose_tree, predict_tree_round
 
 #: node budgets compared (each with every depth from the linear gamma to max_gamma)
 TREE_SIZES = (8, 12, 16, 24, 31)
 
 
-def rank_traces(traces: dict[str, np.ndarray] | None, verifier: str, drafter: str) -> list[np.ndarray]:
+def rank_traces(traces: Traces | None, verifier: str, drafter: str) -> list[np.ndarray]:
     """Per reference, the rank of the verifier's argmax among the drafter's choices at each position
     (0: below the measured ranks); [] when the traces have none (profiled before draft trees)."""
-    key = f"ranks/{verifier}/{drafter}"
-    if not traces or key not in traces or "segments" not in traces:
+    ranks = None if traces is None else traces.pair("ranks", verifier, drafter)
+    if ranks is None:
         return []
-    seg, ranks = traces["segments"], traces[key].astype(np.int64)
-    return [ranks[seg[i] : seg[i + 1]] for i in range(len(seg) - 1)]
+    return traces.split(ranks.astype(np.int64))
 
 
 def replay_tokens_per_pass(ranks: list[np.ndarray], shape: TreeShape) -> float:
@@ -53,7 +53,7 @@ def replay_tokens_per_pass(ranks: list[np.ndarray], shape: TreeShape) -> float:
 
 
 def _pair_model(
-    profile: Profile, verifier: str, drafter: str, context: float | None, traces: dict[str, np.ndarray] | None
+    profile: Profile, verifier: str, drafter: str, context: float | None, traces: Traces | None
 ) -> dict[str, Any] | None:
     """The inputs of the tree theory for one pair (rank rates, latencies at ``context``, the replay
     of its rank traces when there are any), None when the profile lacks its rates or curves."""
@@ -76,7 +76,7 @@ def plan_trees(
     gammas: list[int],
     mode: str,
     context: float | None,
-    traces: dict[str, np.ndarray] | None = None,
+    traces: Traces | None = None,
     max_gamma: int = 16,
 ) -> tuple[list[int], list[int], dict[str, Any]]:
     """Tree size per drafter (1 = linear), the gammas (a tree may want its bottom deeper than the
@@ -128,7 +128,7 @@ def tree_time_ratio(
     gammas: list[int],
     nodes: int,
     context: float | None,
-    traces: dict[str, np.ndarray] | None = None,
+    traces: Traces | None = None,
 ) -> float | None:
     """Predicted time per token of the bottom drafting a tree of ``nodes`` over drafting linearly
     (as the planner estimates it), None when the profile lacks the pair's rank rates or latency."""

@@ -285,6 +285,25 @@ class WindowedAcceptance:
             for row in (buckets.setdefault(lo, [0.0, 0.0, 0]), total):
                 row[0], row[1], row[2] = row[0] + part[0], row[1] + part[1], row[2] + part[2]
 
+    def add_to(self, doc: dict) -> None:
+        """Add these sums into a profile's ``windows`` document: ``by_drafter[name][window]`` (window
+        ``"full"`` or its size) sums greedy agreement, sampling overlap and positions, in all and
+        ``by_position`` (key: a bucket's first answer position; WINDOW_POSITION_EDGES)."""
+        by = doc.setdefault("by_drafter", {})
+        for name, per_window in self.sums.items():
+            for window, (g, smp, n) in per_window.items():
+                row = by.setdefault(name, {}).setdefault(
+                    "full" if window is None else str(window),
+                    {"greedy_sum": 0.0, "sampling_sum": 0.0, "positions": 0},
+                )
+                row["greedy_sum"] += g
+                row["sampling_sum"] += smp
+                row["positions"] += n
+                buckets = row.setdefault("by_position", {})
+                for lo, (bg, bs, bn) in self.by_position.get(name, {}).get(window, {}).items():
+                    cell = buckets.setdefault(str(lo), [0.0, 0.0, 0])
+                    cell[0], cell[1], cell[2] = cell[0] + bg, cell[1] + bs, cell[2] + bn
+
 
 def score_windows(
     target: Drafter,

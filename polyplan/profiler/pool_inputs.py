@@ -12,7 +12,7 @@ import torch
 from polyplan.documents.profile import Candidate
 from polyplan.errors import UserError
 from polyplan.models.drafter import Drafter
-from polyplan.profiler.session import ProfileInputs
+from polyplan.profiler.settings import ProfileInputs
 
 
 def chat_encoder(tokenizer: Any) -> Callable[[str], list[int]]:

@@ -13,328 +13,52 @@ the models' context before anything is measured.
 
 from __future__ import annotations
 
-import io
-import json
-import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from polyplan.data import Prompt
-from polyplan.data.prompt_file import PromptSet, check_prompt_fits, prompt_set
-from polyplan.documents.files import DocumentError, atomic_write_bytes, check_writable
-from polyplan.documents.profile import WINDOW_SINK, AcceptancePair, Candidate, LatencyCurve, PrefillCurve, Profile
+from polyplan.documents.files import check_writable
+from polyplan.documents.profile import LatencyCurve, PrefillCurve, Profile
+from polyplan.documents.traces import Traces
 from polyplan.errors import UserError
-from polyplan.executor.sampling import SamplingParams
-from polyplan.models.drafter import Drafter, check_same_vocabulary
-from polyplan.profiler.acceptance import (
-    TREE_RANKS,
-    WindowedAcceptance,
-    greedy_reference,
-    score_reference,
-    score_windows,
-)
+from polyplan.models.drafter import Drafter
+from polyplan.profiler.acceptance import WindowedAcceptance, greedy_reference, score_reference, score_windows
 from polyplan.profiler.latency import fits_context, measure_context, measure_prefill
 from polyplan.profiler.machine import machine_facts, machine_fingerprint, with_exactness
+from polyplan.profiler.recorder import TraceRecorder
+from polyplan.profiler.references import long_prompts, reference_helper, shape_of_prompt, two_level_ranking
+from polyplan.profiler.resume import check_resumable, checked_prompts, settings_doc
 from polyplan.profiler.screen import slower_than_target
+from polyplan.profiler.settings import ProfileInputs, ProfileOutcome, ProfileSettings, ProgressHooks, new_token_grid
 
-# settings that may differ between a run and the run that resumes it
-_VOLATILE_SETTINGS = ("budget_s", "elapsed_s", "phase_s")
+__all__ = [
+    "ProfileInputs",
+    "ProfileOutcome",
+    "ProfileSession",
+    "ProfileSettings",
+    "ProgressHooks",
+    "load_traces",
+    "new_token_grid",
+    "reference_helper",
+    "run_profile",
+    "shape_of_prompt",
+    "sidecar_path",
+    "two_level_ranking",
+]
 
+#: the phases of a run, in order, each a loop of units sharing the budget
+PHASES = ("latency", "prefill", "acceptance", "windows")
 
-def new_token_grid(max_new: int) -> list[int]:
-    """1, 2, 4, ... up to ``max_new`` (``max_new`` itself included)."""
-    if max_new < 1:
-        raise UserError("the largest new-token count must be >= 1")
-    grid = [1 << i for i in range(int(math.log2(max_new)) + 1)]
-    return grid if grid[-1] == max_new else grid + [max_new]
-
-
-@dataclass
-class ProfileSettings:
-    """What is measured; two runs with equal settings may be merged (resumed)."""
-
-    # defaults: the embedded SmolLM2 pool (9 members) profiles in 3-5 minutes on a 2-core CPU
-    prompts: int = 8
-    max_new_tokens: int = 64
-    new_tokens: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
-    #: cached-token counts of the latency grid; past 512 fewer timed passes (latency_repeats_at in
-    #: run_profile), and the pass building a context that is also a prefill length is its P(c)
-    contexts: list[int] = field(default_factory=lambda: [64, 512, 2048])
-    #: prompt lengths whose prefill P(c) is measured (log-spaced; the planner interpolates between
-    #: them and continues the last segment's slope beyond); [] skips the phase
-    prefill_contexts: list[int] = field(default_factory=lambda: [128, 512, 2048])
-    #: timed prefills at the shortest lengths; longer ones get fewer (see prefill_repeats_at)
-    prefill_repeats: int = 3
-    #: windows whose cost in acceptance is measured on long prompts (polyplan.models.windowed);
-    #: [] skips the phase
-    windows: list[int] = field(default_factory=lambda: [256])
-    window_sink: int = WINDOW_SINK
-    #: long prompts for it: the user's prompt file's prompts longer than sink + window, else the
-    #: built-in window set; each teacher-forces this many tokens of the target's answer
-    window_prompts: int = 2
-    #: answer tokens the window measurement reads: a window's loss shrinks as the answer fills it, so
-    #: it is measured by position out to 128 (the request model reads it at a request's horizon)
-    window_reference_tokens: int = 128
-    #: drafters it measures: those the two-level theorem ranks fastest on the acceptance phase's
-    #: figures (two_level_ranking; a plan's drafters come from the top), 0: every model drafter
-    window_drafters: int = 2
-    repeats: int = 5
-    warmup: int = 1
-    temperature: float = 1.0
-    #: None: that filter is off (the executor's SamplingParams convention)
-    top_k: int | None = None
-    top_p: float | None = None
-    #: teacher-forcing block (0: the whole reference in one pass); run-time verifier shapes
-    block: int = 8
-    #: more block sizes for every model but the target: low-precision argmax flips with the pass
-    #: shape at near-ties, so acceptance is averaged over shapes (profiler/acceptance.py)
-    extra_blocks: list[int] = field(default_factory=lambda: [5])
-    categories: list[str] | None = None
-    #: the user's prompt file (None: the built-in eval set); recorded as ``workload`` by content
-    prompts_file: str | None = None
-    random_weights: bool = False
-    seed: int = 0
-    #: measure no further a member slower than the target at every pass size of the first
-    #: context (polyplan.profiler.screen)
-    screen: bool = True
-
-    def validate(self) -> None:
-        if self.prompts < 0:
-            raise UserError("--prompts must be >= 0")
-        if self.max_new_tokens < 1:
-            raise UserError("--max-new-tokens must be >= 1")
-        if not self.new_tokens or min(self.new_tokens) < 1:
-            raise UserError("new-token counts must be >= 1")
-        if not self.contexts or min(self.contexts) < 0:
-            raise UserError("context lengths must be >= 0")
-        if any(c < 1 for c in self.prefill_contexts) or self.prefill_repeats < 1:
-            raise UserError("--prefill-contexts must be >= 1 token and --prefill-repeats >= 1")
-        if any(w <= self.window_sink for w in self.windows) or self.window_sink < 0:
-            raise UserError(f"--windows must be larger than the sink ({self.window_sink} tokens) and the sink >= 0")
-        if self.window_prompts < 0 or self.window_reference_tokens < 1 or self.window_drafters < 0:
-            raise UserError("--window-prompts and --window-drafters must be >= 0 and the window reference >= 1 token")
-        if self.repeats < 1 or self.warmup < 0:
-            raise UserError("--repeats must be >= 1 and --warmup >= 0")
-        SamplingParams(self.temperature, self.top_k, self.top_p)  # one clear error for bad values
-        if self.block < 0 or any(b < 0 for b in self.extra_blocks):
-            raise UserError("--block and --extra-blocks must be >= 0")
-        self.new_tokens = sorted(set(int(n) for n in self.new_tokens))
-        self.contexts = sorted(set(int(c) for c in self.contexts))
-        self.prefill_contexts = sorted(set(int(c) for c in self.prefill_contexts))
-
-
-@dataclass
-class ProfileInputs:
-    """The candidates to profile, the target first, and how to turn prompt text into token ids."""
-
-    pool: str
-    target: str
-    drafters: list[Drafter]
-    candidates: list[Candidate]
-    encode: Callable[[str], list[int]]
-    eos_ids: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        names = [d.name for d in self.drafters]
-        if self.target not in names:
-            raise UserError(f"the target {self.target!r} must be among the profiled candidates")
-        if self.drafters[names.index(self.target)].point_mass:
-            raise UserError(f"the target {self.target!r} must be a model, not a point-mass drafter")
-        check_same_vocabulary(self.drafters)
-
-    @property
-    def target_drafter(self) -> Drafter:
-        return next(d for d in self.drafters if d.name == self.target)
-
-
-class ProgressHooks:
-    """Progress callbacks (no-ops here; the CLI draws rich progress bars)."""
-
-    def begin(self, stage: str, total: int) -> None: ...
-
-    def advance(self, stage: str, amount: int = 1) -> None: ...
-
-    def note(self, message: str) -> None: ...
-
-
-@dataclass
-class ProfileOutcome:
-    profile: Profile
-    path: Path
-    complete: bool
-    units_done: int
-    units_skipped: int
-    stopped_by_budget: bool
-    elapsed_s: float
-
-
-# --------------------------------------------------------------------------- traces
-
-
-@dataclass
-class _Traces:
-    prompt_ids: list[str] = field(default_factory=list)
-    categories: list[str] = field(default_factory=list)
-    prompt_lengths: list[int] = field(default_factory=list)
-    tokens: list[np.ndarray] = field(default_factory=list)
-    greedy: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
-    sampling: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
-    #: model pairs: rank of the verifier's argmax among the drafter's top choices (draft trees)
-    ranks: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
-
-    def segments(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum([len(t) for t in self.tokens])]).astype(np.int64)
-
-    def to_npz(self, identity: dict[str, Any]) -> bytes:
-        arrays: dict[str, np.ndarray] = {
-            "segments": self.segments(),
-            "categories": np.array(self.categories, dtype=str),
-            "prompt_ids": np.array(self.prompt_ids, dtype=str),
-            "prompt_lengths": np.array(self.prompt_lengths, dtype=np.int64),
-            "tokens": np.concatenate(self.tokens).astype(np.int64) if self.tokens else np.zeros(0, np.int64),
-            "identity": np.array(json.dumps(identity, sort_keys=True)),
-        }
-        for mode, table in (("greedy", self.greedy), ("sampling", self.sampling), ("ranks", self.ranks)):
-            for (v, d), parts in table.items():
-                arrays[f"{mode}/{v}/{d}"] = np.concatenate(parts).astype(np.float32)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        return buf.getvalue()
-
-    @classmethod
-    def from_npz(cls, path: Path, identity: dict[str, Any]) -> _Traces | None:
-        """The traces saved by an interrupted run with the same identity, or None."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if json.loads(str(z["identity"])) != json.loads(json.dumps(identity, sort_keys=True)):
-                    return None
-                seg = z["segments"]
-                tr = cls(
-                    prompt_ids=[str(x) for x in z["prompt_ids"]],
-                    categories=[str(x) for x in z["categories"]],
-                    prompt_lengths=[int(x) for x in z["prompt_lengths"]],
-                )
-                toks = z["tokens"]
-                tr.tokens = [toks[seg[i] : seg[i + 1]] for i in range(len(seg) - 1)]
-                for key in z.files:
-                    mode, _, rest = key.partition("/")
-                    if mode in ("greedy", "sampling", "ranks") and rest:
-                        v, d = rest.split("/", 1)
-                        arr = z[key]
-                        getattr(tr, mode)[(v, d)] = [arr[seg[i] : seg[i + 1]] for i in range(len(seg) - 1)]
-                return tr
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
-            return None  # missing or truncated: re-measure the acceptance part
-
-    def pairs(self) -> list[AcceptancePair]:
-        out = []
-        cats = sorted(set(self.categories))
-        for key, parts in self.greedy.items():
-            g = np.concatenate(parts)
-            s = np.concatenate(self.sampling.get(key, parts))
-            by_cat = {}
-            for cat in cats:
-                idx = [i for i, c in enumerate(self.categories) if c == cat]
-                gc = np.concatenate([parts[i] for i in idx])
-                sc = np.concatenate([self.sampling.get(key, parts)[i] for i in idx])
-                if len(gc):
-                    by_cat[cat] = {"greedy": float(gc.mean()), "sampling": float(sc.mean()), "positions": int(len(gc))}
-            rank_rates: list[float] = []
-            if key in self.ranks and len(g):
-                r = np.concatenate(self.ranks[key])
-                rank_rates = [round(float((r == k).mean()), 6) for k in range(1, TREE_RANKS + 1)]
-            out.append(
-                AcceptancePair(
-                    verifier=key[0],
-                    drafter=key[1],
-                    greedy=float(g.mean()) if len(g) else 0.0,
-                    sampling=float(s.mean()) if len(s) else 0.0,
-                    positions=int(len(g)),
-                    by_category=by_cat,
-                    rank_rates=rank_rates,
-                )
-            )
-        return out
-
-
-# --------------------------------------------------------------------------- the run
+Unit = TypeVar("Unit")
 
 
 def sidecar_path(output: Path) -> Path:
     return output.with_name(output.stem + ".traces.npz")
-
-
-def _settings_doc(settings: ProfileSettings, inputs: ProfileInputs, workload: dict | None) -> dict[str, Any]:
-    doc = asdict(settings)
-    # the file is known by its content (workload), not by a path that differs between shells
-    doc.pop("prompts_file")
-    doc["members"] = [d.name for d in inputs.drafters]
-    doc["workload"] = workload
-    return doc
-
-
-def _checked_prompts(
-    settings: ProfileSettings, inputs: ProfileInputs
-) -> tuple[PromptSet, list[Prompt], dict[str, list[int]]]:
-    """The prompts to measure, each encoded and checked to leave the target room to answer,
-    before anything is measured (a bad prompt file fails before minutes of latency runs)."""
-    source = prompt_set(settings.prompts_file)
-    if settings.random_weights:
-        return source, [], {}
-    prompts = source.select(settings.categories, settings.prompts)
-    models = [d for d in inputs.drafters if not d.point_mass and d.max_context is not None]
-    encoded = {}
-    for prompt in prompts:
-        ids = inputs.encode(prompt.text)
-        for d in models:
-            check_prompt_fits(prompt, len(ids), d.max_context, 1, d.name)
-        encoded[prompt.id] = ids
-    return source, prompts, encoded
-
-
-def _check_resumable(prev: Profile, inputs: ProfileInputs, settings_doc: dict, fingerprint: dict) -> None:
-    problems = []
-    if prev.pool != inputs.pool or prev.target != inputs.target:
-        problems.append(f"pool/target {prev.pool}/{prev.target} vs {inputs.pool}/{inputs.target}")
-    old = {k: v for k, v in prev.settings.items() if k not in _VOLATILE_SETTINGS}
-    new = {k: v for k, v in settings_doc.items() if k not in _VOLATILE_SETTINGS}
-    if "workload" not in old and (new.get("workload") or {}).get("name") in (None, "built-in"):
-        old["workload"] = new.get("workload")  # profiles from before workloads were recorded: built-in set
-    if old.get("top_k") == 0:
-        old["top_k"] = None  # profiles from before None meant "off" recorded top-k 0 ...
-    if old.get("top_p") == 1.0:
-        old["top_p"] = None  # ... and top-p 1
-    if "screen" not in old:
-        old["screen"] = new.get("screen")  # profiles from before screening measured every member
-    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
-    for k in sorted(set(old) | set(new)):
-        if old.get(k) != new.get(k):
-            then, now = (_short(k, side.get(k)) for side in (old, new))
-            problems.append(f"{k}: {then} then, {now} now")
-    old_fp = machine_fingerprint(prev.machine)
-    if old_fp != fingerprint:
-        diff = [k for k in fingerprint if old_fp.get(k) != fingerprint.get(k)]
-        problems.append("machine differs (" + ", ".join(diff) + ")")
-    if [asdict(c) for c in prev.candidates] != [asdict(c) for c in inputs.candidates]:
-        problems.append("candidates differ (dtype, device, derivation or weights)")
-    if problems:
-        raise UserError(
-            "the existing profile was measured differently, so it cannot be resumed: "
-            + "; ".join(problems)
-            + ". Use --force to measure from scratch (overwrites it) or choose another -o"
-        )
-
-
-def _short(key: str, value: Any) -> str:
-    if key == "workload" and isinstance(value, dict):
-        return f"{value.get('count')} prompts of {value.get('name')} (sha256 {str(value.get('sha256'))[:12]})"
-    return repr(value)
 
 
 def run_profile(
@@ -349,442 +73,344 @@ def run_profile(
     """Measure (or resume measuring) ``inputs`` into the profile at ``output``."""
     settings = settings or ProfileSettings()
     settings.validate()
-    progress = progress or ProgressHooks()
-    clock = time.monotonic
-    t_start = started_at if started_at is not None else clock()
-    output = Path(output)
-    if output.suffix != ".json":
-        raise UserError(f"{output}: the profile file name must end in .json")
-    traces_file = sidecar_path(output)
-    check_writable(output)
-    check_writable(traces_file)
+    t_start = started_at if started_at is not None else time.monotonic()
+    session = ProfileSession(inputs, Path(output), settings, progress or ProgressHooks(), t_start, budget_s, force)
+    return session.run()
 
-    machine = machine_facts(inputs.target_drafter.device)
-    source, prompts, encoded = _checked_prompts(settings, inputs)
-    settings_doc = _settings_doc(settings, inputs, None if settings.random_weights else source.workload(prompts))
-    identity = {"pool": inputs.pool, "settings": settings_doc, "machine": machine_fingerprint(machine)}
 
-    prev: Profile | None = None
-    if output.exists() and not force:
-        prev = Profile.load(output)  # a truncated or newer file raises here: nothing is overwritten
-        _check_resumable(prev, inputs, settings_doc, machine_fingerprint(machine))
-        machine = prev.machine  # keep the facts of the first run (thread count, date)
-    machine = with_exactness(machine, inputs.target_drafter, progress.note)
+class ProfileSession:
+    """One profiling run: what it resumes from, one method per phase, and the unit loop they share
+    (stop at the budget, measure a unit, record it, save both files). ``run_profile`` starts one."""
 
-    latency: dict[str, LatencyCurve] = dict(prev.latency) if prev else {}
-    prefill: dict[str, PrefillCurve] = dict(prev.prefill) if prev else {}
-    traces = _Traces()
-    if prev and prev.traces and traces_file.exists():
-        loaded = _Traces.from_npz(traces_file, identity)
-        if loaded is None:
-            progress.note(f"{traces_file.name} is unreadable or from other settings: acceptance is re-measured")
-        else:
-            traces = loaded
-    created = prev.created if prev else datetime.now(timezone.utc).isoformat(timespec="seconds")
+    def __init__(
+        self,
+        inputs: ProfileInputs,
+        output: Path,
+        settings: ProfileSettings,
+        progress: ProgressHooks,
+        t_start: float,
+        budget_s: float | None,
+        force: bool,
+    ) -> None:
+        self.inputs, self.output, self.settings, self.progress = inputs, output, settings, progress
+        self.clock = time.monotonic
+        self.t_start, self.budget_s = t_start, budget_s
+        if output.suffix != ".json":
+            raise UserError(f"{output}: the profile file name must end in .json")
+        self.traces_file = sidecar_path(self.output)
+        check_writable(self.output)
+        check_writable(self.traces_file)
 
-    units_done = 0
-    units_skipped = 0
-    unit_durations: dict[str, list[float]] = {"latency": [], "prefill": [], "acceptance": [], "windows": []}
-    windows_doc: dict[str, Any] = dict(prev.windows) if prev else {}
-    screened: dict[str, str] = dict(prev.screened) if prev else {}
-    point_mass = {d.name: d.point_mass for d in inputs.drafters}
-    stopped_by_budget = False
+        machine = machine_facts(inputs.target_drafter.device)
+        self.source, self.prompts, self.encoded = checked_prompts(settings, inputs)
+        workload = None if settings.random_weights else self.source.workload(self.prompts)
+        self.settings_doc = settings_doc(settings, inputs, workload)
+        self.identity = {"pool": inputs.pool, "settings": self.settings_doc, "machine": machine_fingerprint(machine)}
+        prev: Profile | None = None
+        if self.output.exists() and not force:
+            prev = Profile.load(self.output)  # a truncated or newer file raises here: nothing is overwritten
+            check_resumable(prev, inputs, self.settings_doc, machine_fingerprint(machine))
+            machine = prev.machine  # keep the facts of the first run (thread count, date)
+        self.machine = with_exactness(machine, inputs.target_drafter, self.progress.note)
+        self._resume(prev)
 
-    def over_budget(kind: str) -> bool:
-        if budget_s is None:
-            return False
-        past = unit_durations[kind]
-        expected = sum(past) / len(past) if past else 0.0
-        return clock() - t_start + expected > budget_s
+        self.units_done = 0
+        self.units_skipped = 0
+        self.unit_durations: dict[str, list[float]] = {phase: [] for phase in PHASES}
+        self.point_mass = {d.name: d.point_mass for d in inputs.drafters}
+        self.stopped_by_budget = False
 
-    def save(complete: bool) -> Profile:
-        prof = Profile(
-            pool=inputs.pool,
-            target=inputs.target,
-            candidates=inputs.candidates,
-            latency=latency,
-            pairs=traces.pairs(),
-            temperature=settings.temperature,
-            machine=machine,
-            settings={
-                **settings_doc,
-                "budget_s": budget_s,
-                "elapsed_s": round(clock() - t_start, 1),  # this run only (a resumed run restarts it)
-                "phase_s": {k: round(sum(v), 1) for k, v in unit_durations.items()},
-            },
-            created=created,
-            traces=traces_file.name if traces.prompt_ids else None,
+    def _resume(self, prev: Profile | None) -> None:
+        """Start from what ``prev`` (the profile being resumed, if any) and its sidecar measured."""
+        self.latency: dict[str, LatencyCurve] = dict(prev.latency) if prev else {}
+        self.prefill: dict[str, PrefillCurve] = dict(prev.prefill) if prev else {}
+        self.traces = TraceRecorder()
+        if prev and prev.traces and self.traces_file.exists():
+            loaded = TraceRecorder.resumed(self.traces_file, self.identity)
+            if loaded is None:
+                self.progress.note(
+                    f"{self.traces_file.name} is unreadable or from other settings: acceptance is re-measured"
+                )
+            else:
+                self.traces = loaded
+        self.created = prev.created if prev else datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.windows_doc: dict[str, Any] = dict(prev.windows) if prev else {}
+        self.screened: dict[str, str] = dict(prev.screened) if prev else {}
+
+    def run(self) -> ProfileOutcome:
+        self.latency_phase()
+        for d in self.inputs.drafters:  # a budget stop between contexts may leave a kept cache
+            if not d.point_mass:
+                d.reset()
+        self.prefill_phase()
+        self.acceptance_phase()
+        self.windows_phase()
+        complete = not self.stopped_by_budget
+        profile = self.save(complete=complete)
+        return ProfileOutcome(
+            profile=profile,
+            path=self.output,
             complete=complete,
-            prefill=prefill,
-            windows=windows_doc,
-            screened=screened,
+            units_done=self.units_done,
+            units_skipped=self.units_skipped,
+            stopped_by_budget=self.stopped_by_budget,
+            elapsed_s=self.clock() - self.t_start,
         )
-        if traces.prompt_ids:
-            atomic_write_bytes(traces_file, traces.to_npz(identity))
-        prof.save(output)
+
+    # ------------------------------------------------------------------ the shared skeleton
+
+    def _over_budget(self, phase: str) -> bool:
+        if self.budget_s is None:
+            return False
+        past = self.unit_durations[phase]
+        expected = sum(past) / len(past) if past else 0.0
+        return self.clock() - self.t_start + expected > self.budget_s
+
+    def _units(self, phase: str, todo: Iterable[Unit], measure: Callable[[Unit], bool]) -> None:
+        """Each unit of ``todo`` in turn: stop before one the budget has no room for (the phase's mean
+        unit so far), ``measure`` and record it, count its time and save both files. ``measure``
+        returns False for a unit that measured nothing (neither counted nor saved)."""
+        for unit in todo:
+            if self._over_budget(phase):
+                self.stopped_by_budget = True
+                return
+            t0 = self.clock()
+            if not measure(unit):
+                continue
+            self.unit_durations[phase].append(self.clock() - t0)
+            self.units_done += 1
+            self.save(complete=False)
+
+    def save(self, complete: bool) -> Profile:
+        """Write the sidecar (when any prompt is measured), then the profile, each atomically."""
+        prof = Profile(
+            pool=self.inputs.pool,
+            target=self.inputs.target,
+            candidates=self.inputs.candidates,
+            latency=self.latency,
+            pairs=self.traces.pairs(),
+            temperature=self.settings.temperature,
+            machine=self.machine,
+            settings={
+                **self.settings_doc,
+                "budget_s": self.budget_s,
+                "elapsed_s": round(self.clock() - self.t_start, 1),  # this run only (a resumed run restarts it)
+                "phase_s": {k: round(sum(v), 1) for k, v in self.unit_durations.items()},
+            },
+            created=self.created,
+            traces=self.traces_file.name if self.traces.prompt_ids else None,
+            complete=complete,
+            prefill=self.prefill,
+            windows=self.windows_doc,
+            screened=self.screened,
+        )
+        if self.traces.prompt_ids:
+            self.traces.traces(self.identity).save(self.traces_file)
+        prof.save(self.output)
         return prof
 
-    # ---- latency: one unit per context length ------------------------------------------
-    max_new = max(settings.new_tokens)
+    # ------------------------------------------------------------------ latency: one unit per context
 
-    def missing(c: int) -> list[Drafter]:
+    def _latency_missing(self, c: int) -> list[Drafter]:
+        max_new = max(self.settings.new_tokens)
         return [
             d
-            for d in inputs.drafters
-            if d.name not in screened
+            for d in self.inputs.drafters
+            if d.name not in self.screened
             and fits_context(d, c, max_new)
-            and (d.name not in latency or c not in latency[d.name].context)
+            and (d.name not in self.latency or c not in self.latency[d.name].context)
         ]
 
-    def latency_repeats_at(c: int) -> int:
-        # a pass over a long context costs more and varies less: about 1536 cached tokens per
-        # timed pass, at least two (at 512: three of the five, at 2048: two)
-        return max(min(2, settings.repeats), min(settings.repeats, 1536 // max(c, 1)))
-
-    def prefill_repeats_at(c: int) -> int:
-        # a long prefill takes a second or more, so its timing noise is relatively small: about 512
-        # prompt tokens per length and model, at least one pass (keeps the embedded profile short;
-        # repeated 512-token prefills of one member read 0.92-1.07 of each other on the 2-core VM)
-        return max(1, min(settings.prefill_repeats, 512 // c))
-
-    def add_prefill(name: str, c: int, times: list[float]) -> None:
-        old = prefill.get(name)
-        rows = (
-            {}
-            if old is None
-            else dict(
-                zip(old.context, zip(old.median_s, old.spread_s or [0.0] * len(old.context), strict=True), strict=True)
-            )
+    def latency_phase(self) -> None:
+        # the first context alone (its passes screen members before any long prefill), then the others
+        # longest first, each member's cache rolled back from one to the next: one build of the longest
+        # context (a prefill the profile keeps) instead of one per context
+        s = self.settings
+        todo = [c for c in [*s.contexts[:1], *sorted(s.contexts[1:], reverse=True)] if self._latency_missing(c)]
+        self.units_skipped += len(s.contexts) - len(todo)
+        self.progress.begin(
+            "latency", sum(len(self._latency_missing(c)) * s.latency_repeats_at(c) * len(s.new_tokens) for c in todo)
         )
-        arr = np.asarray(times, dtype=np.float64)
-        rows[c] = (float(np.median(arr)), float(np.percentile(arr, 75) - np.percentile(arr, 25)))
-        ctxs = sorted(rows)
-        prefill[name] = PrefillCurve(
-            context=ctxs,
-            median_s=[rows[x][0] for x in ctxs],
-            spread_s=[rows[x][1] for x in ctxs],
-            repeats=prefill_repeats_at(c),
-        )
+        self._units("latency", list(enumerate(todo)), lambda unit: self._latency_unit(*unit, last=len(todo) - 1))
 
-    # the first context alone (its passes screen members before any long prefill), then the others
-    # longest first, each member's cache rolled back from one to the next: one build of the longest
-    # context (a prefill the profile keeps) instead of one per context
-    todo_contexts = [c for c in [*settings.contexts[:1], *sorted(settings.contexts[1:], reverse=True)] if missing(c)]
-    units_skipped += len(settings.contexts) - len(todo_contexts)
-    progress.begin(
-        "latency",
-        sum(len(missing(c)) * latency_repeats_at(c) * len(settings.new_tokens) for c in todo_contexts),
-    )
-    for i, c in enumerate(todo_contexts):
-        if over_budget("latency"):
-            stopped_by_budget = True
-            break
-        t0 = clock()
+    def _latency_unit(self, i: int, c: int, last: int) -> bool:
+        s = self.settings
         measured = measure_context(
-            missing(c),
+            self._latency_missing(c),
             c,
-            settings.new_tokens,
-            latency_repeats_at(c),
+            s.new_tokens,
+            s.latency_repeats_at(c),
             # every pass size has run once at the first context (warm kernels and buffers); a
             # later one starts with its own prefill pass, so its warm-up passes would be wasted
-            settings.warmup if i == 0 else 0,
-            seed=settings.seed,
-            on_pass=lambda: progress.advance("latency"),
-            target=inputs.target,
-            keep_state=0 < i < len(todo_contexts) - 1,
+            s.warmup if i == 0 else 0,
+            seed=s.seed,
+            on_pass=lambda: self.progress.advance("latency"),
+            target=self.inputs.target,
+            keep_state=0 < i < last,
         )
         for name, row in measured.items():
-            curve = latency.get(name)
-            rows = (
-                {}
+            curve = self.latency.get(name)
+            self.latency[name] = (
+                LatencyCurve(list(s.new_tokens), [c], [row.median_s], [row.spread_s], s.repeats)
                 if curve is None
-                else {
-                    cc: (m, s)
-                    for cc, m, s in zip(
-                        curve.context, curve.median_s, curve.spread_s or [[]] * len(curve.context), strict=True
-                    )
-                }
-            )
-            rows[c] = (row.median_s, row.spread_s)
-            ctxs = sorted(rows)
-            latency[name] = LatencyCurve(
-                new_tokens=list(settings.new_tokens),
-                context=ctxs,
-                median_s=[rows[x][0] for x in ctxs],
-                spread_s=[rows[x][1] for x in ctxs],
-                repeats=settings.repeats,
+                else curve.with_row(c, row.median_s, row.spread_s, new_tokens=list(s.new_tokens), repeats=s.repeats)
             )
             # the pass that built this context is a prefill of c tokens: where one timed prefill is
             # all the prefill phase would take at c, it is that measurement (a pass saved per member)
             if (
                 row.build_s is not None
-                and c in settings.prefill_contexts
-                and prefill_repeats_at(c) == 1
-                and (name not in prefill or c not in prefill[name].context)
+                and c in s.prefill_contexts
+                and s.prefill_repeats_at(c) == 1
+                and (name not in self.prefill or c not in self.prefill[name].context)
             ):
-                add_prefill(name, c, [row.build_s])
-        if settings.screen:
-            screened.update(slower_than_target(latency, inputs.target, settings.contexts[0], point_mass))
-        unit_durations["latency"].append(clock() - t0)
-        units_done += 1
-        save(complete=False)
+                self._add_prefill(name, c, [row.build_s])
+        if s.screen:
+            self.screened.update(slower_than_target(self.latency, self.inputs.target, s.contexts[0], self.point_mass))
+        return True
 
-    for d in inputs.drafters:  # a budget stop between contexts may leave a kept cache
-        if not d.point_mass:
-            d.reset()
+    # ------------------------------------------------------------------ prefill: one unit per prompt length
 
-    # ---- prefill: one unit per prompt length ---------------------------------------------
-    def prefill_missing(c: int) -> list[Drafter]:
+    def _prefill_missing(self, c: int) -> list[Drafter]:
         return [
             d
-            for d in inputs.drafters
+            for d in self.inputs.drafters
             if not d.point_mass
-            and d.name not in screened
+            and d.name not in self.screened
             and fits_context(d, c, 0)
-            and (d.name not in prefill or c not in prefill[d.name].context)
+            and (d.name not in self.prefill or c not in self.prefill[d.name].context)
         ]
 
-    todo_prefill = [] if stopped_by_budget else [c for c in settings.prefill_contexts if prefill_missing(c)]
-    units_skipped += len(settings.prefill_contexts) - len(todo_prefill)
-    progress.begin("prefill", sum(len(prefill_missing(c)) * prefill_repeats_at(c) for c in todo_prefill))
-    for c in todo_prefill:
-        if over_budget("prefill"):
-            stopped_by_budget = True
-            break
-        t0 = clock()
-        measured_prefill = measure_prefill(
-            prefill_missing(c), c, prefill_repeats_at(c), settings.seed, on_pass=lambda: progress.advance("prefill")
+    def _add_prefill(self, name: str, c: int, times: list[float]) -> None:
+        arr = np.asarray(times, dtype=np.float64)
+        median, spread = float(np.median(arr)), float(np.percentile(arr, 75) - np.percentile(arr, 25))
+        repeats = self.settings.prefill_repeats_at(c)
+        curve = self.prefill.get(name)
+        self.prefill[name] = (
+            PrefillCurve([c], [median], [spread], repeats)
+            if curve is None
+            else curve.with_row(c, median, spread, repeats)
         )
-        for name, times in measured_prefill.items():
-            add_prefill(name, c, times)
-        unit_durations["prefill"].append(clock() - t0)
-        units_done += 1
-        save(complete=False)
 
-    # ---- acceptance: one unit per eval prompt ------------------------------------------
-    done = set(traces.prompt_ids)
-    todo_prompts = [] if stopped_by_budget else [p for p in prompts if p.id not in done]
-    units_skipped += sum(p.id in done for p in prompts)
-    profiled = [d for d in inputs.drafters if d.name not in screened]
-    progress.begin("acceptance", len(todo_prompts) * (len(profiled) + 1))
-    for prompt in todo_prompts:
-        if over_budget("acceptance"):
-            stopped_by_budget = True
-            break
-        t0 = clock()
-        prompt_ids = encoded[prompt.id]
-        ranked = two_level_ranking(profiled, inputs.target, latency, traces, settings.contexts[0])
-        helper, gamma = reference_helper(
-            ranked, latency[inputs.target](1, settings.contexts[0]), prefill, len(prompt_ids), settings.max_new_tokens
+    def prefill_phase(self) -> None:
+        s = self.settings
+        todo = [] if self.stopped_by_budget else [c for c in s.prefill_contexts if self._prefill_missing(c)]
+        self.units_skipped += len(s.prefill_contexts) - len(todo)
+        self.progress.begin("prefill", sum(len(self._prefill_missing(c)) * s.prefill_repeats_at(c) for c in todo))
+        self._units("prefill", todo, self._prefill_unit)
+
+    def _prefill_unit(self, c: int) -> bool:
+        s = self.settings
+        measured = measure_prefill(
+            self._prefill_missing(c),
+            c,
+            s.prefill_repeats_at(c),
+            s.seed,
+            on_pass=lambda: self.progress.advance("prefill"),
         )
-        reference = greedy_reference(
-            inputs.target_drafter, prompt_ids, settings.max_new_tokens, inputs.eos_ids, helper, gamma
+        for name, times in measured.items():
+            self._add_prefill(name, c, times)
+        return True
+
+    # ------------------------------------------------------------------ acceptance: one unit per eval prompt
+
+    @property
+    def profiled(self) -> list[Drafter]:
+        """The members measured past the latency screen."""
+        return [d for d in self.inputs.drafters if d.name not in self.screened]
+
+    def _ranked(self) -> list[tuple[float, Drafter, int]]:
+        return two_level_ranking(
+            self.profiled, self.inputs.target, self.latency, self.traces, self.settings.contexts[0]
         )
-        progress.advance("acceptance")
+
+    def _reference(self, prompt_ids: list[int], new_tokens: int, ranked: list[tuple[float, Drafter, int]]) -> list[int]:
+        """The target's greedy reference, written by speculative decoding when a measured drafter
+        pays (the same tokens)."""
+        target_step = self.latency[self.inputs.target](1, self.settings.contexts[0])
+        helper, gamma = reference_helper(ranked, target_step, self.prefill, len(prompt_ids), new_tokens)
+        return greedy_reference(
+            self.inputs.target_drafter, prompt_ids, new_tokens, self.inputs.eos_ids, helper=helper, gamma=gamma
+        )
+
+    def acceptance_phase(self) -> None:
+        done = set(self.traces.prompt_ids)
+        todo = [] if self.stopped_by_budget else [p for p in self.prompts if p.id not in done]
+        self.units_skipped += sum(p.id in done for p in self.prompts)
+        self.progress.begin("acceptance", len(todo) * (len(self.profiled) + 1))
+        self._units("acceptance", todo, self._acceptance_unit)
+
+    def _acceptance_unit(self, prompt: Prompt) -> bool:
+        s = self.settings
+        prompt_ids = self.encoded[prompt.id]
+        reference = self._reference(prompt_ids, s.max_new_tokens, self._ranked())
+        self.progress.advance("acceptance")
         if not reference:
-            progress.note(f"prompt {prompt.id} leaves no room for a continuation: skipped")
-            continue
+            self.progress.note(f"prompt {prompt.id} leaves no room for a continuation: skipped")
+            return False
         scored = score_reference(
-            profiled,
+            self.profiled,
             prompt_ids,
             reference,
-            settings.temperature,
-            settings.top_k,
-            settings.top_p,
-            [shape_of_prompt(settings, prompts.index(prompt))],
-            on_candidate=lambda: progress.advance("acceptance"),
-            target=inputs.target,
+            s.temperature,
+            s.top_k,
+            s.top_p,
+            [shape_of_prompt(s, self.prompts.index(prompt))],
+            on_candidate=lambda: self.progress.advance("acceptance"),
+            target=self.inputs.target,
         )
-        traces.prompt_ids.append(prompt.id)
-        traces.categories.append(prompt.category)
-        traces.prompt_lengths.append(len(prompt_ids))
-        traces.tokens.append(np.asarray(reference, dtype=np.int64))
-        for key, arr in scored.greedy.items():
-            traces.greedy.setdefault(key, []).append(arr)
-        for key, arr in scored.sampling.items():
-            traces.sampling.setdefault(key, []).append(arr)
-        for key, arr in scored.ranks.items():
-            traces.ranks.setdefault(key, []).append(arr)
-        unit_durations["acceptance"].append(clock() - t0)
-        units_done += 1
-        save(complete=False)
+        self.traces.add(prompt.id, prompt.category, len(prompt_ids), reference, scored)
+        return True
 
-    # ---- windows: one unit per long prompt ---------------------------------------------
-    if settings.windows and settings.window_prompts and not settings.random_weights and not stopped_by_budget:
-        long_prompts = _window_prompts(settings, source, inputs)
-        windows_doc.setdefault("sink", settings.window_sink)
-        windows_doc.setdefault("sizes", list(settings.windows))
-        done_w = set(windows_doc.setdefault("prompts", []))
-        todo_w = [(p, ids) for p, ids in long_prompts if p.id not in done_w]
-        units_skipped += len(long_prompts) - len(todo_w)
-        ranked = two_level_ranking(profiled, inputs.target, latency, traces, settings.contexts[0])
-        models = [d for d in profiled if not d.point_mass and d.name != inputs.target]
-        if settings.window_drafters:
+    # ------------------------------------------------------------------ windows: one unit per long prompt
+
+    def windows_phase(self) -> None:
+        s = self.settings
+        if not s.windows or not s.window_prompts or s.random_weights or self.stopped_by_budget:
+            return
+        prompts = long_prompts(s, self.source, self.inputs)
+        self.windows_doc.setdefault("sink", s.window_sink)
+        self.windows_doc.setdefault("sizes", list(s.windows))
+        done = set(self.windows_doc.setdefault("prompts", []))
+        todo = [(p, ids) for p, ids in prompts if p.id not in done]
+        self.units_skipped += len(prompts) - len(todo)
+        ranked = self._ranked()
+        models = [d for d in self.profiled if not d.point_mass and d.name != self.inputs.target]
+        if s.window_drafters:
             ranking = [d.name for _, d, _ in ranked]
             models.sort(key=lambda d: ranking.index(d.name) if d.name in ranking else len(ranking))
-            models = models[: settings.window_drafters]
-        progress.begin("windows", len(todo_w))
-        for prompt, ids in todo_w:
-            if over_budget("windows"):
-                stopped_by_budget = True
-                break
-            t0 = clock()
-            # references written by speculative decoding when a measured drafter pays (the same tokens)
-            helper, gamma = reference_helper(
-                ranked,
-                latency[inputs.target](1, settings.contexts[0]),
-                prefill,
-                len(ids),
-                settings.window_reference_tokens,
-            )
-            reference = greedy_reference(
-                inputs.target_drafter,
+            models = models[: s.window_drafters]
+        self.progress.begin("windows", len(todo))
+        self._units("windows", todo, lambda unit: self._windows_unit(*unit, ranked, models))
+
+    def _windows_unit(
+        self, prompt: Prompt, ids: list[int], ranked: list[tuple[float, Drafter, int]], models: list[Drafter]
+    ) -> bool:
+        s = self.settings
+        reference = self._reference(ids, s.window_reference_tokens, ranked)
+        sums = WindowedAcceptance()
+        if reference:
+            score_windows(
+                self.inputs.target_drafter,
+                models,
                 ids,
-                settings.window_reference_tokens,
-                inputs.eos_ids,
-                helper=helper,
-                gamma=gamma,
+                reference,
+                s.windows,
+                s.window_sink,
+                s.temperature,
+                sums,
+                s.top_k,
+                s.top_p,
+                s.block,
             )
-            sums = WindowedAcceptance()
-            if reference:
-                score_windows(
-                    inputs.target_drafter,
-                    models,
-                    ids,
-                    reference,
-                    settings.windows,
-                    settings.window_sink,
-                    settings.temperature,
-                    sums,
-                    settings.top_k,
-                    settings.top_p,
-                    settings.block,
-                )
-            by = windows_doc.setdefault("by_drafter", {})
-            for name, per_window in sums.sums.items():
-                for window, (g, smp, n) in per_window.items():
-                    row = by.setdefault(name, {}).setdefault(
-                        "full" if window is None else str(window),
-                        {"greedy_sum": 0.0, "sampling_sum": 0.0, "positions": 0},
-                    )
-                    row["greedy_sum"] += g
-                    row["sampling_sum"] += smp
-                    row["positions"] += n
-                    # by answer position (key: a bucket's first position; WINDOW_POSITION_EDGES)
-                    buckets = row.setdefault("by_position", {})
-                    for lo, (bg, bs, bn) in sums.by_position.get(name, {}).get(window, {}).items():
-                        cell = buckets.setdefault(str(lo), [0.0, 0.0, 0])
-                        cell[0], cell[1], cell[2] = cell[0] + bg, cell[1] + bs, cell[2] + bn
-            windows_doc["prompts"].append(prompt.id)
-            # how long the prompts the factor was measured on are (a reader's context; nothing reads it)
-            windows_doc.setdefault("prompt_tokens", []).append(len(ids))
-            progress.advance("windows")
-            unit_durations["windows"].append(clock() - t0)
-            units_done += 1
-            save(complete=False)
-
-    complete = not stopped_by_budget
-    profile = save(complete=complete)
-    return ProfileOutcome(
-        profile=profile,
-        path=output,
-        complete=complete,
-        units_done=units_done,
-        units_skipped=units_skipped,
-        stopped_by_budget=stopped_by_budget,
-        elapsed_s=clock() - t_start,
-    )
-
-
-def shape_of_prompt(settings: ProfileSettings, index: int) -> int:
-    """The teacher-forcing block size of the ``index``-th eval prompt: the sizes ``block`` and
-    ``extra_blocks`` take turns over the prompts. A shape-sensitive model's acceptance is then a
-    mixture over the pass shapes a verifier sees at run time (acceptance.py, "Pass shapes") at the
-    cost of one shape per prompt: two per prompt took a third of the embedded profile's
-    acceptance phase (four llama.cpp members and a bf16 copy each prefilled every prompt twice)."""
-    sizes = [settings.block, *settings.extra_blocks]
-    return sizes[index % len(sizes)]
-
-
-def two_level_ranking(
-    drafters: list[Drafter], target: str, latency: dict[str, LatencyCurve], traces: _Traces, context: int
-) -> list[tuple[float, Drafter, int]]:
-    """Every model drafter with measured latency and greedy acceptance, as (predicted seconds per
-    token under the target at its best gamma <= 16, drafter, gamma), fastest first."""
-    from polyplan.theory.acceptance import mean_acceptance_length
-
-    alone = latency.get(target)
-    if alone is None:
-        return []
-    ranked: list[tuple[float, Drafter, int]] = []
-    for d in drafters:
-        parts = traces.greedy.get((target, d.name))
-        if d.point_mass or d.name == target or not parts or d.name not in latency:
-            continue
-        rate = min(float(np.concatenate(parts).mean()), 0.99)
-        step = latency[d.name](1, context)
-        per_token, gamma = min(
-            ((g * step + alone(g + 1, context)) / mean_acceptance_length(rate, g), g) for g in range(1, 17)
-        )
-        ranked.append((per_token, d, gamma))
-    return sorted(ranked, key=lambda r: r[0])
-
-
-def reference_helper(
-    ranked: list[tuple[float, Drafter, int]],
-    target_step_s: float,
-    prefill: dict[str, PrefillCurve],
-    prompt_tokens: int,
-    new_tokens: int,
-) -> tuple[Drafter | None, int]:
-    """The model drafter (and gamma) of a ``two_level_ranking`` that writes the target's greedy
-    reference of ``new_tokens`` after ``prompt_tokens`` fastest by speculative decoding, its
-    prefill of the prompt counted where measured (on a long prompt a quick decoder with a slow
-    prefill loses: SmolLM2's Q4_1 copy prefills 616 tokens in 2.7 s, its Q8_0 copy in 1.0 s);
-    (None, 1) while nothing is measured or nothing beats the target decoding alone by 20%. Which
-    helper writes a reference changes its cost, not its tokens (greedy chains are lossless)."""
-    best: tuple[float, Drafter | None, int] = (0.8 * new_tokens * target_step_s, None, 1)
-    for per_token, d, gamma in ranked:
-        curve = prefill.get(d.name)
-        cost = new_tokens * per_token + (curve(prompt_tokens) if curve is not None else 0.0)
-        if cost < best[0]:
-            best = (cost, d, gamma)
-    return best[1], best[2]
-
-
-def _window_prompts(
-    settings: ProfileSettings, source: PromptSet, inputs: ProfileInputs
-) -> list[tuple[Prompt, list[int]]]:
-    """Long prompts for the windowed acceptance: the user's file's prompts that a window would cut,
-    else the built-in window set; each must leave the target room for the reference."""
-    from polyplan.data import window_prompts
-
-    shortest = settings.window_sink + min(settings.windows)
-    chosen: list[tuple[Prompt, list[int]]] = []
-    if settings.prompts_file is not None:
-        for prompt in source.select(None, None):
-            ids = inputs.encode(prompt.text)
-            if len(ids) > shortest:
-                chosen.append((prompt, ids))
-            if len(chosen) == settings.window_prompts:
-                break
-    if not chosen:
-        chosen = [(p, inputs.encode(p.text)) for p in window_prompts(settings.window_prompts)]
-    limit = inputs.target_drafter.max_context
-    return [(p, ids) for p, ids in chosen if limit is None or len(ids) + settings.window_reference_tokens <= limit]
+        sums.add_to(self.windows_doc)
+        self.windows_doc["prompts"].append(prompt.id)
+        # how long the prompts the factor was measured on are (a reader's context; nothing reads it)
+        self.windows_doc.setdefault("prompt_tokens", []).append(len(ids))
+        self.progress.advance("windows")
+        return True
 
 
 def load_traces(profile_path: str | Path) -> dict[str, np.ndarray]:
-    """The sidecar of a profile as a dict of arrays (keys as in the profile docstring)."""
-    profile_path = Path(profile_path)
-    prof = Profile.load(profile_path)
-    path = prof.traces_path(profile_path)
-    if path is None:
-        raise DocumentError(f"{profile_path}: this profile has no acceptance traces")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise DocumentError(f"{path}: traces sidecar is missing") from None
-    except (OSError, ValueError) as e:
-        raise DocumentError(f"{path}: traces sidecar is unreadable (truncated?): {e}") from None
+    """The sidecar of a profile as a dict of arrays (keys as in polyplan.documents.traces; the
+    typed reader is ``Traces.of_profile``)."""
+    return Traces.of_profile(Profile.load(profile_path), profile_path).as_dict()
