@@ -17,7 +17,8 @@ from polyplan.documents import Profile
 from polyplan.documents.profile import PrefillCurve
 from polyplan.executor.adaptive import AdaptiveController
 from polyplan.executor.control import RoundTiming
-from polyplan.planner.policy import START_SAFETY, WINDOWED_START_SAFETY, Policy, build_policy, prompt_length_table
+from polyplan.planner.policy import START_SAFETY, WINDOWED_START_SAFETY, Policy
+from polyplan.planner.policy_build import build_policy, prompt_length_table
 from polyplan.planner.predictors import load_traces
 
 ROOT = Path(__file__).resolve().parents[1]
