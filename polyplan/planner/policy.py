@@ -155,6 +155,12 @@ class Policy:
     #: prefill curves, windows, latency curves and answer lengths: the request-time theorem
     #: (proofs/prefill.md); None in plans made before it (the start then ignores prefill)
     requests: RequestModel | None = None
+    #: the margins the start asks of a setting that prefills drafters (START_SAFETY; with a window
+    #: WINDOWED_START_SAFETY) and the range the prior strengths were clamped to: calibrated on one
+    #: machine, so the plan stores the values it was made with (older plans: today's constants)
+    safety: float = START_SAFETY
+    windowed_safety: float = WINDOWED_START_SAFETY
+    prior_strength_range: tuple[float, float] = PRIOR_STRENGTH_RANGE
     _plan_offset: float | None = field(default=None, repr=False, compare=False)
 
     # ---- the per-round rule ---------------------------------------------------------------------
@@ -216,10 +222,9 @@ class Policy:
             return Decision(current_table.members, g, current_time, best_time, "stay")
         return Decision(best.members, best.gammas[nearest(best.shape, at(best))], best_time, best_time, "best")
 
-    @staticmethod
-    def start_safety(windowed: bool) -> float:
+    def start_safety(self, windowed: bool) -> float:
         """How much faster than without it a setting must be predicted to pay a drafter's prefill."""
-        return WINDOWED_START_SAFETY if windowed else START_SAFETY
+        return self.windowed_safety if windowed else self.safety
 
     def grid_error(self) -> float | None:
         """The largest lookup error of any table (None when a table was stored without it)."""
@@ -343,6 +348,9 @@ class Policy:
             "plan": self.plan.to_dict(),
             "settings": [t.to_dict() for t in self.tables],
             "build_seconds": round(self.build_seconds, 3),
+            "start_safety": self.safety,
+            "windowed_start_safety": self.windowed_safety,
+            "prior_strength_range": list(self.prior_strength_range),
             **({"requests": self.requests.to_dict()} if self.requests is not None else {}),
         }
 
@@ -366,6 +374,9 @@ class Policy:
                 point_mass=[bool(x) for x in d.get("point_mass", [])],
                 build_seconds=float(d.get("build_seconds", 0)),
                 requests=RequestModel.from_dict(d["requests"]) if d.get("requests") else None,
+                safety=float(d.get("start_safety", START_SAFETY)),
+                windowed_safety=float(d.get("windowed_start_safety", WINDOWED_START_SAFETY)),
+                prior_strength_range=_pair_of_floats(d.get("prior_strength_range", PRIOR_STRENGTH_RANGE)),
             )
         except DocumentError as e:
             raise DocumentError(f"{origin}: {e}") from None
@@ -378,6 +389,9 @@ class Policy:
         k = len(self.names)
         if not self.tables or self.margin < 0:
             raise DocumentError(f"{origin}: a policy needs tables and a margin >= 0")
+        lo, hi = self.prior_strength_range
+        if not (self.safety >= 0 and self.windowed_safety >= 0 and 0 < lo <= hi):
+            raise DocumentError(f"{origin}: start safety margins must be >= 0, the prior strength range 0 < lo <= hi")
         for table in [self.plan, *self.tables]:
             if table.members[-1] >= k:
                 raise DocumentError(f"{origin}: table members {list(table.members)} outside the chain of {k}")
@@ -389,6 +403,11 @@ class Policy:
         for pair, a in self.priors.items():
             if not 0.0 <= a <= 1.0 or not self.prior_strength.get(pair, 0) > 0 or not self.window.get(pair, 0) > 0:
                 raise DocumentError(f"{origin}: bad prior for the pair {pair}")
+
+
+def _pair_of_floats(x: Sequence[Any]) -> tuple[float, float]:
+    lo, hi = x
+    return float(lo), float(hi)
 
 
 def _axis_u(points: int, _cache: dict[int, list[float]] = {}) -> list[float]:  # noqa: B006 - a memo

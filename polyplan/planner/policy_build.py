@@ -46,11 +46,16 @@ def subsets(names: Sequence[str], profile: Profile) -> list[tuple[int, ...]]:
 
 
 def prior_strengths(
-    profile: Profile, names: Sequence[str], pairs: Sequence[Pair], mode: str, traces: Mapping[str, Any] | None
+    profile: Profile,
+    names: Sequence[str],
+    pairs: Sequence[Pair],
+    mode: str,
+    traces: Mapping[str, Any] | None,
+    strength_range: tuple[float, float] = PRIOR_STRENGTH_RANGE,
 ) -> dict[Pair, float]:
     """Empirical Bayes: the Beta prior whose variance is the profile's prompt-to-prompt variance of
     each pair's acceptance (per-prompt means of the traces, less their own binomial noise):
-    ``n0 = m (1 - m) / v - 1``, clamped to PRIOR_STRENGTH_RANGE; DEFAULT_PRIOR_STRENGTH without traces."""
+    ``n0 = m (1 - m) / v - 1``, clamped to ``strength_range``; DEFAULT_PRIOR_STRENGTH without traces."""
     out = {pair: DEFAULT_PRIOR_STRENGTH for pair in pairs}
     segments = traces.get("segments") if traces is not None else None
     if segments is None or len(segments) < 3:
@@ -65,7 +70,7 @@ def prior_strengths(
         spread = sum((x - m) ** 2 for x in means) / (len(means) - 1)
         noise = sum(x * (1 - x) / (b - a) for x, (a, b) in zip(means, bounds, strict=True)) / len(means)
         between = spread - noise
-        lo, hi = PRIOR_STRENGTH_RANGE
+        lo, hi = strength_range
         out[(v, d)] = hi if between <= 0 else min(hi, max(lo, m * (1 - m) / between - 1))
     return out
 
@@ -95,7 +100,7 @@ def build_policy(
         raise DocumentError(f"the profile cannot predict the plan's chain {' <- '.join(names)}")
     pairs = sorted({p for m in members_list for p in pairwise(m)})
     priors = {(v, d): profile.pair(names[v], names[d]).alpha(mode) for v, d in pairs}
-    strengths = prior_strengths(profile, names, pairs, mode, traces)
+    strengths = prior_strengths(profile, names, pairs, mode, traces, PRIOR_STRENGTH_RANGE)
     windows = {
         p: min(WINDOW_RANGE[1], max(WINDOW_RANGE[0], pair_window(n0, SEGMENT_TOKENS))) for p, n0 in strengths.items()
     }
@@ -130,6 +135,7 @@ def build_policy(
         tables=tables,
         point_mass=[profile.candidate(n).point_mass for n in names],
         requests=request_model(profile, names, traces, windows, mode),
+        prior_strength_range=PRIOR_STRENGTH_RANGE,
     )
     policy.build_seconds = time.perf_counter() - started
     return policy
