@@ -117,6 +117,9 @@ def test_a_window_measured_by_answer_position_is_priced_at_the_requests_horizon(
     assert req.factor(1, 256, 16) == pytest.approx(0.25)
     assert req.factor(1, 256, 256) == pytest.approx((32 * 0.25 + 32 * 0.5 + 192) / 256)
     assert req.to_dict()["window_options"] == type(req).from_dict(req.to_dict()).to_dict()["window_options"]
+    option = req.window_options[NAMES[1]][0]  # a record in memory, the same lists in the plan
+    assert (option.window, option.factor, option.by_position) == (256, 0.5, ((0, 0.25), (32, 0.5), (64, 1.0)))
+    assert req.to_dict()["window_options"][NAMES[1]] == [[256, 0.5, [[0, 0.25], [32, 0.5], [64, 1.0]]]]
     flat = make_policy(profile_with(factor=0.5))
     long_answer = by_position.start(dict(by_position.priors), 3000, 512)
     assert long_answer.windows.get(1) == 256 and long_answer.decision.members == (0, 1)
