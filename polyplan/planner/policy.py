@@ -34,6 +34,7 @@ from polyplan.theory.control import (
     nearest,
     u_of_alpha,
 )
+from polyplan.theory.prefill import RequestPrediction
 
 POLICY_VERSION = 1
 #: the prior strengths (pseudo-trials) empirical Bayes may give a pair (policy_build.prior_strengths)
@@ -124,15 +125,33 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class StartOption:
+    """One setting as the start prices it for one request: a table's members, the gammas its
+    drafters get, the windows they read, and the expected request."""
+
+    table: SettingTable
+    gammas: tuple[int, ...]
+    prediction: RequestPrediction
+    #: the exact per-token time at the request's decode context over the table's
+    scale: float
+    windows: dict[int, int | None]
+
+    @property
+    def windowed(self) -> bool:
+        return any(self.windows.get(m) for m in self.table.members[1:])
+
+
+@dataclass(frozen=True)
 class StartDecision:
-    """The first round's setting of one request, chosen before any drafter is prefilled."""
+    """The first round's setting of one request, chosen before any drafter is prefilled; later
+    rounds price settings with it (:meth:`Policy.decide`)."""
 
     decision: Decision
     #: per setting (members): the exact per-token time at this request's decode context over the
     #: table's (at the prior estimates), so the per-round lookups price settings as the start did
     scale: dict[tuple[int, ...], float]
     #: the expected request (prefills + decode) of the chosen setting and of the target alone
-    prediction: Any
+    prediction: RequestPrediction
     horizon: float
     #: per member: the window it reads when a round first uses it in this request (None: all)
     windows: dict[int, int | None] = field(default_factory=dict)
@@ -168,20 +187,26 @@ class Policy:
         self,
         alpha: Mapping[Pair, float],
         current: Sequence[int] | None = None,
-        scale: Mapping[tuple[int, ...], float] | None = None,
+        start: StartDecision | None = None,
         cold_cost: Mapping[int, float] | None = None,
-        cold_safety: Mapping[int, float] | None = None,
         anchor: float = 0.0,
     ) -> Decision:
         """The setting for acceptance estimates ``alpha`` (every pair of ``self.priors``).
 
-        ``scale``: per setting, a factor on its tabulated time (this request's context, see
-        :meth:`start`); ``cold_cost``: per member not yet prefilled in this request, its prefill
-        spread over the tokens still expected (Corollary 3 of proofs/prefill.md); ``cold_safety``: per
-        such member, the margin a setting that prefills it must clear, taken as at the start on the
-        request's time (:meth:`start_safety`; ``anchor``: the target's prefill per token still
-        expected, the part of the request every setting shares), so a later round does not take,
-        on the same estimates, the bet the start declined."""
+        ``start``: this request's (:meth:`start`): each setting's tabulated time is scaled to the
+        request's context, and a setting that prefills a member must clear the margin the start
+        asked of it (:meth:`start_safety`, windowed or not as the start gives the member a window),
+        taken as at the start on the request's time, so a later round does not take, on the same
+        estimates, the bet the start declined. ``cold_cost``: per member not yet prefilled in this
+        request, its prefill spread over the tokens still expected (Corollary 3 of
+        proofs/prefill.md); ``anchor``: the target's prefill per token still expected, the part of
+        the request every setting shares."""
+        scale = start.scale if start is not None else None
+        cold_safety = (
+            {m: self.start_safety(bool(start.windows.get(m))) for m in cold_cost}
+            if start is not None and cold_cost
+            else None
+        )
         cells: dict[tuple[Pair, int], tuple[int, float]] = {}
 
         def priced(table: SettingTable, t: float) -> float:
@@ -272,20 +297,18 @@ class Policy:
                 prediction = req.request(
                     table.members, gammas, alpha, prompt_tokens, max_new_tokens, windows, exact_horizon
                 )
-                candidates.append(
-                    (table, gammas, prediction, prediction.time_per_token_s / table.time_at(cells), windows)
-                )
-            options.append(min(candidates, key=lambda o: o[2].request_s))
-        scale = {o[0].members: o[3] for o in options[1:]}
-        alone = next(o for o in options[1:] if len(o[0].members) == 1)
+                scale = prediction.time_per_token_s / table.time_at(cells)
+                candidates.append(StartOption(table, gammas, prediction, scale, windows))
+            options.append(min(candidates, key=lambda o: o.prediction.request_s))
+        scales = {o.table.members: o.scale for o in options[1:]}
+        alone = next(o for o in options[1:] if len(o.table.members) == 1)
 
-        def cost(o: tuple) -> float:
+        def cost(o: StartOption) -> float:
             # paying drafter prefill on a prediction: only when it is clearly faster than the
             # target alone (the request-time prediction errs by a few percent; more with a window)
-            if len(o[0].members) == 1:
-                return o[2].request_s
-            windowed = any(o[4].get(m) for m in o[0].members[1:])
-            return o[2].request_s * (1 + self.start_safety(windowed))
+            if len(o.table.members) == 1:
+                return o.prediction.request_s
+            return o.prediction.request_s * (1 + self.start_safety(o.windowed))
 
         best = min(options[1:], key=cost)
         plan = options[0]
@@ -294,21 +317,21 @@ class Policy:
             if cost(plan) <= cost(best) * (1 + self.margin) and cost(plan) < cost(alone)
             else (best, "start")
         )
-        table, gammas, prediction, _, chosen_windows = chosen
         # a member the start leaves out reads, if a later round brings it in, the window it has in
         # the cheapest setting that uses it
         windows: dict[int, int | None] = {}
-        for o in sorted(options, key=lambda o: o[2].request_s, reverse=True):
-            windows.update(o[4])
-        windows.update(chosen_windows)
+        for o in sorted(options, key=lambda o: o.prediction.request_s, reverse=True):
+            windows.update(o.windows)
+        windows.update(chosen.windows)
+        prediction = chosen.prediction
         decision = Decision(
-            table.members,
-            tuple(gammas),
+            chosen.table.members,
+            tuple(chosen.gammas),
             prediction.request_s / max(prediction.horizon, 1e-9),
-            best[2].request_s / max(best[2].horizon, 1e-9),
+            best.prediction.request_s / max(best.prediction.horizon, 1e-9),
             rule,
         )
-        return StartDecision(decision, scale, prediction, prediction.horizon, windows)
+        return StartDecision(decision, scales, prediction, prediction.horizon, windows)
 
     def reason(self, decision: Decision, alpha: Mapping[Pair, float]) -> str:
         """One line for the run statistics: the estimates and the model's verdict."""
