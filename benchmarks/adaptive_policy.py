@@ -21,7 +21,8 @@ from pathlib import Path
 
 from polyplan.documents import Plan, Profile
 from polyplan.documents.traces import Traces
-from polyplan.planner.policy import Policy, build_policy
+from polyplan.planner.policy import Policy
+from polyplan.planner.policy_build import build_policy
 from polyplan.planner.predictors import IidPredictor
 from polyplan.theory import search_gammas
 from polyplan.theory.control import alpha_of_u, evaluate_setting, posterior_mean, relax_tokens, u_of_alpha

@@ -7,13 +7,13 @@ are in ``../shared/measurements/``): the profile is re-planned with today's opti
 plan is used), each prompt's start is decided at its prompt length and the bench's
 ``max_new_tokens``, and the request is priced at the time the bench measured for the same setting:
 the target alone -> the autoregressive run, the plan's two-level chain -> the static two-level run
-(the same members, gamma within 2, no window; any other setting the bench did not run and is
-reported as not measured). Without ``--plan`` the profile is re-planned over the members the bench's plan has, so
-every setting the start can choose was measured. The
-start sees only what a request shows before it runs (prompt length, max_new_tokens), so this is
-the start as it would have run there; what a round does later (the guard, the controller) is not
-replayed. Its request-time prediction is compared at the tokens each run wrote. Figures are medians over the bench's repeats; end to end means the bench's whole request
-times, prefills counted.
+(the same members, gamma within 2, no window; any other setting the bench did not run is reported
+as not measured). Without ``--plan`` the profile is re-planned over the members the bench's plan
+has, so every setting the start can choose was measured. The start sees only what a request shows
+before it runs (prompt length, max_new_tokens), so this is the start as it would have run there;
+what a round does later (the guard, the controller) is not replayed. Its request-time prediction
+is compared at the tokens each run wrote. Figures are medians over the bench's repeats; end to
+end means the bench's whole request times, prefills counted.
 
     .venv/bin/python benchmarks/replay_measured_bench.py PROFILE BENCH.json [--plan PLAN.json]
                                                          [--speed] [-o replay.json]

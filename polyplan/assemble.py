@@ -152,7 +152,8 @@ def plan_profile_path(plan: Any, plan_path: str | Path) -> Path | None:
 def plan_policy(plan: Any, plan_path: str | Path, note: Note = _stderr) -> Any:
     """The plan's adaptive policy: stored in the plan, else rebuilt from its profile (plans made
     before policies existed), else None with a one-line note (the plan then runs static)."""
-    from polyplan.planner.policy import Policy, policy_for_plan
+    from polyplan.planner.policy import Policy
+    from polyplan.planner.policy_build import policy_for_plan
 
     if len(plan.names) < 2:
         return None

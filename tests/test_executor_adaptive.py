@@ -17,7 +17,7 @@ from polyplan.executor.adaptive import AdaptiveController
 from polyplan.executor.control import RoundSetting
 from polyplan.executor.sampling import SamplingParams
 from polyplan.models.model_drafter import ModelDrafter
-from polyplan.planner.policy import build_policy
+from polyplan.planner.policy_build import build_policy
 
 from test_executor import CLOSE, PROMPTS, RANDOM, ROUGH, TARGET, VOCAB, hf_greedy
 from test_executor_sampling import (

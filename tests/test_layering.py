@@ -18,6 +18,7 @@ PURE = [
     "polyplan.theory.control",
     "polyplan.planner",
     "polyplan.planner.policy",
+    "polyplan.planner.policy_build",
     "polyplan.documents",
     "polyplan.documents.plan",
     "polyplan.bench.results",

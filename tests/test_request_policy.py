@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from polyplan.documents import Profile
+from polyplan.documents.files import DocumentError
 from polyplan.documents.profile import PrefillCurve
 from polyplan.documents.traces import Traces
 from polyplan.executor.adaptive import AdaptiveController
 from polyplan.executor.control import RoundTiming
-from polyplan.planner.policy import START_SAFETY, WINDOWED_START_SAFETY, Policy, build_policy, prompt_length_table
+from polyplan.planner.policy import PRIOR_STRENGTH_RANGE, START_SAFETY, WINDOWED_START_SAFETY, Policy
+from polyplan.planner.policy_build import build_policy, prompt_length_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "smollm2-llamacpp-cpu.json"
@@ -115,6 +117,9 @@ def test_a_window_measured_by_answer_position_is_priced_at_the_requests_horizon(
     assert req.factor(1, 256, 16) == pytest.approx(0.25)
     assert req.factor(1, 256, 256) == pytest.approx((32 * 0.25 + 32 * 0.5 + 192) / 256)
     assert req.to_dict()["window_options"] == type(req).from_dict(req.to_dict()).to_dict()["window_options"]
+    option = req.window_options[NAMES[1]][0]  # a record in memory, the same lists in the plan
+    assert (option.window, option.factor, option.by_position) == (256, 0.5, ((0, 0.25), (32, 0.5), (64, 1.0)))
+    assert req.to_dict()["window_options"][NAMES[1]] == [[256, 0.5, [[0, 0.25], [32, 0.5], [64, 1.0]]]]
     flat = make_policy(profile_with(factor=0.5))
     long_answer = by_position.start(dict(by_position.priors), 3000, 512)
     assert long_answer.windows.get(1) == 256 and long_answer.decision.members == (0, 1)
@@ -160,6 +165,39 @@ def test_policy_round_trip_keeps_the_request_model(policy):
     for prompt, horizon in ((100, 64), (3000, 16), (1500, 256)):
         a, b = policy.start(dict(policy.priors), prompt, horizon), again.start(dict(again.priors), prompt, horizon)
         assert a.decision == b.decision and a.prediction.request_s == pytest.approx(b.prediction.request_s)
+
+
+def test_the_safety_margins_and_the_prior_strength_range_travel_with_the_plan(policy):
+    """They are calibrated on one machine: the plan stores the values it was made with, and a
+    policy read back decides with them, not with this polyplan's constants."""
+    doc = policy.to_dict()
+    assert (doc["start_safety"], doc["windowed_start_safety"]) == (START_SAFETY, WINDOWED_START_SAFETY)
+    assert doc["prior_strength_range"] == list(PRIOR_STRENGTH_RANGE)
+    doc.update(start_safety=2.0, windowed_start_safety=3.0, prior_strength_range=[2.0, 64.0])
+    stored = Policy.from_dict(doc)
+    assert (stored.safety, stored.windowed_safety, stored.prior_strength_range) == (2.0, 3.0, (2.0, 64.0))
+    assert stored.start_safety(False) == 2.0 and stored.start_safety(True) == 3.0
+    assert Policy.from_dict(stored.to_dict()) == stored
+    # the drafter is predicted faster, but not 3x: a margin of 200% declines it
+    first = policy.start(dict(policy.priors), 100, 64)
+    assert first.decision.members == (0, 1)
+    assert first.prediction.autoregressive_request_s < first.prediction.request_s * 3
+    assert stored.start(dict(stored.priors), 100, 64).decision.members == (0,)
+    doc.update(prior_strength_range=[64.0, 2.0])
+    with pytest.raises(DocumentError, match="prior strength range"):
+        Policy.from_dict(doc)
+
+
+def test_a_plan_made_before_the_margins_were_stored_decides_with_todays(policy):
+    doc = policy.to_dict()
+    for key in ("start_safety", "windowed_start_safety", "prior_strength_range"):
+        del doc[key]
+    old = Policy.from_dict(doc)
+    assert (old.safety, old.windowed_safety) == (START_SAFETY, WINDOWED_START_SAFETY)
+    stored = Policy.from_dict(policy.to_dict())  # the tables' times as the plan stores them
+    assert old.prior_strength_range == PRIOR_STRENGTH_RANGE and old == stored
+    for prompt, horizon in ((100, 64), (3000, 16), (3000, 256), (1500, 256)):
+        assert old.start(dict(old.priors), prompt, horizon) == stored.start(dict(stored.priors), prompt, horizon)
 
 
 def test_without_prefill_curves_the_start_leaves_it_to_the_tables():

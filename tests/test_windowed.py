@@ -278,3 +278,21 @@ def test_each_device_gets_its_own_seed():
     assert device_seed(7, cpu, cpu) == 7
     assert len({device_seed(7, cpu, cpu), device_seed(7, gpu, cpu), device_seed(7, gpu1, cpu)}) == 3
     assert device_seed(7, gpu, cpu) == device_seed(7, gpu, cpu)  # deterministic
+
+
+def test_a_drafter_whose_context_a_request_overflows_drafts_from_a_window_for_that_call_only():
+    """The window is per call: the chain keeps its members, so a later call that fits reads the
+    whole sequence again (and a drafter is never wrapped twice)."""
+    target = tiny_llama(vocab_size=32, num_layers=2, seed=21, hidden_size=32, logit_scale=3.0)
+    short = ModelDrafter(perturbed_copy(target, 0.02, seed=31), "short")
+    short._max_context = 24  # a drafter with a short context (its positions still reach further)
+    chain = Chain([ModelDrafter(target, "t"), short], [3])
+    prompt = torch.randint(0, 32, (20,), generator=torch.Generator().manual_seed(5)).tolist()
+    alone = Chain([ModelDrafter(target, "alone")]).generate(prompt, max_new_tokens=16, eos_token_id=[]).tokens
+    for _ in range(2):
+        result = chain.generate(prompt, max_new_tokens=16, eos_token_id=[])
+        assert result.tokens == alone
+        assert any("short: 36 tokens exceed its context of 24" in n for n in result.stats.notes)
+        assert chain.drafters[1] is short
+    fits = chain.generate(prompt, max_new_tokens=4, eos_token_id=[])
+    assert fits.tokens == alone[:4] and not fits.stats.notes and chain.drafters[1] is short

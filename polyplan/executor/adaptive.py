@@ -80,10 +80,10 @@ class AdaptiveController:
         self.seconds = 0.0  # time spent in start, next_round and observe_round (the decision cost)
         self.rounds = 0
         self.prompt_len = 0
-        self.horizon = 0.0
         self.target_prefill_s = 0.0
         self.warm: set[int] = {0}
-        self.scale: dict[tuple[int, ...], float] = {}
+        #: this request's start (the policy prices later rounds with it); None without prefill curves
+        self.first: StartDecision | None = None
         self.windows: tuple[tuple[int, int | None], ...] = ()
         #: per pair: what the drafter's window keeps of its acceptance (the prior is scaled by it)
         self.prior_factor: dict[Pair, float] = {}
@@ -121,19 +121,17 @@ class AdaptiveController:
         self.rounds = 0
         self.prompt_len = len(prompt)
         self.warm = {0}
-        self.scale = {}
-        self.horizon = 0.0
+        self.first = None
         self.windows = ()
         self.prior_factor = {}
         req = self.requests = self._retimed()
         self.speed.new_request()
         # the target's prefill: a per-request constant the margins below are anchored on
         self.target_prefill_s = req.prefill_s(0, len(prompt)) if req is not None else 0.0
-        first = self.policy.start(self.estimates(), len(prompt), max_new_tokens, requests=req)
+        first = self.first = self.policy.start(self.estimates(), len(prompt), max_new_tokens, requests=req)
         if first is None:
             setting = self._decide()
         else:
-            self.scale, self.horizon = first.scale, first.horizon
             self.windows = tuple(sorted(first.windows.items()))
             assert req is not None
             self.prior_factor = {(v, d): req.factor(d, first.windows.get(d), first.horizon) for v, d in self.pairs}
@@ -251,11 +249,17 @@ class AdaptiveController:
             alpha[pair] = posterior_mean(prior, strength, self.successes[pair], self.trials[pair])
         return alpha
 
+    @property
+    def horizon(self) -> float:
+        """Tokens this request is expected to generate (0 without a start)."""
+        return self.first.horizon if self.first is not None else 0.0
+
     def predicted_alone(self) -> float:
         """The policy's target alone, seconds per token at this request's context (NaN without a
         table for it: the guard then never stops speculation on the prediction)."""
         table = next((t for t in self.policy.tables if t.members == (0,)), None)
-        return math.nan if table is None else table.times[0] * self.scale.get((0,), 1.0)
+        scale = self.first.scale.get((0,), 1.0) if self.first is not None else 1.0
+        return math.nan if table is None else table.times[0] * scale
 
     def cold_cost(self) -> dict[int, float]:
         """Per member not yet prefilled in this request: its prefill (at the context reached)
@@ -292,10 +296,7 @@ class AdaptiveController:
     def _decide(self) -> RoundSetting:
         self.alpha = self.estimates()
         current = self.setting.members if self.setting is not None else None
-        cold = self.cold_cost()
-        windows = dict(self.windows)
-        safety = {m: self.policy.start_safety(bool(windows.get(m))) for m in cold}
-        decision = self.policy.decide(self.alpha, current, self.scale, cold, safety, self._anchor())
+        decision = self.policy.decide(self.alpha, current, self.first, self.cold_cost(), self._anchor())
         if self.setting is None or (decision.members, decision.gammas) != (self.setting.members, self.setting.gammas):
             reason = self.policy.reason(decision, self.alpha)
             self.setting = RoundSetting(decision.members, decision.gammas, reason, self.windows)

@@ -215,7 +215,10 @@ class Chain:
         eos = self.default_eos_token_ids() if eos_token_id is None else _as_id_list(eos_token_id)
         total = len(prompt) + max_new_tokens
         notes = []
-        for i, d in enumerate(self.drafters):
+        # this call's members: a drafter whose context the request overflows drafts from a window
+        # for this call only (the chain keeps its members as built)
+        drafters = list(self.drafters)
+        for i, d in enumerate(drafters):
             if d.max_context is not None and total > d.max_context:
                 if i == 0 or d.point_mass:
                     raise UserError(
@@ -227,16 +230,16 @@ class Chain:
                 from polyplan.models.windowed import WindowedDrafter
 
                 window = max(1, d.max_context // 2)
-                self.drafters[i] = WindowedDrafter(d, window, min(WINDOW_SINK, window - 1))
+                drafters[i] = WindowedDrafter(d, window, min(WINDOW_SINK, window - 1))
                 notes.append(
                     f"{d.name}: {total} tokens exceed its context of {d.max_context}: it drafts from its "
                     f"first {min(WINDOW_SINK, window - 1)} and last {window} tokens"
                 )
         control = controller or self.controller or StaticController(self.gammas)
-        run = _StagedRun(self, prompt, max_new_tokens, params, seed, eos, stream, control)
+        run = _StagedRun(self, drafters, prompt, max_new_tokens, params, seed, eos, stream, control)
         run.stats.notes.extend(notes)
-        alone = len(self.drafters) == 1 and not self.verification_numerics
-        with self.drafters[0].as_target(), self.drafters[0].decoding_alone() if alone else nullcontext():
+        alone = len(drafters) == 1 and not self.verification_numerics
+        with drafters[0].as_target(), drafters[0].decoding_alone() if alone else nullcontext():
             tokens, reason = run.run()
         text = None
         if self.tokenizer is not None:
@@ -339,6 +342,7 @@ class _StagedRun:
     def __init__(
         self,
         chain: Chain,
+        drafters: list[Drafter],
         prompt: list[int],
         max_new_tokens: int,
         params: SamplingParams,
@@ -347,7 +351,7 @@ class _StagedRun:
         stream: Callable[[list[int]], None] | None,
         controller: Controller,
     ) -> None:
-        self.drafters = chain.drafters
+        self.drafters = drafters  # the chain's members as this call runs them (windows: Chain.generate)
         self.params = params
         self.eos = set(eos)
         self.stream = stream

@@ -13,7 +13,7 @@ from polyplan.errors import UserError
 from polyplan.planner.chains import Chain, chain_problem, unit_cost
 from polyplan.planner.choice import DEFAULT_TOLERANCE, RULES, Choice, RequestTimes, choose as choose_plan
 from polyplan.planner.exports import llama_server_export, transformers_export, vllm_export
-from polyplan.planner.policy import build_policy, prompt_length_table
+from polyplan.planner.policy_build import build_policy, prompt_length_table
 from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, make_predictor
 from polyplan.planner.search import SearchResult, search, with_best
 from polyplan.planner.trees import plan_trees
@@ -163,7 +163,7 @@ def optimize(
 
 
 def plan_request_times(
-    profile: Profile, mode: str, context: float, max_gamma: int, traces: dict | None, horizons: list[int]
+    profile: Profile, mode: str, context: float, max_gamma: int, traces: Traces | None, horizons: list[int]
 ) -> RequestTimes:
     """Each plan's predicted request time per row of the plan's prompt-length table (``horizons``
     new tokens), as the adaptive start of its own policy would run it, over the prompt lengths

@@ -12,46 +12,33 @@ else switch to the best. No search ever runs per round.
 
 The estimator's constants live here too: each pair's prior (the profile's acceptance), its
 strength (empirical Bayes from the profile's prompt-to-prompt spread when it has traces) and the
-forgetting window. Pure Python: the plan stores ``Policy.to_dict()``; the executor reads it back."""
+forgetting window; ``polyplan.planner.policy_build`` computes them and the tables when a plan is
+made. Pure Python: the plan stores ``Policy.to_dict()``; the executor reads it back."""
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import combinations, pairwise, product
+from itertools import pairwise, product
 from typing import Any
 
 from polyplan.documents.files import DocumentError
-from polyplan.documents.profile import Profile
-from polyplan.documents.traces import Traces
-from polyplan.planner.chains import chain_problem
-from polyplan.planner.request_model import RequestModel, request_model
+from polyplan.planner.request_model import RequestModel
 from polyplan.theory.control import (
     MAX_U,
-    alpha_axis,
     cell,
     corner_offsets,
     describe,
-    grid_error,
     interpolate,
     nearest,
-    pair_window,
-    points_per_axis,
-    setting_table,
     u_of_alpha,
 )
+from polyplan.theory.prefill import RequestPrediction
 
 POLICY_VERSION = 1
-#: tokens between changes of the text's character (a paragraph, a code block): the forgetting
-#: window of each pair is pair_window(n0, SEGMENT_TOKENS) = sqrt((n0 + 1) * 128); see the proof
-SEGMENT_TOKENS = 128.0
-#: prior strength (pseudo-trials) of a pair whose prompt-to-prompt spread is unknown
-DEFAULT_PRIOR_STRENGTH = 8.0
+#: the prior strengths (pseudo-trials) empirical Bayes may give a pair (policy_build.prior_strengths)
 PRIOR_STRENGTH_RANGE = (1.0, 1024.0)
-#: forgetting windows are kept in this range (committed tokens)
-WINDOW_RANGE = (8.0, 256.0)
 #: stay with the plan's (or the current) members unless another setting is predicted this much faster
 DEFAULT_MARGIN = 0.02
 #: a request prefills drafters only when they are predicted at least this much faster than the target
@@ -65,8 +52,6 @@ START_SAFETY = 0.10
 WINDOWED_START_SAFETY = 0.15
 #: the most the i.i.d. model's doubt about the (replay-chosen) plan at the priors may widen rule 1
 PLAN_OFFSET_CAP = 1.25
-#: grid cells per subset table (the axis is the finest whose grid fits; 17 points at most)
-CELL_BUDGET = 300
 
 Pair = tuple[int, int]
 
@@ -140,15 +125,33 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class StartOption:
+    """One setting as the start prices it for one request: a table's members, the gammas its
+    drafters get, the windows they read, and the expected request."""
+
+    table: SettingTable
+    gammas: tuple[int, ...]
+    prediction: RequestPrediction
+    #: the exact per-token time at the request's decode context over the table's
+    scale: float
+    windows: dict[int, int | None]
+
+    @property
+    def windowed(self) -> bool:
+        return any(self.windows.get(m) for m in self.table.members[1:])
+
+
+@dataclass(frozen=True)
 class StartDecision:
-    """The first round's setting of one request, chosen before any drafter is prefilled."""
+    """The first round's setting of one request, chosen before any drafter is prefilled; later
+    rounds price settings with it (:meth:`Policy.decide`)."""
 
     decision: Decision
     #: per setting (members): the exact per-token time at this request's decode context over the
     #: table's (at the prior estimates), so the per-round lookups price settings as the start did
     scale: dict[tuple[int, ...], float]
     #: the expected request (prefills + decode) of the chosen setting and of the target alone
-    prediction: Any
+    prediction: RequestPrediction
     horizon: float
     #: per member: the window it reads when a round first uses it in this request (None: all)
     windows: dict[int, int | None] = field(default_factory=dict)
@@ -171,6 +174,12 @@ class Policy:
     #: prefill curves, windows, latency curves and answer lengths: the request-time theorem
     #: (proofs/prefill.md); None in plans made before it (the start then ignores prefill)
     requests: RequestModel | None = None
+    #: the margins the start asks of a setting that prefills drafters (START_SAFETY; with a window
+    #: WINDOWED_START_SAFETY) and the range the prior strengths were clamped to: calibrated on one
+    #: machine, so the plan stores the values it was made with (older plans: today's constants)
+    safety: float = START_SAFETY
+    windowed_safety: float = WINDOWED_START_SAFETY
+    prior_strength_range: tuple[float, float] = PRIOR_STRENGTH_RANGE
     _plan_offset: float | None = field(default=None, repr=False, compare=False)
 
     # ---- the per-round rule ---------------------------------------------------------------------
@@ -178,20 +187,26 @@ class Policy:
         self,
         alpha: Mapping[Pair, float],
         current: Sequence[int] | None = None,
-        scale: Mapping[tuple[int, ...], float] | None = None,
+        start: StartDecision | None = None,
         cold_cost: Mapping[int, float] | None = None,
-        cold_safety: Mapping[int, float] | None = None,
         anchor: float = 0.0,
     ) -> Decision:
         """The setting for acceptance estimates ``alpha`` (every pair of ``self.priors``).
 
-        ``scale``: per setting, a factor on its tabulated time (this request's context, see
-        :meth:`start`); ``cold_cost``: per member not yet prefilled in this request, its prefill
-        spread over the tokens still expected (Corollary 3 of proofs/prefill.md); ``cold_safety``: per
-        such member, the margin a setting that prefills it must clear, taken as at the start on the
-        request's time (:meth:`start_safety`; ``anchor``: the target's prefill per token still
-        expected, the part of the request every setting shares), so a later round does not take,
-        on the same estimates, the bet the start declined."""
+        ``start``: this request's (:meth:`start`): each setting's tabulated time is scaled to the
+        request's context, and a setting that prefills a member must clear the margin the start
+        asked of it (:meth:`start_safety`, windowed or not as the start gives the member a window),
+        taken as at the start on the request's time, so a later round does not take, on the same
+        estimates, the bet the start declined. ``cold_cost``: per member not yet prefilled in this
+        request, its prefill spread over the tokens still expected (Corollary 3 of
+        proofs/prefill.md); ``anchor``: the target's prefill per token still expected, the part of
+        the request every setting shares."""
+        scale = start.scale if start is not None else None
+        cold_safety = (
+            {m: self.start_safety(bool(start.windows.get(m))) for m in cold_cost}
+            if start is not None and cold_cost
+            else None
+        )
         cells: dict[tuple[Pair, int], tuple[int, float]] = {}
 
         def priced(table: SettingTable, t: float) -> float:
@@ -232,10 +247,9 @@ class Policy:
             return Decision(current_table.members, g, current_time, best_time, "stay")
         return Decision(best.members, best.gammas[nearest(best.shape, at(best))], best_time, best_time, "best")
 
-    @staticmethod
-    def start_safety(windowed: bool) -> float:
+    def start_safety(self, windowed: bool) -> float:
         """How much faster than without it a setting must be predicted to pay a drafter's prefill."""
-        return WINDOWED_START_SAFETY if windowed else START_SAFETY
+        return self.windowed_safety if windowed else self.safety
 
     def grid_error(self) -> float | None:
         """The largest lookup error of any table (None when a table was stored without it)."""
@@ -283,20 +297,18 @@ class Policy:
                 prediction = req.request(
                     table.members, gammas, alpha, prompt_tokens, max_new_tokens, windows, exact_horizon
                 )
-                candidates.append(
-                    (table, gammas, prediction, prediction.time_per_token_s / table.time_at(cells), windows)
-                )
-            options.append(min(candidates, key=lambda o: o[2].request_s))
-        scale = {o[0].members: o[3] for o in options[1:]}
-        alone = next(o for o in options[1:] if len(o[0].members) == 1)
+                scale = prediction.time_per_token_s / table.time_at(cells)
+                candidates.append(StartOption(table, gammas, prediction, scale, windows))
+            options.append(min(candidates, key=lambda o: o.prediction.request_s))
+        scales = {o.table.members: o.scale for o in options[1:]}
+        alone = next(o for o in options[1:] if len(o.table.members) == 1)
 
-        def cost(o: tuple) -> float:
+        def cost(o: StartOption) -> float:
             # paying drafter prefill on a prediction: only when it is clearly faster than the
             # target alone (the request-time prediction errs by a few percent; more with a window)
-            if len(o[0].members) == 1:
-                return o[2].request_s
-            windowed = any(o[4].get(m) for m in o[0].members[1:])
-            return o[2].request_s * (1 + self.start_safety(windowed))
+            if len(o.table.members) == 1:
+                return o.prediction.request_s
+            return o.prediction.request_s * (1 + self.start_safety(o.windowed))
 
         best = min(options[1:], key=cost)
         plan = options[0]
@@ -305,21 +317,21 @@ class Policy:
             if cost(plan) <= cost(best) * (1 + self.margin) and cost(plan) < cost(alone)
             else (best, "start")
         )
-        table, gammas, prediction, _, chosen_windows = chosen
         # a member the start leaves out reads, if a later round brings it in, the window it has in
         # the cheapest setting that uses it
         windows: dict[int, int | None] = {}
-        for o in sorted(options, key=lambda o: o[2].request_s, reverse=True):
-            windows.update(o[4])
-        windows.update(chosen_windows)
+        for o in sorted(options, key=lambda o: o.prediction.request_s, reverse=True):
+            windows.update(o.windows)
+        windows.update(chosen.windows)
+        prediction = chosen.prediction
         decision = Decision(
-            table.members,
-            tuple(gammas),
+            chosen.table.members,
+            tuple(chosen.gammas),
             prediction.request_s / max(prediction.horizon, 1e-9),
-            best[2].request_s / max(best[2].horizon, 1e-9),
+            best.prediction.request_s / max(best.prediction.horizon, 1e-9),
             rule,
         )
-        return StartDecision(decision, scale, prediction, prediction.horizon, windows)
+        return StartDecision(decision, scales, prediction, prediction.horizon, windows)
 
     def reason(self, decision: Decision, alpha: Mapping[Pair, float]) -> str:
         """One line for the run statistics: the estimates and the model's verdict."""
@@ -359,6 +371,9 @@ class Policy:
             "plan": self.plan.to_dict(),
             "settings": [t.to_dict() for t in self.tables],
             "build_seconds": round(self.build_seconds, 3),
+            "start_safety": self.safety,
+            "windowed_start_safety": self.windowed_safety,
+            "prior_strength_range": list(self.prior_strength_range),
             **({"requests": self.requests.to_dict()} if self.requests is not None else {}),
         }
 
@@ -382,6 +397,9 @@ class Policy:
                 point_mass=[bool(x) for x in d.get("point_mass", [])],
                 build_seconds=float(d.get("build_seconds", 0)),
                 requests=RequestModel.from_dict(d["requests"]) if d.get("requests") else None,
+                safety=float(d.get("start_safety", START_SAFETY)),
+                windowed_safety=float(d.get("windowed_start_safety", WINDOWED_START_SAFETY)),
+                prior_strength_range=_pair_of_floats(d.get("prior_strength_range", PRIOR_STRENGTH_RANGE)),
             )
         except DocumentError as e:
             raise DocumentError(f"{origin}: {e}") from None
@@ -394,6 +412,9 @@ class Policy:
         k = len(self.names)
         if not self.tables or self.margin < 0:
             raise DocumentError(f"{origin}: a policy needs tables and a margin >= 0")
+        lo, hi = self.prior_strength_range
+        if not (self.safety >= 0 and self.windowed_safety >= 0 and 0 < lo <= hi):
+            raise DocumentError(f"{origin}: start safety margins must be >= 0, the prior strength range 0 < lo <= hi")
         for table in [self.plan, *self.tables]:
             if table.members[-1] >= k:
                 raise DocumentError(f"{origin}: table members {list(table.members)} outside the chain of {k}")
@@ -407,6 +428,11 @@ class Policy:
                 raise DocumentError(f"{origin}: bad prior for the pair {pair}")
 
 
+def _pair_of_floats(x: Sequence[Any]) -> tuple[float, float]:
+    lo, hi = x
+    return float(lo), float(hi)
+
+
 def _axis_u(points: int, _cache: dict[int, list[float]] = {}) -> list[float]:  # noqa: B006 - a memo
     axis = _cache.get(points)
     if axis is None:
@@ -414,163 +440,25 @@ def _axis_u(points: int, _cache: dict[int, list[float]] = {}) -> list[float]:  #
     return axis
 
 
-# ---- building --------------------------------------------------------------------------------------
+#: the building names that lived here before polyplan.planner.policy_build (imported lazily: that
+#: module builds a Policy, so it imports this one)
+_BUILDING = (
+    "CELL_BUDGET",
+    "DEFAULT_PRIOR_STRENGTH",
+    "SEGMENT_TOKENS",
+    "WINDOW_RANGE",
+    "build_policy",
+    "in_chain",
+    "policy_for_plan",
+    "prior_strengths",
+    "prompt_length_table",
+    "subsets",
+)
 
 
-def subsets(names: Sequence[str], profile: Profile) -> list[tuple[int, ...]]:
-    """Every order-keeping subset of the plan's members that starts with the target and that the
-    profile can predict (acceptance measured for every adjacent pair), autoregressive first."""
-    out = []
-    for size in range(len(names)):
-        for rest in combinations(range(1, len(names)), size):
-            members = (0, *rest)
-            if chain_problem(profile, tuple(names[m] for m in members)) is None:
-                out.append(members)
-    return out
+def __getattr__(name: str) -> Any:
+    if name in _BUILDING:
+        from polyplan.planner import policy_build
 
-
-def prior_strengths(
-    profile: Profile, names: Sequence[str], pairs: Sequence[Pair], mode: str, traces: Traces | None
-) -> dict[Pair, float]:
-    """Empirical Bayes: the Beta prior whose variance is the profile's prompt-to-prompt variance of
-    each pair's acceptance (per-prompt means of the traces, less their own binomial noise):
-    ``n0 = m (1 - m) / v - 1``, clamped to PRIOR_STRENGTH_RANGE; DEFAULT_PRIOR_STRENGTH without traces."""
-    out = {pair: DEFAULT_PRIOR_STRENGTH for pair in pairs}
-    if traces is None or len(traces.bounds()) < 2:
-        return out
-    bounds = [(a, b) for a, b in traces.bounds() if b - a >= 2]
-    for v, d in pairs:
-        trace = traces.pair(mode, names[v], names[d])
-        if trace is None or len(bounds) < 2:
-            continue
-        means = [float(sum(trace[a:b])) / (b - a) for a, b in bounds]
-        m = sum(means) / len(means)
-        spread = sum((x - m) ** 2 for x in means) / (len(means) - 1)
-        noise = sum(x * (1 - x) / (b - a) for x, (a, b) in zip(means, bounds, strict=True)) / len(means)
-        between = spread - noise
-        lo, hi = PRIOR_STRENGTH_RANGE
-        out[(v, d)] = hi if between <= 0 else min(hi, max(lo, m * (1 - m) / between - 1))
-    return out
-
-
-def build_policy(
-    profile: Profile,
-    names: Sequence[str],
-    gammas: Sequence[int],
-    *,
-    mode: str,
-    context: float,
-    max_gamma: int = 16,
-    traces: Traces | None = None,
-    cell_budget: int = CELL_BUDGET,
-    margin: float = DEFAULT_MARGIN,
-    windows: Mapping[str, Sequence[int]] | None = None,
-) -> Policy:
-    """Tabulate the best setting over acceptance estimates for the plan ``names`` / ``gammas``."""
-    from polyplan.planner.predictors import IidPredictor  # the latency curves at the context, memoised
-
-    started = time.perf_counter()
-    names = list(names)
-    predictor = IidPredictor(profile, mode=mode, context=context)
-    members_list = subsets(names, profile)
-    full = tuple(range(len(names)))
-    if full not in members_list:
-        raise DocumentError(f"the profile cannot predict the plan's chain {' <- '.join(names)}")
-    pairs = sorted({p for m in members_list for p in pairwise(m)})
-    priors = {(v, d): profile.pair(names[v], names[d]).alpha(mode) for v, d in pairs}
-    strengths = prior_strengths(profile, names, pairs, mode, traces)
-    windows = {
-        p: min(WINDOW_RANGE[1], max(WINDOW_RANGE[0], pair_window(n0, SEGMENT_TOKENS))) for p, n0 in strengths.items()
-    }
-    # the profile's prompts are one workload: their prior never outweighs this generation's
-    # own evidence over one window
-    strengths = {p: min(n0, windows[p]) for p, n0 in strengths.items()}
-    tables = []
-    min_pass = profile.candidate(names[0]).min_pass
-    for members in members_list:
-        chain = tuple(names[m] for m in members)
-        latency = in_chain(predictor.latencies(chain), min_pass)
-        points = max(2, points_per_axis(len(members) - 1, cell_budget))
-        axes = [alpha_axis(points)] * (len(members) - 1)
-        start = [max(1, min(max_gamma, 4))] * (len(members) - 1)
-        g, t = setting_table(axes, latency, max_gamma, start)
-        tables.append(SettingTable(members, points, g, t, grid_error(points, g, t, latency, max_gamma)))
-    chain = tuple(names)
-    points = points_per_axis(len(names) - 1, cell_budget)
-    latency = in_chain(predictor.latencies(chain), min_pass)
-    g, t = setting_table([alpha_axis(points)] * (len(names) - 1), latency, max_gamma, list(gammas), list(gammas))
-    plan_table = SettingTable(full, points, g, t, grid_error(points, g, t, latency, max_gamma, fixed=True))
-    policy = Policy(
-        names=names,
-        mode=mode,
-        context=float(context),
-        max_gamma=max_gamma,
-        priors=priors,
-        prior_strength=strengths,
-        window=windows,
-        margin=float(margin),
-        plan=plan_table,
-        tables=tables,
-        point_mass=[profile.candidate(n).point_mass for n in names],
-        requests=request_model(profile, names, traces, windows, mode),
-    )
-    policy.build_seconds = time.perf_counter() - started
-    return policy
-
-
-def in_chain(latency: list[Any], min_pass: int) -> list[Any]:
-    """The latencies of a setting as the chain runs it: a target that pads its passes to
-    ``min_pass`` tokens pays T(min_pass) for shorter ones, an empty block (its rounds alone) too."""
-    if min_pass <= 1:
-        return latency
-    target = latency[0]
-    return [lambda n, t=target: t(max(n, min_pass)), *latency[1:]]
-
-
-def policy_for_plan(plan: Any, profile: Profile, traces: Traces | None = None) -> Policy:
-    """The policy of a plan document (``polyplan.documents.plan.Plan``) rebuilt from its profile."""
-    return build_policy(
-        profile,
-        plan.names,
-        plan.gammas,
-        mode=plan.mode,
-        context=float(plan.settings.get("context") or 0.0),
-        max_gamma=int(plan.settings.get("max_gamma") or 16),
-        traces=traces,
-    )
-
-
-def prompt_length_table(policy: Policy, horizons: Sequence[int]) -> list[dict[str, Any]]:
-    """What a request runs per prompt-length range (at the range's middle) and max_new_tokens,
-    as the policy's start decides it at the profile's acceptance, with its predicted end-to-end
-    speedup: the plan's table (empty without prefill curves)."""
-    from polyplan.planner.request_model import PROMPT_LENGTH_EDGES, finite
-
-    rows: list[dict[str, Any]] = []
-    lo = 0
-    for edge in PROMPT_LENGTH_EDGES:
-        at = (lo + edge) // 2
-        for horizon in horizons:
-            first = policy.start(dict(policy.priors), at, int(horizon))
-            if first is None:
-                return []
-            d, p = first.decision, first.prediction
-            rows.append(
-                {
-                    "prompt_tokens": [lo, edge],
-                    "at": at,
-                    "max_new_tokens": int(horizon),
-                    "expected_new_tokens": round(p.horizon, 1),
-                    "members": [policy.names[m] for m in d.members],
-                    "gammas": list(d.gammas),
-                    "windows": {policy.names[m]: w for m, w in first.windows.items() if w and m in d.members},
-                    "request_s": p.request_s,
-                    "autoregressive_request_s": p.autoregressive_request_s,
-                    "end_to_end_speedup": p.end_to_end_speedup,
-                    "decode_speedup": p.decode_speedup,
-                    "drafter_prefill_s": sum(p.drafter_prefill_s),
-                    "break_even_tokens": finite(p.break_even_tokens),
-                }
-            )
-        lo = edge
-    return rows
+        return getattr(policy_build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,6 +33,26 @@ Pair = tuple[int, int]
 PROMPT_LENGTH_EDGES = (128, 256, 512, 1024, 2048, 4096)
 
 
+@dataclass(frozen=True)
+class WindowOption:
+    """A window a request may give a drafter, with what it keeps of the drafter's acceptance
+    (alpha_W / alpha_full, measured by the profiler on long prompts) and, when the profile measured
+    it, that share by answer position (``((first answer position, factor), ...)``: the answer fills
+    the window). In the plan: ``[window, factor]`` or ``[window, factor, [[position, factor], ...]]``."""
+
+    window: int
+    factor: float
+    by_position: tuple[tuple[int, float], ...] = ()
+
+    def to_list(self) -> list[Any]:
+        return [self.window, self.factor, *([[list(p) for p in self.by_position]] if self.by_position else [])]
+
+    @classmethod
+    def from_list(cls, o: Sequence[Any]) -> WindowOption:
+        by_position = tuple((int(a), float(b)) for a, b in o[2]) if len(o) > 2 else ()
+        return cls(int(o[0]), float(o[1]), by_position)
+
+
 @dataclass
 class RequestModel:
     names: list[str]
@@ -41,11 +61,8 @@ class RequestModel:
     prefill: dict[str, PrefillCurve]
     #: member name -> [window, sink] for members that always draft from a window (pool file)
     windows: dict[str, list[int]] = field(default_factory=dict)
-    #: member name -> [[window, factor], ...]: windows a request may give that drafter (the start
-    #: decides per prompt), each with what it keeps of the drafter's acceptance (alpha_W / alpha_full,
-    #: measured by the profiler on long prompts); a third element, when the profile measured it,
-    #: [[first answer position, factor], ...] by answer position (the answer fills the window)
-    window_options: dict[str, list[list[Any]]] = field(default_factory=dict)
+    #: member name -> the windows a request may give that drafter (the start decides per prompt)
+    window_options: dict[str, list[WindowOption]] = field(default_factory=dict)
     window_sink: int = WINDOW_SINK
     #: the target's fewest tokens per pass inside a chain (Candidate.min_pass)
     target_min_pass: int = 1
@@ -67,17 +84,16 @@ class RequestModel:
 
     def options(self, member: int) -> list[int | None]:
         """The windows a request may give member ``member`` (None: the whole sequence)."""
-        return [None, *(int(o[0]) for o in self.window_options.get(self.names[member], []))]
+        return [None, *(o.window for o in self.window_options.get(self.names[member], []))]
 
     def factor(self, member: int, window: int | None, horizon: float | None = None) -> float:
         """What ``window`` keeps of member ``member``'s acceptance, averaged over the answer's first
         ``horizon`` tokens where the profile measured it by position (else over its reference)."""
         for option in self.window_options.get(self.names[member], []):
-            if window is not None and int(option[0]) == window:
-                by_position = option[2] if len(option) > 2 else []
-                if horizon is None or horizon <= 0 or not by_position:
-                    return float(option[1])
-                return mean_over_answer(by_position, horizon)
+            if window is not None and option.window == window:
+                if horizon is None or horizon <= 0 or not option.by_position:
+                    return option.factor
+                return mean_over_answer(option.by_position, horizon)
         return 1.0
 
     def prefill_s(self, member: int, prompt_tokens: float, chosen: int | None = None) -> float:
@@ -180,7 +196,7 @@ class RequestModel:
             "latency": {k: asdict(v) for k, v in self.latency.items()},
             "prefill": {k: asdict(v) for k, v in self.prefill.items()},
             "windows": {k: list(v) for k, v in self.windows.items()},
-            "window_options": {k: [list(o) for o in v] for k, v in self.window_options.items()},
+            "window_options": {k: [o.to_list() for o in v] for k, v in self.window_options.items()},
             "window_sink": self.window_sink,
             "target_min_pass": self.target_min_pass,
             "lengths": list(self.lengths),
@@ -195,7 +211,7 @@ class RequestModel:
             latency={k: LatencyCurve(**v) for k, v in d["latency"].items()},
             prefill={k: PrefillCurve(**v) for k, v in d.get("prefill", {}).items()},
             windows={k: [int(v[0]), int(v[1])] for k, v in d.get("windows", {}).items()},
-            window_options={k: [_window_option(o) for o in v] for k, v in d.get("window_options", {}).items()},
+            window_options={k: [WindowOption.from_list(o) for o in v] for k, v in d.get("window_options", {}).items()},
             window_sink=int(d.get("window_sink", WINDOW_SINK)),
             target_min_pass=int(d.get("target_min_pass", 1)),
             lengths=[int(x) for x in d.get("lengths", [])],
@@ -221,7 +237,7 @@ def request_model(
 ) -> RequestModel:
     """The request model of the members ``names`` (target first) from a profile: ``windows`` are
     fixed ones (pool file); the window options come from the profile's windowed acceptance."""
-    options: dict[str, list[list[float]]] = {}
+    options: dict[str, list[WindowOption]] = {}
     for n in names[1:]:
         if (windows or {}).get(n) is not None or profile.candidate(n).point_mass:
             continue
@@ -229,7 +245,7 @@ def request_model(
             f = profile.window_factor(n, w, mode)
             if f is not None:
                 by_position = profile.window_factor_by_position(n, w, mode)
-                options.setdefault(n, []).append([w, f, by_position] if by_position else [w, f])
+                options.setdefault(n, []).append(WindowOption.from_list([w, f, by_position]))
     lengths = generation_lengths(traces)
     cap = profile.settings.get("max_new_tokens")
     if lengths and cap is not None:
@@ -246,12 +262,6 @@ def request_model(
         window_sink=int(profile.windows.get("sink", WINDOW_SINK)),
         target_min_pass=profile.candidate(names[0]).min_pass,
     )
-
-
-def _window_option(o: Sequence[Any]) -> list[Any]:
-    """``[window, factor]`` or ``[window, factor, [[first position, factor], ...]]`` as read from JSON."""
-    by_position = [[[int(a), float(b)] for a, b in o[2]]] if len(o) > 2 else []
-    return [int(o[0]), float(o[1]), *by_position]
 
 
 def mean_over_answer(by_position: Sequence[Sequence[float]], horizon: float) -> float:
