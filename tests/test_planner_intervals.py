@@ -282,7 +282,7 @@ def test_robust_choice_prefers_the_near_equal_plan_that_no_prompt_length_punishe
     other, says why, and records each plan's worst regret over prompt lengths."""
     prof, tr = prefill_case(0.001, 0.004)
     prof.traces = "profile.traces.npz"
-    np.savez(tmp_path / "profile.traces.npz", **tr)
+    tr.save(tmp_path / "profile.traces.npz")
     path = save(tmp_path, prof)
     plan, _ = optimize(path)
     assert plan.names == ["target", "quickfill"]
