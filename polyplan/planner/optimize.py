@@ -54,62 +54,35 @@ def optimize(
         raise UserError(f"--top must be >= 0, got {top}")
     if predictor not in ("auto", *PREDICTORS):
         raise UserError(f"predictor must be auto or one of {', '.join(PREDICTORS)}, not {predictor!r}")
-    traces = None
-    unread_traces = None  # why --predictor auto could not replay the traces the profile names
-    if predictor == "replay" and profile.traces_path(profile_path) is None:
-        raise UserError(f"{profile_path}: the profile has no traces sidecar; use --predictor iid")
-    if predictor in ("auto", "replay") or profile.traces_path(profile_path) is not None:
-        try:
-            traces = Traces.of_profile(profile, profile_path)
-        except UserError as e:
-            if predictor == "replay":
-                raise
-            unread_traces = str(e) if profile.traces else None
+    if choose not in RULES:
+        raise UserError(f"--choose must be one of {', '.join(RULES)}, not {choose!r}")
+    traces, unread_traces = _read_traces(profile, profile_path, predictor)
     if predictor == "auto":
         predictor = "replay" if traces is not None else "iid"
     if context is None and traces is not None:
         context = decoding_context(traces, max_new_tokens)
     # plans are ranked by what a request of the workload costs: decode plus each drafter's prefill
     prompt_length = workload_prompt_length(traces) if profile.prefill else None
-    pred = make_predictor(
-        predictor,
-        profile,
-        mode=mode,
-        context=context,
-        traces=traces,
-        horizon=max_new_tokens,
-        prompt_length=prompt_length,
-    )
-    if choose not in RULES:
-        raise UserError(f"--choose must be one of {', '.join(RULES)}, not {choose!r}")
+
+    def predictor_of(name: str, at: float | None) -> Predictor:
+        return make_predictor(
+            name, profile, mode=mode, context=at, traces=traces, horizon=max_new_tokens, prompt_length=prompt_length
+        )
+
+    pred = predictor_of(predictor, context)
     result = search(profile, pred, max_gamma=max_gamma, all_orders=all_orders)
     horizons = sorted({max_new_tokens or DEFAULT_HORIZON, 256})
     priced = plan_request_times(profile, mode, pred.context, max_gamma, traces, horizons)
     choice = choose_plan(pred, result.ranked, rule=choose, tolerance=tolerance, traces=traces, request_times=priced)
     result = with_best(profile, pred, result, choice.chosen, max_gamma)
-
-    # Both predictors' views of the chosen plan, so bench can say which one was right.
-    predictions = {pred.name: _prediction(profile, pred, result.best)}
-    for other in ("iid", "replay"):
-        if other != pred.name and (other == "iid" or traces is not None):
-            alt = make_predictor(
-                other,
-                profile,
-                mode=mode,
-                context=pred.context,
-                traces=traces,
-                horizon=max_new_tokens,
-                prompt_length=prompt_length,
-            )
-            predictions[other] = _prediction(profile, alt, alt.predict(result.best.chain, result.best.gammas))
-            if result.best_two_level is not None:
-                two = result.best_two_level
-                predictions[other]["two_level"] = _prediction(profile, alt, alt.predict(two.chain, two.gammas))
-
-    members = [_member(profile, n) for n in result.best.chain]
-    exports = _exports(profile, pred, result.best, max_gamma, mode)
+    # both predictors' views of the chosen plan, so bench can say which one was right
+    others = [
+        predictor_of(o, pred.context)
+        for o in ("iid", "replay")
+        if o != pred.name and (o == "iid" or traces is not None)
+    ]
     plan = Plan(
-        chain=members,
+        chain=[_member(profile, n) for n in result.best.chain],
         gammas=list(result.best.gammas),
         prediction=_with_interval(_prediction(profile, pred, result.best), choice, result.best),
         settings={
@@ -127,39 +100,75 @@ def optimize(
             # the prompt length whose drafter prefills the ranking counts (None: decode time only)
             "prompt_length": prompt_length,
         },
-        profile={
-            "path": str(profile_path),
-            "sha256": file_sha256(profile_path) if profile_path.exists() else "",
-            "pool": profile.pool,
-            "target": profile.target,
-            "machine": profile.machine,
-            "created": profile.created,
-            "complete": profile.complete,
-            "random_weights": [c.name for c in profile.candidates if c.random_weights],
-            # the prompts whose acceptance this plan was chosen for (None: made before they were recorded)
-            "workload": profile.settings.get("workload"),
-        },
-        predictions=predictions,
+        profile=_profile_record(profile, profile_path),
+        predictions=_predictions(profile, pred, others, result),
         insertion=[v.as_dict() for v in result.insertion],
         runners_up=[_with_interval(e.as_dict(), choice, e) for e in _others(result.ranked, result.best)[:top]],
         two_level=result.best_two_level.as_dict() if result.best_two_level else None,
-        exports=exports,
+        exports=_exports(profile, pred, result.best, max_gamma, mode),
         choice=choice.as_dict(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    # draft trees at the bottom where the theory says they pay (proofs/draft-trees.md)
-    plan.tree_nodes, plan.gammas, plan.trees = plan_trees(
-        profile, plan.names, plan.gammas, mode, pred.context, traces=traces, max_gamma=max_gamma
-    )
-    if len(plan.names) > 1:  # the adaptive executor's table (proofs/adaptive-control.md)
-        policy = build_policy(
-            profile, plan.names, plan.gammas, mode=mode, context=pred.context, max_gamma=max_gamma, traces=traces
-        )
-        plan.policy = policy.to_dict()
-        # what a request runs per prompt length, prefills counted (proofs/prefill.md)
-        plan.by_prompt_length = prompt_length_table(policy, horizons)
+    _add_trees_and_policy(plan, profile, pred.context, max_gamma, traces, horizons)
     plan.validate()
     return plan, result
+
+
+def _read_traces(profile: Profile, profile_path: Path, predictor: str) -> tuple[Traces | None, str | None]:
+    """The profile's traces, and why ``--predictor auto`` could not replay the ones it names."""
+    if predictor == "replay" and profile.traces_path(profile_path) is None:
+        raise UserError(f"{profile_path}: the profile has no traces sidecar; use --predictor iid")
+    if predictor not in ("auto", "replay") and profile.traces_path(profile_path) is None:
+        return None, None
+    try:
+        return Traces.of_profile(profile, profile_path), None
+    except UserError as e:
+        if predictor == "replay":
+            raise
+        return None, str(e) if profile.traces else None
+
+
+def _predictions(profile: Profile, pred: Predictor, others: list[Predictor], result: SearchResult) -> dict:
+    """The chosen plan as every predictor prices it (and the best two-level plan, by the others)."""
+    out = {pred.name: _prediction(profile, pred, result.best)}
+    for alt in others:
+        out[alt.name] = _prediction(profile, alt, alt.predict(result.best.chain, result.best.gammas))
+        if result.best_two_level is not None:
+            two = result.best_two_level
+            out[alt.name]["two_level"] = _prediction(profile, alt, alt.predict(two.chain, two.gammas))
+    return out
+
+
+def _profile_record(profile: Profile, profile_path: Path) -> dict:
+    return {
+        "path": str(profile_path),
+        "sha256": file_sha256(profile_path) if profile_path.exists() else "",
+        "pool": profile.pool,
+        "target": profile.target,
+        "machine": profile.machine,
+        "created": profile.created,
+        "complete": profile.complete,
+        "random_weights": [c.name for c in profile.candidates if c.random_weights],
+        # the prompts whose acceptance this plan was chosen for (None: made before they were recorded)
+        "workload": profile.settings.get("workload"),
+    }
+
+
+def _add_trees_and_policy(
+    plan: Plan, profile: Profile, context: float, max_gamma: int, traces: Traces | None, horizons: list[int]
+) -> None:
+    """Draft trees at the bottom where the theory says they pay (proofs/draft-trees.md), then the
+    adaptive executor's table (proofs/adaptive-control.md) and what a request runs per prompt
+    length, prefills counted (proofs/prefill.md)."""
+    plan.tree_nodes, plan.gammas, plan.trees = plan_trees(
+        profile, plan.names, plan.gammas, plan.mode, context, traces=traces, max_gamma=max_gamma
+    )
+    if len(plan.names) > 1:
+        policy = build_policy(
+            profile, plan.names, plan.gammas, mode=plan.mode, context=context, max_gamma=max_gamma, traces=traces
+        )
+        plan.policy = policy.to_dict()
+        plan.by_prompt_length = prompt_length_table(policy, horizons)
 
 
 def plan_request_times(
