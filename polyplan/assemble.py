@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polyplan.chain_text import chain_names
 from polyplan.errors import UserError
 
 Note = Callable[[str], None]
@@ -186,7 +187,7 @@ def plan_policy(plan: Any, plan_path: str | Path, note: Note = _stderr) -> Any:
 def stale_policy(policy: Any, plan: Any) -> str | None:
     """What differs between a plan and the policy stored in it (an edited plan), or None."""
     if list(policy.names) != list(plan.names):
-        return f"members {' <- '.join(policy.names)}, the plan runs {' <- '.join(plan.names)}"
+        return f"members {chain_names(policy.names)}, the plan runs {chain_names(plan.names)}"
     if tuple(policy.plan.gammas[0]) != tuple(plan.gammas):
         return f"gammas {list(policy.plan.gammas[0])}, the plan has {list(plan.gammas)}"
     if policy.mode != plan.mode:
@@ -201,7 +202,7 @@ def adaptive_controller(policy: Any, drafters: Sequence[Any]) -> Any:
 
     if len(policy.names) != len(drafters):
         raise UserError(
-            f"the plan's policy is for {len(policy.names)} members ({' <- '.join(policy.names)}), "
+            f"the plan's policy is for {len(policy.names)} members ({chain_names(policy.names)}), "
             f"the chain has {len(drafters)}"
         )
     return AdaptiveController(policy, {i: d.propose for i, d in enumerate(drafters) if d.point_mass})

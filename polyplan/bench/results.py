@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from polyplan.chain_text import chain_column
 from polyplan.documents.files import DocumentError, atomic_write_bytes, atomic_write_json, read_json
 
 BENCH_SCHEMA = "polyplan.bench"
@@ -496,7 +497,7 @@ def _method_row(m: dict[str, Any]) -> str:
         "| {ei} / {er_} "
         "| {si} / {sr} | {eq} |".format(
             label=m["label"],
-            chain=" > ".join(m["chain"]),
+            chain=chain_column(m["chain"]),
             gam=",".join("default" if g is None else str(g) for g in m["gammas"]) or "-",
             e2e=_fmt(me.get("end_to_end_speedup"), ".2f") + ("x" if me.get("end_to_end_speedup") else ""),
             worst=_fmt(me.get("worst_prompt_end_to_end_speedup"), ".2f")
@@ -572,7 +573,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
         lines += [
             "",
             f"Regret: chosen `{r['chosen']}` vs best measured `{r['best_measured']}` "
-            f"({' > '.join(r['best_chain'])}, gammas {r['best_gammas']}): {r['regret'] * 100:.1f}%",
+            f"({chain_column(r['best_chain'])}, gammas {r['best_gammas']}): {r['regret'] * 100:.1f}%",
         ]
     return "\n".join(lines) + "\n"
 

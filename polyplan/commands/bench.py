@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from polyplan.chain_text import chain_column
 from polyplan.commands import comma_list
 
 
@@ -162,7 +163,7 @@ def print_table(doc: dict) -> None:
         mal = me.get("mean_acceptance_length")
         table.add_row(
             m["label"],
-            " > ".join(m["chain"]),
+            chain_column(m["chain"]),
             ",".join("auto" if g is None else str(g) for g in m["gammas"]) or "-",
             f(me.get("end_to_end_speedup"), ".2f"),
             f(me.get("worst_prompt_end_to_end_speedup"), ".2f"),

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from polyplan.chain_text import chain_column, chain_text
 from polyplan.commands import comma_list
 from polyplan.errors import UserError
 
@@ -115,7 +116,7 @@ def optimize_command(
     for i, r in enumerate(rows, start=1):
         table.add_row(
             str(i),
-            " > ".join(r["chain"]),
+            chain_column(r["chain"]),
             ",".join(map(str, r["gammas"])) or "-",
             f"{r['time_per_token_s'] * 1e3:.2f}",
             f"{r['speedup']:.2f}x",
@@ -204,7 +205,7 @@ def _print_prompt_lengths(console, plan) -> None:
         table.add_column(col, justify="left" if col in ("runs", "windows") else "right")
     for r in plan.by_prompt_length:
         lo, hi = r["prompt_tokens"]
-        chain = " <- ".join(r["members"]) + (f" ({','.join(map(str, r['gammas']))})" if r["gammas"] else " alone")
+        chain = chain_text(r["members"], r["gammas"])
         windows = ", ".join(f"{n}: {w}" for n, w in r["windows"].items()) or "-"
         be = r.get("break_even_tokens")
         table.add_row(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from polyplan.chain_text import chain_names, gammas_text
+
 DEFAULT_PROMPT = (
     "Summarize in two sentences: Speculative decoding lets a small draft model propose several "
     "tokens that a large target model then checks in a single forward pass. Accepted tokens are "
@@ -78,7 +80,7 @@ def _compare_with_target(plan_path: Path, prompt: str, max_new_tokens: int, cons
     chain = chain_from_plan(plan_path)  # exactly as `polyplan run PLAN` runs it (adaptive)
     ids = _encode(chain.tokenizer, prompt, chat=True)
     h = plan_vs_target(chain, ids, max_new_tokens, temperature=spec.temperature or 0.0)
-    label = " <- ".join(chain.names) + f" (gammas {','.join(map(str, chain.gammas))})"
+    label = f"{chain_names(chain.names)} (gammas {gammas_text(chain.gammas)})"
     console.print(f"plan {label}: {h.plan_tokens_per_s:.1f} tokens/s", highlight=False)
     console.print(f"target {chain.names[0]} alone: {h.target_tokens_per_s:.1f} tokens/s", highlight=False)
     same = "same output" if h.same_output else "outputs differ (sampling)"

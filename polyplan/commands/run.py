@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from polyplan.chain_text import chain_text
 from polyplan.commands import comma_ints, comma_list, sampling_filters
 from polyplan.errors import UserError
 
@@ -136,9 +137,8 @@ def print_setting_changes(stats, names: list[str], controller) -> None:
         return
     lines = []
     for change in changes:
-        members = " <- ".join(change["members"])
-        gammas = ",".join(map(str, change["gammas"])) or "-"
-        lines.append(f"  at token {change['at_token']}: {members} ({gammas}): {change['reason']}")
+        setting = chain_text(change["members"], change["gammas"])
+        lines.append(f"  at token {change['at_token']}: {setting}: {change['reason']}")
     seconds = getattr(controller, "seconds", None)
     cost = (
         ""
