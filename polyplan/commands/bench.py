@@ -57,7 +57,8 @@ def bench_command(
     ),
 ) -> None:
     """Measure a plan: tokens/s, speedup, acceptance per level, predicted vs measured time per token."""
-    from polyplan.bench.results import save_markdown, save_results
+    from polyplan.bench.report import save_markdown
+    from polyplan.bench.results import save_results
     from polyplan.bench.runner import run_bench
     from polyplan.documents.files import check_writable
     from polyplan.documents.plan import Plan
@@ -176,7 +177,7 @@ def print_table(doc: dict) -> None:
             f(me.get("matches_autoregressive"), ".2f"),
         )
     Console().print(table)
-    from polyplan.bench.results import (
+    from polyplan.bench.report import (
         alone_lines,
         category_rows,
         length_rows,
