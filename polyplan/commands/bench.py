@@ -60,24 +60,13 @@ def bench_command(
     from polyplan.bench.report import save_markdown
     from polyplan.bench.results import save_results
     from polyplan.bench.runner import run_bench
-    from polyplan.documents.files import check_writable
     from polyplan.documents.plan import Plan
     from polyplan.models import load_pool
 
     console = Console(stderr=True)
     plan = Plan.load(plan_path)
     md = markdown or output.with_suffix(".md")
-    for path in (output, md):
-        check_writable(path)  # before minutes of measuring, not after
-    if prompts_file is not None:
-        from polyplan.data.prompt_file import read_prompt_file
-
-        read_prompt_file(prompts_file)  # a bad file fails before any model loads
-    from polyplan.profiler.machine import other_machine_warning
-
-    warning = other_machine_warning(plan.profile, plan_path)
-    if warning:
-        print(warning, file=sys.stderr)  # one line, never wrapped
+    _check_before_measuring(plan, plan_path, (output, md), prompts_file)
     the_pool = load_pool(pool or plan.profile.get("pool", ""))
     doc = run_bench(
         plan,
@@ -102,6 +91,23 @@ def bench_command(
     if not doc.get("complete", True):
         print(f"polyplan: {doc.get('stopped')}; what was measured is in {output}", file=sys.stderr)
         raise typer.Exit(130)
+
+
+def _check_before_measuring(plan, plan_path: Path, outputs: tuple[Path, Path], prompts_file: Path | None) -> None:
+    """What fails fails before minutes of measuring, not after: unwritable outputs, a bad prompt
+    file; a plan profiled on another machine is one warning line on stderr."""
+    from polyplan.documents.files import check_writable
+    from polyplan.profiler.machine import other_machine_warning
+
+    for path in outputs:
+        check_writable(path)
+    if prompts_file is not None:
+        from polyplan.data.prompt_file import read_prompt_file
+
+        read_prompt_file(prompts_file)  # a bad file fails before any model loads
+    warning = other_machine_warning(plan.profile, plan_path)
+    if warning:
+        print(warning, file=sys.stderr)  # one line, never wrapped
 
 
 def parse_also(text: str, target: str) -> tuple[list[str], list[int], list[int]]:
