@@ -58,9 +58,9 @@ class ChainSpec:
 
 def default_members(pool_name: str | None) -> Sequence[str]:
     """No --chain: the pool's target alone (plain autoregressive decoding)."""
-    from polyplan.models import load_pool
+    from polyplan.models import DEFAULT_POOL, load_pool
 
-    return [load_pool(pool_name or "smollm2").target]
+    return [load_pool(pool_name or DEFAULT_POOL).target]
 
 
 def build_chain(
@@ -92,9 +92,9 @@ def load_members(spec: ChainSpec) -> tuple[list[Any], Any]:
             tokenizer = tokenizer or tok
             continue
         if pool is None:
-            from polyplan.models import load_pool
+            from polyplan.models import DEFAULT_POOL, load_pool
 
-            pool = load_pool(spec.pool or "smollm2")
+            pool = load_pool(spec.pool or DEFAULT_POOL)
         drafters.append(pool.drafter(name))
     if pool is not None and tokenizer is None:
         tokenizer = pool.tokenizer

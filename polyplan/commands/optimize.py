@@ -13,6 +13,9 @@ from polyplan.chain_text import chain_column, chain_text
 from polyplan.commands import comma_list
 from polyplan.errors import UserError
 
+#: --export's choices -> the key of the plan's exports they print
+EXPORTS = {"hf": "transformers", "vllm": "vllm", "llama-server": "llama_server"}
+
 
 def register(root: typer.Typer) -> None:
     root.command("optimize")(optimize_command)
@@ -40,7 +43,7 @@ def optimize_command(
     ),
     all_orders: bool = typer.Option(False, "--all-orders", help="try every chain order (small pools)"),
     export: str | None = typer.Option(
-        None, "--export", help="also print the best two-level sub-plan for: hf | vllm | llama-server"
+        None, "--export", help=f"also print the best two-level sub-plan for: {' | '.join(EXPORTS)}"
     ),
     choose: str = typer.Option(
         "robust",
@@ -66,8 +69,9 @@ def optimize_command(
     """Pick the fastest lossless chain (subset, order, gammas) from a profile and write plan.json."""
     from polyplan.planner import optimize
 
-    if export not in (None, "hf", "vllm", "llama-server"):
-        raise UserError(f"--export must be 'hf', 'vllm' or 'llama-server', not {export!r}")
+    if export is not None and export not in EXPORTS:
+        *others, last = map(repr, EXPORTS)
+        raise UserError(f"--export must be {', '.join(others)} or {last}, not {export!r}")
     if max_new_tokens < 0:
         raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
     plan, result = optimize(
@@ -201,7 +205,7 @@ def _insertion_table(plan) -> Table:
 
 def _print_export(console: Console, plan, export: str) -> None:
     """The best two-level sub-plan as another engine's settings (JSON on stdout), or why there is none."""
-    key = {"hf": "transformers", "vllm": "vllm", "llama-server": "llama_server"}[export]
+    key = EXPORTS[export]
     if key in plan.exports:
         print(json.dumps(plan.exports[key], indent=2))
     elif key == "llama_server" and "sub_plan" in plan.exports:

@@ -11,12 +11,13 @@ import typer
 from polyplan.commands import comma_ints, comma_list, sampling_filters
 from polyplan.documents.profile import WINDOW_SINK
 from polyplan.errors import UserError
+from polyplan.models import DEFAULT_POOL
 
 DEFAULTS_NOTE = "Defaults profile the embedded SmolLM2 pool (9 members) in 3-5 minutes on a 2-core CPU."
 
 # the options of `polyplan profile`; their defaults are ProfileSettings' (polyplan.profiler.session, not
 # imported here: it loads torch), which tests/test_profiler_cli.py holds them to
-_POOL = typer.Option("smollm2", "--pool", "-p", help="Built-in pool name or pool file.")
+_POOL = typer.Option(DEFAULT_POOL, "--pool", "-p", help="Built-in pool name or pool file.")
 _OUTPUT = typer.Option(
     None,
     "--output",

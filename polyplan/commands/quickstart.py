@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from polyplan.chain_text import chain_names, gammas_text
+from polyplan.models import DEFAULT_POOL
 
 DEFAULT_PROMPT = (
     "Summarize in two sentences: Speculative decoding lets a small draft model propose several "
@@ -24,7 +25,7 @@ DEFAULT_PROMPT = (
 def register(root: typer.Typer) -> None:
     @root.command()
     def quickstart(
-        pool: str = typer.Option("smollm2", help="pool name or pool file"),
+        pool: str = typer.Option(DEFAULT_POOL, help="pool name or pool file"),
         out: Path = typer.Option(Path("polyplan-out"), help="folder for profile.json and plan.json"),
         prompt: str = typer.Option(DEFAULT_PROMPT, help="prompt for the final run (chat template applied)"),
         max_new_tokens: int = typer.Option(128, help="tokens to generate in the final run"),

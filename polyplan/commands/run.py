@@ -15,7 +15,9 @@ import typer
 
 from polyplan.chain_text import chain_text
 from polyplan.commands import comma_ints, comma_list, sampling_filters
+from polyplan.documents.profile import WINDOW_SINK
 from polyplan.errors import UserError
+from polyplan.models import DEFAULT_POOL
 
 
 def register(root: typer.Typer) -> None:
@@ -28,7 +30,7 @@ def run_command(
         metavar="[PLAN.json] [PROMPT]",
         help="an optional plan file, then the prompt (else --prompt-file or stdin)",
     ),
-    pool: str | None = typer.Option(None, "--pool", help="pool name or pool file (default: smollm2)"),
+    pool: str | None = typer.Option(None, "--pool", help=f"pool name or pool file (default: {DEFAULT_POOL})"),
     chain: str | None = typer.Option(
         None, "--chain", help="comma-separated members, target first: pool member names or model directories"
     ),
@@ -42,7 +44,7 @@ def run_command(
     window: int | None = typer.Option(
         None,
         "--window",
-        help="with --chain: every model drafter reads only the first 4 and last WINDOW tokens "
+        help=f"with --chain: every model drafter reads only the first {WINDOW_SINK} and last WINDOW tokens "
         "(bounded prefill; the output is unchanged). A plan chooses windows per prompt itself.",
     ),
     plan: Path | None = typer.Option(None, "--plan", help="plan.json from `polyplan optimize` (chain + gammas)"),
