@@ -17,7 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from polyplan.bench.results import markdown_table, save_markdown, save_results
+from polyplan.bench.report import markdown_table, save_markdown
+from polyplan.bench.results import save_results
 from polyplan.bench.runner import run_bench
 from polyplan.documents import Plan
 from polyplan.errors import UserError

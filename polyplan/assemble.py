@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polyplan.chain_text import chain_names
 from polyplan.errors import UserError
 
 Note = Callable[[str], None]
@@ -57,9 +58,9 @@ class ChainSpec:
 
 def default_members(pool_name: str | None) -> Sequence[str]:
     """No --chain: the pool's target alone (plain autoregressive decoding)."""
-    from polyplan.models import load_pool
+    from polyplan.models import DEFAULT_POOL, load_pool
 
-    return [load_pool(pool_name or "smollm2").target]
+    return [load_pool(pool_name or DEFAULT_POOL).target]
 
 
 def build_chain(
@@ -91,9 +92,9 @@ def load_members(spec: ChainSpec) -> tuple[list[Any], Any]:
             tokenizer = tokenizer or tok
             continue
         if pool is None:
-            from polyplan.models import load_pool
+            from polyplan.models import DEFAULT_POOL, load_pool
 
-            pool = load_pool(spec.pool or "smollm2")
+            pool = load_pool(spec.pool or DEFAULT_POOL)
         drafters.append(pool.drafter(name))
     if pool is not None and tokenizer is None:
         tokenizer = pool.tokenizer
@@ -187,7 +188,7 @@ def plan_policy(plan: Any, plan_path: str | Path, note: Note = _stderr) -> Any:
 def stale_policy(policy: Any, plan: Any) -> str | None:
     """What differs between a plan and the policy stored in it (an edited plan), or None."""
     if list(policy.names) != list(plan.names):
-        return f"members {' <- '.join(policy.names)}, the plan runs {' <- '.join(plan.names)}"
+        return f"members {chain_names(policy.names)}, the plan runs {chain_names(plan.names)}"
     if tuple(policy.plan.gammas[0]) != tuple(plan.gammas):
         return f"gammas {list(policy.plan.gammas[0])}, the plan has {list(plan.gammas)}"
     if policy.mode != plan.mode:
@@ -202,7 +203,7 @@ def adaptive_controller(policy: Any, drafters: Sequence[Any]) -> Any:
 
     if len(policy.names) != len(drafters):
         raise UserError(
-            f"the plan's policy is for {len(policy.names)} members ({' <- '.join(policy.names)}), "
+            f"the plan's policy is for {len(policy.names)} members ({chain_names(policy.names)}), "
             f"the chain has {len(drafters)}"
         )
     return AdaptiveController(policy, {i: d.propose for i, d in enumerate(drafters) if d.point_mass})

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from polyplan.bench.results import load_results, markdown_table, save_results
+from polyplan.bench.report import markdown_table
+from polyplan.bench.results import load_results, save_results
 from polyplan.bench.runner import run_bench
 from polyplan.documents import Plan
 from polyplan.models.model_drafter import ModelDrafter
@@ -216,7 +217,7 @@ def _file_pool() -> TinyPool:
 
 
 def test_bench_on_a_prompt_file_reports_each_category(tiny_plan, tmp_path):
-    from polyplan.bench.results import category_rows
+    from polyplan.bench.report import category_rows
 
     plan, path = tiny_plan
     pf = tmp_path / "mine.jsonl"
@@ -454,7 +455,8 @@ def test_worst_prompt_and_prompt_length_buckets_pair_each_prompt_with_the_target
 def test_prompts_the_start_sent_to_the_target_alone_are_told_apart_from_speculation():
     """A prompt the plan ran with no drafter pass in any repeat is the same work as autoregressive
     decoding: the bench reports the spread of its ratios and the worst prompt where it speculated."""
-    from polyplan.bench.results import MethodSpec, RunRecord, alone_lines, summarize
+    from polyplan.bench.report import alone_lines
+    from polyplan.bench.results import MethodSpec, RunRecord, summarize
 
     ar = MethodSpec("autoregressive", "ar", "transformers", ["t"], [])
     plan = MethodSpec("polyplan-plan", "plan", "polyplan", ["t", "d"], [4])

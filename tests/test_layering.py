@@ -22,6 +22,7 @@ PURE = [
     "polyplan.documents",
     "polyplan.documents.plan",
     "polyplan.bench.results",
+    "polyplan.bench.report",
     "polyplan.commands.theory",
     "polyplan.plots",
     "polyplan.plots.writers",

@@ -123,3 +123,24 @@ def test_cli_random_weights_marks_candidates_and_skips_acceptance(pool_file, tmp
     prof = Profile.load(out)
     assert all(c.random_weights for c in prof.candidates) and not prof.pairs
     assert prof.settings["random_weights"] is True and prof.complete
+
+
+def test_the_profile_options_default_to_the_profile_settings():
+    """The command line does not import the profiling session (it loads torch), so its option
+    defaults are written out; they must be ProfileSettings' own (a list as its comma text)."""
+    from dataclasses import fields
+
+    import typer
+
+    from polyplan.cli import root
+    from polyplan.profiler.session import ProfileSettings
+
+    command = typer.main.get_command(root).commands["profile"]
+    settings = ProfileSettings()
+    shared = {f.name for f in fields(ProfileSettings)} & {p.name for p in command.params}
+    assert len(shared) >= 18
+    for param in command.params:
+        if param.name in shared:
+            want = getattr(settings, param.name)
+            want = ",".join(map(str, want)) if isinstance(want, list) else want
+            assert param.default == want, param.name

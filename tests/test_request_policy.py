@@ -302,7 +302,8 @@ def test_the_bench_splits_a_request_time_miss_into_prefills_and_decode(policy):
     0% prefill error and a 50% decode error (the miss over what was measured); the target alone
     (transformers generate, no per-level record) gets only the whole request's error."""
     from polyplan.bench.predictions import request_predictions
-    from polyplan.bench.results import AUTOREGRESSIVE, RunRecord, request_error_text
+    from polyplan.bench.report import request_error_text
+    from polyplan.bench.results import AUTOREGRESSIVE, RunRecord
 
     ids = list(range(100))
     p = policy.start(dict(policy.priors), len(ids), 64, exact_horizon=True).prediction
@@ -340,7 +341,8 @@ def test_a_request_priced_at_the_speed_measured_now():
     exactly; a faster drafter alone leaves the target's prefill and the target alone's request as
     they were. The bench reports the error of both prices."""
     from polyplan.bench.predictions import request_predictions
-    from polyplan.bench.results import AUTOREGRESSIVE, RunRecord, request_error_text
+    from polyplan.bench.report import request_error_text
+    from polyplan.bench.results import AUTOREGRESSIVE, RunRecord
     from polyplan.profiler.calibrate import SpeedFactor
 
     policy = make_policy(profile_with())

@@ -20,6 +20,7 @@ from polyplan.bench.results import (
     REFERENCE,
     MethodSpec,
 )
+from polyplan.chain_text import chain_names
 from polyplan.documents.plan import Plan
 from polyplan.models.drafter import Drafter
 
@@ -348,7 +349,7 @@ def also_methods(
         if key in seen:
             continue
         seen.add(key)
-        label = " <- ".join(names) + f", gammas {gammas}" + (f", tree nodes {trees}" if key[2] else "")
+        label = chain_names(names) + f", gammas {gammas}" + (f", tree nodes {trees}" if key[2] else "")
         out.append(
             _polyplan_chain(f"also-{len(out) + 1}", label, names, gammas, drafters, temperature, eos, list(key[2]))
         )

@@ -50,7 +50,7 @@ def request_predictions(
             p = first.prediction
             predicted = p.request_s if method != AUTOREGRESSIVE else p.autoregressive_request_s
             measured = statistics.median(r.seconds for r in mine)
-            errors[method].append(abs(predicted - measured) / measured)
+            errors[method].append(_error(predicted, measured))
             row = {
                 "prompt": pid,
                 "method": method,
@@ -67,34 +67,55 @@ def request_predictions(
                 windows = {m: first.windows.get(m) for m in members[1:]}
                 now = at_speed.request(members, gammas, dict(policy.priors), len(ids), horizon, windows, True)
                 row["calibrated_predicted_s"] = now.request_s
-                calibrated[method].append(abs(now.request_s - measured) / measured)
+                calibrated[method].append(_error(now.request_s, measured))
             # Where a miss comes from: the prefills (latency model) or the decode (latency and the
             # acceptance this prompt had, which the profile's workload can only average).
-            prefills = [_measured_prefill_s(r) for r in mine]
-            if all(x is not None for x in prefills):
-                # the executor's target prefill is its first pass, which also verifies the first draft
-                # block: compare it with P at the tokens that pass read, the rest counts as decode
-                alone = method == AUTOREGRESSIVE
-                target_tokens = [r.levels[0].get("prefill_tokens") for r in mine]  # levels: checked above
-                target_prefill = (
-                    policy.requests.prefill_s(0, statistics.median(target_tokens))
-                    if not alone and all(target_tokens)
-                    else p.target_prefill_s
-                )
-                predicted_prefill = target_prefill + (0.0 if alone else sum(p.drafter_prefill_s))
-                predicted_decode = predicted - predicted_prefill
-                measured_prefill = statistics.median(prefills)
-                measured_decode = statistics.median(r.seconds - x for r, x in zip(mine, prefills, strict=True))
-                row |= {
-                    "predicted_prefill_s": predicted_prefill,
-                    "measured_prefill_s": measured_prefill,
-                    "predicted_decode_s": predicted_decode,
-                    "measured_decode_s": measured_decode,
-                }
-                parts[method]["prefill"].append(abs(predicted_prefill - measured_prefill) / measured_prefill)
-                if measured_decode > 0:
-                    parts[method]["decode"].append(abs(predicted_decode - measured_decode) / measured_decode)
+            split = _prefill_and_decode(policy, method, mine, p, predicted)
+            if split is not None:
+                row |= split
+                parts[method]["prefill"].append(_error(split["predicted_prefill_s"], split["measured_prefill_s"]))
+                if split["measured_decode_s"] > 0:
+                    parts[method]["decode"].append(_error(split["predicted_decode_s"], split["measured_decode_s"]))
             rows.append(row)
+    summary = _error_summary(errors, calibrated, parts)
+    return {"note": "predicted at the horizon each run had (its new tokens)", "errors": summary, "runs": rows}
+
+
+def _error(predicted: float, measured: float) -> float:
+    return abs(predicted - measured) / measured
+
+
+def _prefill_and_decode(
+    policy: Any, method: str, mine: list[RunRecord], p: Any, predicted: float
+) -> dict[str, float] | None:
+    """The request time predicted and measured, split into the prefills and the decode, where the
+    executor measured its prefills (None where it did not)."""
+    prefills = [_measured_prefill_s(r) for r in mine]
+    if not all(x is not None for x in prefills):
+        return None
+    # the executor's target prefill is its first pass, which also verifies the first draft
+    # block: compare it with P at the tokens that pass read, the rest counts as decode
+    alone = method == AUTOREGRESSIVE
+    target_tokens = [r.levels[0].get("prefill_tokens") for r in mine]  # levels: checked above
+    target_prefill = (
+        policy.requests.prefill_s(0, statistics.median(target_tokens))
+        if not alone and all(target_tokens)
+        else p.target_prefill_s
+    )
+    predicted_prefill = target_prefill + (0.0 if alone else sum(p.drafter_prefill_s))
+    return {
+        "predicted_prefill_s": predicted_prefill,
+        "measured_prefill_s": statistics.median(prefills),
+        "predicted_decode_s": predicted - predicted_prefill,
+        "measured_decode_s": statistics.median(r.seconds - x for r, x in zip(mine, prefills, strict=True)),
+    }
+
+
+def _error_summary(
+    errors: dict[str, list[float]], calibrated: dict[str, list[float]], parts: dict[str, dict[str, list[float]]]
+) -> dict[str, dict[str, float]]:
+    """Per method: the median and largest relative error of its request time (at the speed
+    measured now too, and of its prefills and decode apart, where there are)."""
     summary = {}
     for m, e in errors.items():
         if not e:
@@ -108,7 +129,7 @@ def request_predictions(
         for part, pe in parts[m].items():
             if pe:
                 summary[m][f"{part}_median_error"] = statistics.median(pe)
-    return {"note": "predicted at the horizon each run had (its new tokens)", "errors": summary, "runs": rows}
+    return summary
 
 
 def _measured_prefill_s(record: RunRecord) -> float | None:

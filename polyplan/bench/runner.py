@@ -28,6 +28,7 @@ import datetime as _dt
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from polyplan.bench.predictions import attach_predictions, request_predictions
 from polyplan.bench.results import (
     AUTOREGRESSIVE,
     LLAMACPP_ALONE,
+    MethodSpec,
     RunRecord,
     add_speed_reference_figures,
     by_category,
@@ -249,37 +251,15 @@ def run_bench(
         raise UserError("--repeats, --prompts and --max-new-tokens must all be >= 1")
     temperature = float(plan.settings.get("temperature", 1.0)) if plan.mode == "sampling" else 0.0
     loaded: dict[str, Drafter] = {}
-
-    def drafter(name: str) -> Drafter:
-        if name not in loaded:
-            log(f"loading {name}")
-            loaded[name] = pool.drafter(name)
-        return loaded[name]
-
-    if encoded_prompts is None:
-        # read and encode first: a bad prompt file fails before any model loads
-        selected, encoded_prompts, workload = encode_prompts(pool.tokenizer, prompts, prompts_file)
-    else:
-        encoded_prompts = list(encoded_prompts)[:prompts]
-        cats = prompt_categories or {}
-        selected = [
-            Prompt(pid, cats.get(pid, "uncategorized"), "", "", (), f"prompt {pid}") for pid, _ in encoded_prompts
-        ]
-        workload = {
-            "name": "given",
-            "sha256": None,
-            "count": len(selected),
-            "categories": {c: sum(p.category == c for p in selected) for c in {p.category for p in selected}},
-        }
+    drafter = _loader(pool, loaded, log)
+    # read and encode first: a bad prompt file fails before any model loads
+    selected, encoded_prompts, workload = (
+        encode_prompts(pool.tokenizer, prompts, prompts_file)
+        if encoded_prompts is None
+        else _given_prompts(list(encoded_prompts)[:prompts], prompt_categories or {})
+    )
     target = drafter(plan.target)
-    if eos is None:
-        from polyplan.profiler.pool_inputs import eos_token_ids
-
-        eos = (
-            eos_token_ids(pool.tokenizer, getattr(target, "model", None))
-            if hasattr(target, "model")
-            else list(getattr(target, "eos_token_ids", None) or eos_token_ids(pool.tokenizer))
-        )
+    eos = _target_eos(pool, target) if eos is None else eos
     # the chosen plan as `polyplan run` runs it; the regime the profile probed on this machine
     assembled = assemble_plan(plan, plan_path, drafter, static=static, note=log, say_exactness=False)
     policy = assembled.policy
@@ -289,90 +269,22 @@ def run_bench(
     skipped = _drop_failing_hf(methods, encoded_prompts[0][1], seed, log)
     if llamacpp_alone:
         longest = max(len(ids) for _, ids in encoded_prompts) + max_new_tokens
-        alone, why = llamacpp_alone_method(pool, plan, temperature=temperature, eos=eos, longest=longest)
-        methods += [alone] if alone is not None else []
-        if why is not None:
-            log(f"no llama.cpp-alone reference: {why}")
-            skipped[LLAMACPP_ALONE] = why
-
-    profile = profile_path = None
-    pp = Path(plan.profile.get("path", ""))
-    if not pp.is_absolute():
-        pp = Path(plan_path).parent / pp if not pp.exists() else pp
-    if plan.profile.get("path") and pp.exists():
-        profile_path = pp
-        profile = Profile.load(pp)
-        if not plan.check_profile(pp):
-            log(f"warning: {pp} changed since the plan was made; predictions use the current profile")
-    context = statistics.mean(len(p) for _, p in encoded_prompts) + max_new_tokens / 2
-    prediction_note = attach_predictions(methods, plan, profile, profile_path, context, max_new_tokens)
-
+        _add_llamacpp_alone(methods, skipped, pool, plan, temperature=temperature, eos=eos, longest=longest, log=log)
+    prediction_note = _predict(methods, plan, plan_path, encoded_prompts, max_new_tokens, log)
     log(f"{len(methods)} methods x {len(encoded_prompts)} prompts x {repeats} repeats")
-    calibrations: list[dict[str, Any]] = []
-    calibrate = None
-    if policy is not None and policy.requests is not None:
-        req = policy.requests
-
-        def calibrate(rep: int) -> None:
-            members = [loaded[n] for n in req.names if n in loaded]
-            calibrations.append(measure_speed(members, req.latency, req.prefill, plan.target, seed=seed + rep))
-
-    stopped = None
-    try:
-        records, prefill = run_interleaved(
-            methods,
-            encoded_prompts,
-            drafters=loaded,
-            repeats=repeats,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-            log=log,
-            before_repeat=calibrate,
-        )
-    except BenchInterrupted as stop:
-        records, prefill = stop.records, stop.prefill
-        stopped = (
-            f"{stop.reason} after {len({(r.repeat, r.prompt) for r in records})} of "
-            f"{repeats * len(encoded_prompts)} prompt runs"
-        )
-        log(f"{stopped}: summarising what was measured")
-    specs = [m.spec for m in methods]
-    end_to_end = summarize(specs, records)
-    decoded = decode_records(records, methods, prefill)
-    _merge_decode(end_to_end, summarize(specs, decoded))
+    calibrate, calibrations = _calibrator(policy, loaded, plan.target, seed)
+    run = partial(run_interleaved, drafters=loaded, repeats=repeats, max_new_tokens=max_new_tokens, seed=seed, log=log)
+    planned = repeats * len(encoded_prompts)
+    records, prefill, stopped = _measured(partial(run, methods, encoded_prompts, before_repeat=calibrate), planned, log)
+    specs, end_to_end, decoded, chosen = _summaries(methods, records, prefill)
     speed = median_factors(calibrations) if calibrations else None
-    chosen = "polyplan-plan" if any(m.spec.name == "polyplan-plan" for m in methods) else "polyplan-two-level"
-    add_speed_reference_figures(end_to_end, records, decoded, chosen)
-    from polyplan.profiler.machine import machine_facts
-
-    machine = machine_facts(target.device)
-    machine["summary"] = (
-        f"{machine.get('gpu') or machine.get('cpu')}, {machine.get('cores')} cores, torch {machine.get('torch')}"
-    )
     return {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine,
-        "plan": {
-            "path": str(plan_path),
-            "sha256": file_sha256(plan_path) if Path(plan_path).exists() else "",
-            "chain": plan.names,
-            "gammas": plan.gammas,
-            "mode": plan.mode,
-            "predictor": plan.settings.get("predictor"),
-        },
-        "settings": {
-            "prompts": len(encoded_prompts),
-            "repeats": repeats,
-            "max_new_tokens": max_new_tokens,
-            "mode": plan.mode,
-            "temperature": temperature,
-            "seed": seed,
-            "grid": grid,
-            "prediction": prediction_note,
-            "speed": None if speed is None else {n: f.as_dict() for n, f in speed.items()},
-            "timing": "decode-only (each member's prefill pass timed separately and subtracted); "
-            "end-to-end figures under end_to_end_*",
-        },
+        "machine": _machine(target),
+        "plan": _plan_summary(plan, plan_path),
+        "settings": _settings_record(
+            plan, len(encoded_prompts), repeats, max_new_tokens, temperature, seed, grid, prediction_note, speed
+        ),
         "workload": workload,
         "complete": stopped is None,
         "stopped": stopped,
@@ -384,4 +296,181 @@ def run_bench(
         "skipped": skipped,
         "prefill_s": {f"{p}/{n}": v for (p, n), v in prefill.items()},
         "runs": [r.as_dict() for r in records],
+    }
+
+
+#: how the bench times its figures (the results document's ``settings.timing``)
+TIMING_NOTE = (
+    "decode-only (each member's prefill pass timed separately and subtracted); end-to-end figures under end_to_end_*"
+)
+
+
+def _loader(pool: Any, loaded: dict[str, Drafter], log: Log) -> Callable[[str], Drafter]:
+    """A member by name, loaded from the pool once (kept in ``loaded``)."""
+
+    def drafter(name: str) -> Drafter:
+        if name not in loaded:
+            log(f"loading {name}")
+            loaded[name] = pool.drafter(name)
+        return loaded[name]
+
+    return drafter
+
+
+def _add_llamacpp_alone(
+    methods: list[BenchMethod], skipped: dict[str, str], pool: Any, plan: Plan, *, log: Log, **how: Any
+) -> None:
+    """The speed reference row (polyplan.bench.llamacpp_alone), or why there is none in ``skipped``."""
+    alone, why = llamacpp_alone_method(pool, plan, **how)
+    methods += [alone] if alone is not None else []
+    if why is not None:
+        log(f"no llama.cpp-alone reference: {why}")
+        skipped[LLAMACPP_ALONE] = why
+
+
+def _summaries(
+    methods: list[BenchMethod], records: list[RunRecord], prefill: dict[Any, float]
+) -> tuple[list[MethodSpec], list[dict[str, Any]], list[RunRecord], str]:
+    """The methods' specs, each method's row (end to end, per-token figures decode only), the
+    decode-only records and the chosen plan's method name."""
+    specs = [m.spec for m in methods]
+    end_to_end = summarize(specs, records)
+    decoded = decode_records(records, methods, prefill)
+    _merge_decode(end_to_end, summarize(specs, decoded))
+    chosen = "polyplan-plan" if any(m.spec.name == "polyplan-plan" for m in methods) else "polyplan-two-level"
+    add_speed_reference_figures(end_to_end, records, decoded, chosen)
+    return specs, end_to_end, decoded, chosen
+
+
+def _predict(
+    methods: list[BenchMethod],
+    plan: Plan,
+    plan_path: str | Path,
+    encoded_prompts: list[tuple[str, list[int]]],
+    max_new_tokens: int,
+    log: Log,
+) -> str | None:
+    """What the plan's profile predicts for each method, read at the prompts' mean context halfway
+    through a generation; the note on how (attach_predictions)."""
+    profile, profile_path = _plan_profile(plan, plan_path, log)
+    context = statistics.mean(len(p) for _, p in encoded_prompts) + max_new_tokens / 2
+    return attach_predictions(methods, plan, profile, profile_path, context, max_new_tokens)
+
+
+def _settings_record(
+    plan: Plan,
+    prompts: int,
+    repeats: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    grid: bool,
+    prediction_note: str | None,
+    speed: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """How the bench ran: the results document's ``settings``."""
+    return {
+        "prompts": prompts,
+        "repeats": repeats,
+        "max_new_tokens": max_new_tokens,
+        "mode": plan.mode,
+        "temperature": temperature,
+        "seed": seed,
+        "grid": grid,
+        "prediction": prediction_note,
+        "speed": None if speed is None else {n: f.as_dict() for n, f in speed.items()},
+        "timing": TIMING_NOTE,
+    }
+
+
+def _given_prompts(
+    encoded_prompts: list[tuple[str, list[int]]], categories: dict[str, str]
+) -> tuple[list[Prompt], list[tuple[str, list[int]]], dict[str, Any]]:
+    """Prompts a caller tokenised itself: placeholder Prompt records and a ``given`` workload."""
+    encoded_prompts = list(encoded_prompts)
+    selected = [
+        Prompt(pid, categories.get(pid, "uncategorized"), "", "", (), f"prompt {pid}") for pid, _ in encoded_prompts
+    ]
+    workload = {
+        "name": "given",
+        "sha256": None,
+        "count": len(selected),
+        "categories": {c: sum(p.category == c for p in selected) for c in {p.category for p in selected}},
+    }
+    return selected, encoded_prompts, workload
+
+
+def _target_eos(pool: Any, target: Drafter) -> list[int]:
+    """The target's end-of-sequence ids (its model's generation config, else the tokenizer's)."""
+    from polyplan.profiler.pool_inputs import eos_token_ids
+
+    if hasattr(target, "model"):
+        return eos_token_ids(pool.tokenizer, getattr(target, "model", None))
+    return list(getattr(target, "eos_token_ids", None) or eos_token_ids(pool.tokenizer))
+
+
+def _plan_profile(plan: Plan, plan_path: str | Path, log: Log) -> tuple[Profile | None, Path | None]:
+    """The profile the plan was made from (its path as recorded, else beside the plan), if it is there."""
+    pp = Path(plan.profile.get("path", ""))
+    if not pp.is_absolute():
+        pp = Path(plan_path).parent / pp if not pp.exists() else pp
+    if not (plan.profile.get("path") and pp.exists()):
+        return None, None
+    profile = Profile.load(pp)
+    if not plan.check_profile(pp):
+        log(f"warning: {pp} changed since the plan was made; predictions use the current profile")
+    return profile, pp
+
+
+def _calibrator(
+    policy: Any, loaded: dict[str, Drafter], target: str, seed: int
+) -> tuple[Callable[[int], None] | None, list[Any]]:
+    """What measures, before each repeat, the members' speed now against the profile's, and the list
+    it appends to; no calibration (None) without a request model."""
+    calibrations: list[Any] = []
+    if policy is None or policy.requests is None:
+        return None, calibrations
+    req = policy.requests
+
+    def calibrate(rep: int) -> None:
+        members = [loaded[n] for n in req.names if n in loaded]
+        calibrations.append(measure_speed(members, req.latency, req.prefill, target, seed=seed + rep))
+
+    return calibrate, calibrations
+
+
+def _measured(
+    run: Callable[[], tuple[list[RunRecord], dict[Any, float]]], planned: int, log: Log
+) -> tuple[list[RunRecord], dict[Any, float], str | None]:
+    """``run()``'s records and prefill times (run_interleaved's), and why it stopped early (None: it did
+    not) after how many of the ``planned`` prompt runs: an interrupted bench keeps what it measured."""
+    try:
+        records, prefill = run()
+        return records, prefill, None
+    except BenchInterrupted as stop:
+        stopped = f"{stop.reason} after {len({(r.repeat, r.prompt) for r in stop.records})} of {planned} prompt runs"
+        log(f"{stopped}: summarising what was measured")
+        return stop.records, stop.prefill, stopped
+
+
+def _machine(target: Drafter) -> dict[str, Any]:
+    """The machine facts of the target's device, with a one-line summary."""
+    from polyplan.profiler.machine import machine_facts
+
+    machine = machine_facts(target.device)
+    machine["summary"] = (
+        f"{machine.get('gpu') or machine.get('cpu')}, {machine.get('cores')} cores, torch {machine.get('torch')}"
+    )
+    return machine
+
+
+def _plan_summary(plan: Plan, plan_path: str | Path) -> dict[str, Any]:
+    """Which plan was measured: its file, hash, chain and how it was planned."""
+    return {
+        "path": str(plan_path),
+        "sha256": file_sha256(plan_path) if Path(plan_path).exists() else "",
+        "chain": plan.names,
+        "gammas": plan.gammas,
+        "mode": plan.mode,
+        "predictor": plan.settings.get("predictor"),
     }

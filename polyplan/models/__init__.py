@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 __all__ = ["load_pool", "Pool", "MemberSpec", "builtin_pools"]
 
+#: the pool a command uses when none is named (embedded: no download)
+DEFAULT_POOL = "smollm2"
+
 
 def __getattr__(name: str) -> Any:
     if name in __all__:

@@ -10,6 +10,7 @@ from itertools import pairwise
 import numpy as np
 from matplotlib.figure import Figure
 
+from polyplan.chain_text import chain_column, gammas_text
 from polyplan.documents.plan import Plan
 from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
@@ -31,8 +32,8 @@ class PlanOption:
 
     @property
     def label(self) -> str:
-        gammas = f" [{','.join(map(str, self.gammas))}]" if self.gammas else ""
-        return " > ".join(self.chain) + gammas
+        gammas = f" [{gammas_text(self.gammas)}]" if self.gammas else ""
+        return chain_column(self.chain) + gammas
 
 
 def options_from_plan(plan: Plan) -> list[PlanOption]:
@@ -197,7 +198,7 @@ def plan_breakdown(plan: Plan, profile: Profile) -> Figure:
     ax.set_ylabel("predicted time per output token [ms]\n(stacked: $T_i / L_i$ per model)")
     speedup = plan.prediction.get("speedup")
     ax.set_title(
-        f"Chosen plan: {' > '.join(plan.names)}" + (f", predicted speedup {speedup:.2f}x" if speedup else ""),
+        f"Chosen plan: {chain_column(plan.names)}" + (f", predicted speedup {speedup:.2f}x" if speedup else ""),
         fontsize=9,
     )
     ax.legend(fontsize=7, loc="upper right")

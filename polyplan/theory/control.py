@@ -28,6 +28,7 @@ import math
 from collections.abc import Sequence
 from itertools import product
 
+from polyplan.chain_text import chain_text
 from polyplan.theory.chain_model import predict_chain
 from polyplan.theory.latency import Latency
 
@@ -289,9 +290,7 @@ def transfer_strength(prior_mean: float, bound: float, shadow_strength: float, c
 
 
 def describe(members: Sequence[int], gammas: Sequence[int], names: Sequence[str]) -> str:
-    if len(members) == 1:
-        return f"{names[members[0]]} alone (autoregressive)"
-    return " <- ".join(names[m] for m in members) + f" ({', '.join(map(str, gammas))})"
+    return chain_text([names[m] for m in members], gammas, gamma_sep=", ", alone="alone (autoregressive)")
 
 
 def evaluate_setting(alpha: Sequence[float], gammas: Sequence[int], latency: Sequence[Latency]) -> float:
