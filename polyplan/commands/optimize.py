@@ -49,8 +49,8 @@ def optimize_command(
         "robust",
         "--choose",
         help="which near-best plan to run: robust (of the plans whose uncertainty intervals overlap the best "
-        "point estimate's, the one with the best pessimistic 90th-percentile time per token) | point (the best "
-        "point estimate)",
+        "point estimate's, those no prompt length punishes -- whole requests priced per prompt length, prefills "
+        "counted -- then the best pessimistic 90th-percentile time per token) | point (the best point estimate)",
     ),
     near: float = typer.Option(
         0.10,

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from polyplan.chain_text import chain_column, gammas_text
 from polyplan.documents.traces import Traces
 from polyplan.errors import UserError
 from polyplan.planner.intervals import Interval, plan_intervals
@@ -171,9 +172,9 @@ def _reason(
     best_pess = iv[(best.chain, best.gammas)].pessimistic_time
     return (
         f"rule robust: of {near} near-equal plans (intervals overlapping the point-best's), "
-        f"{' > '.join(chosen.chain)} ({','.join(map(str, chosen.gammas))}) has the best worst plausible case: "
-        f"p{q} {_ms(pess)}/token vs {_ms(best_pess)} for the point-best {' > '.join(best.chain)} "
-        f"({','.join(map(str, best.gammas))}), at a point estimate "
+        f"{chain_column(chosen.chain)} ({gammas_text(chosen.gammas)}) has the best worst plausible case: "
+        f"p{q} {_ms(pess)}/token vs {_ms(best_pess)} for the point-best {chain_column(best.chain)} "
+        f"({gammas_text(best.gammas)}), at a point estimate "
         f"{(chosen.time_per_token / best.time_per_token - 1) * 100:.1f}% slower"
     )
 
