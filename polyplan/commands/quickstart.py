@@ -70,17 +70,19 @@ def register(root: typer.Typer) -> None:
 
 def _compare_with_target(plan_path: Path, prompt: str, max_new_tokens: int, console) -> None:
     """Time the plan and its target alone on the demo prompt (interleaved) and say which won."""
-    from polyplan.assemble import ChainSpec, chain_from_plan
+    from polyplan.assemble import assemble_plan
     from polyplan.bench.head_to_head import plan_vs_target, verdict
     from polyplan.commands.run import _encode
+    from polyplan.documents.plan import Plan
 
-    spec = ChainSpec.from_plan(plan_path)
-    if len(spec.members) == 1:
+    plan = Plan.load(plan_path)  # read once: the chain below is built from this document
+    if len(plan.names) == 1:
         console.print("the plan is the target alone (no drafter pays here): nothing to compare")
         return
-    chain = chain_from_plan(plan_path)  # exactly as `polyplan run PLAN` runs it (adaptive)
+    assembled = assemble_plan(plan, plan_path)  # exactly as `polyplan run PLAN` runs it (adaptive)
+    chain = assembled.chain
     ids = _encode(chain.tokenizer, prompt, chat=True)
-    h = plan_vs_target(chain, ids, max_new_tokens, temperature=spec.temperature or 0.0)
+    h = plan_vs_target(chain, ids, max_new_tokens, temperature=assembled.spec.temperature or 0.0)
     label = f"{chain_names(chain.names)} (gammas {gammas_text(chain.gammas)})"
     console.print(f"plan {label}: {h.plan_tokens_per_s:.1f} tokens/s", highlight=False)
     console.print(f"target {chain.names[0]} alone: {h.target_tokens_per_s:.1f} tokens/s", highlight=False)
