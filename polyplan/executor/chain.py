@@ -39,9 +39,10 @@ import torch
 
 from polyplan.executor.clock import ForwardClock
 from polyplan.executor.control import Controller, RoundSetting, RoundTiming, check_setting
+from polyplan.executor.draft import GREEDY, Draft
 from polyplan.executor.front import Chain
 from polyplan.executor.request import GenerationResult
-from polyplan.executor.sampling import POINT_MASS, PointMass, SamplingParams, sample, verify_greedy, verify_sampled
+from polyplan.executor.sampling import SamplingParams, sample, verify_greedy, verify_sampled
 from polyplan.executor.stats import GenerationStats, LevelStats
 from polyplan.executor.tree import DraftTree, build_tree, common_prefix, walk_greedy, walk_sampled
 from polyplan.models.drafter import Drafter
@@ -219,27 +220,25 @@ class _StagedRun:
         return tokens
 
     # -- the three roles ---------------------------------------------------------------------
-    def _draft_bottom(self, level: int) -> torch.Tensor | PointMass | DraftTree | None:
-        """The bottom level drafts up to its gamma onto ``W``; returns the drafts' q (None when
-        greedy), or a tree (its tokens not on ``W`` until verified)."""
+    def _draft_bottom(self, level: int) -> Draft:
+        """The bottom level drafts up to its gamma onto ``W`` (a tree: not onto ``W`` until
+        verified); returns how the level above is to test the drafts."""
         member = self.levels[level]
         self.stats.levels[member].count_gamma(self.gammas[level - 1])
         d = self.drafters[member]
         base = self.length
         n = min(self.gammas[level - 1], self._cap(level) - base)
         if self.tree_nodes[member] > 1 and n > 0:
-            return self._draft_tree(member, base, n)
+            return Draft(tree=self._draft_tree(member, base, n))
         if d.point_mass:
             proposal = self._through_eos([int(t) for t in d.propose(self.host, n)][:n]) if n > 0 else []
             if proposal:
                 self.W[base : base + len(proposal)] = torch.tensor(proposal, dtype=torch.long)
             self.length += len(proposal)
             self.host.extend(proposal)
-            if self.params.greedy:
-                return None
-            return POINT_MASS  # q is one-hot at each proposal: verify_sampled never builds it
+            return Draft(point_mass=True)  # q is one-hot at each proposal: verify_sampled never builds it
         if n <= 0:
-            return None if self.params.greedy else torch.empty(0, d.vocab_size, device=d.device)
+            return GREEDY if self.params.greedy else Draft(torch.empty(0, d.vocab_size, device=d.device))
         feed = self.W[self._feed_from(member, base) : self.length]
         qs = []
         gen = None if self.params.greedy else self._generator(d.device)
@@ -253,7 +252,7 @@ class _StagedRun:
             self.W[self.length : self.length + 1] = token
             feed = self.W[self.length : self.length + 1]
             self.length += 1
-        return None if self.params.greedy else torch.cat(qs)
+        return GREEDY if self.params.greedy else Draft(torch.cat(qs))
 
     def _draft_tree(self, member: int, base: int, max_depth: int) -> DraftTree:
         """The bottom member drafts a tree after ``W[:base]``: one pass for the root's distribution,
@@ -274,9 +273,9 @@ class _StagedRun:
         self.stats.levels[member].record_tree(len(tree), tree.expansions)
         return tree
 
-    def _build_block(self, level: int) -> torch.Tensor | PointMass | None:
+    def _build_block(self, level: int) -> Draft:
         """Level ``level`` (>= 1) builds its block on ``W``; returns the block's q (this level's
-        own processed distributions), None when greedy."""
+        own processed distributions; none when greedy)."""
         if level == len(self.levels) - 1:
             return self._draft_bottom(level)
         gamma, cap = self.gammas[level - 1], self._cap(level)
@@ -285,26 +284,24 @@ class _StagedRun:
         parts: list[torch.Tensor] = []
         while self.length - start < gamma and self.length < cap:
             base = self.length
-            q_below = self._build_block(level + 1)
-            kept, own = self._verify(level, base, q_below)
+            below = self._build_block(level + 1)
+            kept, own = self._verify(level, base, below)
             if own is not None:
                 parts.append(own)
             if not self.eos.isdisjoint(kept):
                 break  # nothing after an end-of-sequence token can be emitted: hand up now
         if self.params.greedy:
-            return None
+            return GREEDY
         d = self.drafters[self.levels[level]]
-        return torch.cat(parts) if parts else torch.empty(0, d.vocab_size, device=d.device)
+        return Draft(torch.cat(parts) if parts else torch.empty(0, d.vocab_size, device=d.device))
 
-    def _verify(
-        self, level: int, base: int, q: torch.Tensor | PointMass | DraftTree | None
-    ) -> tuple[list[int], torch.Tensor | None]:
-        """Level ``level`` verifies ``W[base:length]`` (or the tree ``q``) and commits its verdict.
+    def _verify(self, level: int, base: int, draft: Draft) -> tuple[list[int], torch.Tensor | None]:
+        """Level ``level`` verifies ``W[base:length]`` (or the draft's tree) and commits its verdict.
         Returns the kept tokens (accepted prefix + own token) and this level's p at those
         positions (None when greedy)."""
-        if isinstance(q, DraftTree):
-            return self._verify_tree(level, base, q)
-        verdict, block = self._score_and_accept(level, base, q)
+        if draft.tree is not None:
+            return self._verify_tree(level, base, draft.tree)
+        verdict, block = self._score_and_accept(level, base, draft)
         # the one host sync of this verification
         synced = torch.cat([verdict.accepted.view(1), verdict.token.view(1), block]).tolist()
         accepted, token = synced[0], synced[1]
@@ -340,9 +337,7 @@ class _StagedRun:
         self._commit(level, base, len(accepted), torch.tensor(token), kept, drafted=len(tree), offered=tree.depth)
         return kept, own
 
-    def _score_and_accept(
-        self, level: int, base: int, q: torch.Tensor | PointMass | None
-    ) -> tuple[_Verdict, torch.Tensor]:
+    def _score_and_accept(self, level: int, base: int, draft: Draft) -> tuple[_Verdict, torch.Tensor]:
         """One pass of the level's model over the block ``W[base:length]`` and the acceptance
         test; changes nothing but that model's cache (which now covers the whole block)."""
         member = self.levels[level]
@@ -354,8 +349,7 @@ class _StagedRun:
             accepted, token = verify_greedy(rows, block)
             return _Verdict(accepted, token, None), block
         p = self.params.probs(rows)
-        q_dev = q.to(dev, non_blocking=True) if q is not None and m else q
-        accepted, token = verify_sampled(p, q_dev, block, self._generator(dev))
+        accepted, token = verify_sampled(p, draft.q_on(dev, m), block, self._generator(dev))
         return _Verdict(accepted, token, p), block
 
     def _commit(
@@ -405,8 +399,8 @@ class _StagedRun:
             self.round_prefill_s = 0.0
             round_started = time.perf_counter()
             # a round of the target alone verifies an empty block: plain autoregressive decoding
-            q = self._build_block(1) if len(self.levels) > 1 else None
-            new, _ = self._verify(0, base, q)
+            draft = self._build_block(1) if len(self.levels) > 1 else GREEDY
+            new, _ = self._verify(0, base, draft)
             if self.observe_round is not None:
                 self._report_round(time.perf_counter() - round_started, len(new))
             if not self.eos.isdisjoint(new):
