@@ -129,10 +129,12 @@ def test_greedy_identity_with_the_time_guard_switching(monkeypatch):
     and then holds it or speculates again on measured times; the output stays the target's."""
     import types
 
-    from polyplan.executor import chain as chain_module
+    from polyplan.executor import chain as chain_module, clock as clock_module
 
     ticks = iter(range(10**9))
-    monkeypatch.setattr(chain_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    fake_time = types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
+    monkeypatch.setattr(chain_module, "time", fake_time)
+    monkeypatch.setattr(clock_module, "time", fake_time)  # the forward clocks read the same clock
     chain = tiny_adaptive_chain(0.9)
     guarded = 0
     for prompt in PROMPTS:

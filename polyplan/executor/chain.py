@@ -1,4 +1,4 @@
-"""``Chain``: staged (polybasic) speculative decoding over ``[target, M2, ..., Mk]``.
+"""The loop ``Chain.generate`` runs: staged (polybasic) speculative decoding over ``[target, M2, ..., Mk]``.
 
 Follows docs/staged-decoding.md literally. Terms:
 
@@ -23,264 +23,31 @@ Follows docs/staged-decoding.md literally. Terms:
   that level hands up is its accepted path plus its own token: a sequence, as always.
 
 Host synchronisation: exactly one per verification (accepted count, next token and the block's
-token ids in one ``tolist``). Drafting, sampling and acceptance tests stay on the device."""
+token ids in one ``tolist``). Drafting, sampling and acceptance tests stay on the device.
+
+The :class:`Chain` a user builds (its members checked, each call's arguments and windows) lives in
+:mod:`polyplan.executor.front` and is importable from here as it always was."""
 
 from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
-from polyplan import hooks
-from polyplan.chain_text import chain_names
-from polyplan.errors import UserError
-from polyplan.executor.control import Controller, RoundSetting, RoundTiming, StaticController, check_setting
-from polyplan.executor.sampling import POINT_MASS, PointMass, SamplingParams, sample, verify_greedy, verify_sampled
+from polyplan.executor.clock import ForwardClock
+from polyplan.executor.control import Controller, RoundSetting, RoundTiming, check_setting
+from polyplan.executor.draft import GREEDY, Draft
+from polyplan.executor.front import Chain
+from polyplan.executor.request import GenerationResult
+from polyplan.executor.sampling import SamplingParams, sample, verify_greedy, verify_sampled
 from polyplan.executor.stats import GenerationStats, LevelStats
 from polyplan.executor.tree import DraftTree, build_tree, common_prefix, walk_greedy, walk_sampled
-from polyplan.models.drafter import Drafter, check_same_vocabulary
+from polyplan.models.drafter import Drafter
 
-
-@dataclass
-class GenerationResult:
-    #: the new token ids (prompt excluded)
-    tokens: list[int]
-    #: decoded new text when a tokenizer is known (special tokens skipped), else None
-    text: str | None
-    stats: GenerationStats
-    #: "eos" or "length"
-    finish_reason: str
-
-
-def as_drafter(member: Any, position: int) -> Drafter:
-    """A Drafter as is; a transformers causal LM wrapped in ModelDrafter."""
-    if isinstance(member, Drafter):
-        return member
-    if isinstance(member, torch.nn.Module) and hasattr(member, "config"):
-        from polyplan.models.model_drafter import ModelDrafter
-
-        path = str(getattr(member.config, "name_or_path", "") or "").rstrip("/")
-        name = path.rsplit("/", 1)[-1] or f"{type(member).__name__}#{position}"
-        return ModelDrafter(member, name)
-    raise UserError(
-        f"chain member {position} is a {type(member).__name__}: expected a polyplan Drafter or a transformers causal LM"
-    )
-
-
-class _ForwardClock:
-    """Wall time inside one model's forwards. CPU: perf_counter (forwards are synchronous).
-    CUDA: events, read once at the end, so timing adds no host sync to the loop."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.seconds = 0.0
-        self._events: list[tuple[Any, Any]] = []
-
-    def start(self) -> Any:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def stop(self, started: Any) -> float | None:
-        """The pass's seconds on CPU; None on CUDA (known only when ``total`` syncs)."""
-        if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self._events.append((started, end))
-            return None
-        seconds = time.perf_counter() - started
-        self.seconds += seconds
-        return seconds
-
-    def total(self) -> float:
-        if self._events:
-            self._events[-1][1].synchronize()
-            self.seconds += sum(a.elapsed_time(b) for a, b in self._events) / 1000.0
-            self._events.clear()
-        return self.seconds
-
-
-class Chain:
-    """A target and its drafters, each drafting for the one above it.
-
-    ``Chain([target])`` is plain autoregressive decoding, ``Chain([target, draft], gammas=[g])``
-    classic speculative decoding. Members are :class:`Drafter` instances or transformers causal
-    LMs (wrapped in ``ModelDrafter``); a point-mass (model-free) drafter may only be the bottom.
-    ``controller`` chooses each target round's members and gammas (default: all members, fixed
-    ``gammas``); see :mod:`polyplan.executor.control`.
-
-    A chain of one member verifies nothing, so it decodes as that member does alone
-    (``Drafter.decoding_alone``: for a llama.cpp target, its fast one-token kernels rather than the
-    padded passes it verifies with). ``verification_numerics=True`` keeps the verification
-    numerics instead: the decoding every longer chain with this target is token-identical to.
-
-    ``tree_nodes`` (one per drafter, top to bottom; default all 1): a drafter with ``n > 1`` drafts
-    a tree of up to ``n`` tokens, at most its gamma deep, whenever it is the bottom of a round;
-    every member above it must be able to verify a tree (transformers members can)."""
-
-    def __init__(
-        self,
-        members: Sequence[Any],
-        gammas: Sequence[int] = (),
-        tokenizer: Any = None,
-        controller: Controller | None = None,
-        verification_numerics: bool = False,
-        tree_nodes: Sequence[int] | None = None,
-    ) -> None:
-        if isinstance(members, (Drafter, torch.nn.Module)):
-            members = [members]
-        if len(members) == 0:
-            raise UserError("a chain needs at least one model (the target)")
-        gammas = list(gammas)
-        if len(gammas) != len(members) - 1:
-            raise UserError(
-                f"a chain of {len(members)} members needs {len(members) - 1} gammas (one per drafter, "
-                f"top to bottom), got {len(gammas)}: {gammas}"
-            )
-        for g in gammas:
-            if isinstance(g, bool) or not isinstance(g, int) or g < 1:
-                raise UserError(f"every gamma must be an integer >= 1, got {gammas}")
-        self.drafters: list[Drafter] = [as_drafter(m, i) for i, m in enumerate(members)]
-        self.gammas: list[int] = gammas
-        for i, d in enumerate(self.drafters[:-1]):
-            if d.point_mass:
-                role = "the target" if i == 0 else f"level {i + 1} of {len(self.drafters)}"
-                raise UserError(
-                    f"{d.name} is a model-free (point-mass) drafter and cannot verify, so it cannot be "
-                    f"{role}: put it at the bottom of the chain"
-                )
-        if self.drafters[0].point_mass:
-            raise UserError(f"{self.drafters[0].name} is model-free and cannot be the target")
-        if self.drafters[0].bounded_context:
-            raise UserError(
-                f"{self.drafters[0].name} sees only a window of the sequence and cannot be the target: the output "
-                "follows the target's distribution over the whole sequence (windows are for drafters)"
-            )
-        check_same_vocabulary(self.drafters)
-        self.tree_nodes: list[int] = check_tree_nodes(self.drafters, tree_nodes)
-        self.tokenizer = tokenizer if tokenizer is not None else self.drafters[0].tokenizer
-        self.verification_numerics = verification_numerics
-        self.controller = controller
-
-    @classmethod
-    def from_plan(cls, path: str | Path, pool: str | None = None) -> Chain:
-        """The chain exactly as ``polyplan run PLAN`` runs it: the plan's members (loaded from its
-        pool, or ``pool``), its gammas and the adaptive controller built from the plan's policy
-        (proofs/adaptive-control.md). A sampling plan's temperature is a ``generate`` argument."""
-        return hooks.plan_chain(path, pool)  # set by the package root: plans are assembled above the executor
-
-    @property
-    def names(self) -> list[str]:
-        return [d.name for d in self.drafters]
-
-    def __repr__(self) -> str:
-        trees = f", tree_nodes={self.tree_nodes}" if any(n > 1 for n in self.tree_nodes) else ""
-        return f"Chain({chain_names(self.names)}, gammas={self.gammas}{trees})"
-
-    def default_eos_token_ids(self) -> list[int]:
-        """The target's end-of-sequence ids, else the tokenizer's."""
-        eos = self.drafters[0].eos_token_ids
-        if not eos and self.tokenizer is not None:
-            return _as_id_list(getattr(self.tokenizer, "eos_token_id", None))
-        return list(eos)
-
-    def generate(
-        self,
-        input_ids: Any,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int = 0,
-        eos_token_id: int | Sequence[int] | None = None,
-        stream: Callable[[list[int]], None] | None = None,
-        controller: Controller | None = None,
-    ) -> GenerationResult:
-        """Generate up to ``max_new_tokens`` tokens after ``input_ids`` (list, 1-D or [1, n] tensor).
-
-        ``eos_token_id``: None uses the target's (or the tokenizer's); pass ``[]`` to never stop
-        early. ``stream`` is called with each list of newly committed tokens. ``controller``
-        overrides the chain's own for this call."""
-        prompt = _prompt_list(input_ids, self.drafters[0].vocab_size)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise UserError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        params = SamplingParams(float(temperature), top_k, top_p)
-        eos = self.default_eos_token_ids() if eos_token_id is None else _as_id_list(eos_token_id)
-        total = len(prompt) + max_new_tokens
-        notes = []
-        # this call's members: a drafter whose context the request overflows drafts from a window
-        # for this call only (the chain keeps its members as built)
-        drafters = list(self.drafters)
-        for i, d in enumerate(drafters):
-            if d.max_context is not None and total > d.max_context:
-                if i == 0 or d.point_mass:
-                    raise UserError(
-                        f"{len(prompt)} prompt tokens + {max_new_tokens} new tokens exceed the context of "
-                        f"{d.name} ({d.max_context} tokens): shorten the prompt or lower max_new_tokens"
-                    )
-                # a drafter only proposes: it drafts from a window that fits (output unchanged)
-                from polyplan.documents.profile import WINDOW_SINK
-                from polyplan.models.windowed import WindowedDrafter
-
-                window = max(1, d.max_context // 2)
-                drafters[i] = WindowedDrafter(d, window, min(WINDOW_SINK, window - 1))
-                notes.append(
-                    f"{d.name}: {total} tokens exceed its context of {d.max_context}: it drafts from its "
-                    f"first {min(WINDOW_SINK, window - 1)} and last {window} tokens"
-                )
-        control = controller or self.controller or StaticController(self.gammas)
-        run = _StagedRun(self, drafters, prompt, max_new_tokens, params, seed, eos, stream, control)
-        run.stats.notes.extend(notes)
-        alone = len(drafters) == 1 and not self.verification_numerics
-        with drafters[0].as_target(), drafters[0].decoding_alone() if alone else nullcontext():
-            tokens, reason = run.run()
-        text = None
-        if self.tokenizer is not None:
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return GenerationResult(tokens=tokens, text=text, stats=run.stats, finish_reason=reason)
-
-
-def check_tree_nodes(drafters: Sequence[Drafter], tree_nodes: Sequence[int] | None) -> list[int]:
-    """One tree size per drafter (1 = a linear draft); one error line naming the level otherwise."""
-    n_drafters = len(drafters) - 1
-    if tree_nodes is None:
-        return [1] * n_drafters
-    sizes = list(tree_nodes)
-    if len(sizes) != n_drafters:
-        raise UserError(
-            f"a chain of {len(drafters)} members needs {n_drafters} tree sizes (one per drafter, top to bottom), "
-            f"got {len(sizes)}: {sizes}"
-        )
-    for level, (d, n) in enumerate(zip(drafters[1:], sizes, strict=True), start=2):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise UserError(
-                f"level {level} ({d.name}): tree_nodes must be an integer >= 1 (1 = a linear draft), got {n!r}"
-            )
-        if n == 1:
-            continue
-        if d.point_mass:
-            raise UserError(
-                f"level {level} ({d.name}): a model-free drafter proposes one continuation and cannot rank "
-                "alternatives, so it cannot draft a tree (tree_nodes must be 1)"
-            )
-        for above, verifier in enumerate(drafters[: level - 1], start=1):
-            if not verifier.verifies_trees:
-                raise UserError(
-                    f"level {level} ({d.name}): its tree would be verified by level {above} ({verifier.name}), "
-                    "which cannot score a tree (only transformers members can): use tree_nodes 1 there"
-                )
-        context = d.max_context
-        if context is not None and n > context:
-            raise UserError(f"level {level} ({d.name}): a tree of {n} nodes exceeds the member's context of {context}")
-    return sizes
+__all__ = ["Chain", "GenerationResult", "device_seed"]  # Chain and its result are imported from here
 
 
 def device_seed(seed: int, device: torch.device, home: torch.device) -> int:
@@ -289,34 +56,6 @@ def device_seed(seed: int, device: torch.device, home: torch.device) -> int:
     if device == home:
         return seed
     return (seed * 1_000_003 + zlib.crc32(str(device).encode())) % (2**63 - 1)
-
-
-def _as_id_list(eos: Any) -> list[int]:
-    if eos is None:
-        return []
-    if isinstance(eos, int):
-        return [eos]
-    return [int(e) for e in eos]
-
-
-def _prompt_list(input_ids: Any, vocab_size: int) -> list[int]:
-    if isinstance(input_ids, torch.Tensor):
-        if input_ids.dim() == 2:
-            if input_ids.shape[0] != 1:
-                raise UserError(f"batch size must be 1, got input_ids of shape {tuple(input_ids.shape)}")
-            input_ids = input_ids[0]
-        if input_ids.dim() != 1:
-            raise UserError(f"input_ids must be 1-D or [1, n], got shape {tuple(input_ids.shape)}")
-        prompt = input_ids.tolist()
-    else:
-        prompt = [int(t) for t in input_ids]
-    if not prompt:
-        raise UserError(
-            "the prompt is empty: a causal LM needs at least one token to condition on (e.g. the tokenizer's BOS token)"
-        )
-    if min(prompt) < 0 or max(prompt) >= vocab_size:
-        raise UserError(f"prompt token ids must be in [0, {vocab_size}), got {min(prompt)}..{max(prompt)}")
-    return prompt
 
 
 class _Verdict(NamedTuple):
@@ -368,9 +107,9 @@ class _StagedRun:
         self.host: list[int] = list(prompt)
         self.seed = seed
         self.generators: dict[torch.device, torch.Generator] = {}
-        self.clocks = [_ForwardClock(d.device) for d in self.drafters]
+        self.clocks = [ForwardClock(d.device) for d in self.drafters]
         # a member's first pass of a generation (lazy: when the chain first uses it) is its prefill
-        self.prefill_clocks = [_ForwardClock(d.device) for d in self.drafters]
+        self.prefill_clocks = [ForwardClock(d.device) for d in self.drafters]
         # for RoundTiming: the current round's prefill seconds, the passes since the last report
         self.round_prefill_s: float | None = 0.0
         self.pass_log: list[tuple[int, float, int, int]] = []
@@ -481,27 +220,25 @@ class _StagedRun:
         return tokens
 
     # -- the three roles ---------------------------------------------------------------------
-    def _draft_bottom(self, level: int) -> torch.Tensor | PointMass | DraftTree | None:
-        """The bottom level drafts up to its gamma onto ``W``; returns the drafts' q (None when
-        greedy), or a tree (its tokens not on ``W`` until verified)."""
+    def _draft_bottom(self, level: int) -> Draft:
+        """The bottom level drafts up to its gamma onto ``W`` (a tree: not onto ``W`` until
+        verified); returns how the level above is to test the drafts."""
         member = self.levels[level]
         self.stats.levels[member].count_gamma(self.gammas[level - 1])
         d = self.drafters[member]
         base = self.length
         n = min(self.gammas[level - 1], self._cap(level) - base)
         if self.tree_nodes[member] > 1 and n > 0:
-            return self._draft_tree(member, base, n)
+            return Draft(tree=self._draft_tree(member, base, n))
         if d.point_mass:
             proposal = self._through_eos([int(t) for t in d.propose(self.host, n)][:n]) if n > 0 else []
             if proposal:
                 self.W[base : base + len(proposal)] = torch.tensor(proposal, dtype=torch.long)
             self.length += len(proposal)
             self.host.extend(proposal)
-            if self.params.greedy:
-                return None
-            return POINT_MASS  # q is one-hot at each proposal: verify_sampled never builds it
+            return Draft(point_mass=True)  # q is one-hot at each proposal: verify_sampled never builds it
         if n <= 0:
-            return None if self.params.greedy else torch.empty(0, d.vocab_size, device=d.device)
+            return GREEDY if self.params.greedy else Draft(torch.empty(0, d.vocab_size, device=d.device))
         feed = self.W[self._feed_from(member, base) : self.length]
         qs = []
         gen = None if self.params.greedy else self._generator(d.device)
@@ -515,7 +252,7 @@ class _StagedRun:
             self.W[self.length : self.length + 1] = token
             feed = self.W[self.length : self.length + 1]
             self.length += 1
-        return None if self.params.greedy else torch.cat(qs)
+        return GREEDY if self.params.greedy else Draft(torch.cat(qs))
 
     def _draft_tree(self, member: int, base: int, max_depth: int) -> DraftTree:
         """The bottom member drafts a tree after ``W[:base]``: one pass for the root's distribution,
@@ -536,9 +273,9 @@ class _StagedRun:
         self.stats.levels[member].record_tree(len(tree), tree.expansions)
         return tree
 
-    def _build_block(self, level: int) -> torch.Tensor | PointMass | None:
+    def _build_block(self, level: int) -> Draft:
         """Level ``level`` (>= 1) builds its block on ``W``; returns the block's q (this level's
-        own processed distributions), None when greedy."""
+        own processed distributions; none when greedy)."""
         if level == len(self.levels) - 1:
             return self._draft_bottom(level)
         gamma, cap = self.gammas[level - 1], self._cap(level)
@@ -547,26 +284,24 @@ class _StagedRun:
         parts: list[torch.Tensor] = []
         while self.length - start < gamma and self.length < cap:
             base = self.length
-            q_below = self._build_block(level + 1)
-            kept, own = self._verify(level, base, q_below)
+            below = self._build_block(level + 1)
+            kept, own = self._verify(level, base, below)
             if own is not None:
                 parts.append(own)
             if not self.eos.isdisjoint(kept):
                 break  # nothing after an end-of-sequence token can be emitted: hand up now
         if self.params.greedy:
-            return None
+            return GREEDY
         d = self.drafters[self.levels[level]]
-        return torch.cat(parts) if parts else torch.empty(0, d.vocab_size, device=d.device)
+        return Draft(torch.cat(parts) if parts else torch.empty(0, d.vocab_size, device=d.device))
 
-    def _verify(
-        self, level: int, base: int, q: torch.Tensor | PointMass | DraftTree | None
-    ) -> tuple[list[int], torch.Tensor | None]:
-        """Level ``level`` verifies ``W[base:length]`` (or the tree ``q``) and commits its verdict.
+    def _verify(self, level: int, base: int, draft: Draft) -> tuple[list[int], torch.Tensor | None]:
+        """Level ``level`` verifies ``W[base:length]`` (or the draft's tree) and commits its verdict.
         Returns the kept tokens (accepted prefix + own token) and this level's p at those
         positions (None when greedy)."""
-        if isinstance(q, DraftTree):
-            return self._verify_tree(level, base, q)
-        verdict, block = self._score_and_accept(level, base, q)
+        if draft.tree is not None:
+            return self._verify_tree(level, base, draft.tree)
+        verdict, block = self._score_and_accept(level, base, draft)
         # the one host sync of this verification
         synced = torch.cat([verdict.accepted.view(1), verdict.token.view(1), block]).tolist()
         accepted, token = synced[0], synced[1]
@@ -602,9 +337,7 @@ class _StagedRun:
         self._commit(level, base, len(accepted), torch.tensor(token), kept, drafted=len(tree), offered=tree.depth)
         return kept, own
 
-    def _score_and_accept(
-        self, level: int, base: int, q: torch.Tensor | PointMass | None
-    ) -> tuple[_Verdict, torch.Tensor]:
+    def _score_and_accept(self, level: int, base: int, draft: Draft) -> tuple[_Verdict, torch.Tensor]:
         """One pass of the level's model over the block ``W[base:length]`` and the acceptance
         test; changes nothing but that model's cache (which now covers the whole block)."""
         member = self.levels[level]
@@ -616,8 +349,7 @@ class _StagedRun:
             accepted, token = verify_greedy(rows, block)
             return _Verdict(accepted, token, None), block
         p = self.params.probs(rows)
-        q_dev = q.to(dev, non_blocking=True) if q is not None and m else q
-        accepted, token = verify_sampled(p, q_dev, block, self._generator(dev))
+        accepted, token = verify_sampled(p, draft.q_on(dev, m), block, self._generator(dev))
         return _Verdict(accepted, token, p), block
 
     def _commit(
@@ -667,8 +399,8 @@ class _StagedRun:
             self.round_prefill_s = 0.0
             round_started = time.perf_counter()
             # a round of the target alone verifies an empty block: plain autoregressive decoding
-            q = self._build_block(1) if len(self.levels) > 1 else None
-            new, _ = self._verify(0, base, q)
+            draft = self._build_block(1) if len(self.levels) > 1 else GREEDY
+            new, _ = self._verify(0, base, draft)
             if self.observe_round is not None:
                 self._report_round(time.perf_counter() - round_started, len(new))
             if not self.eos.isdisjoint(new):

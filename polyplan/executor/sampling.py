@@ -103,10 +103,7 @@ def _top_p_probs(x: torch.Tensor, top_p: float) -> torch.Tensor:
 
 class PointMass:
     """The q of a model-free drafter: probability 1 on each drafted token. Stands in for a one-hot
-    [m, V] tensor (``to`` keeps the executor's device moves uniform)."""
-
-    def to(self, *args, **kwargs) -> PointMass:
-        return self
+    [m, V] tensor in :func:`verify_sampled`."""
 
     def __repr__(self) -> str:
         return "POINT_MASS"

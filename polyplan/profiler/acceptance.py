@@ -32,7 +32,7 @@ prompts (session.shape_of_prompt): the mixture over shapes at half the passes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,33 +184,7 @@ def score_reference(
     blocks = [int(block)] if isinstance(block, int) else [int(b) for b in block]
     if not blocks:
         raise ValueError("need at least one teacher-forcing block size")
-    argmax: dict[str, list[torch.Tensor]] = {}
-    probs: dict[str, list[torch.Tensor]] = {}
-    proposals: dict[str, torch.Tensor] = {}
-    top_ids: dict[str, torch.Tensor] = {}
-    for d in drafters:
-        if d.point_mass:
-            proposals[d.name] = torch.tensor(point_mass_proposals(d, prompt_ids, reference), dtype=torch.long)
-        else:
-            for b in _pass_shapes(d, blocks, target):
-                logits = teacher_force(d, prompt_ids, reference, b)
-                argmax.setdefault(d.name, []).append(logits.argmax(-1).cpu())
-                if d.name not in top_ids:
-                    top_ids[d.name] = logits.topk(min(TREE_RANKS, logits.shape[-1]), dim=-1).indices.cpu()
-                if temperature > 0:
-                    probs.setdefault(d.name, []).append(processed_probs(logits, temperature, top_k, top_p))
-                del logits
-        if on_candidate is not None:
-            on_candidate()
-
-    def per_shape(values: dict[str, list[torch.Tensor]], name: str, shape: int) -> torch.Tensor:
-        runs = values[name]
-        return runs[min(shape, len(runs) - 1)]
-
-    def mean_over_shapes(*names: str, fn) -> torch.Tensor:
-        shapes = max(len(argmax[n]) for n in names)
-        return torch.stack([fn(s).float() for s in range(shapes)]).mean(0)
-
+    runs = _force_candidates(drafters, prompt_ids, reference, blocks, temperature, top_k, top_p, on_candidate, target)
     greedy: dict[tuple[str, str], np.ndarray] = {}
     sampling: dict[tuple[str, str], np.ndarray] = {}
     ranks: dict[tuple[str, str], np.ndarray] = {}
@@ -222,41 +196,109 @@ def score_reference(
                 continue
             key = (v.name, d.name)
             if d.point_mass:
-                prop = proposals[d.name]
-                has = prop >= 0
-                greedy[key] = mean_over_shapes(
-                    v.name, fn=lambda s, v=v, prop=prop, has=has: (prop == per_shape(argmax, v.name, s)) & has
-                ).numpy()
-                if temperature > 0:
-
-                    def picked(s: int, v=v, prop=prop, has=has) -> torch.Tensor:
-                        p_v = per_shape(probs, v.name, s)
-                        got = p_v.gather(-1, prop.clamp(min=0).to(p_v.device).unsqueeze(-1)).squeeze(-1).cpu()
-                        return torch.where(has, got, torch.zeros_like(got))
-
-                    sampling[key] = mean_over_shapes(v.name, fn=picked).numpy()
+                greedy[key], sampled = _point_mass_pair(runs, v.name, d.name, temperature)
             else:
-                greedy[key] = mean_over_shapes(
-                    v.name, d.name, fn=lambda s, v=v, d=d: per_shape(argmax, d.name, s) == per_shape(argmax, v.name, s)
-                ).numpy()
-                hit = top_ids[d.name] == argmax[v.name][0].unsqueeze(-1)
-                ranks[key] = torch.where(hit.any(-1), hit.to(torch.int8).argmax(-1) + 1, 0).numpy()
-                if temperature > 0:
-
-                    def overlap(s: int, v=v, d=d) -> torch.Tensor:
-                        p_v = per_shape(probs, v.name, s)
-                        q_d = per_shape(probs, d.name, s).to(p_v.device)
-                        return torch.minimum(p_v, q_d).sum(-1).clamp(0.0, 1.0).cpu()
-
-                    sampling[key] = mean_over_shapes(v.name, d.name, fn=overlap).numpy()
-            if temperature <= 0:
-                # at temperature 0 sampling is greedy decoding
-                sampling[key] = greedy[key].copy()
+                greedy[key], ranks[key], sampled = _model_pair(runs, v.name, d.name, temperature)
+            # at temperature 0 sampling is greedy decoding
+            sampling[key] = greedy[key].copy() if sampled is None else sampled
     return ScoredReference(
         greedy={k: v.astype(np.float32) for k, v in greedy.items()},
         sampling={k: v.astype(np.float32) for k, v in sampling.items()},
         ranks={k: v.astype(np.float32) for k, v in ranks.items()},
     )
+
+
+@dataclass
+class _ForcedRuns:
+    """Every candidate's teacher-forced outputs on one reference: per model, the argmax (and, when
+    sampling, the processed distributions) of each of its pass shapes and the ``TREE_RANKS`` most
+    probable ids of the first; per point-mass drafter, its proposals (-1: none)."""
+
+    argmax: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    probs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    proposals: dict[str, torch.Tensor] = field(default_factory=dict)
+    top_ids: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def mean_over_shapes(self, *names: str, fn: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """The mean of ``fn(shape)`` over the most pass shapes any of the named models has."""
+        shapes = max(len(self.argmax[n]) for n in names)
+        return torch.stack([fn(s).float() for s in range(shapes)]).mean(0)
+
+
+def _per_shape(values: dict[str, list[torch.Tensor]], name: str, shape: int) -> torch.Tensor:
+    """The model's run at pass shape ``shape``; its last one when it has fewer shapes."""
+    runs = values[name]
+    return runs[min(shape, len(runs) - 1)]
+
+
+def _force_candidates(
+    drafters: Sequence[Drafter],
+    prompt_ids: Sequence[int],
+    reference: Sequence[int],
+    blocks: list[int],
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    on_candidate: Any,
+    target: str | None,
+) -> _ForcedRuns:
+    """One teacher-forced pass per model and pass shape, and the proposals of every point-mass
+    drafter; ``on_candidate`` after each candidate."""
+    runs = _ForcedRuns()
+    for d in drafters:
+        if d.point_mass:
+            runs.proposals[d.name] = torch.tensor(point_mass_proposals(d, prompt_ids, reference), dtype=torch.long)
+        else:
+            for b in _pass_shapes(d, blocks, target):
+                logits = teacher_force(d, prompt_ids, reference, b)
+                runs.argmax.setdefault(d.name, []).append(logits.argmax(-1).cpu())
+                if d.name not in runs.top_ids:
+                    runs.top_ids[d.name] = logits.topk(min(TREE_RANKS, logits.shape[-1]), dim=-1).indices.cpu()
+                if temperature > 0:
+                    runs.probs.setdefault(d.name, []).append(processed_probs(logits, temperature, top_k, top_p))
+                del logits
+        if on_candidate is not None:
+            on_candidate()
+    return runs
+
+
+def _point_mass_pair(runs: _ForcedRuns, v: str, d: str, temperature: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Verifier ``v`` on point-mass drafter ``d``'s proposals: greedy agreement, and when sampling
+    the probability ``v`` gives each proposal (0 where there is none; None at temperature 0)."""
+    prop = runs.proposals[d]
+    has = prop >= 0
+    greedy = runs.mean_over_shapes(v, fn=lambda s: (prop == _per_shape(runs.argmax, v, s)) & has).numpy()
+    if temperature <= 0:
+        return greedy, None
+
+    def picked(s: int) -> torch.Tensor:
+        p_v = _per_shape(runs.probs, v, s)
+        got = p_v.gather(-1, prop.clamp(min=0).to(p_v.device).unsqueeze(-1)).squeeze(-1).cpu()
+        return torch.where(has, got, torch.zeros_like(got))
+
+    return greedy, runs.mean_over_shapes(v, fn=picked).numpy()
+
+
+def _model_pair(
+    runs: _ForcedRuns, v: str, d: str, temperature: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Verifier ``v`` on model drafter ``d``: greedy agreement, the rank of ``v``'s argmax among
+    ``d``'s top ids (first pass shape; 0 = below them), and when sampling the overlap
+    ``sum min(p, q)`` (None at temperature 0)."""
+    greedy = runs.mean_over_shapes(
+        v, d, fn=lambda s: _per_shape(runs.argmax, d, s) == _per_shape(runs.argmax, v, s)
+    ).numpy()
+    hit = runs.top_ids[d] == runs.argmax[v][0].unsqueeze(-1)
+    rank = torch.where(hit.any(-1), hit.to(torch.int8).argmax(-1) + 1, 0).numpy()
+    if temperature <= 0:
+        return greedy, rank, None
+
+    def overlap(s: int) -> torch.Tensor:
+        p_v = _per_shape(runs.probs, v, s)
+        q_d = _per_shape(runs.probs, d, s).to(p_v.device)
+        return torch.minimum(p_v, q_d).sum(-1).clamp(0.0, 1.0).cpu()
+
+    return greedy, rank, runs.mean_over_shapes(v, d, fn=overlap).numpy()
 
 
 #: answer-position buckets [edge_i, edge_i+1) a window's acceptance is also summed over: what a

@@ -65,11 +65,29 @@ def measure_context(
     drafters: time ``propose(ctx, n)``."""
     if repeats < 1 or warmup < 0:
         raise ValueError("need repeats >= 1 and warmup >= 0")
-    samples: dict[str, list[list[float]]] = {d.name: [[] for _ in new_tokens] for d in drafters}
-    cuda_events: list[tuple[str, int, torch.cuda.Event, torch.cuda.Event]] = []
+    inputs, builds = _build_contexts(drafters, context, new_tokens, seed)
+    timer = _PassTimer(drafters, context, new_tokens, inputs, on_pass)
+    for rep in range(warmup + repeats):
+        record = rep >= warmup
+        for d in drafters:
+            with d.as_target() if d.name == target else nullcontext():
+                for j, n in enumerate(new_tokens):
+                    timer.one_pass(d, j, n, record)
+    samples = timer.samples()
+    for d in drafters:
+        if not d.point_mass and not keep_state:
+            d.reset()
+    return _latency_rows(samples, builds)
+
+
+def _build_contexts(
+    drafters: Sequence[Drafter], context: int, new_tokens: Sequence[int], seed: int
+) -> tuple[dict[str, tuple[list[int], torch.Tensor]], dict[str, float]]:
+    """Each drafter's ids (context and the longest new block), and every model drafter holding
+    ``context`` tokens of cache: rolled back to it when it holds as many, else built by a timed
+    prefill (returned per name; none for c = 0)."""
     inputs: dict[str, tuple[list[int], torch.Tensor]] = {}
     builds: dict[str, float] = {}
-
     for d in drafters:
         ids = _context_ids(d.vocab_size, context + max(new_tokens), seed, d.device)
         inputs[d.name] = (ids.tolist(), ids)
@@ -80,14 +98,35 @@ def measure_context(
             d.reset()
             if context:
                 builds[d.name] = _timed_prefill(d, ids[:context])
+    return inputs, builds
 
-    def one_pass(d: Drafter, j: int, n: int, record: bool) -> None:
-        ids_list, ids = inputs[d.name]
+
+class _PassTimer:
+    """Times one pass of ``n`` new tokens after ``context`` and restores the context; the samples
+    per drafter and per n (CUDA passes read from their events once, in :meth:`samples`)."""
+
+    def __init__(
+        self,
+        drafters: Sequence[Drafter],
+        context: int,
+        new_tokens: Sequence[int],
+        inputs: dict[str, tuple[list[int], torch.Tensor]],
+        on_pass: Callable[[], None] | None,
+    ) -> None:
+        self.context = context
+        self.inputs = inputs
+        self.on_pass = on_pass
+        self._samples: dict[str, list[list[float]]] = {d.name: [[] for _ in new_tokens] for d in drafters}
+        self._cuda_events: list[tuple[str, int, torch.cuda.Event, torch.cuda.Event]] = []
+
+    def one_pass(self, d: Drafter, j: int, n: int, record: bool) -> None:
+        context = self.context
+        ids_list, ids = self.inputs[d.name]
         if d.point_mass:
             t0 = time.perf_counter()
             d.propose(ids_list[:context], n)
             if record:
-                samples[d.name][j].append(time.perf_counter() - t0)
+                self._samples[d.name][j].append(time.perf_counter() - t0)
         else:
             new = ids[context : context + n]
             if d.device.type == "cuda":
@@ -96,7 +135,7 @@ def measure_context(
                 d.score(new)
                 end.record()
                 if record:
-                    cuda_events.append((d.name, j, start, end))
+                    self._cuda_events.append((d.name, j, start, end))
             else:
                 # T(1) is a one-token pass as the member decodes alone: the autoregressive baseline
                 # of a target whose verification passes use other numerics (Drafter.decoding_alone).
@@ -107,26 +146,23 @@ def measure_context(
                     d.score(new)
                     elapsed = time.perf_counter() - t0
                 if record:
-                    samples[d.name][j].append(elapsed)
+                    self._samples[d.name][j].append(elapsed)
             d.rollback(context)
-        if on_pass is not None and record:
-            on_pass()
+        if self.on_pass is not None and record:
+            self.on_pass()
 
-    for rep in range(warmup + repeats):
-        record = rep >= warmup
-        for d in drafters:
-            with d.as_target() if d.name == target else nullcontext():
-                for j, n in enumerate(new_tokens):
-                    one_pass(d, j, n, record)
+    def samples(self) -> dict[str, list[list[float]]]:
+        """The recorded seconds per drafter and per n (one host sync for all CUDA passes)."""
+        if self._cuda_events:
+            torch.cuda.synchronize()
+            for name, j, start, end in self._cuda_events:
+                self._samples[name][j].append(start.elapsed_time(end) / 1000.0)
+            self._cuda_events.clear()
+        return self._samples
 
-    if cuda_events:
-        torch.cuda.synchronize()
-        for name, j, start, end in cuda_events:
-            samples[name][j].append(start.elapsed_time(end) / 1000.0)
-    for d in drafters:
-        if not d.point_mass and not keep_state:
-            d.reset()
 
+def _latency_rows(samples: dict[str, list[list[float]]], builds: dict[str, float]) -> dict[str, LatencyRow]:
+    """Median and interquartile range per drafter and per n, with the context build's time."""
     rows = {}
     for name, per_n in samples.items():
         arr = [np.asarray(s, dtype=np.float64) for s in per_n]

@@ -111,6 +111,15 @@ def simulate_chain(
 
     ``alpha_or_traces[j-1]`` is level j's acceptance of level j+1's drafts: a float, or an array
     of per-output-position probabilities (see module doc). ``rng``: a Generator or a seed."""
+    _check_chain(alpha_or_traces, gamma, latency, n_tokens)
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    return _StagedSimulation(alpha_or_traces, gamma, latency, rng, prefill_first_pass).run(n_tokens, exact_length)
+
+
+def _check_chain(
+    alpha_or_traces: Sequence[float | np.ndarray], gamma: Sequence[int], latency: Sequence[Latency], n_tokens: int
+) -> None:
+    """One acceptance entry and one gamma >= 1 per drafter, valid latencies, at least one token."""
     k = len(latency)
     if len(alpha_or_traces) != k - 1 or len(gamma) != k - 1:
         raise UserError(f"a chain of {k} models needs {k - 1} acceptance entries and {k - 1} gammas")
@@ -119,70 +128,93 @@ def simulate_chain(
     validate_latencies(latency, k)
     if n_tokens < 1:
         raise UserError("n_tokens must be >= 1")
-    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    acceptance = [_AcceptanceSource(x) for x in alpha_or_traces]
-    gammas = [int(g) for g in gamma]
-    passes = [0] * k
-    level_times = [0.0] * k
-    verification_lengths: list[list[int]] = [[] for _ in range(k - 1)]
 
-    def charge(level: int, new_tokens: int) -> float:
-        free = prefill_first_pass and passes[level] == 0
-        cost = 0.0 if free else float(pass_cost(latency[level], new_tokens))
-        passes[level] += 1
-        level_times[level] += cost
+
+class _StagedSimulation:
+    """The staged loop run on Bernoulli acceptances: what each level's passes cost and counted, and
+    the acceptance lengths of every verification (levels 0..k-1, 0 the target)."""
+
+    def __init__(
+        self,
+        alpha_or_traces: Sequence[float | np.ndarray],
+        gamma: Sequence[int],
+        latency: Sequence[Latency],
+        rng: np.random.Generator,
+        prefill_first_pass: bool,
+    ) -> None:
+        self.k = len(latency)
+        self.latency = latency
+        self.rng = rng
+        self.prefill_first_pass = prefill_first_pass
+        self.acceptance = [_AcceptanceSource(x) for x in alpha_or_traces]
+        self.gammas = [int(g) for g in gamma]
+        self.passes = [0] * self.k
+        self.level_times = [0.0] * self.k
+        self.verification_lengths: list[list[int]] = [[] for _ in range(self.k - 1)]
+
+    def charge(self, level: int, new_tokens: int) -> float:
+        free = self.prefill_first_pass and self.passes[level] == 0
+        cost = 0.0 if free else float(pass_cost(self.latency[level], new_tokens))
+        self.passes[level] += 1
+        self.level_times[level] += cost
         return cost
 
-    def verify(level: int, start: int, block: int) -> int:
+    def verify(self, level: int, start: int, block: int) -> int:
         """Accepted prefix length when ``level`` verifies ``block`` drafts at output positions start.."""
         if block == 0:
             return 0
-        probs = acceptance[level].at(start, block)
-        rejected = np.flatnonzero(rng.random(block) >= probs)
+        probs = self.acceptance[level].at(start, block)
+        rejected = np.flatnonzero(self.rng.random(block) >= probs)
         return int(rejected[0]) if rejected.size else block
 
-    def draft(level: int, start: int, room: float) -> tuple[int, float]:
+    def draft(self, level: int, start: int, room: float) -> tuple[int, float]:
         """One call of ``level`` (>= 1, 0-based) allowed to hand up at most ``room`` tokens:
         returns (block length handed up, time spent)."""
-        if level == k - 1:  # bottom: g_k autoregressive passes
-            n = int(min(gammas[level - 1], room))
-            return n, sum(charge(level, 1) for _ in range(n))
+        if level == self.k - 1:  # bottom: g_k autoregressive passes
+            n = int(min(self.gammas[level - 1], room))
+            return n, sum(self.charge(level, 1) for _ in range(n))
         buffer, spent = 0, 0.0
-        while buffer < gammas[level - 1] and buffer < room:
-            block, t = draft(level + 1, start + buffer, room - buffer - 1)
-            spent += t + charge(level, block + 1)
-            accepted = verify(level, start + buffer, block)
-            verification_lengths[level].append(accepted + 1)
+        while buffer < self.gammas[level - 1] and buffer < room:
+            block, t = self.draft(level + 1, start + buffer, room - buffer - 1)
+            spent += t + self.charge(level, block + 1)
+            accepted = self.verify(level, start + buffer, block)
+            self.verification_lengths[level].append(accepted + 1)
             buffer += accepted + 1
         return buffer, spent
 
-    produced = 0
-    round_tokens: list[int] = []
-    round_times: list[float] = []
-    round_passes: list[list[int]] = []
-    while produced < n_tokens:
-        passes_before = list(passes)
-        if k == 1:
-            spent, emitted = charge(0, 1), 1
-        else:
-            block, spent = draft(1, produced, n_tokens - produced - 1 if exact_length else np.inf)
-            spent += charge(0, block + 1)
-            emitted = verify(0, produced, block) + 1
-            verification_lengths[0].append(emitted)
-        produced += emitted
-        round_tokens.append(emitted)
-        round_times.append(spent)
-        round_passes.append([after - before for after, before in zip(passes, passes_before, strict=True)])
-    return SimulationResult(
-        output_tokens=produced,
-        passes=passes,
-        total_time=float(sum(round_times)),
-        round_tokens=np.asarray(round_tokens),
-        round_times=np.asarray(round_times),
-        verification_lengths=verification_lengths,
-        level_times=level_times,
-        round_passes=np.asarray(round_passes, dtype=np.int64).reshape(-1, k),
-    )
+    def round(self, produced: int, n_tokens: int, exact_length: bool) -> tuple[float, int]:
+        """One target round after ``produced`` output tokens: (time spent, tokens emitted)."""
+        if self.k == 1:
+            return self.charge(0, 1), 1
+        block, spent = self.draft(1, produced, n_tokens - produced - 1 if exact_length else np.inf)
+        spent += self.charge(0, block + 1)
+        emitted = self.verify(0, produced, block) + 1
+        self.verification_lengths[0].append(emitted)
+        return spent, emitted
+
+    def run(self, n_tokens: int, exact_length: bool) -> SimulationResult:
+        """Target rounds until at least ``n_tokens`` tokens are emitted, each round's counts kept."""
+        produced = 0
+        round_tokens: list[int] = []
+        round_times: list[float] = []
+        round_passes: list[list[int]] = []
+        while produced < n_tokens:
+            passes_before = list(self.passes)
+            spent, emitted = self.round(produced, n_tokens, exact_length)
+            produced += emitted
+            round_tokens.append(emitted)
+            round_times.append(spent)
+            round_passes.append([after - before for after, before in zip(self.passes, passes_before, strict=True)])
+        return SimulationResult(
+            output_tokens=produced,
+            passes=self.passes,
+            total_time=float(sum(round_times)),
+            round_tokens=np.asarray(round_tokens),
+            round_times=np.asarray(round_times),
+            verification_lengths=self.verification_lengths,
+            level_times=self.level_times,
+            round_passes=np.asarray(round_passes, dtype=np.int64).reshape(-1, self.k),
+        )
 
 
 def simulate_request(
