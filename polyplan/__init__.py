@@ -25,7 +25,7 @@ _hooks.plan_chain = chain_from_plan_file
 
 def __getattr__(name: str):
     if name == "Chain":
-        from polyplan.executor.chain import Chain
+        from polyplan.executor.front import Chain
 
         return Chain
     raise AttributeError(f"module 'polyplan' has no attribute {name!r}")

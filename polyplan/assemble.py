@@ -1,4 +1,4 @@
-"""Assemble a runnable :class:`~polyplan.executor.chain.Chain` from what a user names: pool members,
+"""Assemble a runnable :class:`~polyplan.executor.front.Chain` from what a user names: pool members,
 model directories or a plan file -- the ONE code path of ``polyplan run``, ``polyplan bench`` and
 ``polyplan.Chain.from_plan``, so all three run a plan the same way.
 
@@ -71,7 +71,7 @@ def build_chain(
     ``windowable``: drafter name -> sink, for members a request may give a window (the policy's
     start decides per prompt; polyplan.models.windowed). ``window``: every model drafter reads only
     the first 4 and last ``window`` tokens."""
-    from polyplan.executor.chain import Chain
+    from polyplan.executor.front import Chain
 
     drafters, tokenizer = load_members(spec)
     drafters = with_windows(drafters, windowable, window)
@@ -239,7 +239,7 @@ def assemble_plan(
     name -> drafter, else from its pool, or ``pool``) and windowed as its policy asks, the target
     in the exact regime its profile probed (said on ``note`` unless not ``say_exactness``), and the
     adaptive controller unless ``static``. ``tree_nodes`` replaces the plan's tree sizes."""
-    from polyplan.executor.chain import Chain
+    from polyplan.executor.front import Chain
 
     spec = ChainSpec.of_plan(plan)
     if pool:

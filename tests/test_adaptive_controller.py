@@ -16,7 +16,7 @@ from polyplan.documents import Profile
 from polyplan.documents.traces import Traces
 from polyplan.executor.adaptive import AdaptiveController
 from polyplan.executor.control import RoundTiming
-from polyplan.planner.policy import build_policy
+from polyplan.planner.policy_build import build_policy
 from polyplan.theory.control import relax_tokens
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -301,14 +301,3 @@ def test_u_axis_is_even_in_log_of_rejection():
     assert axis[0] == 0.0 and axis[-1] == pytest.approx(1 - 2**-8)
     steps = [u_of_alpha(b) - u_of_alpha(a) for a, b in pairwise(axis)]
     assert max(steps) - min(steps) < 1e-9
-
-
-def test_the_building_names_still_import_from_the_policy_module():
-    """Building moved to polyplan.planner.policy_build; code importing it from policy still works."""
-    from polyplan.planner import policy, policy_build
-    from polyplan.planner.policy import build_policy as old, prompt_length_table
-
-    assert old is policy_build.build_policy and prompt_length_table is policy_build.prompt_length_table
-    assert policy.SEGMENT_TOKENS == policy_build.SEGMENT_TOKENS
-    with pytest.raises(AttributeError):
-        _ = policy.no_such_name

@@ -559,7 +559,7 @@ def _fake_llamacpp_alone(pool: TinyPool, wrong_prompt: str):
     copy's near-tie), and the prefill level the real loop reports."""
     from polyplan.bench.methods import BenchMethod
     from polyplan.bench.results import LLAMACPP_ALONE, MethodSpec
-    from polyplan.executor.chain import Chain
+    from polyplan.executor.front import Chain
 
     alone = Chain([pool.made["target"]])
     cache: dict[tuple[tuple[int, ...], int], list[int]] = {}

@@ -6,7 +6,7 @@ import pytest
 
 from polyplan.bench import head_to_head
 from polyplan.bench.head_to_head import HeadToHead, plan_vs_target, verdict
-from polyplan.executor.chain import Chain
+from polyplan.executor.front import Chain
 from polyplan.models.model_drafter import ModelDrafter
 
 from tiny_models import perturbed_copy, tiny_llama

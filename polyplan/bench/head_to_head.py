@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from polyplan.executor.chain import Chain
+from polyplan.executor.front import Chain
 
 
 @dataclass

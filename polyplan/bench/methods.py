@@ -47,7 +47,7 @@ def polyplan_method(
 ) -> BenchMethod:
     """``verification_numerics``: a one-member chain decodes in the numerics its member verifies
     with, not as it does alone (see ``Chain``). Draft trees: ``spec.tree_nodes``."""
-    from polyplan.executor.chain import Chain
+    from polyplan.executor.front import Chain
 
     chain = Chain(
         list(drafters),

@@ -4,7 +4,8 @@ from polyplan.executor import Chain
 result = Chain([target, middle, bottom], gammas=[6, 3]).generate(ids, max_new_tokens=128)
 """
 
-from polyplan.executor.chain import Chain, GenerationResult
+from polyplan.executor.front import Chain
+from polyplan.executor.request import GenerationResult
 from polyplan.executor.sampling import SamplingParams
 from polyplan.executor.stats import GenerationStats, LevelStats
 

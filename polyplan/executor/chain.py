@@ -26,28 +26,30 @@ Host synchronisation: exactly one per verification (accepted count, next token a
 token ids in one ``tolist``). Drafting, sampling and acceptance tests stay on the device.
 
 The :class:`Chain` a user builds (its members checked, each call's arguments and windows) lives in
-:mod:`polyplan.executor.front` and is importable from here as it always was."""
+:mod:`polyplan.executor.front` (``polyplan.Chain``, ``polyplan.executor.Chain``)."""
 
 from __future__ import annotations
 
 import time
 import zlib
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from polyplan.executor.clock import ForwardClock
 from polyplan.executor.control import Controller, RoundSetting, RoundTiming, check_setting
 from polyplan.executor.draft import GREEDY, Draft
-from polyplan.executor.front import Chain
 from polyplan.executor.request import GenerationResult
 from polyplan.executor.sampling import SamplingParams, sample, verify_greedy, verify_sampled
 from polyplan.executor.stats import GenerationStats, LevelStats
 from polyplan.executor.tree import DraftTree, build_tree, common_prefix, walk_greedy, walk_sampled
 from polyplan.models.drafter import Drafter
 
-__all__ = ["Chain", "GenerationResult", "device_seed"]  # Chain and its result are imported from here
+if TYPE_CHECKING:  # the loop runs a Chain; front.py, where it lives, imports this module
+    from polyplan.executor.front import Chain
+
+__all__ = ["GenerationResult", "device_seed"]  # the result is imported from here too
 
 
 def device_seed(seed: int, device: torch.device, home: torch.device) -> int:

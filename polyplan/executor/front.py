@@ -12,6 +12,7 @@ from typing import Any
 
 from polyplan import hooks
 from polyplan.chain_text import chain_names
+from polyplan.executor.chain import _StagedRun
 from polyplan.executor.control import Controller, StaticController
 from polyplan.executor.members import chain_members, check_tree_nodes
 from polyplan.executor.request import GenerationResult, as_id_list, check_max_new_tokens, prompt_list
@@ -97,7 +98,6 @@ class Chain:
         eos = self.default_eos_token_ids() if eos_token_id is None else as_id_list(eos_token_id)
         drafters, notes = call_members(self.drafters, len(prompt), max_new_tokens)
         control = controller or self.controller or StaticController(self.gammas)
-        from polyplan.executor.chain import _StagedRun  # the loop's module imports this one
 
         run = _StagedRun(self, drafters, prompt, max_new_tokens, params, seed, eos, stream, control)
         run.stats.notes.extend(notes)

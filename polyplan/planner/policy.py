@@ -438,27 +438,3 @@ def _axis_u(points: int, _cache: dict[int, list[float]] = {}) -> list[float]:  #
     if axis is None:
         axis = _cache[points] = [MAX_U * i / (points - 1) for i in range(points)]
     return axis
-
-
-#: the building names that lived here before polyplan.planner.policy_build (imported lazily: that
-#: module builds a Policy, so it imports this one)
-_BUILDING = (
-    "CELL_BUDGET",
-    "DEFAULT_PRIOR_STRENGTH",
-    "SEGMENT_TOKENS",
-    "WINDOW_RANGE",
-    "build_policy",
-    "in_chain",
-    "policy_for_plan",
-    "prior_strengths",
-    "prompt_length_table",
-    "subsets",
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _BUILDING:
-        from polyplan.planner import policy_build
-
-        return getattr(policy_build, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -81,7 +81,7 @@ def greedy_reference(
     if max_new_tokens <= 0:
         return []
     if helper is not None:
-        from polyplan.executor.chain import Chain
+        from polyplan.executor.front import Chain
 
         result = Chain([target, helper], [gamma]).generate(list(prompt_ids), max_new_tokens, eos_token_id=list(eos_ids))
         target.reset()
