@@ -105,7 +105,7 @@ class LlamaCppDrafter(Drafter):
         self.threads = threads
         #: llama.cpp's fused attention kernel: prefill of long prompts 26-30% faster on the 2-core
         #: EPYC (2048 tokens: Q8_0 7.3 -> 5.4 s, Q4_0 6.2 -> 4.3 s), one-token passes after them
-        #: 4-12% slower; pools turn it on for drafters (see pools.LLAMACPP_FLASH_ATTN)
+        #: 4-12% slower; pools turn it on for drafters (see pool_spec.LLAMACPP_FLASH_ATTN)
         self.flash_attn = flash_attn
         self._ctx = self._llama.ctx
         self._mem = lc.llama_get_memory(self._ctx)
