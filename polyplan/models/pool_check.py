@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from polyplan.models import cache as model_cache, gguf_files, sources as src
+from polyplan.models import cache as model_cache, gguf_files, source_cache, sources as src
 from polyplan.models.drafter import check_same_vocabulary
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def _verify_hashes(pool: Pool, log: Log) -> None:
     for source in pool.model_sources:
         fix = f"{source.install_command} --force"
         if isinstance(source, (src.CatalogSource, src.GGUFFileSource)) and pool.converted(source):
-            model_cache.read_manifest(src.require_prepared(source), fix=fix, verify_hashes=True)
+            model_cache.read_manifest(source_cache.require_prepared(source), fix=fix, verify_hashes=True)
             log(f"{source.label}: cache hashes ok")
         if isinstance(source, src.CatalogSource) and pool.kept_as_gguf(source):
             model_cache.read_manifest(gguf_files.require_gguf(source).parent, fix=fix, verify_hashes=True)

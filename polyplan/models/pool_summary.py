@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 from polyplan.errors import UserError
-from polyplan.models import cache as model_cache, gguf_files, gguf_quantize, sources as src
+from polyplan.models import cache as model_cache, gguf_files, gguf_quantize, source_cache, sources as src
 
 if TYPE_CHECKING:
     from polyplan.models.pool_spec import MemberSpec
@@ -24,7 +24,7 @@ def weights_summary(pool: Pool, name: str) -> str:
     if spec.derivation != "none":
         return f"{spec.dtype} with {spec.derivation} Linear weights (torchao)"
     try:
-        manifest = json.loads((src.require_prepared(pool.source(name)) / model_cache.MANIFEST).read_text())
+        manifest = json.loads((source_cache.require_prepared(pool.source(name)) / model_cache.MANIFEST).read_text())
     except (UserError, OSError, ValueError, TypeError):
         return spec.dtype
     stored = sum(f["size"] for k, f in manifest["files"].items() if k.endswith(".safetensors"))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from polyplan.errors import UserError
-from polyplan.models import cache as model_cache, gguf_files, gguf_quantize, sources as src
+from polyplan.models import cache as model_cache, gguf_files, gguf_quantize, source_cache, sources as src
 from polyplan.models.derive import apply_derivation
 from polyplan.models.drafter import Drafter, VocabularyMismatch, check_same_vocabulary
 from polyplan.models.pool_spec import (
@@ -147,7 +147,7 @@ class Pool:
     # -- loading ---------------------------------------------------------------------------
 
     def _location(self, name: str):
-        return src.require_prepared(self.source(name))
+        return source_cache.require_prepared(self.source(name))
 
     def converted(self, source: src.Source) -> bool:
         """Does a transformers member use ``source`` (so that its converted cache exists)?
@@ -159,7 +159,7 @@ class Pool:
     def _tokenizer_for(self, source: src.Source) -> Any:
         if source.label not in self._tokenizers:
             if self.converted(source):
-                self._tokenizers[source.label] = src.load_tokenizer(src.require_prepared(source))
+                self._tokenizers[source.label] = source_cache.load_tokenizer(source_cache.require_prepared(source))
             else:
                 self._tokenizers[source.label] = gguf_files.load_gguf_tokenizer(source)
         return self._tokenizers[source.label]
@@ -239,7 +239,7 @@ class Pool:
 
         device = _resolve_device(spec.device, spec.name)
         _match_torch_threads()
-        model = src.load_model(self._location(spec.name), spec.dtype, device, fix=self._fix_command(spec.name))
+        model = source_cache.load_model(self._location(spec.name), spec.dtype, device, fix=self._fix_command(spec.name))
         apply_derivation(model, spec.derivation)
         return ModelDrafter(
             model, spec.name, tokenizer=self._maybe_tokenizer(self.source(spec.name)), exact=spec.options.get("exact")
