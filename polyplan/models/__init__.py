@@ -11,7 +11,9 @@ should not pay for (or depend on) the weight-source machinery behind pools.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from polyplan.models.forwarding import forwarding
 
 if TYPE_CHECKING:
     from polyplan.models.pools import MemberSpec, Pool, builtin_pools, load_pool
@@ -21,10 +23,4 @@ __all__ = ["load_pool", "Pool", "MemberSpec", "builtin_pools"]
 #: the pool a command uses when none is named (embedded: no download)
 DEFAULT_POOL = "smollm2"
 
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from polyplan.models import pools
-
-        return getattr(pools, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = forwarding(__name__, __all__, "polyplan.models.pools")

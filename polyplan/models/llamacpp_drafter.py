@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,51 @@ class LlamaContextFull(UserError):
     """The sequence would overflow the llama.cpp context (n_ctx)."""
 
 
+def _checked_gguf(gguf: str | Path, name: str, *, n_ctx: int, threads: int, min_pass: int) -> Path:
+    """The GGUF path, once it exists and the options are positive."""
+    path = Path(gguf)
+    if not path.is_file():
+        raise GGUFLoadError(f"{name}: GGUF file {path} does not exist")
+    if n_ctx < 1 or threads < 1 or min_pass < 1:
+        raise UserError(
+            f"{name}: n_ctx, threads and min_pass must be positive "
+            f"(got n_ctx={n_ctx}, threads={threads}, min_pass={min_pass})"
+        )
+    return path
+
+
+def _open_llama(
+    lc: ModuleType, path: Path, name: str, *, n_ctx: int, n_batch: int, threads: int, flash_attn: bool
+) -> Any:
+    """llama.cpp's ``Llama`` on ``path``; a load it refuses is one GGUFLoadError line."""
+    try:
+        return lc.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_ubatch=n_batch,
+            n_threads=threads,
+            n_threads_batch=threads,
+            flash_attn=flash_attn,
+            logits_all=False,
+            verbose=False,
+        )
+    except (ValueError, RuntimeError, OSError) as e:
+        raise GGUFLoadError(f"{name}: llama.cpp cannot load {path} ({str(e).splitlines()[0][:160]})") from None
+
+
+def _refuse_unrollable(lc: ModuleType, llama: Any, name: str, path: Path) -> None:
+    """A recurrent or hybrid model (closed, then refused): its state cannot be rolled back."""
+    for check, kind in (("llama_model_is_recurrent", "recurrent"), ("llama_model_is_hybrid", "hybrid")):
+        test = getattr(lc, check, None)
+        if test is not None and test(llama.model):
+            llama.close()
+            raise GGUFLoadError(
+                f"{name}: {path.name} is a {kind} model: its state cannot be cut back to an earlier "
+                "position after a rejected draft, so it cannot sit in a chain"
+            )
+
+
 class LlamaCppDrafter(Drafter):
     """A GGUF model in llama.cpp, batch size 1, behind the :class:`Drafter` interface."""
 
@@ -63,41 +109,13 @@ class LlamaCppDrafter(Drafter):
         min_pass: int = 1,
         flash_attn: bool = False,
     ) -> None:
-        path = Path(gguf)
-        if not path.is_file():
-            raise GGUFLoadError(f"{name}: GGUF file {path} does not exist")
-        if n_ctx < 1 or threads < 1 or min_pass < 1:
-            raise UserError(
-                f"{name}: n_ctx, threads and min_pass must be positive "
-                f"(got n_ctx={n_ctx}, threads={threads}, min_pass={min_pass})"
-            )
+        path = _checked_gguf(gguf, name, n_ctx=n_ctx, threads=threads, min_pass=min_pass)
         lc = import_llama_cpp()
         if probe:
             check_runs(path)
         n_batch = min(_N_BATCH, n_ctx)
-        try:
-            self._llama = lc.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                n_ubatch=n_batch,
-                n_threads=threads,
-                n_threads_batch=threads,
-                flash_attn=flash_attn,
-                logits_all=False,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError, OSError) as e:
-            raise GGUFLoadError(f"{name}: llama.cpp cannot load {path} ({str(e).splitlines()[0][:160]})") from None
-        model = self._llama.model
-        for check, kind in (("llama_model_is_recurrent", "recurrent"), ("llama_model_is_hybrid", "hybrid")):
-            test = getattr(lc, check, None)
-            if test is not None and test(model):
-                self._llama.close()
-                raise GGUFLoadError(
-                    f"{name}: {path.name} is a {kind} model: its state cannot be cut back to an earlier "
-                    "position after a rejected draft, so it cannot sit in a chain"
-                )
+        self._llama = _open_llama(lc, path, name, n_ctx=n_ctx, n_batch=n_batch, threads=threads, flash_attn=flash_attn)
+        _refuse_unrollable(lc, self._llama, name, path)
         self._lc = lc
         self.name = name
         self.tokenizer = tokenizer
@@ -105,20 +123,11 @@ class LlamaCppDrafter(Drafter):
         self.threads = threads
         #: llama.cpp's fused attention kernel: prefill of long prompts 26-30% faster on the 2-core
         #: EPYC (2048 tokens: Q8_0 7.3 -> 5.4 s, Q4_0 6.2 -> 4.3 s), one-token passes after them
-        #: 4-12% slower; pools turn it on for drafters (see pools.LLAMACPP_FLASH_ATTN)
+        #: 4-12% slower; pools turn it on for drafters (see pool_spec.LLAMACPP_FLASH_ATTN)
         self.flash_attn = flash_attn
         self._ctx = self._llama.ctx
         self._mem = lc.llama_get_memory(self._ctx)
-        self._vocab = lc.llama_model_get_vocab(model)
-        self.vocab_size = int(lc.llama_vocab_n_tokens(self._vocab))
-        self.n_ctx_train = int(lc.llama_model_n_ctx_train(model))
-        self._max_context = min(n_ctx, self.n_ctx_train) if self.n_ctx_train > 0 else n_ctx
-        self.param_count = int(lc.llama_model_n_params(model))
-        buf = ctypes.create_string_buffer(256)
-        lc.llama_model_desc(model, buf, len(buf))
-        #: e.g. "llama ?B Q4_1 - Medium": architecture, size and the GGUF's quantization
-        self.description = buf.value.decode("utf-8", "replace")
-        self.dtype = self.description.split(" ", 2)[-1] if self.description.count(" ") >= 2 else "gguf"
+        self._read_model_facts(n_ctx)
         self._n_batch = n_batch
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self._free_batch = weakref.finalize(self, lc.llama_batch_free, self._batch)
@@ -133,6 +142,20 @@ class LlamaCppDrafter(Drafter):
         self.min_pass = min_pass
         self._tokens: list[int] = []
         self._processed = 0
+
+    def _read_model_facts(self, n_ctx: int) -> None:
+        """The vocabulary, context and size of the loaded model, and its description."""
+        lc, model = self._lc, self._llama.model
+        self._vocab = lc.llama_model_get_vocab(model)
+        self.vocab_size = int(lc.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(lc.llama_model_n_ctx_train(model))
+        self._max_context = min(n_ctx, self.n_ctx_train) if self.n_ctx_train > 0 else n_ctx
+        self.param_count = int(lc.llama_model_n_params(model))
+        buf = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(model, buf, len(buf))
+        #: e.g. "llama ?B Q4_1 - Medium": architecture, size and the GGUF's quantization
+        self.description = buf.value.decode("utf-8", "replace")
+        self.dtype = self.description.split(" ", 2)[-1] if self.description.count(" ") >= 2 else "gguf"
 
     def _bind_batch(self, n_batch: int) -> None:
         """numpy views over the batch's arrays, made once: a pass then fills them with a few slice

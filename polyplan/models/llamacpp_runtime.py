@@ -160,30 +160,3 @@ def check_runs(gguf: Path, *, with_torch: bool | None = None) -> None:
     tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
     tmp.write_text(f"{gguf}\n")
     os.replace(tmp, marker)
-
-
-def _main(argv: list[str]) -> int:
-    """``python -m polyplan.models.llamacpp_runtime POOL [--torch]``: probe the installed llama.cpp
-    build on the pool's first llama.cpp member (setup.sh falls back to a build without AMX, then to
-    the portable one, on failure); ``--torch`` runs the torch step even where the build has no AMX."""
-    from polyplan.models.pools import load_pool
-
-    with_torch = "--torch" in argv or built_with_amx()
-    names = [a for a in argv if a != "--torch"]
-    pool = load_pool(names[0] if names else "smollm2")
-    member = next((m.name for m in pool.members if m.llama_cpp and m.quantization is None), None)
-    if member is None:
-        print(f"pool {pool.name} has no llama.cpp member to probe with", file=sys.stderr)
-        return 2
-    try:
-        check_runs(pool.member_gguf(member), with_torch=with_torch)
-    except UserError as e:
-        print(str(e), file=sys.stderr)
-        return 1
-    torch_step = ", a torch bf16 matmul between its passes too" if with_torch else ""
-    print(f"llama.cpp ({build_features()}) runs {member} here{torch_step}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
