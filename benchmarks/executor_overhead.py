@@ -19,7 +19,7 @@ import torch
 
 from polyplan import Chain
 from polyplan.data.prompt_file import prompt_set
-from polyplan.models import load_pool
+from polyplan.weights import load_pool
 
 CHAINS = {
     "AR f32": (["smollm2-135m"], []),

@@ -20,7 +20,7 @@ import torch
 
 from polyplan import Chain
 from polyplan.data.prompt_file import prompt_set
-from polyplan.models import load_pool
+from polyplan.weights import load_pool
 
 
 def main() -> None:

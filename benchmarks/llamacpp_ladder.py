@@ -29,7 +29,7 @@ def child(pool_name: str, members: list[str], repeats: int) -> dict:
     import torch
 
     from polyplan.models.llamacpp_runtime import build_features
-    from polyplan.models.pools import load_pool
+    from polyplan.weights.pools import load_pool
 
     pool = load_pool(pool_name)
     out: dict = {"build": build_features(), "members": {}}

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from polyplan.models.llamacpp_drafter import LlamaCppDrafter
-from polyplan.models.pools import load_pool
 from polyplan.profiler.machine import machine_facts
+from polyplan.weights.pools import load_pool
 
 METHODS = ("raw read", "member score", "raw argmax", "member greedy")
 

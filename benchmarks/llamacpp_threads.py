@@ -20,8 +20,8 @@ import time
 import torch
 
 from polyplan.models.llamacpp_drafter import LlamaCppDrafter
-from polyplan.models.pools import load_pool
 from polyplan.profiler.machine import machine_facts
+from polyplan.weights.pools import load_pool
 
 CONTEXT = 64
 

@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 import torch
 
 from polyplan.data.prompt_file import prompt_set
-from polyplan.models import load_pool
-from polyplan.models.ngram_fit import chat_prompt_ids, greedy_generations
+from polyplan.weights import load_pool
+from polyplan.weights.ngram_fit import chat_prompt_ids, greedy_generations
 
 
 def latency_ms(drafter, context: list[int], repeats: int) -> float:

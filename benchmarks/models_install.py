@@ -50,7 +50,7 @@ def main() -> None:
         wall, _ = run_child(install, env)
         print(f"install again (already installed): {wall:.1f} s")
         load = (
-            f"import time; from polyplan.models import load_pool; p = load_pool({args.pool!r}); "
+            f"import time; from polyplan.weights import load_pool; p = load_pool({args.pool!r}); "
             "t = time.perf_counter(); "
             "p.drafter(p.target); print(f'load target from cache: {time.perf_counter() - t:.1f} s')"
         )

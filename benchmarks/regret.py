@@ -22,7 +22,7 @@ from polyplan.bench.results import save_results
 from polyplan.bench.runner import run_bench
 from polyplan.documents import Plan
 from polyplan.errors import UserError
-from polyplan.models import load_pool
+from polyplan.weights import load_pool
 
 
 def error_summary(doc: dict) -> dict:

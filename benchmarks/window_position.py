@@ -20,11 +20,11 @@ from pathlib import Path
 
 from polyplan.data.prompt_file import read_prompt_file
 from polyplan.documents.profile import WINDOW_SINK
-from polyplan.models.pools import load_pool
 from polyplan.models.windowed import WindowedDrafter
 from polyplan.profiler.acceptance import greedy_reference, teacher_force
 from polyplan.profiler.machine import machine_facts
 from polyplan.profiler.pool_inputs import chat_encoder
+from polyplan.weights.pools import load_pool
 
 BUCKETS = [(0, 32), (32, 64), (64, 128), (128, 256), (256, 512)]
 

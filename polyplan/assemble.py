@@ -58,7 +58,7 @@ class ChainSpec:
 
 def default_members(pool_name: str | None) -> Sequence[str]:
     """No --chain: the pool's target alone (plain autoregressive decoding)."""
-    from polyplan.models import DEFAULT_POOL, load_pool
+    from polyplan.weights import DEFAULT_POOL, load_pool
 
     return [load_pool(pool_name or DEFAULT_POOL).target]
 
@@ -92,7 +92,7 @@ def load_members(spec: ChainSpec) -> tuple[list[Any], Any]:
             tokenizer = tokenizer or tok
             continue
         if pool is None:
-            from polyplan.models import DEFAULT_POOL, load_pool
+            from polyplan.weights import DEFAULT_POOL, load_pool
 
             pool = load_pool(spec.pool or DEFAULT_POOL)
         drafters.append(pool.drafter(name))

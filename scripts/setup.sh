@@ -15,7 +15,7 @@ fi
 # PyPI ships llama-cpp-python as source only, and its default build uses -march=native: a wheel
 # built on one machine may not run on another, and on this project's VMs whose CPU reports AMX
 # without the VM allowing it the first eval dies with SIGILL in ggml's AMX code. So the build names
-# its instruction sets (polyplan/models/llamacpp_build.py picks them): GGML_NATIVE=OFF, the
+# its instruction sets (polyplan/weights/llamacpp_build.py picks them): GGML_NATIVE=OFF, the
 # AVX/AVX2/FMA/F16C/BMI2 family every x86-64 machine of this project has, plus the AVX-512 family
 # (F/BW/VL/DQ, and VBMI, VNNI, BF16 where reported) when /proc/cpuinfo lists it -- llama.cpp's
 # batched passes (prefill, verification) run much faster with it -- and AMX (set name suffix -amx)
@@ -33,7 +33,7 @@ EXTRAS=dev
 WHEELS="${POLYPLAN_CACHE:-$HOME/.cache/polyplan}/wheels"
 # prints "<set name> <cmake flags>" for this CPU and POLYPLAN_LLAMACPP_BUILD; standard library only,
 # run from the source tree (polyplan is not installed yet)
-llamacpp_features() { .venv/bin/python -m polyplan.models.llamacpp_build features; }
+llamacpp_features() { .venv/bin/python -m polyplan.weights.llamacpp_build features; }
 install_llamacpp() {  # $1: set name, rest: cmake flags; builds the wheel once per set, installs it
   local name=$1; shift
   local dir="$WHEELS/$name"
@@ -50,7 +50,7 @@ install_llamacpp() {  # $1: set name, rest: cmake flags; builds the wheel once p
     if [[ "$name" == *-amx* ]]; then
       # the sdist, unpacked and patched (fails loudly if ggml's text is not the one it patches)
       tmp=$(mktemp -d)
-      src=$(.venv/bin/python -m polyplan.models.llamacpp_build amx-source "$tmp")
+      src=$(.venv/bin/python -m polyplan.weights.llamacpp_build amx-source "$tmp")
     fi
     # --no-cache-dir: pip's own wheel cache would hand back a build made with other flags
     CMAKE_ARGS="$* -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF" \

@@ -24,7 +24,7 @@ def _transformers_members_installed(pool) -> bool:
 @pytest.fixture(scope="session")
 def smollm2_pool():
     """The built-in smollm2 pool, shared by the whole session (drafters load once)."""
-    from polyplan.models import load_pool
+    from polyplan.weights import load_pool
 
     pool = load_pool("smollm2")
     if not _transformers_members_installed(pool):

@@ -329,7 +329,7 @@ def test_cli_bench_missing_plan_is_one_line(tmp_path):
 @pytest.mark.weights
 def test_bench_smollm2_smoke(tmp_path):
     """Real weights, tiny settings: profile -> optimize -> bench through the CLI."""
-    from polyplan.models import load_pool
+    from polyplan.weights import load_pool
 
     pool = load_pool("smollm2")
     if not all(ok for name, ok in pool.installed().items() if not pool.member(name).llama_cpp):
@@ -647,7 +647,7 @@ def test_the_targets_own_gguf_is_the_llamacpp_member_running_its_source_as_it_is
     from pathlib import Path
 
     from polyplan.bench.llamacpp_alone import own_gguf_member
-    from polyplan.models import load_pool
+    from polyplan.weights import load_pool
 
     pools = Path(__file__).resolve().parents[1] / "benchmarks" / "pools"
     assert own_gguf_member(load_pool("smollm2")) == "smollm2-135m:q4"  # not :q8_0 etc. (quantizer-made)
@@ -662,8 +662,8 @@ def test_bench_smollm2_llamacpp_alone_row(tmp_path):
     """Real weights: the float32 target's own Q4_1 GGUF decoded by llama.cpp alone, beside the plan."""
     from pathlib import Path
 
-    from polyplan.models import load_pool
     from polyplan.models.llamacpp_runtime import unavailable_reason
+    from polyplan.weights import load_pool
 
     pool = load_pool("smollm2")
     if unavailable_reason() or not all(pool.installed().values()):

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from polyplan import Chain
-from polyplan.models import load_pool
 from polyplan.models.exactness import FIXED_WIDTH, TWO_ROWS, ExactProbe, ExactRegime, probe_exact
 from polyplan.models.model_drafter import ModelDrafter
-from polyplan.models.pools import PoolFileError
+from polyplan.weights import load_pool
+from polyplan.weights.pools import PoolFileError
 
 from test_models_pools import save_tiny
 from tiny_models import tiny_llama

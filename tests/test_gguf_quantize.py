@@ -1,4 +1,4 @@
-"""Derived GGUF members (polyplan.models.gguf_quantize): pool syntax, one-line errors, and a
+"""Derived GGUF members (polyplan.weights.gguf_quantize): pool syntax, one-line errors, and a
 failed quantization that leaves nothing in the cache. The quantizer itself runs on a tiny float32
 GGUF (no downloaded weights needed)."""
 
@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from polyplan.errors import UserError
-from polyplan.models import gguf_quantize, llamacpp_runtime as runtime
-from polyplan.models.pools import PoolFileError, load_pool
+from polyplan.models import llamacpp_runtime as runtime
+from polyplan.weights import gguf_quantize
+from polyplan.weights.pools import PoolFileError, load_pool
 
 from tiny_models import tiny_gguf, tiny_llama
 

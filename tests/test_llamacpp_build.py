@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from polyplan.cpu import cpu_flags
-from polyplan.models import llamacpp_build as build, llamacpp_runtime as runtime
+from polyplan.models import llamacpp_runtime as runtime
+from polyplan.weights import llamacpp_build as build
 
 ROOT = Path(__file__).resolve().parents[1]
 #: lines 180-228 of vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp in the llama-cpp-python 0.3.36 sdist
@@ -71,9 +72,9 @@ def test_the_amx_permission_check_answers_without_raising():
 
 
 def run_build(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``python -m polyplan.models.llamacpp_build`` as setup.sh runs it: from the source tree."""
+    """``python -m polyplan.weights.llamacpp_build`` as setup.sh runs it: from the source tree."""
     return subprocess.run(
-        [sys.executable, "-m", "polyplan.models.llamacpp_build", *args],
+        [sys.executable, "-m", "polyplan.weights.llamacpp_build", *args],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,

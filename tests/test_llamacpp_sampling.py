@@ -99,8 +99,8 @@ def test_llamacpp_target_samples_its_own_distribution(models, tmp_path):
 def test_a_level_quantized_by_llamacpp_samples_the_target_distribution(models, tmp_path, monkeypatch):
     """A derived member (llama.cpp's quantizer, Q8_0 of the middle model's float32 GGUF) in the
     middle of a transformers chain: the proposal changes, the output distribution does not."""
-    from polyplan.models.gguf_quantize import derive_gguf, gguf_file_type
     from polyplan.models.llamacpp_drafter import LlamaCppDrafter
+    from polyplan.weights.gguf_quantize import derive_gguf, gguf_file_type
 
     monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
     target, middle, bottom = models

@@ -65,8 +65,8 @@ def test_rollback_then_refeed_equals_a_fresh_full_pass(q4, prompts):
 
 
 def test_context_overflow_is_one_line_and_leaves_the_state_usable(smollm2_pool, prompts):
-    from polyplan.models import gguf_files
     from polyplan.models.llamacpp_drafter import LlamaCppDrafter
+    from polyplan.weights import gguf_files
 
     small = LlamaCppDrafter(gguf_files.require_gguf(smollm2_pool.source(Q4)), "q4-small", n_ctx=32)
     ids = torch.tensor(prompts[0][:30])
@@ -132,8 +132,8 @@ def test_greedy_agreement_with_the_float32_target(smollm2_pool, q4, prompts):
 @pytest.fixture(scope="module")
 def q4_target(smollm2_pool, q4):
     """The same GGUF as a chain TARGET: single tokens evaluated with the multi-token kernels."""
-    from polyplan.models import gguf_files
     from polyplan.models.llamacpp_drafter import LlamaCppDrafter
+    from polyplan.weights import gguf_files
 
     gguf = gguf_files.require_gguf(smollm2_pool.source(Q4))
     return LlamaCppDrafter(gguf, "q4-target", tokenizer=smollm2_pool.tokenizer, min_pass=2)
@@ -297,7 +297,7 @@ def test_the_derived_ladder_is_a_real_other_rounding(smollm2_pool, q4, prompts):
     float32 target's at some positions where the Q4_1 copy's agree (the realistic case)."""
     if not smollm2_pool.installed().get("smollm2-135m:q4_0"):
         pytest.skip("smollm2-135m:q4_0 not made: run `polyplan models install smollm2`")
-    from polyplan.models.gguf_quantize import gguf_file_type
+    from polyplan.weights.gguf_quantize import gguf_file_type
 
     assert gguf_file_type(smollm2_pool.member_gguf("smollm2-135m:q4_0")) == "Q4_0"
     target = smollm2_pool.drafter("smollm2-135m")
@@ -344,8 +344,8 @@ def test_pool_check_reports_the_llamacpp_member(smollm2_pool, q4):
 
 def test_vocabulary_mismatch_with_a_llamacpp_member_is_one_line(tmp_path, smollm2_pool, q4):
     """A pool whose target has another vocabulary than the GGUF a llama.cpp member runs."""
-    from polyplan.models import gguf_files, load_pool
     from polyplan.models.drafter import VocabularyMismatch
+    from polyplan.weights import gguf_files, load_pool
 
     from test_models_pools import WORDS, save_tiny
 
@@ -380,7 +380,7 @@ def test_profile_optimize_bench_with_a_llamacpp_target(tmp_path, smollm2_pool, q
     import os
 
     from polyplan.bench.results import REFERENCE, load_results
-    from polyplan.models import gguf_files
+    from polyplan.weights import gguf_files
 
     gguf = gguf_files.require_gguf(smollm2_pool.source(Q4))
     pool_file = tmp_path / "q4.toml"
@@ -451,7 +451,7 @@ def test_profile_optimize_bench_with_a_llamacpp_target(tmp_path, smollm2_pool, q
     # whether the one-token decoding equals the reference is a fact of this CPU: measured here,
     # on the bench's prompts, with the pool's own target: the bench must report the same
     from polyplan.bench.runner import encode_prompts
-    from polyplan.models import load_pool
+    from polyplan.weights import load_pool
 
     pool = load_pool(pool_file)
     target = pool.drafter("q4")

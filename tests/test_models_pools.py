@@ -12,9 +12,9 @@ import torch
 
 from polyplan.cpu import usable_cores
 from polyplan.errors import UserError
-from polyplan.models import MemberSpec, Pool, builtin_pools, load_pool
 from polyplan.models.drafter import VocabularyMismatch
-from polyplan.models.pools import UnknownMember, UnknownPool
+from polyplan.weights import MemberSpec, Pool, builtin_pools, load_pool
+from polyplan.weights.pools import UnknownMember, UnknownPool
 
 from tiny_models import tiny_llama
 
@@ -261,7 +261,7 @@ def test_cli_list_shows_members_and_install_state(monkeypatch, capsys, tmp_path)
 
 @pytest.mark.parametrize("derivation, min_agreement", [("int8", 0.9), ("int8-dynamic", 0.6)])
 def test_torchao_derivations_quantize_linear_layers(derivation, min_agreement):
-    from polyplan.models.derive import apply_derivation
+    from polyplan.weights.derive import apply_derivation
 
     model = tiny_llama(vocab_size=64, hidden_size=64)
     ids = torch.arange(20).view(1, -1) % 64
@@ -277,7 +277,7 @@ def test_torchao_derivations_quantize_linear_layers(derivation, min_agreement):
 def test_gguf_source_cache_reuse_and_corruption(tmp_path, monkeypatch):
     """A gguf: member is converted once into the cache; a cache whose weights file is damaged
     (same size) fails to load with the fix named, and `check` catches it by hash."""
-    from polyplan.models import source_cache
+    from polyplan.weights import source_cache
 
     monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
     conversions = []
@@ -313,7 +313,7 @@ def test_gguf_source_cache_reuse_and_corruption(tmp_path, monkeypatch):
 
 def test_ngram_member_fits_on_fit_prompts_once_and_caches(tmp_path, monkeypatch):
     from polyplan.data import load_prompts
-    from polyplan.models import ngram_fit
+    from polyplan.weights import ngram_fit
 
     monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
     save_tiny(tmp_path / "big", WORDS)
@@ -353,7 +353,7 @@ def json_schema(path: Path) -> str:
 
 
 def test_ngram_fits_on_a_prompt_file_from_the_pool_file_or_models_install(tmp_path, monkeypatch):
-    from polyplan.models import ngram_fit
+    from polyplan.weights import ngram_fit
 
     monkeypatch.setenv("POLYPLAN_CACHE", str(tmp_path / "cache"))
     save_tiny(tmp_path / "big", WORDS)

@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from polyplan import cache as model_cache
 from polyplan.errors import UserError
-from polyplan.models import cache as model_cache, source_cache, sources as src
-from polyplan.models.safetensors_stream import write_safetensors
+from polyplan.weights import source_cache, sources as src
+from polyplan.weights.safetensors_stream import write_safetensors
 
 
 @pytest.fixture

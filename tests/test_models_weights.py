@@ -21,7 +21,7 @@ def text_ids(smollm2_pool) -> torch.Tensor:
 
 
 def test_target_answers_a_known_question(smollm2_pool):
-    from polyplan.models.ngram_fit import chat_prompt_ids
+    from polyplan.weights.ngram_fit import chat_prompt_ids
 
     tok = smollm2_pool.tokenizer
     target = smollm2_pool.drafter(smollm2_pool.target)
@@ -84,7 +84,7 @@ def test_check_verifies_every_member(smollm2_pool):
 
 def test_install_again_reuses_everything(smollm2_pool, monkeypatch):
     """`polyplan models install smollm2` on an installed cache converts and fits nothing."""
-    from polyplan.models import ngram_fit, source_cache
+    from polyplan.weights import ngram_fit, source_cache
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("install rebuilt something that was already in the cache")

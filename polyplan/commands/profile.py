@@ -11,7 +11,7 @@ import typer
 from polyplan.commands import comma_ints, comma_list, sampling_filters
 from polyplan.documents.profile import WINDOW_SINK
 from polyplan.errors import UserError
-from polyplan.models import DEFAULT_POOL
+from polyplan.weights import DEFAULT_POOL
 
 DEFAULTS_NOTE = "Defaults profile the embedded SmolLM2 pool (9 members) in 3-5 minutes on a 2-core CPU."
 
@@ -305,8 +305,8 @@ def _settings(**values):
 def _load_inputs(pool: str, members: str | None, settings, output: Path | None):
     """The pool's members loaded (a spinner on stderr), its n-gram fit warnings, and the output
     path (default ``profiles/<pool>-<device>[-random].json``)."""
-    from polyplan.models.pools import load_pool
     from polyplan.profiler.pool_inputs import inputs_from_pool
+    from polyplan.weights.pools import load_pool
 
     the_pool = load_pool(pool)
     member_list = comma_list(members) if members else None

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from polyplan.chain_text import chain_names, gammas_text
-from polyplan.models import DEFAULT_POOL
+from polyplan.weights import DEFAULT_POOL
 
 DEFAULT_PROMPT = (
     "Summarize in two sentences: Speculative decoding lets a small draft model propose several "

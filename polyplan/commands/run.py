@@ -17,7 +17,7 @@ from polyplan.chain_text import chain_text
 from polyplan.commands import comma_ints, comma_list, sampling_filters
 from polyplan.documents.profile import WINDOW_SINK
 from polyplan.errors import UserError
-from polyplan.models import DEFAULT_POOL
+from polyplan.weights import DEFAULT_POOL
 
 
 def register(root: typer.Typer) -> None:

@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from polyplan import cache as model_cache
 from polyplan.cpu import cpu_flags
 from polyplan.errors import UserError
-from polyplan.models import cache as model_cache
 
 #: how llama.cpp members become available: setup.sh builds the extra for the instruction sets this
 #: CPU reports, AMX only where the kernel grants it and from patched source (a plain

@@ -60,9 +60,9 @@ def _random_weight_drafter(pool: Any, name: str) -> Drafter:
     dtype, derivation and device, so the same latency; acceptance would be meaningless."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from polyplan.models import sources as src
-    from polyplan.models.derive import apply_derivation
     from polyplan.models.model_drafter import ModelDrafter
+    from polyplan.weights import sources as src
+    from polyplan.weights.derive import apply_derivation
 
     spec = pool.member(name)
     config = AutoConfig.from_pretrained(src.require_prepared(pool.source(name)))
@@ -153,7 +153,7 @@ def portable_gguf_path(path: str | os.PathLike | None) -> str:
     one machine names the same entry on another; elsewhere the absolute path; '' for none."""
     if not path:
         return ""
-    from polyplan.models.cache import cache_root
+    from polyplan.cache import cache_root
 
     resolved = Path(path).resolve()
     try:

@@ -3,7 +3,7 @@ checked (sha256), their GGUF assembled and verified, a GGUF dequantized ONCE int
 ``<cache>/models/<key>/`` (config, safetensors, tokenizer, manifest) and loaded from there
 afterwards (about a second instead of 15-60 s). transformers refuses ``save_pretrained`` on a
 GGUF-loaded model, so the state dict is written directly, one tensor at a time, from a config
-without the GGUF ``quantization_config``. What the sources are: ``polyplan.models.sources``.
+without the GGUF ``quantization_config``. What the sources are: ``polyplan.weights.sources``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from polyplan.models import cache as model_cache
-from polyplan.models.safetensors_stream import write_safetensors
-from polyplan.models.sources import (
+from polyplan import cache as model_cache
+from polyplan.weights.safetensors_stream import write_safetensors
+from polyplan.weights.sources import (
     DTYPES,
     CatalogModel,
     CatalogSource,

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from polyplan import cache as model_cache
 from polyplan.documents.files import atomic_write_json
 from polyplan.errors import UserError
-from polyplan.models import cache as model_cache
 from polyplan.models.drafter import Drafter
 from polyplan.models.model_free import NgramTable
 

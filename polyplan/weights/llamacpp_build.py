@@ -2,12 +2,12 @@
 "feature set", which names the wheel's cache folder), whether the kernel lets this process use AMX,
 and the patch that makes ggml's AMX kernels run.
 
-Standard library only: setup.sh runs it as ``.venv/bin/python -m polyplan.models.llamacpp_build``
+Standard library only: setup.sh runs it as ``.venv/bin/python -m polyplan.weights.llamacpp_build``
 before polyplan (or torch) is installed.
 
-    python -m polyplan.models.llamacpp_build features       # "<set name> <cmake flags>"
-    python -m polyplan.models.llamacpp_build amx-permitted  # exit 0 when AMX may run here
-    python -m polyplan.models.llamacpp_build amx-source DIR # download + unpack + patch; prints the source dir
+    python -m polyplan.weights.llamacpp_build features       # "<set name> <cmake flags>"
+    python -m polyplan.weights.llamacpp_build amx-permitted  # exit 0 when AMX may run here
+    python -m polyplan.weights.llamacpp_build amx-source DIR # download + unpack + patch; prints the source dir
 
 Why a patch (measured by an earlier session on the project's Intel Xeon, family 6 model 207, with
 GCC 12): llama.cpp built with ``GGML_AMX_TILE/INT8/BF16=ON`` dies with SIGILL at ``tilezero`` on any

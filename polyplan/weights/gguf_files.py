@@ -17,7 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from polyplan.models import cache as model_cache, source_cache, sources as src
+from polyplan import cache as model_cache
+from polyplan.weights import source_cache, sources as src
 
 GGUFSource = src.CatalogSource | src.GGUFFileSource
 

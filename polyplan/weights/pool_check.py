@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from polyplan.models import cache as model_cache, gguf_files, source_cache, sources as src
+from polyplan import cache as model_cache
 from polyplan.models.drafter import check_same_vocabulary
+from polyplan.weights import gguf_files, source_cache, sources as src
 
 if TYPE_CHECKING:
-    from polyplan.models.pools import Pool
+    from polyplan.weights.pools import Pool
 
 Log = Callable[[str], None]
 CHECK_TEXT = "The quick brown fox jumps over the lazy dog. def f(x): return x + 1"

@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from polyplan import cache as model_cache
 from polyplan.errors import UserError
-from polyplan.models import cache as model_cache
 
 #: llama.cpp file types the quantizer makes without an importance matrix, and their ftype ids
 #: (llama.h ``enum llama_ftype``; checked against the installed llama_cpp when quantizing)

