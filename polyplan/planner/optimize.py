@@ -38,27 +38,17 @@ def optimize(
     members: list[str] | None = None,
 ) -> tuple[Plan, SearchResult]:
     """Search the profile's pool and return the plan document (not yet saved) and the search.
-
-    ``predictor="auto"`` replays the profile's traces when it has them, else uses the i.i.d. model.
-    ``max_new_tokens`` is the generation length planned for (None: the steady state of an
-    unbounded generation). ``choose``: ``robust`` runs, among the plans near the best point
-    estimate whose uncertainty intervals overlap it, the one with the best pessimistic quantile;
-    ``point`` runs the best point estimate (polyplan.planner.choice). ``members``: plan from only
-    these profiled members (and the target)."""
+    ``predictor="auto"`` replays the profile's traces when it has them, else the i.i.d. model;
+    ``max_new_tokens``: the generation length planned for (None: an unbounded generation's steady
+    state); ``choose``: ``robust`` or ``point`` (polyplan.planner.choice); ``members``: plan from
+    only these profiled members (and the target)."""
     profile_path = Path(profile_path)
     profile = profile or Profile.load(profile_path)
     planned_from = None if members is None else list(members)
-    if planned_from is not None:
-        profile = profile.restricted(planned_from)
-    if top < 0:
-        raise UserError(f"--top must be >= 0, got {top}")
-    if predictor not in ("auto", *PREDICTORS):
-        raise UserError(f"predictor must be auto or one of {', '.join(PREDICTORS)}, not {predictor!r}")
-    if choose not in RULES:
-        raise UserError(f"--choose must be one of {', '.join(RULES)}, not {choose!r}")
+    profile = profile if planned_from is None else profile.restricted(planned_from)
+    _check_options(top, predictor, choose)
     traces, unread_traces = _read_traces(profile, profile_path, predictor)
-    if predictor == "auto":
-        predictor = "replay" if traces is not None else "iid"
+    predictor = ("replay" if traces is not None else "iid") if predictor == "auto" else predictor
     if context is None and traces is not None:
         context = decoding_context(traces, max_new_tokens)
     # plans are ranked by what a request of the workload costs: decode plus each drafter's prefill
@@ -112,6 +102,15 @@ def optimize(
     _add_trees_and_policy(plan, profile, pred.context, max_gamma, traces, horizons)
     plan.validate()
     return plan, result
+
+
+def _check_options(top: int, predictor: str, choose: str) -> None:
+    if top < 0:
+        raise UserError(f"--top must be >= 0, got {top}")
+    if predictor not in ("auto", *PREDICTORS):
+        raise UserError(f"predictor must be auto or one of {', '.join(PREDICTORS)}, not {predictor!r}")
+    if choose not in RULES:
+        raise UserError(f"--choose must be one of {', '.join(RULES)}, not {choose!r}")
 
 
 def _read_traces(profile: Profile, profile_path: Path, predictor: str) -> tuple[Traces | None, str | None]:
