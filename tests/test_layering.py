@@ -94,16 +94,16 @@ def test_the_executor_reaches_the_assembly_only_through_the_hook_the_root_sets()
 def test_weight_sources_do_not_reach_up_to_the_llamacpp_file_keeping():
     """issue 20 item 10: ``sources`` (weights and their conversion) sits below ``gguf_files`` (GGUFs
     kept for llama.cpp); both meet in the cache module through plain values."""
-    models = Path(__file__).resolve().parents[1] / "polyplan" / "models"
-    assert "gguf_files" not in (models / "sources.py").read_text()
+    weights = Path(__file__).resolve().parents[1] / "polyplan" / "weights"
+    assert "gguf_files" not in (weights / "sources.py").read_text()
     assert loaded_by("polyplan.weights.sources", ("polyplan.weights.gguf_files",)) == []
 
 
 def test_the_ngram_fit_takes_plain_values_not_the_pool():
     """issue 20 item 10: fitting an n-gram table needs the target's name, fingerprint, options and
     prompts (``NgramFit``), not the pool that holds them."""
-    models = Path(__file__).resolve().parents[1] / "polyplan" / "models"
-    assert "pools" not in (models / "ngram_fit.py").read_text().replace("pool's", "")
+    weights = Path(__file__).resolve().parents[1] / "polyplan" / "weights"
+    assert "pools" not in (weights / "ngram_fit.py").read_text().replace("pool's", "")
     assert loaded_by("polyplan.weights.ngram_fit", ("polyplan.weights.pools",)) == []
 
 
