@@ -29,7 +29,7 @@ from polyplan.executor.guard import SpeedGuard
 class NoGuard(SpeedGuard):
     """The guard switched off: the policy's setting always runs."""
 
-    def apply(self, setting: RoundSetting) -> RoundSetting:
+    def apply(self, setting: RoundSetting, rechoose: Any = None) -> RoundSetting:
         return setting
 
 

@@ -242,12 +242,13 @@ def test_a_windowed_drafters_prior_weighs_like_a_handful_of_verifications(policy
 # ---- the time guard (proofs/adaptive-control.md, section 5): round times fed directly ----------
 
 
-def timed_run(controller, world, rounds, alone, spec, first=None, timing=None):
+def timed_run(controller, world, rounds, alone, spec, first=None, timing=None, cost=None):
     """``world.run`` with each round's time reported through observe_round: a round of the target
     alone takes ``alone`` s per token, a speculative one ``spec(done, committed)`` s (``done``:
-    tokens committed before it); the request's first round (its prefill) takes ``first`` if given.
-    ``timing(i, seconds, committed)`` makes the RoundTiming (default: the time alone, as on CUDA).
-    Returns the settings and, per round, (speculative, committed)."""
+    tokens committed before it), or ``cost(setting)`` s where given; the request's first round (its
+    prefill) takes ``first`` if given. ``timing(i, seconds, committed)`` makes the RoundTiming
+    (default: the time alone, as on CUDA). Returns the settings and, per round, (speculative,
+    committed, seconds)."""
     setting = controller.start(3, list(PROMPT))
     history, rounds_run = [setting], []
     for i in range(rounds):
@@ -255,10 +256,13 @@ def timed_run(controller, world, rounds, alone, spec, first=None, timing=None):
         world.round(controller, setting)
         committed = len(world.tokens) - before
         speculative = len(setting.members) > 1
-        seconds = spec(before - len(PROMPT), committed) if speculative else alone * committed
+        if not speculative:
+            seconds = alone * committed
+        else:
+            seconds = cost(setting) if cost else spec(before - len(PROMPT), committed)
         seconds = first if i == 0 and first is not None else seconds
         controller.observe_round(timing(i, seconds, committed) if timing else RoundTiming(seconds, committed))
-        rounds_run.append((speculative, committed))
+        rounds_run.append((speculative, committed, seconds))
         setting = controller.next_round(world.tokens)
         history.append(setting)
     return history, rounds_run
@@ -269,7 +273,7 @@ def per_token(rate):
 
 
 def speculated_share(rounds_run) -> float:
-    return sum(c for s, c in rounds_run if s) / sum(c for _, c in rounds_run)
+    return sum(r[1] for r in rounds_run if r[0]) / sum(r[1] for r in rounds_run)
 
 
 def test_guard_falls_back_when_speculation_is_measured_slower_than_the_target_alone(policy):
@@ -350,7 +354,7 @@ def test_guard_probes_a_losing_speculation_logarithmically_often(policy):
     alone = controller.predicted_alone()
     history, rounds_run = timed_run(controller, world, 1000, alone, per_token(1.3 * alone))
     falls = sum(1 for a, b in zip(history, history[1:], strict=False) if len(a.members) > 1 and b.members == (0,))
-    tokens = sum(c for _, c in rounds_run)
+    tokens = sum(r[1] for r in rounds_run)
     assert tokens > 900
     assert falls <= 2 + math.log2(tokens / GUARD_BACKOFF)
     assert speculated_share(rounds_run) < 0.15
@@ -413,3 +417,56 @@ def test_the_targets_own_passes_rescale_the_prediction(policy):
     assert any(s.members == (0,) for s in calibrated[:4])
     assert "fell back to measure the target alone" in next(s.reason for s in calibrated if s.members == (0,))
     assert all(len(s.members) > 1 for s in stale)
+
+
+def _run_costed(controller, world, rounds, alone, verify, per_draft):
+    """``timed_run`` where a speculative round costs a verification (``verify`` s) plus ``per_draft``
+    s per drafted token of the top drafter, so shorter gammas are cheaper rounds."""
+    return timed_run(
+        controller, world, rounds, alone, None, cost=lambda setting: verify + per_draft * setting.gammas[0]
+    )
+
+
+def test_guard_rechooses_on_the_requests_own_acceptance_before_falling_back(policy, monkeypatch):
+    """Rule 3 (the quickstart demo's case): these requests accept 0.8 where the profile said 0.98.
+    At the plan's long gammas speculation is not clearly faster than the target alone's prediction;
+    the verdict, judged on the measured rate, re-chooses on the request's own acceptance (weak
+    priors): shorter gammas, cheaper rounds (here 1.7x the target alone's speed at the best gamma).
+    Over ten seeded requests they run faster than the same requests without rule 3, which fall
+    back to the target alone more often."""
+
+    def run(seed: int, rule3: bool):
+        world = World(0.80, 0.47, seed=seed)
+        controller = AdaptiveController(policy, {2: world.propose})
+        if not rule3:
+            monkeypatch.setattr(controller, "_on_own_acceptance", lambda: None)
+        controller.start(3, list(PROMPT))
+        alone = controller.predicted_alone()
+        history, rounds_run = _run_costed(controller, world, 40, alone, 0.8 * alone, 0.3 * alone)
+        seconds = sum(r[2] for r in rounds_run) / sum(r[1] for r in rounds_run) / alone
+        return history, seconds
+
+    with_rule, without = zip(*[(run(seed, True), run(seed, False)) for seed in range(31, 41)], strict=True)
+    rechosen = 0
+    for history, _ in with_rule:
+        for k in (i for i, s in enumerate(history) if "accepts less than profiled" in s.reason):
+            assert len(history[k].members) > 1 and history[k].gammas[0] < history[k - 1].gammas[0]
+            rechosen += 1
+    assert rechosen >= 5
+    per_token = sum(s for _, s in with_rule) / len(with_rule)
+    per_token_without = sum(s for _, s in without) / len(without)
+    assert per_token < per_token_without  # measured 0.78 against 0.83 of the target alone's time
+
+
+def test_rule3_rechooses_only_where_the_request_accepts_less_than_its_estimates(policy):
+    """Rule 3's test of acceptance: after rounds that accepted as profiled (or better) the loss is
+    time, not acceptance, so there is nothing to re-choose and the priors stay as strong; after
+    rounds that accepted 0.6 the re-choice on weak priors drafts less."""
+    for rate, rechosen in ((0.995, False), (0.6, True)):
+        world = World(rate, 0.47, seed=32)
+        controller = AdaptiveController(policy, {2: world.propose})
+        history = world.run(controller, 3)
+        other = controller._on_own_acceptance()
+        assert (other is not None) == rechosen and controller._doubted == rechosen
+        if other is not None:
+            assert len(other.members) > 1 and other.gammas[0] < history[-1].gammas[0]

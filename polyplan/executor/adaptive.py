@@ -63,6 +63,10 @@ MAX_TRANSFER_STRENGTH = 256.0
 #: measured on a few long prompts and varies with the text (a summary's source lies outside the
 #: window, a code file's definitions may not), so it weighs like a handful of verifications
 WINDOWED_PRIOR_STRENGTH = 8.0
+#: the prior of every pair once the guard found speculation losing while this request accepted
+#: less than the profile (rule 3 of proofs/adaptive-control.md section 5): the profile's prompts
+#: no longer describe this one, so its own verifications decide, as for a windowed pair
+DOUBTED_PRIOR_STRENGTH = WINDOWED_PRIOR_STRENGTH
 
 
 class AdaptiveController:
@@ -111,6 +115,8 @@ class AdaptiveController:
         #: the start sent this request to the target alone and no evidence has come since: later
         #: rounds would judge the same estimates with less of the request left to repay a prefill
         self._hold = False
+        #: the guard's verdict sent this request to its own acceptance (rule 3): weak priors from here
+        self._doubted = False
 
     # ---- the Controller protocol -------------------------------------------------------------
     def start(self, chain_size: int, prompt: list[int], max_new_tokens: int = 0) -> RoundSetting:
@@ -169,7 +175,7 @@ class AdaptiveController:
         self.seen = len(tokens)
         self.rounds += 1
         setting = self.setting if self._hold and self.setting is not None else self._decide()
-        setting = self.guard.apply(setting)
+        setting = self.guard.apply(setting, self._on_own_acceptance)
         joining = set(setting.members) - set(self.running.members)
         self._cold = bool(joining)
         # members that ran earlier in this request and missed tokens since: their catch-up pass is
@@ -239,6 +245,8 @@ class AdaptiveController:
             prior, strength = policy.priors[pair] * factor, policy.prior_strength[pair]
             if factor < 1.0:
                 strength = min(strength, WINDOWED_PRIOR_STRENGTH)
+            if self._doubted:
+                strength = min(strength, DOUBTED_PRIOR_STRENGTH)
             if v != 0 and d in self.shadow and (0, d) in alpha and (0, v) in alpha:
                 # centred on the shadow estimate, shifted as in the profile; as sure as the bound
                 prior = min(1.0, max(0.0, alpha[(0, d)] + policy.priors[pair] - policy.priors[(0, d)]))
@@ -292,6 +300,27 @@ class AdaptiveController:
             f"{p.autoregressive_request_s:.2f} s for the target alone "
             f"(drafter prefill {sum(p.drafter_prefill_s):.2f} s)"
         )
+
+    def _on_own_acceptance(self) -> RoundSetting | None:
+        """Rule 3 of section 5: the guard measured speculation losing. Where the target accepted
+        less in this request than the estimate the running setting was chosen at (the pair that
+        decides what a round commits), the profile's prompts do not describe it: re-choose with weak
+        priors (its own verifications decide). The new setting, if it speculates and differs, is
+        returned for the guard to judge on its own rounds; None (acceptance cannot explain the
+        loss, or nothing else speculates) lets the guard fall back."""
+        running = self.running.members
+        top = (0, running[1]) if len(running) > 1 else None
+        if top is None or top not in self.alpha:
+            return None
+        used = self.alpha[top]
+        self._doubted = True
+        if self.estimates()[top] >= used:
+            self._doubted = False  # this request accepts as estimated: the loss is time, not acceptance
+            return None
+        setting = self._decide()
+        if len(setting.members) < 2 or (setting.members, setting.gammas) == (running, self.running.gammas):
+            return None
+        return setting
 
     def _decide(self) -> RoundSetting:
         self.alpha = self.estimates()

@@ -8,6 +8,7 @@ Python: the adaptive controller feeds both from each round's :class:`RoundTiming
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from polyplan.executor.control import RoundSetting
@@ -95,6 +96,8 @@ class SpeedGuard:
         #: had with every draft accepted: no acceptance luck makes speculation faster than this
         self.best_case = math.inf
         self.backoff = GUARD_BACKOFF
+        #: rule 3 was used in this request: a second verdict falls back
+        self.rechosen = False
         # the target's passes in this request, measured and as the profile prices them
         self.target_measured = self.target_profiled = 0.0
 
@@ -126,50 +129,56 @@ class SpeedGuard:
         else:
             self.alone.add(seconds, committed)
 
-    def apply(self, setting: RoundSetting) -> RoundSetting:
-        """The policy's ``setting``, or the target alone while the guard holds it."""
+    def apply(self, setting: RoundSetting, rechoose: Callable[[], RoundSetting | None] | None = None) -> RoundSetting:
+        """The policy's ``setting``, or the target alone while the guard holds it. ``rechoose``
+        (rule 3): on a verdict judged on the measured rate, once per request, another speculative
+        setting chosen on this request's own acceptance, or None when acceptance cannot explain it."""
         if self.held_until is not None:
             return self._held(setting)
-        why = self._losing() if len(setting.members) > 1 else None
-        if why is None:
+        verdict = self._losing() if len(setting.members) > 1 else None
+        if verdict is None:
             return setting
+        why, on_rate = verdict
+        if on_rate and rechoose is not None and not self.rechosen:
+            other = rechoose()
+            if other is not None:
+                # judged afresh on its own rounds, by rule 1; a second verdict falls back
+                self.rechosen = True
+                self.speculating, self.best_case = MeasuredRate(), math.inf
+                return other._replace(reason=f"{why}: this request accepts less than profiled; {other.reason}")
+        action = "fell back" if self.alone.known else "fell back to measure the target alone"
         self.speculated, self.speculating = self.speculating.value, MeasuredRate()
         self.best_case = math.inf
         self.held_since, self.held_until = self.done, self.done + self.backoff
-        self.held_reason = f"{why} (for up to {self.backoff} tokens)"
+        self.held_reason = f"{why}: {action} (for up to {self.backoff} tokens)"
         self.backoff = min(2 * self.backoff, GUARD_MAX_BACKOFF)
         return RoundSetting((0,), (), self.held_reason, setting.windows)
 
-    def _losing(self) -> str | None:
+    def _losing(self) -> tuple[str, bool] | None:
         """Why speculation stops now, or None: measured slower than the target alone measured, or,
-        before the target alone is measured, not clearly faster than its prediction."""
+        before the target alone is measured, not clearly faster than its prediction. With it,
+        whether the verdict was on the measured rate (which acceptance luck is part of) rather than
+        on the best case (which no acceptance would have made faster)."""
         if not self.speculating.known:
             # one round is luck for the rate, not for its best case: even with every draft accepted
             # it would have been this slow
             best = self.best_case
             if not math.isfinite(best):
                 return None
+            every = f"{_ms(best)}/token even had every draft been accepted"
             if self.alone.known and best > self.alone.value * (1 + GUARD_MARGIN):
-                return (
-                    f"{_ms(best)}/token even had every draft been accepted, against the target alone's "
-                    f"{_ms(self.alone.value)} measured: fell back"
-                )
+                return f"{every}, against the target alone's {_ms(self.alone.value)} measured", False
             if not self.alone.known and best * (1 + GUARD_PREDICTION_ERROR) > self.predicted_now:
-                return (
-                    f"{_ms(best)}/token even had every draft been accepted, not clearly below the "
-                    f"target alone's {_ms(self.predicted_now)} predicted: fell back to measure the target alone"
-                )
+                return f"{every}, not clearly below the target alone's {_ms(self.predicted_now)} predicted", False
             return None
         rate = self.speculating.value
         if self.alone.known:
             alone = self.alone.value
             if rate > alone * (1 + GUARD_MARGIN):
-                return f"measured {_ms(rate)}/token against the target alone's {_ms(alone)} measured: fell back"
+                return f"measured {_ms(rate)}/token against the target alone's {_ms(alone)} measured", True
         elif rate * (1 + GUARD_PREDICTION_ERROR) > self.predicted_now:
-            return (
-                f"measured {_ms(rate)}/token, not clearly below the target alone's {_ms(self.predicted_now)} "
-                "predicted: fell back to measure the target alone"
-            )
+            predicted = _ms(self.predicted_now)
+            return f"measured {_ms(rate)}/token, not clearly below the target alone's {predicted} predicted", True
         return None
 
     def _held(self, setting: RoundSetting) -> RoundSetting:
