@@ -38,7 +38,11 @@ _MAX_NEW_TOKENS = typer.Option(
     "--max-new-tokens",
     help="Length of each reference continuation (replay predicts generations up to this long from measured traces).",
 )
-_NEW_TOKENS = typer.Option("1,2,4,8,16,32", "--new-tokens", help="Latency grid: new tokens per pass.")
+_NEW_TOKENS = typer.Option(
+    "1,2,3,4,5,6,7,8,9,12,16,17,32",
+    "--new-tokens",
+    help="Latency grid: new tokens per pass (dense where verifications run: T(n) is not smooth in n).",
+)
 _CONTEXTS = typer.Option(
     "64,512,2048",
     "--contexts",

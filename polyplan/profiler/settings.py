@@ -14,6 +14,9 @@ from polyplan.executor.sampling import SamplingParams
 from polyplan.models.drafter import Drafter, check_same_vocabulary
 
 
+DENSE_NEW_TOKENS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 17, 32)
+
+
 def new_token_grid(max_new: int) -> list[int]:
     """1, 2, 4, ... up to ``max_new`` (``max_new`` itself included)."""
     if max_new < 1:
@@ -29,7 +32,12 @@ class ProfileSettings:
     # defaults: the embedded SmolLM2 pool (9 members) profiles in 3-5 minutes on a 2-core CPU
     prompts: int = 8
     max_new_tokens: int = 64
-    new_tokens: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    #: pass widths of the latency grid: every width up to 9, then 12, 16, 17 (the widest verification
+    #: at the planner's gamma 16) and 32. Dense where verifications run, because T(n) is not smooth in
+    #: n: torch's float32 GEMMs on the 2-core AMD (family 26) took 73 ms for 3 new tokens and 57 ms
+    #: for 4, 67 ms for 7 and 55 ms for 8 (docs/results.md, 2026-12-07); on a grid of powers of two
+    #: the planner priced the slow widths at their neighbours' cost
+    new_tokens: list[int] = field(default_factory=lambda: list(DENSE_NEW_TOKENS))
     #: cached-token counts of the latency grid; past 512 fewer timed passes
     #: (latency_repeats_at), and the pass building a context that is also a prefill length is its P(c)
     contexts: list[int] = field(default_factory=lambda: [64, 512, 2048])
