@@ -13,7 +13,6 @@ from polyplan.errors import UserError
 from polyplan.executor.sampling import SamplingParams
 from polyplan.models.drafter import Drafter, check_same_vocabulary
 
-
 DENSE_NEW_TOKENS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 17, 32)
 
 
