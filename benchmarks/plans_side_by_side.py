@@ -3,9 +3,11 @@ target alone: per prompt, interleaved in a rotating order, end to end (prefills 
 compare plans made from two profiles of one pool (e.g. two latency grids) on the same prompts.
 
     .venv/bin/python benchmarks/plans_side_by_side.py A.plan.json B.plan.json \\
-        --prompts-file F.jsonl [--prompts-file G.jsonl] [--demo] [--max-new-tokens 64] [--repeats 2] [-o out.json]
+        --prompts-file F.jsonl [--prompts-file G.jsonl] [--demo] [--builtin]
+        [--max-new-tokens 64] [--repeats 2] [-o out.json]
 
-``--demo`` adds the quickstart's demo prompt. The plans' tokens must equal the target's."""
+``--demo`` adds the quickstart's demo prompt, ``--builtin`` the built-in eval set's 8 prompts that
+``polyplan bench`` runs. The plans' tokens must equal the target's."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("plans", nargs="+")
     ap.add_argument("--prompts-file", action="append", default=[])
     ap.add_argument("--demo", action="store_true", help="add the quickstart's demo prompt")
+    ap.add_argument("--builtin", action="store_true", help="add the built-in eval set (the profile's prompts)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("-o", "--output", default=None)
@@ -35,7 +38,9 @@ def main() -> None:
     first = next(iter(chains.values()))
     alone = polyplan.Chain([first.drafters[0]], tokenizer=first.tokenizer)
     prompts = [("demo", prompt_ids(first.tokenizer, DEFAULT_PROMPT))] if args.demo else []
-    prompts += [(p.id, prompt_ids(first.tokenizer, p.text)) for f in args.prompts_file for p in prompt_set(f).prompts]
+    chosen = [*(prompt_set(None).select(limit=8) if args.builtin else [])]
+    chosen += [p for f in args.prompts_file for p in prompt_set(f).prompts]
+    prompts += [(p.id, prompt_ids(first.tokenizer, p.text)) for p in chosen]
     alone.generate(prompts[0][1], max_new_tokens=8)  # first-call costs out of the figures
     runs = {"alone": alone, **chains}
     rows = []
