@@ -24,6 +24,7 @@ import polyplan
 from polyplan.data import load_prompts
 from polyplan.executor.control import RoundSetting
 from polyplan.executor.guard import SpeedGuard
+from polyplan.profiler.pool_inputs import chat_encoder
 
 
 class NoGuard(SpeedGuard):
@@ -51,11 +52,6 @@ class Slowed:
         return slowed
 
 
-def prompt_ids(tokenizer: Any, text: str) -> list[int]:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("plan")
@@ -70,7 +66,8 @@ def main() -> None:
     unguarded.guard = NoGuard()
     alone = polyplan.Chain([chain.drafters[0]], tokenizer=chain.tokenizer)
     slowed = [Slowed(d) for d in chain.drafters[1:] if not d.point_mass]
-    prompts = [prompt_ids(chain.tokenizer, p.text) for p in load_prompts("eval", limit=args.prompts)]
+    encode = chat_encoder(chain.tokenizer)  # as `polyplan bench` and the profiler encode prompts
+    prompts = [encode(p.text) for p in load_prompts("eval", limit=args.prompts)]
     n = args.max_new_tokens
     warm = alone.generate(prompts[0], max_new_tokens=n, eos_token_id=[])
     per_token = warm.stats.decode_time_s / max(1, warm.stats.new_tokens)

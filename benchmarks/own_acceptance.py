@@ -24,6 +24,7 @@ import polyplan
 from polyplan.data.prompt_file import prompt_set
 from polyplan.executor.adaptive import AdaptiveController
 from polyplan.executor.control import RoundSetting
+from polyplan.profiler.pool_inputs import chat_encoder
 
 RULE3 = "accepts less than profiled"
 
@@ -35,27 +36,21 @@ class WithoutRule3(AdaptiveController):
         return None
 
 
-def prompt_ids(tokenizer: Any, text: str) -> list[int]:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-
 def measure(chain: Any, alone: Any, controllers: dict[str, Any], ids: list[int], n: int, repeat: int) -> dict:
     """One prompt, every method once, in an order that rotates with ``repeat``."""
     names = ["alone", *controllers]
     names = names[repeat % len(names) :] + names[: repeat % len(names)]
     row: dict[str, Any] = {}
-    reference = None
     for name in names:
         if name == "alone":
             result = alone.generate(ids, max_new_tokens=n)
-            reference = reference or result.tokens
         else:
             result = chain.generate(ids, max_new_tokens=n, controller=controllers[name])
             row[f"{name}_rule3"] = sum(RULE3 in c["reason"] for c in result.stats.setting_changes)
         row[f"{name}_s"] = result.stats.wall_time_s
         row[f"{name}_tokens"] = list(result.tokens)
-    assert row["plan_tokens"] == row["alone_tokens"], "the plan's output differs from the target's"
+    for name in controllers:
+        assert row[f"{name}_tokens"] == row["alone_tokens"], f"{name}: the output differs from the target's"
     return row
 
 
@@ -71,7 +66,8 @@ def main() -> None:
     plan_controller = chain.controller
     controllers = {"plan": plan_controller, "without": WithoutRule3(plan_controller.policy, plan_controller.shadow)}
     alone = polyplan.Chain([chain.drafters[0]], tokenizer=chain.tokenizer)
-    prompts = [(p.id, prompt_ids(chain.tokenizer, p.text)) for f in args.prompts_file for p in prompt_set(f).prompts]
+    encode = chat_encoder(chain.tokenizer)  # as `polyplan bench` and the profiler encode prompts
+    prompts = [(p.id, encode(p.text)) for f in args.prompts_file for p in prompt_set(f).prompts]
     alone.generate(prompts[0][1], max_new_tokens=8)
     rows = []
     for pid, ids in prompts:

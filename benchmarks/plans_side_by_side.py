@@ -16,11 +16,10 @@ import json
 import statistics
 from pathlib import Path
 
-from own_acceptance import prompt_ids  # benchmarks/ is the script's directory
-
 import polyplan
 from polyplan.commands.quickstart import DEFAULT_PROMPT
 from polyplan.data.prompt_file import prompt_set
+from polyplan.profiler.pool_inputs import chat_encoder
 
 
 def main() -> None:
@@ -37,10 +36,11 @@ def main() -> None:
     chains = {name: polyplan.Chain.from_plan(path) for name, path in zip(names, args.plans, strict=True)}
     first = next(iter(chains.values()))
     alone = polyplan.Chain([first.drafters[0]], tokenizer=first.tokenizer)
-    prompts = [("demo", prompt_ids(first.tokenizer, DEFAULT_PROMPT))] if args.demo else []
+    encode = chat_encoder(first.tokenizer)  # as `polyplan bench` and the profiler encode prompts
+    prompts = [("demo", encode(DEFAULT_PROMPT))] if args.demo else []
     chosen = [*(prompt_set(None).select(limit=8) if args.builtin else [])]
     chosen += [p for f in args.prompts_file for p in prompt_set(f).prompts]
-    prompts += [(p.id, prompt_ids(first.tokenizer, p.text)) for p in chosen]
+    prompts += [(p.id, encode(p.text)) for p in chosen]
     alone.generate(prompts[0][1], max_new_tokens=8)  # first-call costs out of the figures
     runs = {"alone": alone, **chains}
     rows = []
