@@ -187,8 +187,9 @@ def plan_policy(plan: Any, plan_path: str | Path, note: Note = _stderr) -> Any:
 
 def stale_policy(policy: Any, plan: Any) -> str | None:
     """What differs between a plan and the policy stored in it (an edited plan), or None."""
-    if list(policy.names) != list(plan.names):
-        return f"members {chain_names(policy.names)}, the plan runs {chain_names(plan.names)}"
+    chain = list(policy.names[: len(policy.plan.members)])
+    if chain != list(plan.names):
+        return f"members {chain_names(chain)}, the plan runs {chain_names(plan.names)}"
     if tuple(policy.plan.gammas[0]) != tuple(plan.gammas):
         return f"gammas {list(policy.plan.gammas[0])}, the plan has {list(plan.gammas)}"
     if policy.mode != plan.mode:
@@ -247,6 +248,8 @@ def assemble_plan(
     if tree_nodes is not None:
         spec.tree_nodes = tree_nodes
     policy = None if static else plan_policy(plan, plan_path, note)
+    if policy is not None and policy.reserves:
+        with_reserves(spec, policy.reserves)
     if load is None:
         drafters, tokenizer = load_members(spec)
     else:
@@ -257,6 +260,16 @@ def assemble_plan(
     if policy is not None:
         chain.controller = adaptive_controller(policy, chain.drafters)
     return AssembledPlan(plan, spec, chain, policy)
+
+
+def with_reserves(spec: ChainSpec, reserves: Sequence[str]) -> None:
+    """Add the policy's reserve drafters below the plan's chain: the adaptive controller may run
+    one instead of the plan's drafters (a static run never does). Linear drafts, gamma 1 as
+    placeholders: the controller sets each round's gammas."""
+    spec.members = [*spec.members, *reserves]
+    spec.gammas = [*spec.gammas, *[1] * len(reserves)]
+    if spec.tree_nodes is not None:
+        spec.tree_nodes = [*spec.tree_nodes, *[1] * len(reserves)]
 
 
 def chain_from_plan(

@@ -122,3 +122,19 @@ def test_a_prefill_curve_below_its_shortest_length_keeps_that_lengths_cost_per_t
     flat = PrefillCurve([128, 512], [0.366, 1.306])
     assert flat(64) == pytest.approx(0.366 - (1.306 - 0.366) * 64 / 384)
     assert flat(0) == 0.0 and q8(1) > 0
+
+
+def test_a_prefill_curve_past_its_longest_length_keeps_its_cost_per_token_rising():
+    """llama.cpp's Q8_0 SmolLM2 on the family-26 AMD: 0.499 s for 512 tokens, 2.68 s for 2048; a
+    2803-token prompt then took 4.82 s (bench). The last segment's line gives 3.75 s; the cost per
+    token rising on as between 512 and 2048 gives 4.13 s. A curve whose cost per token falls keeps
+    the line (never below it)."""
+    from polyplan.documents.profile import PrefillCurve
+
+    q8 = PrefillCurve([128, 512, 2048], [0.126, 0.499, 2.68])
+    line = 2.68 + (2.68 - 0.499) / 1536 * (2803 - 2048)
+    r0, r1 = 0.499 / 512, 2.68 / 2048
+    assert q8(2803) == pytest.approx(2803 * (r1 + (r1 - r0) / 1536 * (2803 - 2048)))
+    assert line < q8(2803) < 4.82 and q8(2048) == pytest.approx(2.68)
+    falling = PrefillCurve([128, 512], [0.366, 1.306])  # fixed costs: the per-token cost falls
+    assert falling(1024) == pytest.approx(1.306 + (1.306 - 0.366) / 384 * 512)

@@ -105,12 +105,24 @@ def print_plan(plan, export: str | None) -> None:
     _print_prompt_lengths(console, plan)
     if plan.trees:
         console.print(f"draft tree at level {plan.trees['level']} ({plan.trees['member']}): {plan.trees['reason']}")
+    _print_reserves(console, plan)
     console.print(_insertion_table(plan))
     for other, p in plan.predictions.items():
         if other != plan.settings["predictor"]:
             console.print(f"{other} predictor for the same plan: {p['time_per_token_s'] * 1e3:.2f} ms/token")
     if export:
         _print_export(console, plan, export)
+
+
+def _print_reserves(console: Console, plan) -> None:
+    """The policy's reserve drafters and what the profile's long prompts did to their acceptance."""
+    policy = plan.policy or {}
+    names = policy.get("names") or []
+    factors = (policy.get("requests") or {}).get("prompt_factors") or {}
+    for name in names[len(plan.names) :]:
+        row = factors.get(name)
+        measured = f": acceptance x{row[2]:.2f} on the profile's long prompts (~{row[1]:.0f} tokens)" if row else ""
+        console.print(f"reserve: {name} (no prefill; a request may run it instead of the plan's drafters){measured}")
 
 
 def _print_warnings(console: Console, plan) -> None:

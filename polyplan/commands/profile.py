@@ -66,7 +66,7 @@ _WINDOWS = typer.Option(
     "tokens + the last W; '' skips).",
 )
 _WINDOW_PROMPTS = typer.Option(
-    2,
+    3,
     "--window-prompts",
     help="Long prompts for it: your --prompts-file's longer than the window, else built-in ones.",
 )

@@ -52,6 +52,9 @@ from polyplan.documents.files import DocumentError, atomic_write_json, read_json
 #: sinks) and its last ``window`` (polyplan.models.windowed). The one home of the number: the pure
 #: planner, the profiler and the models all read it from here.
 WINDOW_SINK = 4
+#: the range a point-mass drafter's long-prompt factor is kept in: measured on a few long prompts
+#: (a copying answer, a rag or summary prompt, may double a prompt-lookup's acceptance; more is noise)
+LONG_PROMPT_FACTOR_RANGE = (0.25, 4.0)
 
 PROFILE_SCHEMA = "polyplan.profile"
 PROFILE_VERSION = 1
@@ -122,8 +125,9 @@ def _interp(xs: list[int], ys: list[float], x: float) -> float:
 @dataclass
 class PrefillCurve:
     """Median time P(c) of one pass over ``c`` prompt tokens from an empty cache (a member's
-    prefill). Piecewise-linear between measured contexts; past the longest, the last segment's
-    slope; below the shortest, the first segment's slope but never below the shortest's cost per
+    prefill). Piecewise-linear between measured contexts; past the longest, the cost per token
+    rising on as between the last two (never below the last segment's line); below the shortest,
+    the first segment's slope but never below the shortest's cost per
     token times ``c`` (a llama.cpp prefill's cost per token rises with length: extrapolating its
     128->512 slope priced 50 tokens at a third of what they took)."""
 
@@ -154,6 +158,13 @@ class PrefillCurve:
         linear = y0 + (y1 - y0) * (c - x0) / (x1 - x0)
         if c < xs[0]:
             return max(0.0, linear, ys[0] * c / xs[0])
+        if c > x1 and x0 > 0:
+            # past the longest: the cost per token keeps rising as it did between the last two
+            # (attention over the prompt grows with it): P(c) = c (r1 + s (c - x1)); the last
+            # segment's line priced a 2803-token llama.cpp prefill 22% under what it took
+            r0, r1 = y0 / x0, y1 / x1
+            rising = c * (r1 + (r1 - r0) / (x1 - x0) * (c - x1))
+            return max(0.0, linear, rising)
         return max(0.0, linear)
 
     def with_row(self, context: int, median_s: float, spread_s: float, repeats: int) -> PrefillCurve:
@@ -244,6 +255,43 @@ class Profile:
             if f[2] > 0 and p[2] > 0:
                 out.append([int(lo), _kept(p[index] / p[2], f[index] / f[2])])
         return out
+
+    def long_prompt_factor(self, drafter: str, mode: str) -> float | None:
+        """What the profile's long prompts do to a point-mass drafter's acceptance by the target:
+        alpha on the long prompts (whole prompt read) / alpha on the profile's own prompts, within
+        LONG_PROMPT_FACTOR_RANGE; None when not measured (profiles before it, model drafters)."""
+        full = ((self.windows.get("by_drafter") or {}).get(drafter) or {}).get("full")
+        known = {c.name: c for c in self.candidates}
+        if not full or not full.get("positions") or drafter not in known or not known[drafter].point_mass:
+            return None
+        try:
+            short = self.pair(self.target, drafter).alpha(mode)
+        except DocumentError:
+            return None
+        key = "greedy_sum" if mode == "greedy" else "sampling_sum"
+        lo, hi = LONG_PROMPT_FACTOR_RANGE
+        return max(lo, min(hi, full[key] / full["positions"] / max(short, 1e-9)))
+
+    def long_prompt_factor_by_position(self, drafter: str, mode: str) -> list[list[float]]:
+        """``[[first position, factor], ...]``: the long-prompt factor by answer-position bucket (a
+        point-mass drafter also copies from the answer: the longer the answer, the more it finds);
+        empty when not measured by position."""
+        whole = self.long_prompt_factor(drafter, mode)
+        full = (((self.windows.get("by_drafter") or {}).get(drafter) or {}).get("full") or {}).get("by_position")
+        if whole is None or not full:
+            return []
+        short = self.pair(self.target, drafter).alpha(mode)
+        index, (lo, hi) = (0 if mode == "greedy" else 1), LONG_PROMPT_FACTOR_RANGE
+        return [
+            [int(b), max(lo, min(hi, full[b][index] / full[b][2] / max(short, 1e-9)))]
+            for b in sorted(full, key=int)
+            if full[b][2] > 0
+        ]
+
+    def long_prompt_tokens(self) -> float | None:
+        """The mean length of the long prompts the windows phase measured, None when not recorded."""
+        lengths = self.windows.get("prompt_tokens") or []
+        return float(sum(lengths) / len(lengths)) if lengths else None
 
     def window_sizes(self) -> list[int]:
         return [int(w) for w in self.windows.get("sizes", [])] if self.windows.get("by_drafter") else []

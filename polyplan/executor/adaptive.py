@@ -61,7 +61,8 @@ Propose = Callable[[list[int], int], list[int]]
 MAX_TRANSFER_STRENGTH = 256.0
 #: the prior of a pair whose drafter reads a window: what a window keeps of the acceptance is
 #: measured on a few long prompts and varies with the text (a summary's source lies outside the
-#: window, a code file's definitions may not), so it weighs like a handful of verifications
+#: window, a code file's definitions may not), so it weighs like a handful of verifications; so
+#: does a point-mass drafter's prior scaled by the prompt's length (also measured on a few prompts)
 WINDOWED_PRIOR_STRENGTH = 8.0
 #: the prior of every pair once the guard found speculation losing while this request accepted
 #: less than the profile (rule 3 of proofs/adaptive-control.md section 5): the profile's prompts
@@ -140,7 +141,11 @@ class AdaptiveController:
         else:
             self.windows = tuple(sorted(first.windows.items()))
             assert req is not None
-            self.prior_factor = {(v, d): req.factor(d, first.windows.get(d), first.horizon) for v, d in self.pairs}
+            self.prior_factor = {
+                (v, d): req.factor(d, first.windows.get(d), first.horizon)
+                * req.prompt_factor(d, len(prompt), first.horizon)
+                for v, d in self.pairs
+            }
             self.alpha = self.estimates()
             d = first.decision
             self.setting = RoundSetting(d.members, d.gammas, self._start_reason(first), self.windows)
@@ -242,8 +247,8 @@ class AdaptiveController:
         for pair in self.pairs:
             v, d = pair
             factor = self.prior_factor.get(pair, 1.0)
-            prior, strength = policy.priors[pair] * factor, policy.prior_strength[pair]
-            if factor < 1.0:
+            prior, strength = min(1.0, policy.priors[pair] * factor), policy.prior_strength[pair]
+            if factor != 1.0:
                 strength = min(strength, WINDOWED_PRIOR_STRENGTH)
             if self._doubted:
                 strength = min(strength, DOUBTED_PRIOR_STRENGTH)
@@ -265,7 +270,8 @@ class AdaptiveController:
     def predicted_alone(self) -> float:
         """The policy's target alone, seconds per token at this request's context (NaN without a
         table for it: the guard then never stops speculation on the prediction)."""
-        table = next((t for t in self.policy.tables if t.members == (0,)), None)
+        context = self.first.context if self.first is not None else None
+        table = next((t for t in self.policy.tables_at(context) if t.members == (0,)), None)
         scale = self.first.scale.get((0,), 1.0) if self.first is not None else 1.0
         return math.nan if table is None else table.times[0] * scale
 

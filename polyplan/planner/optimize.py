@@ -13,7 +13,7 @@ from polyplan.errors import UserError
 from polyplan.planner.chains import Chain, chain_problem, unit_cost
 from polyplan.planner.choice import DEFAULT_TOLERANCE, RULES, Choice, RequestTimes, choose as choose_plan
 from polyplan.planner.exports import llama_server_export, transformers_export, vllm_export
-from polyplan.planner.policy_build import build_policy, prompt_length_table
+from polyplan.planner.policy_build import build_policy, prompt_length_table, reserve_drafters
 from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, make_predictor
 from polyplan.planner.search import SearchResult, search, with_best
 from polyplan.planner.trees import plan_trees
@@ -164,7 +164,14 @@ def _add_trees_and_policy(
     )
     if len(plan.names) > 1:
         policy = build_policy(
-            profile, plan.names, plan.gammas, mode=plan.mode, context=context, max_gamma=max_gamma, traces=traces
+            profile,
+            plan.names,
+            plan.gammas,
+            mode=plan.mode,
+            context=context,
+            max_gamma=max_gamma,
+            traces=traces,
+            reserves=reserve_drafters(profile, plan.names, plan.mode),
         )
         plan.policy = policy.to_dict()
         plan.by_prompt_length = prompt_length_table(policy, horizons)

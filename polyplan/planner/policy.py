@@ -34,7 +34,7 @@ from polyplan.theory.control import (
     nearest,
     u_of_alpha,
 )
-from polyplan.theory.prefill import RequestPrediction
+from polyplan.theory.prefill import RequestPrediction, decode_context
 
 POLICY_VERSION = 1
 #: the prior strengths (pseudo-trials) empirical Bayes may give a pair (policy_build.prior_strengths)
@@ -155,11 +155,15 @@ class StartDecision:
     horizon: float
     #: per member: the window it reads when a round first uses it in this request (None: all)
     windows: dict[int, int | None] = field(default_factory=dict)
+    #: the request's mean decode context: which of the policy's table sets prices its rounds
+    context: float | None = None
 
 
 @dataclass
 class Policy:
-    names: list[str]  # the plan's members, target first
+    #: the plan's members, target first, then its reserves: point-mass drafters the plan does not
+    #: run but a request may (no prefill; e.g. prompt lookup on a long prompt it can copy from)
+    names: list[str]
     mode: str
     context: float
     max_gamma: int
@@ -180,7 +184,24 @@ class Policy:
     safety: float = START_SAFETY
     windowed_safety: float = WINDOWED_START_SAFETY
     prior_strength_range: tuple[float, float] = PRIOR_STRENGTH_RANGE
+    #: the same subsets tabulated at a long context (the profile's longest): on long prompts the
+    #: target's passes cost more and differently by width, so the best gammas differ; empty in
+    #: plans made before them (every request then uses ``tables``)
+    long_context: float | None = None
+    long_tables: list[SettingTable] = field(default_factory=list)
     _plan_offset: float | None = field(default=None, repr=False, compare=False)
+
+    def tables_at(self, context: float | None) -> list[SettingTable]:
+        """The table set for a request decoding at mean ``context`` (None: the plan's): the long
+        set from the geometric middle of the two contexts on."""
+        if not self.long_tables or context is None or self.long_context is None:
+            return self.tables
+        return self.long_tables if context >= math.sqrt(max(self.context, 1.0) * self.long_context) else self.tables
+
+    @property
+    def reserves(self) -> list[str]:
+        """The members after the plan's own chain (``plan.members``)."""
+        return self.names[len(self.plan.members) :]
 
     # ---- the per-round rule ---------------------------------------------------------------------
     def decide(
@@ -202,6 +223,7 @@ class Policy:
         proofs/prefill.md); ``anchor``: the target's prefill per token still expected, the part of
         the request every setting shares."""
         scale = start.scale if start is not None else None
+        tables = self.tables_at(start.context if start is not None else None)
         cold_safety = (
             {m: self.start_safety(bool(start.windows.get(m))) for m in cold_cost}
             if start is not None and cold_cost
@@ -232,7 +254,7 @@ class Policy:
         best, best_time, current_table, current_time = None, math.inf, None, math.inf
         current = tuple(current) if current is not None else None
         offset = self.plan_offset()
-        for table in self.tables:
+        for table in tables:
             t = priced(table, table.time_at(at(table)))
             if t < best_time:
                 best, best_time = table, t
@@ -253,7 +275,7 @@ class Policy:
 
     def grid_error(self) -> float | None:
         """The largest lookup error of any table (None when a table was stored without it)."""
-        errors = [t.grid_error for t in [self.plan, *self.tables]]
+        errors = [t.grid_error for t in [self.plan, *self.tables, *self.long_tables]]
         return None if any(e is None for e in errors) else max(errors)
 
     def plan_offset(self) -> float:
@@ -284,14 +306,17 @@ class Policy:
         if req is None or not req.knows_prefill or max_new_tokens <= 0:
             return None
         horizon = float(max_new_tokens) if exact_horizon else req.horizon(max_new_tokens)
+        context = decode_context(prompt_tokens, horizon)
         options = []
-        for table in [self.plan, *self.tables]:
+        for table in [self.plan, *self.tables_at(context)]:
             drafters = table.members[1:]
             candidates = []
             for combo in product(*(req.options(m) for m in drafters)):
                 windows = dict(zip(drafters, combo, strict=True))
-                # a window lowers its drafter's acceptance: the table's gammas at that acceptance
-                seen = {(v, d): alpha[(v, d)] * req.factor(d, windows.get(d), horizon) for v, d in table.pairs}
+                # a window lowers its drafter's acceptance, a long prompt may raise a point-mass
+                # drafter's: the table's gammas at that acceptance
+                at_prompt = req.at_prompt(alpha, prompt_tokens, horizon)
+                seen = {(v, d): at_prompt[(v, d)] * req.factor(d, windows.get(d), horizon) for v, d in table.pairs}
                 cells = [cell(_axis_u(table.points), u_of_alpha(seen[p])) for p in table.pairs]
                 gammas = table.gammas[0] if table is self.plan else table.gammas[nearest(table.shape, cells)]
                 prediction = req.request(
@@ -305,8 +330,9 @@ class Policy:
 
         def cost(o: StartOption) -> float:
             # paying drafter prefill on a prediction: only when it is clearly faster than the
-            # target alone (the request-time prediction errs by a few percent; more with a window)
-            if len(o.table.members) == 1:
+            # target alone (the request-time prediction errs by a few percent; more with a window);
+            # a setting that prefills nothing (point-mass drafters) bets nothing up front
+            if len(o.table.members) == 1 or not any(o.prediction.drafter_prefill_s):
                 return o.prediction.request_s
             return o.prediction.request_s * (1 + self.start_safety(o.windowed))
 
@@ -331,7 +357,7 @@ class Policy:
             best.prediction.request_s / max(best.prediction.horizon, 1e-9),
             rule,
         )
-        return StartDecision(decision, scales, prediction, prediction.horizon, windows)
+        return StartDecision(decision, scales, prediction, prediction.horizon, windows, context)
 
     def reason(self, decision: Decision, alpha: Mapping[Pair, float]) -> str:
         """One line for the run statistics: the estimates and the model's verdict."""
@@ -370,6 +396,11 @@ class Policy:
             ],
             "plan": self.plan.to_dict(),
             "settings": [t.to_dict() for t in self.tables],
+            **(
+                {"long_context": self.long_context, "long_settings": [t.to_dict() for t in self.long_tables]}
+                if self.long_tables
+                else {}
+            ),
             "build_seconds": round(self.build_seconds, 3),
             "start_safety": self.safety,
             "windowed_start_safety": self.windowed_safety,
@@ -394,6 +425,8 @@ class Policy:
                 margin=float(d["margin"]),
                 plan=SettingTable.from_dict(d["plan"]),
                 tables=[SettingTable.from_dict(t) for t in d["settings"]],
+                long_context=float(d["long_context"]) if d.get("long_context") is not None else None,
+                long_tables=[SettingTable.from_dict(t) for t in d.get("long_settings", [])],
                 point_mass=[bool(x) for x in d.get("point_mass", [])],
                 build_seconds=float(d.get("build_seconds", 0)),
                 requests=RequestModel.from_dict(d["requests"]) if d.get("requests") else None,
@@ -415,14 +448,16 @@ class Policy:
         lo, hi = self.prior_strength_range
         if not (self.safety >= 0 and self.windowed_safety >= 0 and 0 < lo <= hi):
             raise DocumentError(f"{origin}: start safety margins must be >= 0, the prior strength range 0 < lo <= hi")
-        for table in [self.plan, *self.tables]:
+        if self.long_tables and [t.members for t in self.long_tables] != [t.members for t in self.tables]:
+            raise DocumentError(f"{origin}: the long-context tables must cover the same settings")
+        for table in [self.plan, *self.tables, *self.long_tables]:
             if table.members[-1] >= k:
                 raise DocumentError(f"{origin}: table members {list(table.members)} outside the chain of {k}")
             for pair in table.pairs:
                 if pair not in self.priors:
                     raise DocumentError(f"{origin}: no prior for the pair {pair}")
-        if self.plan.members != tuple(range(k)):
-            raise DocumentError(f"{origin}: the plan table must cover every member")
+        if self.plan.members != tuple(range(len(self.plan.members))):
+            raise DocumentError(f"{origin}: the plan table must be the chain's first members (the rest are reserves)")
         for pair, a in self.priors.items():
             if not 0.0 <= a <= 1.0 or not self.prior_strength.get(pair, 0) > 0 or not self.window.get(pair, 0) > 0:
                 raise DocumentError(f"{origin}: bad prior for the pair {pair}")

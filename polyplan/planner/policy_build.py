@@ -30,6 +30,9 @@ SEGMENT_TOKENS = 128.0
 DEFAULT_PRIOR_STRENGTH = 8.0
 #: forgetting windows are kept in this range (committed tokens)
 WINDOW_RANGE = (8.0, 256.0)
+#: a second table set is built at the profile's longest latency context when it is this many times
+#: the plan's (the target's pass widths cost differently there: jumps in T(n) move)
+LONG_CONTEXT_RATIO = 4.0
 #: grid cells per subset table (the axis is the finest whose grid fits; 17 points at most)
 CELL_BUDGET = 300
 
@@ -87,17 +90,21 @@ def build_policy(
     cell_budget: int = CELL_BUDGET,
     margin: float = DEFAULT_MARGIN,
     windows: Mapping[str, Sequence[int]] | None = None,
+    reserves: Sequence[str] = (),
 ) -> Policy:
-    """Tabulate the best setting over acceptance estimates for the plan ``names`` / ``gammas``."""
+    """Tabulate the best setting over acceptance estimates for the plan ``names`` / ``gammas``;
+    ``reserves`` (point-mass drafters, no prefill) join the subsets a request may run, never the
+    plan's own setting."""
     from polyplan.planner.predictors import IidPredictor  # the latency curves at the context, memoised
 
     started = time.perf_counter()
-    names = list(names)
+    plan_names = list(names)
+    names = plan_names + [r for r in reserves if r not in plan_names]
     predictor = IidPredictor(profile, mode=mode, context=context)
     members_list = subsets(names, profile)
-    full = tuple(range(len(names)))
+    full = tuple(range(len(plan_names)))
     if full not in members_list:
-        raise DocumentError(f"the profile cannot predict the plan's chain {' <- '.join(names)}")
+        raise DocumentError(f"the profile cannot predict the plan's chain {' <- '.join(plan_names)}")
     pairs = sorted({p for m in members_list for p in pairwise(m)})
     priors = {(v, d): profile.pair(names[v], names[d]).alpha(mode) for v, d in pairs}
     strengths = prior_strengths(profile, names, pairs, mode, traces, PRIOR_STRENGTH_RANGE)
@@ -107,20 +114,17 @@ def build_policy(
     # the profile's prompts are one workload: their prior never outweighs this generation's
     # own evidence over one window
     strengths = {p: min(n0, windows[p]) for p, n0 in strengths.items()}
-    tables = []
     min_pass = profile.candidate(names[0]).min_pass
-    for members in members_list:
-        chain = tuple(names[m] for m in members)
-        latency = in_chain(predictor.latencies(chain), min_pass)
-        points = max(2, points_per_axis(len(members) - 1, cell_budget))
-        axes = [alpha_axis(points)] * (len(members) - 1)
-        start = [max(1, min(max_gamma, 4))] * (len(members) - 1)
-        g, t = setting_table(axes, latency, max_gamma, start)
-        tables.append(SettingTable(members, points, g, t, grid_error(points, g, t, latency, max_gamma)))
-    chain = tuple(names)
-    points = points_per_axis(len(names) - 1, cell_budget)
+    tables = subset_tables(predictor, names, members_list, min_pass, max_gamma, cell_budget)
+    long_context = long_table_context(profile, names[0], context)
+    long_tables = []
+    if long_context is not None:
+        at_long = IidPredictor(profile, mode=mode, context=long_context)
+        long_tables = subset_tables(at_long, names, members_list, min_pass, max_gamma, cell_budget)
+    chain = tuple(plan_names)
+    points = points_per_axis(len(plan_names) - 1, cell_budget)
     latency = in_chain(predictor.latencies(chain), min_pass)
-    g, t = setting_table([alpha_axis(points)] * (len(names) - 1), latency, max_gamma, list(gammas), list(gammas))
+    g, t = setting_table([alpha_axis(points)] * (len(plan_names) - 1), latency, max_gamma, list(gammas), list(gammas))
     plan_table = SettingTable(full, points, g, t, grid_error(points, g, t, latency, max_gamma, fixed=True))
     policy = Policy(
         names=names,
@@ -136,9 +140,41 @@ def build_policy(
         point_mass=[profile.candidate(n).point_mass for n in names],
         requests=request_model(profile, names, traces, windows, mode),
         prior_strength_range=PRIOR_STRENGTH_RANGE,
+        long_context=long_context,
+        long_tables=long_tables,
     )
     policy.build_seconds = time.perf_counter() - started
     return policy
+
+
+def subset_tables(
+    predictor: Any,
+    names: Sequence[str],
+    members_list: Sequence[tuple[int, ...]],
+    min_pass: int,
+    max_gamma: int,
+    cell_budget: int,
+) -> list[SettingTable]:
+    """Each subset's best gammas and time per token over its acceptance grid, with the latency
+    curves at the predictor's context."""
+    tables = []
+    for members in members_list:
+        chain = tuple(names[m] for m in members)
+        latency = in_chain(predictor.latencies(chain), min_pass)
+        points = max(2, points_per_axis(len(members) - 1, cell_budget))
+        axes = [alpha_axis(points)] * (len(members) - 1)
+        start = [max(1, min(max_gamma, 4))] * (len(members) - 1)
+        g, t = setting_table(axes, latency, max_gamma, start)
+        tables.append(SettingTable(members, points, g, t, grid_error(points, g, t, latency, max_gamma)))
+    return tables
+
+
+def long_table_context(profile: Profile, target: str, context: float) -> float | None:
+    """The context of the policy's long-prompt tables: the longest the target's latency was
+    measured at, where that is at least LONG_CONTEXT_RATIO times the plan's (else None: one set)."""
+    curve = profile.latency.get(target)
+    longest = float(max(curve.context)) if curve is not None and curve.context else 0.0
+    return longest if longest >= LONG_CONTEXT_RATIO * max(float(context), 1.0) else None
 
 
 def in_chain(latency: list[Any], min_pass: int) -> list[Any]:
@@ -160,7 +196,27 @@ def policy_for_plan(plan: Any, profile: Profile, traces: Mapping[str, Any] | Non
         context=float(plan.settings.get("context") or 0.0),
         max_gamma=int(plan.settings.get("max_gamma") or 16),
         traces=traces,
+        reserves=reserve_drafters(profile, plan.names, plan.mode),
     )
+
+
+def reserve_drafters(profile: Profile, names: Sequence[str], mode: str) -> list[str]:
+    """The reserve a plan's policy carries: the point-mass drafter outside the chain with the best
+    acceptance by the target on the profile's long prompts, where that is more than on its own
+    prompts (it copies from long prompts: rag, summaries, code edits). None where no drafter's
+    long-prompt acceptance was measured (profiles before it), or the chain ends in a point-mass
+    drafter (a second one could only replace it)."""
+    if len(names) < 2 or profile.candidate(names[-1]).point_mass:
+        return []
+    best, best_alpha = None, 0.0
+    for c in profile.candidates:
+        factor = profile.long_prompt_factor(c.name, mode) if c.name not in names else None
+        if factor is None or factor <= 1.0:
+            continue
+        alpha = profile.pair(names[0], c.name).alpha(mode) * factor
+        if alpha > best_alpha:
+            best, best_alpha = c.name, alpha
+    return [] if best is None else [best]
 
 
 def prompt_length_table(policy: Policy, horizons: Sequence[int]) -> list[dict[str, Any]]:

@@ -69,6 +69,10 @@ class RequestModel:
     #: answer lengths observed on the profile's prompts, each at most ``observed_up_to``
     lengths: list[int] = field(default_factory=list)
     observed_up_to: int | None = None
+    #: point-mass member name -> [short, long, factor, by position]: its acceptance on the profile's
+    #: long prompts (``long`` tokens on average) is ``factor`` times that on its own prompts
+    #: (``short``); by answer position ``[[first position, factor], ...]`` where measured, else []
+    prompt_factors: dict[str, list[Any]] = field(default_factory=dict)
 
     # ---- the theorem's inputs ---------------------------------------------------------------------
     def horizon(self, max_new_tokens: int) -> float:
@@ -95,6 +99,30 @@ class RequestModel:
                     return option.factor
                 return mean_over_answer(option.by_position, horizon)
         return 1.0
+
+    def prompt_factor(self, member: int, prompt_tokens: float, horizon: float | None = None) -> float:
+        """What a prompt of ``prompt_tokens`` does to member ``member``'s acceptance over an answer
+        of ``horizon`` tokens: 1 up to the profile's prompt length, its long-prompt factor (averaged
+        over the answer's first ``horizon`` tokens where measured by position) from the long
+        prompts' length on, linear in log length between (a prompt-lookup drafter copies from the
+        prompt and from the answer so far: the longer, the more there is to copy); 1 for a member
+        without one."""
+        row = self.prompt_factors.get(self.names[member])
+        if not row or prompt_tokens <= row[0]:
+            return 1.0
+        short, long, factor = row[:3]
+        if len(row) > 3 and row[3] and horizon is not None and horizon > 0:
+            factor = mean_over_answer(row[3], horizon)
+        share = min(1.0, math.log(prompt_tokens / short) / math.log(long / short))
+        return 1.0 + (factor - 1.0) * share
+
+    def at_prompt(
+        self, alpha: Mapping[Pair, float], prompt_tokens: float, horizon: float | None = None
+    ) -> dict[Pair, float]:
+        """``alpha`` with each point-mass drafter's prompt-length factor applied (at most 1)."""
+        if not self.prompt_factors:
+            return dict(alpha)
+        return {(v, d): min(1.0, a * self.prompt_factor(d, prompt_tokens, horizon)) for (v, d), a in alpha.items()}
 
     def prefill_s(self, member: int, prompt_tokens: float, chosen: int | None = None) -> float:
         """What member ``member`` pays to read a prompt of ``prompt_tokens`` (its window of it)."""
@@ -163,11 +191,13 @@ class RequestModel:
     ) -> RequestPrediction:
         """E[T_S(c)] of a request with this workload's horizon (``exact_horizon``: exactly
         ``max_new_tokens``), beside the target alone's; ``chosen``: windows given to drafters for
-        this request (member -> window)."""
+        this request (member -> window). ``alpha`` is at the profile's prompts: a point-mass
+        drafter's prompt-length factor is applied here."""
         chosen = chosen or {}
         horizon = float(max_new_tokens) if exact_horizon else self.horizon(max_new_tokens)
         context = decode_context(prompt_tokens, horizon)
-        t_s = self.time_per_token(members, gammas, alpha, context, horizon, chosen)
+        at_prompt = self.at_prompt(alpha, prompt_tokens, horizon)
+        t_s = self.time_per_token(members, gammas, at_prompt, context, horizon, chosen)
         t_ar = self.time_per_token((0,), (), alpha, context, horizon)
         drafters = [self.prefill_s(m, prompt_tokens, chosen.get(m)) for m in members[1:]]
         return predict_request(self.prefill_s(0, prompt_tokens), drafters, horizon, t_s, t_ar, prompt_tokens)
@@ -201,6 +231,7 @@ class RequestModel:
             "target_min_pass": self.target_min_pass,
             "lengths": list(self.lengths),
             "observed_up_to": self.observed_up_to,
+            "prompt_factors": {k: [*v[:3], [list(p) for p in v[3]]] for k, v in self.prompt_factors.items()},
         }
 
     @classmethod
@@ -216,10 +247,14 @@ class RequestModel:
             target_min_pass=int(d.get("target_min_pass", 1)),
             lengths=[int(x) for x in d.get("lengths", [])],
             observed_up_to=None if d.get("observed_up_to") is None else int(d["observed_up_to"]),
+            prompt_factors={k: _prompt_factor_row(v) for k, v in d.get("prompt_factors", {}).items()},
         )
         missing = [n for n in model.names if n not in model.latency]
         if missing or len(model.point_mass) != len(model.names):
             raise DocumentError(f"request model without latency curves for {missing}")
+        for name, row in model.prompt_factors.items():
+            if not 0 < row[0] < row[1] or row[2] <= 0:
+                raise DocumentError(f"request model: bad prompt factor for {name}: {row}")
         return model
 
 
@@ -247,6 +282,12 @@ def request_model(
                 by_position = profile.window_factor_by_position(n, w, mode)
                 options.setdefault(n, []).append(WindowOption.from_list([w, f, by_position]))
     lengths = generation_lengths(traces)
+    short, long = (traces.mean_prompt_length() if traces is not None else None), profile.long_prompt_tokens()
+    prompt_factors = {}
+    for n in names[1:] if short and long and long > short else []:
+        f = profile.long_prompt_factor(n, mode)
+        if f is not None:
+            prompt_factors[n] = [short, long, f, profile.long_prompt_factor_by_position(n, mode)]
     cap = profile.settings.get("max_new_tokens")
     if lengths and cap is not None:
         lengths = [min(n, int(cap)) for n in lengths]
@@ -261,7 +302,16 @@ def request_model(
         window_options=options,
         window_sink=int(profile.windows.get("sink", WINDOW_SINK)),
         target_min_pass=profile.candidate(names[0]).min_pass,
+        prompt_factors=prompt_factors,
     )
+
+
+def _prompt_factor_row(v: Sequence[Any]) -> list[Any]:
+    """A stored prompt-factor row: [short, long, factor] (+ by position, absent in early plans)."""
+    if len(v) < 3:
+        raise DocumentError(f"request model: bad prompt factor row {list(v)}")
+    by_position = [[int(a), float(b)] for a, b in v[3]] if len(v) > 3 else []
+    return [float(v[0]), float(v[1]), float(v[2]), by_position]
 
 
 def mean_over_answer(by_position: Sequence[Sequence[float]], horizon: float) -> float:

@@ -362,14 +362,19 @@ def score_windows(
 ) -> None:
     """Acceptance by the target of each model drafter reading the whole prompt and reading only its
     first ``sink`` and last ``window`` tokens (polyplan.models.windowed), on the same reference:
-    their ratio is what a window costs in acceptance (proofs/prefill.md, Corollary 4)."""
+    their ratio is what a window costs in acceptance (proofs/prefill.md, Corollary 4). A point-mass
+    drafter is scored on the whole prompt only: what it proposes comes from the prompt, so its
+    acceptance on long prompts against the profile's short ones is what prompt length does to it."""
     from polyplan.models.windowed import WindowedDrafter
 
     p = teacher_force(target, prompt_ids, reference, _pass_shapes(target, [block], target.name)[0])
     p_argmax = p.argmax(-1).cpu()
     p_probs = processed_probs(p, temperature, top_k, top_p) if temperature > 0 else None
     for d in drafters:
-        if d.point_mass or d.name == target.name:
+        if d.name == target.name:
+            continue
+        if d.point_mass:
+            into.add_positions(d.name, None, *_point_mass_agreement(d, prompt_ids, reference, p_argmax, p_probs))
             continue
         for window in [None, *windows]:
             if window is not None and len(prompt_ids) <= sink + window:
@@ -383,3 +388,21 @@ def score_windows(
             else:
                 sampling = greedy
             into.add_positions(d.name, window, greedy, sampling)
+
+
+def _point_mass_agreement(
+    drafter: Drafter,
+    prompt_ids: Sequence[int],
+    reference: Sequence[int],
+    p_argmax: torch.Tensor,
+    p_probs: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per reference position: the point-mass drafter's proposal equals the target's argmax, and
+    (sampling) the target's probability of it; 0 where it proposes nothing (as ``_point_mass_pair``)."""
+    proposals = torch.tensor(point_mass_proposals(drafter, prompt_ids, reference), dtype=torch.long)
+    has = proposals >= 0
+    greedy = ((proposals == p_argmax) & has).float()
+    if p_probs is None:
+        return greedy, greedy
+    picked = p_probs.gather(-1, proposals.clamp(min=0).to(p_probs.device).unsqueeze(-1)).squeeze(-1).cpu()
+    return greedy, torch.where(has, picked.float(), torch.zeros_like(greedy))

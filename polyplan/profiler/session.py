@@ -379,6 +379,8 @@ class ProfileSession:
             ranking = [d.name for _, d, _ in ranked]
             models.sort(key=lambda d: ranking.index(d.name) if d.name in ranking else len(ranking))
             models = models[: s.window_drafters]
+        # point-mass drafters cost nothing to score: every one, for its acceptance on long prompts
+        models += [d for d in self.profiled if d.point_mass]
         self.progress.begin("windows", len(todo))
         self._units("windows", todo, lambda unit: self._windows_unit(*unit, ranked, models))
 

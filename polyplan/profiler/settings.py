@@ -51,7 +51,7 @@ class ProfileSettings:
     window_sink: int = WINDOW_SINK
     #: long prompts for it: the user's prompt file's prompts longer than sink + window, else the
     #: built-in window set; each teacher-forces this many tokens of the target's answer
-    window_prompts: int = 2
+    window_prompts: int = 3
     #: answer tokens the window measurement reads: a window's loss shrinks as the answer fills it, so
     #: it is measured by position out to 128 (the request model reads it at a request's horizon)
     window_reference_tokens: int = 128
