@@ -89,3 +89,61 @@ def test_from_plan_generates_what_polyplan_run_generates(smollm2_pool):
         mine.stats.setting_changes[0]["members"],
         mine.stats.setting_changes[0]["gammas"],
     )
+
+
+RESERVE_PLAN = ROOT / "profiles" / "epyc-fam26" / "smollm2.plan.json"
+LONG_PROMPT = "sum-long-03"  # 1111 tokens: the plan's start runs its reserve at 64 new tokens
+
+
+@pytest.fixture(scope="module")
+def long_prompt(smollm2_pool):
+    from polyplan.data.prompt_file import prompt_set
+    from polyplan.profiler.pool_inputs import chat_encoder
+
+    path = ROOT / "benchmarks" / "prompts" / "samples" / "long-six.jsonl"
+    text = next(p.text for p in prompt_set(path).prompts if p.id == LONG_PROMPT)
+    return chat_encoder(smollm2_pool.tokenizer)(text)
+
+
+@pytest.fixture(scope="module")
+def reserve_chain(smollm2_pool):
+    if not smollm2_pool.installed().get("smollm2-135m:q8_0"):
+        pytest.skip("the smollm2-135m:q8_0 GGUF is missing: run `polyplan models install smollm2`")
+    return polyplan.Chain.from_plan(RESERVE_PLAN)
+
+
+def test_a_plan_runs_its_reserve_on_a_long_prompt_token_identical_to_the_target(reserve_chain, long_prompt):
+    """The family-26 AMD plan (target <- :q8_0) carries the n-gram drafter as a reserve: on a
+    1111-token prompt at 64 new tokens its start runs the reserve (no prefill), and the output
+    equals the target's alone; `--static` never loads it."""
+    plan = json.loads(RESERVE_PLAN.read_text())
+    reserve = plan["policy"]["names"][len(plan["chain"]) :]
+    assert reserve and reserve_chain.names == [*[m["name"] for m in plan["chain"]], *reserve]
+    result = reserve_chain.generate(long_prompt, max_new_tokens=64)
+    first = result.stats.setting_changes[0]
+    assert first["members"] == [plan["chain"][0]["name"], reserve[0]], first
+    # the reserve prefills nothing (a later round may still bring the plan's drafter in and pay its
+    # prefill, when the request's own evidence says the reserve does not copy here)
+    assert result.stats.levels[2].prefill_tokens == 0
+    alone = polyplan.Chain([reserve_chain.drafters[0]]).generate(long_prompt, max_new_tokens=64)
+    assert result.tokens == alone.tokens
+    assert chain_from_plan(RESERVE_PLAN, static=True).names == [m["name"] for m in plan["chain"]]
+
+
+def test_bench_runs_a_plan_with_a_reserve(reserve_chain, long_prompt, smollm2_pool):
+    from polyplan.bench.runner import run_bench
+    from polyplan.documents import Plan
+
+    doc = run_bench(
+        Plan.load(RESERVE_PLAN),
+        RESERVE_PLAN,
+        pool=smollm2_pool,
+        prompts=1,
+        repeats=1,
+        max_new_tokens=8,
+        encoded_prompts=[(LONG_PROMPT, long_prompt)],
+        hf=False,
+        llamacpp_alone=False,
+    )
+    plan_method = next(m for m in doc["methods"] if m["name"] == "polyplan-plan")
+    assert plan_method["measured"]["matches_autoregressive"] == 1.0  # the share of runs equal to it

@@ -183,3 +183,19 @@ def test_optimize_names_the_reserve_it_measured(tmp_path):
     assert len(reserves) == 1 and f"reserve: {reserves[0]} (no prefill" in r.stdout
     policy = Policy.from_dict(doc["policy"])
     assert policy.reserves == reserves and policy.requests.prompt_factors[reserves[0]][2] > 1
+
+
+def test_a_plan_still_to_prefill_does_not_win_a_tie_with_the_target_alone(policy):
+    """Rule 1 keeps the plan's setting within the margin of the best; when its drafter must still
+    prefill, only where it is predicted faster than the target alone (as the start asks)."""
+    alpha = {**policy.priors, (0, 2): 0.0, (1, 2): 0.0}  # the reserve copies nothing here
+    alone = next(t for t in policy.tables if t.members == (0,)).time_at_alpha(alpha)
+    drafting = min(
+        policy.plan.time_at_alpha(alpha), next(t for t in policy.tables if t.members == (0, 1)).time_at_alpha(alpha)
+    )
+    # its prefill spread over the request puts every setting with the drafter just above the
+    # target alone: within rule 1's margin of the best, and still the target alone runs
+    above = policy.decide(alpha, cold_cost={1: alone - drafting + 0.005 * alone})
+    assert above.members == (0,)
+    below = policy.decide(alpha, cold_cost={1: alone - drafting - 0.005 * alone})
+    assert below.members == (0, 1)

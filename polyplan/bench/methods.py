@@ -263,10 +263,11 @@ def _chosen_plan_methods(
             "polyplan",
             list(plan.names),
             list(plan.gammas),
-            tree_nodes=trees,
+            # the assembled chain's: with the policy's reserve drafters below the plan's members
+            tree_nodes=list(assembled.chain.tree_nodes) if trees else [],
         ),
         assembled.chain.drafters,
-        plan.gammas,
+        assembled.chain.gammas,
         temperature=temperature,
         eos=eos,
         controller=assembled.chain.controller,

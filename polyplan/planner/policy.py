@@ -254,15 +254,21 @@ class Policy:
         best, best_time, current_table, current_time = None, math.inf, None, math.inf
         current = tuple(current) if current is not None else None
         offset = self.plan_offset()
+        alone_time = math.inf
         for table in tables:
             t = priced(table, table.time_at(at(table)))
             if t < best_time:
                 best, best_time = table, t
             if table.members == current:
                 current_table, current_time = table, t
+            if table.members == (0,):
+                alone_time = t
         assert best is not None
         plan_time = priced(self.plan, self.plan.time_at(at(self.plan)))
-        if plan_time <= best_time * (1 + self.margin) * offset:
+        # a plan whose drafters are still to prefill wins a near-tie only as the start lets it:
+        # when predicted faster than the target alone (a tie with it does not repay a prefill)
+        cold_plan = bool(cold_cost) and any(m in cold_cost for m in self.plan.members)
+        if plan_time <= best_time * (1 + self.margin) * offset and not (cold_plan and plan_time >= alone_time):
             return Decision(self.plan.members, self.plan.gammas[0], plan_time, best_time, "plan")
         if current_table is not None and current_time <= best_time * (1 + self.margin):
             g = current_table.gammas[nearest(current_table.shape, at(current_table))]
