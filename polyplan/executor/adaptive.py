@@ -110,6 +110,9 @@ class AdaptiveController:
         self.successes = {p: 0.0 for p in self.pairs}
         self.trials = {p: 0.0 for p in self.pairs}
         self._pending = {p: [0, 0] for p in self.pairs}
+        #: per shadowed pair whose long-prompt factor varies with the answer position: the
+        #: acceptance its prior expected at the positions checked so far (forgotten alike)
+        self.expected: dict[Pair, float] = {}
         self.seen = seen
         self.setting: RoundSetting | None = None
         self.alpha: dict[Pair, float] = dict(self.policy.priors)
@@ -145,6 +148,9 @@ class AdaptiveController:
                 (v, d): req.factor(d, first.windows.get(d), first.horizon)
                 * req.prompt_factor(d, len(prompt), first.horizon)
                 for v, d in self.pairs
+            }
+            self.expected = {
+                (0, j): 0.0 for j in self.shadow if req.by_position(j) and req.prompt_factor(j, len(prompt)) != 1.0
             }
             self.alpha = self.estimates()
             d = first.decision
@@ -235,11 +241,22 @@ class AdaptiveController:
     def _shadow_check(self, pair: Pair, propose: Propose, tokens: list[int]) -> None:
         """Evidence of every newly committed token, forgotten per token like everything else."""
         s, n, decay = self.successes[pair], self.trials[pair], self.decay[pair]
+        expected = self.expected.get(pair)
         for t in range(self.seen, len(tokens)):
             guess = propose(tokens[:t], 1)
             s = s * decay + (1.0 if guess and int(guess[0]) == tokens[t] else 0.0)
             n = n * decay + 1.0
+            if expected is not None:
+                expected = expected * decay + self._positional_prior(pair, t - self.prompt_len, t - self.prompt_len + 1)
         self.successes[pair], self.trials[pair] = s, n
+        if expected is not None:
+            self.expected[pair] = expected
+
+    def _positional_prior(self, pair: Pair, first: float, last: float | None) -> float:
+        """The acceptance a position-varying pair's prior expects over answer positions [first, last)."""
+        assert self.requests is not None
+        factor = self.requests.prompt_factor_over(pair[1], self.prompt_len, first, last)
+        return min(1.0, self.policy.priors[pair] * factor)
 
     def estimates(self) -> dict[Pair, float]:
         """Posterior mean acceptance of every pair the policy uses."""
@@ -259,8 +276,26 @@ class AdaptiveController:
                 strength = transfer_strength(
                     prior, transfer_bound(alpha[(0, v)]), shadow_strength, MAX_TRANSFER_STRENGTH
                 )
+            if pair in self.expected:
+                # its prior is the long prompts' measurement: it weighs a handful of tokens, as a
+                # window's (the short prompts' spread says nothing of long ones)
+                alpha[pair] = self._position_estimate(
+                    pair, DOUBTED_PRIOR_STRENGTH if self._doubted else WINDOWED_PRIOR_STRENGTH
+                )
+                continue
             alpha[pair] = posterior_mean(prior, strength, self.successes[pair], self.trials[pair])
         return alpha
+
+    def _position_estimate(self, pair: Pair, strength: float) -> float:
+        """A pair whose acceptance the profile saw rise along the answer (a point-mass drafter that
+        copies from the answer as well as the prompt): the request's successes against what its
+        prior expected at the same positions, a ratio with ``strength`` pseudo-trials of prior
+        (Gamma-Poisson), applied to what the prior expects over the rest of the answer. Early
+        rejections, where the profile too saw few acceptances, then weigh as little as they say."""
+        answered = self.seen - self.prompt_len
+        rest = self._positional_prior(pair, answered, max(self.horizon, answered + 1.0))
+        ratio = (strength + self.successes[pair]) / (strength + self.expected[pair])
+        return min(1.0, rest * ratio)
 
     @property
     def horizon(self) -> float:

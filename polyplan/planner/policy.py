@@ -157,6 +157,8 @@ class StartDecision:
     windows: dict[int, int | None] = field(default_factory=dict)
     #: the request's mean decode context: which of the policy's table sets prices its rounds
     context: float | None = None
+    #: the plan's own table (tabulated at the plan's context only) scaled to this request's context
+    plan_scale: float | None = None
 
 
 @dataclass
@@ -232,7 +234,9 @@ class Policy:
         cells: dict[tuple[Pair, int], tuple[int, float]] = {}
 
         def priced(table: SettingTable, t: float) -> float:
-            if scale:
+            if table is self.plan and start is not None and start.plan_scale is not None:
+                t *= start.plan_scale
+            elif scale:
                 t *= scale.get(table.members, 1.0)
             if cold_cost:
                 cold = [m for m in table.members if m in cold_cost]
@@ -265,10 +269,14 @@ class Policy:
                 alone_time = t
         assert best is not None
         plan_time = priced(self.plan, self.plan.time_at(at(self.plan)))
-        # a plan whose drafters are still to prefill wins a near-tie only as the start lets it:
-        # when predicted faster than the target alone (a tie with it does not repay a prefill)
-        cold_plan = bool(cold_cost) and any(m in cold_cost for m in self.plan.members)
-        if plan_time <= best_time * (1 + self.margin) * offset and not (cold_plan and plan_time >= alone_time):
+        # a plan whose drafters are still to prefill wins no near-tie: a prefill is a bet the
+        # start takes only on a clear prediction, so it must be the best outright, and faster
+        # than the target alone (the margin then keeps the current members instead)
+        if bool(cold_cost) and any(m in cold_cost for m in self.plan.members):
+            keep_plan = plan_time <= best_time and plan_time < alone_time
+        else:
+            keep_plan = plan_time <= best_time * (1 + self.margin) * offset
+        if keep_plan:
             return Decision(self.plan.members, self.plan.gammas[0], plan_time, best_time, "plan")
         if current_table is not None and current_time <= best_time * (1 + self.margin):
             g = current_table.gammas[nearest(current_table.shape, at(current_table))]
@@ -363,7 +371,7 @@ class Policy:
             best.prediction.request_s / max(best.prediction.horizon, 1e-9),
             rule,
         )
-        return StartDecision(decision, scales, prediction, prediction.horizon, windows, context)
+        return StartDecision(decision, scales, prediction, prediction.horizon, windows, context, plan.scale)
 
     def reason(self, decision: Decision, alpha: Mapping[Pair, float]) -> str:
         """One line for the run statistics: the estimates and the model's verdict."""

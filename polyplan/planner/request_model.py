@@ -107,14 +107,26 @@ class RequestModel:
         prompts' length on, linear in log length between (a prompt-lookup drafter copies from the
         prompt and from the answer so far: the longer, the more there is to copy); 1 for a member
         without one."""
+        return self.prompt_factor_over(member, prompt_tokens, 0.0, horizon)
+
+    def prompt_factor_over(self, member: int, prompt_tokens: float, first: float, last: float | None) -> float:
+        """:meth:`prompt_factor` averaged over answer positions [first, last) (``last`` None: the
+        factor over the whole reference)."""
         row = self.prompt_factors.get(self.names[member])
         if not row or prompt_tokens <= row[0]:
             return 1.0
         short, long, factor = row[:3]
-        if len(row) > 3 and row[3] and horizon is not None and horizon > 0:
-            factor = mean_over_answer(row[3], horizon)
+        if len(row) > 3 and row[3] and last is not None and last > first:
+            upto = last * mean_over_answer(row[3], last)
+            before = first * mean_over_answer(row[3], first) if first > 0 else 0.0
+            factor = (upto - before) / (last - first)
         share = min(1.0, math.log(prompt_tokens / short) / math.log(long / short))
         return 1.0 + (factor - 1.0) * share
+
+    def by_position(self, member: int) -> bool:
+        """Whether member ``member``'s prompt factor varies with the answer position."""
+        row = self.prompt_factors.get(self.names[member])
+        return bool(row and len(row) > 3 and row[3])
 
     def at_prompt(
         self, alpha: Mapping[Pair, float], prompt_tokens: float, horizon: float | None = None
