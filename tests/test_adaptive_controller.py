@@ -470,3 +470,23 @@ def test_rule3_rechooses_only_where_the_request_accepts_less_than_its_estimates(
         assert (other is not None) == rechosen and controller._doubted == rechosen
         if other is not None:
             assert len(other.members) > 1 and other.gammas[0] < history[-1].gammas[0]
+
+
+def test_guard_brings_back_a_shadow_checked_setting_when_its_acceptance_rises():
+    """A point-mass drafter's acceptance is measured on every committed token while the target
+    runs alone: when the policy's prediction for its setting falls by GUARD_EVIDENCE_GAIN below the
+    one it was stopped at (it reached a passage it can copy), the hold ends early; a setting with a
+    model drafter (no prediction passed: no evidence while held) waits for the probe."""
+    from polyplan.executor.control import RoundSetting
+    from polyplan.executor.guard import GUARD_EVIDENCE_GAIN, SpeedGuard
+
+    guard = SpeedGuard()
+    guard.start(0.05)
+    reserve = RoundSetting((0, 2), (7,), "the reserve")
+    for _ in range(3):  # warm speculative rounds at 0.1 s per token: twice the target alone's prediction
+        guard.observe(0.2, 2, True, False, 8)
+    assert guard.apply(reserve, None, 0.04).members == (0,)
+    assert guard.apply(reserve, None, 0.04 * (1 - GUARD_EVIDENCE_GAIN / 2)).members == (0,)
+    assert guard.apply(reserve, None, None).members == (0,)
+    back = guard.apply(reserve, None, 0.04 * (1 - 2 * GUARD_EVIDENCE_GAIN))
+    assert back.members == (0, 2) and "own acceptance rose" in back.reason

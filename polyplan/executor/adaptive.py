@@ -121,6 +121,8 @@ class AdaptiveController:
         self._hold = False
         #: the guard's verdict sent this request to its own acceptance (rule 3): weak priors from here
         self._doubted = False
+        #: the policy's time per token for the setting it last chose (the guard reads it)
+        self._predicted = math.nan
 
     # ---- the Controller protocol -------------------------------------------------------------
     def start(self, chain_size: int, prompt: list[int], max_new_tokens: int = 0) -> RoundSetting:
@@ -186,7 +188,8 @@ class AdaptiveController:
         self.seen = len(tokens)
         self.rounds += 1
         setting = self.setting if self._hold and self.setting is not None else self._decide()
-        setting = self.guard.apply(setting, self._on_own_acceptance)
+        shadowed = len(setting.members) > 1 and all(m in self.shadow for m in setting.members[1:])
+        setting = self.guard.apply(setting, self._on_own_acceptance, self._predicted if shadowed else None)
         joining = set(setting.members) - set(self.running.members)
         self._cold = bool(joining)
         # members that ran earlier in this request and missed tokens since: their catch-up pass is
@@ -367,6 +370,7 @@ class AdaptiveController:
         self.alpha = self.estimates()
         current = self.setting.members if self.setting is not None else None
         decision = self.policy.decide(self.alpha, current, self.first, self.cold_cost(), self._anchor())
+        self._predicted = decision.time_per_token
         if self.setting is None or (decision.members, decision.gammas) != (self.setting.members, self.setting.gammas):
             reason = self.policy.reason(decision, self.alpha)
             self.setting = RoundSetting(decision.members, decision.gammas, reason, self.windows)

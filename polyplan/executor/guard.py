@@ -35,6 +35,12 @@ GUARD_WINDOW = 64.0
 #: doubled at each fall-back (at most GUARD_MAX_BACKOFF), so a speculation that keeps losing is
 #: probed O(log n) times in n tokens
 GUARD_BACKOFF = 32
+#: while the target alone is held, a setting whose drafters are all shadow-checked (point-mass: their
+#: acceptance is measured on every committed token whether they run or not) comes back early when its
+#: predicted time per token has fallen this much below the prediction it fell back at: the request's
+#: own acceptance rose (a copying drafter reached a passage it can copy), which is evidence the
+#: verdict on the earlier rounds did not have
+GUARD_EVIDENCE_GAIN = 0.25
 GUARD_MAX_BACKOFF = 512
 #: what one request's speed evidence keeps of the earlier requests' (the machine drifts over
 #: minutes: the same VM ran the same passes 1.5x slower or faster within hours, docs/results.md)
@@ -91,6 +97,8 @@ class SpeedGuard:
         self.held_until: int | None = None  # the target alone runs until this many are committed
         self.held_since = 0
         self.held_reason = ""
+        #: the policy's prediction for the setting the guard stopped (point-mass settings only)
+        self.held_predicted = math.nan
         self.speculated = math.nan  # speculation's measured rate when it was stopped
         #: the lowest time per token a warm speculative round since speculation (re)started would have
         #: had with every draft accepted: no acceptance luck makes speculation faster than this
@@ -129,12 +137,19 @@ class SpeedGuard:
         else:
             self.alone.add(seconds, committed)
 
-    def apply(self, setting: RoundSetting, rechoose: Callable[[], RoundSetting | None] | None = None) -> RoundSetting:
+    def apply(
+        self,
+        setting: RoundSetting,
+        rechoose: Callable[[], RoundSetting | None] | None = None,
+        predicted: float | None = None,
+    ) -> RoundSetting:
         """The policy's ``setting``, or the target alone while the guard holds it. ``rechoose``
         (rule 3): on a verdict judged on the measured rate, once per request, another speculative
-        setting chosen on this request's own acceptance, or None when acceptance cannot explain it."""
+        setting chosen on this request's own acceptance, or None when acceptance cannot explain it.
+        ``predicted``: the policy's time per token for ``setting`` when its drafters are all
+        shadow-checked (None otherwise): a hold ends early when it falls by GUARD_EVIDENCE_GAIN."""
         if self.held_until is not None:
-            return self._held(setting)
+            return self._held(setting, predicted)
         verdict = self._losing() if len(setting.members) > 1 else None
         if verdict is None:
             return setting
@@ -150,6 +165,7 @@ class SpeedGuard:
         self.speculated, self.speculating = self.speculating.value, MeasuredRate()
         self.best_case = math.inf
         self.held_since, self.held_until = self.done, self.done + self.backoff
+        self.held_predicted = predicted if predicted is not None else math.nan
         self.held_reason = f"{why}: {action} (for up to {self.backoff} tokens)"
         self.backoff = min(2 * self.backoff, GUARD_MAX_BACKOFF)
         return RoundSetting((0,), (), self.held_reason, setting.windows)
@@ -181,13 +197,26 @@ class SpeedGuard:
             return f"measured {_ms(rate)}/token, not clearly below the target alone's {predicted} predicted", True
         return None
 
-    def _held(self, setting: RoundSetting) -> RoundSetting:
+    def _held(self, setting: RoundSetting, predicted: float | None = None) -> RoundSetting:
         """Keep the target alone, unless it is measured slower than speculation was (the prediction
-        it was judged on was wrong) or the backoff is over (a probe: speculation is measured again)."""
+        it was judged on was wrong), a shadow-checked setting's prediction fell well below the one
+        it was stopped at (its acceptance rose since), or the backoff is over (a probe: speculation
+        is measured again)."""
         alone = self.alone.value
         assert self.held_until is not None
+        risen = (
+            predicted is not None
+            and len(setting.members) > 1
+            and predicted < self.held_predicted * (1 - GUARD_EVIDENCE_GAIN)
+        )
         if self.alone.known and alone > self.speculated * (1 + GUARD_MARGIN):
             why = f"the target alone measured {_ms(alone)}/token against {_ms(self.speculated)} speculating: back"
+        elif risen:
+            assert predicted is not None
+            why = (
+                f"this request's own acceptance rose: {_ms(predicted)}/token predicted against "
+                f"{_ms(self.held_predicted)} when it fell back: back"
+            )
         elif self.done >= self.held_until:
             why = f"probe after {self.done - self.held_since} tokens on the target alone ({_ms(alone)}/token)"
         else:
