@@ -83,7 +83,9 @@ def _compare_with_target(plan_path: Path, prompt: str, max_new_tokens: int, cons
     chain = assembled.chain
     ids = _encode(chain.tokenizer, prompt, chat=True)
     h = plan_vs_target(chain, ids, max_new_tokens, temperature=assembled.spec.temperature or 0.0)
-    label = f"{chain_names(chain.names)} (gammas {gammas_text(chain.gammas)})"
+    label = f"{chain_names(plan.names)} (gammas {gammas_text(plan.gammas)})"
+    if assembled.policy is not None and assembled.policy.reserves:
+        label += f", reserve {', '.join(assembled.policy.reserves)}"
     console.print(f"plan {label}: {h.plan_tokens_per_s:.1f} tokens/s", highlight=False)
     console.print(f"target {chain.names[0]} alone: {h.target_tokens_per_s:.1f} tokens/s", highlight=False)
     same = "same output" if h.same_output else "outputs differ (sampling)"
