@@ -260,33 +260,40 @@ class Profile:
         """What the profile's long prompts do to a point-mass drafter's acceptance by the target:
         alpha on the long prompts (whole prompt read) / alpha on the profile's own prompts, within
         LONG_PROMPT_FACTOR_RANGE; None when not measured (profiles before it, model drafters)."""
-        full = ((self.windows.get("by_drafter") or {}).get(drafter) or {}).get("full")
-        known = {c.name: c for c in self.candidates}
-        if not full or not full.get("positions") or drafter not in known or not known[drafter].point_mass:
+        measured = self._long_prompt_rows(drafter, mode)
+        if measured is None:
             return None
-        try:
-            short = self.pair(self.target, drafter).alpha(mode)
-        except DocumentError:
-            return None
+        full, short = measured
         key = "greedy_sum" if mode == "greedy" else "sampling_sum"
-        lo, hi = LONG_PROMPT_FACTOR_RANGE
-        return max(lo, min(hi, full[key] / full["positions"] / max(short, 1e-9)))
+        return _long_factor(full[key] / full["positions"], short)
 
     def long_prompt_factor_by_position(self, drafter: str, mode: str) -> list[list[float]]:
         """``[[first position, factor], ...]``: the long-prompt factor by answer-position bucket (a
         point-mass drafter also copies from the answer: the longer the answer, the more it finds);
         empty when not measured by position."""
-        whole = self.long_prompt_factor(drafter, mode)
-        full = (((self.windows.get("by_drafter") or {}).get(drafter) or {}).get("full") or {}).get("by_position")
-        if whole is None or not full:
+        measured = self._long_prompt_rows(drafter, mode)
+        if measured is None:
             return []
-        short = self.pair(self.target, drafter).alpha(mode)
-        index, (lo, hi) = (0 if mode == "greedy" else 1), LONG_PROMPT_FACTOR_RANGE
+        full, short = measured
+        buckets = full.get("by_position") or {}
+        index = 0 if mode == "greedy" else 1
         return [
-            [int(b), max(lo, min(hi, full[b][index] / full[b][2] / max(short, 1e-9)))]
-            for b in sorted(full, key=int)
-            if full[b][2] > 0
+            [int(b), _long_factor(buckets[b][index] / buckets[b][2], short)]
+            for b in sorted(buckets, key=int)
+            if buckets[b][2] > 0
         ]
+
+    def _long_prompt_rows(self, drafter: str, mode: str) -> tuple[dict, float] | None:
+        """A point-mass drafter's whole-prompt row of the windows phase and its acceptance on the
+        profile's own prompts, or None when either is missing."""
+        full = ((self.windows.get("by_drafter") or {}).get(drafter) or {}).get("full")
+        known = {c.name: c for c in self.candidates}
+        if not full or not full.get("positions") or drafter not in known or not known[drafter].point_mass:
+            return None
+        try:
+            return full, self.pair(self.target, drafter).alpha(mode)
+        except DocumentError:
+            return None
 
     def long_prompt_tokens(self) -> float | None:
         """The mean length of the long prompts the windows phase measured, None when not recorded."""
@@ -397,6 +404,12 @@ class Profile:
 
     def traces_path(self, profile_path: str | Path) -> Path | None:
         return None if not self.traces else Path(profile_path).parent / self.traces
+
+
+def _long_factor(rate: float, short: float) -> float:
+    """A long-prompt acceptance over the profile's own, within LONG_PROMPT_FACTOR_RANGE."""
+    lo, hi = LONG_PROMPT_FACTOR_RANGE
+    return max(lo, min(hi, rate / max(short, 1e-9)))
 
 
 def _kept(a_part: float, a_full: float) -> float:

@@ -265,6 +265,12 @@ class AdaptiveController:
         """Posterior mean acceptance of every pair the policy uses."""
         policy, alpha = self.policy, {}
         for pair in self.pairs:
+            if pair in self.expected:
+                # its prior is the long prompts' measurement: it weighs a handful of tokens, as a
+                # window's (the short prompts' spread says nothing of long ones)
+                weight = DOUBTED_PRIOR_STRENGTH if self._doubted else WINDOWED_PRIOR_STRENGTH
+                alpha[pair] = self._position_estimate(pair, weight)
+                continue
             v, d = pair
             factor = self.prior_factor.get(pair, 1.0)
             prior, strength = min(1.0, policy.priors[pair] * factor), policy.prior_strength[pair]
@@ -279,13 +285,6 @@ class AdaptiveController:
                 strength = transfer_strength(
                     prior, transfer_bound(alpha[(0, v)]), shadow_strength, MAX_TRANSFER_STRENGTH
                 )
-            if pair in self.expected:
-                # its prior is the long prompts' measurement: it weighs a handful of tokens, as a
-                # window's (the short prompts' spread says nothing of long ones)
-                alpha[pair] = self._position_estimate(
-                    pair, DOUBTED_PRIOR_STRENGTH if self._doubted else WINDOWED_PRIOR_STRENGTH
-                )
-                continue
             alpha[pair] = posterior_mean(prior, strength, self.successes[pair], self.trials[pair])
         return alpha
 

@@ -321,15 +321,15 @@ class Policy:
             return None
         horizon = float(max_new_tokens) if exact_horizon else req.horizon(max_new_tokens)
         context = decode_context(prompt_tokens, horizon)
+        # a long prompt may raise a point-mass drafter's acceptance (the same for every setting)
+        at_prompt = req.at_prompt(alpha, prompt_tokens, horizon)
         options = []
         for table in [self.plan, *self.tables_at(context)]:
             drafters = table.members[1:]
             candidates = []
             for combo in product(*(req.options(m) for m in drafters)):
                 windows = dict(zip(drafters, combo, strict=True))
-                # a window lowers its drafter's acceptance, a long prompt may raise a point-mass
-                # drafter's: the table's gammas at that acceptance
-                at_prompt = req.at_prompt(alpha, prompt_tokens, horizon)
+                # a window lowers its drafter's acceptance: the table's gammas at that acceptance
                 seen = {(v, d): at_prompt[(v, d)] * req.factor(d, windows.get(d), horizon) for v, d in table.pairs}
                 cells = [cell(_axis_u(table.points), u_of_alpha(seen[p])) for p in table.pairs]
                 gammas = table.gammas[0] if table is self.plan else table.gammas[nearest(table.shape, cells)]
