@@ -203,3 +203,20 @@ def test_a_plan_still_to_prefill_does_not_win_a_tie(policy):
     assert above.members == (0,)
     below = policy.decide(alpha, cold_cost={1: alone - drafting - 0.005 * alone})
     assert below.members == (0, 1)
+
+
+def test_a_prefill_the_start_declined_waits_for_the_requests_own_evidence(policy):
+    """The start ran the reserve rather than prefill the model drafter; a round that would bring the
+    drafter in pays a prefill it cannot take back, so it waits until the request has committed as
+    many tokens as the reserve's prior weighs (WINDOWED_PRIOR_STRENGTH): the first rounds' noise
+    does not take the bet the start declined. Here the reserve is made to copy nothing."""
+    m = policy.names.index(LOOKUP)
+    controller = AdaptiveController(policy, shadow={m: lambda context, n: []})
+    prompt = list(range(1000))
+    assert controller.start(len(policy.names), prompt, 256).members == (0, m)
+    measured = controller.estimates
+    controller.estimates = lambda: {**measured(), (0, m): 0.05, (1, m): 0.05}
+    answered = int(WINDOWED_PRIOR_STRENGTH)
+    for n in range(1, answered):
+        assert 1 not in controller.next_round([*prompt, *range(10**5, 10**5 + n)]).members
+    assert controller.next_round([*prompt, *range(10**5, 10**5 + answered)]).members == (0, 1)

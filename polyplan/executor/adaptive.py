@@ -322,6 +322,18 @@ class AdaptiveController:
         windows = dict(self.windows)
         return {m: req.prefill_s(m, self.seen, windows.get(m)) / self._remaining() for m in cold}
 
+    def _priced_cold(self) -> dict[int, float]:
+        """:meth:`cold_cost`, with every member that must still prefill priced out of reach until this
+        request's own evidence weighs as much as the prior the start priced it on
+        (``WINDOWED_PRIOR_STRENGTH`` tokens): a prefill cannot be taken back, and a start that
+        declined it on a near-tie would otherwise take it on the first round's noise (proofs/prefill.md,
+        Corollary 3: rag-long-06 paid the `:q8_0` prefill, 2.4 s, after two n-gram tokens)."""
+        cold = self.cold_cost()
+        # every committed token is evidence: a verification's, or a point-mass drafter's shadow check
+        if self.first is None or self.seen - self.prompt_len >= WINDOWED_PRIOR_STRENGTH:
+            return cold
+        return {m: (math.inf if c > 0 else c) for m, c in cold.items()}
+
     def _remaining(self) -> float:
         """Tokens this request is still expected to generate (at least one)."""
         return max(1.0, self.horizon - (self.seen - self.prompt_len))
@@ -368,7 +380,7 @@ class AdaptiveController:
     def _decide(self) -> RoundSetting:
         self.alpha = self.estimates()
         current = self.setting.members if self.setting is not None else None
-        decision = self.policy.decide(self.alpha, current, self.first, self.cold_cost(), self._anchor())
+        decision = self.policy.decide(self.alpha, current, self.first, self._priced_cold(), self._anchor())
         self._predicted = decision.time_per_token
         if self.setting is None or (decision.members, decision.gammas) != (self.setting.members, self.setting.gammas):
             reason = self.policy.reason(decision, self.alpha)

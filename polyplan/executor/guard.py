@@ -150,7 +150,7 @@ class SpeedGuard:
         shadow-checked (None otherwise): a hold ends early when it falls by GUARD_EVIDENCE_GAIN."""
         if self.held_until is not None:
             return self._held(setting, predicted)
-        verdict = self._losing() if len(setting.members) > 1 else None
+        verdict = self._losing(predicted is not None) if len(setting.members) > 1 else None
         if verdict is None:
             return setting
         why, on_rate = verdict
@@ -170,12 +170,16 @@ class SpeedGuard:
         self.backoff = min(2 * self.backoff, GUARD_MAX_BACKOFF)
         return RoundSetting((0,), (), self.held_reason, setting.windows)
 
-    def _losing(self) -> tuple[str, bool] | None:
+    def _losing(self, shadowed: bool = False) -> tuple[str, bool] | None:
         """Why speculation stops now, or None: measured slower than the target alone measured, or,
         before the target alone is measured, not clearly faster than its prediction. With it,
         whether the verdict was on the measured rate (which acceptance luck is part of) rather than
-        on the best case (which no acceptance would have made faster)."""
-        if not self.speculating.known:
+        on the best case (which no acceptance would have made faster). A ``shadowed`` setting (its
+        drafters all shadow-checked) is judged on its best case only: its acceptance is measured on
+        every committed token and the policy already prices it from that, so a rate verdict would
+        read a lull between copyable passages as lost speed and hold the target alone through the
+        next one (proofs/adaptive-control.md, section 5, rule 5)."""
+        if not self.speculating.known or shadowed:
             # one round is luck for the rate, not for its best case: even with every draft accepted
             # it would have been this slow
             best = self.best_case
