@@ -50,7 +50,7 @@ _CONTEXTS = typer.Option(
     "--prefill-contexts length times its prefill as it builds the cache).",
 )
 _PREFILL_CONTEXTS = typer.Option(
-    "128,512,2048",
+    "32,128,512,2048",
     "--prefill-contexts",
     help="Prompt lengths whose prefill P(c) is measured (one pass from an empty cache; '' skips).",
 )

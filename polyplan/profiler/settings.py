@@ -42,7 +42,7 @@ class ProfileSettings:
     contexts: list[int] = field(default_factory=lambda: [64, 512, 2048])
     #: prompt lengths whose prefill P(c) is measured (log-spaced; the planner interpolates between
     #: them and continues the last segment's slope beyond); [] skips the phase
-    prefill_contexts: list[int] = field(default_factory=lambda: [128, 512, 2048])
+    prefill_contexts: list[int] = field(default_factory=lambda: [32, 128, 512, 2048])
     #: timed prefills at the shortest lengths; longer ones get fewer (see prefill_repeats_at)
     prefill_repeats: int = 3
     #: windows whose cost in acceptance is measured on long prompts (polyplan.models.windowed);
