@@ -220,3 +220,26 @@ def test_a_prefill_the_start_declined_waits_for_the_requests_own_evidence(policy
     for n in range(1, answered):
         assert 1 not in controller.next_round([*prompt, *range(10**5, 10**5 + n)]).members
     assert controller.next_round([*prompt, *range(10**5, 10**5 + answered)]).members == (0, 1)
+
+
+def test_a_drafter_the_policy_prefills_is_judged_on_its_own_rounds(policy):
+    """The reserve's rounds measured slower than the target alone's prediction (a passage with
+    nothing to copy); when the request's own evidence then brings the model drafter in, paying its
+    prefill, those rounds are no verdict on it: the guard lets it run and judges its own rounds."""
+    from polyplan.executor.control import RoundTiming
+
+    m = policy.names.index(LOOKUP)
+    controller = AdaptiveController(policy, shadow={m: lambda context, n: []})
+    prompt = list(range(1000))
+    assert controller.start(len(policy.names), prompt, 256).members == (0, m)
+    measured = controller.estimates
+    answered = int(WINDOWED_PRIOR_STRENGTH)
+    tokens = list(prompt)
+    for n in range(1, answered):  # one token per round, each five times the target alone's prediction
+        tokens.append(10**5 + n)
+        controller.observe_round(RoundTiming(5 * controller.guard.predicted, 1, 0.0))
+        assert controller.next_round(tokens).members == (0, m)
+    controller.estimates = lambda: {**measured(), (0, m): 0.05, (1, m): 0.05}
+    tokens.append(0)
+    controller.observe_round(RoundTiming(5 * controller.guard.predicted, 1, 0.0))
+    assert controller.next_round(tokens).members == (0, 1)

@@ -189,6 +189,10 @@ class AdaptiveController:
         self.rounds += 1
         setting = self.setting if self._hold and self.setting is not None else self._decide()
         shadowed = len(setting.members) > 1 and all(m in self.shadow for m in setting.members[1:])
+        if any(m not in self.warm and self.cold_cost().get(m, 0.0) > 0 for m in setting.members):
+            # the policy pays a prefill on this request's evidence: the rounds measured so far ran
+            # other drafters and are no verdict on the one it brings in (judged on its own rounds)
+            self.guard.restart_speculation()
         setting = self.guard.apply(setting, self._on_own_acceptance, self._predicted if shadowed else None)
         joining = set(setting.members) - set(self.running.members)
         self._cold = bool(joining)

@@ -159,7 +159,7 @@ class SpeedGuard:
             if other is not None:
                 # judged afresh on its own rounds, by rule 1; a second verdict falls back
                 self.rechosen = True
-                self.speculating, self.best_case = MeasuredRate(), math.inf
+                self.restart_speculation()
                 return other._replace(reason=f"{why}: this request accepts less than profiled; {other.reason}")
         action = "fell back" if self.alone.known else "fell back to measure the target alone"
         self.speculated, self.speculating = self.speculating.value, MeasuredRate()
@@ -169,6 +169,11 @@ class SpeedGuard:
         self.held_reason = f"{why}: {action} (for up to {self.backoff} tokens)"
         self.backoff = min(2 * self.backoff, GUARD_MAX_BACKOFF)
         return RoundSetting((0,), (), self.held_reason, setting.windows)
+
+    def restart_speculation(self) -> None:
+        """Speculation starts afresh (a setting with a drafter new to this request): the rates
+        measured so far ran other drafters, so its verdicts wait for its own rounds."""
+        self.speculating, self.best_case = MeasuredRate(), math.inf
 
     def _losing(self, shadowed: bool = False) -> tuple[str, bool] | None:
         """Why speculation stops now, or None: measured slower than the target alone measured, or,
@@ -226,7 +231,7 @@ class SpeedGuard:
         else:
             return RoundSetting((0,), (), self.held_reason, setting.windows)
         self.held_until = None
-        self.speculating, self.best_case = MeasuredRate(), math.inf
+        self.restart_speculation()
         return setting._replace(reason=f"{why}; {setting.reason}") if len(setting.members) > 1 else setting
 
 
