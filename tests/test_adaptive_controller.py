@@ -513,3 +513,13 @@ def test_guard_judges_a_shadow_checked_setting_on_its_best_case_only():
     assert guard_after(0.1).apply(reserve, None, 0.04).members == (0, 2)  # rate 0.1 s, best case 12.5 ms
     assert guard_after(0.1).apply(model, None, None).members == (0,)
     assert guard_after(0.5).apply(reserve, None, 0.04).members == (0,)  # best case 62.5 ms > 50 ms
+    # the best case is the last GUARD_WINDOW tokens': a fast round early does not mask a slowdown later
+    from polyplan.executor.guard import GUARD_WINDOW
+
+    guard = guard_after(0.1)
+    guard.observe(0.016, 8, True, False, 8)  # every draft accepted, 2 ms per token
+    for _ in range(int(GUARD_WINDOW) // 8 - 1):  # while the fast round is within the window
+        guard.observe(0.5, 8, True, False, 8)  # then 62.5 ms per token even with every draft accepted
+        assert guard.apply(reserve, None, 0.04).members == (0, 2)
+    guard.observe(0.5, 8, True, False, 8)
+    assert guard.apply(reserve, None, 0.04).members == (0,)

@@ -187,9 +187,10 @@ class AdaptiveController:
             self._shadow_check((0, j), propose, tokens)
         self.seen = len(tokens)
         self.rounds += 1
-        setting = self.setting if self._hold and self.setting is not None else self._decide()
+        cold = self.cold_cost()
+        setting = self.setting if self._hold and self.setting is not None else self._decide(cold)
         shadowed = len(setting.members) > 1 and all(m in self.shadow for m in setting.members[1:])
-        if any(m not in self.warm and self.cold_cost().get(m, 0.0) > 0 for m in setting.members):
+        if any(cold.get(m, 0.0) > 0 for m in setting.members):
             # the policy pays a prefill on this request's evidence: the rounds measured so far ran
             # other drafters and are no verdict on the one it brings in (judged on its own rounds)
             self.guard.restart_speculation()
@@ -326,16 +327,15 @@ class AdaptiveController:
         windows = dict(self.windows)
         return {m: req.prefill_s(m, self.seen, windows.get(m)) / self._remaining() for m in cold}
 
-    def _priced_cold(self) -> dict[int, float]:
-        """:meth:`cold_cost`, with every member that must still prefill priced out of reach until this
-        request's own evidence weighs as much as the prior the start priced it on
-        (``WINDOWED_PRIOR_STRENGTH`` tokens): a prefill cannot be taken back, and a start that
-        declined it on a near-tie would otherwise take it on the first round's noise (proofs/prefill.md,
-        Corollary 3: rag-long-06 paid the `:q8_0` prefill, 2.4 s, after two n-gram tokens)."""
-        cold = self.cold_cost()
-        # every committed token is evidence: a verification's, or a point-mass drafter's shadow check
+    def _priced_cold(self, cold: Mapping[int, float]) -> dict[int, float]:
+        """``cold`` (:meth:`cold_cost`), with every member that must still prefill priced out of reach
+        until the request has committed ``WINDOWED_PRIOR_STRENGTH`` tokens, the weight of the prior
+        a start declines a prefill on when it runs a reserve or a windowed drafter instead: a
+        prefill cannot be taken back, and a start that declined it on a near-tie would otherwise
+        take it on the first round's noise (proofs/prefill.md, Corollary 3: rag-long-06 paid the
+        `:q8_0` prefill, 2.4 s, after two n-gram tokens). Rule 3's re-choice waits alike."""
         if self.first is None or self.seen - self.prompt_len >= WINDOWED_PRIOR_STRENGTH:
-            return cold
+            return dict(cold)
         return {m: (math.inf if c > 0 else c) for m, c in cold.items()}
 
     def _remaining(self) -> float:
@@ -381,10 +381,11 @@ class AdaptiveController:
             return None
         return setting
 
-    def _decide(self) -> RoundSetting:
+    def _decide(self, cold: Mapping[int, float] | None = None) -> RoundSetting:
         self.alpha = self.estimates()
         current = self.setting.members if self.setting is not None else None
-        decision = self.policy.decide(self.alpha, current, self.first, self._priced_cold(), self._anchor())
+        priced = self._priced_cold(self.cold_cost() if cold is None else cold)
+        decision = self.policy.decide(self.alpha, current, self.first, priced, self._anchor())
         self._predicted = decision.time_per_token
         if self.setting is None or (decision.members, decision.gammas) != (self.setting.members, self.setting.gammas):
             reason = self.policy.reason(decision, self.alpha)

@@ -8,6 +8,7 @@ Python: the adaptive controller feeds both from each round's :class:`RoundTiming
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -100,9 +101,9 @@ class SpeedGuard:
         #: the policy's prediction for the setting the guard stopped (point-mass settings only)
         self.held_predicted = math.nan
         self.speculated = math.nan  # speculation's measured rate when it was stopped
-        #: the lowest time per token a warm speculative round since speculation (re)started would have
-        #: had with every draft accepted: no acceptance luck makes speculation faster than this
-        self.best_case = math.inf
+        #: per warm speculative round since speculation (re)started: (tokens committed by its end,
+        #: the time per token it would have had with every draft accepted); ``best_case`` reads it
+        self._best_rounds: deque[tuple[int, float]] = deque()
         self.backoff = GUARD_BACKOFF
         #: rule 3 was used in this request: a second verdict falls back
         self.rechosen = False
@@ -133,7 +134,7 @@ class SpeedGuard:
         if speculative:
             self.speculating.add(seconds, committed)
             if most > 0:
-                self.best_case = min(self.best_case, seconds / max(most, committed))
+                self._best_rounds.append((self.done, seconds / max(most, committed)))
         else:
             self.alone.add(seconds, committed)
 
@@ -162,8 +163,8 @@ class SpeedGuard:
                 self.restart_speculation()
                 return other._replace(reason=f"{why}: this request accepts less than profiled; {other.reason}")
         action = "fell back" if self.alone.known else "fell back to measure the target alone"
-        self.speculated, self.speculating = self.speculating.value, MeasuredRate()
-        self.best_case = math.inf
+        self.speculated = self.speculating.value
+        self.restart_speculation()
         self.held_since, self.held_until = self.done, self.done + self.backoff
         self.held_predicted = predicted if predicted is not None else math.nan
         self.held_reason = f"{why}: {action} (for up to {self.backoff} tokens)"
@@ -173,7 +174,19 @@ class SpeedGuard:
     def restart_speculation(self) -> None:
         """Speculation starts afresh (a setting with a drafter new to this request): the rates
         measured so far ran other drafters, so its verdicts wait for its own rounds."""
-        self.speculating, self.best_case = MeasuredRate(), math.inf
+        self.speculating = MeasuredRate()
+        self._best_rounds.clear()
+
+    @property
+    def best_case(self) -> float:
+        """The lowest time per token a warm speculative round of the last GUARD_WINDOW committed
+        tokens (since speculation (re)started) would have had with every draft accepted: no
+        acceptance luck makes speculation faster than this. Windowed like the rates, so a slowdown
+        later in a request is not masked by one fast round early in it."""
+        rounds = self._best_rounds
+        while rounds and rounds[0][0] <= self.done - GUARD_WINDOW:
+            rounds.popleft()
+        return min((rate for _, rate in rounds), default=math.inf)
 
     def _losing(self, shadowed: bool = False) -> tuple[str, bool] | None:
         """Why speculation stops now, or None: measured slower than the target alone measured, or,

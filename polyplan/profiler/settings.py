@@ -40,8 +40,9 @@ class ProfileSettings:
     #: cached-token counts of the latency grid; past 512 fewer timed passes
     #: (latency_repeats_at), and the pass building a context that is also a prefill length is its P(c)
     contexts: list[int] = field(default_factory=lambda: [64, 512, 2048])
-    #: prompt lengths whose prefill P(c) is measured (log-spaced; the planner interpolates between
-    #: them and continues the last segment's slope beyond); [] skips the phase
+    #: prompt lengths whose prefill P(c) is measured (the planner interpolates between them and
+    #: keeps the cost per token rising beyond; 32 because a pass has a fixed cost, so P is not
+    #: linear below 128: PrefillCurve); [] skips the phase
     prefill_contexts: list[int] = field(default_factory=lambda: [32, 128, 512, 2048])
     #: timed prefills at the shortest lengths; longer ones get fewer (see prefill_repeats_at)
     prefill_repeats: int = 3
