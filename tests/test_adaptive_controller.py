@@ -483,43 +483,10 @@ def test_guard_brings_back_a_shadow_checked_setting_when_its_acceptance_rises():
     guard = SpeedGuard()
     guard.start(0.05)
     reserve = RoundSetting((0, 2), (7,), "the reserve")
-    for _ in range(3):  # warm rounds slower than the target alone's prediction even with every draft accepted
-        guard.observe(0.5, 2, True, False, 8)
+    for _ in range(3):  # warm speculative rounds at 0.1 s per token: twice the target alone's prediction
+        guard.observe(0.2, 2, True, False, 8)
     assert guard.apply(reserve, None, 0.04).members == (0,)
     assert guard.apply(reserve, None, 0.04 * (1 - GUARD_EVIDENCE_GAIN / 2)).members == (0,)
     assert guard.apply(reserve, None, None).members == (0,)
     back = guard.apply(reserve, None, 0.04 * (1 - 2 * GUARD_EVIDENCE_GAIN))
     assert back.members == (0, 2) and "own acceptance rose" in back.reason
-
-
-def test_guard_judges_a_shadow_checked_setting_on_its_best_case_only():
-    """A point-mass drafter's acceptance is measured on every committed token and the policy prices
-    its setting from that: a measured rate that lost to the target alone through a passage with
-    nothing to copy is no verdict on it (rule 5), while the same rate stops a model drafter's
-    setting, and a best case that loses stops either."""
-    from polyplan.executor.control import RoundSetting
-    from polyplan.executor.guard import SpeedGuard
-
-    reserve = RoundSetting((0, 2), (7,), "the reserve")
-    model = RoundSetting((0, 1), (7,), "the model drafter")
-
-    def guard_after(seconds: float) -> SpeedGuard:
-        guard = SpeedGuard()
-        guard.start(0.05)
-        for _ in range(3):  # one token per round where eight were possible
-            guard.observe(seconds, 1, True, False, 8)
-        return guard
-
-    assert guard_after(0.1).apply(reserve, None, 0.04).members == (0, 2)  # rate 0.1 s, best case 12.5 ms
-    assert guard_after(0.1).apply(model, None, None).members == (0,)
-    assert guard_after(0.5).apply(reserve, None, 0.04).members == (0,)  # best case 62.5 ms > 50 ms
-    # the best case is the last GUARD_WINDOW tokens': a fast round early does not mask a slowdown later
-    from polyplan.executor.guard import GUARD_WINDOW
-
-    guard = guard_after(0.1)
-    guard.observe(0.016, 8, True, False, 8)  # every draft accepted, 2 ms per token
-    for _ in range(int(GUARD_WINDOW) // 8 - 1):  # while the fast round is within the window
-        guard.observe(0.5, 8, True, False, 8)  # then 62.5 ms per token even with every draft accepted
-        assert guard.apply(reserve, None, 0.04).members == (0, 2)
-    guard.observe(0.5, 8, True, False, 8)
-    assert guard.apply(reserve, None, 0.04).members == (0,)

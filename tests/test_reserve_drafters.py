@@ -234,12 +234,9 @@ def test_a_drafter_the_policy_prefills_is_judged_on_its_own_rounds(policy):
     assert controller.start(len(policy.names), prompt, 256).members == (0, m)
     measured = controller.estimates
     answered = int(WINDOWED_PRIOR_STRENGTH)
-    tokens = list(prompt)
-    for n in range(1, answered):  # one token per round, each five times the target alone's prediction
-        tokens.append(10**5 + n)
+    tokens = [*prompt, *range(10**5, 10**5 + answered - 1)]
+    assert controller.next_round(tokens).members == (0, m)
+    for _ in range(2):  # two of its rounds, one token each at five times the target alone's prediction
         controller.observe_round(RoundTiming(5 * controller.guard.predicted, 1, 0.0))
-        assert controller.next_round(tokens).members == (0, m)
     controller.estimates = lambda: {**measured(), (0, m): 0.05, (1, m): 0.05}
-    tokens.append(0)
-    controller.observe_round(RoundTiming(5 * controller.guard.predicted, 1, 0.0))
-    assert controller.next_round(tokens).members == (0, 1)
+    assert controller.next_round([*tokens, 0]).members == (0, 1)

@@ -8,7 +8,6 @@ Python: the adaptive controller feeds both from each round's :class:`RoundTiming
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -101,9 +100,9 @@ class SpeedGuard:
         #: the policy's prediction for the setting the guard stopped (point-mass settings only)
         self.held_predicted = math.nan
         self.speculated = math.nan  # speculation's measured rate when it was stopped
-        #: per warm speculative round since speculation (re)started: (tokens committed by its end,
-        #: the time per token it would have had with every draft accepted); ``best_case`` reads it
-        self._best_rounds: deque[tuple[int, float]] = deque()
+        #: the lowest time per token a warm speculative round since speculation (re)started would have
+        #: had with every draft accepted: no acceptance luck makes speculation faster than this
+        self.best_case = math.inf
         self.backoff = GUARD_BACKOFF
         #: rule 3 was used in this request: a second verdict falls back
         self.rechosen = False
@@ -134,7 +133,7 @@ class SpeedGuard:
         if speculative:
             self.speculating.add(seconds, committed)
             if most > 0:
-                self._best_rounds.append((self.done, seconds / max(most, committed)))
+                self.best_case = min(self.best_case, seconds / max(most, committed))
         else:
             self.alone.add(seconds, committed)
 
@@ -151,7 +150,7 @@ class SpeedGuard:
         shadow-checked (None otherwise): a hold ends early when it falls by GUARD_EVIDENCE_GAIN."""
         if self.held_until is not None:
             return self._held(setting, predicted)
-        verdict = self._losing(predicted is not None) if len(setting.members) > 1 else None
+        verdict = self._losing() if len(setting.members) > 1 else None
         if verdict is None:
             return setting
         why, on_rate = verdict
@@ -163,8 +162,8 @@ class SpeedGuard:
                 self.restart_speculation()
                 return other._replace(reason=f"{why}: this request accepts less than profiled; {other.reason}")
         action = "fell back" if self.alone.known else "fell back to measure the target alone"
-        self.speculated = self.speculating.value
-        self.restart_speculation()
+        self.speculated, self.speculating = self.speculating.value, MeasuredRate()
+        self.best_case = math.inf
         self.held_since, self.held_until = self.done, self.done + self.backoff
         self.held_predicted = predicted if predicted is not None else math.nan
         self.held_reason = f"{why}: {action} (for up to {self.backoff} tokens)"
@@ -174,30 +173,14 @@ class SpeedGuard:
     def restart_speculation(self) -> None:
         """Speculation starts afresh (a setting with a drafter new to this request): the rates
         measured so far ran other drafters, so its verdicts wait for its own rounds."""
-        self.speculating = MeasuredRate()
-        self._best_rounds.clear()
+        self.speculating, self.best_case = MeasuredRate(), math.inf
 
-    @property
-    def best_case(self) -> float:
-        """The lowest time per token a warm speculative round of the last GUARD_WINDOW committed
-        tokens (since speculation (re)started) would have had with every draft accepted: no
-        acceptance luck makes speculation faster than this. Windowed like the rates, so a slowdown
-        later in a request is not masked by one fast round early in it."""
-        rounds = self._best_rounds
-        while rounds and rounds[0][0] <= self.done - GUARD_WINDOW:
-            rounds.popleft()
-        return min((rate for _, rate in rounds), default=math.inf)
-
-    def _losing(self, shadowed: bool = False) -> tuple[str, bool] | None:
+    def _losing(self) -> tuple[str, bool] | None:
         """Why speculation stops now, or None: measured slower than the target alone measured, or,
         before the target alone is measured, not clearly faster than its prediction. With it,
         whether the verdict was on the measured rate (which acceptance luck is part of) rather than
-        on the best case (which no acceptance would have made faster). A ``shadowed`` setting (its
-        drafters all shadow-checked) is judged on its best case only: its acceptance is measured on
-        every committed token and the policy already prices it from that, so a rate verdict would
-        read a lull between copyable passages as lost speed and hold the target alone through the
-        next one (proofs/adaptive-control.md, section 5, rule 5)."""
-        if not self.speculating.known or shadowed:
+        on the best case (which no acceptance would have made faster)."""
+        if not self.speculating.known:
             # one round is luck for the rate, not for its best case: even with every draft accepted
             # it would have been this slow
             best = self.best_case
