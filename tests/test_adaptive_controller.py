@@ -490,3 +490,32 @@ def test_guard_brings_back_a_shadow_checked_setting_when_its_acceptance_rises():
     assert guard.apply(reserve, None, None).members == (0,)
     back = guard.apply(reserve, None, 0.04 * (1 - 2 * GUARD_EVIDENCE_GAIN))
     assert back.members == (0, 2) and "own acceptance rose" in back.reason
+
+
+def test_guard_probes_a_point_mass_setting_at_a_steady_interval():
+    """A model drafter's setting gets no evidence while held, so a loser is probed ever less often
+    (the backoff doubles); a point-mass drafter's acceptance is measured on every token held and
+    its lulls pass (it copies in bursts): its probes stay GUARD_BACKOFF tokens apart."""
+    from polyplan.executor.control import RoundSetting
+    from polyplan.executor.guard import GUARD_BACKOFF, SpeedGuard
+
+    def holds(setting: RoundSetting, predicted: float | None) -> list[int]:
+        guard, spans = SpeedGuard(), []
+        guard.start(0.05)
+        for _ in range(3):
+            for _ in range(3):  # speculation at twice the target alone's prediction
+                guard.observe(0.2, 2, True, False, 8)
+                if guard.apply(setting, None, predicted).members == (0,):
+                    break
+            assert guard.held_until is not None
+            spans.append(guard.held_until - guard.done)
+            while guard.apply(setting, None, predicted).members == (0,):
+                guard.observe(0.05, 1, False, False)  # the target alone, as predicted
+        return spans
+
+    assert holds(RoundSetting((0, 2), (7,), "the reserve"), 0.04) == [GUARD_BACKOFF] * 3
+    assert holds(RoundSetting((0, 1), (7,), "a model drafter"), None) == [
+        GUARD_BACKOFF,
+        2 * GUARD_BACKOFF,
+        4 * GUARD_BACKOFF,
+    ]

@@ -167,7 +167,11 @@ class SpeedGuard:
         self.held_since, self.held_until = self.done, self.done + self.backoff
         self.held_predicted = predicted if predicted is not None else math.nan
         self.held_reason = f"{why}: {action} (for up to {self.backoff} tokens)"
-        self.backoff = min(2 * self.backoff, GUARD_MAX_BACKOFF)
+        if predicted is None:
+            # a setting with a model drafter: no evidence while held, so a loser is probed less and
+            # less often; a point-mass setting's acceptance is measured on every token held, and
+            # its lulls pass (it copies in bursts), so its probes stay GUARD_BACKOFF apart
+            self.backoff = min(2 * self.backoff, GUARD_MAX_BACKOFF)
         return RoundSetting((0,), (), self.held_reason, setting.windows)
 
     def restart_speculation(self) -> None:
