@@ -33,7 +33,8 @@ GUARD_PREDICTION_ERROR = 0.25
 GUARD_WINDOW = 64.0
 #: tokens on the target alone after the request's first fall-back before speculation is tried again;
 #: doubled at each fall-back (at most GUARD_MAX_BACKOFF), so a speculation that keeps losing is
-#: probed O(log n) times in n tokens
+#: probed O(log n) times in n tokens; not doubled for a setting of point-mass drafters (shadow-checked
+#: while held, and they copy in bursts: ``SpeedGuard.apply``)
 GUARD_BACKOFF = 32
 #: while the target alone is held, a setting whose drafters are all shadow-checked (point-mass: their
 #: acceptance is measured on every committed token whether they run or not) comes back early when its
@@ -162,8 +163,8 @@ class SpeedGuard:
                 self.restart_speculation()
                 return other._replace(reason=f"{why}: this request accepts less than profiled; {other.reason}")
         action = "fell back" if self.alone.known else "fell back to measure the target alone"
-        self.speculated, self.speculating = self.speculating.value, MeasuredRate()
-        self.best_case = math.inf
+        self.speculated = self.speculating.value
+        self.restart_speculation()
         self.held_since, self.held_until = self.done, self.done + self.backoff
         self.held_predicted = predicted if predicted is not None else math.nan
         self.held_reason = f"{why}: {action} (for up to {self.backoff} tokens)"
