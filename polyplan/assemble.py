@@ -255,11 +255,22 @@ def assemble_plan(
     else:
         drafters, tokenizer = [load(name) for name in spec.members], None
     members = with_windows(drafters, policy_windowable(policy))
-    chain = Chain(members, spec.gammas, tokenizer=tokenizer, tree_nodes=spec.tree_nodes)
+    stops = plan_draft_stops(plan)
+    chain = Chain(members, spec.gammas, tokenizer=tokenizer, tree_nodes=spec.tree_nodes, draft_stop=stops)
     apply_exactness(plan, chain.drafters[0], note if say_exactness else _silent)
     if policy is not None:
         chain.controller = adaptive_controller(policy, chain.drafters)
     return AssembledPlan(plan, spec, chain, policy)
+
+
+def plan_draft_stops(plan: Any) -> dict[str, Any]:
+    """The plan's draft stops as the executor takes them (none in plans made before them)."""
+    from polyplan.executor.draft_stop import DraftStop
+
+    try:
+        return {name: DraftStop.from_dict(rule) for name, rule in (plan.draft_stop or {}).items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"the plan's draft_stop is malformed ({e}); re-run `polyplan optimize`") from None
 
 
 def with_reserves(spec: ChainSpec, reserves: Sequence[str]) -> None:

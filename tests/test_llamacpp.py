@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from polyplan.errors import UserError
@@ -300,6 +301,24 @@ def test_score_argmax_is_the_argmax_of_score_and_advances_the_same(q8):
         # the base class's default (score + torch argmax) agrees: the executor's token is unchanged
         q8.rollback(start)
         assert type(q8).__mro__[1].score_argmax(q8, ids[start:stop]).tolist() == token.tolist()
+
+
+@pytest.mark.weights
+def test_score_argmax_gap_reads_the_top_two_logits_in_place(q8):
+    """The draft stop's gap, taken on llama.cpp's buffer (the top logit masked for a moment), is
+    the gap of score's row; the token and the state are score_argmax's, and the buffer is left as
+    it was (a second read of the row gives the same gap)."""
+    ids = _context(q8.vocab_size, 80, seed=2)
+    q8.reset()
+    q8.score(ids[:64], last=1)
+    for start, stop in ((64, 65), (65, 80)):
+        top = q8.score(ids[start:stop], last=1)[-1].topk(2)
+        q8.rollback(start)
+        token, gap = q8.score_argmax_gap(ids[start:stop])
+        assert token.tolist() == [int(top.indices[0])] and q8.processed == stop
+        assert gap == pytest.approx(float(top.values[0] - top.values[1]), abs=1e-6)
+        row = np.ctypeslib.as_array(q8._lc.llama_get_logits_ith(q8._ctx, -1), shape=(q8.vocab_size,))
+        assert float(row.max()) == pytest.approx(float(top.values[0]), abs=1e-6)  # the masked top is restored
 
 
 @pytest.mark.weights

@@ -58,6 +58,9 @@ def run_command(
     static: bool = typer.Option(
         False, "--static", help="run a plan's chain unchanged (default: adapt members and gammas between rounds)"
     ),
+    no_draft_stop: bool = typer.Option(
+        False, "--no-draft-stop", help="draft every round to its gamma, ignoring the plan's draft stops"
+    ),
     stats: bool = typer.Option(
         False, "--stats", help="print the per-level statistics table and when and why the chain changed (stderr)"
     ),
@@ -73,6 +76,8 @@ def run_command(
         raise UserError(f"expected at most one prompt argument, got {len(args)} (quote the prompt)")
     prompt = _read_prompt(args[0] if args else None, prompt_file)
     the_chain, planned = _build(plan, chain, gammas, pool, static=static, tree_nodes=tree_nodes, window=window)
+    if no_draft_stop:
+        the_chain.draft_stop = {}
     if temperature is None:
         temperature = planned if planned is not None else 0.0
     top_k, top_p = sampling_filters(top_k, top_p)
@@ -301,6 +306,11 @@ def print_stats(stats, gammas: list[int]) -> None:
     for i, lv in enumerate(stats.levels):
         if lv.tree_rounds:
             console.print(tree_line(i + 1, lv))
+        if lv.draft_stops:
+            console.print(
+                f"draft stops at level {i + 1} ({lv.name}): {lv.draft_stops} of its drafts ended before their gamma "
+                "(it was unsure of its tokens)"
+            )
     for note in stats.notes:
         console.print(f"note: {note}")
     hist = stats.levels[0].acceptance_length_histogram

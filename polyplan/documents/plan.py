@@ -82,6 +82,8 @@ class Plan:
     tree_nodes: list[int] = field(default_factory=list)
     #: the planner's reasoning about trees (rank rates, sizes compared); {} when not considered
     trees: dict[str, Any] = field(default_factory=dict)
+    #: drafter name -> when its greedy drafts end early (polyplan.executor.draft_stop); {} = never
+    draft_stop: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: str = ""
     version: int = PLAN_VERSION
 
@@ -146,6 +148,7 @@ class Plan:
             "gammas": self.gammas,
             **({"tree_nodes": self.tree_nodes} if any(n > 1 for n in self.tree_nodes) else {}),
             **({"trees": self.trees} if self.trees else {}),
+            **({"draft_stop": self.draft_stop} if self.draft_stop else {}),
             "prediction": self.prediction,
             "predictions": self.predictions,
             "insertion": self.insertion,
@@ -176,6 +179,7 @@ class Plan:
                 by_prompt_length=list(doc.get("by_prompt_length") or []),
                 tree_nodes=list(doc.get("tree_nodes") or []),
                 trees=dict(doc.get("trees") or {}),
+                draft_stop=dict(doc.get("draft_stop") or {}),
                 created=doc.get("created", ""),
                 version=doc["version"],
             )

@@ -15,7 +15,9 @@ JSON layout (version 1)::
      "acceptance": {"temperature": float,
                     "pairs": [{"verifier", "drafter", "greedy", "sampling", "positions",
                                "by_category": {"<cat>": {"greedy", "sampling", "positions"}},
-                               "rank_rates": [a_1, ..., a_8] (greedy, draft trees; optional)}]},
+                               "rank_rates": [a_1, ..., a_8] (greedy, draft trees; optional),
+                               "gap_bins": {"edges", "positions", "agreed"} (greedy agreement by the
+                               drafter's top-two logit gap, draft stops; optional)}]},
      "prefill": {"<name>": {"context": [64, 256, ...], "median_s": [...], "spread_s": [...], "repeats": int}}
                 (optional: profiles before prefill was measured have none),
      "windows": {"sink": int, "sizes": [256, ...], "prompts": [ids of the long prompts measured],
@@ -55,6 +57,10 @@ WINDOW_SINK = 4
 #: the range a point-mass drafter's long-prompt factor is kept in: measured on a few long prompts
 #: (a copying answer, a rag or summary prompt, may double a prompt-lookup's acceptance; more is noise)
 LONG_PROMPT_FACTOR_RANGE = (0.25, 4.0)
+#: lower edges of the logit-gap bins a model drafter's greedy agreement is counted in (the last bin
+#: is open-ended): a quantized copy disagrees with its target almost only below a gap of ~0.35
+#: (measured on SmolLM2 :q8_0, proofs/draft-stop.md), so the bins are fine there
+GAP_EDGES = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0)
 
 PROFILE_SCHEMA = "polyplan.profile"
 PROFILE_VERSION = 1
@@ -187,6 +193,9 @@ class AcceptancePair:
     #: greedy draft-tree rates a_1, a_2, ...: the verifier's argmax is the drafter's r-th choice
     #: ([] in profiles made before trees)
     rank_rates: list[float] = field(default_factory=list)
+    #: model drafters: the greedy agreement binned by the drafter's top-two logit gap --
+    #: ``{"edges": GAP_EDGES, "positions": [...], "agreed": [...]}`` ({} in profiles made before)
+    gap_bins: dict[str, list[float]] = field(default_factory=dict)
 
     def alpha(self, mode: str) -> float:
         if mode not in ("greedy", "sampling"):

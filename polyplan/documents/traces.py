@@ -9,7 +9,8 @@ Keys (numpy arrays, one npz member each, in this order when written):
 * ``identity`` -- a JSON string: pool, settings and machine of the run that wrote it (a resumed
   run keeps a sidecar only when this matches);
 * ``<mode>/<verifier>/<drafter>`` for mode ``greedy`` and ``sampling`` (float32 per-position
-  acceptance) and ``ranks`` (the rank of the verifier's argmax among the drafter's choices).
+  acceptance), ``ranks`` (the rank of the verifier's argmax among the drafter's choices) and
+  ``gaps`` (the drafter's gap between its two largest logits; absent in older sidecars).
 
 ``Traces`` wraps the arrays and does the arithmetic every reader needs (per-prompt bounds, a pair's
 trace, per-prompt means, answer lengths, the mean prompt length). Pure numpy + stdlib.
@@ -31,7 +32,7 @@ import numpy as np
 from polyplan.documents.files import DocumentError, atomic_write_bytes
 
 #: the kinds of per-position trace, the first part of a trace key
-TRACE_MODES = ("greedy", "sampling", "ranks")
+TRACE_MODES = ("greedy", "sampling", "ranks", "gaps")
 #: the keys that are not traces of a pair, in the order they are written
 META_KEYS = ("segments", "categories", "prompt_ids", "prompt_lengths", "tokens", "identity")
 

@@ -33,13 +33,14 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import torch
 
 from polyplan.executor.clock import ForwardClock
 from polyplan.executor.control import Controller, RoundSetting, RoundTiming, check_setting
 from polyplan.executor.draft import GREEDY, Draft
+from polyplan.executor.draft_stop import draft_stops
 from polyplan.executor.request import GenerationResult
 from polyplan.executor.sampling import SamplingParams, sample, verify_greedy, verify_sampled
 from polyplan.executor.stats import GenerationStats, LevelStats
@@ -48,6 +49,8 @@ from polyplan.models.drafter import Drafter
 
 if TYPE_CHECKING:  # the loop runs a Chain; front.py, where it lives, imports this module
     from polyplan.executor.front import Chain
+
+_Out = TypeVar("_Out")  # what a timed pass returns: logits, or a greedy token (and its gap)
 
 __all__ = ["GenerationResult", "device_seed"]  # the result is imported from here too
 
@@ -118,6 +121,8 @@ class _StagedRun:
         self.prefill_log: list[tuple[int, float, int]] = []
         self.point_mass = [d.point_mass for d in self.drafters]
         self.tree_nodes = [1, *chain.tree_nodes]  # per member; the target's entry is unused
+        # member -> its draft stop: read only while it drafts greedily for the target (level 1)
+        self.stops = draft_stops(chain.draft_stop, [d.name for d in self.drafters])
         # this round's levels (chain indices) and their gammas: set by _apply between rounds
         self.levels: tuple[int, ...] = ()
         self.gammas: tuple[int, ...] = ()
@@ -179,7 +184,7 @@ class _StagedRun:
         d = self.drafters[member]
         return self._timed(member, int(feed.shape[0]), lambda: d.score(feed, last=last)[-last:])
 
-    def _timed(self, member: int, n_tokens: int, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def _timed(self, member: int, n_tokens: int, forward: Callable[[], _Out]) -> _Out:
         """Run one pass of ``member`` over ``n_tokens`` tokens, counted and timed (its first pass
         of the generation as its prefill)."""
         d, st = self.drafters[member], self.stats.levels[member]
@@ -241,20 +246,41 @@ class _StagedRun:
             return Draft(point_mass=True)  # q is one-hot at each proposal: verify_sampled never builds it
         if n <= 0:
             return GREEDY if self.params.greedy else Draft(torch.empty(0, d.vocab_size, device=d.device))
+        if self.params.greedy:
+            self._draft_greedy(level, member, base, n)
+            return GREEDY
         feed = self.W[self._feed_from(member, base) : self.length]
         qs = []
-        gen = None if self.params.greedy else self._generator(d.device)
+        gen = self._generator(d.device)
         for _ in range(n):
-            if self.params.greedy:  # the member's own argmax: llama.cpp's without copying the row
-                token = self._timed(member, int(feed.shape[0]), lambda f=feed: d.score_argmax(f))
-            else:
-                q = self.params.probs(self._forward(member, feed, 1))
-                token = sample(q, gen)
-                qs.append(q)
+            q = self.params.probs(self._forward(member, feed, 1))
+            token = sample(q, gen)
+            qs.append(q)
             self.W[self.length : self.length + 1] = token
             feed = self.W[self.length : self.length + 1]
             self.length += 1
-        return GREEDY if self.params.greedy else Draft(torch.cat(qs))
+        return Draft(torch.cat(qs))
+
+    def _draft_greedy(self, level: int, member: int, base: int, n: int) -> None:
+        """Up to ``n`` greedy drafts, each the member's own argmax (llama.cpp's without copying the
+        row). Drafting for the target with a draft stop, it ends once the drafted tokens' chance
+        of all being accepted falls below the stop's bound (polyplan.executor.draft_stop)."""
+        d = self.drafters[member]
+        stop = self.stops.get(member) if level == 1 else None
+        all_accepted = 1.0
+        feed = self.W[self._feed_from(member, base) : self.length]
+        for i in range(n):
+            if stop is None:
+                token = self._timed(member, int(feed.shape[0]), lambda f=feed: d.score_argmax(f))
+            else:
+                token, gap = self._timed(member, int(feed.shape[0]), lambda f=feed: d.score_argmax_gap(f))
+                all_accepted *= stop.acceptance_at(gap)
+            self.W[self.length : self.length + 1] = token
+            feed = self.W[self.length : self.length + 1]
+            self.length += 1
+            if stop is not None and all_accepted < stop.stop_below and i + 1 < n:
+                self.stats.levels[member].draft_stops += 1
+                return
 
     def _draft_tree(self, member: int, base: int, max_depth: int) -> DraftTree:
         """The bottom member drafts a tree after ``W[:base]``: one pass for the root's distribution,

@@ -5,7 +5,7 @@ sizes (:mod:`polyplan.executor.members`); ``generate`` checks the call's argumen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from polyplan import hooks
 from polyplan.chain_text import chain_names
 from polyplan.executor.chain import _StagedRun
 from polyplan.executor.control import Controller, StaticController
+from polyplan.executor.draft_stop import DraftStop
 from polyplan.executor.members import chain_members, check_tree_nodes
 from polyplan.executor.request import GenerationResult, as_id_list, check_max_new_tokens, prompt_list
 from polyplan.executor.sampling import SamplingParams
@@ -36,7 +37,11 @@ class Chain:
 
     ``tree_nodes`` (one per drafter, top to bottom; default all 1): a drafter with ``n > 1`` drafts
     a tree of up to ``n`` tokens, at most its gamma deep, whenever it is the bottom of a round;
-    every member above it must be able to verify a tree (transformers members can)."""
+    every member above it must be able to verify a tree (transformers members can).
+
+    ``draft_stop`` (drafter name -> :class:`~polyplan.executor.draft_stop.DraftStop`; a plan's
+    ``draft_stop``): that drafter's greedy drafts for the target end before its gamma where it is
+    unsure of its own tokens. The output is the same; only the rounds' lengths change."""
 
     def __init__(
         self,
@@ -46,9 +51,12 @@ class Chain:
         controller: Controller | None = None,
         verification_numerics: bool = False,
         tree_nodes: Sequence[int] | None = None,
+        draft_stop: Mapping[str, DraftStop] | None = None,
     ) -> None:
         self.drafters, self.gammas = chain_members(members, gammas)
         self.tree_nodes: list[int] = check_tree_nodes(self.drafters, tree_nodes)
+        #: drafter name -> when its greedy drafts for the target end early (polyplan.executor.draft_stop)
+        self.draft_stop: dict[str, DraftStop] = dict(draft_stop or {})
         self.tokenizer = tokenizer if tokenizer is not None else self.drafters[0].tokenizer
         self.verification_numerics = verification_numerics
         self.controller = controller

@@ -50,6 +50,8 @@ class LevelStats:
     tree_nodes_accepted: int = 0
     tree_branch_wins: int = 0
     tree_branch_wins_by_depth: dict[int, int] = field(default_factory=dict)
+    #: drafts this level ended before its gamma because it was unsure of its tokens (draft stop)
+    draft_stops: int = 0
 
     def count_gamma(self, gamma: int) -> None:
         self.gammas_used[gamma] = self.gammas_used.get(gamma, 0) + 1

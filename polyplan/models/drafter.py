@@ -101,6 +101,12 @@ class Drafter(ABC):
         logits row (a llama.cpp member reads llama.cpp's buffer in place); the token is the same."""
         return self.score(new_ids, last=1)[-1:].argmax(dim=-1)
 
+    def score_argmax_gap(self, new_ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``score_argmax`` and the gap between the row's two largest logits (how sure the
+        drafter is of that token: what a draft stop reads, polyplan.executor.draft_stop)."""
+        top = self.score(new_ids, last=1)[-1].topk(2)
+        return top.indices[:1], float(top.values[0] - top.values[1])
+
     @abstractmethod
     def rollback(self, length: int) -> None:
         """Keep only the first ``length`` processed tokens."""

@@ -231,12 +231,30 @@ class LlamaCppDrafter(Drafter):
         n = int(new_ids.shape[0])
         if n == 0 or n < self.min_pass:
             return super().score_argmax(new_ids)  # padding (a target's regime) goes through score
+        return torch.tensor([int(self._last_row(new_ids).argmax())], dtype=torch.long)
+
+    def score_argmax_gap(self, new_ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """As :meth:`Drafter.score_argmax_gap`, on llama.cpp's buffer in place: the second
+        largest logit is the row's maximum with the first masked for a moment (no copy, no sort)."""
+        n = int(new_ids.shape[0])
+        if n == 0 or n < self.min_pass:
+            return super().score_argmax_gap(new_ids)
+        row = self._last_row(new_ids)
+        i = int(row.argmax())
+        top = float(row[i])
+        row[i] = -np.inf  # llama.cpp's output buffer: rewritten by the next decode, restored anyway
+        second = float(row.max())
+        row[i] = top
+        return torch.tensor([i], dtype=torch.long), top - second
+
+    def _last_row(self, new_ids: torch.Tensor) -> np.ndarray:
+        """Decode ``new_ids`` (at least ``min_pass``) asking for the last row's logits only, and
+        return that row as a numpy view of llama.cpp's output buffer (valid until the next decode)."""
         ids = new_ids.tolist()
-        self._check_room(n)
-        for _ in self._decode(ids, n - 1):
+        self._check_room(len(ids))
+        for _ in self._decode(ids, len(ids) - 1):
             pass
-        row = np.ctypeslib.as_array(self._lc.llama_get_logits_ith(self._ctx, -1), shape=(self.vocab_size,))
-        return torch.tensor([int(row.argmax())], dtype=torch.long)
+        return np.ctypeslib.as_array(self._lc.llama_get_logits_ith(self._ctx, -1), shape=(self.vocab_size,))
 
     def _check_room(self, n: int) -> None:
         """Refuse a pass that would overflow the context, before any padding rollback, so a

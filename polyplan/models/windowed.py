@@ -19,14 +19,17 @@ can rebuild at any time; ``processed`` counts virtual tokens, as the executor ex
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from polyplan.documents.profile import WINDOW_SINK
 from polyplan.errors import UserError
 from polyplan.models.drafter import Drafter
+
+_T = TypeVar("_T")
 
 
 def check_window(name: str, window: int, sink: int, max_context: int | None = None) -> None:
@@ -161,12 +164,20 @@ class WindowedDrafter(Drafter):
     def score_argmax(self, new_ids: torch.Tensor) -> torch.Tensor:
         """The inner drafter's own greedy path (llama.cpp's argmax without copying the row) on
         the same content ``score(new_ids, last=1)`` would feed it: the same token, the same state."""
+        return self._last_only(new_ids, self.inner.score_argmax)
+
+    def score_argmax_gap(self, new_ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """:meth:`score_argmax` with the inner drafter's top-two logit gap."""
+        return self._last_only(new_ids, self.inner.score_argmax_gap)
+
+    def _last_only(self, new_ids: torch.Tensor, inner_pass: Callable[[torch.Tensor], _T]) -> _T:
+        """``inner_pass`` (a pass that reads the last row only) on the content the window feeds."""
         if self._unwindowed(new_ids):
-            return self.inner.score_argmax(new_ids)
+            return inner_pass(new_ids)
         end, content = self._advance(new_ids, 1)
-        token = self.inner.score_argmax(new_ids if content is None else content)
+        out = inner_pass(new_ids if content is None else content)
         self._processed = end
-        return token
+        return out
 
     def rollback(self, length: int) -> None:
         if length < 0 or length > self._processed:

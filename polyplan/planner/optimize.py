@@ -12,6 +12,7 @@ from polyplan.documents.traces import Traces
 from polyplan.errors import UserError
 from polyplan.planner.chains import Chain, chain_problem, unit_cost
 from polyplan.planner.choice import DEFAULT_TOLERANCE, RULES, Choice, RequestTimes, choose as choose_plan
+from polyplan.planner.draft_stop import draft_stop_rules
 from polyplan.planner.exports import llama_server_export, transformers_export, vllm_export
 from polyplan.planner.policy_build import build_policy, prompt_length_table, reserve_drafters
 from polyplan.planner.predictors import PREDICTORS, Estimate, Predictor, make_predictor
@@ -65,7 +66,6 @@ def optimize(
     priced = plan_request_times(profile, mode, pred.context, max_gamma, traces, horizons)
     choice = choose_plan(pred, result.ranked, rule=choose, tolerance=tolerance, traces=traces, request_times=priced)
     result = with_best(profile, pred, result, choice.chosen, max_gamma)
-    # both predictors' views of the chosen plan, so bench can say which one was right
     others = [
         predictor_of(o, pred.context)
         for o in ("iid", "replay")
@@ -100,6 +100,7 @@ def optimize(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     _add_trees_and_policy(plan, profile, pred.context, max_gamma, traces, horizons)
+    plan.draft_stop = draft_stop_rules(profile, pred, result.best, mode)
     plan.validate()
     return plan, result
 
@@ -128,7 +129,8 @@ def _read_traces(profile: Profile, profile_path: Path, predictor: str) -> tuple[
 
 
 def _predictions(profile: Profile, pred: Predictor, others: list[Predictor], result: SearchResult) -> dict:
-    """The chosen plan as every predictor prices it (and the best two-level plan, by the others)."""
+    """The chosen plan as every predictor prices it (and the best two-level plan, by the others), so
+    bench can say which one was right."""
     out = {pred.name: _prediction(profile, pred, result.best)}
     for alt in others:
         out[alt.name] = _prediction(profile, alt, alt.predict(result.best.chain, result.best.gammas))

@@ -11,7 +11,9 @@ and ``q = P_D(.|r<t)``:
 Draft trees need the acceptance of second and third choices: for each model pair the *rank* of the
 verifier's argmax among the drafter's ``TREE_RANKS`` most probable tokens (0: not among them), from
 the first pass shape. Its histogram is the greedy ``rank_rates`` a_1, a_2, ... of
-polyplan.theory.trees (a_1 is the greedy acceptance rate).
+polyplan.theory.trees (a_1 is the greedy acceptance rate). Draft stops need how sure the drafter
+was: per model pair the drafter's *gap* between its two largest logits at each position (first pass
+shape); the recorder bins the pair's greedy agreement by it (``AcceptancePair.gap_bins``).
 
 A point-mass drafter proposes ``x_t = propose(prompt + r<t, 1)``: greedy ``[x_t == argmax p]``,
 sampling ``p(x_t)`` (the probability that speculative sampling accepts a point mass), and 0 when it
@@ -163,6 +165,8 @@ class ScoredReference:
     sampling: dict[tuple[str, str], np.ndarray]
     #: model pairs: rank (1..TREE_RANKS, 0 = below) of the verifier's argmax in the drafter's order
     ranks: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    #: model pairs: the drafter's gap between its two largest logits (how sure it is; draft stops)
+    gaps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
 
 def score_reference(
@@ -188,6 +192,7 @@ def score_reference(
     greedy: dict[tuple[str, str], np.ndarray] = {}
     sampling: dict[tuple[str, str], np.ndarray] = {}
     ranks: dict[tuple[str, str], np.ndarray] = {}
+    gaps: dict[tuple[str, str], np.ndarray] = {}
     for v in drafters:
         if v.point_mass:
             continue
@@ -199,12 +204,14 @@ def score_reference(
                 greedy[key], sampled = _point_mass_pair(runs, v.name, d.name, temperature)
             else:
                 greedy[key], ranks[key], sampled = _model_pair(runs, v.name, d.name, temperature)
+                gaps[key] = runs.top_gaps[d.name].numpy()
             # at temperature 0 sampling is greedy decoding
             sampling[key] = greedy[key].copy() if sampled is None else sampled
     return ScoredReference(
         greedy={k: v.astype(np.float32) for k, v in greedy.items()},
         sampling={k: v.astype(np.float32) for k, v in sampling.items()},
         ranks={k: v.astype(np.float32) for k, v in ranks.items()},
+        gaps={k: v.astype(np.float32) for k, v in gaps.items()},
     )
 
 
@@ -212,12 +219,14 @@ def score_reference(
 class _ForcedRuns:
     """Every candidate's teacher-forced outputs on one reference: per model, the argmax (and, when
     sampling, the processed distributions) of each of its pass shapes and the ``TREE_RANKS`` most
-    probable ids of the first; per point-mass drafter, its proposals (-1: none)."""
+    probable ids of the first and the gap between its two largest logits; per point-mass drafter, its
+    proposals (-1: none)."""
 
     argmax: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     probs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     proposals: dict[str, torch.Tensor] = field(default_factory=dict)
     top_ids: dict[str, torch.Tensor] = field(default_factory=dict)
+    top_gaps: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def mean_over_shapes(self, *names: str, fn: Callable[[int], torch.Tensor]) -> torch.Tensor:
         """The mean of ``fn(shape)`` over the most pass shapes any of the named models has."""
@@ -253,7 +262,9 @@ def _force_candidates(
                 logits = teacher_force(d, prompt_ids, reference, b)
                 runs.argmax.setdefault(d.name, []).append(logits.argmax(-1).cpu())
                 if d.name not in runs.top_ids:
-                    runs.top_ids[d.name] = logits.topk(min(TREE_RANKS, logits.shape[-1]), dim=-1).indices.cpu()
+                    top = logits.topk(min(TREE_RANKS, logits.shape[-1]), dim=-1)  # TREE_RANKS >= 2
+                    runs.top_ids[d.name] = top.indices.cpu()
+                    runs.top_gaps[d.name] = (top.values[:, 0] - top.values[:, 1]).float().cpu()
                 if temperature > 0:
                     runs.probs.setdefault(d.name, []).append(processed_probs(logits, temperature, top_k, top_p))
                 del logits

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from polyplan.documents.files import DocumentError
-from polyplan.documents.profile import AcceptancePair
+from polyplan.documents.profile import GAP_EDGES, AcceptancePair
 from polyplan.documents.traces import TRACE_MODES, Traces
 from polyplan.profiler.acceptance import TREE_RANKS
 
@@ -28,6 +28,8 @@ class TraceRecorder:
     sampling: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
     #: model pairs: rank of the verifier's argmax among the drafter's top choices (draft trees)
     ranks: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
+    #: model pairs: the drafter's top-two logit gap (draft stops)
+    gaps: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
 
     def add(self, prompt_id: str, category: str, prompt_length: int, reference: list[int], scored: Any) -> None:
         """One prompt's reference and every pair's traces on it (``score_reference``'s result)."""
@@ -90,6 +92,7 @@ class TraceRecorder:
             if key in self.ranks and len(g):
                 r = np.concatenate(self.ranks[key])
                 rank_rates = [round(float((r == k).mean()), 6) for k in range(1, TREE_RANKS + 1)]
+            gap_bins = _gap_bins(g, np.concatenate(self.gaps[key])) if self.gaps.get(key) else {}
             out.append(
                 AcceptancePair(
                     verifier=key[0],
@@ -99,6 +102,22 @@ class TraceRecorder:
                     positions=int(len(g)),
                     by_category=by_cat,
                     rank_rates=rank_rates,
+                    gap_bins=gap_bins,
                 )
             )
         return out
+
+
+def _gap_bins(greedy: np.ndarray, gaps: np.ndarray) -> dict[str, list[float]]:
+    """A pair's greedy agreement counted per bin of the drafter's top-two logit gap (GAP_EDGES).
+    A resumed run whose saved traces predate the gaps has fewer gaps than positions: no bins."""
+    if len(gaps) != len(greedy):
+        return {}
+    bins = np.searchsorted(np.asarray(GAP_EDGES), gaps, side="right") - 1
+    positions = np.bincount(bins, minlength=len(GAP_EDGES))
+    agreed = np.bincount(bins, weights=greedy, minlength=len(GAP_EDGES))
+    return {
+        "edges": list(GAP_EDGES),
+        "positions": [int(n) for n in positions],
+        "agreed": [round(float(a), 4) for a in agreed],
+    }

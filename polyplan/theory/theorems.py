@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from polyplan.theory import acceptance, accounting, gamma, insertion, prefill, trees, two_level
+from polyplan.theory import acceptance, accounting, draft_stop, gamma, insertion, prefill, trees, two_level
 from polyplan.theory.acceptance import a, c, g
 
 
@@ -252,6 +252,18 @@ THEOREMS.append(
         ),
         "polyplan.theory.trees.expected_accepted",
         trees.check_tree_theorems,
+    )
+)
+
+THEOREMS.append(
+    Theorem(
+        "draft-stop",
+        "Draft stops: when one more drafted token pays",
+        "With per-token acceptance chances a_i, E[A] = sum_j a_1...a_j, so token n+1 adds S_(n+1) = "
+        "a_1...a_(n+1) accepted tokens; draft it iff S_n a t >= T_d(1) + the verifier's slope.",
+        draft_stop.draft_stop_latex,
+        "polyplan.theory.draft_stop.stop_bound",
+        draft_stop.check_draft_stop,
     )
 )
 
