@@ -677,3 +677,39 @@ def test_bench_smollm2_llamacpp_alone_row(tmp_path):
     assert 0 <= row["measured"]["equal_prompts"] <= row["measured"]["compared_prompts"] == 2
     assert row["measured"]["chosen_plan_vs_this"]["end_to_end"] > 0
     assert "llama.cpp alone (smollm2-135m:q4), not lossless: " in markdown_table(doc)
+
+
+def test_the_plans_rows_run_its_draft_stops(tiny_plan):
+    """`polyplan bench` runs a plan as `polyplan run` does, draft stops included: the plan's rows end
+    drafts early where the rule says so, the best two-level row drafts to gamma."""
+    plan, path = tiny_plan
+    doc = json.loads(path.read_text())
+    # two levels, static: the plan's drafter drafts for the target, where a stop applies
+    doc["chain"], doc["gammas"] = doc["chain"][:2], [4]
+    doc["prediction"]["tokens_per_pass"] = doc["prediction"]["tokens_per_pass"][:2]
+    for key in ("policy", "tree_nodes", "trees"):
+        doc.pop(key, None)
+    edges = [0.0, 1.0, 2.0]
+    doc["draft_stop"] = {
+        name: {"edges": edges, "acceptance": [0.5, 0.6, 0.7], "stop_below": 1.0} for name in plan.names[1:]
+    }
+    path.write_text(json.dumps(doc))
+    from polyplan.documents.plan import Plan
+
+    stopping = Plan.load(path)
+    out = run_bench(
+        stopping,
+        path,
+        pool=TinyPool(),
+        prompts=1,
+        repeats=1,
+        max_new_tokens=8,
+        hf=False,
+        encoded_prompts=PROMPTS,
+        eos=[],
+    )
+    stops = {}
+    for r in out["runs"]:
+        stops[r["method"]] = stops.get(r["method"], 0) + sum(lv.get("draft_stops", 0) for lv in r["levels"] or [])
+    assert stops["polyplan-plan"] > 0 and stops.get("polyplan-two-level", 0) == 0
+    assert all(m["measured"]["matches_autoregressive"] == 1.0 for m in out["methods"] if m["name"] != "autoregressive")

@@ -8,7 +8,7 @@ with ``grid``, and chains asked for with ``--also``. No chain runs twice."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +44,11 @@ def polyplan_method(
     eos: list[int],
     controller: Any = None,
     verification_numerics: bool = False,
+    draft_stop: Mapping[str, Any] | None = None,
 ) -> BenchMethod:
     """``verification_numerics``: a one-member chain decodes in the numerics its member verifies
-    with, not as it does alone (see ``Chain``). Draft trees: ``spec.tree_nodes``."""
+    with, not as it does alone (see ``Chain``). Draft trees: ``spec.tree_nodes``; ``draft_stop``:
+    the plan's draft stops (the plan's own rows run them, as ``polyplan run`` does)."""
     from polyplan.executor.front import Chain
 
     chain = Chain(
@@ -55,6 +57,7 @@ def polyplan_method(
         controller=controller,
         verification_numerics=verification_numerics,
         tree_nodes=list(spec.tree_nodes) or None,
+        draft_stop=draft_stop,
     )
 
     def generate(prompt: list[int], max_new_tokens: int, seed: int):
@@ -71,6 +74,7 @@ def polyplan_method(
                 "model_time_s": lv.model_time_s,
                 "prefill_tokens": lv.prefill_tokens,
                 "prefill_time_s": lv.prefill_time_s,
+                **({"draft_stops": lv.draft_stops} if lv.draft_stops else {}),
                 **(
                     {"tree_nodes_drafted": lv.tree_nodes_drafted, "tree_nodes_accepted": lv.tree_nodes_accepted}
                     if lv.tree_rounds
@@ -246,16 +250,15 @@ def _chosen_plan_methods(
     eos: list[int],
 ) -> list[BenchMethod]:
     """The chosen plan as ``polyplan run`` runs it (adaptive: the assembled members and controller)
-    beside its static version, or static only without a policy; none that is the two-level plan."""
+    beside its static version, or static only without a policy; none that is the two-level plan
+    (the plan's rows run its draft stops, the two-level row drafts to gamma: those differ)."""
     plan = assembled.plan
+    stops = assembled.chain.draft_stop
     if assembled.policy is None:
-        if same_as_two:
+        if same_as_two and not stops:
             return []
-        return [
-            _polyplan_chain(
-                "polyplan-plan", "polyplan chosen plan", plan.names, plan.gammas, drafters, temperature, eos, trees
-            )
-        ]
+        name, label = "polyplan-plan", "polyplan chosen plan"
+        return [_polyplan_chain(name, label, plan.names, plan.gammas, drafters, temperature, eos, trees, stops)]
     adaptive = polyplan_method(
         MethodSpec(
             "polyplan-plan",
@@ -271,8 +274,9 @@ def _chosen_plan_methods(
         temperature=temperature,
         eos=eos,
         controller=assembled.chain.controller,
+        draft_stop=stops,
     )
-    if same_as_two:
+    if same_as_two and not stops:
         return [adaptive]
     static = _polyplan_chain(
         "polyplan-plan-static",
@@ -283,6 +287,7 @@ def _chosen_plan_methods(
         temperature,
         eos,
         trees,
+        stops,
     )
     return [adaptive, static]
 
@@ -357,13 +362,14 @@ def also_methods(
     return out
 
 
-def _polyplan_chain(name, label, chain, gammas, drafters, temperature, eos, trees=()) -> BenchMethod:
+def _polyplan_chain(name, label, chain, gammas, drafters, temperature, eos, trees=(), stops=None) -> BenchMethod:
     return polyplan_method(
         MethodSpec(name, label, "polyplan", list(chain), list(gammas), tree_nodes=list(trees)),
         [drafters(n) for n in chain],
         list(gammas),
         temperature=temperature,
         eos=eos,
+        draft_stop=stops,
     )
 
 

@@ -1,4 +1,4 @@
-"""Ending a greedy draft early where the drafter itself is unsure (docs/staged-decoding.md, "Draft stop").
+"""Ending a greedy draft early where the drafter itself is unsure (docs/staged-decoding.md, "Draft stops").
 
 A near-copy drafter (a quantized target) disagrees with the target almost only at near-ties: where
 its own top two logits are close. The profile measures, per drafter, the target's greedy agreement

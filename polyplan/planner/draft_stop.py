@@ -33,7 +33,7 @@ def draft_stop_rules(profile: Profile, predictor: Predictor, best: Estimate, mod
         return {}
     target = best.chain[0]
     curves = predictor.latencies(best.chain)
-    gamma = max(best.gammas)
+    gamma = best.gammas[0]  # the target verifies level 1's blocks
     slope = max(0.0, (curves[0](gamma + 1) - curves[0](1)) / gamma)
     rules: dict[str, dict[str, Any]] = {}
     for name, curve in zip(best.chain[1:], curves[1:], strict=True):

@@ -43,12 +43,15 @@ class TraceRecorder:
                 table.setdefault(key, []).append(arr)
 
     def traces(self, identity: dict[str, Any]) -> Traces:
+        """The sidecar to save: a pair's trace of a mode only where it covers every prompt (a run
+        resumed from an older sidecar has no gaps for the prompts measured before)."""
+        n = len(self.prompt_ids)
         return Traces.from_prompts(
             prompt_ids=self.prompt_ids,
             categories=self.categories,
             prompt_lengths=self.prompt_lengths,
             tokens=self.tokens,
-            pairs={mode: getattr(self, mode) for mode in TRACE_MODES},
+            pairs={mode: {k: v for k, v in getattr(self, mode).items() if len(v) == n} for mode in TRACE_MODES},
             identity=identity,
         )
 
@@ -76,6 +79,7 @@ class TraceRecorder:
             return None
 
     def pairs(self) -> list[AcceptancePair]:
+        """The profile's pairs; gap bins only where the gaps cover every prompt."""
         out = []
         cats = sorted(set(self.categories))
         for key, parts in self.greedy.items():
@@ -92,7 +96,8 @@ class TraceRecorder:
             if key in self.ranks and len(g):
                 r = np.concatenate(self.ranks[key])
                 rank_rates = [round(float((r == k).mean()), 6) for k in range(1, TREE_RANKS + 1)]
-            gap_bins = _gap_bins(g, np.concatenate(self.gaps[key])) if self.gaps.get(key) else {}
+            gaps = self.gaps.get(key, [])
+            gap_bins = _gap_bins(g, np.concatenate(gaps)) if len(gaps) == len(parts) else {}
             out.append(
                 AcceptancePair(
                     verifier=key[0],
