@@ -49,7 +49,7 @@ def test_a_malformed_rule_is_refused(edges, acceptance, bound):
 
 
 def test_the_target_never_gets_a_rule():
-    stops = draft_stops({"t": rule(0.5).to_dict(), "d": rule(0.4)}, ["t", "d", "x"])
+    stops = draft_stops({"t": rule(0.5), "d": rule(0.4)}, ["t", "d", "x"])
     assert list(stops) == [1] and stops[1].stop_below == 0.4
 
 

@@ -54,13 +54,6 @@ class DraftStop:
         )
 
 
-def draft_stops(
-    rules: Mapping[str, DraftStop | Mapping[str, Any]] | None, names: Sequence[str]
-) -> dict[int, DraftStop]:
+def draft_stops(rules: Mapping[str, DraftStop] | None, names: Sequence[str]) -> dict[int, DraftStop]:
     """Chain member index -> its rule, for the drafters (never the target) ``rules`` names."""
-    out: dict[int, DraftStop] = {}
-    for i, name in enumerate(names):
-        rule = (rules or {}).get(name)
-        if i > 0 and rule is not None:
-            out[i] = rule if isinstance(rule, DraftStop) else DraftStop.from_dict(rule)
-    return out
+    return {i: (rules or {})[name] for i, name in enumerate(names) if i > 0 and name in (rules or {})}
