@@ -142,6 +142,8 @@ class _PassTimer:
                 # Inside a chain such a target pads every pass to min_pass tokens (an empty block
                 # too), which the planner prices as T(max(n, min_pass)) (Candidate.min_pass)
                 with d.decoding_alone() if n == 1 else nullcontext():
+                    if n == 1:
+                        self._steady_one_token(d, new)
                     t0 = time.perf_counter()
                     d.score(new)
                     elapsed = time.perf_counter() - t0
@@ -150,6 +152,16 @@ class _PassTimer:
             d.rollback(context)
         if self.on_pass is not None and record:
             self.on_pass()
+
+    def _steady_one_token(self, d: Drafter, new: torch.Tensor) -> None:
+        """An untimed one-token pass before the timed one. One-token passes come in runs: a
+        drafter's draft, the target decoding alone. The first of a run, after a pass of another
+        size or member, read 15-35% above the rest on the family-25 AMD (SmolLM2 2026-12-07: the
+        target 67-72 ms against 55-59 in a run of them, llama.cpp ``:q8_0`` 8.8-10.2 against
+        6.7-7.4, 7.3 in the chain's drafts), and priced every token of a draft and of the
+        baseline at that cost (docs/results.md)."""
+        d.score(new[:1])
+        d.rollback(self.context)
 
     def samples(self) -> dict[str, list[list[float]]]:
         """The recorded seconds per drafter and per n (one host sync for all CUDA passes)."""
