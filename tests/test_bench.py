@@ -529,6 +529,21 @@ def test_bench_also_runs_the_chains_asked_for_in_the_same_run(tiny_plan):
     assert rows["also-2"]["tree_nodes"] == [6] and rows["also-2"]["measured"]["matches_autoregressive"] == 1.0
 
 
+def test_bench_also_runs_the_target_alone_in_polyplans_loop(tiny_plan):
+    """--also TARGET: the target alone in polyplan's own loop (what the request model prices as the
+    target alone), a row beside generate()'s, the same tokens."""
+    from polyplan.commands.bench import parse_also
+
+    plan, path = tiny_plan
+    assert parse_also("target", "target") == (["target"], [], [])
+    res = _static_bench(plan, path, also=[parse_also("target", "target"), parse_also("target", "target")])
+    rows = {m["name"]: m for m in res["methods"]}
+    assert list(rows) == ["autoregressive", "polyplan-two-level", "polyplan-plan", "also-1"], res.get("skipped")
+    assert rows["also-1"]["chain"] == ["target"] and rows["also-1"]["gammas"] == []
+    assert rows["also-1"]["engine"] == "polyplan" and "alone" in rows["also-1"]["label"]
+    assert rows["also-1"]["measured"]["matches_autoregressive"] == 1.0
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -336,6 +336,30 @@ def test_the_bench_splits_a_request_time_miss_into_prefills_and_decode(policy):
     assert row["predicted_prefill_s"] + row["predicted_decode_s"] == pytest.approx(p.request_s)
 
 
+def test_the_target_alone_in_polyplans_loop_is_priced_as_the_target_alone(policy):
+    """``bench --also TARGET``: a row of the target alone in polyplan's own loop gets the target
+    alone's price, its prefill without any drafter's, beside generate()'s row."""
+    from polyplan.bench.predictions import request_predictions
+    from polyplan.bench.results import AUTOREGRESSIVE, RunRecord
+
+    ids = list(range(100))
+    p = policy.start(dict(policy.priors), len(ids), 64, exact_horizon=True).prediction
+    alone_s = p.autoregressive_request_s
+    levels = [{"name": NAMES[0], "prefill_time_s": p.target_prefill_s, "prefill_tokens": 100}]
+    records = [
+        RunRecord(AUTOREGRESSIVE, "a", 0, 64, alone_s * 1.25),
+        RunRecord("also-1", "a", 0, 64, alone_s, levels=levels),
+    ]
+    out = request_predictions(records, policy, [("a", ids)], 64, alone=["also-1"])
+    assert out["errors"]["also-1"]["median_error"] == pytest.approx(0.0, abs=1e-9)
+    assert out["errors"][AUTOREGRESSIVE]["median_error"] == pytest.approx(0.2)
+    row = next(r for r in out["runs"] if r["method"] == "also-1")
+    assert row["setting"] == [NAMES[0]] and row["predicted_s"] == pytest.approx(alone_s)
+    assert row["predicted_prefill_s"] == pytest.approx(p.target_prefill_s)
+    # without the name it is not priced at all
+    assert "also-1" not in request_predictions(records, policy, [("a", ids)], 64)["errors"]
+
+
 def test_a_request_priced_at_the_speed_measured_now():
     """Curves scaled by a calibration's factors: every member twice as slow doubles the request
     exactly; a faster drafter alone leaves the target's prefill and the target alone's request as

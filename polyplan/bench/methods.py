@@ -347,7 +347,9 @@ def also_methods(
 ) -> list[BenchMethod]:
     """Static chains the user asked for (``bench --also``), except those already measured. Each is
     (names, gammas) or (names, gammas, tree sizes)."""
-    seen = _measured_chains(methods)
+    # the target alone is measured only as generate() or in its verification numerics: polyplan's
+    # own loop, which the request model prices, is not yet among them
+    seen = {key for key in _measured_chains(methods) if len(key[0]) > 1}
     out = []
     for names, gammas, *rest in chains:
         trees = rest[0] if rest else []
@@ -356,6 +358,8 @@ def also_methods(
             continue
         seen.add(key)
         label = chain_names(names) + f", gammas {gammas}" + (f", tree nodes {trees}" if key[2] else "")
+        if len(names) == 1:
+            label = f"{names[0]} alone (polyplan's own loop)"
         out.append(
             _polyplan_chain(f"also-{len(out) + 1}", label, names, gammas, drafters, temperature, eos, list(key[2]))
         )

@@ -26,17 +26,23 @@ def request_predictions(
     prompts: Sequence[tuple[str, list[int]]],
     max_new_tokens: int,
     speed: Mapping[str, Any] | None = None,
+    alone: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """The adaptive plan's predicted request time (proofs/prefill.md, the setting its start picks)
     beside the measured one, per prompt, given the horizon each run actually had (the answer's
     length is the workload's, not the model's to predict per prompt); and the target alone's.
     ``speed``: per member, the machine's speed now against the profile's (profiler/calibrate.py):
-    the same settings are then also predicted on curves scaled by it (``calibrated_*``)."""
+    the same settings are then also predicted on curves scaled by it (``calibrated_*``). ``alone``:
+    methods that run the target alone in polyplan's own loop (``bench --also TARGET``), priced as
+    the target alone too: ``autoregressive`` is transformers' generate(), which pays its own
+    per-token work on top of the forward the profile times."""
     if policy is None or getattr(policy, "requests", None) is None or not policy.requests.knows_prefill:
         return None
     at_speed = policy.requests.at_speed({n: f.as_dict() for n, f in speed.items()}) if speed else None
-    calibrated: dict[str, list[float]] = {"polyplan-plan": [], AUTOREGRESSIVE: []}
-    rows, errors = [], {"polyplan-plan": [], AUTOREGRESSIVE: []}
+    priced = ["polyplan-plan", AUTOREGRESSIVE, *alone]
+    calibrated: dict[str, list[float]] = {m: [] for m in priced}
+    rows: list[dict[str, Any]] = []
+    errors: dict[str, list[float]] = {m: [] for m in priced}
     parts = {m: {"prefill": [], "decode": []} for m in errors}
     for pid, ids in prompts:
         for method in errors:
@@ -48,7 +54,8 @@ def request_predictions(
             if first is None:
                 return None
             p = first.prediction
-            predicted = p.request_s if method != AUTOREGRESSIVE else p.autoregressive_request_s
+            alone_now = method != "polyplan-plan"
+            predicted = p.autoregressive_request_s if alone_now else p.request_s
             measured = statistics.median(r.seconds for r in mine)
             errors[method].append(_error(predicted, measured))
             row = {
@@ -56,21 +63,21 @@ def request_predictions(
                 "method": method,
                 "prompt_tokens": len(ids),
                 "new_tokens": horizon,
-                "setting": [policy.names[m] for m in first.decision.members],
+                "setting": [policy.names[m] for m in ((0,) if alone_now else first.decision.members)],
                 "predicted_s": predicted,
                 "measured_s": measured,
             }
             if at_speed is not None:
                 # the setting the run's start picked (on the profile's costs), priced at today's speed
-                members = (0,) if method == AUTOREGRESSIVE else first.decision.members
-                gammas = () if method == AUTOREGRESSIVE else first.decision.gammas
+                members = (0,) if alone_now else first.decision.members
+                gammas = () if alone_now else first.decision.gammas
                 windows = {m: first.windows.get(m) for m in members[1:]}
                 now = at_speed.request(members, gammas, dict(policy.priors), len(ids), horizon, windows, True)
                 row["calibrated_predicted_s"] = now.request_s
                 calibrated[method].append(_error(now.request_s, measured))
             # Where a miss comes from: the prefills (latency model) or the decode (latency and the
             # acceptance this prompt had, which the profile's workload can only average).
-            split = _prefill_and_decode(policy, method, mine, p, predicted)
+            split = _prefill_and_decode(policy, alone_now, mine, p, predicted)
             if split is not None:
                 row |= split
                 parts[method]["prefill"].append(_error(split["predicted_prefill_s"], split["measured_prefill_s"]))
@@ -86,7 +93,7 @@ def _error(predicted: float, measured: float) -> float:
 
 
 def _prefill_and_decode(
-    policy: Any, method: str, mine: list[RunRecord], p: Any, predicted: float
+    policy: Any, alone: bool, mine: list[RunRecord], p: Any, predicted: float
 ) -> dict[str, float] | None:
     """The request time predicted and measured, split into the prefills and the decode, where the
     executor measured its prefills (None where it did not)."""
@@ -95,7 +102,6 @@ def _prefill_and_decode(
         return None
     # the executor's target prefill is its first pass, which also verifies the first draft
     # block: compare it with P at the tokens that pass read, the rest counts as decode
-    alone = method == AUTOREGRESSIVE
     target_tokens = [r.levels[0].get("prefill_tokens") for r in mine]  # levels: checked above
     target_prefill = (
         policy.requests.prefill_s(0, statistics.median(target_tokens))

@@ -41,6 +41,7 @@ from polyplan.bench.predictions import attach_predictions, request_predictions
 from polyplan.bench.results import (
     AUTOREGRESSIVE,
     LLAMACPP_ALONE,
+    REFERENCE,
     MethodSpec,
     RunRecord,
     add_speed_reference_figures,
@@ -291,7 +292,9 @@ def run_bench(
         "methods": end_to_end,
         "by_category": by_category(specs, decoded, {p.id: p.category for p in selected}),
         "by_prompt_length": by_prompt_length(specs, records, decoded, {pid: len(ids) for pid, ids in encoded_prompts}),
-        "requests": request_predictions(records, policy, encoded_prompts, max_new_tokens, speed),
+        "requests": request_predictions(
+            records, policy, encoded_prompts, max_new_tokens, speed, alone=_target_alone_rows(specs, plan.target)
+        ),
         "regret": regret(end_to_end, chosen) if grid else None,
         "skipped": skipped,
         "prefill_s": {f"{p}/{n}": v for (p, n), v in prefill.items()},
@@ -420,6 +423,12 @@ def _plan_profile(plan: Plan, plan_path: str | Path, log: Log) -> tuple[Profile 
     if not plan.check_profile(pp):
         log(f"warning: {pp} changed since the plan was made; predictions use the current profile")
     return profile, pp
+
+
+def _target_alone_rows(specs: Sequence[Any], target: str) -> list[str]:
+    """The rows that run the target alone in polyplan's own loop and its own numerics (``--also
+    TARGET``)."""
+    return [s.name for s in specs if s.engine == "polyplan" and list(s.chain) == [target] and s.name != REFERENCE]
 
 
 def _calibrator(

@@ -53,7 +53,8 @@ def bench_command(
         "--also",
         metavar="CHAIN/GAMMAS(/TREE_NODES)",
         help="also run this static chain in the same interleaved run (CHAIN/GAMMAS, or "
-        "CHAIN/GAMMAS/TREE_NODES for trees), e.g. 'smollm2-135m,smollm2-135m:q4_0/16' (target first; repeatable)",
+        "CHAIN/GAMMAS/TREE_NODES for trees), e.g. 'smollm2-135m,smollm2-135m:q4_0/16' (target first; repeatable); "
+        "the target's name alone runs the target in polyplan's own loop (no generate() overhead)",
     ),
 ) -> None:
     """Measure a plan: tokens/s, speedup, acceptance per level, predicted vs measured time per token."""
@@ -112,9 +113,11 @@ def _check_before_measuring(plan, plan_path: Path, outputs: tuple[Path, Path], p
 
 def parse_also(text: str, target: str) -> tuple[list[str], list[int], list[int]]:
     """``a,b,c/4,2`` -> (["a", "b", "c"], [4, 2], []); ``a,b/8/16``: a draft tree of 16 nodes at
-    the drafter; anything else is one error line."""
+    the drafter; ``a`` (the target): the target alone; anything else is one error line."""
     from polyplan.errors import UserError
 
+    if text.strip() == target:
+        return [target], [], []  # the target alone in polyplan's own loop: what the request model prices
     parts = text.split("/")
     names = comma_list(parts[0])
 
