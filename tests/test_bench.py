@@ -544,6 +544,24 @@ def test_bench_also_runs_the_target_alone_in_polyplans_loop(tiny_plan):
     assert rows["also-1"]["measured"]["matches_autoregressive"] == 1.0
 
 
+def test_the_target_alone_is_not_asked_for_twice_where_its_own_loop_is_the_baseline():
+    """A llama.cpp target's baseline already is its own loop, and an exact target's reference decodes
+    it alone in polyplan: ``--also TARGET`` adds no row there; beside generate() it does."""
+    from polyplan.bench.methods import BenchMethod, also_methods
+    from polyplan.bench.results import REFERENCE, MethodSpec
+
+    def row(name: str, engine: str) -> BenchMethod:
+        return BenchMethod(MethodSpec(name, name, engine, ["target"], []), ["target"], lambda *a: ([], None))
+
+    asked = [(["target"], [], [])]
+    for baseline, expect in (
+        ([row("autoregressive", "llama.cpp")], 0),
+        ([row("autoregressive", "transformers"), row(REFERENCE, "polyplan")], 0),
+        ([row("autoregressive", "transformers")], 1),
+    ):
+        assert len(also_methods(baseline, asked, TinyPool().drafter, 0.0, [])) == expect, baseline
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -164,6 +164,9 @@ def test_one_token_passes_are_timed_as_one_of_a_run():
     t1, t8 = rows["sleepy"].median_s
     # the timed T(1) follows an untimed one-token pass: 1 ms asleep, not 31
     assert 0.001 <= t1 < 0.015 and t8 >= 0.008
+    # as profiles before it timed T(1) (a calibration against one of them times it so too)
+    old = measure_context([ColdStartDrafter()], 16, [1, 8], repeats=3, warmup=0, one_token_runs=False)
+    assert old["sleepy"].median_s[0] >= 0.031
 
 
 def test_new_token_grid():
@@ -367,6 +370,7 @@ def test_profile_run_writes_valid_profile_and_traces(models, tmp_path):
     assert outcome.complete
     prof = Profile.load(out)
     assert prof.complete and prof.machine["cores"] and prof.machine["torch"]
+    assert prof.settings["one_token_runs"] is True  # how T(1) was timed: a calibration times it alike
     assert set(prof.latency) == {"target", "copy", "other"}
     curve = prof.latency["target"]
     assert curve.context == [0, 32] and curve.new_tokens == [1, 4]

@@ -347,9 +347,13 @@ def also_methods(
 ) -> list[BenchMethod]:
     """Static chains the user asked for (``bench --also``), except those already measured. Each is
     (names, gammas) or (names, gammas, tree sizes)."""
-    # the target alone is measured only as generate() or in its verification numerics: polyplan's
-    # own loop, which the request model prices, is not yet among them
-    seen = {key for key in _measured_chains(methods) if len(key[0]) > 1}
+    # the target alone in polyplan's own loop (the request model's target alone) is measured already
+    # where the baseline is a llama.cpp target's own loop or the lossless reference decodes it alone
+    seen = _measured_chains(methods) | {
+        _chain_key(m.spec.chain, m.spec.gammas, m.spec.tree_nodes)
+        for m in methods
+        if len(m.spec.chain) == 1 and m.spec.engine == "llama.cpp" and not m.spec.speed_reference
+    }
     out = []
     for names, gammas, *rest in chains:
         trees = rest[0] if rest else []

@@ -201,6 +201,6 @@ def attach_predictions(
         else:
             if s.name == "polyplan-plan":
                 s.predicted = {k: v["time_per_token_s"] for k, v in plan.predictions.items()}
-            elif s.name == AUTOREGRESSIVE:
+            elif s.name == AUTOREGRESSIVE or list(s.chain) == [plan.target]:
                 s.predicted = {k: v["autoregressive_time_per_token_s"] for k, v in plan.predictions.items()}
     return note

@@ -273,7 +273,7 @@ def run_bench(
         _add_llamacpp_alone(methods, skipped, pool, plan, temperature=temperature, eos=eos, longest=longest, log=log)
     prediction_note = _predict(methods, plan, plan_path, encoded_prompts, max_new_tokens, log)
     log(f"{len(methods)} methods x {len(encoded_prompts)} prompts x {repeats} repeats")
-    calibrate, calibrations = _calibrator(policy, loaded, plan.target, seed)
+    calibrate, calibrations = _calibrator(policy, loaded, plan, seed)
     run = partial(run_interleaved, drafters=loaded, repeats=repeats, max_new_tokens=max_new_tokens, seed=seed, log=log)
     planned = repeats * len(encoded_prompts)
     records, prefill, stopped = _measured(partial(run, methods, encoded_prompts, before_repeat=calibrate), planned, log)
@@ -432,7 +432,7 @@ def _target_alone_rows(specs: Sequence[Any], target: str) -> list[str]:
 
 
 def _calibrator(
-    policy: Any, loaded: dict[str, Drafter], target: str, seed: int
+    policy: Any, loaded: dict[str, Drafter], plan: Plan, seed: int
 ) -> tuple[Callable[[int], None] | None, list[Any]]:
     """What measures, before each repeat, the members' speed now against the profile's, and the list
     it appends to; no calibration (None) without a request model."""
@@ -440,10 +440,15 @@ def _calibrator(
     if policy is None or policy.requests is None:
         return None, calibrations
     req = policy.requests
+    one_token_runs = bool(plan.profile.get("one_token_runs", False))  # T(1) timed as its profile timed it
 
     def calibrate(rep: int) -> None:
         members = [loaded[n] for n in req.names if n in loaded]
-        calibrations.append(measure_speed(members, req.latency, req.prefill, target, seed=seed + rep))
+        calibrations.append(
+            measure_speed(
+                members, req.latency, req.prefill, plan.target, seed=seed + rep, one_token_runs=one_token_runs
+            )
+        )
 
     return calibrate, calibrations
 

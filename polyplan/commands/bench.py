@@ -138,7 +138,8 @@ def parse_also(text: str, target: str) -> tuple[list[str], list[int], list[int]]
     ):
         raise UserError(
             f"--also {text!r}: give the chain (target first), one gamma >= 1 per drafter and optionally one "
-            "tree size >= 1 per drafter, as 'target,drafter/16', 'target,middle,bottom/4,2' or 'target,drafter/8/16'"
+            "tree size >= 1 per drafter, as 'target,drafter/16', 'target,middle,bottom/4,2' or 'target,drafter/8/16', "
+            "or the target's name alone"
         )
     if names[0] != target:
         raise UserError(f"--also {text!r}: the chain must start with the plan's target {target}")

@@ -38,16 +38,21 @@ def measure_speed(
     target: str,
     repeats: int = 3,
     seed: int = 0,
+    one_token_runs: bool = True,
 ) -> dict[str, SpeedFactor]:
     """Factors for every model member with curves: T(n) at the profile's first context for n in
     CALIBRATION_NEW_TOKENS (``repeats`` interleaved passes after one warm-up, the target in its
     verification numerics beyond one token, as profiled) and a prefill at the profile's second
-    prefill length (``_prefill_length``), each median divided by the profile's own value there."""
+    prefill length (``_prefill_length``), each median divided by the profile's own value there.
+    ``one_token_runs``: T(1) timed as the profile timed it (settings.one_token_runs; False for
+    profiles from before it), or the ratio would read the change of method as the machine's."""
     models = [d for d in drafters if not d.point_mass and d.name in latency]
     if not models:
         return {}
     context = min(latency[d.name].context[0] for d in models)
-    rows = measure_context(models, context, CALIBRATION_NEW_TOKENS, repeats, warmup=1, seed=seed, target=target)
+    rows = measure_context(
+        models, context, CALIBRATION_NEW_TOKENS, repeats, 1, seed=seed, target=target, one_token_runs=one_token_runs
+    )
     with_prefill = [d for d in models if d.name in prefill]
     lengths = {d.name: _prefill_length(prefill[d.name]) for d in with_prefill}
     prefill_samples: dict[str, list[float]] = {}

@@ -53,6 +53,7 @@ def measure_context(
     on_pass: Callable[[], None] | None = None,
     target: str | None = None,
     keep_state: bool = False,
+    one_token_runs: bool = True,
 ) -> dict[str, LatencyRow]:
     """T(n, context) for every drafter and every n in ``new_tokens``; the drafter named ``target``
     in the numerics it verifies with as a chain's target (``Drafter.as_target``).
@@ -62,11 +63,13 @@ def measure_context(
     that already holds ``context`` tokens or more (left by a call with ``keep_state``) is rolled
     back to ``context`` instead of rebuilt: latency does not depend on which tokens are cached, and
     a rollback is what every rejected draft costs anyway, while a rebuild is a prefill. Point-mass
-    drafters: time ``propose(ctx, n)``."""
+    drafters: time ``propose(ctx, n)``. ``one_token_runs``: a one-token pass is timed after an
+    untimed one of the same member, as one of a run (``_PassTimer._steady_one_token``); False: as
+    profiles before it timed it, after whatever pass went before."""
     if repeats < 1 or warmup < 0:
         raise ValueError("need repeats >= 1 and warmup >= 0")
     inputs, builds = _build_contexts(drafters, context, new_tokens, seed)
-    timer = _PassTimer(drafters, context, new_tokens, inputs, on_pass)
+    timer = _PassTimer(drafters, context, new_tokens, inputs, on_pass, one_token_runs)
     for rep in range(warmup + repeats):
         record = rep >= warmup
         for d in drafters:
@@ -112,8 +115,10 @@ class _PassTimer:
         new_tokens: Sequence[int],
         inputs: dict[str, tuple[list[int], torch.Tensor]],
         on_pass: Callable[[], None] | None,
+        one_token_runs: bool = True,
     ) -> None:
         self.context = context
+        self.one_token_runs = one_token_runs
         self.inputs = inputs
         self.on_pass = on_pass
         self._samples: dict[str, list[list[float]]] = {d.name: [[] for _ in new_tokens] for d in drafters}
@@ -129,6 +134,9 @@ class _PassTimer:
                 self._samples[d.name][j].append(time.perf_counter() - t0)
         else:
             new = ids[context : context + n]
+            if n == 1 and self.one_token_runs:
+                with d.decoding_alone():
+                    self._steady_one_token(d, new)
             if d.device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -142,8 +150,6 @@ class _PassTimer:
                 # Inside a chain such a target pads every pass to min_pass tokens (an empty block
                 # too), which the planner prices as T(max(n, min_pass)) (Candidate.min_pass)
                 with d.decoding_alone() if n == 1 else nullcontext():
-                    if n == 1:
-                        self._steady_one_token(d, new)
                     t0 = time.perf_counter()
                     d.score(new)
                     elapsed = time.perf_counter() - t0
@@ -159,7 +165,7 @@ class _PassTimer:
         size or member, read 15-35% above the rest on the family-25 AMD (SmolLM2 2026-12-07: the
         target 67-72 ms against 55-59 in a run of them, llama.cpp ``:q8_0`` 8.8-10.2 against
         6.7-7.4, 7.3 in the chain's drafts), and priced every token of a draft and of the
-        baseline at that cost (docs/results.md)."""
+        baseline at that cost (docs/results.md, "T(1) as one of a run")."""
         d.score(new[:1])
         d.rollback(self.context)
 

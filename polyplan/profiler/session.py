@@ -247,6 +247,7 @@ class ProfileSession:
             on_pass=lambda: self.progress.advance("latency"),
             target=self.inputs.target,
             keep_state=0 < i < last,
+            one_token_runs=s.one_token_runs,
         )
         for name, row in measured.items():
             curve = self.latency.get(name)

@@ -61,6 +61,9 @@ class ProfileSettings:
     window_drafters: int = 2
     repeats: int = 5
     warmup: int = 1
+    #: T(1) timed as one of a run of one-token passes (an untimed one goes first: profiler/latency.py);
+    #: profiles from before it lack the key, and a calibration against them times T(1) their way
+    one_token_runs: bool = True
     temperature: float = 1.0
     #: None: that filter is off (the executor's SamplingParams convention)
     top_k: int | None = None
