@@ -34,8 +34,8 @@ def request_predictions(
     ``speed``: per member, the machine's speed now against the profile's (profiler/calibrate.py):
     the same settings are then also predicted on curves scaled by it (``calibrated_*``). ``alone``:
     methods that run the target alone in polyplan's own loop (``bench --also TARGET``), priced as
-    the target alone too: ``autoregressive`` is transformers' generate(), which pays its own
-    per-token work on top of the forward the profile times."""
+    the target alone too (``autoregressive`` is transformers' generate(), another loop than the
+    one the model prices)."""
     if policy is None or getattr(policy, "requests", None) is None or not policy.requests.knows_prefill:
         return None
     at_speed = policy.requests.at_speed({n: f.as_dict() for n, f in speed.items()}) if speed else None

@@ -54,7 +54,7 @@ def bench_command(
         metavar="CHAIN/GAMMAS(/TREE_NODES)",
         help="also run this static chain in the same interleaved run (CHAIN/GAMMAS, or "
         "CHAIN/GAMMAS/TREE_NODES for trees), e.g. 'smollm2-135m,smollm2-135m:q4_0/16' (target first; repeatable); "
-        "the target's name alone runs the target in polyplan's own loop (no generate() overhead)",
+        "the target's name alone runs the target alone in polyplan's own loop, as the request model prices it",
     ),
 ) -> None:
     """Measure a plan: tokens/s, speedup, acceptance per level, predicted vs measured time per token."""

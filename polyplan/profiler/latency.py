@@ -162,10 +162,11 @@ class _PassTimer:
     def _steady_one_token(self, d: Drafter, new: torch.Tensor) -> None:
         """An untimed one-token pass before the timed one. One-token passes come in runs: a
         drafter's draft, the target decoding alone. The first of a run, after a pass of another
-        size or member, read 15-35% above the rest on the family-25 AMD (SmolLM2 2026-12-07: the
-        target 67-72 ms against 55-59 in a run of them, llama.cpp ``:q8_0`` 8.8-10.2 against
-        6.7-7.4, 7.3 in the chain's drafts), and priced every token of a draft and of the
-        baseline at that cost (docs/results.md, "T(1) as one of a run")."""
+        size or member, read up to 35% above the rest on the family-25 AMD, by the machine's state
+        (SmolLM2 2026-12-07: the target 57-72 ms against 54-59 in a run of them, llama.cpp
+        ``:q8_0`` 7.7-10.2 against 6.6-7.4, 7.3 in the chain's drafts), and priced every token of
+        a draft and of the baseline at that cost (docs/results.md, "T(1) as one of a run";
+        benchmarks/one_token_runs.py)."""
         d.score(new[:1])
         d.rollback(self.context)
 
