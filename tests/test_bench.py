@@ -559,7 +559,9 @@ def test_the_target_alone_is_not_asked_for_twice_where_its_own_loop_is_the_basel
         ([row("autoregressive", "transformers"), row(REFERENCE, "polyplan")], 0),
         ([row("autoregressive", "transformers")], 1),
     ):
-        assert len(also_methods(baseline, asked, TinyPool().drafter, 0.0, [])) == expect, baseline
+        notes: list[str] = []
+        assert len(also_methods(baseline, asked, TinyPool().drafter, 0.0, [], notes.append)) == expect, baseline
+        assert len(notes) == 1 - expect and all("measured already" in n for n in notes)  # said, not dropped
 
 
 @pytest.mark.parametrize(

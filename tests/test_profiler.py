@@ -30,6 +30,7 @@ from polyplan.profiler import (
     score_reference,
     sidecar_path,
 )
+from polyplan.profiler.resume import settings_doc
 
 from tiny_models import SlowCopy, tiny_llama
 
@@ -651,6 +652,42 @@ def test_profile_from_before_workloads_resumes_on_the_builtin_set(models, tmp_pa
     out.write_text(json.dumps(doc))
     again = run_profile(inputs, out, ProfileSettings(**{**SMALL, "prompts": 1}))
     assert again.units_done == 0 and again.complete
+
+
+def test_a_profile_from_before_one_token_runs_is_reused_and_resumed_as_it_was_measured(models, tmp_path, monkeypatch):
+    """A profile (and sidecar) written before settings.one_token_runs: a rerun reuses it as it is
+    (nothing re-measured, no claim added), and a resumed one goes on timing T(1) the old way."""
+    import polyplan.profiler.session as session
+
+    def old_doc(*args):
+        doc = settings_doc(*args)
+        del doc["one_token_runs"]
+        return doc
+
+    out = tmp_path / "old.json"
+    inputs = make_inputs(models)
+    settings = ProfileSettings(**{**SMALL, "prompts": 1})
+    with monkeypatch.context() as m:
+        m.setattr(session, "settings_doc", old_doc)
+        run_profile(inputs, out, settings)
+    assert "one_token_runs" not in Profile.load(out).settings
+    again = run_profile(inputs, out, settings)
+    assert again.units_done == 0 and again.complete and "one_token_runs" not in Profile.load(out).settings
+    # an interrupted old profile: its remaining latency contexts are timed the old way
+    doc = json.loads(out.read_text())
+    doc["complete"] = False
+    doc["latency"] = {
+        n: {k: v[:1] if k in ("context", "median_s", "spread_s") else v for k, v in c.items()}
+        for n, c in doc["latency"].items()
+    }
+    out.write_text(json.dumps(doc))
+    seen = []
+    real = session.measure_context
+    monkeypatch.setattr(
+        session, "measure_context", lambda *a, **kw: seen.append(kw["one_token_runs"]) or real(*a, **kw)
+    )
+    run_profile(inputs, out, settings)
+    assert seen and not any(seen)
 
 
 def test_prompt_longer_than_the_context_fails_before_measuring(models, tmp_path):

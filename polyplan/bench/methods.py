@@ -344,9 +344,10 @@ def also_methods(
     drafters: Callable[[str], Drafter],
     temperature: float,
     eos: list[int],
+    note: Callable[[str], None] | None = None,
 ) -> list[BenchMethod]:
-    """Static chains the user asked for (``bench --also``), except those already measured. Each is
-    (names, gammas) or (names, gammas, tree sizes)."""
+    """Static chains the user asked for (``bench --also``), except those already measured (said on
+    ``note``). Each is (names, gammas) or (names, gammas, tree sizes)."""
     # the target alone in polyplan's own loop (the request model's target alone) is measured already
     # where the baseline is a llama.cpp target's own loop or the lossless reference decodes it alone
     seen = _measured_chains(methods) | {
@@ -359,6 +360,8 @@ def also_methods(
         trees = rest[0] if rest else []
         key = _chain_key(names, gammas, trees)
         if key in seen:
+            if note is not None:
+                note(f"--also {chain_names(names)} {list(gammas)}: measured already by another row")
             continue
         seen.add(key)
         label = chain_names(names) + f", gammas {gammas}" + (f", tree nodes {trees}" if key[2] else "")

@@ -41,7 +41,6 @@ from polyplan.bench.predictions import attach_predictions, request_predictions
 from polyplan.bench.results import (
     AUTOREGRESSIVE,
     LLAMACPP_ALONE,
-    REFERENCE,
     MethodSpec,
     RunRecord,
     add_speed_reference_figures,
@@ -265,7 +264,7 @@ def run_bench(
     assembled = assemble_plan(plan, plan_path, drafter, static=static, note=log, say_exactness=False)
     policy = assembled.policy
     methods = plan_methods(assembled, drafter, temperature=temperature, eos=eos, grid=grid, hf=hf)
-    methods += also_methods(methods, also or [], drafter, temperature, eos)
+    methods += also_methods(methods, also or [], drafter, temperature, eos, log)
     check_prompts_fit(selected, encoded_prompts, list(loaded.values()), max_new_tokens)
     skipped = _drop_failing_hf(methods, encoded_prompts[0][1], seed, log)
     if llamacpp_alone:
@@ -426,9 +425,9 @@ def _plan_profile(plan: Plan, plan_path: str | Path, log: Log) -> tuple[Profile 
 
 
 def _target_alone_rows(specs: Sequence[Any], target: str) -> list[str]:
-    """The rows that run the target alone in polyplan's own loop and its own numerics (``--also
-    TARGET``)."""
-    return [s.name for s in specs if s.engine == "polyplan" and list(s.chain) == [target] and s.name != REFERENCE]
+    """The rows that run the target alone in polyplan's own loop (``--also TARGET``; an exact
+    target's lossless reference, which the profile's T(1) timed in the same numerics)."""
+    return [s.name for s in specs if s.engine == "polyplan" and list(s.chain) == [target]]
 
 
 def _calibrator(

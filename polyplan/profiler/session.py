@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -109,6 +110,11 @@ class ProfileSession:
         prev: Profile | None = None
         if self.output.exists() and not force:
             prev = Profile.load(self.output)  # a truncated or newer file raises here: nothing is overwritten
+            if "one_token_runs" not in prev.settings:
+                # from before T(1) was timed as one of a run: resumed (or reused) as it was measured,
+                # its settings and its sidecar's identity as they were
+                self.settings = settings = replace(settings, one_token_runs=False)
+                del self.settings_doc["one_token_runs"]
             check_resumable(prev, inputs, self.settings_doc, machine_fingerprint(machine))
             machine = prev.machine  # keep the facts of the first run (thread count, date)
         self.machine = with_exactness(machine, inputs.target_drafter, self.progress.note)
