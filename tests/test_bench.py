@@ -151,21 +151,15 @@ def test_bench_sampling_plan_runs_and_is_seeded(tiny_plan, tmp_path):
     ]
 
 
+def _tiny_bench(plan, path, **kw):
+    """One short run of a tiny plan on the first prompt (no transformers methods); ``kw`` overrides."""
+    settings = dict(pool=TinyPool(), prompts=1, repeats=1, max_new_tokens=6, hf=False, encoded_prompts=PROMPTS, eos=[])
+    return run_bench(plan, path, **(settings | kw))
+
+
 def _static_bench(plan, path, **kw):
     """One short static run of the tiny plan on the first prompt (no transformers methods)."""
-    return run_bench(
-        plan,
-        path,
-        pool=TinyPool(),
-        prompts=1,
-        repeats=1,
-        max_new_tokens=6,
-        hf=False,
-        encoded_prompts=PROMPTS,
-        eos=[],
-        static=True,
-        **kw,
-    )
+    return _tiny_bench(plan, path, static=True, **kw)
 
 
 def test_bench_static_runs_the_plan_unchanged(tiny_plan):
@@ -732,17 +726,7 @@ def test_the_plans_rows_run_its_draft_stops(tiny_plan):
     from polyplan.documents.plan import Plan
 
     stopping = Plan.load(path)
-    out = run_bench(
-        stopping,
-        path,
-        pool=TinyPool(),
-        prompts=1,
-        repeats=1,
-        max_new_tokens=8,
-        hf=False,
-        encoded_prompts=PROMPTS,
-        eos=[],
-    )
+    out = _tiny_bench(stopping, path, max_new_tokens=8)
     stops = {}
     for r in out["runs"]:
         stops[r["method"]] = stops.get(r["method"], 0) + sum(lv.get("draft_stops", 0) for lv in r["levels"] or [])

@@ -334,8 +334,13 @@ def _chain_key(chain: Sequence[str], gammas: Sequence[int | None], trees: Sequen
 
 
 def _measured_chains(methods: Sequence[BenchMethod]) -> set[ChainKey]:
-    """(chain, gammas, tree sizes) of the polyplan methods already in the comparison: not run twice."""
-    return {_chain_key(m.spec.chain, m.spec.gammas, m.spec.tree_nodes) for m in methods if m.spec.engine == "polyplan"}
+    """(chain, gammas, tree sizes) of the methods already in the comparison that polyplan's executor
+    runs (a llama.cpp target's own loop too; not transformers, not a speed reference): not run twice."""
+    return {
+        _chain_key(m.spec.chain, m.spec.gammas, m.spec.tree_nodes)
+        for m in methods
+        if m.spec.engine != "transformers" and not m.spec.speed_reference
+    }
 
 
 def also_methods(
@@ -350,11 +355,7 @@ def also_methods(
     ``note``). Each is (names, gammas) or (names, gammas, tree sizes)."""
     # the target alone in polyplan's own loop (the request model's target alone) is measured already
     # where the baseline is a llama.cpp target's own loop or the lossless reference decodes it alone
-    seen = _measured_chains(methods) | {
-        _chain_key(m.spec.chain, m.spec.gammas, m.spec.tree_nodes)
-        for m in methods
-        if len(m.spec.chain) == 1 and m.spec.engine == "llama.cpp" and not m.spec.speed_reference
-    }
+    seen = _measured_chains(methods)
     out = []
     for names, gammas, *rest in chains:
         trees = rest[0] if rest else []

@@ -56,4 +56,5 @@ class DraftStop:
 
 def draft_stops(rules: Mapping[str, DraftStop] | None, names: Sequence[str]) -> dict[int, DraftStop]:
     """Chain member index -> its rule, for the drafters (never the target) ``rules`` names."""
-    return {i: (rules or {})[name] for i, name in enumerate(names) if i > 0 and name in (rules or {})}
+    rules = rules or {}
+    return {i: rules[name] for i, name in enumerate(names) if i > 0 and name in rules}

@@ -113,7 +113,7 @@ class ProfileSession:
             if "one_token_runs" not in prev.settings:
                 # from before T(1) was timed as one of a run: resumed (or reused) as it was measured,
                 # its settings and its sidecar's identity as they were
-                self.settings = settings = replace(settings, one_token_runs=False)
+                self.settings = replace(settings, one_token_runs=False)
                 del self.settings_doc["one_token_runs"]
             check_resumable(prev, inputs, self.settings_doc, machine_fingerprint(machine))
             machine = prev.machine  # keep the facts of the first run (thread count, date)
