@@ -41,8 +41,8 @@ def test_exact_is_on_by_default_for_half_precision_on_cpu_only():
 
 def test_a_one_token_pass_is_padded_as_target_only_and_leaves_no_trace():
     model = tiny_llama(vocab_size=16, num_layers=2, seed=5, dtype=torch.bfloat16)
-    fast = model.config._attn_implementation
     d = ModelDrafter(model, "b")
+    fast = model.config._attn_implementation  # the drafter's own (grouped heads on CPU: models/attention.py)
     widths = PassWidths(model)
     ids = torch.arange(14) % 16
     with d.as_target():

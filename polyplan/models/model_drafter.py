@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from polyplan.errors import UserError
+from polyplan.models.attention import group_heads_on_cpu
 from polyplan.models.drafter import Drafter
 from polyplan.models.exactness import TWO_ROWS, ExactRegime
 from polyplan.models.kv_cache import (
@@ -47,7 +48,11 @@ class ModelDrafter(Drafter):
     flips near-ties between a chain and the target decoding alone. The prefill keeps the fast
     kernel: it is the same pass in both. None (the default) turns it on for half precision on
     CPU, in the two-row regime until :func:`polyplan.models.exactness.probe_exact` says which
-    regime holds on this machine."""
+    regime holds on this machine.
+
+    On CPU an SDPA model with grouped key/value heads is switched to
+    :data:`polyplan.models.attention.GQA_ON_CPU` (the same numbers without the per-head copies of
+    the cache in masked passes)."""
 
     point_mass = False
     verifies_trees = True
@@ -76,6 +81,8 @@ class ModelDrafter(Drafter):
         #: the batch-invariant regime as a target (None: the fast kernels, no promise of bit-identity)
         self.exact_regime: ExactRegime | None = TWO_ROWS if on else None
         self._exact_now = False
+        # a chain's multi-token passes over a cache: grouped heads in torch's kernel (models/attention.py)
+        group_heads_on_cpu(model)
         self._fast_attention = model.config._attn_implementation
 
     @property

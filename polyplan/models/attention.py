@@ -1,0 +1,70 @@
+"""Grouped-query attention inside torch's kernel for the passes a chain adds on CPU.
+
+transformers' SDPA path hands grouped-query attention (GQA: fewer key/value heads than query
+heads, as in SmolLM2 and Qwen2.5) to torch's kernel only when a pass has no attention mask: a
+decoding step or a prefill from an empty cache. A pass of several tokens over a cache carries a
+mask, and there transformers first copies every cached key and value once per query head sharing
+it (``repeat_kv``): for SmolLM2-135M at 2048 cached tokens, about 280 MB of copies per pass. Those
+are exactly the passes speculative decoding adds: verification, a member catching up, a draft
+tree. torch's CPU kernel takes the mask and the grouped heads together (``enable_gqa``), so this
+attention function passes them as they are. Each output row is the same dot products over the
+same keys either way; measured bit-identical logits on SmolLM2 (benchmarks/cpu_gqa_attention.py,
+docs/results.md). On CUDA the masked GQA kernel falls back to the slow math path, so the function
+is installed on CPU models only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+#: the name models use for it (``config._attn_implementation``); masks built as for SDPA
+GQA_ON_CPU = "polyplan_sdpa_gqa"
+
+
+def _sdpa_grouped(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, except that a masked pass of grouped heads goes to torch's
+    kernel with the heads grouped instead of after ``repeat_kv``."""
+    grouped = getattr(module, "num_key_value_groups", 1) > 1
+    plain = not dropout and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+    if attention_mask is None or not grouped or not plain or query.device.type != "cpu":
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=True
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(GQA_ON_CPU, _sdpa_grouped)
+ALL_MASK_ATTENTION_FUNCTIONS.register(GQA_ON_CPU, sdpa_mask)
+
+
+def group_heads_on_cpu(model: torch.nn.Module) -> bool:
+    """Switch a CPU model that runs transformers' SDPA with grouped heads to :data:`GQA_ON_CPU`
+    (its config's attention implementation, as ``set_attn_implementation`` would); True if it did."""
+    config = model.config
+    text = config.get_text_config(decoder=True)
+    heads, kv_heads = getattr(text, "num_attention_heads", None), getattr(text, "num_key_value_heads", None)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if config._attn_implementation != "sdpa" or not on_cpu or not heads or not kv_heads or kv_heads >= heads:
+        return False
+    config._attn_implementation = GQA_ON_CPU
+    if text is not config:
+        text._attn_implementation = GQA_ON_CPU
+    return True
