@@ -50,7 +50,7 @@ class ModelDrafter(Drafter):
     CPU, in the two-row regime until :func:`polyplan.models.exactness.probe_exact` says which
     regime holds on this machine.
 
-    On CPU an SDPA model with grouped key/value heads is switched to
+    On CPU an SDPA model of a checked type with grouped key/value heads is switched to
     :data:`polyplan.models.attention.GQA_ON_CPU` (the same numbers without the per-head copies of
     the cache in masked passes)."""
 
