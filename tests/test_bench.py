@@ -483,6 +483,18 @@ def test_prompts_the_start_sent_to_the_target_alone_are_told_apart_from_speculat
     runs[-1] = RunRecord("polyplan-plan", "l", 1, 10, 4.8, levels=used)
     _, m = summarize([ar, plan], runs)
     assert "target_alone_prompts" not in m["measured"]
+    # a model-free drafter makes no passes: what the target was given to verify tells
+    ngram = [{"name": "t", "passes": 4, "drafted": 9, "accepted": 6}, {"name": "ngram", "passes": 0}]
+    runs[-1] = RunRecord("polyplan-plan", "l", 1, 10, 4.8, levels=ngram)
+    _, m = summarize([ar, plan], runs)
+    assert "target_alone_prompts" not in m["measured"]
+    runs[-1] = RunRecord("polyplan-plan", "l", 1, 10, 4.8, levels=[{**ngram[0], "drafted": 0}, ngram[1]])
+    _, m = summarize([ar, plan], runs)
+    assert m["measured"]["target_alone_prompts"] == ["l"]
+    # a record from before ``drafted``: tokens the target accepted
+    runs[-1] = RunRecord("polyplan-plan", "l", 1, 10, 4.8, levels=[{"name": "t", "accepted": 6}, ngram[1]])
+    _, m = summarize([ar, plan], runs)
+    assert "target_alone_prompts" not in m["measured"]
 
 
 def test_decode_only_time_subtracts_the_prefill_the_executor_timed():

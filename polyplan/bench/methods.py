@@ -70,6 +70,7 @@ def polyplan_method(
                 "gamma": lv.gamma,
                 "passes": lv.forward_passes,
                 "verifications": lv.num_drafts,
+                "drafted": lv.num_draft_tokens,
                 "accepted": lv.num_accepted_tokens,
                 "model_time_s": lv.model_time_s,
                 "prefill_tokens": lv.prefill_tokens,

@@ -295,14 +295,22 @@ def _worst(ratios: dict[str, list[float]], prompts: set[str] | None = None) -> t
 
 
 def target_alone_prompts(records: list[RunRecord], method: str) -> set[str]:
-    """The prompts a polyplan method ran with its target alone in every repeat (no drafter pass:
-    the start's choice), whose ratio to autoregressive decoding is the same work timed twice."""
+    """The prompts a polyplan method ran with its target alone in every repeat (nothing drafted for
+    it: the start's choice), whose ratio to autoregressive decoding is the same work timed twice."""
     used: dict[str, bool] = {}
     for r in records:
         if r.method == method and r.levels and len(r.levels) > 1:  # a one-member chain has no start to choose
-            drafted = any(lv.get("passes", 0) > 0 for lv in r.levels[1:])
-            used[r.prompt] = used.get(r.prompt, False) or drafted
+            used[r.prompt] = used.get(r.prompt, False) or _drafted(r.levels)
     return {pid for pid, drafted in used.items() if not drafted}
+
+
+def _drafted(levels: list[dict[str, Any]]) -> bool:
+    """Whether anything was drafted for the target in one run: the tokens it was given to verify
+    (``drafted``). Records from before that field: a drafter's passes, or tokens the target
+    accepted (a model-free drafter such as the n-gram reserve makes no passes)."""
+    if "drafted" in levels[0]:
+        return levels[0]["drafted"] > 0
+    return levels[0].get("accepted", 0) > 0 or any(lv.get("passes", 0) > 0 for lv in levels[1:])
 
 
 def alone_and_speculating(records: list[RunRecord], method: str) -> dict[str, Any]:
