@@ -254,6 +254,7 @@ def assemble_plan(
         drafters, tokenizer = load_members(spec)
     else:
         drafters, tokenizer = [load(name) for name in spec.members], None
+    apply_matmul_routes(plan, drafters)
     members = with_windows(drafters, policy_windowable(policy))
     stops = plan_draft_stops(plan)
     chain = Chain(members, spec.gammas, tokenizer=tokenizer, tree_nodes=spec.tree_nodes, draft_stop=stops)
@@ -310,6 +311,23 @@ def apply_exactness(plan: Any, target: Any, note: Note = _stderr) -> None:
     probe = ExactProbe.from_dict(recorded)
     target.exact_regime = probe.regime
     note(f"{target.name}: {probe.summary()}")
+
+
+def apply_matmul_routes(plan: Any, drafters: Sequence[Any]) -> None:
+    """Give each member the matmul routes its profile probed on the machine (the profile's
+    ``machine["matmul_routes"]``, copied into the plan); members it does not name, and every member
+    of a plan from before the probe, stay unrouted, as they were profiled."""
+    from polyplan.models.matmul_routes import MatmulRoutes
+
+    recorded = (plan.profile.get("machine") or {}).get("matmul_routes") or {}
+    for d in drafters:
+        doc = recorded.get(d.name)
+        try:
+            d.use_matmul_routes(MatmulRoutes.from_dict(doc) if doc is not None else None)
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(
+                f"the plan's matmul routes for {d.name} are malformed ({e}); re-run `polyplan profile`"
+            ) from None
 
 
 def policy_windowable(policy: Any) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -150,6 +151,7 @@ def _print_summary(profile, path: Path, elapsed: float | None) -> None:
         from polyplan.models.exactness import ExactProbe
 
         console.print(f"{exact.get('member')} as target: {ExactProbe.from_dict(exact).summary()}", highlight=False)
+    _print_matmul_routes(console, profile.machine.get("matmul_routes") or {})
     for name, why in profile.screened.items():
         console.print(f"screened out: {name}, {why} (--no-screen measures it)", highlight=False)
     if profile.prefill:
@@ -392,3 +394,11 @@ def fit_overlap_warnings(pool, names: list[str], prompts_file: Path | None) -> l
                 '(or mark them "split": "fit" / "eval")'
             )
     return out
+
+
+def _print_matmul_routes(console: Any, recorded: dict[str, Any]) -> None:
+    """Per member, the matmul routes the profile probed (polyplan/models/matmul_routes.py)."""
+    from polyplan.models.matmul_routes import MatmulRoutes
+
+    for name, doc in recorded.items():
+        console.print(f"{name}: {MatmulRoutes.from_dict(doc).describe()}", highlight=False)

@@ -136,6 +136,22 @@ class Drafter(ABC):
         if window is not None:
             raise UserError(f"{self.name} cannot read a window of the sequence")
 
+    def probe_matmul_routes(self) -> Any:
+        """How this machine runs the member's linear layers fastest per row count
+        (``polyplan.models.matmul_routes.MatmulRoutes``); None for members without routable ones."""
+        return None
+
+    @property
+    def matmuls_routed(self) -> bool:
+        """True when the member's passes take matmul routes (``use_matmul_routes``): its own decoding
+        is then faster than transformers' ``generate`` of the same model."""
+        return False
+
+    def use_matmul_routes(self, routes: Any) -> None:
+        """Route the member's linear layers in its passes as ``routes`` says (None: unrouted); a
+        member without routable ones ignores it."""
+        return None
+
     def decoding_alone(self) -> AbstractContextManager[None]:
         """Within this context the member runs as it does decoding alone, one token per pass
         (the autoregressive baseline). Only members with ``pads_passes`` differ."""

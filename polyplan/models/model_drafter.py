@@ -20,6 +20,7 @@ from polyplan.models.kv_cache import (
     new_rollbackable_cache,
     rollback_cache,
 )
+from polyplan.models.matmul_routes import MatmulRoutes, RouteSwitch, probe_routes, routable_linears, route_linears
 
 
 class ContextTooLong(UserError):
@@ -84,6 +85,8 @@ class ModelDrafter(Drafter):
         # a chain's multi-token passes over a cache: grouped heads in torch's kernel (models/attention.py)
         group_heads_on_cpu(model)
         self._fast_attention = model.config._attn_implementation
+        #: the linear layers routed by row count (``use_matmul_routes``), on in this drafter's passes
+        self._routes: RouteSwitch | None = None
 
     @property
     def exact(self) -> bool:
@@ -107,10 +110,31 @@ class ModelDrafter(Drafter):
         finally:
             self._exact_now = saved
 
+    def probe_matmul_routes(self) -> MatmulRoutes | None:
+        """How this machine runs the model's linear layers fastest per row count
+        (polyplan.models.matmul_routes); None for a model without plain float linears on CPU."""
+        return probe_routes(self.model) if routable_linears(self.model) else None
+
+    @property
+    def matmuls_routed(self) -> bool:  # type: ignore[override]
+        return self._routes is not None
+
+    def use_matmul_routes(self, routes: MatmulRoutes | None) -> None:
+        """Route the linear layers in this drafter's passes (never in the exact regime); None: unrouted."""
+        self._routes = route_linears(self.model, routes)
+
     @contextmanager
     def _pass_regime(self) -> Iterator[None]:
-        """The attention kernel of the next pass: the fast one unless in the exact regime after the prefill."""
-        if not self._exact_now or self._processed == 0:
+        """The kernels of the next pass: the fast ones (the routed output head) unless in the exact
+        regime; there eager attention after the prefill."""
+        if not self._exact_now:
+            if self._routes is None:
+                yield
+            else:
+                with self._routes.active():
+                    yield
+            return
+        if self._processed == 0:
             yield
             return
         config = self.model.config

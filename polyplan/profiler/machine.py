@@ -6,7 +6,7 @@ import contextlib
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -137,3 +137,34 @@ def with_exactness(facts: dict[str, Any], target: Any, note: Callable[[str], Non
     probe = probe_exact(target)
     note(f"{target.name} as target: {probe.summary()}")
     return {**facts, "exact": {"member": target.name, **probe.to_dict()}}
+
+
+def with_matmul_routes(
+    facts: dict[str, Any],
+    drafters: Sequence[Any],
+    note: Callable[[str], None],
+    probe: bool = True,
+    exact_target: str | None = None,
+) -> dict[str, Any]:
+    """``facts`` with ``"matmul_routes"``: per member with routable linear layers, the routes that run
+    them fastest on this machine (polyplan.models.matmul_routes), probed once per profile (a resumed one
+    reads what it recorded; ``probe`` False: a resumed profile from before the routes, whose latency
+    was timed unrouted, stays unrouted). Each member takes its routes for the rest of the profile:
+    its latency is timed as a chain runs it. ``exact_target``: a target in an exact regime, which
+    never routes (not probed)."""
+    from polyplan.models.matmul_routes import MatmulRoutes
+
+    recorded = dict(facts.get("matmul_routes") or {})
+    for d in drafters:
+        if d.name == exact_target:
+            continue
+        if d.name in recorded:
+            d.use_matmul_routes(MatmulRoutes.from_dict(recorded[d.name]))
+            continue
+        routes = d.probe_matmul_routes() if probe else None
+        if routes is None:
+            continue
+        d.use_matmul_routes(routes)
+        recorded[d.name] = routes.to_dict()
+        note(f"{d.name}: {routes.describe()}")
+    return {**facts, "matmul_routes": recorded} if recorded else facts

@@ -30,7 +30,7 @@ from polyplan.errors import UserError
 from polyplan.models.drafter import Drafter
 from polyplan.profiler.acceptance import WindowedAcceptance, greedy_reference, score_reference, score_windows
 from polyplan.profiler.latency import fits_context, measure_context, measure_prefill
-from polyplan.profiler.machine import machine_facts, machine_fingerprint, with_exactness
+from polyplan.profiler.machine import machine_facts, machine_fingerprint, with_exactness, with_matmul_routes
 from polyplan.profiler.recorder import TraceRecorder
 from polyplan.profiler.references import long_prompts, reference_helper, shape_of_prompt, two_level_ranking
 from polyplan.profiler.resume import check_resumable, checked_prompts, settings_doc
@@ -118,6 +118,12 @@ class ProfileSession:
             check_resumable(prev, inputs, self.settings_doc, machine_fingerprint(machine))
             machine = prev.machine  # keep the facts of the first run (thread count, date)
         self.machine = with_exactness(machine, inputs.target_drafter, self.progress.note)
+        # a profile resumed from before matmul routes keeps timing its members unrouted
+        unrouted = prev is not None and bool(prev.latency) and "matmul_routes" not in prev.machine
+        exact = inputs.target if inputs.target_drafter.exact_as_target else None
+        self.machine = with_matmul_routes(
+            self.machine, inputs.drafters, self.progress.note, probe=not unrouted, exact_target=exact
+        )
         self._resume(prev)
 
         self.units_done = 0
