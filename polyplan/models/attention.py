@@ -9,7 +9,7 @@ value once per query head sharing it (``repeat_kv``): for SmolLM2-135M at 2048 c
 member catching up, a draft tree. torch's CPU kernel takes the mask and the grouped heads together
 (``enable_gqa``), so this attention function passes them as they are. Each output row is the same
 dot products over the same keys either way; measured bit-identical logits on SmolLM2
-(benchmarks/cpu_gqa_attention.py, docs/results.md). On CUDA the masked GQA kernel falls back to the
+(benchmarks/pass_ways.py --compare attention, docs/results.md). On CUDA the masked GQA kernel falls back to the
 slow math path, so the function is installed on CPU models only, and only for the model types in
 :data:`CHECKED_MODEL_TYPES`: some model files test ``_attn_implementation == "sdpa"`` literally
 (Gemma 4's shared key/value layers slice their queries by it, sparse-attention models build their
