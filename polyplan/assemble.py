@@ -254,7 +254,7 @@ def assemble_plan(
         drafters, tokenizer = load_members(spec)
     else:
         drafters, tokenizer = [load(name) for name in spec.members], None
-    apply_matmul_routes(plan, drafters)
+    apply_matmul_routes(plan, plan_path, drafters, note if say_exactness else _silent)
     members = with_windows(drafters, policy_windowable(policy))
     stops = plan_draft_stops(plan)
     chain = Chain(members, spec.gammas, tokenizer=tokenizer, tree_nodes=spec.tree_nodes, draft_stop=stops)
@@ -313,13 +313,18 @@ def apply_exactness(plan: Any, target: Any, note: Note = _stderr) -> None:
     note(f"{target.name}: {probe.summary()}")
 
 
-def apply_matmul_routes(plan: Any, drafters: Sequence[Any]) -> None:
+def apply_matmul_routes(plan: Any, plan_path: str | Path, drafters: Sequence[Any], note: Note = _stderr) -> None:
     """Give each member the matmul routes its profile probed on the machine (the profile's
     ``machine["matmul_routes"]``, copied into the plan); members it does not name, and every member
-    of a plan from before the probe, stay unrouted, as they were profiled."""
+    of a plan from before the probe, stay unrouted, as they were profiled. Routes are a fact of one
+    CPU's library: a plan profiled on another CPU runs unrouted (said on ``note``)."""
     from polyplan.models.matmul_routes import MatmulRoutes
+    from polyplan.profiler.machine import other_machine_warning
 
     recorded = (plan.profile.get("machine") or {}).get("matmul_routes") or {}
+    if recorded and other_machine_warning(plan.profile, plan_path) is not None:
+        note("matmul routes not installed: the plan was profiled on another CPU (re-profile here to probe them)")
+        recorded = {}
     for d in drafters:
         doc = recorded.get(d.name)
         try:

@@ -21,7 +21,7 @@ from polyplan.models.matmul_routes import (
     shape_key,
 )
 from polyplan.models.model_drafter import ModelDrafter
-from polyplan.profiler.machine import with_matmul_routes
+from polyplan.profiler.machine import machine_facts, with_matmul_routes
 
 from tiny_models import tiny_llama
 
@@ -44,13 +44,13 @@ def taken(monkeypatch) -> list[tuple[str, int]]:
     import polyplan.models.matmul_routes as matmul_routes
 
     seen: list[tuple[str, int]] = []
-    matmul = matmul_routes._matmul
+    product = matmul_routes._product
 
     def spy(layout, x, *args):
         seen.append((layout, x.shape[0]))
-        return matmul(layout, x, *args)
+        return product(layout, x, *args)
 
-    monkeypatch.setattr(matmul_routes, "_matmul", spy)
+    monkeypatch.setattr(matmul_routes, "_product", spy)
     return seen
 
 
@@ -80,6 +80,9 @@ def test_routes_follow_the_timings_steps_and_leave_a_flat_library_alone():
     # a library without steps (an Intel Xeon's profile: T(2) ~ T(1)): nothing routed
     flat = {(LINEAR, r): 10 + r for r in plain} | {(TRANSPOSED, r): 11 + r for r in plain}
     assert choose_routes(flat) == {}
+    # twice as fast but a few microseconds saved: a routed call's own cost would eat it
+    small = {(key, r): t * 1e-6 for (key, r), t in steps.items()}
+    assert choose_routes(small) == {}
 
 
 def test_the_probe_times_every_shape_and_row_count_and_its_routes_round_trip():
@@ -120,17 +123,42 @@ def test_routed_layers_give_the_same_tokens_and_round_alike_in_every_pass(taken)
     assert all(torch.equal(a, b) for a, b in zip(plain, passes(d, ids), strict=True)) and not taken
 
 
+def test_members_sharing_a_model_share_its_routes_and_a_window_passes_them_on(taken):
+    from polyplan.models.windowed import WindowedDrafter
+
+    model = tiny_llama(vocab_size=64, num_layers=2, seed=3)
+    ids = torch.randint(0, 64, (27,), generator=torch.Generator().manual_seed(0))
+    first, second = ModelDrafter(model, "a"), ModelDrafter(model, "b")
+    first.use_matmul_routes(every_kind(model))
+    second.use_matmul_routes(every_kind(model))  # re-installed on the same layers
+    passes(first, ids)
+    assert taken and first.matmuls_routed and second.matmuls_routed
+    second.use_matmul_routes(None)  # the model's routes are gone for both
+    taken.clear()
+    passes(first, ids)
+    assert not taken and not first.matmuls_routed
+    windowed = WindowedDrafter(ModelDrafter(tiny_llama(vocab_size=64, seed=4), "w"), window=None)
+    windowed.use_matmul_routes(every_kind(windowed.inner.model))
+    assert windowed.matmuls_routed and windowed.inner.matmuls_routed
+
+
 def test_a_layer_with_a_bias_keeps_it_on_every_route(taken):
     lin = torch.nn.Linear(32, 48)
     x = torch.randn(1, 3, 32)
     model = torch.nn.Sequential(lin)
     from polyplan.models.matmul_routes import route_linears
 
+    own = lin.forward  # an instance's own forward (a hook's, say) comes back after routing
+    lin.forward = lambda t: own(t)
+    hooked = lin.forward
+    expected = torch.nn.functional.linear(x, lin.weight, lin.bias)
     for route in (Route(TRANSPOSED, 3), Route(LINEAR, 8)):
         switch = route_linears(model, MatmulRoutes({"48x32": {3: route}}))
         with switch.active():
-            torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias))
-    assert len(taken) == 2
+            torch.testing.assert_close(lin(x), expected)
+            assert lin(x).shape == (1, 3, 48)
+    assert taken == [(TRANSPOSED, 3)] * 2 + [(LINEAR, 8)] * 2
+    assert route_linears(model, None) is None and lin.forward is hooked
 
 
 def test_the_exact_regime_never_routes(taken):
@@ -169,12 +197,34 @@ def test_the_profile_probes_once_records_and_resumes_and_the_plan_applies_it(mon
     # a target in an exact regime never routes: not probed
     assert with_matmul_routes({"cpu": "x"}, [other], notes.append, exact_target="tiny") == {"cpu": "x"}
 
-    plan = SimpleNamespace(profile={"machine": facts})
+    here = {**machine_facts(), "matmul_routes": facts["matmul_routes"]}
+    plan = SimpleNamespace(profile={"machine": here})
     loaded = ModelDrafter(tiny_llama(vocab_size=64, seed=2), "tiny")
-    apply_matmul_routes(plan, [loaded])
-    assert loaded._routes is not None
-    apply_matmul_routes(SimpleNamespace(profile={"machine": {}}), [loaded])  # a plan from before: unrouted
-    assert loaded._routes is None
-    bad = SimpleNamespace(profile={"machine": {"matmul_routes": {"tiny": {"routes": {"64x32": {"2": ["up", 2]}}}}}})
+    apply_matmul_routes(plan, "p.json", [loaded], notes.append)
+    assert loaded._routes is not None and loaded.matmuls_routed
+    apply_matmul_routes(SimpleNamespace(profile={"machine": {}}), "p.json", [loaded])  # a plan from before
+    assert not loaded.matmuls_routed
+    # routes are one CPU's: a plan profiled on another runs unrouted, and says so
+    notes.clear()
+    elsewhere = SimpleNamespace(profile={"machine": {**here, "cpu": "Some Other CPU"}})
+    apply_matmul_routes(elsewhere, "p.json", [loaded], notes.append)
+    assert not loaded.matmuls_routed and "another CPU" in notes[0]
+    bad = {**here, "matmul_routes": {"tiny": {"routes": {"64x32": {"2": ["up", 2]}}}}}
     with pytest.raises(UserError, match="malformed"):
-        apply_matmul_routes(bad, [loaded])
+        apply_matmul_routes(SimpleNamespace(profile={"machine": bad}), "p.json", [loaded])
+
+
+def test_a_plan_from_this_machine_runs_routed_and_from_another_unrouted():
+    """The wiring of ``polyplan run PLAN``: the committed family-25 plan, on the real pool."""
+    import json
+    from pathlib import Path
+
+    import polyplan
+    from polyplan.profiler.machine import other_machine_warning
+
+    path = Path(__file__).resolve().parents[1] / "profiles" / "epyc-fam25" / "smollm2.plan.json"
+    plan = json.loads(path.read_text())
+    assert plan["profile"]["machine"]["matmul_routes"]["smollm2-135m"]["routes"]
+    chain = polyplan.Chain.from_plan(path)
+    same_cpu = other_machine_warning(plan["profile"], path) is None
+    assert chain.drafters[0].matmuls_routed == same_cpu

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,11 +43,16 @@ LAYOUTS = (LINEAR, TRANSPOSED)
 #: (prefills) keep the library's own way
 PROBE_ROWS = tuple(range(1, 18))
 PROBE_ROUNDS = 3
-#: weights of one shape cycled per timing: enough to stream from memory (beyond the last-level cache)
+#: weights of one shape cycled per timing: enough to stream from memory (beyond the last-level cache),
+#: at most PROBE_BYTES of them (their transposed copies are held while timing)
 PROBE_WEIGHTS = 16
+PROBE_BYTES = 128 * 2**20
 #: a route must be at least this much faster than ``F.linear`` at the same rows: the steps it is
 #: for are 1.3-3x, timing noise a few percent
 ROUTE_GAIN = 0.85
+#: and save at least this much per matmul: the probe times the bare product, while a routed layer also
+#: pays a Python call, a reshape and, padded, a copy and a slice (measured 10-20 us on small layers)
+ROUTE_MIN_SAVING_S = 50e-6
 
 
 @dataclass(frozen=True)
@@ -102,11 +108,19 @@ class MatmulRoutes:
         return cls(routes, dict(doc.get("measured_ms", {})))
 
 
-def _matmul(layout: str, x: torch.Tensor, weight: torch.Tensor, transposed: torch.Tensor | None) -> torch.Tensor:
+def _product(
+    layout: str,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    transposed: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` in ``layout``; the bias is added inside the product either way
+    (one rounding in half precision, as ``F.linear``)."""
     if layout == TRANSPOSED:
         assert transposed is not None
-        return x @ transposed
-    return F.linear(x, weight)
+        return x @ transposed if bias is None else torch.addmm(bias, x, transposed)
+    return F.linear(x, weight, bias)
 
 
 def _time_layouts(weights: Sequence[torch.Tensor], rounds: int) -> dict[tuple[str, int], float]:
@@ -122,7 +136,7 @@ def _time_layouts(weights: Sequence[torch.Tensor], rounds: int) -> dict[tuple[st
                 for layout in LAYOUTS:
                     t0 = time.perf_counter()
                     for w, wt in zip(weights, flipped, strict=True):
-                        _matmul(layout, x[:r], w, wt)
+                        _product(layout, x[:r], w, wt)
                     if round_:  # the first round warms the library's dispatch
                         times[(layout, r)].append((time.perf_counter() - t0) / len(weights))
     return {key: statistics.median(v) for key, v in times.items()}
@@ -130,12 +144,14 @@ def _time_layouts(weights: Sequence[torch.Tensor], rounds: int) -> dict[tuple[st
 
 def choose_routes(seconds: Mapping[tuple[str, int], float]) -> dict[int, Route]:
     """Per row count ``r``, the fastest (layout, rows >= r) of the timings ``seconds`` (layout, rows)
-    -> time, where it beats ``F.linear`` at ``r`` rows by :data:`ROUTE_GAIN`."""
+    -> time, where it beats ``F.linear`` at ``r`` rows by :data:`ROUTE_GAIN` and by at least
+    :data:`ROUTE_MIN_SAVING_S`."""
     probed = sorted({r for _, r in seconds})
     routes = {}
     for r in probed:
         layout, width = min(((lay, w) for lay, w in seconds if w >= r), key=seconds.__getitem__)
-        if seconds[(layout, width)] < ROUTE_GAIN * seconds[(LINEAR, r)]:
+        best, plain = seconds[(layout, width)], seconds[(LINEAR, r)]
+        if best < ROUTE_GAIN * plain and plain - best >= ROUTE_MIN_SAVING_S:
             routes[r] = Route(layout, width)
     return routes
 
@@ -161,17 +177,21 @@ def probe_routes(model: torch.nn.Module, rounds: int = PROBE_ROUNDS) -> MatmulRo
         by_shape.setdefault(shape_key(lin.weight), []).append(lin.weight)
     routes, measured = {}, {}
     for shape, weights in by_shape.items():
-        seconds = _time_layouts(weights[:PROBE_WEIGHTS], rounds)
+        cycled = max(1, min(PROBE_WEIGHTS, PROBE_BYTES // (weights[0].numel() * weights[0].element_size())))
+        seconds = _time_layouts(weights[:cycled], rounds)
         routes[shape] = choose_routes(seconds)
         measured[shape] = {lay: [round(seconds[(lay, r)] * 1e3, 4) for r in PROBE_ROWS] for lay in LAYOUTS}
     return MatmulRoutes(routes, measured)
 
 
 class RouteSwitch:
-    """On while a member's own pass runs (one per routed model, shared by its routed layers)."""
+    """On while a member's own pass runs: one per model, shared by its routed layers and by every
+    member that runs that model (the routes installed last are the model's)."""
 
     def __init__(self) -> None:
         self.on = False
+        #: layers routed now
+        self.layers = 0
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -207,22 +227,35 @@ class RoutedLinear:
         flat = x.reshape(rows, x.shape[-1])
         if route.rows > rows:
             flat = torch.cat([flat, flat.new_zeros(route.rows - rows, flat.shape[1])])
-        out = _matmul(route.layout, flat, self.module.weight, self.transposed)[:rows]
-        if self.module.bias is not None:
-            out = out + self.module.bias
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        out = _product(route.layout, flat, self.module.weight, self.transposed, self.module.bias)
+        return out[:rows].reshape(*x.shape[:-1], out.shape[-1])
+
+
+#: the switch of each routed model (members sharing a model share its routes)
+_SWITCHES: weakref.WeakKeyDictionary[torch.nn.Module, RouteSwitch] = weakref.WeakKeyDictionary()
 
 
 def route_linears(model: torch.nn.Module, routes: MatmulRoutes | None) -> RouteSwitch | None:
     """Install ``routes`` on ``model``'s routable linears (layers routed before get the new routes;
-    None or no route at all: every layer its own forward). The switch to turn them on, or None."""
-    switch = RouteSwitch()
-    routed = False
+    None or no route at all: every layer its forward from before routing). The model's switch to turn
+    them on, or None when nothing is routed."""
+    switch = _SWITCHES.setdefault(model, RouteSwitch())
+    switch.layers = 0
     for lin in routable_linears(model):
-        if isinstance(lin.__dict__.get("forward"), RoutedLinear):
-            del lin.forward  # back to the class's forward before re-routing
+        current = lin.__dict__.get("forward")
+        if isinstance(current, RoutedLinear):
+            _unroute(lin, current)
         per_rows = (routes.routes if routes is not None else {}).get(shape_key(lin.weight))
         if per_rows:
             lin.forward = RoutedLinear(lin, per_rows, switch)  # type: ignore[method-assign]
-            routed = True
-    return switch if routed else None
+            switch.layers += 1
+    return switch if switch.layers else None
+
+
+def _unroute(lin: torch.nn.Linear, routed: RoutedLinear) -> None:
+    """Give ``lin`` back the forward it had before routing (an instance's own, e.g. a hook's, kept)."""
+    own = routed.own_forward
+    if getattr(own, "__func__", None) is type(lin).forward and getattr(own, "__self__", None) is lin:
+        del lin.forward
+    else:
+        lin.forward = own  # type: ignore[method-assign]

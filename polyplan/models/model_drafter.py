@@ -117,7 +117,7 @@ class ModelDrafter(Drafter):
 
     @property
     def matmuls_routed(self) -> bool:  # type: ignore[override]
-        return self._routes is not None
+        return self._routes is not None and self._routes.layers > 0
 
     def use_matmul_routes(self, routes: MatmulRoutes | None) -> None:
         """Route the linear layers in this drafter's passes (never in the exact regime); None: unrouted."""

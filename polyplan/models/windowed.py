@@ -83,6 +83,16 @@ class WindowedDrafter(Drafter):
     def decoding_alone(self) -> AbstractContextManager[None]:
         return self.inner.decoding_alone()
 
+    def probe_matmul_routes(self) -> Any:
+        return self.inner.probe_matmul_routes()
+
+    def use_matmul_routes(self, routes: Any) -> None:
+        self.inner.use_matmul_routes(routes)
+
+    @property
+    def matmuls_routed(self) -> bool:  # type: ignore[override]
+        return self.inner.matmuls_routed
+
     def describe(self) -> str:
         return self.name if self.window is None else f"{self.name} (window {self.window}, sink {self.sink})"
 
