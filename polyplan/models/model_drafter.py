@@ -125,8 +125,8 @@ class ModelDrafter(Drafter):
 
     @contextmanager
     def _pass_regime(self) -> Iterator[None]:
-        """The kernels of the next pass: the fast ones (the routed output head) unless in the exact
-        regime; there eager attention after the prefill."""
+        """The kernels of the next pass: the fast ones (the model's matmul routes switched on) unless
+        in the exact regime; there eager attention after the prefill, and no routes."""
         if not self._exact_now:
             if self._routes is None:
                 yield
