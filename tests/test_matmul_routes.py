@@ -100,6 +100,40 @@ def test_the_probe_times_every_shape_and_row_count_and_its_routes_round_trip():
         MatmulRoutes.from_dict({"routes": {"64x32": {"3": [LINEAR, 2]}}})  # fewer rows than the pass has
 
 
+def test_transposed_copies_stay_within_the_memory_budget_keeping_the_most_saved_per_byte(monkeypatch):
+    """The probe's routes hold transposed copies of their weights: beyond ROUTE_MEMORY_SHARE of the
+    memory available, the shapes saving least per byte keep ``F.linear`` (their padded routes stay:
+    they copy nothing), and the profile's record says which."""
+    import polyplan.models.matmul_routes as matmul_routes
+
+    model = tiny_llama(vocab_size=64, num_layers=2, seed=3)
+    head = "64x32"  # the output head's shape (the MLP's up and gate projections share it)
+
+    def steps(weights, rounds):
+        # the EPYC's step table (ms) on every shape; the head saves 100 times as much per matmul
+        scale = 1e-1 if shape_key(weights[0]) == head else 1e-3
+        plain = {1: 10, 2: 22, 3: 34, 4: 17, 5: 17, 6: 23, 7: 35} | {r: 17 for r in PROBE_ROWS if r >= 8}
+        flipped = {1: 5, 2: 10, 3: 16, 4: 21, 5: 23, 6: 25, 7: 25} | {r: 19 for r in PROBE_ROWS if r >= 8}
+        return {(LINEAR, r): t * scale for r, t in plain.items()} | {
+            (TRANSPOSED, r): t * scale for r, t in flipped.items()
+        }
+
+    monkeypatch.setattr(matmul_routes, "_time_layouts", steps)
+    roomy = probe_routes(model, memory_bytes=2**40)
+    assert roomy.over_memory == () and all(r[1].layout == TRANSPOSED for r in roomy.routes.values())
+    head_bytes = sum(lin.weight.numel() * 4 for lin in routable_linears(model) if shape_key(lin.weight) == head)
+    tight = probe_routes(model, memory_bytes=int(head_bytes / matmul_routes.ROUTE_MEMORY_SHARE))
+    assert tight.routes[head][1] == Route(TRANSPOSED, 1)  # the most saved per byte: kept
+    others = set(tight.routes) - {head}
+    assert set(tight.over_memory) == others
+    for shape in others:
+        assert tight.routes[shape] and all(r.layout == LINEAR for r in tight.routes[shape].values())
+    assert "for memory" in tight.describe()
+    assert MatmulRoutes.from_dict(tight.to_dict()).over_memory == tight.over_memory
+    nothing = probe_routes(model, memory_bytes=0).over_memory
+    assert set(nothing) == set(tight.routes) and nothing[-1] == head  # the head's copy is the last to go
+
+
 def test_routed_layers_give_the_same_tokens_and_round_alike_in_every_pass(taken):
     model = tiny_llama(vocab_size=64, num_layers=2, seed=3)
     ids = torch.randint(0, 64, (27,), generator=torch.Generator().manual_seed(0))

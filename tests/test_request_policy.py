@@ -433,3 +433,37 @@ def test_the_measured_speeds_print_as_one_line(policy):
     prefill = (0, 2.0 * policy.requests.prefill_s(0, 99), 99)
     controller.observe_round(RoundTiming(1.0, 10, 0.0, passes, (prefill, prefill)))
     assert controller.speed.summary(policy.names) == "smollm2-135m prefill 2.00; smollm2-135m:q4 decode 1.50 (4 passes)"
+
+
+def test_a_request_priced_as_the_executor_retimed_it_from_the_chains_own_passes():
+    """The adaptive plan's runs carry the speed factors their start re-timed the request model by
+    (the chain's passes in earlier requests): a run whose factors say twice as slow and that took
+    twice the profile's prediction is predicted exactly that way; a run without factors (a static
+    chain) gets no such price, and factors of {} (nothing measured yet) price as the profile."""
+    from polyplan.bench.predictions import request_predictions
+    from polyplan.bench.report import request_error_text
+    from polyplan.bench.results import RunRecord
+
+    policy = make_policy(profile_with())
+    ids = list(range(100))
+    p = policy.start(dict(policy.priors), len(ids), 64, exact_horizon=True).prediction
+    slow = {n: {"decode": 2.0, "prefill": 2.0} for n in NAMES}
+    records = [
+        RunRecord("polyplan-plan", "a", 0, 64, 2 * p.request_s, start_speed=slow),
+        RunRecord("polyplan-plan", "a", 1, 64, 2 * p.request_s, start_speed=slow),
+    ]
+    out = request_predictions(records, policy, [("a", ids)], 64)
+    e = out["errors"]["polyplan-plan"]
+    assert e["median_error"] == pytest.approx(0.5)
+    assert e["retimed_median_error"] == pytest.approx(0.0, abs=1e-9)
+    assert out["runs"][0]["retimed_predicted_s"] == pytest.approx(2 * p.request_s)
+    assert "re-timed it from the chain's earlier passes 0.0%" in request_error_text(out["errors"])
+    # one run measured nothing before its start: the median of the two runs' predictions
+    records[1] = RunRecord("polyplan-plan", "a", 1, 64, 2 * p.request_s, start_speed={})
+    row = request_predictions(records, policy, [("a", ids)], 64)["runs"][0]
+    assert row["retimed_predicted_s"] == pytest.approx(1.5 * p.request_s)
+    # runs without factors: no re-timed price at all
+    plain = [RunRecord("polyplan-plan", "a", 0, 64, 2 * p.request_s)]
+    out = request_predictions(plain, policy, [("a", ids)], 64)
+    assert "retimed_median_error" not in out["errors"]["polyplan-plan"]
+    assert "retimed_predicted_s" not in out["runs"][0]

@@ -33,6 +33,8 @@ class BenchMethod:
     spec: MethodSpec
     members: list[str]  # pool members it needs (prefill accounting)
     generate: Callable[[list[int], int, int], tuple[list[int], list[dict[str, Any]] | None]]
+    #: the speed factors the last ``generate``'s request started at (an adaptive plan's), else None
+    start_speed: Callable[[], dict[str, dict[str, float]] | None] | None = None
 
 
 def polyplan_method(
@@ -86,7 +88,12 @@ def polyplan_method(
         ]
         return list(result.tokens), levels
 
-    return BenchMethod(spec, list(spec.chain), generate)
+    def start_speed() -> dict[str, dict[str, float]] | None:
+        # the factors the controller re-timed its request model by at the last start (a copy)
+        factors = getattr(controller, "factors", None)
+        return {n: dict(f) for n, f in factors.items()} if factors is not None else None
+
+    return BenchMethod(spec, list(spec.chain), generate, start_speed if controller is not None else None)
 
 
 def hf_method(

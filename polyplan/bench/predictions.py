@@ -35,12 +35,16 @@ def request_predictions(
     the same settings are then also predicted on curves scaled by it (``calibrated_*``). ``alone``:
     methods that run the target alone in polyplan's own loop (``bench --also TARGET``), priced as
     the target alone too (``autoregressive`` is transformers' generate(), another loop than the
-    one the model prices)."""
+    one the model prices). Where the adaptive plan's runs carry the speed factors their start
+    re-timed the request model by (the chain's own passes in earlier requests: ``RunRecord.
+    start_speed``), the plan is also predicted as the executor predicted it then (``retimed_*``):
+    no calibration pass, only what the chain measured before each request."""
     if policy is None or getattr(policy, "requests", None) is None or not policy.requests.knows_prefill:
         return None
     at_speed = policy.requests.at_speed({n: f.as_dict() for n, f in speed.items()}) if speed else None
     priced = ["polyplan-plan", AUTOREGRESSIVE, *alone]
     calibrated: dict[str, list[float]] = {m: [] for m in priced}
+    retimed: dict[str, list[float]] = {m: [] for m in priced}
     rows: list[dict[str, Any]] = []
     errors: dict[str, list[float]] = {m: [] for m in priced}
     parts = {m: {"prefill": [], "decode": []} for m in errors}
@@ -75,6 +79,10 @@ def request_predictions(
                 now = at_speed.request(members, gammas, dict(policy.priors), len(ids), horizon, windows, True)
                 row["calibrated_predicted_s"] = now.request_s
                 calibrated[method].append(_error(now.request_s, measured))
+            chain_speed = None if alone_now else _retimed_prediction(policy, len(ids), horizon, mine)
+            if chain_speed is not None:
+                row["retimed_predicted_s"] = chain_speed
+                retimed[method].append(_error(chain_speed, measured))
             # Where a miss comes from: the prefills (latency model) or the decode (latency and the
             # acceptance this prompt had, which the profile's workload can only average).
             split = _prefill_and_decode(policy, alone_now, mine, p, predicted)
@@ -84,12 +92,27 @@ def request_predictions(
                 if split["measured_decode_s"] > 0:
                     parts[method]["decode"].append(_error(split["predicted_decode_s"], split["measured_decode_s"]))
             rows.append(row)
-    summary = _error_summary(errors, calibrated, parts)
+    summary = _error_summary(errors, calibrated, parts, retimed)
     return {"note": "predicted at the horizon each run had (its new tokens)", "errors": summary, "runs": rows}
 
 
 def _error(predicted: float, measured: float) -> float:
     return abs(predicted - measured) / measured
+
+
+def _retimed_prediction(policy: Any, prompt_tokens: int, horizon: int, mine: list[RunRecord]) -> float | None:
+    """The median over runs of the request time the executor's start predicted, each on the request
+    model re-timed by the factors that run started at (its setting chosen there too); None when the
+    runs carry no factors (a static chain, or results from before them)."""
+    predicted = []
+    for r in mine:
+        if r.start_speed is None:
+            continue
+        model = policy.requests.at_speed(r.start_speed) if r.start_speed else policy.requests
+        first = policy.start(dict(policy.priors), prompt_tokens, horizon, exact_horizon=True, requests=model)
+        if first is not None:
+            predicted.append(first.prediction.request_s)
+    return statistics.median(predicted) if predicted else None
 
 
 def _prefill_and_decode(
@@ -118,10 +141,14 @@ def _prefill_and_decode(
 
 
 def _error_summary(
-    errors: dict[str, list[float]], calibrated: dict[str, list[float]], parts: dict[str, dict[str, list[float]]]
+    errors: dict[str, list[float]],
+    calibrated: dict[str, list[float]],
+    parts: dict[str, dict[str, list[float]]],
+    retimed: dict[str, list[float]],
 ) -> dict[str, dict[str, float]]:
     """Per method: the median and largest relative error of its request time (at the speed
-    measured now too, and of its prefills and decode apart, where there are)."""
+    measured now too, as the executor re-timed it, and of its prefills and decode apart, where
+    there are)."""
     summary = {}
     for m, e in errors.items():
         if not e:
@@ -132,6 +159,8 @@ def _error_summary(
                 "calibrated_median_error": statistics.median(calibrated[m]),
                 "calibrated_max_error": max(calibrated[m]),
             }
+        if retimed[m]:
+            summary[m] |= {"retimed_median_error": statistics.median(retimed[m]), "retimed_max_error": max(retimed[m])}
         for part, pe in parts[m].items():
             if pe:
                 summary[m][f"{part}_median_error"] = statistics.median(pe)

@@ -24,6 +24,11 @@ def request_error_text(errors: dict[str, dict[str, float]]) -> str:
             text += (
                 f", at the speed measured now {e['calibrated_median_error']:.1%} (max {e['calibrated_max_error']:.1%})"
             )
+        if "retimed_median_error" in e:
+            text += (
+                f", as the executor re-timed it from the chain's earlier passes {e['retimed_median_error']:.1%} "
+                f"(max {e['retimed_max_error']:.1%})"
+            )
         out.append(text)
     return "; ".join(out)
 

@@ -61,6 +61,9 @@ class RunRecord:
     seconds: float
     levels: list[dict[str, Any]] | None = None  # executor per-level statistics
     tokens: list[int] = field(default_factory=list)  # kept in memory for the lossless check, not saved
+    #: the adaptive controller's speed factors at this request's start: each member's time in the
+    #: chain's earlier passes over the profile's price (executor.guard.MemberSpeed); None elsewhere
+    start_speed: dict[str, dict[str, float]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -28,6 +28,7 @@ import datetime as _dt
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,8 @@ def run_interleaved(
                     tokens, levels = m.generate(prompt, max_new_tokens, seed + rep)
                     _sync(dev)
                     dt = time.perf_counter() - t0
-                    group.append(RunRecord(m.spec.name, pid, rep, len(tokens), dt, levels, tokens))
+                    speed = m.start_speed() if m.start_speed is not None else None
+                    group.append(RunRecord(m.spec.name, pid, rep, len(tokens), dt, levels, tokens, speed))
                 records += group
                 for key, dt in timed_prefill.items():
                     prefill_runs.setdefault(key, []).append(dt)
@@ -151,9 +153,7 @@ def decode_records(
             pre = sum(lv["prefill_time_s"] for lv in r.levels)
         else:
             pre = sum(prefill.get((r.prompt, n), 0.0) for n in members[r.method])
-        out.append(
-            RunRecord(r.method, r.prompt, r.repeat, r.new_tokens, max(r.seconds - pre, 1e-9), r.levels, r.tokens)
-        )
+        out.append(replace(r, seconds=max(r.seconds - pre, 1e-9)))
     return out
 
 

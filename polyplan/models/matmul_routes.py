@@ -25,6 +25,7 @@ The profile probes each torch member once and records its routes (``machine["mat
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import weakref
@@ -53,6 +54,10 @@ ROUTE_GAIN = 0.85
 #: and save at least this much per matmul: the probe times the bare product, while a routed layer also
 #: pays a Python call, a reshape and, padded, a copy and a slice (measured 10-20 us on small layers)
 ROUTE_MIN_SAVING_S = 50e-6
+#: a model's transposed copies may take at most this share of the memory available when it is probed
+#: (SmolLM2-135M float32: 0.4 GB beside its 0.54 GB; a 1.5B float32 model's MLP could ask for 4 GB);
+#: beyond it the shapes that save least per byte keep ``F.linear``
+ROUTE_MEMORY_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,14 @@ class MatmulRoutes:
     routes: Mapping[str, Mapping[int, Route]]
     #: what the probe measured, ms per matmul, shape -> layout -> per row count (for the record)
     measured_ms: Mapping[str, Mapping[str, list[float]]] = field(default_factory=dict)
+    #: shapes whose transposed routes were left out for memory (ROUTE_MEMORY_SHARE)
+    over_memory: tuple[str, ...] = ()
 
     def describe(self) -> str:
         routed = {shape: r for shape, r in self.routes.items() if r}
+        memory = f" ({', '.join(self.over_memory)}: no transposed copy, for memory)" if self.over_memory else ""
         if not routed:
-            return "no matmul routed (the library's own way at every row count)"
+            return "no matmul routed (the library's own way at every row count)" + memory
         parts = []
         for shape, per_rows in routed.items():
             moves = []
@@ -88,12 +96,13 @@ class MatmulRoutes:
                     f"{rows}" + (" T" if r.layout == TRANSPOSED else "") + (f"->{r.rows}" if r.rows != rows else "")
                 )
             parts.append(f"{shape}: {' '.join(moves)}")
-        return "matmul rows routed (T: transposed, ->n: padded) " + "; ".join(parts)
+        return "matmul rows routed (T: transposed, ->n: padded) " + "; ".join(parts) + memory
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "routes": {s: {str(k): [r.layout, r.rows] for k, r in sorted(p.items())} for s, p in self.routes.items()},
             "measured_ms": {s: {lay: list(v) for lay, v in m.items()} for s, m in self.measured_ms.items()},
+            **({"over_memory": list(self.over_memory)} if self.over_memory else {}),
         }
 
     @classmethod
@@ -105,7 +114,7 @@ class MatmulRoutes:
                 if layout not in LAYOUTS or int(rows) < int(k):
                     raise ValueError(f"matmul route {shape} {k}: {layout} at {rows} rows")
                 routes[str(shape)][int(k)] = Route(str(layout), int(rows))
-        return cls(routes, dict(doc.get("measured_ms", {})))
+        return cls(routes, dict(doc.get("measured_ms", {})), tuple(str(x) for x in doc.get("over_memory", ())))
 
 
 def _product(
@@ -169,19 +178,53 @@ def routable_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
     return found
 
 
-def probe_routes(model: torch.nn.Module, rounds: int = PROBE_ROUNDS) -> MatmulRoutes:
+def probe_routes(model: torch.nn.Module, rounds: int = PROBE_ROUNDS, memory_bytes: int | None = None) -> MatmulRoutes:
     """Time both layouts at every row count of :data:`PROBE_ROWS` for each weight shape of ``model``'s
-    routable linears (up to :data:`PROBE_WEIGHTS` of its weights cycled) and choose the routes."""
+    routable linears (up to :data:`PROBE_WEIGHTS` of its weights cycled) and choose the routes, their
+    transposed copies within :data:`ROUTE_MEMORY_SHARE` of ``memory_bytes`` (default: the memory
+    available now)."""
     by_shape: dict[str, list[torch.Tensor]] = {}
     for lin in routable_linears(model):
         by_shape.setdefault(shape_key(lin.weight), []).append(lin.weight)
-    routes, measured = {}, {}
+    routes, measured, saved = {}, {}, {}
     for shape, weights in by_shape.items():
         cycled = max(1, min(PROBE_WEIGHTS, PROBE_BYTES // (weights[0].numel() * weights[0].element_size())))
         seconds = _time_layouts(weights[:cycled], rounds)
         routes[shape] = choose_routes(seconds)
         measured[shape] = {lay: [round(seconds[(lay, r)] * 1e3, 4) for r in PROBE_ROWS] for lay in LAYOUTS}
-    return MatmulRoutes(routes, measured)
+        transposed = [r for r, route in routes[shape].items() if route.layout == TRANSPOSED]
+        saved[shape] = sum(seconds[(LINEAR, r)] - seconds[(TRANSPOSED, routes[shape][r].rows)] for r in transposed)
+    copies = {s: sum(w.numel() * w.element_size() for w in ws) for s, ws in by_shape.items() if saved[s] > 0}
+    budget = ROUTE_MEMORY_SHARE * (available_memory() if memory_bytes is None else memory_bytes)
+    over = _over_budget(copies, {s: saved[s] * len(by_shape[s]) for s in copies}, budget)
+    for shape in over:
+        routes[shape] = {r: route for r, route in routes[shape].items() if route.layout != TRANSPOSED}
+    return MatmulRoutes(routes, measured, tuple(over))
+
+
+def _over_budget(copies: Mapping[str, int], saved_s: Mapping[str, float], budget: float) -> list[str]:
+    """The shapes whose copies (bytes) must go to fit ``budget``: those saving least per byte
+    (``saved_s``: seconds saved per pass over all of a shape's layers) first."""
+    total, over = sum(copies.values()), []
+    for shape in sorted(copies, key=lambda s: saved_s[s] / copies[s]):
+        if total <= budget:
+            break
+        over.append(shape)
+        total -= copies[shape]
+    return over
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations now (Linux ``MemAvailable``; elsewhere the
+    physical memory, which the budget then takes a share of)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class RouteSwitch:
