@@ -387,6 +387,7 @@ def test_bench_smollm2_smoke(tmp_path):
         # the adaptive plan's runs carry the speed its start re-timed by, and are priced with it
         plan_runs = [r for r in doc["runs"] if r["method"] == "polyplan-plan"]
         assert plan_runs and all(isinstance(r["start_speed"], dict) for r in plan_runs)
+        assert all(r["start_setting"]["members"][0] == 0 for r in plan_runs)
         assert doc["requests"]["errors"]["polyplan-plan"]["retimed_median_error"] >= 0
     else:
         assert speed is None and doc["requests"] is None

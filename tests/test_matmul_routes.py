@@ -127,7 +127,9 @@ def test_transposed_copies_stay_within_the_memory_budget_keeping_the_most_saved_
     others = set(tight.routes) - {head}
     assert set(tight.over_memory) == others
     for shape in others:
-        assert tight.routes[shape] and all(r.layout == LINEAR for r in tight.routes[shape].values())
+        # no copy: 3 rows fall back to the best F.linear way, padded to 4 (17 ms against 34), not to 34 ms
+        assert all(r.layout == LINEAR for r in tight.routes[shape].values())
+        assert tight.routes[shape][3] == Route(LINEAR, 4)
     assert "for memory" in tight.describe()
     assert MatmulRoutes.from_dict(tight.to_dict()).over_memory == tight.over_memory
     nothing = probe_routes(model, memory_bytes=0).over_memory

@@ -446,11 +446,14 @@ def test_a_request_priced_as_the_executor_retimed_it_from_the_chains_own_passes(
 
     policy = make_policy(profile_with())
     ids = list(range(100))
-    p = policy.start(dict(policy.priors), len(ids), 64, exact_horizon=True).prediction
+    first = policy.start(dict(policy.priors), len(ids), 64, exact_horizon=True)
+    p, d = first.prediction, first.decision
+    assert len(d.members) > 1  # a setting with a drafter, so its prefill and decode are both priced
+    chosen = {"members": list(d.members), "gammas": list(d.gammas), "windows": sorted(first.windows.items())}
     slow = {n: {"decode": 2.0, "prefill": 2.0} for n in NAMES}
     records = [
-        RunRecord("polyplan-plan", "a", 0, 64, 2 * p.request_s, start_speed=slow),
-        RunRecord("polyplan-plan", "a", 1, 64, 2 * p.request_s, start_speed=slow),
+        RunRecord("polyplan-plan", "a", 0, 64, 2 * p.request_s, start_speed=slow, start_setting=chosen),
+        RunRecord("polyplan-plan", "a", 1, 64, 2 * p.request_s, start_speed=slow, start_setting=chosen),
     ]
     out = request_predictions(records, policy, [("a", ids)], 64)
     e = out["errors"]["polyplan-plan"]
@@ -459,9 +462,14 @@ def test_a_request_priced_as_the_executor_retimed_it_from_the_chains_own_passes(
     assert out["runs"][0]["retimed_predicted_s"] == pytest.approx(2 * p.request_s)
     assert "re-timed it from the chain's earlier passes 0.0%" in request_error_text(out["errors"])
     # one run measured nothing before its start: the median of the two runs' predictions
-    records[1] = RunRecord("polyplan-plan", "a", 1, 64, 2 * p.request_s, start_speed={})
+    records[1] = RunRecord("polyplan-plan", "a", 1, 64, 2 * p.request_s, start_speed={}, start_setting=chosen)
     row = request_predictions(records, policy, [("a", ids)], 64)["runs"][0]
     assert row["retimed_predicted_s"] == pytest.approx(1.5 * p.request_s)
+    # the setting the run's start chose is what is priced, not what a start would choose after the fact
+    alone = dict(chosen, members=[0], gammas=[], windows=[])
+    records = [RunRecord("polyplan-plan", "a", 0, 64, 2 * p.request_s, start_speed={}, start_setting=alone)]
+    row = request_predictions(records, policy, [("a", ids)], 64)["runs"][0]
+    assert row["retimed_predicted_s"] == pytest.approx(p.autoregressive_request_s)
     # runs without factors: no re-timed price at all
     plain = [RunRecord("polyplan-plan", "a", 0, 64, 2 * p.request_s)]
     out = request_predictions(plain, policy, [("a", ids)], 64)

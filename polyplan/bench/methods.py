@@ -33,8 +33,9 @@ class BenchMethod:
     spec: MethodSpec
     members: list[str]  # pool members it needs (prefill accounting)
     generate: Callable[[list[int], int, int], tuple[list[int], list[dict[str, Any]] | None]]
-    #: the speed factors the last ``generate``'s request started at (an adaptive plan's), else None
-    start_speed: Callable[[], dict[str, dict[str, float]] | None] | None = None
+    #: the speed factors the last ``generate``'s request started at and the setting its start chose
+    #: (an adaptive plan's: ``RunRecord.start_speed`` and ``start_setting``)
+    start_state: Callable[[], tuple[dict[str, dict[str, float]] | None, dict[str, Any] | None]] | None = None
 
 
 def polyplan_method(
@@ -88,12 +89,23 @@ def polyplan_method(
         ]
         return list(result.tokens), levels
 
-    def start_speed() -> dict[str, dict[str, float]] | None:
-        # the factors the controller re-timed its request model by at the last start (a copy)
+    def start_state() -> tuple[dict[str, dict[str, float]] | None, dict[str, Any] | None]:
+        # the factors the controller re-timed its request model by at the last start (a copy), and
+        # the setting that start chose on them
         factors = getattr(controller, "factors", None)
-        return {n: dict(f) for n, f in factors.items()} if factors is not None else None
+        first = getattr(controller, "first", None)
+        setting = (
+            {
+                "members": list(first.decision.members),
+                "gammas": list(first.decision.gammas),
+                "windows": [[m, w] for m, w in sorted(first.windows.items())],
+            }
+            if first is not None
+            else None
+        )
+        return ({n: dict(f) for n, f in factors.items()} if factors is not None else None), setting
 
-    return BenchMethod(spec, list(spec.chain), generate, start_speed if controller is not None else None)
+    return BenchMethod(spec, list(spec.chain), generate, start_state if controller is not None else None)
 
 
 def hf_method(

@@ -37,8 +37,8 @@ def request_predictions(
     the target alone too (``autoregressive`` is transformers' generate(), another loop than the
     one the model prices). Where the adaptive plan's runs carry the speed factors their start
     re-timed the request model by (the chain's own passes in earlier requests: ``RunRecord.
-    start_speed``), the plan is also predicted as the executor predicted it then (``retimed_*``):
-    no calibration pass, only what the chain measured before each request."""
+    start_speed``), each is also priced on that model, for the setting its start chose
+    (``retimed_*``): no calibration pass, only what the chain measured before each request."""
     if policy is None or getattr(policy, "requests", None) is None or not policy.requests.knows_prefill:
         return None
     at_speed = policy.requests.at_speed({n: f.as_dict() for n, f in speed.items()}) if speed else None
@@ -101,17 +101,21 @@ def _error(predicted: float, measured: float) -> float:
 
 
 def _retimed_prediction(policy: Any, prompt_tokens: int, horizon: int, mine: list[RunRecord]) -> float | None:
-    """The median over runs of the request time the executor's start predicted, each on the request
-    model re-timed by the factors that run started at (its setting chosen there too); None when the
-    runs carry no factors (a static chain, or results from before them)."""
+    """The median over runs of each run's request time on the request model re-timed by the factors
+    that run started at: the setting its start chose on them (at the expected horizon), priced at
+    the horizon the run had, as the other prices are. None when the runs carry no factors (a static
+    chain, or results from before them)."""
     predicted = []
     for r in mine:
-        if r.start_speed is None:
+        if r.start_speed is None or r.start_setting is None:
             continue
         model = policy.requests.at_speed(r.start_speed) if r.start_speed else policy.requests
-        first = policy.start(dict(policy.priors), prompt_tokens, horizon, exact_horizon=True, requests=model)
-        if first is not None:
-            predicted.append(first.prediction.request_s)
+        s = r.start_setting
+        members, gammas = tuple(s["members"]), tuple(s["gammas"])
+        windows = {int(m): w for m, w in s["windows"] if m in members[1:]}
+        windows |= {m: None for m in members[1:] if m not in windows}
+        priced = model.request(members, gammas, dict(policy.priors), prompt_tokens, horizon, windows, True)
+        predicted.append(priced.request_s)
     return statistics.median(predicted) if predicted else None
 
 

@@ -64,6 +64,9 @@ class RunRecord:
     #: the adaptive controller's speed factors at this request's start: each member's time in the
     #: chain's earlier passes over the profile's price (executor.guard.MemberSpeed); None elsewhere
     start_speed: dict[str, dict[str, float]] | None = None
+    #: the setting that start chose, at the expected horizon: {"members", "gammas", "windows":
+    #: [[member, window or None], ...]}; None where there was no start decision
+    start_setting: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -127,8 +127,8 @@ def run_interleaved(
                     tokens, levels = m.generate(prompt, max_new_tokens, seed + rep)
                     _sync(dev)
                     dt = time.perf_counter() - t0
-                    speed = m.start_speed() if m.start_speed is not None else None
-                    group.append(RunRecord(m.spec.name, pid, rep, len(tokens), dt, levels, tokens, speed))
+                    speed, setting = m.start_state() if m.start_state is not None else (None, None)
+                    group.append(RunRecord(m.spec.name, pid, rep, len(tokens), dt, levels, tokens, speed, setting))
                 records += group
                 for key, dt in timed_prefill.items():
                     prefill_runs.setdefault(key, []).append(dt)

@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -186,20 +187,31 @@ def probe_routes(model: torch.nn.Module, rounds: int = PROBE_ROUNDS, memory_byte
     by_shape: dict[str, list[torch.Tensor]] = {}
     for lin in routable_linears(model):
         by_shape.setdefault(shape_key(lin.weight), []).append(lin.weight)
-    routes, measured, saved = {}, {}, {}
+    routes, measured, without_copy, saved = {}, {}, {}, {}
     for shape, weights in by_shape.items():
         cycled = max(1, min(PROBE_WEIGHTS, PROBE_BYTES // (weights[0].numel() * weights[0].element_size())))
         seconds = _time_layouts(weights[:cycled], rounds)
         routes[shape] = choose_routes(seconds)
         measured[shape] = {lay: [round(seconds[(lay, r)] * 1e3, 4) for r in PROBE_ROWS] for lay in LAYOUTS}
-        transposed = [r for r, route in routes[shape].items() if route.layout == TRANSPOSED]
-        saved[shape] = sum(seconds[(LINEAR, r)] - seconds[(TRANSPOSED, routes[shape][r].rows)] for r in transposed)
+        # without a copy: the best of F.linear and its padded widths; the copy is worth what it saves over that
+        without_copy[shape] = choose_routes({k: t for k, t in seconds.items() if k[0] == LINEAR})
+        saved[shape] = sum(
+            _route_time(seconds, without_copy[shape], r) - _route_time(seconds, routes[shape], r)
+            for r, route in routes[shape].items()
+            if route.layout == TRANSPOSED
+        )
     copies = {s: sum(w.numel() * w.element_size() for w in ws) for s, ws in by_shape.items() if saved[s] > 0}
     budget = ROUTE_MEMORY_SHARE * (available_memory() if memory_bytes is None else memory_bytes)
     over = _over_budget(copies, {s: saved[s] * len(by_shape[s]) for s in copies}, budget)
     for shape in over:
-        routes[shape] = {r: route for r, route in routes[shape].items() if route.layout != TRANSPOSED}
+        routes[shape] = without_copy[shape]
     return MatmulRoutes(routes, measured, tuple(over))
+
+
+def _route_time(seconds: Mapping[tuple[str, int], float], routes: Mapping[int, Route], rows: int) -> float:
+    """The probe's time for a pass of ``rows`` rows as ``routes`` runs it."""
+    route = routes.get(rows, Route(LINEAR, rows))
+    return seconds[(route.layout, route.rows)]
 
 
 def _over_budget(copies: Mapping[str, int], saved_s: Mapping[str, float], budget: float) -> list[str]:
@@ -215,16 +227,30 @@ def _over_budget(copies: Mapping[str, int], saved_s: Mapping[str, float], budget
 
 
 def available_memory() -> int:
-    """Bytes of memory available to new allocations now (Linux ``MemAvailable``; elsewhere the
-    physical memory, which the budget then takes a share of)."""
+    """Bytes of memory available to new allocations now: Linux's ``MemAvailable``, capped by the
+    process's cgroup (v2) limit less its use inside a container; elsewhere the physical memory (and
+    where even that is unknown, no limit)."""
+    available = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if available is None:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return 2**62
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            available = min(available, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return available
 
 
 class RouteSwitch:
