@@ -75,10 +75,9 @@ def request_predictions(
                 # the setting the run's start picked (on the profile's costs), priced at today's speed
                 members = (0,) if alone_now else first.decision.members
                 gammas = () if alone_now else first.decision.gammas
-                windows = {m: first.windows.get(m) for m in members[1:]}
-                now = at_speed.request(members, gammas, dict(policy.priors), len(ids), horizon, windows, True)
-                row["calibrated_predicted_s"] = now.request_s
-                calibrated[method].append(_error(now.request_s, measured))
+                now = _priced(at_speed, policy, members, gammas, first.windows, len(ids), horizon)
+                row["calibrated_predicted_s"] = now
+                calibrated[method].append(_error(now, measured))
             chain_speed = None if alone_now else _retimed_prediction(policy, len(ids), horizon, mine)
             if chain_speed is not None:
                 row["retimed_predicted_s"] = chain_speed
@@ -111,12 +110,25 @@ def _retimed_prediction(policy: Any, prompt_tokens: int, horizon: int, mine: lis
             continue
         model = policy.requests.at_speed(r.start_speed) if r.start_speed else policy.requests
         s = r.start_setting
-        members, gammas = tuple(s["members"]), tuple(s["gammas"])
-        windows = {int(m): w for m, w in s["windows"] if m in members[1:]}
-        windows |= {m: None for m in members[1:] if m not in windows}
-        priced = model.request(members, gammas, dict(policy.priors), prompt_tokens, horizon, windows, True)
-        predicted.append(priced.request_s)
+        windows = {int(m): w for m, w in s["windows"]}
+        predicted.append(_priced(model, policy, s["members"], s["gammas"], windows, prompt_tokens, horizon))
     return statistics.median(predicted) if predicted else None
+
+
+def _priced(
+    model: Any,
+    policy: Any,
+    members: Sequence[int],
+    gammas: Sequence[int],
+    windows: Mapping[int, int | None],
+    prompt_tokens: int,
+    horizon: int,
+) -> float:
+    """Seconds of a request of exactly ``horizon`` new tokens in one setting (its drafters on the
+    start's ``windows``, None: all of the prompt), on ``model``'s costs at the policy's priors."""
+    members = tuple(members)
+    chosen = {m: windows.get(m) for m in members[1:]}
+    return model.request(members, tuple(gammas), dict(policy.priors), prompt_tokens, horizon, chosen, True).request_s
 
 
 def _prefill_and_decode(

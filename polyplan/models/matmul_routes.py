@@ -57,7 +57,7 @@ ROUTE_GAIN = 0.85
 ROUTE_MIN_SAVING_S = 50e-6
 #: a model's transposed copies may take at most this share of the memory available when it is probed
 #: (SmolLM2-135M float32: 0.4 GB beside its 0.54 GB; a 1.5B float32 model's MLP could ask for 4 GB);
-#: beyond it the shapes that save least per byte keep ``F.linear``
+#: beyond it the shapes whose copy saves least per byte keep their best way without one
 ROUTE_MEMORY_SHARE = 0.25
 
 
@@ -200,7 +200,11 @@ def probe_routes(model: torch.nn.Module, rounds: int = PROBE_ROUNDS, memory_byte
             for r, route in routes[shape].items()
             if route.layout == TRANSPOSED
         )
-    copies = {s: sum(w.numel() * w.element_size() for w in ws) for s, ws in by_shape.items() if saved[s] > 0}
+    copies = {
+        s: sum(w.numel() * w.element_size() for w in ws)
+        for s, ws in by_shape.items()
+        if any(r.layout == TRANSPOSED for r in routes[s].values())
+    }
     budget = ROUTE_MEMORY_SHARE * (available_memory() if memory_bytes is None else memory_bytes)
     over = _over_budget(copies, {s: saved[s] * len(by_shape[s]) for s in copies}, budget)
     for shape in over:
