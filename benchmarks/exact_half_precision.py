@@ -4,7 +4,8 @@
         --chain smollm2-135m:bf16,smollm2-135m:q4 --gammas 8 --max-new-tokens 64
 
 For each prompt (taken in turn from several prompt files: code, QA, math, translation, long
-documents) and for the target's exact regime off and on (``ModelDrafter.exact``), greedy:
+documents) and for the target's exact regime off and on (the regime ``probe_exact`` finds on this
+machine, as ``polyplan profile`` does; the two-row regime where none holds), greedy:
 ``Chain([target])``, ``Chain([target, drafter...])`` and transformers' ``generate`` on the same
 weights. Prints how many outputs agree and the median time of each run, interleaved
 (off/on per prompt), so the cost of the exact regime is measured side by side."""
@@ -21,6 +22,7 @@ import torch
 
 from polyplan import Chain
 from polyplan.data.prompt_file import prompt_set
+from polyplan.models.exactness import TWO_ROWS, probe_exact
 from polyplan.weights import load_pool
 
 FILES = [
@@ -57,6 +59,9 @@ def main() -> None:
     members = pool.drafters(args.chain.split(","))
     target = members[0]
     gammas = [int(g) for g in args.gammas.split(",")]
+    probe = probe_exact(target)
+    print(f"exact regime probed: {probe.summary()}", flush=True)
+    regime = probe.regime or TWO_ROWS
     alone, chain = Chain([target], [], tokenizer=tok), Chain(members, gammas, tokenizer=tok)
     texts = varied_prompts(args.prompts)
     rows = []
@@ -68,7 +73,7 @@ def main() -> None:
             )[0, len(ids) :].tolist()
         row = {"prompt": i, "prompt_tokens": len(ids)}
         for exact in (False, True):
-            target.exact = exact
+            target.exact_regime = regime if exact else None
             key = "exact" if exact else "default"
             t0 = time.perf_counter()
             a = alone.generate(ids, max_new_tokens=args.max_new_tokens, eos_token_id=[]).tokens
@@ -95,6 +100,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "chain": args.chain,
         "gammas": gammas,
+        "exact_probe": probe.to_dict(),
         "prompts": len(rows),
         "max_new_tokens": args.max_new_tokens,
         "summary": summary,

@@ -135,6 +135,7 @@ def test_probe_takes_the_first_regime_that_holds_and_says_why_none_does():
     probe = probe_exact(d)
     assert not probe.holds and d.exact_regime is None
     assert ">= 2 rows" in probe.reason and "every pass 16 rows" in probe.reason and "apart" in probe.reason
+    assert "float32 attention, every pass 16 rows" in probe.reason
     assert "NOT token-identical" in probe.summary()
     assert ExactProbe.from_dict(probe.to_dict()) == probe
 

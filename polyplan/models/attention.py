@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
+from transformers.models.llama.modeling_llama import repeat_kv
 
 #: the name models use for it (``config._attn_implementation``); masks built as for SDPA
 GQA_ON_CPU = "polyplan_sdpa_gqa"
@@ -60,6 +61,41 @@ def _sdpa_grouped(
 
 AttentionInterface.register(GQA_ON_CPU, _sdpa_grouped)
 ALL_MASK_ATTENTION_FUNCTIONS.register(GQA_ON_CPU, sdpa_mask)
+
+
+#: eager attention computed in float32 (a half-precision model's exact regime where its own dtype's
+#: attention kernels round a row differently with the number of keys; masks built as for eager)
+EAGER_FLOAT32 = "polyplan_eager_float32"
+
+
+def _eager_float32(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' eager attention with the scores, softmax and weighted sum in float32.
+
+    On an Intel Xeon with AMX, oneDNN's bf16 batched matmuls gave a row other roundings when the
+    number of keys changed (2026-12-07, benchmarks/exact_half_precision.py); in float32 every row is
+    the same dot products in the same order, so a token's output no longer depends on its pass."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    keys = repeat_kv(key, groups).float()
+    values = repeat_kv(value, groups).float()
+    scores = torch.matmul(query.float(), keys.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = torch.nn.functional.softmax(scores, dim=-1)
+    out = torch.matmul(weights, values).to(query.dtype)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(EAGER_FLOAT32, _eager_float32)
+ALL_MASK_ATTENTION_FUNCTIONS.register(EAGER_FLOAT32, eager_mask)
 
 
 def group_heads_on_cpu(model: torch.nn.Module) -> bool:

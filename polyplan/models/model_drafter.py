@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from polyplan.errors import UserError
-from polyplan.models.attention import group_heads_on_cpu
+from polyplan.models.attention import CHECKED_MODEL_TYPES, EAGER_FLOAT32, group_heads_on_cpu
 from polyplan.models.drafter import Drafter
 from polyplan.models.exactness import TWO_ROWS, ExactRegime
 from polyplan.models.kv_cache import (
@@ -29,8 +29,9 @@ class ContextTooLong(UserError):
 
 #: dtypes whose passes round differently with the pass's shape under torch's CPU kernels
 HALF_PRECISION = (torch.bfloat16, torch.float16)
-#: the attention kernel whose rows do not depend on the pass's shape (measured: docs/staged-decoding.md)
-INVARIANT_ATTENTION = "eager"
+#: the attention kernels whose rows do not depend on the pass's shape, by ExactRegime.attention
+#: (measured: docs/staged-decoding.md); float32 only for model types whose code was read for the name
+INVARIANT_ATTENTION = {"eager": "eager", "float32": EAGER_FLOAT32}
 
 
 class ModelDrafter(Drafter):
@@ -138,11 +139,19 @@ class ModelDrafter(Drafter):
             yield
             return
         config = self.model.config
-        config._attn_implementation = INVARIANT_ATTENTION
+        config._attn_implementation = self._invariant_attention()
         try:
             yield
         finally:
             config._attn_implementation = self._fast_attention
+
+    def _invariant_attention(self) -> str:
+        """The attention implementation of the exact regime in force (eager for an unchecked model type:
+        some model files test the name literally)."""
+        wanted = self.exact_regime.attention if self.exact_regime is not None else "eager"
+        if wanted != "eager" and self.model.config.model_type not in CHECKED_MODEL_TYPES:
+            return "eager"
+        return INVARIANT_ATTENTION.get(wanted, "eager")
 
     def reset(self) -> None:
         self._cache = new_rollbackable_cache(self.model, self.name)
