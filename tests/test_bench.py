@@ -749,3 +749,34 @@ def test_the_plans_rows_run_its_draft_stops(tiny_plan):
         stops[r["method"]] = stops.get(r["method"], 0) + sum(lv.get("draft_stops", 0) for lv in r["levels"] or [])
     assert stops["polyplan-plan"] > 0 and stops.get("polyplan-two-level", 0) == 0
     assert all(m["measured"]["matches_autoregressive"] == 1.0 for m in out["methods"] if m["name"] != "autoregressive")
+
+
+def test_an_exact_targets_alone_time_is_predicted_on_its_lossless_reference_row():
+    """A half-precision target's profiled T(1) is its exact regime's padded pass (on an AMX Xeon
+    1.24x the one-token ``generate``): the prediction of the target alone belongs to the reference
+    row, and predicted speedups are held against speedups measured over that row."""
+    import torch
+
+    from polyplan.bench.predictions import alone_as_verified
+    from polyplan.bench.results import AUTOREGRESSIVE, REFERENCE, _speedup_errors
+
+    assert alone_as_verified(ModelDrafter(tiny_llama(16, num_layers=1, dtype=torch.bfloat16), "half"))
+    assert not alone_as_verified(ModelDrafter(tiny_llama(16, num_layers=1), "float"))
+
+    class Padded:  # a llama.cpp target with min_pass: T(1) is timed in its one-token kernels
+        exact_as_target = pads_passes = True
+
+    assert not alone_as_verified(Padded())
+
+    def row(name: str, speedup: float, predicted: float | None) -> dict:
+        return {"name": name, "measured": {"speedup": speedup}, "predicted": {"iid": predicted} if predicted else {}}
+
+    # generate 1.0x; the exact target alone 0.8x of it, predicted 46 ms; the plan 1.6x, predicted 20 ms
+    rows = [row(AUTOREGRESSIVE, 1.0, None), row(REFERENCE, 0.8, 0.046), row("polyplan-plan", 1.6, 0.020)]
+    _speedup_errors(rows)
+    assert rows[2]["error_speedup"]["iid"] == pytest.approx(abs(2.3 - 2.0) / 2.0)  # 2.0x over the reference
+    assert rows[1]["error_speedup"]["iid"] == pytest.approx(0.0)
+    # without a predicted reference the baseline stays transformers' generate
+    rows = [row(AUTOREGRESSIVE, 1.0, 0.040), row("polyplan-plan", 1.6, 0.020)]
+    _speedup_errors(rows)
+    assert rows[1]["error_speedup"]["iid"] == pytest.approx(abs(2.0 - 1.6) / 1.6)

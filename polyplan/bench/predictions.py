@@ -27,6 +27,7 @@ def request_predictions(
     max_new_tokens: int,
     speed: Mapping[str, Any] | None = None,
     alone: Sequence[str] = (),
+    generate_unpriced: bool = False,
 ) -> dict[str, Any] | None:
     """The adaptive plan's predicted request time (proofs/prefill.md, the setting its start picks)
     beside the measured one, per prompt, given the horizon each run actually had (the answer's
@@ -38,11 +39,13 @@ def request_predictions(
     one the model prices). Where the adaptive plan's runs carry the speed factors their start
     re-timed the request model by (the chain's own passes in earlier requests: ``RunRecord.
     start_speed``), each is also priced on that model, for the setting its start chose
-    (``retimed_*``): no calibration pass, only what the chain measured before each request."""
+    (``retimed_*``): no calibration pass, only what the chain measured before each request.
+    ``generate_unpriced``: the profile's target alone is not ``generate``'s decoding (an exact
+    target's padded passes, :func:`alone_as_verified`), so that row is not priced."""
     if policy is None or getattr(policy, "requests", None) is None or not policy.requests.knows_prefill:
         return None
     at_speed = policy.requests.at_speed({n: f.as_dict() for n, f in speed.items()}) if speed else None
-    priced = ["polyplan-plan", AUTOREGRESSIVE, *alone]
+    priced = ["polyplan-plan", *([] if generate_unpriced else [AUTOREGRESSIVE]), *alone]
     calibrated: dict[str, list[float]] = {m: [] for m in priced}
     retimed: dict[str, list[float]] = {m: [] for m in priced}
     rows: list[dict[str, Any]] = []
@@ -190,6 +193,13 @@ def _measured_prefill_s(record: RunRecord) -> float | None:
     return float(sum(lv["prefill_time_s"] for lv in record.levels))
 
 
+def alone_as_verified(target: Any) -> bool:
+    """True when the profile timed ``target``'s one-token pass as it verifies: a half-precision
+    target in its exact regime (``as_target``; on an AMX Xeon every pass 16 rows, 1.24x the
+    one-token ``generate``), not a llama.cpp target, whose T(1) is its one-token kernels."""
+    return bool(getattr(target, "exact_as_target", False)) and not getattr(target, "pads_passes", False)
+
+
 def attach_predictions(
     methods: Sequence[BenchMethod],
     plan: Plan,
@@ -197,10 +207,13 @@ def attach_predictions(
     profile_path: Path | None,
     context: float,
     max_new_tokens: int | None = None,
+    alone_as_verified: bool = False,
 ) -> dict[str, Any]:
     """Both predictors' time per token for every polyplan method, re-predicted at the bench's
     actual mean context and generation length when the profile is at hand (else the plan's
-    stored predictions)."""
+    stored predictions). ``alone_as_verified``: the profile timed the target's one-token pass in
+    its verification numerics (:func:`alone_as_verified`), so the target alone is predicted on
+    the lossless reference row, not on transformers' ``generate``."""
     note: dict[str, Any] = {"context": context, "max_new_tokens": max_new_tokens, "source": "plan"}
     predictors = {}
     if profile is not None:
@@ -223,8 +236,11 @@ def attach_predictions(
         s = m.spec
         if s.engine == "transformers" and s.name != AUTOREGRESSIVE and None in s.gammas:
             continue  # adaptive schedule: no fixed-gamma prediction
-        if s.name == REFERENCE:
-            continue  # the profile's T_target(1) is the one-token decoding, not this run's passes
+        if s.name == (AUTOREGRESSIVE if alone_as_verified else REFERENCE):
+            # the profile timed T_target(1) in one of the two ways the target decodes alone: an
+            # exact half-precision target as it verifies (the lossless reference row), a padded
+            # llama.cpp target in its one-token kernels (the autoregressive row)
+            continue
         if s.speed_reference:
             continue  # not a chain of the plan's pool: llama.cpp's own loop, outside the theory
         chain, gammas = tuple(s.chain), tuple(g for g in s.gammas if g is not None)

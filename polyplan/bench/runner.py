@@ -38,7 +38,7 @@ import torch
 from polyplan.assemble import assemble_plan
 from polyplan.bench.llamacpp_alone import llamacpp_alone_method
 from polyplan.bench.methods import BenchMethod, also_methods, plan_methods
-from polyplan.bench.predictions import attach_predictions, request_predictions
+from polyplan.bench.predictions import alone_as_verified, attach_predictions, request_predictions
 from polyplan.bench.results import (
     AUTOREGRESSIVE,
     LLAMACPP_ALONE,
@@ -270,7 +270,7 @@ def run_bench(
     if llamacpp_alone:
         longest = max(len(ids) for _, ids in encoded_prompts) + max_new_tokens
         _add_llamacpp_alone(methods, skipped, pool, plan, temperature=temperature, eos=eos, longest=longest, log=log)
-    prediction_note = _predict(methods, plan, plan_path, encoded_prompts, max_new_tokens, log)
+    prediction_note = _predict(methods, plan, plan_path, encoded_prompts, max_new_tokens, log, target)
     log(f"{len(methods)} methods x {len(encoded_prompts)} prompts x {repeats} repeats")
     calibrate, calibrations = _calibrator(policy, loaded, plan, seed)
     run = partial(run_interleaved, drafters=loaded, repeats=repeats, max_new_tokens=max_new_tokens, seed=seed, log=log)
@@ -292,7 +292,13 @@ def run_bench(
         "by_category": by_category(specs, decoded, {p.id: p.category for p in selected}),
         "by_prompt_length": by_prompt_length(specs, records, decoded, {pid: len(ids) for pid, ids in encoded_prompts}),
         "requests": request_predictions(
-            records, policy, encoded_prompts, max_new_tokens, speed, alone=_target_alone_rows(specs, plan.target)
+            records,
+            policy,
+            encoded_prompts,
+            max_new_tokens,
+            speed,
+            alone=_target_alone_rows(specs, plan.target),
+            generate_unpriced=alone_as_verified(target),
         ),
         "regret": regret(end_to_end, chosen) if grid else None,
         "skipped": skipped,
@@ -351,12 +357,14 @@ def _predict(
     encoded_prompts: list[tuple[str, list[int]]],
     max_new_tokens: int,
     log: Log,
+    target: Drafter,
 ) -> str | None:
     """What the plan's profile predicts for each method, read at the prompts' mean context halfway
     through a generation; the note on how (attach_predictions)."""
     profile, profile_path = _plan_profile(plan, plan_path, log)
     context = statistics.mean(len(p) for _, p in encoded_prompts) + max_new_tokens / 2
-    return attach_predictions(methods, plan, profile, profile_path, context, max_new_tokens)
+    verified = alone_as_verified(target)
+    return attach_predictions(methods, plan, profile, profile_path, context, max_new_tokens, verified)
 
 
 def _settings_record(

@@ -45,7 +45,8 @@ class ModelDrafter(Drafter):
     batch-invariant regime (``exact_regime``, polyplan.models.exactness), so that a token's logits
     do not depend on how many tokens share its pass: eager attention and at least two rows in
     every matmul (a one-token pass gets one padding token after it, dropped from the cache), or
-    every pass at one fixed width where the CPU's kernels need it. On CPU, torch's SDPA kernel
+    every pass at one fixed width with attention in float32 where the CPU's kernels need it (AMX's
+    bf16 kernels do). On CPU, torch's SDPA kernel
     and its one-row matmuls round a half-precision row differently with the pass's shape, which
     flips near-ties between a chain and the target decoding alone. The prefill keeps the fast
     kernel: it is the same pass in both. None (the default) turns it on for half precision on
