@@ -751,6 +751,23 @@ def test_the_plans_rows_run_its_draft_stops(tiny_plan):
     assert all(m["measured"]["matches_autoregressive"] == 1.0 for m in out["methods"] if m["name"] != "autoregressive")
 
 
+def test_a_bench_of_an_exact_target_predicts_the_target_alone_on_the_reference_row(tiny_plan):
+    from polyplan.bench.results import AUTOREGRESSIVE, REFERENCE
+
+    plan, path = tiny_plan
+    pool = TinyPool()
+    target = pool.made["target"]
+    pool.made["target"] = ModelDrafter(target.model, "target", exact=True)  # exact: T(1) is its padded pass
+    res = _static_bench(plan, path, pool=pool)
+    rows = {m["name"]: m for m in res["methods"]}
+    assert rows[REFERENCE]["predicted"] and not rows[AUTOREGRESSIVE]["predicted"]
+    assert rows["polyplan-plan"]["error_speedup"] and rows[REFERENCE]["error_speedup"]
+    # as a plain float32 target: generate's row carries it, and no reference row is run
+    res = _static_bench(plan, path)
+    rows = {m["name"]: m for m in res["methods"]}
+    assert rows[AUTOREGRESSIVE]["predicted"] and REFERENCE not in rows
+
+
 def test_an_exact_targets_alone_time_is_predicted_on_its_lossless_reference_row():
     """A half-precision target's profiled T(1) is its exact regime's padded pass (on an AMX Xeon
     1.24x the one-token ``generate``): the prediction of the target alone belongs to the reference

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from polyplan import Chain
+from polyplan.models.attention import EAGER_FLOAT32
 from polyplan.models.exactness import FIXED_WIDTH, TWO_ROWS, ExactProbe, ExactRegime, probe_exact
 from polyplan.models.model_drafter import ModelDrafter
 from polyplan.weights import load_pool
@@ -138,6 +139,36 @@ def test_probe_takes_the_first_regime_that_holds_and_says_why_none_does():
     assert "float32 attention, every pass 16 rows" in probe.reason
     assert "NOT token-identical" in probe.summary()
     assert ExactProbe.from_dict(probe.to_dict()) == probe
+
+
+def test_fixed_width_regime_attends_in_float32_after_the_prefill():
+    """The prefill keeps the fast kernel; every later pass of the fixed-width regime runs the float32
+    attention, whose logits stay close to eager bf16 attention's (the same function, other rounding)."""
+    model = tiny_llama(vocab_size=16, num_layers=2, seed=9, dtype=torch.bfloat16)
+    seen: list[str] = []
+    model.register_forward_pre_hook(lambda m, a, k: seen.append(m.config._attn_implementation), with_kwargs=True)
+    ids = torch.arange(24) % 16
+    out = {}
+    for regime in (ExactRegime(16, True, "eager"), FIXED_WIDTH):
+        d = ModelDrafter(model, "b")
+        d.exact_regime = regime
+        with d.as_target():
+            d.score(ids[:10], last=1)
+            out[regime.attention] = d.score(ids[10:20])
+    fast = seen[0]
+    assert seen == [fast, "eager", fast, EAGER_FLOAT32] and fast not in ("eager", EAGER_FLOAT32)
+    assert model.config._attn_implementation == fast  # restored after each pass
+    diff = float((out["float32"] - out["eager"]).abs().max())
+    assert diff < 0.1 * float(out["eager"].abs().max()) + 0.1, diff  # a wrong mask gives whole logits apart
+
+
+def test_a_model_type_not_read_for_the_float32_attention_name_is_not_probed_in_it():
+    model = tiny_llama(vocab_size=16, num_layers=1, seed=3, dtype=torch.bfloat16)
+    model.config.model_type = "gemma"  # model files of other types may test the attention name literally
+    d = ModelDrafter(model, "b")
+    assert d.runs_regime(TWO_ROWS) and not d.runs_regime(FIXED_WIDTH)
+    probe = probe_exact(d, candidates=(FIXED_WIDTH,))
+    assert not probe.holds and "not run" in probe.reason and d.exact_regime is None
 
 
 def test_fixed_width_regime_pads_every_pass_and_splits_longer_ones():

@@ -207,11 +207,11 @@ def attach_predictions(
     profile_path: Path | None,
     context: float,
     max_new_tokens: int | None = None,
-    alone_as_verified: bool = False,
+    verified_alone: bool = False,
 ) -> dict[str, Any]:
     """Both predictors' time per token for every polyplan method, re-predicted at the bench's
     actual mean context and generation length when the profile is at hand (else the plan's
-    stored predictions). ``alone_as_verified``: the profile timed the target's one-token pass in
+    stored predictions). ``verified_alone``: the profile timed the target's one-token pass in
     its verification numerics (:func:`alone_as_verified`), so the target alone is predicted on
     the lossless reference row, not on transformers' ``generate``."""
     note: dict[str, Any] = {"context": context, "max_new_tokens": max_new_tokens, "source": "plan"}
@@ -236,7 +236,7 @@ def attach_predictions(
         s = m.spec
         if s.engine == "transformers" and s.name != AUTOREGRESSIVE and None in s.gammas:
             continue  # adaptive schedule: no fixed-gamma prediction
-        if s.name == (AUTOREGRESSIVE if alone_as_verified else REFERENCE):
+        if s.name == (AUTOREGRESSIVE if verified_alone else REFERENCE):
             # the profile timed T_target(1) in one of the two ways the target decodes alone: an
             # exact half-precision target as it verifies (the lossless reference row), a padded
             # llama.cpp target in its one-token kernels (the autoregressive row)

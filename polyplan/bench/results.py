@@ -344,7 +344,7 @@ def _speedup_errors(methods: list[dict[str, Any]]) -> None:
     the profile was measured (10-50% over minutes on this project's shared CPU). The alone time
     is the row the profile's T_target(1) priced: the lossless reference where it carries a
     prediction (an exact half-precision target), else autoregressive; measured speedups are taken
-    over that same row."""
+    over that same row (a ratio of the two rows' medians over autoregressive, not paired)."""
     base = next((m for m in methods if m["name"] == REFERENCE and m["predicted"]), None)
     base = base or next((m for m in methods if m["name"] == AUTOREGRESSIVE), None)
     base_speedup = base["measured"].get("speedup") if base is not None else None

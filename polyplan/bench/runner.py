@@ -270,7 +270,8 @@ def run_bench(
     if llamacpp_alone:
         longest = max(len(ids) for _, ids in encoded_prompts) + max_new_tokens
         _add_llamacpp_alone(methods, skipped, pool, plan, temperature=temperature, eos=eos, longest=longest, log=log)
-    prediction_note = _predict(methods, plan, plan_path, encoded_prompts, max_new_tokens, log, target)
+    verified = alone_as_verified(target)  # the profile's T_target(1) prices the lossless reference
+    prediction_note = _predict(methods, plan, plan_path, encoded_prompts, max_new_tokens, log, verified)
     log(f"{len(methods)} methods x {len(encoded_prompts)} prompts x {repeats} repeats")
     calibrate, calibrations = _calibrator(policy, loaded, plan, seed)
     run = partial(run_interleaved, drafters=loaded, repeats=repeats, max_new_tokens=max_new_tokens, seed=seed, log=log)
@@ -292,13 +293,7 @@ def run_bench(
         "by_category": by_category(specs, decoded, {p.id: p.category for p in selected}),
         "by_prompt_length": by_prompt_length(specs, records, decoded, {pid: len(ids) for pid, ids in encoded_prompts}),
         "requests": request_predictions(
-            records,
-            policy,
-            encoded_prompts,
-            max_new_tokens,
-            speed,
-            alone=_target_alone_rows(specs, plan.target),
-            generate_unpriced=alone_as_verified(target),
+            records, policy, encoded_prompts, max_new_tokens, speed, _target_alone_rows(specs, plan.target), verified
         ),
         "regret": regret(end_to_end, chosen) if grid else None,
         "skipped": skipped,
@@ -357,14 +352,13 @@ def _predict(
     encoded_prompts: list[tuple[str, list[int]]],
     max_new_tokens: int,
     log: Log,
-    target: Drafter,
+    verified_alone: bool,
 ) -> str | None:
     """What the plan's profile predicts for each method, read at the prompts' mean context halfway
     through a generation; the note on how (attach_predictions)."""
     profile, profile_path = _plan_profile(plan, plan_path, log)
     context = statistics.mean(len(p) for _, p in encoded_prompts) + max_new_tokens / 2
-    verified = alone_as_verified(target)
-    return attach_predictions(methods, plan, profile, profile_path, context, max_new_tokens, verified)
+    return attach_predictions(methods, plan, profile, profile_path, context, max_new_tokens, verified_alone)
 
 
 def _settings_record(

@@ -74,15 +74,19 @@ def _eager_float32(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    scaling: float,
+    scaling: float | None = None,
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """transformers' eager attention with the scores, softmax and weighted sum in float32.
+    """transformers' eager attention with the scores, softmax and weighted sum in float32, for
+    inference (no dropout; no attention weights returned).
 
     On an Intel Xeon with AMX, oneDNN's bf16 batched matmuls gave a row other roundings when the
-    number of keys changed (2026-12-07, benchmarks/exact_half_precision.py); in float32 every row is
-    the same dot products in the same order, so a token's output no longer depends on its pass."""
+    number of keys changed between passes (2026-12-07). Masked keys add exact zeros, and in float32,
+    cast back to the model's dtype, the rows came out bitwise the same across splits: measured by
+    the probe (polyplan.models.exactness), not guaranteed, so every machine probes it."""
+    if scaling is None:
+        scaling = float(getattr(module, "scaling", query.shape[-1] ** -0.5))
     groups = getattr(module, "num_key_value_groups", 1)
     keys = repeat_kv(key, groups).float()
     values = repeat_kv(value, groups).float()

@@ -150,7 +150,11 @@ def probe_exact(
     if ids is None:
         ids = probe_ids(getattr(drafter, "tokenizer", None), drafter.vocab_size)
     failures = []
+    runs = getattr(drafter, "runs_regime", None)
     for regime in candidates:
+        if runs is not None and not runs(regime):
+            failures.append(f"{regime.describe()}: not run (this model type's code was not read for its attention)")
+            continue
         mismatch = first_mismatch(drafter, ids, regime)
         if mismatch is None:
             drafter.exact_regime = regime

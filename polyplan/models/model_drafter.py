@@ -128,7 +128,8 @@ class ModelDrafter(Drafter):
     @contextmanager
     def _pass_regime(self) -> Iterator[None]:
         """The kernels of the next pass: the fast ones (the model's matmul routes switched on) unless
-        in the exact regime; there eager attention after the prefill, and no routes."""
+        in the exact regime; there, after the prefill, the regime's attention (eager, in the model's
+        dtype or in float32) and no routes."""
         if not self._exact_now:
             if self._routes is None:
                 yield
@@ -146,13 +147,18 @@ class ModelDrafter(Drafter):
         finally:
             config._attn_implementation = self._fast_attention
 
+    def runs_regime(self, regime: ExactRegime) -> bool:
+        """False for a regime whose attention this model cannot take: float32 attention goes by
+        another implementation name, which some model files would misread (only the types in
+        ``CHECKED_MODEL_TYPES`` were read for it); the probe then passes over that regime."""
+        return regime.attention == "eager" or self.model.config.model_type in CHECKED_MODEL_TYPES
+
     def _invariant_attention(self) -> str:
-        """The attention implementation of the exact regime in force (eager for an unchecked model type:
-        some model files test the name literally)."""
-        wanted = self.exact_regime.attention if self.exact_regime is not None else "eager"
-        if wanted != "eager" and self.model.config.model_type not in CHECKED_MODEL_TYPES:
+        """The attention implementation of the exact regime in force."""
+        regime = self.exact_regime
+        if regime is None or not self.runs_regime(regime):
             return "eager"
-        return INVARIANT_ATTENTION.get(wanted, "eager")
+        return INVARIANT_ATTENTION.get(regime.attention, "eager")
 
     def reset(self) -> None:
         self._cache = new_rollbackable_cache(self.model, self.name)
@@ -211,7 +217,9 @@ class ModelDrafter(Drafter):
 
     def score_tree(self, prefix_ids: torch.Tensor, tree_ids: torch.Tensor, parents: Sequence[int]) -> torch.Tensor:
         """As :meth:`Drafter.score_tree`: a 4D attention mask (additive, in the model's dtype, so
-        eager and SDPA attention read it alike) and explicit position ids. A prefix longer than
+        eager and SDPA attention read it alike) and explicit position ids. A tree pass is not padded
+        or split to an exact regime's width (bit identity is not promised for trees; the spec's
+        "Exact half precision"). A prefix longer than
         one token (a prefill, a member catching up) goes through the causal kernel first: the
         masked pass then covers the last prefix token and the tree only, and its mask stays small."""
         if int(prefix_ids.shape[0]) > 1:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from polyplan.bench.results import AUTOREGRESSIVE, REFERENCE
 from polyplan.errors import UserError
 from polyplan.plots.canvas import new_figure
 
@@ -98,21 +99,26 @@ def predicted_vs_measured(results: dict[str, Any]) -> Figure:
 
 def speedups(results: dict[str, Any]) -> Figure:
     """Measured speedup over autoregressive decoding per method, with the predicted (iid) speedup
-    where the results carry the autoregressive prediction too."""
+    where the results carry the prediction of the target alone too: on the autoregressive row, or
+    on the lossless reference row of an exact target (whose profiled T(1) is that row's pass), then
+    scaled by that row's measured speedup over autoregressive (as ``results._speedup_errors``)."""
     methods = [m for m in results.get("methods", []) if m.get("measured", {}).get("speedup")]
     if not methods:
         raise UserError("bench results have no measured speedups")
-    autoregressive = next((m for m in results["methods"] if m["name"] == "autoregressive"), None)
-    predicted_ar = (autoregressive or {}).get("predicted", {}).get("iid")
+    rows = results["methods"]
+    base = next((m for m in rows if m["name"] == REFERENCE and m.get("predicted")), None)
+    base = base or next((m for m in rows if m["name"] == AUTOREGRESSIVE), None) or {}
+    predicted_base = base.get("predicted", {}).get("iid")
+    base_speedup = base.get("measured", {}).get("speedup") or 1.0
     fig, (ax,) = new_figure(7.0, 0.45 * len(methods) + 1.8)
     y = np.arange(len(methods))
     measured = [m["measured"]["speedup"] for m in methods]
     ax.barh(y, measured, color="C0", alpha=0.8, label="measured (median of paired ratios)")
-    if predicted_ar:
+    if predicted_base:
         for yy, m in zip(y, methods, strict=True):
             p = m.get("predicted", {}).get("iid")
             if p:
-                ax.scatter(predicted_ar / p, yy, marker="D", color="C3", zorder=3)
+                ax.scatter(base_speedup * predicted_base / p, yy, marker="D", color="C3", zorder=3)
         ax.scatter([], [], marker="D", color="C3", label="predicted (iid)")
     for yy, s in zip(y, measured, strict=True):
         ax.text(s, yy, f" {s:.2f}x", va="center", fontsize=7)
