@@ -239,13 +239,12 @@ def run_bench(
     also: list[tuple[list[str], list[int], list[int]]] | None = None,
     llamacpp_alone: bool = True,
 ) -> dict[str, Any]:
-    """Run the comparison and return the results document (not yet saved; ``complete`` is false
-    when it was interrupted). ``encoded_prompts`` (with ``prompt_categories``) replace the
-    prompt set, for tests and callers that tokenise themselves. The chosen plan runs as
-    ``polyplan run`` runs it (adaptive) beside its static version; ``static``: static only.
-    ``also``: more static chains (names, gammas, tree sizes) measured in the same interleaved run.
-    ``llamacpp_alone``: add the target's own GGUF decoded by llama.cpp alone, a speed reference that
-    is not lossless (``polyplan.bench.llamacpp_alone``), where the pool has one."""
+    """Run the comparison and return the results document (not yet saved; ``complete`` is false when it
+    was interrupted). ``encoded_prompts`` (with ``prompt_categories``) replace the prompt set, for tests
+    and callers that tokenise themselves. The chosen plan runs as ``polyplan run`` runs it (adaptive)
+    beside its static version; ``static``: static only. ``also``: more static chains (names, gammas, tree
+    sizes) measured in the same interleaved run. ``llamacpp_alone``: add the target's own GGUF decoded by
+    llama.cpp alone, a speed reference that is not lossless (``polyplan.bench.llamacpp_alone``)."""
     log = log or (lambda msg: None)
     if repeats < 1 or prompts < 1 or max_new_tokens < 1:
         raise UserError("--repeats, --prompts and --max-new-tokens must all be >= 1")
