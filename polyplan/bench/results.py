@@ -34,6 +34,7 @@ ratio chosen / best (paired ratios cancel load that drifts between repeats)."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,6 +338,14 @@ def alone_and_speculating(records: list[RunRecord], method: str) -> dict[str, An
     }
 
 
+def alone_row(methods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row that the profile's T_target(1) prices: the lossless reference where it carries a
+    prediction (an exact half-precision target, whose profiled pass is the reference's), else the
+    autoregressive row; None without either."""
+    reference = next((m for m in methods if m["name"] == REFERENCE and m.get("predicted")), None)
+    return reference or next((m for m in methods if m["name"] == AUTOREGRESSIVE), None)
+
+
 def _speedup_errors(methods: list[dict[str, Any]]) -> None:
     """``error_speedup[predictor] = |predicted speedup - measured speedup| / measured speedup``,
     the predicted speedup being predicted alone time / predicted time. Unlike the time-per-token
@@ -345,8 +354,7 @@ def _speedup_errors(methods: list[dict[str, Any]]) -> None:
     is the row the profile's T_target(1) priced: the lossless reference where it carries a
     prediction (an exact half-precision target), else autoregressive; measured speedups are taken
     over that same row (a ratio of the two rows' medians over autoregressive, not paired)."""
-    base = next((m for m in methods if m["name"] == REFERENCE and m["predicted"]), None)
-    base = base or next((m for m in methods if m["name"] == AUTOREGRESSIVE), None)
+    base = alone_row(methods)
     base_speedup = base["measured"].get("speedup") if base is not None else None
     for m in methods:
         m["error_speedup"] = {}

@@ -45,7 +45,7 @@ class ExactRegime:
 
     def describe(self) -> str:
         rows = f"every pass {self.rows} rows" if self.fixed else f">= {self.rows} rows"
-        return f"{'float32' if self.attention == 'float32' else 'eager'} attention, {rows}"
+        return f"{self.attention} attention, {rows}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "fixed": self.fixed, "attention": self.attention}

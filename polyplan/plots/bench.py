@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from polyplan.bench.results import AUTOREGRESSIVE, REFERENCE
+from polyplan.bench.results import alone_row
 from polyplan.errors import UserError
 from polyplan.plots.canvas import new_figure
 
@@ -105,9 +105,7 @@ def speedups(results: dict[str, Any]) -> Figure:
     methods = [m for m in results.get("methods", []) if m.get("measured", {}).get("speedup")]
     if not methods:
         raise UserError("bench results have no measured speedups")
-    rows = results["methods"]
-    base = next((m for m in rows if m["name"] == REFERENCE and m.get("predicted")), None)
-    base = base or next((m for m in rows if m["name"] == AUTOREGRESSIVE), None) or {}
+    base = alone_row(results["methods"]) or {}
     predicted_base = base.get("predicted", {}).get("iid")
     base_speedup = base.get("measured", {}).get("speedup") or 1.0
     fig, (ax,) = new_figure(7.0, 0.45 * len(methods) + 1.8)
