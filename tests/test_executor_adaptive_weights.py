@@ -72,7 +72,9 @@ def test_from_plan_generates_what_polyplan_run_generates(smollm2_pool):
     and the members' measured speeds act on wall time, which differs between two processes."""
     chain = polyplan.Chain.from_plan(PLAN)
     out = subprocess.run(
-        [sys.executable, "-m", "polyplan.cli", "run", str(PLAN), PROMPT, "--max-new-tokens", "24", "--json"],
+        # without the speeds earlier runs of this plan measured (tests/test_speed_memory.py)
+        [sys.executable, "-m", "polyplan.cli", "run", str(PLAN), PROMPT, "--max-new-tokens", "24", "--json"]
+        + ["--no-speed-memory"],
         capture_output=True,
         text=True,
         timeout=600,

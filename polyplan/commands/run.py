@@ -67,14 +67,15 @@ def run_command(
     as_json: bool = typer.Option(
         False, "--json", help="print one JSON object (text, tokens, stats) instead of streaming"
     ),
+    no_speed_memory: bool = typer.Option(
+        False,
+        "--no-speed-memory",
+        help="price a plan's start at the profile's costs alone: neither read nor keep the members' "
+        "speeds that earlier runs of this plan measured on this CPU (kept in the cache, faded by age)",
+    ),
 ) -> None:
     """Generate text with a chain of drafters (lossless staged speculative decoding)."""
-    args = list(args or [])
-    if args and plan is None and args[0].endswith(".json") and Path(args[0]).is_file():
-        plan = Path(args.pop(0))
-    if len(args) > 1:
-        raise UserError(f"expected at most one prompt argument, got {len(args)} (quote the prompt)")
-    prompt = _read_prompt(args[0] if args else None, prompt_file)
+    plan, prompt = _plan_and_prompt(list(args or []), plan, prompt_file)
     the_chain, planned = _build(plan, chain, gammas, pool, static=static, tree_nodes=tree_nodes, window=window)
     if no_draft_stop:
         the_chain.draft_stop = {}
@@ -82,12 +83,9 @@ def run_command(
         temperature = planned if planned is not None else 0.0
     top_k, top_p = sampling_filters(top_k, top_p)
 
-    tokenizer = the_chain.tokenizer
-    if tokenizer is None:
-        raise UserError("no tokenizer for this chain: the target must come from a pool or a model directory with one")
-    input_ids = _encode(tokenizer, prompt, chat)
-
-    streamer = None if as_json else _TextStreamer(tokenizer)
+    input_ids = _encode(the_chain.tokenizer, prompt, chat)
+    speeds = None if plan is None or no_speed_memory else _recall_speeds(plan, the_chain)
+    streamer = None if as_json else _TextStreamer(the_chain.tokenizer)
     result = the_chain.generate(
         input_ids,
         max_new_tokens=max_new_tokens,
@@ -97,13 +95,15 @@ def run_command(
         seed=seed,
         stream=streamer,
     )
+    if speeds is not None:
+        _keep_speeds(speeds, the_chain)
     if as_json:
-        print(json.dumps(result_json(the_chain, result), indent=2))
+        print(json.dumps(result_json(the_chain, result, start_speed=speeds is not None), indent=2))
     else:
         streamer.finish()
     if stats:
         print_stats(result.stats, the_chain.gammas)
-        print_setting_changes(result.stats, the_chain.names, the_chain.controller)
+        print_setting_changes(result.stats, the_chain.names, the_chain.controller, kept=speeds is not None)
 
 
 def _build(
@@ -132,9 +132,45 @@ def _build(
     return build_chain(spec, window=window), None
 
 
-def result_json(chain, result) -> dict:
-    """``--json``: the generation as one object (text, tokens, stats)."""
-    return {
+def _speed_machine() -> dict:
+    from polyplan.cpu import cpu_features, cpu_model, usable_cores
+
+    return {"cpu": cpu_model(), "cpu_features": cpu_features(), "usable_cores": usable_cores()}
+
+
+def _recall_speeds(plan_path: Path, chain) -> Path | None:
+    """Hand the adaptive controller the members' speeds earlier runs of this plan measured here
+    (documents/speeds.py): one run is one request in a fresh process, and without them every
+    run's start would price the chain at the profile's costs however the machine has drifted.
+    The cache entry to keep this run's speeds in; None for a chain without that evidence."""
+    from polyplan.documents.speeds import load_speeds, speeds_path
+
+    speed = getattr(chain.controller, "speed", None)
+    if speed is None:
+        return None
+    path = speeds_path(plan_path)
+    earlier = load_speeds(path, _speed_machine(), chain.names)
+    if earlier is not None:
+        speed.restore(chain.names, earlier)
+    return path
+
+
+def _keep_speeds(path: Path, chain) -> None:
+    """Keep this run's speed evidence (earlier runs' included, faded) for the next run; a cache
+    that cannot be written costs the next run its evidence, not this run its output."""
+    from polyplan.documents.files import DocumentError
+    from polyplan.documents.speeds import save_speeds
+
+    try:
+        save_speeds(path, _speed_machine(), chain.names, chain.controller.speed.evidence(chain.names))
+    except DocumentError as e:
+        print(f"note: member speeds not kept for the next run ({e})", file=sys.stderr)
+
+
+def result_json(chain, result, start_speed: bool = False) -> dict:
+    """``--json``: the generation as one object (text, tokens, stats); ``start_speed``: with the
+    speed factors the run's start priced the chain at (``{}``: the profile's costs)."""
+    doc = {
         "chain": chain.names,
         # the chain's gammas; per level what the rounds really used (an adaptive plan
         # changes them): gammas_used, gamma -> blocks built with it
@@ -146,10 +182,14 @@ def result_json(chain, result) -> dict:
         "finish_reason": result.finish_reason,
         "stats": result.stats.to_dict(),
     }
+    if start_speed:
+        doc["start_speed"] = dict(chain.controller.factors)
+    return doc
 
 
-def print_setting_changes(stats, names: list[str], controller) -> None:
-    """When and why an adaptive chain changed its members or gammas (stderr)."""
+def print_setting_changes(stats, names: list[str], controller, kept: bool = False) -> None:
+    """When and why an adaptive chain changed its members or gammas (stderr); ``kept``: the
+    members' speeds were kept for the next run of the plan."""
     changes = getattr(stats, "setting_changes", None) or []
     if controller is None and not changes:
         return
@@ -166,12 +206,21 @@ def print_setting_changes(stats, names: list[str], controller) -> None:
     print(f"chain settings: {len(changes)} change(s){cost}", file=sys.stderr)
     for line in lines:
         print(line, file=sys.stderr)
+    started_at = _factors_text(getattr(controller, "factors", None) or {})
+    if started_at:
+        print(f"start priced at the speeds earlier runs measured (over the profile's): {started_at}", file=sys.stderr)
     speed = getattr(controller, "speed", None)
     measured = speed.summary(names) if speed is not None else ""
     if measured:
-        print(f"time in the chain / as profiled (re-times the next request): {measured}", file=sys.stderr)
+        later = "the next request and the next run of this plan" if kept else "the next request"
+        print(f"time in the chain / as profiled (re-times {later}): {measured}", file=sys.stderr)
     if changes and list(changes[-1]["members"]) == names[:1]:
         print("adaptation ended on autoregressive decoding: speculation did not pay on this prompt", file=sys.stderr)
+
+
+def _factors_text(factors: dict) -> str:
+    """``{"q4": {"decode": 1.1, "prefill": 1.0}}`` -> ``q4 decode 1.10, prefill 1.00``."""
+    return "; ".join(f"{n} decode {f['decode']:.2f}, prefill {f['prefill']:.2f}" for n, f in factors.items())
 
 
 def _tree_nodes(text: str | None) -> list[int] | None:
@@ -198,6 +247,16 @@ def _warn_if_other_machine(plan, plan_path: Path) -> None:
         print(warning, file=sys.stderr)
 
 
+def _plan_and_prompt(args: list[str], plan: Path | None, prompt_file: Path | None) -> tuple[Path | None, str]:
+    """``[PLAN.json] [PROMPT]``: the plan (a first argument naming a .json file, else ``--plan``)
+    and the prompt (the next argument, else ``--prompt-file`` or stdin)."""
+    if args and plan is None and args[0].endswith(".json") and Path(args[0]).is_file():
+        plan = Path(args.pop(0))
+    if len(args) > 1:
+        raise UserError(f"expected at most one prompt argument, got {len(args)} (quote the prompt)")
+    return plan, _read_prompt(args[0] if args else None, prompt_file)
+
+
 def _read_prompt(argument: str | None, prompt_file: Path | None) -> str:
     if argument is not None and prompt_file is not None:
         raise UserError("give the prompt as an argument or with --prompt-file, not both")
@@ -214,6 +273,8 @@ def _read_prompt(argument: str | None, prompt_file: Path | None) -> str:
 
 
 def _encode(tokenizer, prompt: str, chat: bool) -> list[int]:
+    if tokenizer is None:
+        raise UserError("no tokenizer for this chain: the target must come from a pool or a model directory with one")
     if chat:
         ids = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True

@@ -8,7 +8,7 @@ Python: the adaptive controller feeds both from each round's :class:`RoundTiming
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from polyplan.executor.control import RoundSetting
@@ -267,6 +267,20 @@ class MemberSpeed:
             e[0] += measured
             e[1] += profiled
             e[2] += 1.0
+
+    def evidence(self, names: list[str]) -> dict[str, dict[str, list[float]]]:
+        """Per kind, member name -> [measured seconds, profiled seconds, passes]: what another
+        process can carry on from (``documents.speeds``)."""
+        kinds = {"decode": self.decode, "prefill": self.prefill}
+        return {kind: {names[m]: list(e) for m, e in ev.items()} for kind, ev in kinds.items()}
+
+    def restore(self, names: list[str], evidence: Mapping[str, Mapping[str, list[float]]]) -> None:
+        """Add earlier evidence (``evidence()``'s form, e.g. an earlier run's, faded by its age)."""
+        for kind, target in (("decode", self.decode), ("prefill", self.prefill)):
+            for name, e in evidence.get(kind, {}).items():
+                if name in names:
+                    mine = target.setdefault(names.index(name), [0.0, 0.0, 0.0])
+                    mine[:] = [a + float(b) for a, b in zip(mine, e, strict=True)]
 
     def factors(self, names: list[str]) -> dict[str, dict[str, float]]:
         """``RequestModel.at_speed``'s factors for the members measured enough (the other kind at 1)."""
