@@ -22,7 +22,7 @@ NAMES = ["target", "draft"]
 
 def _measured_speed() -> MemberSpeed:
     speed = MemberSpeed()
-    for kind, member, measured, profiled in [("decode", 1, 1.0, 1.0)] * 1 + [("decode", 1, 0.012, 0.010)] * 5:
+    for kind, member, measured, profiled in [("decode", 1, 1.0, 1.0)] + [("decode", 1, 0.012, 0.010)] * 5:
         speed.add(kind, member, measured, profiled)  # the first pass of a kind is cold: not counted
     for _ in range(4):
         speed.add("decode", 0, 0.030, 0.040)
@@ -50,9 +50,11 @@ def test_older_evidence_weighs_less_and_too_old_none(tmp_path):
     two_hours = load_speeds(path, MACHINE, NAMES, now=written + 7200)
     assert two_hours["decode"]["draft"] == pytest.approx([x * FADE_PER_HOUR**2 for x in fresh["decode"]["draft"]])
     # the ratio (the speed factor) is kept; only its weight against newer passes falls
+    e, f = two_hours["decode"]["draft"], fresh["decode"]["draft"]
+    assert e[0] / e[1] == pytest.approx(f[0] / f[1])
     speed = MemberSpeed()
     speed.restore(NAMES, two_hours)
-    assert speed.decode[1][2] < SPEED_MIN_PASSES <= fresh["decode"]["draft"][2]
+    assert speed.decode[1][2] < SPEED_MIN_PASSES <= f[2]
     assert load_speeds(path, MACHINE, NAMES, now=written + MAX_AGE_S + 1) is None
     assert load_speeds(path, MACHINE, NAMES, now=written - 60) is None  # written "in the future": a clock jump
 
@@ -64,10 +66,19 @@ def test_older_evidence_weighs_less_and_too_old_none(tmp_path):
         lambda doc: doc.update(members=["target", "other-draft"]),
         lambda doc: doc["decode"].update(draft=[1.0, -1.0, 3.0]),
         lambda doc: doc["decode"].update(draft=[1.0, 2.0]),
+        lambda doc: doc["decode"].update(draft=[1.0, 0.0, 5.0]),
         lambda doc: doc.update(version=99),
         lambda doc: doc.update(decode=[1, 2, 3]),
     ],
-    ids=["other-cpu", "other-members", "negative", "short-entry", "newer-version", "not-a-mapping"],
+    ids=[
+        "other-cpu",
+        "other-members",
+        "negative",
+        "short-entry",
+        "no-profiled-seconds",
+        "newer-version",
+        "not-a-mapping",
+    ],
 )
 def test_evidence_that_is_not_this_chains_on_this_cpu_is_ignored(tmp_path, change):
     path = tmp_path / "speeds.json"
@@ -92,8 +103,29 @@ def test_the_key_is_the_plans_content(tmp_path, monkeypatch):
     a.write_text('{"x": 1}')
     b.write_text('{"x": 1}')
     assert speeds_path(a) == speeds_path(b) and speeds_path(a).parent == tmp_path / "cache" / "speeds"
+    assert speeds_path(a, "my-pool.toml") != speeds_path(a)  # other weights under the same names
     b.write_text('{"x": 2}')
     assert speeds_path(a) != speeds_path(b)
+
+
+def test_a_second_run_carries_the_first_runs_evidence_at_half_weight(tmp_path):
+    """Run 1 measures E1 and keeps it; run 2 starts on it (its factors), halves it at its start as a
+    later request in one process would, adds its own passes E2 and keeps 0.5 * E1 + E2."""
+    path = tmp_path / "speeds.json"
+    first = _measured_speed()
+    save_speeds(path, MACHINE, NAMES, first.evidence(NAMES))
+    written = json.loads(path.read_text())["written_unix_s"]
+    second = MemberSpeed()
+    second.restore(NAMES, load_speeds(path, MACHINE, NAMES, now=written))
+    assert second.factors(NAMES)["draft"]["decode"] == pytest.approx(1.2)  # what its start prices at
+    second.new_request()
+    second.add("decode", 1, 1.0, 1.0)  # cold: this process's first pass
+    for _ in range(4):
+        second.add("decode", 1, 0.020, 0.010)
+    e1 = first.evidence(NAMES)["decode"]["draft"]
+    save_speeds(path, MACHINE, NAMES, second.evidence(NAMES))
+    kept = load_speeds(path, MACHINE, NAMES, now=json.loads(path.read_text())["written_unix_s"])["decode"]["draft"]
+    assert kept == pytest.approx([0.5 * e1[0] + 0.08, 0.5 * e1[1] + 0.04, 0.5 * e1[2] + 4])
 
 
 PLAN = ROOT / "profiles" / "epyc-fam25" / "smollm2.plan.json"
@@ -145,6 +177,15 @@ def test_a_later_run_starts_at_the_speeds_earlier_runs_measured(smollm2_pool, tm
     assert slowed["start_speed"][drafter]["decode"] == pytest.approx(50.0, rel=1e-6)
     assert drafter not in slowed["stats"]["setting_changes"][0]["members"]
     assert slowed["tokens"] == first["tokens"]
+    # the slowed run never ran the drafter: what it kept of it is the earlier evidence, halved
+    merged = json.loads(entry.read_text())["decode"][drafter]
+    assert merged[2] == pytest.approx(50.0, rel=0.01) and merged[0] / merged[1] == pytest.approx(50.0)
     forgetting = _run(cache, "--no-speed-memory")
     assert "start_speed" not in forgetting
     assert forgetting["stats"]["setting_changes"][0]["members"] == first["stats"]["setting_changes"][0]["members"]
+    # a cache that cannot be written costs the next run its evidence, not this run its output
+    entry.unlink()
+    (cache / "speeds").rmdir()
+    (cache / "speeds").write_text("a file where the folder should be")
+    unwritable = _run(cache)
+    assert unwritable["tokens"] == first["tokens"]

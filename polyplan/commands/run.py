@@ -84,7 +84,7 @@ def run_command(
     top_k, top_p = sampling_filters(top_k, top_p)
 
     input_ids = _encode(the_chain.tokenizer, prompt, chat)
-    speeds = None if plan is None or no_speed_memory else _recall_speeds(plan, the_chain)
+    speed_entry = None if plan is None or no_speed_memory else _recall_speeds(plan, pool, the_chain)
     streamer = None if as_json else _TextStreamer(the_chain.tokenizer)
     result = the_chain.generate(
         input_ids,
@@ -95,15 +95,15 @@ def run_command(
         seed=seed,
         stream=streamer,
     )
-    if speeds is not None:
-        _keep_speeds(speeds, the_chain)
     if as_json:
-        print(json.dumps(result_json(the_chain, result, start_speed=speeds is not None), indent=2))
+        print(json.dumps(result_json(the_chain, result, with_start_speed=speed_entry is not None), indent=2))
     else:
         streamer.finish()
+    # after the output: a cache that cannot be written must not cost this run its text
+    kept = speed_entry is not None and _keep_speeds(speed_entry, the_chain)
     if stats:
         print_stats(result.stats, the_chain.gammas)
-        print_setting_changes(result.stats, the_chain.names, the_chain.controller, kept=speeds is not None)
+        print_setting_changes(result.stats, the_chain.names, the_chain.controller, kept=kept)
 
 
 def _build(
@@ -138,24 +138,25 @@ def _speed_machine() -> dict:
     return {"cpu": cpu_model(), "cpu_features": cpu_features(), "usable_cores": usable_cores()}
 
 
-def _recall_speeds(plan_path: Path, chain) -> Path | None:
+def _recall_speeds(plan_path: Path, pool: str | None, chain) -> Path | None:
     """Hand the adaptive controller the members' speeds earlier runs of this plan measured here
     (documents/speeds.py): one run is one request in a fresh process, and without them every
     run's start would price the chain at the profile's costs however the machine has drifted.
-    The cache entry to keep this run's speeds in; None for a chain without that evidence."""
+    The cache entry to keep this run's speeds in; None for a chain that measures none (a static
+    plan, or a policy without a request model)."""
     from polyplan.documents.speeds import load_speeds, speeds_path
 
     speed = getattr(chain.controller, "speed", None)
-    if speed is None:
+    if speed is None or chain.controller.policy.requests is None:
         return None
-    path = speeds_path(plan_path)
+    path = speeds_path(plan_path, pool)
     earlier = load_speeds(path, _speed_machine(), chain.names)
     if earlier is not None:
         speed.restore(chain.names, earlier)
     return path
 
 
-def _keep_speeds(path: Path, chain) -> None:
+def _keep_speeds(path: Path, chain) -> bool:
     """Keep this run's speed evidence (earlier runs' included, faded) for the next run; a cache
     that cannot be written costs the next run its evidence, not this run its output."""
     from polyplan.documents.files import DocumentError
@@ -163,13 +164,16 @@ def _keep_speeds(path: Path, chain) -> None:
 
     try:
         save_speeds(path, _speed_machine(), chain.names, chain.controller.speed.evidence(chain.names))
-    except DocumentError as e:
+    except (DocumentError, OSError) as e:
         print(f"note: member speeds not kept for the next run ({e})", file=sys.stderr)
+        return False
+    return True
 
 
-def result_json(chain, result, start_speed: bool = False) -> dict:
-    """``--json``: the generation as one object (text, tokens, stats); ``start_speed``: with the
-    speed factors the run's start priced the chain at (``{}``: the profile's costs)."""
+def result_json(chain, result, with_start_speed: bool = False) -> dict:
+    """``--json``: the generation as one object (text, tokens, stats); ``with_start_speed``: with
+    the speed factors the run's start priced the chain at (``start_speed``; ``{}``: the profile's
+    costs; a prefill factor stays 1.0, a run's one prefill per member being its cold first pass)."""
     doc = {
         "chain": chain.names,
         # the chain's gammas; per level what the rounds really used (an adaptive plan
@@ -182,7 +186,7 @@ def result_json(chain, result, start_speed: bool = False) -> dict:
         "finish_reason": result.finish_reason,
         "stats": result.stats.to_dict(),
     }
-    if start_speed:
+    if with_start_speed:
         doc["start_speed"] = dict(chain.controller.factors)
     return doc
 
@@ -206,9 +210,12 @@ def print_setting_changes(stats, names: list[str], controller, kept: bool = Fals
     print(f"chain settings: {len(changes)} change(s){cost}", file=sys.stderr)
     for line in lines:
         print(line, file=sys.stderr)
-    started_at = _factors_text(getattr(controller, "factors", None) or {})
+    started_at = _decode_factors_text(getattr(controller, "factors", None) or {})
     if started_at:
-        print(f"start priced at the speeds earlier runs measured (over the profile's): {started_at}", file=sys.stderr)
+        print(
+            f"start priced at the decode speeds earlier runs measured (over the profile's): {started_at}",
+            file=sys.stderr,
+        )
     speed = getattr(controller, "speed", None)
     measured = speed.summary(names) if speed is not None else ""
     if measured:
@@ -218,9 +225,10 @@ def print_setting_changes(stats, names: list[str], controller, kept: bool = Fals
         print("adaptation ended on autoregressive decoding: speculation did not pay on this prompt", file=sys.stderr)
 
 
-def _factors_text(factors: dict) -> str:
-    """``{"q4": {"decode": 1.1, "prefill": 1.0}}`` -> ``q4 decode 1.10, prefill 1.00``."""
-    return "; ".join(f"{n} decode {f['decode']:.2f}, prefill {f['prefill']:.2f}" for n, f in factors.items())
+def _decode_factors_text(factors: dict) -> str:
+    """``{"q4": {"decode": 1.1, "prefill": 1.0}}`` -> ``q4 1.10`` (in ``polyplan run`` only decode
+    speeds carry over: a member's one prefill per run is its first, cold pass, left out)."""
+    return "; ".join(f"{n} {f['decode']:.2f}" for n, f in factors.items())
 
 
 def _tree_nodes(text: str | None) -> list[int] | None:

@@ -4,11 +4,15 @@ One ``polyplan run`` is one request in a fresh process, so the speeds the chain 
 members' passes against the profile's curves: ``executor.guard.MemberSpeed``) would die with it
 and every run's start would price the chain at the profile's costs, however far the machine has
 drifted since it profiled. This cache entry carries them to the next run of the same plan on the
-same CPU, faded by their age as the in-process evidence is faded per request.
+same CPU, faded by their age (FADE_PER_HOUR) and, as requests in one process are, by half per
+later run. Decode speeds only, in practice: a member's one prefill per run is its first, cold
+pass, which the chain leaves out of its evidence.
 
-Layout: ``<cache>/speeds/<plan key>.json``; the key is the plan file's content, so a re-optimized
-plan starts from its profile again. A cache entry, not a user document: one that is unreadable,
-of another CPU, of other members or too old is ignored (and replaced by the next run's)."""
+Layout: ``<cache>/speeds/<key>.json``; the key is the plan file's content and the pool it is run
+with, so a re-optimized plan starts from its profile again. A cache entry, not a user document:
+one that is unreadable, of another CPU, of other members or too old is ignored (and replaced by
+the next run's). Runs of one plan at once: the last to finish writes its evidence (atomically),
+the others' is dropped."""
 
 from __future__ import annotations
 
@@ -35,9 +39,12 @@ KINDS = ("decode", "prefill")
 Evidence = dict[str, dict[str, list[float]]]
 
 
-def speeds_path(plan_path: str | Path) -> Path:
-    """Where the member speeds of runs of this plan (its exact content) are kept."""
-    key = hashlib.sha256(Path(plan_path).read_bytes()).hexdigest()[:24]
+def speeds_path(plan_path: str | Path, pool: str | None = None) -> Path:
+    """Where the member speeds of runs of this plan (its exact content) with ``pool`` (None: the
+    plan's own) are kept."""
+    h = hashlib.sha256(Path(plan_path).read_bytes())
+    h.update(b"\0pool=" + (pool or "").encode())
+    key = h.hexdigest()[:24]
     return cache_root() / "speeds" / f"{key}.json"
 
 
@@ -85,5 +92,7 @@ def _faded(entries: Any, names: list[str], weight: float) -> dict[str, list[floa
         ok = name in names and isinstance(e, list) and len(e) == 3
         if not ok or not all(isinstance(x, int | float) and math.isfinite(x) and x >= 0 for x in e):
             raise DocumentError(f"bad speed evidence for {name!r}")
+        if e[2] > 0 and not (e[0] > 0 and e[1] > 0):
+            raise DocumentError(f"speed evidence for {name!r} has passes but no seconds")
         out[name] = [float(x) * weight for x in e]
     return out

@@ -287,8 +287,8 @@ class MemberSpeed:
         out = {}
         for m, name in enumerate(names):
             d, p = self.decode.get(m), self.prefill.get(m)
-            decode = d[0] / d[1] if d and d[2] >= SPEED_MIN_PASSES else None
-            prefill = p[0] / p[1] if p and p[2] >= SPEED_MIN_PREFILLS else None
+            decode = d[0] / d[1] if d and d[2] >= SPEED_MIN_PASSES and d[1] > 0 else None
+            prefill = p[0] / p[1] if p and p[2] >= SPEED_MIN_PREFILLS and p[1] > 0 else None
             if decode is not None or prefill is not None:
                 out[name] = {"decode": decode or 1.0, "prefill": prefill or 1.0}
         return out
