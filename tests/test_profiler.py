@@ -730,6 +730,39 @@ def test_prefill_passes_ask_for_the_last_row_from_an_empty_cache():
     assert sleepy.processed == 0  # reset after each pass
 
 
+class ColdPrefillDrafter(SleepyDrafter):
+    """A process's first prefill of a length takes 30 ms more (buffers and kernels for the shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lengths_seen: set[int] = set()
+
+    def score(self, new_ids, last=None):
+        if self.processed == 0 and len(new_ids) not in self.lengths_seen:
+            self.lengths_seen.add(len(new_ids))
+            time.sleep(0.030)
+        return super().score(new_ids, last)
+
+
+def test_a_warmed_up_prefill_leaves_the_first_pass_of_its_length_out():
+    from polyplan.profiler.latency import measure_prefill
+
+    cold = measure_prefill([ColdPrefillDrafter()], 20, repeats=1)["sleepy"]
+    warm = measure_prefill([ColdPrefillDrafter()], 20, repeats=1, warmup=1)["sleepy"]
+    assert cold[0] >= 0.050 and 0.020 <= warm[0] < 0.045
+    settings = ProfileSettings(prefill_contexts=[32, 512, 2048], warmup=1)
+    assert [settings.prefill_warmup_at(c) for c in (32, 512, 2048)] == [1, 1, 0]
+    assert ProfileSettings(warmup=0).prefill_warmup_at(32) == 0
+
+
+def test_calibration_re_times_the_longest_prefill_up_to_512_tokens():
+    from polyplan.profiler.calibrate import _prefill_length
+
+    curve = lambda lengths: PrefillCurve(lengths, [0.1] * len(lengths), [0.0] * len(lengths), 1)  # noqa: E731
+    assert _prefill_length(curve([32, 128, 512, 2048])) == 512
+    assert _prefill_length(curve([128])) == 128 and _prefill_length(curve([1024, 4096])) == 1024
+
+
 def test_windowed_acceptance_is_measured_on_prompts_the_window_cuts(models, tmp_path):
     """A drafter identical to the target keeps all its acceptance under any window? No: the window
     hides the prompt's start, so even the target's own copy loses acceptance when the text needs

@@ -78,7 +78,9 @@ _WINDOW_DRAFTERS = typer.Option(
     "(0: every model drafter).",
 )
 _REPEATS = typer.Option(5, "--repeats", help="Timed passes per grid point (median and IQR).")
-_WARMUP = typer.Option(1, "--warmup", help="Untimed passes per pass size first, at the first context.")
+_WARMUP = typer.Option(
+    1, "--warmup", help="Untimed passes per pass size first, at the first context; and per prefill length up to 512."
+)
 _TEMPERATURE = typer.Option(1.0, "--temperature", help="Sampling acceptance temperature (0: greedy).")
 _TOP_K = typer.Option(None, "--top-k", help="Top-k of the processed distributions (default or 0: off).")
 _TOP_P = typer.Option(None, "--top-p", help="Top-p of the processed distributions (default or 1: off).")

@@ -15,9 +15,12 @@ from dataclasses import asdict, dataclass
 from polyplan.documents.profile import LatencyCurve, PrefillCurve
 from polyplan.models.drafter import Drafter
 from polyplan.profiler.latency import measure_context, measure_prefill
+from polyplan.profiler.settings import PREFILL_WARMUP_MAX
 
 #: the new-token counts timed per member: a decoding pass and a verification-sized one
 CALIBRATION_NEW_TOKENS = (1, 8)
+#: the longest profiled prefill length a calibration re-times
+CALIBRATION_PREFILL_MAX = 512
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,12 @@ def measure_speed(
     for length in sorted(set(lengths.values())):
         group = [d for d in with_prefill if lengths[d.name] == length]
         # a prefill of 512 tokens takes about a second here: one is as steady as several short ones
-        prefill_samples |= measure_prefill(group, length, repeats=1 if length >= 512 else repeats, seed=seed)
+        # warmed up as the profile's prefills are (Settings.prefill_warmup_at), so that the ratio
+        # reads the machine's drift, not a cold first pass
+        warmup = 1 if length <= PREFILL_WARMUP_MAX else 0
+        prefill_samples |= measure_prefill(
+            group, length, repeats=1 if length >= 512 else repeats, seed=seed, warmup=warmup
+        )
     factors = {}
     for d in models:
         curve = latency[d.name]
@@ -79,10 +87,12 @@ def measure_speed(
 
 
 def _prefill_length(curve: PrefillCurve) -> int:
-    """The profile's second prefill length (512 by default), else its only one: a 128-token prefill
-    read 5-20% above the profile's own value in repeated calibrations where 512 tokens read 0.92-1.07
-    (2026-12-03, SmolLM2), its fixed per-pass costs a larger and more variable share."""
-    return curve.context[1] if len(curve.context) > 1 else curve.context[0]
+    """The profile's longest prefill length up to 512 tokens (512 by default), else its shortest: a
+    128-token prefill read 5-20% above the profile's own value in repeated calibrations where 512
+    tokens read 0.92-1.07 (2026-12-03, SmolLM2), its fixed per-pass costs a larger and more variable
+    share; a 2048-token one takes seconds."""
+    upto = [c for c in curve.context if c <= CALIBRATION_PREFILL_MAX]
+    return max(upto) if upto else min(curve.context)
 
 
 def median_factors(runs: Sequence[Mapping[str, SpeedFactor]]) -> dict[str, SpeedFactor]:

@@ -211,12 +211,24 @@ def measure_prefill(
     repeats: int,
     seed: int = 0,
     on_pass: Callable[[], None] | None = None,
+    warmup: int = 0,
 ) -> dict[str, list[float]]:
     """P(context) for every model drafter: one pass over ``context`` prompt tokens from an empty
     cache, asking for the last row's logits only (what a member pays once per request when the
     chain first uses it; a windowed member pays for its window). Repeats interleaved over the
-    drafters; returns the samples (seconds) per drafter."""
+    drafters, after ``warmup`` untimed rounds; returns the samples (seconds) per drafter.
+
+    The warm-up is the prefill as a running chain pays it: a process's first prefill of a length
+    read 5-25% above the later ones (buffers and kernels for the new shape; SmolLM2 float32 at 32
+    to 512 tokens on the family-26 EPYC, 2026-12-08), and a chain's MemberSpeed leaves that first
+    pass out alike."""
     samples: dict[str, list[float]] = {d.name: [] for d in drafters if not d.point_mass}
+    for _ in range(warmup):
+        for d in drafters:
+            if not d.point_mass:
+                d.reset()
+                _timed_prefill(d, _context_ids(d.vocab_size, context, seed + 1, d.device))
+                d.reset()
     for _ in range(repeats):
         for d in drafters:
             if d.point_mass:

@@ -319,6 +319,7 @@ class ProfileSession:
             s.prefill_repeats_at(c),
             s.seed,
             on_pass=lambda: self.progress.advance("prefill"),
+            warmup=s.prefill_warmup_at(c),
         )
         for name, times in measured.items():
             self._add_prefill(name, c, times)

@@ -14,6 +14,8 @@ from polyplan.executor.sampling import SamplingParams
 from polyplan.models.drafter import Drafter, check_same_vocabulary
 
 DENSE_NEW_TOKENS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 17, 32)
+#: the longest prefill timed after a warm-up prefill of its length (Settings.prefill_warmup_at)
+PREFILL_WARMUP_MAX = 512
 
 
 def new_token_grid(max_new: int) -> list[int]:
@@ -94,6 +96,14 @@ class ProfileSettings:
         the embedded profile short; repeated 512-token prefills of one member read 0.92-1.07 of each
         other on the 2-core VM)."""
         return max(1, min(self.prefill_repeats, 512 // c))
+
+    def prefill_warmup_at(self, c: int) -> int:
+        """Untimed prefills of ``c`` tokens per member before the timed ones (measure_prefill):
+        ``warmup`` up to PREFILL_WARMUP_MAX tokens, none beyond, where a pass takes seconds and a
+        first pass's one-off cost is a small share (a 2048-token warm-up would add ~12 s to the
+        embedded profile). A length timed once (512 and 2048 by default) is the pass that built
+        the latency grid's context of that length instead, after the grid's first context."""
+        return self.warmup if c <= PREFILL_WARMUP_MAX else 0
 
     def validate(self) -> None:
         if self.prompts < 0:
