@@ -15,6 +15,7 @@ from polyplan.documents.profile import Candidate, LatencyCurve, PrefillCurve, Pr
 from polyplan.errors import UserError
 from polyplan.models.drafter import Drafter
 from polyplan.models.model_drafter import ModelDrafter
+from polyplan.models.model_free import PromptLookupDrafter
 from polyplan.profiler import (
     ProfileInputs,
     ProfileSettings,
@@ -400,12 +401,17 @@ class Counter(ProgressHooks):
 def test_a_latency_context_that_is_a_one_pass_prefill_length_times_that_prefill_as_it_builds(models, tmp_path):
     settings = {**SMALL, "contexts": [0, 64], "prefill_contexts": [16, 64], "prefill_repeats": 1}
     counter = Counter()
-    outcome = run_profile(make_inputs(models), tmp_path / "p.json", ProfileSettings(**settings), progress=counter)
+    cold = ProfileSettings(**settings, prefill_warmup=False)
+    outcome = run_profile(make_inputs(models), tmp_path / "p.json", cold, progress=counter)
     for name in ("target", "copy", "other"):
         curve = outcome.profile.prefill[name]
         assert curve.context == [16, 64] and all(t > 0 for t in curve.median_s)
     # the prefill phase timed only the length no latency context built: one pass per model
     assert counter.counts["prefill"] == 3
+    # a length warmed up before it is timed is not the build (a length's first, cold pass)
+    counter = Counter()
+    run_profile(make_inputs(models), tmp_path / "w.json", ProfileSettings(**settings), progress=counter)
+    assert counter.counts["prefill"] == 6
 
 
 def test_long_latency_contexts_take_fewer_timed_passes(models, tmp_path):
@@ -748,8 +754,13 @@ def test_a_warmed_up_prefill_leaves_the_first_pass_of_its_length_out():
     from polyplan.profiler.latency import measure_prefill
 
     cold = measure_prefill([ColdPrefillDrafter()], 20, repeats=1)["sleepy"]
-    warm = measure_prefill([ColdPrefillDrafter()], 20, repeats=1, warmup=1)["sleepy"]
-    assert cold[0] >= 0.050 and 0.020 <= warm[0] < 0.045
+    drafter, timed = ColdPrefillDrafter(), []
+    warm = measure_prefill(
+        [drafter, PromptLookupDrafter(VOCAB)], 20, repeats=2, warmup=1, on_pass=lambda: timed.append(1)
+    )
+    assert cold[0] >= 0.050 and all(0.020 <= t < 0.045 for t in warm["sleepy"])
+    # the warm-up passes are neither samples nor progress, and leave no cache behind
+    assert len(warm["sleepy"]) == len(timed) == 2 and set(warm) == {"sleepy"} and drafter.processed == 0
     settings = ProfileSettings(prefill_contexts=[32, 512, 2048], warmup=1)
     assert [settings.prefill_warmup_at(c) for c in (32, 512, 2048)] == [1, 1, 0]
     assert ProfileSettings(warmup=0).prefill_warmup_at(32) == 0

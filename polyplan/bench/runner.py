@@ -55,7 +55,7 @@ from polyplan.documents.plan import Plan, file_sha256
 from polyplan.documents.profile import Profile
 from polyplan.errors import UserError
 from polyplan.models.drafter import Drafter
-from polyplan.profiler.calibrate import measure_speed, median_factors
+from polyplan.profiler.calibrate import median_factors, plan_calibrator
 
 Log = Callable[[str], None]
 
@@ -272,7 +272,7 @@ def run_bench(
     verified = alone_as_verified(target)  # the profile's T_target(1) prices the lossless reference
     prediction_note = _predict(methods, plan, plan_path, encoded_prompts, max_new_tokens, log, verified)
     log(f"{len(methods)} methods x {len(encoded_prompts)} prompts x {repeats} repeats")
-    calibrate, calibrations = _calibrator(policy, loaded, plan, seed)
+    calibrate, calibrations = plan_calibrator(policy, loaded, plan.profile, plan.target, seed)
     run = partial(run_interleaved, drafters=loaded, repeats=repeats, max_new_tokens=max_new_tokens, seed=seed, log=log)
     planned = repeats * len(encoded_prompts)
     records, prefill, stopped = _measured(partial(run, methods, encoded_prompts, before_repeat=calibrate), planned, log)
@@ -439,28 +439,6 @@ def _target_alone_rows(specs: Sequence[Any], target: str) -> list[str]:
     """The rows that run the target alone in polyplan's own loop (``--also TARGET``; an exact
     target's lossless reference, which the profile's T(1) timed in the same numerics)."""
     return [s.name for s in specs if s.engine == "polyplan" and list(s.chain) == [target]]
-
-
-def _calibrator(
-    policy: Any, loaded: dict[str, Drafter], plan: Plan, seed: int
-) -> tuple[Callable[[int], None] | None, list[Any]]:
-    """What measures, before each repeat, the members' speed now against the profile's, and the list
-    it appends to; no calibration (None) without a request model."""
-    calibrations: list[Any] = []
-    if policy is None or policy.requests is None:
-        return None, calibrations
-    req = policy.requests
-    one_token_runs = bool(plan.profile.get("one_token_runs", False))  # T(1) timed as its profile timed it
-
-    def calibrate(rep: int) -> None:
-        members = [loaded[n] for n in req.names if n in loaded]
-        calibrations.append(
-            measure_speed(
-                members, req.latency, req.prefill, plan.target, seed=seed + rep, one_token_runs=one_token_runs
-            )
-        )
-
-    return calibrate, calibrations
 
 
 def _measured(

@@ -9,8 +9,9 @@ factors let a bench say both: the error as profiled, and the error at the speed 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from polyplan.documents.profile import LatencyCurve, PrefillCurve
 from polyplan.models.drafter import Drafter
@@ -42,11 +43,14 @@ def measure_speed(
     repeats: int = 3,
     seed: int = 0,
     one_token_runs: bool = True,
+    prefill_warmup: bool = True,
 ) -> dict[str, SpeedFactor]:
     """Factors for every model member with curves: T(n) at the profile's first context for n in
     CALIBRATION_NEW_TOKENS (``repeats`` interleaved passes after one warm-up, the target in its
-    verification numerics beyond one token, as profiled) and a prefill at the profile's second
-    prefill length (``_prefill_length``), each median divided by the profile's own value there.
+    verification numerics beyond one token, as profiled) and a prefill at the profile's longest
+    prefill length up to 512 tokens (``_prefill_length``), each median divided by the profile's
+    own value there. ``prefill_warmup``: that prefill timed after an untimed one of its length, as
+    the profile timed its prefills (settings.prefill_warmup; False for profiles from before it).
     ``one_token_runs``: T(1) timed as the profile timed it (settings.one_token_runs; False for
     profiles from before it), or the ratio would read the change of method as the machine's."""
     models = [d for d in drafters if not d.point_mass and d.name in latency]
@@ -62,9 +66,9 @@ def measure_speed(
     for length in sorted(set(lengths.values())):
         group = [d for d in with_prefill if lengths[d.name] == length]
         # a prefill of 512 tokens takes about a second here: one is as steady as several short ones
-        # warmed up as the profile's prefills are (Settings.prefill_warmup_at), so that the ratio
-        # reads the machine's drift, not a cold first pass
-        warmup = 1 if length <= PREFILL_WARMUP_MAX else 0
+        # warmed up where the profile's prefills were (ProfileSettings.prefill_warmup_at), so that
+        # the ratio reads the machine's drift, not a cold first pass
+        warmup = 1 if prefill_warmup and length <= PREFILL_WARMUP_MAX else 0
         prefill_samples |= measure_prefill(
             group, length, repeats=1 if length >= 512 else repeats, seed=seed, warmup=warmup
         )
@@ -105,3 +109,34 @@ def median_factors(runs: Sequence[Mapping[str, SpeedFactor]]) -> dict[str, Speed
         )
         for n in names
     }
+
+
+def plan_calibrator(
+    policy: Any, loaded: Mapping[str, Drafter], plan_profile: Mapping[str, Any], target: str, seed: int
+) -> tuple[Callable[[int], None] | None, list[dict[str, SpeedFactor]]]:
+    """What measures, before each bench repeat, a plan's members' speed now against its profile's
+    (its policy's request model: curves the start prices with), and the list it appends to; no
+    calibration (None) without a request model. ``plan_profile``: the plan's record of its profile,
+    which says how the profile timed T(1) and its prefills (a calibration times them alike)."""
+    calibrations: list[dict[str, SpeedFactor]] = []
+    if policy is None or policy.requests is None:
+        return None, calibrations
+    req = policy.requests
+    one_token_runs = bool(plan_profile.get("one_token_runs", False))
+    prefill_warmup = bool(plan_profile.get("prefill_warmup", False))
+
+    def calibrate(rep: int) -> None:
+        members = [loaded[n] for n in req.names if n in loaded]
+        calibrations.append(
+            measure_speed(
+                members,
+                req.latency,
+                req.prefill,
+                target,
+                seed=seed + rep,
+                one_token_runs=one_token_runs,
+                prefill_warmup=prefill_warmup,
+            )
+        )
+
+    return calibrate, calibrations

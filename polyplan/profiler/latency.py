@@ -219,9 +219,9 @@ def measure_prefill(
     drafters, after ``warmup`` untimed rounds; returns the samples (seconds) per drafter.
 
     The warm-up is the prefill as a running chain pays it: a process's first prefill of a length
-    read 5-25% above the later ones (buffers and kernels for the new shape; SmolLM2 float32 at 32
-    to 512 tokens on the family-26 EPYC, 2026-12-08), and a chain's MemberSpeed leaves that first
-    pass out alike."""
+    read up to 25% above the later ones (SmolLM2 float32 at 32 to 512 tokens on the family-26 EPYC,
+    2026-12-08: benchmarks/prefill_first_pass.py), and a chain's MemberSpeed leaves a member's
+    first prefill out too."""
     samples: dict[str, list[float]] = {d.name: [] for d in drafters if not d.point_mass}
     for _ in range(warmup):
         for d in drafters:

@@ -110,11 +110,13 @@ class ProfileSession:
         prev: Profile | None = None
         if self.output.exists() and not force:
             prev = Profile.load(self.output)  # a truncated or newer file raises here: nothing is overwritten
-            if "one_token_runs" not in prev.settings:
-                # from before T(1) was timed as one of a run: resumed (or reused) as it was measured,
-                # its settings and its sidecar's identity as they were
-                self.settings = replace(settings, one_token_runs=False)
-                del self.settings_doc["one_token_runs"]
+            for key in ("one_token_runs", "prefill_warmup"):
+                if key not in prev.settings:
+                    # from before T(1) was timed as one of a run, or prefills after a warm-up:
+                    # resumed (or reused) as it was measured, its settings and its sidecar's
+                    # identity as they were
+                    self.settings = replace(self.settings, **{key: False})
+                    del self.settings_doc[key]
             check_resumable(prev, inputs, self.settings_doc, machine_fingerprint(machine))
             machine = prev.machine  # keep the facts of the first run (thread count, date)
         self.machine = with_exactness(machine, inputs.target_drafter, self.progress.note)
@@ -274,6 +276,7 @@ class ProfileSession:
                 row.build_s is not None
                 and c in s.prefill_contexts
                 and s.prefill_repeats_at(c) == 1
+                and s.prefill_warmup_at(c) == 0  # a build is a length's first, cold pass
                 and (name not in self.prefill or c not in self.prefill[name].context)
             ):
                 self._add_prefill(name, c, [row.build_s])

@@ -66,6 +66,10 @@ class ProfileSettings:
     #: T(1) timed as one of a run of one-token passes (an untimed one goes first: profiler/latency.py);
     #: profiles from before it lack the key, and a calibration against them times T(1) their way
     one_token_runs: bool = True
+    #: prefills up to PREFILL_WARMUP_MAX tokens timed after ``warmup`` untimed ones of their length
+    #: (prefill_warmup_at); profiles from before it lack the key, and a calibration against them
+    #: times its prefill cold, as they did
+    prefill_warmup: bool = True
     temperature: float = 1.0
     #: None: that filter is off (the executor's SamplingParams convention)
     top_k: int | None = None
@@ -101,9 +105,9 @@ class ProfileSettings:
         """Untimed prefills of ``c`` tokens per member before the timed ones (measure_prefill):
         ``warmup`` up to PREFILL_WARMUP_MAX tokens, none beyond, where a pass takes seconds and a
         first pass's one-off cost is a small share (a 2048-token warm-up would add ~12 s to the
-        embedded profile). A length timed once (512 and 2048 by default) is the pass that built
-        the latency grid's context of that length instead, after the grid's first context."""
-        return self.warmup if c <= PREFILL_WARMUP_MAX else 0
+        embedded profile). A length timed once and not warmed up (2048 by default) is the pass
+        that built the latency grid's context of that length, where there is one."""
+        return self.warmup if self.prefill_warmup and c <= PREFILL_WARMUP_MAX else 0
 
     def validate(self) -> None:
         if self.prompts < 0:
