@@ -48,7 +48,7 @@ _CONTEXTS = typer.Option(
     "64,512,2048",
     "--contexts",
     help="Latency grid: cached tokens (fewer timed passes past 512; a context that is also a "
-    "--prefill-contexts length times its prefill as it builds the cache).",
+    "--prefill-contexts length past 512, or any with --warmup 0, times its prefill as it builds the cache).",
 )
 _PREFILL_CONTEXTS = typer.Option(
     "32,128,512,2048",

@@ -74,7 +74,9 @@ def load_speeds(path: Path, machine: dict[str, Any], names: list[str], now: floa
     if doc.get("machine") != machine or doc.get("members") != list(names):
         return None
     written = doc.get("written_unix_s")
-    age = (time.time() if now is None else now) - written if isinstance(written, int | float) else math.inf
+    if not isinstance(written, int | float):
+        return None
+    age = (time.time() if now is None else now) - written
     if not 0.0 <= age <= MAX_AGE_S:
         return None
     weight = FADE_PER_HOUR ** (age / 3600.0)

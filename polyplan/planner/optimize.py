@@ -153,7 +153,8 @@ def _profile_record(profile: Profile, profile_path: Path) -> dict:
         # how its T(1) was timed: a bench's calibration times it the same way
         "one_token_runs": bool(profile.settings.get("one_token_runs", False)),
         # whether its prefills were timed after a warm-up: a bench's calibration times them alike
-        "prefill_warmup": bool(profile.settings.get("prefill_warmup", False)),
+        "prefill_warmup": bool(profile.settings.get("prefill_warmup", False))
+        and int(profile.settings.get("warmup", 1)) > 0,
         # the prompts whose acceptance this plan was chosen for (None: made before they were recorded)
         "workload": profile.settings.get("workload"),
     }

@@ -218,15 +218,16 @@ def measure_prefill(
     chain first uses it; a windowed member pays for its window). Repeats interleaved over the
     drafters, after ``warmup`` untimed rounds; returns the samples (seconds) per drafter.
 
-    The warm-up is the prefill as a running chain pays it: a process's first prefill of a length
-    read up to 25% above the later ones (SmolLM2 float32 at 32 to 512 tokens on the family-26 EPYC,
-    2026-12-08: benchmarks/prefill_first_pass.py), and a chain's MemberSpeed leaves a member's
-    first prefill out too."""
+    The warm-up is the prefill as a running chain pays it (a chain's MemberSpeed leaves a member's
+    first prefill out too): profiles timed so read SmolLM2 float32's prefills of 32 to 512 tokens
+    9-19% below profiles timed without, alternated on the family-26 EPYC (2026-12-08,
+    docs/results.md; benchmarks/results/prefill-warmup-ab-amd-fam26/)."""
     samples: dict[str, list[float]] = {d.name: [] for d in drafters if not d.point_mass}
     for _ in range(warmup):
         for d in drafters:
             if not d.point_mass:
                 d.reset()
+                # other ids than the timed passes' (a cache keyed on the tokens would not help them)
                 _timed_prefill(d, _context_ids(d.vocab_size, context, seed + 1, d.device))
                 d.reset()
     for _ in range(repeats):
