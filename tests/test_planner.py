@@ -251,6 +251,7 @@ def test_optimize_writes_a_complete_plan(tmp_path):
     assert plan.profile["sha256"] and plan.check_profile(path)
     # a profile that does not say how it timed T(1) timed it the old way: its bench calibrates so
     assert plan.profile["one_token_runs"] is False
+    assert plan.profile["prefill_warmup"] is False  # nor how it timed its prefills: cold
 
 
 def test_optimize_with_replay_records_both_predictors(tmp_path):

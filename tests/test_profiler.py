@@ -696,6 +696,42 @@ def test_a_profile_from_before_one_token_runs_is_reused_and_resumed_as_it_was_me
     assert seen and not any(seen)
 
 
+def test_a_profile_from_before_prefill_warmup_is_reused_and_resumed_as_it_was_measured(models, tmp_path, monkeypatch):
+    """A profile written before settings.prefill_warmup: a rerun reuses it as it is, and a resumed
+    one goes on timing its prefills cold, as it timed the others."""
+    import polyplan.profiler.session as session
+
+    def old_doc(*args):
+        doc = settings_doc(*args)
+        del doc["prefill_warmup"]
+        return doc
+
+    out = tmp_path / "old.json"
+    inputs = make_inputs(models)
+    settings = ProfileSettings(**{**SMALL, "prompts": 1})
+    with monkeypatch.context() as m:
+        m.setattr(session, "settings_doc", old_doc)
+        run_profile(inputs, out, settings)
+    again = run_profile(inputs, out, settings)
+    assert again.units_done == 0 and again.complete and "prefill_warmup" not in Profile.load(out).settings
+    doc = json.loads(out.read_text())
+    doc["complete"] = False
+    doc["prefill"] = {
+        n: {k: v[:1] if k in ("context", "median_s", "spread_s") else v for k, v in c.items()}
+        for n, c in doc["prefill"].items()
+    }
+    out.write_text(json.dumps(doc))
+    seen = []
+    real = session.measure_prefill
+    monkeypatch.setattr(session, "measure_prefill", lambda *a, **kw: seen.append(kw["warmup"]) or real(*a, **kw))
+    run_profile(inputs, out, settings)
+    assert seen == [0]  # the one missing length, timed cold
+    # a new profile warms its prefills up and says so
+    seen.clear()
+    run_profile(inputs, tmp_path / "new.json", settings)
+    assert seen == [1, 1] and Profile.load(tmp_path / "new.json").settings["prefill_warmup"] is True
+
+
 def test_prompt_longer_than_the_context_fails_before_measuring(models, tmp_path):
     pf = _prompt_file(tmp_path, ("short", "qa"), ("LONG " * 10, "qa"))
     inputs = make_inputs(models)

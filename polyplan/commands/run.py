@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -18,6 +19,10 @@ from polyplan.commands import comma_ints, comma_list, sampling_filters
 from polyplan.documents.profile import WINDOW_SINK
 from polyplan.errors import UserError
 from polyplan.weights import DEFAULT_POOL
+
+if TYPE_CHECKING:  # annotations only: the executor imports torch, which the run command loads later
+    from polyplan.executor.front import Chain
+    from polyplan.executor.request import GenerationResult
 
 
 def register(root: typer.Typer) -> None:
@@ -138,7 +143,7 @@ def _speed_machine() -> dict:
     return {"cpu": cpu_model(), "cpu_features": cpu_features(), "usable_cores": usable_cores()}
 
 
-def _recall_speeds(plan_path: Path, pool: str | None, chain) -> Path | None:
+def _recall_speeds(plan_path: Path, pool: str | None, chain: Chain) -> Path | None:
     """Hand the adaptive controller the members' speeds earlier runs of this plan measured here
     (documents/speeds.py): one run is one request in a fresh process, and without them every
     run's start would price the chain at the profile's costs however the machine has drifted.
@@ -156,7 +161,7 @@ def _recall_speeds(plan_path: Path, pool: str | None, chain) -> Path | None:
     return path
 
 
-def _keep_speeds(path: Path, chain) -> bool:
+def _keep_speeds(path: Path, chain: Chain) -> bool:
     """Keep this run's speed evidence (earlier runs' included, faded) for the next run; a cache
     that cannot be written costs the next run its evidence, not this run its output."""
     from polyplan.documents.files import DocumentError
@@ -170,7 +175,7 @@ def _keep_speeds(path: Path, chain) -> bool:
     return True
 
 
-def result_json(chain, result, with_start_speed: bool = False) -> dict:
+def result_json(chain: Chain, result: GenerationResult, with_start_speed: bool = False) -> dict[str, Any]:
     """``--json``: the generation as one object (text, tokens, stats); ``with_start_speed``: with
     the speed factors the run's start priced the chain at (``start_speed``; ``{}``: the profile's
     costs; a prefill factor stays 1.0, a run's one prefill per member being its cold first pass)."""
