@@ -660,14 +660,15 @@ def test_profile_from_before_workloads_resumes_on_the_builtin_set(models, tmp_pa
     assert again.units_done == 0 and again.complete
 
 
-def test_a_profile_from_before_one_token_runs_is_reused_and_resumed_as_it_was_measured(models, tmp_path, monkeypatch):
-    """A profile (and sidecar) written before settings.one_token_runs: a rerun reuses it as it is
-    (nothing re-measured, no claim added), and a resumed one goes on timing T(1) the old way."""
+def _profile_from_before(key: str, models, tmp_path, monkeypatch) -> tuple[Path, ProfileInputs, ProfileSettings]:
+    """A complete profile written before settings[``key``] existed, checked to be reused as it is
+    by a rerun (nothing re-measured, no claim added), then marked interrupted with only the first
+    row of its ``phase`` curves (latency for one_token_runs, prefill for prefill_warmup) kept."""
     import polyplan.profiler.session as session
 
     def old_doc(*args):
         doc = settings_doc(*args)
-        del doc["one_token_runs"]
+        del doc[key]
         return doc
 
     out = tmp_path / "old.json"
@@ -676,17 +677,26 @@ def test_a_profile_from_before_one_token_runs_is_reused_and_resumed_as_it_was_me
     with monkeypatch.context() as m:
         m.setattr(session, "settings_doc", old_doc)
         run_profile(inputs, out, settings)
-    assert "one_token_runs" not in Profile.load(out).settings
+    assert key not in Profile.load(out).settings
     again = run_profile(inputs, out, settings)
-    assert again.units_done == 0 and again.complete and "one_token_runs" not in Profile.load(out).settings
-    # an interrupted old profile: its remaining latency contexts are timed the old way
+    assert again.units_done == 0 and again.complete and key not in Profile.load(out).settings
     doc = json.loads(out.read_text())
     doc["complete"] = False
-    doc["latency"] = {
+    phase = "latency" if key == "one_token_runs" else "prefill"
+    doc[phase] = {
         n: {k: v[:1] if k in ("context", "median_s", "spread_s") else v for k, v in c.items()}
-        for n, c in doc["latency"].items()
+        for n, c in doc[phase].items()
     }
     out.write_text(json.dumps(doc))
+    return out, inputs, settings
+
+
+def test_a_profile_from_before_one_token_runs_is_reused_and_resumed_as_it_was_measured(models, tmp_path, monkeypatch):
+    """A profile (and sidecar) written before settings.one_token_runs: reused as it is, and a
+    resumed one goes on timing T(1) the old way."""
+    import polyplan.profiler.session as session
+
+    out, inputs, settings = _profile_from_before("one_token_runs", models, tmp_path, monkeypatch)
     seen = []
     real = session.measure_context
     monkeypatch.setattr(
@@ -697,36 +707,16 @@ def test_a_profile_from_before_one_token_runs_is_reused_and_resumed_as_it_was_me
 
 
 def test_a_profile_from_before_prefill_warmup_is_reused_and_resumed_as_it_was_measured(models, tmp_path, monkeypatch):
-    """A profile written before settings.prefill_warmup: a rerun reuses it as it is, and a resumed
-    one goes on timing its prefills cold, as it timed the others."""
+    """A profile written before settings.prefill_warmup: reused as it is, and a resumed one goes on
+    timing its prefills cold, as it timed the others; a new one warms them up and says so."""
     import polyplan.profiler.session as session
 
-    def old_doc(*args):
-        doc = settings_doc(*args)
-        del doc["prefill_warmup"]
-        return doc
-
-    out = tmp_path / "old.json"
-    inputs = make_inputs(models)
-    settings = ProfileSettings(**{**SMALL, "prompts": 1})
-    with monkeypatch.context() as m:
-        m.setattr(session, "settings_doc", old_doc)
-        run_profile(inputs, out, settings)
-    again = run_profile(inputs, out, settings)
-    assert again.units_done == 0 and again.complete and "prefill_warmup" not in Profile.load(out).settings
-    doc = json.loads(out.read_text())
-    doc["complete"] = False
-    doc["prefill"] = {
-        n: {k: v[:1] if k in ("context", "median_s", "spread_s") else v for k, v in c.items()}
-        for n, c in doc["prefill"].items()
-    }
-    out.write_text(json.dumps(doc))
+    out, inputs, settings = _profile_from_before("prefill_warmup", models, tmp_path, monkeypatch)
     seen = []
     real = session.measure_prefill
     monkeypatch.setattr(session, "measure_prefill", lambda *a, **kw: seen.append(kw["warmup"]) or real(*a, **kw))
     run_profile(inputs, out, settings)
     assert seen == [0]  # the one missing length, timed cold
-    # a new profile warms its prefills up and says so
     seen.clear()
     run_profile(inputs, tmp_path / "new.json", settings)
     assert seen == [1, 1] and Profile.load(tmp_path / "new.json").settings["prefill_warmup"] is True
