@@ -7,6 +7,7 @@ echo "def fib(n):" | polyplan run --chain ./my-target,./my-draft --gammas 5 --st
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -137,6 +138,7 @@ def _build(
     return build_chain(spec, window=window), None
 
 
+@functools.cache
 def _speed_machine() -> dict:
     from polyplan.cpu import cpu_features, cpu_model, usable_cores
 

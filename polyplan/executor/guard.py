@@ -250,14 +250,17 @@ class MemberSpeed:
         #: (kernel selection, buffers, graph building: a first torch prefill read 2.2x its profile)
         self._cold_done: set[tuple[str, int]] = set()
 
+    def _by_kind(self) -> dict[str, dict[int, list[float]]]:
+        return {"decode": self.decode, "prefill": self.prefill}
+
     def new_request(self) -> None:
-        for evidence in (self.decode, self.prefill):
+        for evidence in self._by_kind().values():
             for e in evidence.values():
                 e[:] = [x * SPEED_MEMORY for x in e]
 
     def add(self, kind: str, member: int, measured: float, profiled: float) -> None:
         """One pass of ``kind`` ("decode" or "prefill") of ``member``: its seconds and the profile's."""
-        evidence = self.decode if kind == "decode" else self.prefill
+        evidence = self._by_kind()[kind]
         key = (kind, member)
         if key not in self._cold_done:
             self._cold_done.add(key)
@@ -271,12 +274,11 @@ class MemberSpeed:
     def evidence(self, names: list[str]) -> dict[str, dict[str, list[float]]]:
         """Per kind, member name -> [measured seconds, profiled seconds, passes]: what another
         process can carry on from (``documents.speeds``)."""
-        kinds = {"decode": self.decode, "prefill": self.prefill}
-        return {kind: {names[m]: list(e) for m, e in ev.items()} for kind, ev in kinds.items()}
+        return {kind: {names[m]: list(e) for m, e in ev.items()} for kind, ev in self._by_kind().items()}
 
     def restore(self, names: list[str], evidence: Mapping[str, Mapping[str, list[float]]]) -> None:
         """Add earlier evidence (``evidence()``'s form, e.g. an earlier run's, faded by its age)."""
-        for kind, target in (("decode", self.decode), ("prefill", self.prefill)):
+        for kind, target in self._by_kind().items():
             for name, e in evidence.get(kind, {}).items():
                 if name in names:
                     mine = target.setdefault(names.index(name), [0.0, 0.0, 0.0])

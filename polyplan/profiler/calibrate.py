@@ -16,7 +16,7 @@ from typing import Any
 from polyplan.documents.profile import LatencyCurve, PrefillCurve
 from polyplan.models.drafter import Drafter
 from polyplan.profiler.latency import measure_context, measure_prefill
-from polyplan.profiler.settings import PREFILL_WARMUP_MAX
+from polyplan.profiler.settings import prefill_warmup_passes
 
 #: the new-token counts timed per member: a decoding pass and a verification-sized one
 CALIBRATION_NEW_TOKENS = (1, 8)
@@ -66,9 +66,9 @@ def measure_speed(
     for length in sorted(set(lengths.values())):
         group = [d for d in with_prefill if lengths[d.name] == length]
         # a prefill of 512 tokens takes about a second here: one is as steady as several short ones
-        # warmed up where the profile's prefills were (ProfileSettings.prefill_warmup_at), so that
-        # the ratio reads the machine's drift, not a cold first pass
-        warmup = 1 if prefill_warmup and length <= PREFILL_WARMUP_MAX else 0
+        # warmed up where the profile's prefills were, so that the ratio reads the machine's
+        # drift, not a cold first pass
+        warmup = prefill_warmup_passes(length, 1, prefill_warmup)
         prefill_samples |= measure_prefill(
             group, length, repeats=1 if length >= 512 else repeats, seed=seed, warmup=warmup
         )

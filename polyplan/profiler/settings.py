@@ -18,6 +18,14 @@ DENSE_NEW_TOKENS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 17, 32)
 PREFILL_WARMUP_MAX = 512
 
 
+def prefill_warmup_passes(c: int, warmup: int, enabled: bool) -> int:
+    """Untimed prefills of ``c`` tokens per member before the timed ones (measure_prefill): ``warmup``
+    up to PREFILL_WARMUP_MAX tokens where ``enabled``, none beyond, where a pass takes seconds and a
+    first pass's one-off cost is a small share (a 2048-token warm-up would add ~12 s to the
+    embedded profile). The profile's rule, and the bench calibration's against it."""
+    return warmup if enabled and c <= PREFILL_WARMUP_MAX else 0
+
+
 def new_token_grid(max_new: int) -> list[int]:
     """1, 2, 4, ... up to ``max_new`` (``max_new`` itself included)."""
     if max_new < 1:
@@ -102,12 +110,10 @@ class ProfileSettings:
         return max(1, min(self.prefill_repeats, 512 // c))
 
     def prefill_warmup_at(self, c: int) -> int:
-        """Untimed prefills of ``c`` tokens per member before the timed ones (measure_prefill):
-        ``warmup`` up to PREFILL_WARMUP_MAX tokens, none beyond, where a pass takes seconds and a
-        first pass's one-off cost is a small share (a 2048-token warm-up would add ~12 s to the
-        embedded profile). A length timed once and not warmed up (2048 by default) is the pass
-        that built the latency grid's context of that length, where there is one."""
-        return self.warmup if self.prefill_warmup and c <= PREFILL_WARMUP_MAX else 0
+        """Untimed prefills of ``c`` tokens per member before the timed ones (prefill_warmup_passes).
+        A length timed once and not warmed up (2048 by default) is the pass that built the latency
+        grid's context of that length, where there is one."""
+        return prefill_warmup_passes(c, self.warmup, self.prefill_warmup)
 
     def validate(self) -> None:
         if self.prompts < 0:
